@@ -1,0 +1,13 @@
+#pragma once
+// Each subcommand registers its options and its action on the top-level CLI11 app.
+#include <CLI/CLI.hpp>
+
+namespace uberlm::cli {
+
+void add_run_command(CLI::App& app);
+void add_inspect_command(CLI::App& app);
+
+// The model used when --model is not given: $UBERLM_MODEL, else the default model shipped in the repo.
+std::string default_model_dir();
+
+}  // namespace uberlm::cli

@@ -1,0 +1,25 @@
+// uberlm: one binary, one subcommand per verb.
+#include <cstdio>
+
+#include <spdlog/spdlog.h>
+
+#include "cli/commands.h"
+#include "core/error.h"
+
+int main(int argc, char** argv) {
+  CLI::App app{"uberlm: inference engine for Qwen3.5 hybrid and Llama-family models"};
+  app.require_subcommand(1);
+  app.set_version_flag("--version", "uberlm 0.1.0");
+  uberlm::cli::add_run_command(app);
+  uberlm::cli::add_inspect_command(app);
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& error) {
+    return app.exit(error);
+  } catch (const uberlm::Error& error) {
+    std::fflush(stdout);
+    std::fprintf(stderr, "uberlm: error: %s\n", error.what());
+    return 1;
+  }
+  return 0;
+}

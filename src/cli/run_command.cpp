@@ -1,0 +1,83 @@
+// `uberlm run`: generate text from a prompt and stream it to stdout.
+#include <cstdio>
+#include <cstdlib>
+
+#include <fmt/format.h>
+
+#include "cli/commands.h"
+#include "model/model.h"
+#include "runtime/cpu_backend.h"
+#include "runtime/generator.h"
+#include "tokenizer/bpe_tokenizer.h"
+#include "tokenizer/chat.h"
+
+namespace uberlm::cli {
+
+std::string default_model_dir() {
+  if (const char* env = std::getenv("UBERLM_MODEL")) return env;
+  return UBERLM_DEFAULT_MODEL;
+}
+
+namespace {
+
+struct RunOptions {
+  std::string model = default_model_dir();
+  std::string prompt;
+  bool chat = false;
+  int max_tokens = 128;
+  float temperature = 0.0f;
+  float top_p = 1.0f;
+  int top_k = 0;
+  uint64_t seed = 0;
+};
+
+void run(const RunOptions& options) {
+  auto model = Model::load(options.model);
+  auto tokenizer = BpeTokenizer::load(std::filesystem::path(options.model) / "tokenizer.json");
+  const std::string text =
+      options.chat ? render_chatml({ChatMessage{"user", options.prompt}}, /*add_generation_prompt=*/true)
+                   : options.prompt;
+  CpuBackend backend(*model, /*max_slots=*/1);
+  GenerationRequest request;
+  for (int id : tokenizer->encode(text)) request.prompt.push_back(id);
+  request.max_tokens = options.max_tokens;
+  request.sampling = {options.temperature, options.top_k, options.top_p, options.seed};
+  request.stop_token_ids = model->stop_token_ids;
+  if (options.chat) {
+    if (auto im_end = tokenizer->token_id("<|im_end|>")) request.stop_token_ids.push_back(*im_end);
+  }
+
+  if (!options.chat) std::fputs(options.prompt.c_str(), stdout);
+  StreamDecoder stream(*tokenizer);
+  GenerationStats stats = generate(backend, 0, request, [&](int32_t token) {
+    std::fputs(stream.push(token).c_str(), stdout);
+    std::fflush(stdout);
+    return true;
+  });
+  std::fputs((stream.flush() + "\n").c_str(), stdout);
+  std::fflush(stdout);
+  const double decode_rate = stats.decode_seconds > 0 ? stats.generated_tokens / stats.decode_seconds : 0.0;
+  const double prefill_rate = stats.prefill_seconds > 0 ? stats.prompt_tokens / stats.prefill_seconds : 0.0;
+  std::fputs(fmt::format("[{}] prompt {} tokens ({:.1f} tok/s), generated {} tokens, {:.1f} tok/s decode\n",
+                         backend.name(), stats.prompt_tokens, prefill_rate, stats.generated_tokens, decode_rate)
+                 .c_str(),
+             stderr);
+}
+
+}  // namespace
+
+void add_run_command(CLI::App& app) {
+  auto options = std::make_shared<RunOptions>();
+  CLI::App* cmd = app.add_subcommand("run", "Generate text from a prompt");
+  cmd->add_option("--model", options->model, "Checkpoint directory")->capture_default_str();
+  cmd->add_option("--prompt", options->prompt, "Prompt text")->required();
+  cmd->add_flag("--chat", options->chat, "Wrap the prompt as a ChatML user turn");
+  cmd->add_option("--max-tokens", options->max_tokens, "Tokens to generate")->check(CLI::Range(1, 1 << 20));
+  cmd->add_option("--temperature", options->temperature, "0 = greedy")->check(CLI::Range(0.0f, 100.0f));
+  cmd->add_option("--top-p", options->top_p, "Nucleus sampling mass")->check(CLI::Range(0.0f, 1.0f));
+  cmd->add_option("--top-k", options->top_k, "Keep the k most likely tokens (0 = all)")->check(CLI::NonNegativeNumber);
+  cmd->add_option("--seed", options->seed, "Sampling seed");
+  cmd->callback([options] { run(*options); });
+}
+
+}  // namespace uberlm::cli

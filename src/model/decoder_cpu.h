@@ -1,0 +1,62 @@
+#pragma once
+// The reference decoder: Qwen3.5 hybrid (Gated DeltaNet + gated attention) and the dense Llama
+// family, in fp32 on the CPU, written step by step after spec/qwen3_5.md. It is the ground truth
+// every GPU path is checked against.
+#include <cstdint>
+#include <vector>
+
+#include "model/config.h"
+#include "model/weights.h"
+#include "ops/cpu/gated_delta_net.h"
+#include "ops/cpu/rope.h"
+#include "runtime/backend.h"
+
+namespace uberlm {
+
+// One sequence's caches, per layer (entries of the other layer kind stay empty).
+struct CpuSequenceCache {
+  int64_t length = 0;                        // tokens already processed
+  std::vector<std::vector<float>> keys;      // full attention: [length, KV, head_dim]
+  std::vector<std::vector<float>> values;    // full attention: [length, KV, head_dim]
+  std::vector<std::vector<float>> conv;      // linear attention: [conv_dim, kernel - 1]
+  std::vector<std::vector<float>> recurrent; // linear attention: [num_v_heads, k_head_dim, v_head_dim]
+};
+
+class CpuDecoder {
+ public:
+  CpuDecoder(const ModelConfig& config, const ModelWeights& weights);
+
+  CpuSequenceCache new_cache() const;
+  // Runs `batch`; caches[chunk.slot] is the cache of each chunk's sequence and grows by its tokens.
+  ForwardResult forward(const ForwardBatch& batch, std::vector<CpuSequenceCache>& caches) const;
+
+ private:
+  // fp32 copies of the small per-layer tensors (norms, conv, decay parameters).
+  struct LayerParams {
+    std::vector<float> input_norm, post_attention_norm, q_norm, k_norm;
+    std::vector<float> conv1d, dt_bias, a_log, delta_norm;
+  };
+  struct TokenSpan {
+    CpuSequenceCache* cache;
+    int64_t first_token;  // row in the flattened batch
+    int64_t num_tokens;
+  };
+
+  // x: [T, D] hidden states, updated in place by one layer.
+  void run_layer(int layer, float* x, int64_t num_tokens, const std::vector<TokenSpan>& spans) const;
+  // h: [T, D] normed input -> out: [T, D] mixer output.
+  void full_attention(int layer, const float* h, int64_t num_tokens, const std::vector<TokenSpan>& spans,
+                      float* out) const;
+  void gated_delta_net(int layer, const float* h, int64_t num_tokens, const std::vector<TokenSpan>& spans,
+                       float* out) const;
+  void mlp(int layer, const float* h, int64_t num_tokens, float* out) const;
+
+  const ModelConfig& config_;
+  const ModelWeights& weights_;
+  std::vector<LayerParams> params_;
+  std::vector<float> final_norm_;
+  cpu::Rope rope_;
+  cpu::DeltaNetShape delta_shape_;
+};
+
+}  // namespace uberlm

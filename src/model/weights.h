@@ -1,0 +1,62 @@
+#pragma once
+// The decoder's weights as the checkpoint stores them (views into the mapped files), grouped per
+// layer. load_model_weights checks that every tensor the config implies exists with its shape.
+#include <string>
+#include <vector>
+
+#include "core/tensor.h"
+#include "io/checkpoint.h"
+#include "model/config.h"
+
+namespace uberlm {
+
+struct LinearWeight {
+  std::string name;   // canonical module name, e.g. "layers.3.mlp.up_proj"
+  TensorView weight;  // [out_features, in_features]
+  TensorView bias;    // [out_features]; data == nullptr when the layer has none
+  int64_t out_features() const { return weight.dim(0); }
+  int64_t in_features() const { return weight.dim(1); }
+};
+
+struct AttentionWeights {
+  LinearWeight q_proj;  // [H * head_dim * (gate ? 2 : 1), D]; per head: query then gate
+  LinearWeight k_proj, v_proj;  // [KV * head_dim, D]
+  LinearWeight o_proj;  // [D, H * head_dim]
+  TensorView q_norm, k_norm;  // [head_dim] when config.qk_norm
+};
+
+struct DeltaNetWeights {
+  LinearWeight in_proj_qkv;  // [conv_dim, D], q | k | v
+  LinearWeight in_proj_z;    // [value_dim, D]
+  LinearWeight in_proj_b;    // [num_v_heads, D]
+  LinearWeight in_proj_a;    // [num_v_heads, D]
+  LinearWeight out_proj;     // [D, value_dim]
+  TensorView conv1d;         // [conv_dim, 1, kernel]
+  TensorView dt_bias, a_log; // [num_v_heads]
+  TensorView norm;           // [v_head_dim]
+};
+
+struct MlpWeights {
+  LinearWeight gate_proj, up_proj;  // [I, D]
+  LinearWeight down_proj;           // [D, I]
+};
+
+struct LayerWeights {
+  LayerKind kind;
+  TensorView input_norm, post_attention_norm;  // [D]
+  AttentionWeights attention;  // when kind == FullAttention
+  DeltaNetWeights delta_net;   // when kind == LinearAttention
+  MlpWeights mlp;
+};
+
+struct ModelWeights {
+  TensorView embed_tokens;  // [V, D]
+  TensorView final_norm;    // [D]
+  LinearWeight lm_head;     // [V, D]; the embedding itself when tied
+  std::vector<LayerWeights> layers;
+};
+
+// Throws Error naming the tensor when one is missing or has the wrong shape or dtype.
+ModelWeights load_model_weights(const Checkpoint& checkpoint, const ModelConfig& config);
+
+}  // namespace uberlm

@@ -1,0 +1,29 @@
+#pragma once
+// The CPU backend: the reference decoder with per-slot caches held in host memory.
+#include <memory>
+#include <vector>
+
+#include "model/decoder_cpu.h"
+#include "model/model.h"
+#include "runtime/backend.h"
+
+namespace uberlm {
+
+class CpuBackend : public Backend {
+ public:
+  CpuBackend(const Model& model, int max_slots);
+
+  std::string name() const override { return "cpu"; }
+  const ModelConfig& config() const override { return model_.config; }
+  int max_slots() const override { return static_cast<int>(caches_.size()); }
+  int64_t cached_length(int slot) const override { return caches_.at(slot).length; }
+  void release(int slot) override;
+  ForwardResult forward(const ForwardBatch& batch) override;
+
+ private:
+  const Model& model_;
+  CpuDecoder decoder_;
+  std::vector<CpuSequenceCache> caches_;
+};
+
+}  // namespace uberlm
