@@ -20,6 +20,13 @@ int ModelConfig::num_layers_of(LayerKind kind) const {
 
 namespace {
 
+// A short description of a JSON value for error messages; containers are not dumped, since a deeply
+// nested one would overflow the stack.
+std::string describe(const json& value) {
+  if (value.is_structured()) return value.type_name();
+  return describe(value);
+}
+
 // Reads fields of one JSON object and names the source and field in every error.
 class FieldReader {
  public:
@@ -35,19 +42,19 @@ class FieldReader {
   float optional_float(const char* key, float fallback) const {
     if (!has(key)) return fallback;
     const json& value = object_.at(key);
-    if (!value.is_number()) fail("{}: field '{}' must be a number, got {}", source_, key, value.dump());
+    if (!value.is_number()) fail("{}: field '{}' must be a number, got {}", source_, key, describe(value));
     return value.get<float>();
   }
   bool optional_bool(const char* key, bool fallback) const {
     if (!has(key)) return fallback;
     const json& value = object_.at(key);
-    if (!value.is_boolean()) fail("{}: field '{}' must be true or false, got {}", source_, key, value.dump());
+    if (!value.is_boolean()) fail("{}: field '{}' must be true or false, got {}", source_, key, describe(value));
     return value.get<bool>();
   }
   std::string required_string(const char* key) const {
     if (!has(key)) fail("{}: missing required field '{}'", source_, key);
     const json& value = object_.at(key);
-    if (!value.is_string()) fail("{}: field '{}' must be a string, got {}", source_, key, value.dump());
+    if (!value.is_string()) fail("{}: field '{}' must be a string, got {}", source_, key, describe(value));
     return value.get<std::string>();
   }
   const json& at(const char* key) const { return object_.at(key); }
@@ -57,7 +64,7 @@ class FieldReader {
   int int_value(const char* key) const {
     const json& value = object_.at(key);
     if (!value.is_number_integer() || value.get<int64_t>() < 0 || value.get<int64_t>() > (1LL << 30)) {
-      fail("{}: field '{}' must be a non-negative integer, got {}", source_, key, value.dump());
+      fail("{}: field '{}' must be a non-negative integer, got {}", source_, key, describe(value));
     }
     return value.get<int>();
   }
@@ -106,6 +113,9 @@ void read_rope(const FieldReader& fields, ModelConfig& config) {
       fail("{}: rope type '{}' is not supported (only default RoPE)", fields.source(), type);
     }
   }
+  if (!(partial > 0.0f && partial <= 1.0f)) {
+    fail("{}: partial_rotary_factor must be in (0, 1], got {}", fields.source(), partial);
+  }
   config.rotary_dim = static_cast<int>(config.head_dim * partial);
   if (config.rotary_dim % 2 != 0 || config.rotary_dim <= 0 || config.rotary_dim > config.head_dim) {
     fail("{}: partial_rotary_factor {} gives an invalid rotary dim {} for head_dim {}", fields.source(), partial,
@@ -122,7 +132,7 @@ void read_layer_kinds(const FieldReader& fields, bool hybrid, ModelConfig& confi
       fail("{}: field 'layer_types' must be a list of {} strings", fields.source(), config.num_layers);
     }
     for (int i = 0; i < config.num_layers; ++i) {
-      std::string type = types[i].is_string() ? types[i].get<std::string>() : types[i].dump();
+      std::string type = types[i].is_string() ? types[i].get<std::string>() : describe(types[i]);
       if (type == "linear_attention") {
         config.layer_kinds[i] = LayerKind::LinearAttention;
       } else if (type != "full_attention") {
@@ -163,7 +173,7 @@ ModelConfig parse_model_config(const std::string& text, const std::string& sourc
   json root;
   try {
     root = json::parse(text);
-  } catch (const json::parse_error& error) {
+  } catch (const json::exception& error) {  // parse_error, and out_of_range for numbers past a double
     fail("{}: invalid JSON: {}", source, error.what());
   }
   if (!root.is_object()) fail("{}: expected a JSON object", source);
@@ -249,7 +259,7 @@ std::vector<int> load_stop_token_ids(const std::filesystem::path& model_dir) {
     json root;
     try {
       root = json::parse(read_text_file(path));
-    } catch (const json::parse_error& error) {
+    } catch (const json::exception& error) {
       fail("{}: invalid JSON: {}", path.string(), error.what());
     }
     if (root.contains("eos_token_id")) append_token_ids(root["eos_token_id"], ids);

@@ -36,7 +36,7 @@ from transformers import (
 
 PROMPT_LEN = 70
 DECODE_STEPS = 16
-LINEAR_GAIN = 1.6  # above 1 so that the residual stream and the logits are not washed out by the norms
+LINEAR_GAIN = 1.0  # at 1.6 one hybrid position was so ill-conditioned that fp32 transformers itself missed fp64 by 1e-4
 ORACLE_RELATIVE_TOLERANCE = 1e-4  # the C++ oracle tests' bound on max|ours - ref| / max|ref|
 LM_HEAD_GAIN = 3.0  # logits std ~3: greedy argmax is decided by clear margins, not by rounding noise
 
@@ -334,6 +334,6 @@ def make(out: pathlib.Path) -> None:
     hybrid = hybrid_config()
     hybrid_folder = make_flat_model(out, "qwen3_5_hybrid", Qwen3_5ForCausalLM, hybrid, True, seed=35)
     make_nested_hybrid(out, hybrid_folder, hybrid, seed=36)
-    make_flat_model(out, "qwen3", Qwen3ForCausalLM, qwen3_config(), False, seed=3)
-    make_flat_model(out, "llama", LlamaForCausalLM, llama_config(), False, seed=2)
+    make_flat_model(out, "qwen3", Qwen3ForCausalLM, qwen3_config(), False, seed=5)
+    make_flat_model(out, "llama", LlamaForCausalLM, llama_config(), False, seed=8)
     make_flat_model(out, "qwen2", Qwen2ForCausalLM, qwen2_config(), False, seed=4)
