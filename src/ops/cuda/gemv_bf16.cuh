@@ -1,0 +1,52 @@
+#pragma once
+// bf16 weight format for the small-M GEMM of gemv_tile.cuh (unquantised lm_head, GDN projections).
+// One lane's chunk is 32 consecutive bf16 of a row, four 16-byte loads; mma j takes k-values
+// 4j .. 4j+3 in natural order, so activations need no permutation.
+#include <cstdint>
+
+#include "ops/cuda/gemv_tile.cuh"
+
+namespace uberlm::cuda {
+
+struct Bf16Format {
+  const __nv_bfloat16* weight;  // [N, K]
+  int64_t k_size;
+  float output_multiplier;
+  static constexpr int kUnroll = 2;  // chunks in flight per row: 2 x 64 bytes
+
+  struct Chunk {
+    uint4 words[4];
+  };
+
+  __device__ __forceinline__ Chunk load(int64_t row, int64_t k) const {
+    const uint4* src = reinterpret_cast<const uint4*>(weight + row * k_size + k);
+    Chunk chunk;
+#pragma unroll
+    for (int i = 0; i < 4; ++i) chunk.words[i] = __ldg(src + i);
+    return chunk;
+  }
+  __device__ __forceinline__ static Chunk zero() {
+    Chunk chunk;
+#pragma unroll
+    for (int i = 0; i < 4; ++i) chunk.words[i] = make_uint4(0, 0, 0, 0);
+    return chunk;
+  }
+
+  __device__ __forceinline__ void dequantise(const Chunk& chunk, uint32_t (&b)[8][2]) const {
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      b[2 * i][0] = chunk.words[i].x;
+      b[2 * i][1] = chunk.words[i].y;
+      b[2 * i + 1][0] = chunk.words[i].z;
+      b[2 * i + 1][1] = chunk.words[i].w;
+    }
+  }
+
+  __device__ __forceinline__ static void activation_pairs(const uint32_t (&x)[16], int j, uint32_t& lo,
+                                                          uint32_t& hi) {
+    lo = x[2 * j];
+    hi = x[2 * j + 1];
+  }
+};
+
+}  // namespace uberlm::cuda

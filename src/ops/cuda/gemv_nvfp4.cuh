@@ -1,0 +1,91 @@
+#pragma once
+// NVFP4 weight format for the small-M GEMM of gemv_tile.cuh (W4A16: weights dequantised in registers,
+// bf16 activations, fp32 accumulation on tensor cores).
+//
+// One lane's chunk is 16 bytes of a row (32 E2M1 codes) and the two E4M3 scales of those 32 k-values.
+// e2m1 * e4m3 has at most 6 significant bits, so it is exact in bf16: the products fed to the tensor
+// cores are the exact dequantised weights up to the global multiplier, applied once to the fp32 sum.
+#include <cuda_bf16.h>
+#include <cuda_fp8.h>
+
+#include <cstdint>
+
+#include "ops/cuda/gemv_tile.cuh"
+
+namespace uberlm::cuda {
+
+// bf16 bits of e2m1(code) * 2^-126 in each 16-bit half, from the code held in bits [15:12] of that
+// half: the sign stays at bit 15 and the 3 magnitude bits (exponent 2, mantissa 1) move to bits [8:6],
+// the low exponent bits and top mantissa bit of bf16. Code 1 (0.5) becomes the subnormal 2^-127,
+// which bf16 arithmetic keeps (there is no flush-to-zero mode for bf16).
+__device__ __forceinline__ uint32_t e2m1_pair_to_bf16x2_scaled(uint32_t bits) {
+  return (bits & 0x80008000u) | ((bits >> 6) & 0x01C001C0u);
+}
+
+// Both E4M3 scales of a chunk as bf16 pairs {s, s} * 2^119; with the 2^-126 above each product is
+// e2m1 * e4m3 * 2^-7, in bf16's normal range (>= 2^-17) and exact. 448 * 2^119 < bf16's max.
+__device__ __forceinline__ void e4m3_scales_to_bf16x2(uint16_t codes, uint32_t& scale0, uint32_t& scale1) {
+  const __half2_raw halves = __nv_cvt_fp8x2_to_halfraw2(codes, __NV_E4M3);  // exact
+  const float2 scales = __half22float2(__half2(halves));
+  const __nv_bfloat162 s0 = __float2bfloat162_rn(scales.x * 0x1p119f), s1 = __float2bfloat162_rn(scales.y * 0x1p119f);
+  scale0 = *reinterpret_cast<const uint32_t*>(&s0);
+  scale1 = *reinterpret_cast<const uint32_t*>(&s1);
+}
+
+__device__ __forceinline__ uint32_t bf16x2_mul(uint32_t a, uint32_t b) {
+  const __nv_bfloat162 product =
+      __hmul2(*reinterpret_cast<const __nv_bfloat162*>(&a), *reinterpret_cast<const __nv_bfloat162*>(&b));
+  return *reinterpret_cast<const uint32_t*>(&product);
+}
+
+struct Nvfp4Format {
+  const uint8_t* packed;  // [N, K/2]
+  const uint8_t* scales;  // E4M3 [N, K/16]
+  int64_t k_size;
+  float output_multiplier;  // global_scale * 2^7, undoing the 2^-7 of the bf16 products
+  static constexpr int kUnroll = 4;  // chunks in flight per row: 4 x 18 bytes
+
+  struct Chunk {
+    uint4 codes;      // 32 E2M1 codes, element 2i in the low nibble of byte i
+    uint32_t scales;  // the two E4M3 scale codes in the low 16 bits
+  };
+
+  // Row `row`, k-values [k, k + 32); k is a multiple of 32, so both loads are aligned.
+  __device__ __forceinline__ Chunk load(int64_t row, int64_t k) const {
+    Chunk chunk;
+    chunk.codes = __ldg(reinterpret_cast<const uint4*>(packed + row * (k_size / 2) + k / 2));
+    chunk.scales = __ldg(reinterpret_cast<const uint16_t*>(scales + row * (k_size / 16) + k / 16));
+    return chunk;
+  }
+  __device__ __forceinline__ static Chunk zero() { return {make_uint4(0, 0, 0, 0), 0}; }
+
+  // Word w of the chunk holds elements e0..e7 = k + 8w + 0..7. Shifting it left by 4p puts e(3-p) and
+  // e(7-p) at the top of the two halves, so pair p is (e(3-p), e(7-p)). mma j = 2w + h takes pairs 2h
+  // (k slots 2tig, 2tig+1) and 2h + 1 (slots 2tig+8, 2tig+9).
+  __device__ __forceinline__ void dequantise(const Chunk& chunk, uint32_t (&b)[8][2]) const {
+    uint32_t scale0, scale1;
+    e4m3_scales_to_bf16x2(static_cast<uint16_t>(chunk.scales), scale0, scale1);
+    const uint32_t words[4] = {chunk.codes.x, chunk.codes.y, chunk.codes.z, chunk.codes.w};
+#pragma unroll
+    for (int w = 0; w < 4; ++w) {
+      const uint32_t scale = w < 2 ? scale0 : scale1;  // block of 16 = words 0-1, 2-3
+#pragma unroll
+      for (int p = 0; p < 4; ++p) {
+        b[2 * w + p / 2][p % 2] = bf16x2_mul(e2m1_pair_to_bf16x2_scaled(words[w] << (4 * p)), scale);
+      }
+    }
+  }
+
+  // Activations x0..x7 of word w sit in x[4w .. 4w+3] as pairs (x0,x1), (x2,x3), (x4,x5), (x6,x7);
+  // mma 2w takes (x3,x7) and (x2,x6), mma 2w+1 takes (x1,x5) and (x0,x4), matching dequantise.
+  __device__ __forceinline__ static void activation_pairs(const uint32_t (&x)[16], int j, uint32_t& lo,
+                                                          uint32_t& hi) {
+    const int w = j / 2;
+    const uint32_t first = (j % 2 == 0) ? x[4 * w + 1] : x[4 * w];
+    const uint32_t second = (j % 2 == 0) ? x[4 * w + 3] : x[4 * w + 2];
+    lo = __byte_perm(first, second, 0x7632);  // high halves: (x3, x7) or (x1, x5)
+    hi = __byte_perm(first, second, 0x5410);  // low halves: (x2, x6) or (x0, x4)
+  }
+};
+
+}  // namespace uberlm::cuda

@@ -1,0 +1,190 @@
+// CUDA GEMV / small-M GEMM (NVFP4 and bf16 weights) against the CPU reference on fresh random inputs,
+// with the output poisoned (NaN bytes) before each launch so that any element left unwritten fails.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstring>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "core/dtype.h"
+#include "core/error.h"
+#include "core/nvfp4.h"
+#include "core/thread_pool.h"
+#include "ops/cpu/linear_nvfp4.h"
+#include "ops/cuda/device_buffer.h"
+#include "ops/cuda/gemv.h"
+
+namespace uberlm {
+namespace {
+
+struct Shape {
+  int64_t n, k;
+};
+// Odd N (partial row groups), K not a multiple of the 128-wide chunk, and the 27B split shapes scaled down.
+constexpr Shape kShapes[] = {{37, 64}, {129, 160}, {1000, 512}, {2048, 5120}, {264, 17408}};
+constexpr int64_t kTokenCounts[] = {1, 2, 3, 8, 17, 40, 64};
+
+// The kernels multiply exact products (bf16 activations times dequantised weights, which are exact in
+// bf16) and accumulate in fp32 on the tensor cores in another order than the CPU: the difference is
+// fp32 rounding of K-term sums, about sqrt(K) * 2^-24 relative, far under 1e-3 even at K = 17408.
+constexpr double kF32Tolerance = 1e-3;
+// bf16 output adds one rounding of 2^-9 relative to each element.
+constexpr double kBf16ElementTolerance = 1.0 / 256;
+
+void require_gpu() {
+  int devices = 0;
+  ASSERT_EQ(cudaGetDeviceCount(&devices), cudaSuccess) << "no CUDA device: these tests run on the GPU machine";
+  ASSERT_GT(devices, 0);
+}
+
+std::vector<uint16_t> random_bf16(std::mt19937& rng, int64_t count, float stddev) {
+  std::normal_distribution<float> normal(0.0f, stddev);
+  std::vector<uint16_t> out(count);
+  for (auto& v : out) {
+    do v = f32_to_bf16(normal(rng));
+    while (v == 0 || v == 0x8000);  // never zeros
+  }
+  return out;
+}
+
+std::vector<float> to_float(const std::vector<uint16_t>& bf16) {
+  std::vector<float> out(bf16.size());
+  for (size_t i = 0; i < bf16.size(); ++i) out[i] = bf16_to_f32(bf16[i]);
+  return out;
+}
+
+// Runs `launch(y, dtype)` once with fp32 and once with bf16 output on a NaN-poisoned buffer, and compares
+// with ref[m, n]. Returns the number of output elements checked.
+template <class Launch>
+int64_t check_against_reference(const std::vector<float>& ref, int64_t m, int64_t n, const std::string& label,
+                                 Launch launch) {
+  double ref_max = 0;
+  for (float v : ref) ref_max = std::fmax(ref_max, std::fabs(v));
+  EXPECT_GT(ref_max, 0.0) << label;
+
+  DeviceBuffer y32(m * n * sizeof(float));
+  y32.fill_bytes(0xff);  // NaN
+  launch(y32.data(), DType::F32);
+  CUDA_CHECK(cudaDeviceSynchronize());
+  const std::vector<float> got32 = y32.download<float>();
+  double err_max = 0;
+  int64_t unwritten = 0;
+  for (int64_t i = 0; i < m * n; ++i) {
+    if (!std::isfinite(got32[i])) ++unwritten;
+    else err_max = std::fmax(err_max, std::fabs(got32[i] - ref[i]));
+  }
+  EXPECT_EQ(unwritten, 0) << label << ": fp32 elements left unwritten or non-finite";
+  EXPECT_LE(err_max / ref_max, kF32Tolerance) << label << ": max|ours-ref|/max|ref| (fp32 out)";
+
+  DeviceBuffer y16(m * n * sizeof(uint16_t));
+  y16.fill_bytes(0xff);
+  launch(y16.data(), DType::BF16);
+  CUDA_CHECK(cudaDeviceSynchronize());
+  const std::vector<uint16_t> got16 = y16.download<uint16_t>();
+  int64_t bad = 0;
+  for (int64_t i = 0; i < m * n; ++i) {
+    const float v = bf16_to_f32(got16[i]);
+    if (!std::isfinite(v) ||
+        std::fabs(v - ref[i]) > kBf16ElementTolerance * std::fabs(ref[i]) + kF32Tolerance * ref_max) {
+      if (bad++ < 5) ADD_FAILURE() << label << ": bf16 out element " << i << " = " << v << ", reference " << ref[i];
+    }
+  }
+  EXPECT_EQ(bad, 0) << label << ": bf16 output elements out of tolerance";
+  return m * n;
+}
+
+// Weights from quantising Gaussian values (realistic scales, every E2M1 code), or raw random codes and
+// scales spanning the whole finite E4M3 range.
+Nvfp4Tensor random_nvfp4(std::mt19937& rng, int64_t n, int64_t k, bool raw_codes) {
+  if (!raw_codes) {
+    std::normal_distribution<float> normal(0.0f, 0.05f);
+    std::vector<float> values(n * k);
+    for (float& v : values) v = normal(rng);
+    return quantize_nvfp4(values.data(), n, k, "gemv_test");
+  }
+  Nvfp4Tensor t;
+  t.rows = n;
+  t.cols = k;
+  std::uniform_int_distribution<int> byte(0, 255), scale(1, 0x7e);
+  t.packed.resize(n * k / 2);
+  for (auto& b : t.packed) b = static_cast<uint8_t>(byte(rng));
+  t.scales.resize(n * k / 16);
+  for (auto& s : t.scales) s = static_cast<uint8_t>(scale(rng) | (byte(rng) & 0x80 ? 0x80 : 0));
+  t.global_scale = 1.0f / 4096;
+  return t;
+}
+
+TEST(GpuGemv, Nvfp4MatchesCpuReference) {
+  ASSERT_NO_FATAL_FAILURE(require_gpu());
+  std::mt19937 rng(20261101);
+  int64_t checked = 0;
+  for (const Shape& shape : kShapes) {
+    for (int64_t m : kTokenCounts) {
+      for (bool raw_codes : {false, true}) {
+        const Nvfp4Tensor w = random_nvfp4(rng, shape.n, shape.k, raw_codes);
+        const std::vector<uint16_t> x = random_bf16(rng, m * shape.k, 1.0f);
+        std::vector<float> ref(m * shape.n);
+        cpu::linear_nvfp4(to_float(x).data(), m, w.view(), ref.data());
+
+        DeviceBuffer packed(w.packed), scales(w.scales), x_dev(x);
+        const Nvfp4Weight w_dev{w.rows, w.cols, packed.as<uint8_t>(), scales.as<uint8_t>(), w.global_scale};
+        const std::string label = "nvfp4 N=" + std::to_string(shape.n) + " K=" + std::to_string(shape.k) +
+                                  " M=" + std::to_string(m) + (raw_codes ? " raw codes" : " quantised");
+        checked += check_against_reference(ref, m, shape.n, label, [&](void* y, DType dtype) {
+          cuda::gemv_nvfp4(w_dev, x_dev.data(), m, y, dtype, nullptr);
+        });
+      }
+    }
+  }
+  EXPECT_GT(checked, 0) << "no case ran";
+}
+
+TEST(GpuGemv, Bf16MatchesCpuReference) {
+  ASSERT_NO_FATAL_FAILURE(require_gpu());
+  std::mt19937 rng(777);
+  int64_t checked = 0;
+  for (const Shape& shape : kShapes) {
+    for (int64_t m : kTokenCounts) {
+      const std::vector<uint16_t> w = random_bf16(rng, shape.n * shape.k, 0.05f);
+      const std::vector<uint16_t> x = random_bf16(rng, m * shape.k, 1.0f);
+      const std::vector<float> wf = to_float(w), xf = to_float(x);
+      std::vector<float> ref(m * shape.n);
+      ThreadPool::global().parallel_for(shape.n, [&](int64_t begin, int64_t end) {
+        for (int64_t row = begin; row < end; ++row) {
+          for (int64_t t = 0; t < m; ++t) {
+            double sum = 0;  // y[t, row] = sum_k x[t, k] W[row, k]
+            for (int64_t k = 0; k < shape.k; ++k) sum += double(xf[t * shape.k + k]) * wf[row * shape.k + k];
+            ref[t * shape.n + row] = static_cast<float>(sum);
+          }
+        }
+      });
+      DeviceBuffer w_dev(w), x_dev(x);
+      const std::string label =
+          "bf16 N=" + std::to_string(shape.n) + " K=" + std::to_string(shape.k) + " M=" + std::to_string(m);
+      checked += check_against_reference(ref, m, shape.n, label, [&](void* y, DType dtype) {
+        cuda::gemv_bf16(w_dev.data(), shape.n, shape.k, x_dev.data(), m, y, dtype, nullptr);
+      });
+    }
+  }
+  EXPECT_GT(checked, 0) << "no case ran";
+}
+
+TEST(GpuGemv, UnsupportedShapesAreRejected) {
+  ASSERT_NO_FATAL_FAILURE(require_gpu());
+  DeviceBuffer packed(64 * 48 / 2), scales(64 * 48 / 16), x(64 * 48 * 2 + 16), y(64 * 64 * 4);
+  const Nvfp4Weight k48{64, 48, packed.as<uint8_t>(), scales.as<uint8_t>(), 1.0f};
+  EXPECT_THROW(cuda::gemv_nvfp4(k48, x.data(), 1, y.data(), DType::F32, nullptr), Error);  // K % 32 != 0
+  const Nvfp4Weight k32{64, 32, packed.as<uint8_t>(), scales.as<uint8_t>(), 1.0f};
+  EXPECT_THROW(cuda::gemv_nvfp4(k32, x.data(), 0, y.data(), DType::F32, nullptr), Error);
+  EXPECT_THROW(cuda::gemv_nvfp4(k32, x.data(), 65, y.data(), DType::F32, nullptr), Error);
+  EXPECT_THROW(cuda::gemv_nvfp4(k32, x.as<uint8_t>() + 2, 1, y.data(), DType::F32, nullptr), Error);
+  EXPECT_THROW(cuda::gemv_nvfp4(k32, x.data(), 1, y.data(), DType::F16, nullptr), Error);
+  EXPECT_THROW(cuda::gemv_bf16(x.data(), 8, 40, x.data(), 1, y.data(), DType::F32, nullptr), Error);
+  EXPECT_THROW(cuda::gemv_bf16(x.as<uint8_t>() + 8, 8, 32, x.data(), 1, y.data(), DType::F32, nullptr), Error);
+  CUDA_CHECK(cudaDeviceSynchronize());
+}
+
+}  // namespace
+}  // namespace uberlm
