@@ -1,0 +1,250 @@
+#include "runtime/engine.h"
+
+#include <algorithm>
+
+#include "core/error.h"
+
+namespace uberlm {
+
+namespace {
+
+double seconds_between(std::chrono::steady_clock::time_point from, std::chrono::steady_clock::time_point to) {
+  return std::chrono::duration<double>(to - from).count();
+}
+
+// The longest prefix of `text` that does not end inside a UTF-8 sequence, at most `limit` bytes.
+size_t utf8_safe_prefix(const std::string& text, size_t limit) {
+  size_t end = std::min(limit, text.size());
+  while (end > 0 && end < text.size() && (static_cast<unsigned char>(text[end]) & 0xC0) == 0x80) --end;
+  return end;
+}
+
+}  // namespace
+
+const char* finish_reason_name(FinishReason reason) {
+  switch (reason) {
+    case FinishReason::Stop:
+      return "stop";
+    case FinishReason::Length:
+      return "length";
+    case FinishReason::Cancelled:
+      return "cancelled";
+  }
+  return "unknown";
+}
+
+bool RequestStream::next(StreamEvent& event, std::chrono::milliseconds timeout) {
+  std::unique_lock lock(mutex_);
+  if (!ready_.wait_for(lock, timeout, [&] { return !events_.empty(); })) return false;
+  event = std::move(events_.front());
+  events_.pop_front();
+  return true;
+}
+
+void RequestStream::push(StreamEvent event) {
+  {
+    std::lock_guard lock(mutex_);
+    events_.push_back(std::move(event));
+  }
+  ready_.notify_all();
+}
+
+Engine::Engine(Backend& backend, const BpeTokenizer& tokenizer, const EngineConfig& config, Metrics& metrics)
+    : backend_(backend), tokenizer_(tokenizer), config_(config), metrics_(metrics), scheduler_(config.scheduler) {
+  if (config.scheduler.num_slots > backend.max_slots()) {
+    fail("engine: scheduler wants {} cache slots, backend {} has {}", config.scheduler.num_slots, backend.name(),
+         backend.max_slots());
+  }
+  if (config.max_waiting < 0) fail("engine: max_waiting must be >= 0, got {}", config.max_waiting);
+  metrics_.set(Gauge::KvBlocksTotal, static_cast<double>(scheduler_.blocks().kv_blocks_total()));
+  metrics_.set(Gauge::StateSlotsTotal, scheduler_.blocks().slots_total());
+  thread_ = std::thread([this] { loop(); });
+}
+
+Engine::~Engine() {
+  {
+    std::lock_guard lock(mutex_);
+    stopping_ = true;
+  }
+  wake_.notify_all();
+  thread_.join();
+}
+
+int Engine::in_flight() const {
+  std::lock_guard lock(mutex_);
+  return in_flight_;
+}
+
+std::shared_ptr<RequestStream> Engine::submit(EngineRequest request) {
+  const int vocab = backend_.config().vocab_size;
+  const int64_t prompt_tokens = static_cast<int64_t>(request.prompt.size());
+  if (prompt_tokens == 0) fail("the prompt is empty");
+  for (int32_t token : request.prompt) {
+    if (token < 0 || token >= vocab) fail("prompt token id {} is outside the vocabulary [0, {})", token, vocab);
+  }
+  if (request.max_tokens < 1) fail("max_tokens must be at least 1, got {}", request.max_tokens);
+  if (prompt_tokens + request.max_tokens > max_model_len()) {
+    fail("this model's maximum context length is {} tokens, but {} were requested ({} in the prompt, {} to generate)",
+         max_model_len(), prompt_tokens + request.max_tokens, prompt_tokens, request.max_tokens);
+  }
+  Sampler sampler(request.sampling);
+  size_t longest_stop = 0;
+  for (const std::string& stop : request.stop_strings) {
+    if (stop.empty()) fail("stop strings must not be empty");
+    longest_stop = std::max(longest_stop, stop.size());
+  }
+
+  std::lock_guard lock(mutex_);
+  if (stopping_ || in_flight_ >= config_.scheduler.max_num_seqs + config_.max_waiting) return nullptr;
+  const uint64_t id = next_id_++;
+  auto stream = std::make_shared<RequestStream>(id);
+  const auto now = std::chrono::steady_clock::now();
+  incoming_.emplace_back(id, Active{stream, std::move(request), sampler, StreamDecoder(tokenizer_, /*skip_special=*/true),
+                                    "", longest_stop > 0 ? longest_stop - 1 : 0, 0, now, now});
+  ++in_flight_;
+  metrics_.add(Counter::PromptTokens, static_cast<double>(prompt_tokens));
+  wake_.notify_one();
+  return stream;
+}
+
+void Engine::cancel(uint64_t id) {
+  {
+    std::lock_guard lock(mutex_);
+    cancelled_.push_back(id);
+  }
+  wake_.notify_one();
+}
+
+void Engine::loop() {
+  while (true) {
+    std::vector<std::pair<uint64_t, Active>> arrivals;
+    std::vector<uint64_t> cancels;
+    {
+      std::unique_lock lock(mutex_);
+      wake_.wait(lock, [&] { return stopping_ || !incoming_.empty() || !cancelled_.empty() || scheduler_.has_work(); });
+      if (stopping_) break;
+      arrivals.swap(incoming_);
+      cancels.swap(cancelled_);
+    }
+    for (auto& [id, active] : arrivals) {
+      scheduler_.add(id, active.request.prompt);
+      active_.emplace(id, std::move(active));
+    }
+    for (uint64_t id : cancels) {
+      if (active_.count(id)) finish(id, FinishReason::Cancelled);
+    }
+    if (scheduler_.has_work()) step();
+    update_gauges();
+  }
+  // Shutting down: every reader gets its final event.
+  {
+    std::lock_guard lock(mutex_);
+    for (auto& [id, active] : incoming_) active_.emplace(id, std::move(active));
+    incoming_.clear();
+  }
+  std::vector<uint64_t> remaining;
+  for (const auto& entry : active_) remaining.push_back(entry.first);
+  for (uint64_t id : remaining) finish(id, FinishReason::Cancelled, "the server is shutting down");
+}
+
+void Engine::step() {
+  SchedulerOutput out = scheduler_.schedule();
+  for (int slot : out.released_slots) backend_.release(slot);
+  if (!out.preempted.empty()) metrics_.add(Counter::Preemptions, static_cast<double>(out.preempted.size()));
+  if (out.chunks.empty()) return;
+
+  ForwardResult result;
+  try {
+    result = backend_.forward(out.batch);
+  } catch (const std::exception& error) {
+    // The caches of this batch's sequences are in an unknown state: fail them, keep serving the rest.
+    for (const ScheduledChunk& chunk : out.chunks) finish(chunk.id, FinishReason::Cancelled, error.what());
+    return;
+  }
+  const char* path = out.num_prefill_tokens == 0 ? "decode" : out.num_decode_tokens == 0 ? "prefill" : "mixed";
+  const std::string labels = fmt::format("backend=\"{}\",path=\"{}\"", backend_.name(), path);
+  metrics_.add(Counter::EngineSteps, 1.0, labels);
+  metrics_.add(Counter::StepTokens, static_cast<double>(out.batch.tokens.size()), labels);
+
+  const int vocab = backend_.config().vocab_size;
+  int64_t row = 0;
+  for (const ScheduledChunk& chunk : out.chunks) {
+    if (!chunk.samples) continue;
+    const float* logits = result.logits.data() + row * vocab;
+    ++row;
+    Active& active = active_.at(chunk.id);
+    on_token(chunk.id, active, active.sampler.sample(logits, vocab));
+  }
+}
+
+void Engine::on_token(uint64_t id, Active& active, int32_t token) {
+  const auto now = std::chrono::steady_clock::now();
+  metrics_.observe(active.generated == 0 ? Histogram::TimeToFirstToken : Histogram::InterTokenLatency,
+                   seconds_between(active.generated == 0 ? active.arrival : active.last_token, now));
+  active.last_token = now;
+  const std::vector<int>& stops = active.request.stop_token_ids;
+  if (std::find(stops.begin(), stops.end(), token) != stops.end()) {
+    finish(id, FinishReason::Stop);
+    return;
+  }
+  ++active.generated;
+  metrics_.add(Counter::GenerationTokens, 1.0);
+  active.pending_text += active.decoder.push(token);
+
+  // Stop strings: the held-back tail plus the new text hold every occurrence that ends in the new text.
+  size_t cut = std::string::npos;
+  for (const std::string& stop : active.request.stop_strings) cut = std::min(cut, active.pending_text.find(stop));
+  if (cut != std::string::npos) {
+    active.pending_text.resize(cut);
+    finish(id, FinishReason::Stop);
+    return;
+  }
+  if (active.generated >= active.request.max_tokens) {
+    finish(id, FinishReason::Length);
+    return;
+  }
+  scheduler_.append_token(id, token);
+  const size_t ready = active.pending_text.size() > active.hold_back ? active.pending_text.size() - active.hold_back : 0;
+  const size_t send = utf8_safe_prefix(active.pending_text, ready);
+  if (send > 0) {
+    StreamEvent event;
+    event.text = active.pending_text.substr(0, send);
+    active.pending_text.erase(0, send);
+    active.stream->push(std::move(event));
+  }
+}
+
+void Engine::finish(uint64_t id, FinishReason reason, const std::string& error) {
+  auto it = active_.find(id);
+  Active& active = it->second;
+  StreamEvent event;
+  event.finished = true;
+  event.finish_reason = reason;
+  event.error = error;
+  if (reason != FinishReason::Cancelled) event.text = active.pending_text + active.decoder.flush();
+  event.prompt_tokens = static_cast<int64_t>(active.request.prompt.size());
+  event.completion_tokens = active.generated;
+  if (scheduler_.contains(id)) {
+    if (std::optional<int> slot = scheduler_.remove(id)) backend_.release(*slot);
+  }
+  metrics_.add(Counter::Requests, 1.0,
+               fmt::format("finish_reason=\"{}\"", error.empty() ? finish_reason_name(reason) : "error"));
+  metrics_.observe(Histogram::RequestLatency, seconds_between(active.arrival, std::chrono::steady_clock::now()));
+  active.stream->push(std::move(event));
+  active_.erase(it);
+  std::lock_guard lock(mutex_);
+  --in_flight_;
+}
+
+void Engine::update_gauges() {
+  const BlockManager& blocks = scheduler_.blocks();
+  metrics_.set(Gauge::RunningSequences, scheduler_.num_running());
+  metrics_.set(Gauge::WaitingSequences, scheduler_.num_waiting());
+  metrics_.set(Gauge::KvBlocksUsed, static_cast<double>(blocks.kv_blocks_used()));
+  metrics_.set(Gauge::KvCacheUsage,
+               blocks.kv_blocks_total() > 0 ? static_cast<double>(blocks.kv_blocks_used()) / blocks.kv_blocks_total() : 0.0);
+  metrics_.set(Gauge::StateSlotsUsed, blocks.slots_used());
+  metrics_.set(Gauge::StateSlotsUsage, static_cast<double>(blocks.slots_used()) / blocks.slots_total());
+}
+
+}  // namespace uberlm

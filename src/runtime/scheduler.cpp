@@ -1,0 +1,185 @@
+#include "runtime/scheduler.h"
+
+#include <algorithm>
+
+#include "core/error.h"
+
+namespace uberlm {
+
+BlockManager::BlockManager(int64_t num_kv_blocks, int block_size, int num_slots)
+    : num_kv_blocks_(num_kv_blocks), block_size_(block_size), num_slots_(num_slots) {
+  if (block_size <= 0) fail("scheduler: block_size must be positive, got {}", block_size);
+  if (num_kv_blocks < 0 || num_slots <= 0) {
+    fail("scheduler: need kv blocks >= 0 and slots > 0, got {} and {}", num_kv_blocks, num_slots);
+  }
+  for (int64_t b = num_kv_blocks - 1; b >= 0; --b) free_blocks_.push_back(static_cast<int>(b));
+  for (int s = num_slots - 1; s >= 0; --s) free_slots_.push_back(s);
+}
+
+bool BlockManager::grow(std::vector<int>& table, int64_t tokens) {
+  const int64_t needed = blocks_for(tokens) - static_cast<int64_t>(table.size());
+  if (needed <= 0) return true;
+  if (needed > static_cast<int64_t>(free_blocks_.size())) return false;
+  for (int64_t i = 0; i < needed; ++i) {
+    table.push_back(free_blocks_.back());
+    free_blocks_.pop_back();
+  }
+  return true;
+}
+
+void BlockManager::free(std::vector<int>& table) {
+  for (auto it = table.rbegin(); it != table.rend(); ++it) free_blocks_.push_back(*it);
+  table.clear();
+}
+
+std::optional<int> BlockManager::take_slot() {
+  if (free_slots_.empty()) return std::nullopt;
+  const int slot = free_slots_.back();
+  free_slots_.pop_back();
+  return slot;
+}
+
+void BlockManager::free_slot(int slot) { free_slots_.push_back(slot); }
+
+Scheduler::Scheduler(const SchedulerConfig& config)
+    : config_(config), blocks_(config.num_kv_blocks, config.block_size, config.num_slots) {
+  if (config.max_num_seqs <= 0 || config.max_num_batched_tokens <= 0 || config.max_model_len <= 0) {
+    fail("scheduler: max_num_seqs, max_num_batched_tokens and max_model_len must be positive");
+  }
+  // A lone sequence must always fit, or preemption could not guarantee progress.
+  if (config.num_kv_blocks < blocks_.blocks_for(config.max_model_len)) {
+    fail("scheduler: {} KV blocks of {} tokens cannot hold one sequence of max_model_len {}", config.num_kv_blocks,
+         config.block_size, config.max_model_len);
+  }
+}
+
+void Scheduler::add(uint64_t id, std::vector<int32_t> prompt) {
+  if (prompt.empty()) fail("scheduler: sequence {} has an empty prompt", id);
+  if (static_cast<int64_t>(prompt.size()) > config_.max_model_len) {
+    fail("scheduler: sequence {} prompt of {} tokens exceeds max_model_len {}", id, prompt.size(),
+         config_.max_model_len);
+  }
+  if (contains(id)) fail("scheduler: sequence {} already queued", id);
+  Sequence sequence;
+  sequence.id = id;
+  sequence.tokens = std::move(prompt);
+  waiting_.push_back(std::move(sequence));
+}
+
+void Scheduler::emit(Sequence& sequence, int64_t num_tokens, SchedulerOutput& out) {
+  const int64_t first = sequence.num_computed;
+  const bool samples = first + num_tokens == static_cast<int64_t>(sequence.tokens.size());
+  out.batch.tokens.insert(out.batch.tokens.end(), sequence.tokens.begin() + first,
+                          sequence.tokens.begin() + first + num_tokens);
+  out.batch.chunks.push_back(SequenceChunk{sequence.slot, num_tokens, samples});
+  out.chunks.push_back(ScheduledChunk{sequence.id, first, num_tokens, samples});
+  (samples && num_tokens == 1 ? out.num_decode_tokens : out.num_prefill_tokens) += num_tokens;
+  sequence.num_computed += num_tokens;
+}
+
+void Scheduler::preempt(Sequence& sequence, SchedulerOutput& out) {
+  blocks_.free(sequence.block_table);
+  blocks_.free_slot(sequence.slot);
+  out.released_slots.push_back(sequence.slot);
+  out.preempted.push_back(sequence.id);
+  sequence.slot = -1;
+  sequence.num_computed = 0;
+  ++num_preemptions_;
+}
+
+SchedulerOutput Scheduler::schedule() {
+  SchedulerOutput out;
+  int64_t budget = config_.max_num_batched_tokens;
+  bool preempted_any = false;
+
+  // Running sequences first, oldest first; each needs KV blocks for the tokens it adds.
+  for (size_t i = 0; i < running_.size() && budget > 0;) {
+    Sequence& sequence = running_[i];
+    const int64_t missing = static_cast<int64_t>(sequence.tokens.size()) - sequence.num_computed;
+    const int64_t count = std::min(missing, budget);
+    if (count <= 0) fail("scheduler: sequence {} is waiting for a sampled token", sequence.id);
+    bool self_preempted = false;
+    while (!blocks_.grow(sequence.block_table, sequence.num_computed + count)) {
+      // Free the newest running sequence; if that is this one, it waits for the others to finish.
+      Sequence victim = std::move(running_.back());
+      running_.pop_back();
+      preempt(victim, out);
+      waiting_.push_front(std::move(victim));
+      preempted_any = true;
+      if (running_.size() == i) {
+        self_preempted = true;
+        break;
+      }
+    }
+    if (self_preempted) break;
+    emit(sequence, count, out);
+    budget -= count;
+    ++i;
+  }
+
+  // Then admissions, first come first served; none in a step that had to preempt.
+  while (!preempted_any && budget > 0 && !waiting_.empty() &&
+         static_cast<int>(running_.size()) < config_.max_num_seqs) {
+    Sequence& sequence = waiting_.front();
+    const int64_t count = std::min(static_cast<int64_t>(sequence.tokens.size()), budget);
+    if (blocks_.slots_used() == blocks_.slots_total()) break;
+    if (!blocks_.grow(sequence.block_table, count)) break;
+    sequence.slot = *blocks_.take_slot();
+    running_.push_back(std::move(sequence));
+    waiting_.pop_front();
+    emit(running_.back(), count, out);
+    budget -= count;
+  }
+  return out;
+}
+
+void Scheduler::append_token(uint64_t id, int32_t token) {
+  Sequence* sequence = find(id);
+  if (sequence == nullptr || sequence->slot < 0) fail("scheduler: append_token to sequence {} which is not running", id);
+  if (sequence->num_computed != static_cast<int64_t>(sequence->tokens.size())) {
+    fail("scheduler: append_token to sequence {} before its chunk reached the end", id);
+  }
+  if (static_cast<int64_t>(sequence->tokens.size()) >= config_.max_model_len) {
+    fail("scheduler: sequence {} is already max_model_len {} tokens long", id, config_.max_model_len);
+  }
+  sequence->tokens.push_back(token);
+}
+
+std::optional<int> Scheduler::remove(uint64_t id) {
+  auto waiting = std::find_if(waiting_.begin(), waiting_.end(), [&](const Sequence& s) { return s.id == id; });
+  if (waiting != waiting_.end()) {
+    waiting_.erase(waiting);
+    return std::nullopt;
+  }
+  auto running = std::find_if(running_.begin(), running_.end(), [&](const Sequence& s) { return s.id == id; });
+  if (running == running_.end()) fail("scheduler: remove of unknown sequence {}", id);
+  const int slot = running->slot;
+  blocks_.free(running->block_table);
+  blocks_.free_slot(slot);
+  running_.erase(running);
+  return slot;
+}
+
+Scheduler::Sequence* Scheduler::find(uint64_t id) {
+  return const_cast<Sequence*>(static_cast<const Scheduler*>(this)->find(id));
+}
+
+const Scheduler::Sequence* Scheduler::find(uint64_t id) const {
+  for (const Sequence& s : running_) {
+    if (s.id == id) return &s;
+  }
+  for (const Sequence& s : waiting_) {
+    if (s.id == id) return &s;
+  }
+  return nullptr;
+}
+
+bool Scheduler::contains(uint64_t id) const { return find(id) != nullptr; }
+
+int64_t Scheduler::length(uint64_t id) const {
+  const Sequence* sequence = find(id);
+  if (sequence == nullptr) fail("scheduler: length of unknown sequence {}", id);
+  return static_cast<int64_t>(sequence->tokens.size());
+}
+
+}  // namespace uberlm

@@ -1,0 +1,114 @@
+#pragma once
+// Continuous batching as plain data: which sequences run this step and how many of their tokens.
+// Each step first continues the running sequences (one decode token each, or the next chunk of a
+// prefill) in admission order, then admits waiting ones while the token budget, max_num_seqs, a free
+// cache slot and free KV blocks allow. A sequence is a token list (prompt + generated) and a count of
+// tokens already in its caches: prefill and decode are the same thing, "compute the missing tokens",
+// and a step samples a sequence's next token only when its chunk reaches the end of the list.
+// When KV blocks run out, the newest running sequence is preempted: its caches are freed and it goes
+// back to the front of the queue to be recomputed later (its generated tokens are kept).
+#include <cstdint>
+#include <deque>
+#include <optional>
+#include <vector>
+
+#include "runtime/backend.h"
+
+namespace uberlm {
+
+struct SchedulerConfig {
+  int max_num_seqs = 16;
+  int64_t max_num_batched_tokens = 512;  // tokens of all chunks of one step
+  int64_t max_model_len = 4096;          // prompt + generated, per sequence
+  int block_size = 16;                   // KV tokens per block (full-attention layers)
+  int64_t num_kv_blocks = 0;             // must hold at least one max_model_len sequence
+  int num_slots = 0;                     // backend cache slots: one per running sequence (its GDN state)
+};
+
+// Paged accounting of the KV cache (blocks of block_size tokens, ids into one pool) and of the cache
+// slots holding each running sequence's Gated DeltaNet state. Blocks are taken as a sequence grows.
+class BlockManager {
+ public:
+  BlockManager(int64_t num_kv_blocks, int block_size, int num_slots);
+
+  int64_t blocks_for(int64_t tokens) const { return (tokens + block_size_ - 1) / block_size_; }
+  // Grows `table` to cover `tokens`; false (and `table` unchanged) when the pool is short.
+  bool grow(std::vector<int>& table, int64_t tokens);
+  void free(std::vector<int>& table);
+  std::optional<int> take_slot();
+  void free_slot(int slot);
+
+  int64_t kv_blocks_used() const { return num_kv_blocks_ - static_cast<int64_t>(free_blocks_.size()); }
+  int64_t kv_blocks_total() const { return num_kv_blocks_; }
+  int slots_used() const { return num_slots_ - static_cast<int>(free_slots_.size()); }
+  int slots_total() const { return num_slots_; }
+
+ private:
+  int64_t num_kv_blocks_;
+  int block_size_;
+  int num_slots_;
+  std::vector<int> free_blocks_;  // stack: the most recently freed block is reused first
+  std::vector<int> free_slots_;
+};
+
+// One chunk of a step: tokens [first_token, first_token + num_tokens) of sequence `id`.
+struct ScheduledChunk {
+  uint64_t id = 0;
+  int64_t first_token = 0;
+  int64_t num_tokens = 0;
+  bool samples = false;  // the chunk ends at the sequence's last token: sample the next one
+};
+
+struct SchedulerOutput {
+  ForwardBatch batch;                  // chunk i of batch is chunks[i]
+  std::vector<ScheduledChunk> chunks;
+  std::vector<int> released_slots;     // slots of sequences preempted this step: empty them before the forward
+  std::vector<uint64_t> preempted;
+  int64_t num_decode_tokens = 0;       // tokens of single-token chunks that sample
+  int64_t num_prefill_tokens = 0;      // every other token (prompts, recomputation after preemption)
+};
+
+class Scheduler {
+ public:
+  explicit Scheduler(const SchedulerConfig& config);
+
+  // Queues a new sequence. Throws Error on an empty prompt, a prompt longer than max_model_len or a
+  // duplicate id.
+  void add(uint64_t id, std::vector<int32_t> prompt);
+  SchedulerOutput schedule();
+  // The token sampled for a chunk that `samples`.
+  void append_token(uint64_t id, int32_t token);
+  // Forgets a finished or cancelled sequence; returns its slot, which the caller must empty.
+  std::optional<int> remove(uint64_t id);
+
+  bool has_work() const { return !running_.empty() || !waiting_.empty(); }
+  bool contains(uint64_t id) const;
+  int64_t length(uint64_t id) const;  // prompt + generated tokens
+  int num_running() const { return static_cast<int>(running_.size()); }
+  int num_waiting() const { return static_cast<int>(waiting_.size()); }
+  int64_t num_preemptions() const { return num_preemptions_; }
+  const BlockManager& blocks() const { return blocks_; }
+  const SchedulerConfig& config() const { return config_; }
+
+ private:
+  struct Sequence {
+    uint64_t id = 0;
+    std::vector<int32_t> tokens;  // prompt + generated
+    int64_t num_computed = 0;     // tokens in the caches
+    int slot = -1;
+    std::vector<int> block_table;
+  };
+
+  void preempt(Sequence& sequence, SchedulerOutput& out);
+  void emit(Sequence& sequence, int64_t num_tokens, SchedulerOutput& out);
+  Sequence* find(uint64_t id);
+  const Sequence* find(uint64_t id) const;
+
+  SchedulerConfig config_;
+  BlockManager blocks_;
+  std::deque<Sequence> waiting_;
+  std::vector<Sequence> running_;  // admission order: the back is preempted first
+  int64_t num_preemptions_ = 0;
+};
+
+}  // namespace uberlm

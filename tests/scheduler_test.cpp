@@ -1,0 +1,352 @@
+// The continuous-batching scheduler, step by step (table-driven), and the engine loop on a fake
+// backend: the scheduler's plain data is checked without a model.
+#include <gtest/gtest.h>
+
+#include <atomic>
+#include <filesystem>
+#include <map>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "core/error.h"
+#include "runtime/engine.h"
+#include "runtime/scheduler.h"
+
+namespace uberlm {
+namespace {
+
+struct ExpectedChunk {
+  uint64_t id;
+  int64_t first_token, num_tokens;
+  bool samples;
+  bool operator==(const ExpectedChunk&) const = default;
+};
+
+struct Step {
+  std::map<uint64_t, int> add;          // id -> prompt length, queued before this step
+  std::vector<uint64_t> remove;         // finished before this step
+  std::vector<ExpectedChunk> expected;  // the step's chunks, in batch order
+  std::vector<uint64_t> preempted;
+};
+
+struct Case {
+  std::string name;
+  SchedulerConfig config;
+  std::vector<Step> steps;
+};
+
+std::string describe(const std::vector<ExpectedChunk>& chunks) {
+  std::string text;
+  for (const ExpectedChunk& c : chunks) {
+    text += fmt::format("(id {} first {} n {} {}) ", c.id, c.first_token, c.num_tokens, c.samples ? "samples" : "-");
+  }
+  return text;
+}
+
+SchedulerConfig config(int max_seqs, int64_t budget, int64_t max_len, int64_t blocks, int slots) {
+  return SchedulerConfig{max_seqs, budget, max_len, /*block_size=*/16, blocks, slots};
+}
+
+class SchedulerSteps : public ::testing::TestWithParam<Case> {};
+
+TEST_P(SchedulerSteps, ChunksPerStepMatchTheTable) {
+  const Case& c = GetParam();
+  Scheduler scheduler(c.config);
+  for (size_t s = 0; s < c.steps.size(); ++s) {
+    const Step& step = c.steps[s];
+    for (uint64_t id : step.remove) scheduler.remove(id);
+    for (auto [id, length] : step.add) {
+      std::vector<int32_t> prompt(length);
+      for (int i = 0; i < length; ++i) prompt[i] = static_cast<int32_t>((id * 31 + i * 7) % 101);
+      scheduler.add(id, prompt);
+    }
+    SchedulerOutput out = scheduler.schedule();
+    std::vector<ExpectedChunk> got;
+    int64_t tokens = 0;
+    for (size_t i = 0; i < out.chunks.size(); ++i) {
+      const ScheduledChunk& chunk = out.chunks[i];
+      got.push_back({chunk.id, chunk.first_token, chunk.num_tokens, chunk.samples});
+      EXPECT_EQ(out.batch.chunks[i].num_tokens, chunk.num_tokens);
+      EXPECT_EQ(out.batch.chunks[i].want_logits, chunk.samples);
+      tokens += chunk.num_tokens;
+    }
+    EXPECT_EQ(static_cast<int64_t>(out.batch.tokens.size()), tokens);
+    EXPECT_LE(tokens, c.config.max_num_batched_tokens);
+    EXPECT_EQ(got, step.expected) << c.name << " step " << s << ": got " << describe(got) << "expected "
+                                  << describe(step.expected);
+    EXPECT_EQ(out.preempted, step.preempted) << c.name << " step " << s;
+    EXPECT_EQ(out.released_slots.size(), out.preempted.size());
+    EXPECT_LE(scheduler.num_running(), c.config.max_num_seqs);
+    for (const ScheduledChunk& chunk : out.chunks) {
+      if (chunk.samples) scheduler.append_token(chunk.id, 5);
+    }
+  }
+}
+
+// Budget 8, prompt 20: prefill in chunks of 8, 8, 4 (the last one samples), then one decode token per step.
+// A second sequence arriving mid-prefill takes what budget is left.
+const Case kChunkedPrefill{
+    "chunked_prefill",
+    config(4, 8, 64, 16, 4),
+    {
+        {{{1, 20}}, {}, {{1, 0, 8, false}}, {}},
+        {{{2, 3}}, {}, {{1, 8, 8, false}}, {}},
+        {{}, {}, {{1, 16, 4, true}, {2, 0, 3, true}}, {}},
+        {{}, {}, {{1, 20, 1, true}, {2, 3, 1, true}}, {}},
+        {{}, {1}, {{2, 4, 1, true}}, {}},
+    }};
+
+// max_num_seqs 2: the third sequence waits until one finishes.
+const Case kMaxNumSeqs{
+    "max_num_seqs",
+    config(2, 64, 64, 16, 2),
+    {
+        {{{1, 4}, {2, 4}, {3, 4}}, {}, {{1, 0, 4, true}, {2, 0, 4, true}}, {}},
+        {{}, {}, {{1, 4, 1, true}, {2, 4, 1, true}}, {}},
+        {{}, {2}, {{1, 5, 1, true}, {3, 0, 4, true}}, {}},
+    }};
+
+// 4 KV blocks of 16 tokens (one max_model_len sequence). Two sequences of 30 tokens fit (2 blocks each);
+// growing sequence 1 to a 33rd token needs a fifth block, so sequence 2 (the newest) is preempted, then
+// recomputed from scratch (prompt + its generated token) once sequence 1 finishes.
+const Case kPreemptByRecompute{
+    "preempt_by_recompute",
+    config(4, 64, 64, 4, 4),
+    {
+        {{{1, 30}, {2, 30}}, {}, {{1, 0, 30, true}, {2, 0, 30, true}}, {}},
+        {{}, {}, {{1, 30, 1, true}, {2, 30, 1, true}}, {}},
+        {{}, {}, {{1, 31, 1, true}, {2, 31, 1, true}}, {}},
+        {{}, {}, {{1, 32, 1, true}}, {2}},
+        {{}, {}, {{1, 33, 1, true}}, {}},
+        {{}, {1}, {{2, 0, 33, true}}, {}},
+    }};
+
+// A sequence that cannot grow preempts itself when it is the newest; a waiting sequence is not admitted
+// in a step that preempted, and later arrivals queue behind a preempted sequence (first come first served).
+const Case kSelfPreemption{
+    "self_preemption",
+    config(4, 64, 32, 2, 4),
+    {
+        {{{1, 10}, {2, 16}}, {}, {{1, 0, 10, true}, {2, 0, 16, true}}, {}},
+        {{{3, 1}}, {}, {{1, 10, 1, true}}, {2}},
+        {{}, {}, {{1, 11, 1, true}}, {}},
+        {{}, {1}, {{2, 0, 17, true}}, {}},
+        {{}, {}, {{2, 17, 1, true}}, {}},
+    }};
+
+// Cache slots (one GDN state each) limit admission like max_num_seqs.
+const Case kStateSlots{
+    "state_slots",
+    config(8, 64, 32, 16, 1),
+    {
+        {{{1, 2}, {2, 2}}, {}, {{1, 0, 2, true}}, {}},
+        {{}, {1}, {{2, 0, 2, true}}, {}},
+    }};
+
+INSTANTIATE_TEST_SUITE_P(Table, SchedulerSteps,
+                         ::testing::Values(kChunkedPrefill, kMaxNumSeqs, kPreemptByRecompute, kSelfPreemption,
+                                           kStateSlots),
+                         [](const auto& info) { return info.param.name; });
+
+TEST(Scheduler, RejectsBadSequencesAndConfigs) {
+  Scheduler scheduler(config(2, 16, 32, 2, 2));
+  EXPECT_THROW(scheduler.add(1, {}), Error);
+  EXPECT_THROW(scheduler.add(1, std::vector<int32_t>(33, 1)), Error);
+  scheduler.add(1, {1, 2});
+  EXPECT_THROW(scheduler.add(1, {1}), Error);
+  EXPECT_THROW(scheduler.remove(9), Error);
+  EXPECT_THROW(Scheduler(config(2, 16, 33, 2, 2)), Error);  // 2 blocks cannot hold 33 tokens
+}
+
+TEST(Scheduler, RemovingFreesBlocksAndSlots) {
+  Scheduler scheduler(config(2, 64, 32, 4, 2));
+  scheduler.add(1, std::vector<int32_t>(20, 3));
+  scheduler.add(2, std::vector<int32_t>(5, 3));
+  scheduler.schedule();
+  EXPECT_EQ(scheduler.blocks().kv_blocks_used(), 3);
+  EXPECT_EQ(scheduler.blocks().slots_used(), 2);
+  EXPECT_TRUE(scheduler.remove(1).has_value());
+  EXPECT_EQ(scheduler.blocks().kv_blocks_used(), 1);
+  EXPECT_EQ(scheduler.blocks().slots_used(), 1);
+  scheduler.add(3, {1});
+  EXPECT_FALSE(scheduler.remove(3).has_value());  // still waiting: holds nothing
+  EXPECT_TRUE(scheduler.remove(2).has_value());
+  EXPECT_FALSE(scheduler.has_work());
+  EXPECT_EQ(scheduler.blocks().kv_blocks_used(), 0);
+}
+
+// A backend whose next-token logits are a function of the sequence's whole token history, so any
+// scheduling (batching, chunking, preemption and recompute) must reproduce the output of a lone run.
+class FakeBackend : public Backend {
+ public:
+  FakeBackend(int vocab, int slots) : history_(slots) { config_.vocab_size = vocab; }
+  std::string name() const override { return "fake"; }
+  const ModelConfig& config() const override { return config_; }
+  int max_slots() const override { return static_cast<int>(history_.size()); }
+  int64_t cached_length(int slot) const override { return static_cast<int64_t>(history_.at(slot).size()); }
+  void release(int slot) override { history_.at(slot).clear(); }
+  ForwardResult forward(const ForwardBatch& batch) override {
+    while (paused.load()) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    ForwardResult result;
+    size_t offset = 0;
+    for (const SequenceChunk& chunk : batch.chunks) {
+      auto& history = history_.at(chunk.slot);
+      history.insert(history.end(), batch.tokens.begin() + offset, batch.tokens.begin() + offset + chunk.num_tokens);
+      offset += chunk.num_tokens;
+      if (!chunk.want_logits) continue;
+      std::vector<float> row(config_.vocab_size, 0.0f);
+      row[next_token(history, config_.vocab_size)] = 1.0f;
+      result.logits.insert(result.logits.end(), row.begin(), row.end());
+      ++result.rows;
+    }
+    return result;
+  }
+  // Printable ASCII-ish byte tokens (ids 30..120) so the decoded text is plain.
+  static int next_token(const std::vector<int32_t>& history, int vocab) {
+    uint64_t hash = 1469598103934665603ull;
+    for (int32_t t : history) hash = (hash ^ static_cast<uint64_t>(t)) * 1099511628211ull;
+    return static_cast<int>(30 + (hash >> 17) % 90) % vocab;
+  }
+  std::atomic<bool> paused{false};
+
+ private:
+  ModelConfig config_;
+  std::vector<std::vector<int32_t>> history_;
+};
+
+std::unique_ptr<BpeTokenizer> fixture_tokenizer() {
+  const auto path = std::filesystem::path(UBERLM_FIXTURE_DIR) / "tokenizer" / "qwen" / "tokenizer.json";
+  if (!std::filesystem::exists(path)) throw Error("missing fixture " + path.string());
+  return BpeTokenizer::load(path);
+}
+
+EngineConfig engine_config(int max_seqs, int64_t budget, int64_t blocks, int max_waiting) {
+  return EngineConfig{config(max_seqs, budget, 128, blocks, max_seqs), max_waiting};
+}
+
+struct Collected {
+  std::string text;
+  StreamEvent final;
+};
+
+Collected collect(RequestStream& stream) {
+  Collected out;
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(20);
+  StreamEvent event;
+  while (std::chrono::steady_clock::now() < deadline) {
+    if (!stream.next(event, std::chrono::milliseconds(100))) continue;
+    out.text += event.text;
+    if (event.finished) {
+      out.final = event;
+      return out;
+    }
+  }
+  throw Error("engine test: no final event within 20 s");
+}
+
+EngineRequest request_for(int index, int64_t max_tokens) {
+  EngineRequest request;
+  for (int i = 0; i < 5 + index * 7 % 40; ++i) request.prompt.push_back(30 + (index * 13 + i * 3) % 90);
+  request.max_tokens = max_tokens;
+  return request;
+}
+
+TEST(Engine, BatchedChunkedAndPreemptedOutputsEqualLoneRuns) {
+  auto tokenizer = fixture_tokenizer();
+  constexpr int kRequests = 12;
+  std::vector<std::string> alone(kRequests);
+  {
+    FakeBackend backend(tokenizer->vocab_size(), 1);
+    Metrics metrics;
+    Engine engine(backend, *tokenizer, engine_config(1, 512, 8, 0), metrics);
+    for (int r = 0; r < kRequests; ++r) {
+      Collected got = collect(*engine.submit(request_for(r, 40)));
+      ASSERT_EQ(got.final.finish_reason, FinishReason::Length);
+      ASSERT_EQ(got.final.completion_tokens, 40);
+      alone[r] = got.text;
+    }
+  }
+  // 4 sequences, 8 tokens a step, 8 blocks of 16 for up to 4 x 85 tokens: chunked prefill and preemption.
+  FakeBackend backend(tokenizer->vocab_size(), 4);
+  Metrics metrics;
+  Engine engine(backend, *tokenizer, engine_config(4, 8, 8, kRequests), metrics);
+  std::vector<std::shared_ptr<RequestStream>> streams;
+  for (int r = 0; r < kRequests; ++r) streams.push_back(engine.submit(request_for(r, 40)));
+  for (int r = 0; r < kRequests; ++r) {
+    ASSERT_NE(streams[r], nullptr);
+    EXPECT_EQ(collect(*streams[r]).text, alone[r]) << "request " << r;
+  }
+  EXPECT_GT(metrics.value(Counter::Preemptions), 0.0);
+  EXPECT_GT(metrics.value(Counter::EngineSteps, R"(backend="fake",path="mixed")"), 0.0);
+  EXPECT_EQ(metrics.value(Counter::GenerationTokens), kRequests * 40.0);
+  EXPECT_EQ(engine.in_flight(), 0);
+}
+
+TEST(Engine, StopStringsAndStopTokensEndTheOutput) {
+  auto tokenizer = fixture_tokenizer();
+  FakeBackend backend(tokenizer->vocab_size(), 2);
+  Metrics metrics;
+  Engine engine(backend, *tokenizer, engine_config(2, 64, 16, 4), metrics);
+  const std::string full = collect(*engine.submit(request_for(3, 60))).text;
+  ASSERT_GE(full.size(), 40u);
+  // A stop string from the middle of the output: the text ends right before its first occurrence.
+  const std::string stop = full.substr(20, 3);
+  EngineRequest with_stop = request_for(3, 60);
+  with_stop.stop_strings = {"never in the output \x01", stop};
+  Collected stopped = collect(*engine.submit(with_stop));
+  EXPECT_EQ(stopped.text, full.substr(0, full.find(stop)));
+  EXPECT_EQ(stopped.final.finish_reason, FinishReason::Stop);
+  // A stop token: the output ends before it, and the token is not counted.
+  EngineRequest prompt_only = request_for(3, 1);
+  std::vector<int32_t> history = prompt_only.prompt;
+  const int first = FakeBackend::next_token(history, tokenizer->vocab_size());
+  history.push_back(first);
+  EngineRequest with_stop_token = request_for(3, 60);
+  with_stop_token.stop_token_ids = {FakeBackend::next_token(history, tokenizer->vocab_size())};
+  Collected token_stopped = collect(*engine.submit(with_stop_token));
+  EXPECT_EQ(token_stopped.final.finish_reason, FinishReason::Stop);
+  EXPECT_EQ(token_stopped.final.completion_tokens, 1);
+  EXPECT_EQ(token_stopped.text, tokenizer->decode({first}));
+}
+
+TEST(Engine, CancelFreesTheSequenceAndAFullQueueRefuses) {
+  auto tokenizer = fixture_tokenizer();
+  FakeBackend backend(tokenizer->vocab_size(), 1);
+  Metrics metrics;
+  Engine engine(backend, *tokenizer, engine_config(1, 64, 8, 1), metrics);
+  backend.paused = true;
+  auto first = engine.submit(request_for(1, 100));
+  auto second = engine.submit(request_for(2, 100));
+  ASSERT_NE(first, nullptr);
+  ASSERT_NE(second, nullptr);
+  EXPECT_EQ(engine.submit(request_for(3, 100)), nullptr);  // 1 running + 1 waiting
+  engine.cancel(first->id());
+  engine.cancel(second->id());
+  backend.paused = false;
+  EXPECT_EQ(collect(*first).final.finish_reason, FinishReason::Cancelled);
+  EXPECT_EQ(collect(*second).final.finish_reason, FinishReason::Cancelled);
+  EXPECT_EQ(engine.in_flight(), 0);
+  auto third = engine.submit(request_for(3, 5));
+  ASSERT_NE(third, nullptr);
+  EXPECT_EQ(collect(*third).final.finish_reason, FinishReason::Length);
+  EXPECT_EQ(metrics.value(Counter::Requests, R"(finish_reason="cancelled")"), 2.0);
+}
+
+TEST(Engine, RejectsRequestsItCannotServe) {
+  auto tokenizer = fixture_tokenizer();
+  FakeBackend backend(tokenizer->vocab_size(), 1);
+  Metrics metrics;
+  Engine engine(backend, *tokenizer, engine_config(1, 64, 8, 1), metrics);
+  EXPECT_THROW(engine.submit(EngineRequest{}), Error);
+  EXPECT_THROW(engine.submit(request_for(1, 128)), Error);  // prompt + max_tokens > max_model_len 128
+  EngineRequest bad_token = request_for(1, 4);
+  bad_token.prompt[0] = tokenizer->vocab_size();
+  EXPECT_THROW(engine.submit(bad_token), Error);
+  EngineRequest bad_sampling = request_for(1, 4);
+  bad_sampling.sampling.top_p = 0.0f;
+  EXPECT_THROW(engine.submit(bad_sampling), Error);
+}
+
+}  // namespace
+}  // namespace uberlm
