@@ -7,6 +7,7 @@
 #include "ops/cpu/activation.h"
 #include "ops/cpu/attention.h"
 #include "ops/cpu/linear.h"
+#include "ops/cpu/linear_nvfp4.h"
 #include "ops/cpu/norm.h"
 
 namespace uberlm {
@@ -16,9 +17,23 @@ std::vector<float> f32_or_empty(const TensorView& tensor) {
   return tensor.data ? to_f32(tensor) : std::vector<float>();
 }
 
+// y: [T, out] = x: [T, in] · W^T (+ bias), W dense or NVFP4.
+void linear(const LinearWeight& layer, const float* x, int64_t num_tokens, float* y) {
+  if (!layer.nvfp4) {
+    cpu::linear(x, num_tokens, layer.weight, layer.bias, y);
+    return;
+  }
+  cpu::linear_nvfp4(x, num_tokens, *layer.nvfp4, y);
+  if (!layer.bias.data) return;
+  const std::vector<float> bias = to_f32(layer.bias);
+  for (int64_t t = 0; t < num_tokens; ++t) {
+    for (size_t n = 0; n < bias.size(); ++n) y[t * bias.size() + n] += bias[n];
+  }
+}
+
 void project(const LinearWeight& layer, const float* x, int64_t num_tokens, std::vector<float>& y) {
   y.resize(num_tokens * layer.out_features());
-  cpu::linear(x, num_tokens, layer.weight, layer.bias, y.data());
+  linear(layer, x, num_tokens, y.data());
 }
 }  // namespace
 
@@ -178,7 +193,7 @@ void CpuDecoder::full_attention(int layer, const float* h, int64_t num_tokens, c
   if (config_.attn_output_gate) {
     for (int64_t i = 0; i < num_tokens * q_width; ++i) attended[i] *= cpu::sigmoid(gate[i]);
   }
-  cpu::linear(attended.data(), num_tokens, w.o_proj.weight, w.o_proj.bias, out);
+  linear(w.o_proj, attended.data(), num_tokens, out);
 }
 
 void CpuDecoder::gated_delta_net(int layer, const float* h, int64_t num_tokens, const std::vector<TokenSpan>& spans,
@@ -213,7 +228,7 @@ void CpuDecoder::gated_delta_net(int layer, const float* h, int64_t num_tokens, 
   // y = GatedRMSNorm(core, z) per value head; out = out_proj(y)
   cpu::gated_rms_norm(core.data(), z.data(), num_tokens * shape.num_v_heads, shape.v_head_dim, p.delta_norm.data(),
                       config_.rms_norm_eps, core.data());
-  cpu::linear(core.data(), num_tokens, w.out_proj.weight, w.out_proj.bias, out);
+  linear(w.out_proj, core.data(), num_tokens, out);
 }
 
 void CpuDecoder::mlp(int layer, const float* h, int64_t num_tokens, float* out) const {
@@ -222,7 +237,7 @@ void CpuDecoder::mlp(int layer, const float* h, int64_t num_tokens, float* out) 
   project(w.gate_proj, h, num_tokens, gate);  // [T, I]
   project(w.up_proj, h, num_tokens, up);
   for (size_t i = 0; i < gate.size(); ++i) gate[i] = cpu::silu(gate[i]) * up[i];  // silu(gate(x)) * up(x)
-  cpu::linear(gate.data(), num_tokens, w.down_proj.weight, w.down_proj.bias, out);  // down(...)
+  linear(w.down_proj, gate.data(), num_tokens, out);  // down(...)
 }
 
 }  // namespace uberlm

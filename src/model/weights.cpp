@@ -26,7 +26,7 @@ class WeightReader {
   }
 
   LinearWeight linear(const std::string& module, int64_t out_features, int64_t in_features, bool bias) const {
-    LinearWeight layer{module, tensor(module + ".weight", {out_features, in_features}), {}};
+    LinearWeight layer{module, tensor(module + ".weight", {out_features, in_features}), std::nullopt, {}};
     if (bias) layer.bias = tensor(module + ".bias", {out_features});
     return layer;
   }
@@ -72,7 +72,7 @@ ModelWeights load_model_weights(const Checkpoint& checkpoint, const ModelConfig&
   weights.embed_tokens = reader.tensor("embed_tokens.weight", {c.vocab_size, c.hidden_size});
   weights.final_norm = reader.tensor("norm.weight", {c.hidden_size});
   if (c.tie_word_embeddings && !checkpoint.has("lm_head.weight")) {
-    weights.lm_head = LinearWeight{"embed_tokens", weights.embed_tokens, {}};
+    weights.lm_head = LinearWeight{"embed_tokens", weights.embed_tokens, std::nullopt, {}};
   } else {
     weights.lm_head = reader.linear("lm_head", c.vocab_size, c.hidden_size, false);
   }

@@ -4,18 +4,24 @@
 #include <string>
 #include <vector>
 
+#include <optional>
+
+#include "core/nvfp4.h"
 #include "core/tensor.h"
 #include "io/checkpoint.h"
 #include "model/config.h"
 
 namespace uberlm {
 
+// A linear layer as the checkpoint stores it: dense (`weight`) or NVFP4 (`nvfp4`, W4A16; then
+// `weight` is empty). Consumers dispatch on has_value(); neither format is converted at load.
 struct LinearWeight {
   std::string name;   // canonical module name, e.g. "layers.3.mlp.up_proj"
-  TensorView weight;  // [out_features, in_features]
+  TensorView weight;  // dense [out_features, in_features]
+  std::optional<Nvfp4Weight> nvfp4;  // quantised [out_features, in_features]
   TensorView bias;    // [out_features]; data == nullptr when the layer has none
-  int64_t out_features() const { return weight.dim(0); }
-  int64_t in_features() const { return weight.dim(1); }
+  int64_t out_features() const { return nvfp4 ? nvfp4->rows : weight.dim(0); }
+  int64_t in_features() const { return nvfp4 ? nvfp4->cols : weight.dim(1); }
 };
 
 struct AttentionWeights {
