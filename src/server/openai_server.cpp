@@ -1,0 +1,301 @@
+#include "server/openai_server.h"
+
+#include <httplib.h>
+
+#include <chrono>
+#include <csignal>
+#include <ctime>
+#include <random>
+
+#include <nlohmann/json.hpp>
+
+#include "server/connection_watch.h"
+#include "server/request_parser.h"
+#include "tokenizer/chat.h"
+
+namespace uberlm {
+
+using json = nlohmann::json;
+
+namespace {
+
+constexpr auto kPollInterval = std::chrono::milliseconds(20);
+constexpr size_t kMaxBodyBytes = 16u << 20;
+constexpr int64_t kDefaultCompletionTokens = 16;  // OpenAI's default for /v1/completions
+
+void send_error(httplib::Response& res, int status, const std::string& type, const std::string& message,
+                const std::string& param = "") {
+  json body = {{"error",
+                {{"message", message}, {"type", type}, {"param", param.empty() ? json(nullptr) : json(param)},
+                 {"code", status}}}};
+  res.status = status;
+  res.set_content(body.dump(), "application/json");
+}
+
+bool equal_in_constant_time(const std::string& a, const std::string& b) {
+  unsigned char diff = a.size() == b.size() ? 0 : 1;
+  for (size_t i = 0; i < a.size(); ++i) diff |= static_cast<unsigned char>(a[i] ^ b[i % std::max<size_t>(b.size(), 1)]);
+  return diff == 0;
+}
+
+json usage_json(const StreamEvent& final) {
+  return {{"prompt_tokens", final.prompt_tokens},
+          {"completion_tokens", final.completion_tokens},
+          {"total_tokens", final.prompt_tokens + final.completion_tokens}};
+}
+
+// What a handler needs to relay an accepted request's events.
+struct Reply {
+  bool chat = false;
+  bool include_usage = false;
+  std::string id;
+  std::string model;
+  int64_t created = 0;
+};
+
+json chunk_json(const Reply& reply, const json& choice) {
+  return {{"id", reply.id},
+          {"object", reply.chat ? "chat.completion.chunk" : "text_completion"},
+          {"created", reply.created},
+          {"model", reply.model},
+          {"choices", json::array({choice})}};
+}
+
+json choice_json(const Reply& reply, const std::string& text, const json& finish_reason, bool first) {
+  if (!reply.chat) return {{"index", 0}, {"text", text}, {"logprobs", nullptr}, {"finish_reason", finish_reason}};
+  json delta = json::object();
+  if (first) delta["role"] = "assistant";
+  if (!text.empty() || first) delta["content"] = text;
+  return {{"index", 0}, {"delta", delta}, {"logprobs", nullptr}, {"finish_reason", finish_reason}};
+}
+
+std::string sse(const json& data) { return "data: " + data.dump() + "\n\n"; }
+
+}  // namespace
+
+OpenAiServer::OpenAiServer(Engine& engine, const BpeTokenizer& tokenizer, Metrics& metrics, ServerConfig config)
+    : engine_(engine), tokenizer_(tokenizer), metrics_(metrics), config_(std::move(config)),
+      http_(std::make_unique<httplib::Server>()) {
+  // A client that disconnects mid-response must not kill the process: writes then fail with EPIPE.
+  std::signal(SIGPIPE, SIG_IGN);
+  const int threads = config_.http_threads;
+  http_->new_task_queue = [threads] { return new httplib::ThreadPool(static_cast<size_t>(threads)); };
+  http_->set_payload_max_length(kMaxBodyBytes);
+  add_routes();
+}
+
+OpenAiServer::~OpenAiServer() { stop(); }
+
+int OpenAiServer::bind() {
+  const int port = config_.port == 0 ? http_->bind_to_any_port(config_.host)
+                                     : (http_->bind_to_port(config_.host, config_.port) ? config_.port : -1);
+  if (port < 0) fail("serve: cannot listen on {}:{}", config_.host, config_.port);
+  return port;
+}
+
+void OpenAiServer::serve() { http_->listen_after_bind(); }
+
+void OpenAiServer::stop() { http_->stop(); }
+
+void OpenAiServer::add_routes() {
+  http_->set_pre_routing_handler([this](const httplib::Request& req, httplib::Response& res) {
+    if (config_.api_key.empty() || req.path.rfind("/v1/", 0) != 0) return httplib::Server::HandlerResponse::Unhandled;
+    if (equal_in_constant_time(req.get_header_value("Authorization"), "Bearer " + config_.api_key)) {
+      return httplib::Server::HandlerResponse::Unhandled;
+    }
+    metrics_.add(Counter::RejectedRequests, 1.0, R"(reason="unauthorized")");
+    send_error(res, 401, "authentication_error", "missing or wrong API key: send 'Authorization: Bearer <key>'");
+    return httplib::Server::HandlerResponse::Handled;
+  });
+  http_->set_error_handler([](const httplib::Request& req, httplib::Response& res) {
+    if (!res.body.empty()) return;
+    send_error(res, res.status, "invalid_request_error",
+               res.status == 404 ? fmt::format("no route for {} {}", req.method, req.path)
+                                 : fmt::format("HTTP {} for {} {}", res.status, req.method, req.path));
+  });
+  http_->set_exception_handler([](const httplib::Request&, httplib::Response& res, std::exception_ptr error) {
+    std::string message = "internal error";
+    try {
+      std::rethrow_exception(error);
+    } catch (const std::exception& e) {
+      message = e.what();
+    } catch (...) {
+    }
+    send_error(res, 500, "server_error", message);
+  });
+
+  http_->Get("/health", [](const httplib::Request&, httplib::Response& res) {
+    res.set_content(R"({"status":"ok"})", "application/json");
+  });
+  http_->Get("/metrics", [this](const httplib::Request&, httplib::Response& res) {
+    res.set_content(metrics_.render(), "text/plain; version=0.0.4");
+  });
+  http_->Get("/v1/models", [this](const httplib::Request&, httplib::Response& res) {
+    json model = {{"id", config_.model_name},       {"object", "model"},
+                  {"created", std::time(nullptr)},  {"owned_by", "uberlm"},
+                  {"max_model_len", engine_.max_model_len()}};
+    res.set_content(json{{"object", "list"}, {"data", json::array({model})}}.dump(), "application/json");
+  });
+
+  auto generate = [this](bool chat) {
+    return [this, chat](const httplib::Request& req, httplib::Response& res) {
+      const int64_t max_len = engine_.max_model_len();
+      EngineRequest request;
+      GenerationOptions options;
+      try {
+        std::string prompt_param = "prompt";
+        if (chat) {
+          ChatCompletionRequest parsed = parse_chat_completion_request(req.body, config_.model_name, max_len);
+          options = parsed.options;
+          prompt_param = "messages";
+          for (int id : tokenizer_.encode(render_chatml(parsed.messages, /*add_generation_prompt=*/true))) {
+            request.prompt.push_back(id);
+          }
+        } else {
+          CompletionRequest parsed = parse_completion_request(req.body, config_.model_name, max_len);
+          options = parsed.options;
+          request.prompt = parsed.prompt_ids;
+          if (parsed.prompt_text) {
+            for (int id : tokenizer_.encode(*parsed.prompt_text)) request.prompt.push_back(id);
+          }
+        }
+        const int64_t prompt_tokens = static_cast<int64_t>(request.prompt.size());
+        if (prompt_tokens == 0) bad_request(prompt_param, "the prompt is empty");
+        if (prompt_tokens >= max_len) {
+          bad_request(prompt_param, fmt::format("the prompt is {} tokens; max-model-len {} leaves no room to generate",
+                                                prompt_tokens, max_len));
+        }
+        request.max_tokens =
+            options.max_tokens.value_or(chat ? max_len - prompt_tokens : std::min(kDefaultCompletionTokens, max_len - prompt_tokens));
+        if (prompt_tokens + request.max_tokens > max_len) {
+          bad_request("max_tokens", fmt::format("this model's maximum context length is {} tokens, but {} were "
+                                                "requested ({} in the prompt, {} to generate)",
+                                                max_len, prompt_tokens + request.max_tokens, prompt_tokens,
+                                                request.max_tokens));
+        }
+        request.sampling = SamplingParams{options.temperature, options.top_k, options.top_p,
+                                          options.seed.value_or(std::random_device{}())};
+        request.stop_strings = options.stop;
+        request.stop_token_ids = config_.stop_token_ids;
+        if (chat) {
+          if (auto im_end = tokenizer_.token_id("<|im_end|>")) request.stop_token_ids.push_back(*im_end);
+        }
+      } catch (const ApiError& error) {
+        metrics_.add(Counter::RejectedRequests, 1.0, R"(reason="invalid")");
+        send_error(res, error.status, error.type, error.what(), error.param);
+        return;
+      } catch (const Error& error) {
+        metrics_.add(Counter::RejectedRequests, 1.0, R"(reason="invalid")");
+        send_error(res, 400, "invalid_request_error", error.what());
+        return;
+      }
+
+      std::shared_ptr<RequestStream> stream;
+      try {
+        stream = engine_.submit(request);
+      } catch (const Error& error) {
+        metrics_.add(Counter::RejectedRequests, 1.0, R"(reason="invalid")");
+        send_error(res, 400, "invalid_request_error", error.what());
+        return;
+      }
+      if (!stream) {
+        metrics_.add(Counter::RejectedRequests, 1.0, R"(reason="queue_full")");
+        send_error(res, 503, "server_overloaded", "the server is at capacity (too many queued requests); retry later");
+        return;
+      }
+      Reply reply{chat, options.include_usage, fmt::format("{}-{}", chat ? "chatcmpl" : "cmpl", stream->id()),
+                  config_.model_name, static_cast<int64_t>(std::time(nullptr))};
+      auto watch = std::make_shared<ConnectionWatch>(req.local_port, req.remote_port);
+
+      if (!options.stream) {
+        std::string text;
+        StreamEvent event;
+        while (true) {
+          if (!stream->next(event, kPollInterval)) {
+            if (watch->peer_closed()) {
+              engine_.cancel(stream->id());
+              return;
+            }
+            continue;
+          }
+          text += event.text;
+          if (event.finished) break;
+        }
+        if (!event.error.empty()) {
+          send_error(res, 500, "server_error", event.error);
+          return;
+        }
+        const char* finish = finish_reason_name(event.finish_reason);
+        json choice = chat ? json{{"index", 0},
+                                  {"message", {{"role", "assistant"}, {"content", text}}},
+                                  {"logprobs", nullptr},
+                                  {"finish_reason", finish}}
+                           : json{{"index", 0}, {"text", text}, {"logprobs", nullptr}, {"finish_reason", finish}};
+        json body = {{"id", reply.id},
+                     {"object", chat ? "chat.completion" : "text_completion"},
+                     {"created", reply.created},
+                     {"model", reply.model},
+                     {"choices", json::array({choice})},
+                     {"usage", usage_json(event)}};
+        res.set_content(body.dump(), "application/json");
+        return;
+      }
+
+      struct StreamState {
+        bool started = false;
+        bool finished = false;
+      };
+      auto state = std::make_shared<StreamState>();
+      res.set_header("Cache-Control", "no-cache");
+      res.set_chunked_content_provider(
+          "text/event-stream",
+          [this, stream, watch, state, reply](size_t, httplib::DataSink& sink) {
+            auto write = [&](const std::string& data) {
+              if (sink.write(data.data(), data.size())) return true;
+              engine_.cancel(stream->id());
+              return false;
+            };
+            if (!state->started) {
+              state->started = true;
+              if (reply.chat && !write(sse(chunk_json(reply, choice_json(reply, "", nullptr, true))))) return false;
+            }
+            StreamEvent event;
+            if (!stream->next(event, kPollInterval)) {
+              if (!watch->peer_closed()) return true;
+              engine_.cancel(stream->id());
+              return false;
+            }
+            if (!event.text.empty() && !write(sse(chunk_json(reply, choice_json(reply, event.text, nullptr, false))))) {
+              return false;
+            }
+            if (!event.finished) return true;
+            state->finished = true;
+            if (!event.error.empty()) {
+              json error = {{"error", {{"message", event.error}, {"type", "server_error"}, {"code", 500}}}};
+              if (!write(sse(error))) return false;
+            } else {
+              if (!write(sse(chunk_json(reply, choice_json(reply, "", finish_reason_name(event.finish_reason),
+                                                           false))))) {
+                return false;
+              }
+              if (reply.include_usage) {
+                json usage = chunk_json(reply, nullptr);
+                usage["choices"] = json::array();
+                usage["usage"] = usage_json(event);
+                if (!write(sse(usage))) return false;
+              }
+            }
+            if (!write("data: [DONE]\n\n")) return false;
+            sink.done();
+            return true;
+          },
+          [this, stream, state](bool) {
+            if (!state->finished) engine_.cancel(stream->id());
+          });
+    };
+  };
+  http_->Post("/v1/completions", generate(false));
+  http_->Post("/v1/chat/completions", generate(true));
+}
+
+}  // namespace uberlm

@@ -1,0 +1,49 @@
+#pragma once
+// The OpenAI-compatible HTTP front end over an Engine: /v1/completions, /v1/chat/completions
+// (JSON or SSE streaming, with usage), /v1/models, /health and /metrics (Prometheus). HTTP threads
+// parse and tokenize, submit to the engine and relay its events; a client that goes away cancels
+// its sequence. With an API key, /v1/* needs "Authorization: Bearer <key>".
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "runtime/engine.h"
+#include "runtime/metrics.h"
+#include "tokenizer/bpe_tokenizer.h"
+
+namespace httplib {
+class Server;
+}
+
+namespace uberlm {
+
+struct ServerConfig {
+  std::string host = "127.0.0.1";
+  int port = 8000;  // 0: any free port
+  std::string model_name;
+  std::string api_key;  // empty: no authentication
+  int http_threads = 96;
+  std::vector<int> stop_token_ids;  // the model's end-of-sequence ids
+};
+
+class OpenAiServer {
+ public:
+  OpenAiServer(Engine& engine, const BpeTokenizer& tokenizer, Metrics& metrics, ServerConfig config);
+  ~OpenAiServer();
+  // Binds the listening socket; returns the port. Throws Error when the address is taken.
+  int bind();
+  // Serves until stop(); call after bind().
+  void serve();
+  void stop();
+
+ private:
+  void add_routes();
+
+  Engine& engine_;
+  const BpeTokenizer& tokenizer_;
+  Metrics& metrics_;
+  ServerConfig config_;
+  std::unique_ptr<httplib::Server> http_;
+};
+
+}  // namespace uberlm

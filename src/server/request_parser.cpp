@@ -1,0 +1,200 @@
+#include "server/request_parser.h"
+
+#include <cmath>
+#include <limits>
+
+#include <nlohmann/json.hpp>
+
+namespace uberlm {
+
+using json = nlohmann::json;
+
+void bad_request(const std::string& param, const std::string& message) {
+  throw ApiError(400, "invalid_request_error", message, param);
+}
+
+namespace {
+
+constexpr size_t kMaxStopStrings = 16;
+
+json parse_object(std::string_view body) {
+  json root;
+  try {
+    root = json::parse(body);
+  } catch (const json::exception& error) {
+    bad_request("", fmt::format("the request body is not valid JSON: {}", error.what()));
+  }
+  if (!root.is_object()) bad_request("", "the request body must be a JSON object");
+  return root;
+}
+
+// A present, non-null field.
+const json* field(const json& root, const char* key) {
+  auto it = root.find(key);
+  return it == root.end() || it->is_null() ? nullptr : &*it;
+}
+
+std::optional<int64_t> optional_int(const json& root, const char* key, int64_t min, int64_t max) {
+  const json* value = field(root, key);
+  if (value == nullptr) return std::nullopt;
+  if (!value->is_number_integer()) bad_request(key, fmt::format("'{}' must be an integer", key));
+  const bool too_big = value->is_number_unsigned() ? value->get<uint64_t>() > static_cast<uint64_t>(max)
+                                                   : value->get<int64_t>() > max;
+  if (too_big || (!value->is_number_unsigned() && value->get<int64_t>() < min)) {
+    bad_request(key, fmt::format("'{}' must be between {} and {}, got {}", key, min, max, value->dump()));
+  }
+  return value->get<int64_t>();
+}
+
+float optional_float(const json& root, const char* key, float fallback, float min, float max, bool min_exclusive) {
+  const json* value = field(root, key);
+  if (value == nullptr) return fallback;
+  if (!value->is_number()) bad_request(key, fmt::format("'{}' must be a number", key));
+  const double number = value->get<double>();
+  const bool below = min_exclusive ? !(number > min) : !(number >= min);
+  if (!std::isfinite(number) || below || number > max) {
+    bad_request(key, fmt::format("'{}' must be in {}{}, {}], got {}", key, min_exclusive ? "(" : "[", min, max,
+                                 value->dump()));
+  }
+  return static_cast<float>(number);
+}
+
+bool optional_bool(const json& root, const char* key) {
+  const json* value = field(root, key);
+  if (value == nullptr) return false;
+  if (!value->is_boolean()) bad_request(key, fmt::format("'{}' must be a boolean", key));
+  return value->get<bool>();
+}
+
+std::string required_model(const json& root, const std::string& served_model) {
+  const json* value = field(root, "model");
+  if (value == nullptr) bad_request("model", "'model' is required");
+  if (!value->is_string()) bad_request("model", "'model' must be a string");
+  std::string model = value->get<std::string>();
+  if (model != served_model) {
+    throw ApiError(400, "invalid_request_error",
+                   fmt::format("the model '{}' does not exist; this server serves '{}'", model, served_model), "model");
+  }
+  return model;
+}
+
+GenerationOptions parse_options(const json& root, int64_t max_model_len, bool chat) {
+  GenerationOptions options;
+  options.max_tokens = optional_int(root, "max_tokens", 1, max_model_len);
+  if (chat && !options.max_tokens) options.max_tokens = optional_int(root, "max_completion_tokens", 1, max_model_len);
+  options.temperature = optional_float(root, "temperature", 1.0f, 0.0f, 2.0f, false);
+  options.top_p = optional_float(root, "top_p", 1.0f, 0.0f, 1.0f, true);
+  const int64_t top_k = optional_int(root, "top_k", -1, std::numeric_limits<int32_t>::max()).value_or(0);
+  options.top_k = top_k < 0 ? 0 : static_cast<int>(top_k);
+  if (auto seed = optional_int(root, "seed", std::numeric_limits<int64_t>::min(), std::numeric_limits<int64_t>::max())) {
+    options.seed = static_cast<uint64_t>(*seed);
+  }
+  if (auto n = optional_int(root, "n", 1, std::numeric_limits<int32_t>::max()); n && *n != 1) {
+    bad_request("n", "only n = 1 is supported");
+  }
+  if (const json* stop = field(root, "stop")) {
+    if (stop->is_string()) {
+      options.stop.push_back(stop->get<std::string>());
+    } else if (stop->is_array()) {
+      if (stop->size() > kMaxStopStrings) bad_request("stop", fmt::format("at most {} stop strings", kMaxStopStrings));
+      for (const json& item : *stop) {
+        if (!item.is_string()) bad_request("stop", "'stop' must be a string or an array of strings");
+        options.stop.push_back(item.get<std::string>());
+      }
+    } else {
+      bad_request("stop", "'stop' must be a string or an array of strings");
+    }
+    for (const std::string& s : options.stop) {
+      if (s.empty()) bad_request("stop", "stop strings must not be empty");
+    }
+  }
+  options.stream = optional_bool(root, "stream");
+  if (const json* stream_options = field(root, "stream_options")) {
+    if (!stream_options->is_object()) bad_request("stream_options", "'stream_options' must be an object");
+    options.include_usage = optional_bool(*stream_options, "include_usage");
+  }
+  for (const char* unsupported : {"logprobs", "top_logprobs", "tools", "suffix", "best_of"}) {
+    const json* value = field(root, unsupported);
+    if (value != nullptr && !(value->is_boolean() && !value->get<bool>())) {
+      bad_request(unsupported, fmt::format("'{}' is not supported", unsupported));
+    }
+  }
+  return options;
+}
+
+std::string message_content(const json& message, size_t index) {
+  const std::string param = fmt::format("messages[{}].content", index);
+  const json* content = field(message, "content");
+  if (content == nullptr) return "";
+  if (content->is_string()) return content->get<std::string>();
+  if (!content->is_array()) bad_request(param, "content must be a string or an array of text parts");
+  std::string text;
+  for (const json& part : *content) {
+    const json* type = part.is_object() ? field(part, "type") : nullptr;
+    const json* part_text = part.is_object() ? field(part, "text") : nullptr;
+    if (type == nullptr || !type->is_string() || type->get<std::string>() != "text" || part_text == nullptr ||
+        !part_text->is_string()) {
+      bad_request(param, "only text content parts ({\"type\": \"text\", \"text\": ...}) are supported");
+    }
+    text += part_text->get<std::string>();
+  }
+  return text;
+}
+
+}  // namespace
+
+CompletionRequest parse_completion_request(std::string_view body, const std::string& served_model,
+                                           int64_t max_model_len) {
+  const json root = parse_object(body);
+  CompletionRequest request;
+  request.model = required_model(root, served_model);
+  const json* prompt = field(root, "prompt");
+  if (prompt == nullptr) bad_request("prompt", "'prompt' is required");
+  if (prompt->is_string()) {
+    request.prompt_text = prompt->get<std::string>();
+  } else if (prompt->is_array() && prompt->size() == 1 && (*prompt)[0].is_string()) {
+    request.prompt_text = (*prompt)[0].get<std::string>();
+  } else if (prompt->is_array() && !prompt->empty() && (*prompt)[0].is_number_integer()) {
+    for (const json& id : *prompt) {
+      if (!id.is_number_integer() || (!id.is_number_unsigned() && id.get<int64_t>() < 0) ||
+          (id.is_number_unsigned() && id.get<uint64_t>() > static_cast<uint64_t>(std::numeric_limits<int32_t>::max()))) {
+        bad_request("prompt", "a token-id prompt must hold non-negative 32-bit integers");
+      }
+      request.prompt_ids.push_back(static_cast<int32_t>(id.get<int64_t>()));
+    }
+  } else {
+    bad_request("prompt", "'prompt' must be a string, a one-string array or an array of token ids");
+  }
+  if (request.prompt_text && request.prompt_text->empty()) bad_request("prompt", "'prompt' must not be empty");
+  request.options = parse_options(root, max_model_len, false);
+  return request;
+}
+
+ChatCompletionRequest parse_chat_completion_request(std::string_view body, const std::string& served_model,
+                                                    int64_t max_model_len) {
+  const json root = parse_object(body);
+  ChatCompletionRequest request;
+  request.model = required_model(root, served_model);
+  const json* messages = field(root, "messages");
+  if (messages == nullptr) bad_request("messages", "'messages' is required");
+  if (!messages->is_array()) bad_request("messages", "'messages' must be an array");
+  if (messages->empty()) bad_request("messages", "'messages' must not be empty");
+  for (size_t i = 0; i < messages->size(); ++i) {
+    const json& message = (*messages)[i];
+    if (!message.is_object()) bad_request(fmt::format("messages[{}]", i), "each message must be an object");
+    const json* role = field(message, "role");
+    if (role == nullptr || !role->is_string()) {
+      bad_request(fmt::format("messages[{}].role", i), "each message needs a string 'role'");
+    }
+    const std::string name = role->get<std::string>();
+    if (name != "system" && name != "user" && name != "assistant" && name != "tool") {
+      bad_request(fmt::format("messages[{}].role", i),
+                  fmt::format("unknown role '{}' (system, user, assistant or tool)", name));
+    }
+    request.messages.push_back(ChatMessage{name, message_content(message, i)});
+  }
+  request.options = parse_options(root, max_model_len, true);
+  return request;
+}
+
+}  // namespace uberlm

@@ -1,0 +1,57 @@
+#pragma once
+// OpenAI request bodies -> plain structs, with every field checked. A bad request throws ApiError
+// carrying the HTTP status and an OpenAI-style message naming the field. No tokenizer or engine
+// here: this is what the fuzz target exercises.
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "core/error.h"
+#include "tokenizer/chat.h"
+
+namespace uberlm {
+
+class ApiError : public Error {
+ public:
+  ApiError(int status, std::string type, const std::string& message, std::string param = "")
+      : Error(message), status(status), type(std::move(type)), param(std::move(param)) {}
+  int status;
+  std::string type;   // invalid_request_error, authentication_error, ...
+  std::string param;  // the field at fault, or empty
+};
+
+[[noreturn]] void bad_request(const std::string& param, const std::string& message);
+
+struct GenerationOptions {
+  std::optional<int64_t> max_tokens;  // absent: the endpoint's default
+  float temperature = 1.0f;
+  float top_p = 1.0f;
+  int top_k = 0;  // 0: off (-1 is accepted as off too, as in vLLM)
+  std::optional<uint64_t> seed;
+  std::vector<std::string> stop;
+  bool stream = false;
+  bool include_usage = false;  // stream_options.include_usage
+};
+
+struct CompletionRequest {
+  std::string model;
+  std::optional<std::string> prompt_text;
+  std::vector<int32_t> prompt_ids;  // when the prompt is given as token ids
+  GenerationOptions options;
+};
+
+struct ChatCompletionRequest {
+  std::string model;
+  std::vector<ChatMessage> messages;
+  GenerationOptions options;
+};
+
+// served_model: the only accepted `model` (404 otherwise); max_model_len bounds max_tokens.
+CompletionRequest parse_completion_request(std::string_view body, const std::string& served_model,
+                                           int64_t max_model_len);
+ChatCompletionRequest parse_chat_completion_request(std::string_view body, const std::string& served_model,
+                                                    int64_t max_model_len);
+
+}  // namespace uberlm
