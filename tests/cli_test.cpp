@@ -1,0 +1,60 @@
+// The `uberlm` binary end to end on the default model: `inspect` lists every tensor, `run` generates
+// text and reports its speed, and bad input is a clear error with a non-zero exit.
+#include <gtest/gtest.h>
+
+#include <array>
+#include <cstdio>
+#include <memory>
+#include <string>
+
+#include "io/checkpoint.h"
+
+namespace uberlm {
+namespace {
+
+struct CommandResult {
+  int exit_code;
+  std::string output;  // stdout and stderr together
+};
+
+CommandResult run_uberlm(const std::string& arguments) {
+  const std::string command = std::string(UBERLM_BINARY) + " " + arguments + " 2>&1";
+  std::unique_ptr<FILE, int (*)(FILE*)> pipe(popen(command.c_str(), "r"), pclose);
+  std::string output;
+  std::array<char, 4096> buffer;
+  size_t n;
+  while ((n = fread(buffer.data(), 1, buffer.size(), pipe.get())) > 0) output.append(buffer.data(), n);
+  const int status = pclose(pipe.release());
+  return {WEXITSTATUS(status), output};
+}
+
+const std::string kDefaultModel = std::string(UBERLM_SOURCE_DIR) + "/models/default";
+
+TEST(Cli, InspectListsEveryTensorOfTheDefaultModel) {
+  CommandResult result = run_uberlm("inspect --model " + kDefaultModel);
+  ASSERT_EQ(result.exit_code, 0) << result.output;
+  auto checkpoint = Checkpoint::open(kDefaultModel);
+  ASSERT_GT(checkpoint->names().size(), 50u);
+  for (const std::string& name : checkpoint->names()) {
+    EXPECT_NE(result.output.find(checkpoint->original_name(name)), std::string::npos) << name;
+  }
+  EXPECT_NE(result.output.find("qwen3_5_text"), std::string::npos);
+  EXPECT_NE(result.output.find("LLLALLLA"), std::string::npos) << "layer kinds line";
+}
+
+TEST(Cli, RunContinuesThePromptAndReportsSpeed) {
+  CommandResult result = run_uberlm("run --model " + kDefaultModel + " --prompt 'Natalia sold clips to' --max-tokens 24");
+  ASSERT_EQ(result.exit_code, 0) << result.output;
+  EXPECT_EQ(result.output.rfind("Natalia sold clips to", 0), 0u) << result.output;
+  EXPECT_GT(result.output.size(), std::string("Natalia sold clips to").size() + 40) << result.output;
+  EXPECT_NE(result.output.find("tok/s decode"), std::string::npos) << result.output;
+}
+
+TEST(Cli, MissingModelIsAClearError) {
+  CommandResult result = run_uberlm("run --model /nonexistent/model --prompt hi");
+  EXPECT_NE(result.exit_code, 0);
+  EXPECT_NE(result.output.find("/nonexistent/model"), std::string::npos) << result.output;
+}
+
+}  // namespace
+}  // namespace uberlm
