@@ -1,11 +1,13 @@
 // kernel_bench: device-to-device copy bandwidth (the roofline) and the decode GEMV kernels on the
 // Qwen3.5-27B linear shapes at M = 1, 8, 32, 64. Each launch is timed with its own pair of CUDA events;
 // the median of many is reported, rotating over enough weight copies that L2 cannot hold them.
-//   kernel_bench [--json PATH] [--iters N]
+// --sweep also times every compiled tuning (warps, pipeline depth, row tiles) of each kernel.
+//   kernel_bench [--json PATH] [--iters N] [--sweep] [--commit HASH]
 #include <cuda_runtime_api.h>
 
 #include <algorithm>
 #include <cstdio>
+#include <ctime>
 #include <cstring>
 #include <fstream>
 #include <string>
@@ -89,20 +91,39 @@ double time_median_ms(int iters, Launch launch) {
   return median(ms);
 }
 
+std::string tuning_name(const cuda::GemvTuning& t) {
+  return "w" + std::to_string(t.warps) + "_d" + std::to_string(t.depth) + "_r" + std::to_string(t.row_tiles) +
+         "_k" + std::to_string(t.k_split);
+}
+
+std::string utc_now() {
+  const std::time_t now = std::time(nullptr);
+  char text[32];
+  std::strftime(text, sizeof text, "%Y-%m-%dT%H:%M:%SZ", std::gmtime(&now));
+  return text;
+}
+
 int run(int argc, char** argv) {
-  std::string json_path;
+  std::string json_path, commit = "unknown", command;
   int iters = 200;
+  bool sweep = false;
+  for (int i = 0; i < argc; ++i) command += (i ? " " : "") + std::string(argv[i]);
   for (int i = 1; i < argc; ++i) {
     const std::string arg = argv[i];
     if (arg == "--json" && i + 1 < argc) json_path = argv[++i];
     else if (arg == "--iters" && i + 1 < argc) iters = std::max(1, std::atoi(argv[++i]));
-    else fail("kernel_bench: unknown argument {} (usage: kernel_bench [--json PATH] [--iters N])", arg);
+    else if (arg == "--commit" && i + 1 < argc) commit = argv[++i];
+    else if (arg == "--sweep") sweep = true;
+    else fail("kernel_bench: unknown argument {} (usage: kernel_bench [--json PATH] [--iters N] [--sweep] [--commit HASH])", arg);
   }
 
   cudaDeviceProp prop{};
   CUDA_CHECK(cudaGetDeviceProperties(&prop, 0));
   nlohmann::json report;
   report["device"] = prop.name;
+  report["commit"] = commit;
+  report["date"] = utc_now();
+  report["command"] = command;
   report["sm_count"] = prop.multiProcessorCount;
   report["l2_bytes"] = prop.l2CacheSize;
   std::printf("device: %s, %d SMs, L2 %d MB\n", prop.name, prop.multiProcessorCount, prop.l2CacheSize >> 20);
@@ -120,7 +141,8 @@ int run(int argc, char** argv) {
   }
   report["copy_gbps"] = copy_gbps;
   std::printf("device-to-device copy: %.0f GB/s (read + write)\n\n", copy_gbps);
-  std::printf("%-20s %7s %6s %3s %10s %9s %8s\n", "kernel", "N", "K", "M", "median_us", "GB/s", "of_copy");
+  std::printf("%-20s %7s %6s %3s %-16s %10s %9s %8s\n", "kernel", "N", "K", "M", "tuning", "median_us", "GB/s",
+              "of_copy");
 
   nlohmann::json results = nlohmann::json::array();
   for (const BenchShape& shape : kShapes) {
@@ -148,22 +170,36 @@ int run(int argc, char** argv) {
       fill_random(host_x, m + 17);
       make_bf16_values(host_x);
       DeviceBuffer x(host_x), y(m * shape.n * 2);
-      const double ms = time_median_ms(iters, [&](int i) {
-        const int c = i % copies;
-        if (nvfp4) {
-          const Nvfp4Weight w{shape.n, shape.k, packed[c].as<uint8_t>(), scales[c].as<uint8_t>(), 1.0f / 4096};
-          cuda::gemv_nvfp4(w, x.data(), m, y.data(), DType::BF16, nullptr);
-        } else {
-          cuda::gemv_bf16(packed[c].data(), shape.n, shape.k, x.data(), m, y.data(), DType::BF16, nullptr);
+      const cuda::GemvTuning chosen = nvfp4 ? cuda::gemv_nvfp4_default_tuning(m, shape.n, shape.k)
+                                            : cuda::gemv_bf16_default_tuning(m, shape.n, shape.k);
+      std::vector<cuda::GemvTuning> tunings = {chosen};
+      if (sweep) {
+        for (const cuda::GemvTuning& t : nvfp4 ? cuda::gemv_nvfp4_tunings() : cuda::gemv_bf16_tunings()) {
+          if (tuning_name(t) != tuning_name(chosen)) tunings.push_back(t);
         }
-      });
-      const double bytes = double(weight_bytes) + double(m * shape.k * 2) + double(m * shape.n * 2);
-      const double gbps = bytes / (ms * 1e-3) / 1e9;
-      std::printf("%-20s %7lld %6lld %3lld %10.2f %9.0f %7.1f%%\n", shape.name.c_str(), (long long)shape.n,
-                  (long long)shape.k, (long long)m, ms * 1e3, gbps, 100.0 * gbps / copy_gbps);
-      results.push_back({{"kernel", nvfp4 ? "gemv_nvfp4" : "gemv_bf16"}, {"shape", shape.name}, {"n", shape.n},
-                         {"k", shape.k}, {"m", m}, {"median_us", ms * 1e3}, {"bytes", bytes}, {"gbps", gbps},
-                         {"fraction_of_copy", gbps / copy_gbps}, {"weight_copies", copies}, {"iters", iters}});
+      }
+      for (const cuda::GemvTuning& tuning : tunings) {
+        const double ms = time_median_ms(iters, [&](int i) {
+          const int c = i % copies;
+          if (nvfp4) {
+            const Nvfp4Weight w{shape.n, shape.k, packed[c].as<uint8_t>(), scales[c].as<uint8_t>(), 1.0f / 4096};
+            cuda::gemv_nvfp4_tuned(w, x.data(), m, y.data(), DType::BF16, tuning, nullptr);
+          } else {
+            cuda::gemv_bf16_tuned(packed[c].data(), shape.n, shape.k, x.data(), m, y.data(), DType::BF16, tuning,
+                                  nullptr);
+          }
+        });
+        const double bytes = double(weight_bytes) + double(m * shape.k * 2) + double(m * shape.n * 2);
+        const double gbps = bytes / (ms * 1e-3) / 1e9;
+        const bool is_default = &tuning == &tunings.front();
+        std::printf("%-20s %7lld %6lld %3lld %-16s %10.2f %9.0f %7.1f%%%s\n", shape.name.c_str(),
+                    (long long)shape.n, (long long)shape.k, (long long)m, tuning_name(tuning).c_str(), ms * 1e3, gbps,
+                    100.0 * gbps / copy_gbps, is_default ? "" : "  (sweep)");
+        results.push_back({{"kernel", nvfp4 ? "gemv_nvfp4" : "gemv_bf16"}, {"shape", shape.name}, {"n", shape.n},
+                           {"k", shape.k}, {"m", m}, {"tuning", tuning_name(tuning)}, {"default_tuning", is_default},
+                           {"median_us", ms * 1e3}, {"bytes", bytes}, {"gbps", gbps},
+                           {"fraction_of_copy", gbps / copy_gbps}, {"weight_copies", copies}, {"iters", iters}});
+      }
     }
   }
   report["results"] = results;

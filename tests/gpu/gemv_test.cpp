@@ -171,6 +171,78 @@ TEST(GpuGemv, Bf16MatchesCpuReference) {
   EXPECT_GT(checked, 0) << "no case ran";
 }
 
+// Every compiled tuning (warps, pipeline depth, row tiles), not only the ones the plain calls pick:
+// fewer chunks per warp than the pipeline depth, K not a multiple of the chunk, partial row tiles.
+TEST(GpuGemv, EveryTuningMatchesCpuReference) {
+  ASSERT_NO_FATAL_FAILURE(require_gpu());
+  std::mt19937 rng(4242);
+  constexpr Shape kTuningShapes[] = {{129, 160}, {300, 2080}, {48, 17408}};
+  constexpr int64_t kTuningTokenCounts[] = {1, 5, 9, 33, 64};
+  int64_t checked = 0;
+  for (const Shape& shape : kTuningShapes) {
+    for (int64_t m : kTuningTokenCounts) {
+      const Nvfp4Tensor w = random_nvfp4(rng, shape.n, shape.k, m % 2 == 0);
+      const std::vector<uint16_t> x = random_bf16(rng, m * shape.k, 1.0f);
+      std::vector<float> ref(m * shape.n);
+      cpu::linear_nvfp4(to_float(x).data(), m, w.view(), ref.data());
+      const std::vector<uint16_t> wb = random_bf16(rng, shape.n * shape.k, 0.05f);
+      const std::vector<float> wbf = to_float(wb), xf = to_float(x);
+      std::vector<float> ref_bf16(m * shape.n);
+      for (int64_t t = 0; t < m; ++t) {
+        for (int64_t row = 0; row < shape.n; ++row) {
+          double sum = 0;  // y[t, row] = sum_k x[t, k] W[row, k]
+          for (int64_t k = 0; k < shape.k; ++k) sum += double(xf[t * shape.k + k]) * wbf[row * shape.k + k];
+          ref_bf16[t * shape.n + row] = static_cast<float>(sum);
+        }
+      }
+
+      DeviceBuffer packed(w.packed), scales(w.scales), x_dev(x), wb_dev(wb);
+      const Nvfp4Weight w_dev{w.rows, w.cols, packed.as<uint8_t>(), scales.as<uint8_t>(), w.global_scale};
+      const std::string shape_label =
+          " N=" + std::to_string(shape.n) + " K=" + std::to_string(shape.k) + " M=" + std::to_string(m);
+      for (const cuda::GemvTuning& tuning : cuda::gemv_nvfp4_tunings()) {
+        const std::string label = "nvfp4" + shape_label + " warps=" + std::to_string(tuning.warps) +
+                                  " depth=" + std::to_string(tuning.depth) +
+                                  " row_tiles=" + std::to_string(tuning.row_tiles) +
+                                  " k_split=" + std::to_string(tuning.k_split);
+        checked += check_against_reference(ref, m, shape.n, label, [&](void* y, DType dtype) {
+          cuda::gemv_nvfp4_tuned(w_dev, x_dev.data(), m, y, dtype, tuning, nullptr);
+        });
+      }
+      for (const cuda::GemvTuning& tuning : cuda::gemv_bf16_tunings()) {
+        const std::string label = "bf16" + shape_label + " warps=" + std::to_string(tuning.warps) +
+                                  " depth=" + std::to_string(tuning.depth) +
+                                  " row_tiles=" + std::to_string(tuning.row_tiles) +
+                                  " k_split=" + std::to_string(tuning.k_split);
+        checked += check_against_reference(ref_bf16, m, shape.n, label, [&](void* y, DType dtype) {
+          cuda::gemv_bf16_tuned(wb_dev.data(), shape.n, shape.k, x_dev.data(), m, y, dtype, tuning, nullptr);
+        });
+      }
+    }
+  }
+  EXPECT_GT(checked, 0) << "no case ran";
+}
+
+// The same inputs give bit-identical outputs on every launch: the reduction order is fixed.
+TEST(GpuGemv, OutputsAreDeterministic) {
+  ASSERT_NO_FATAL_FAILURE(require_gpu());
+  std::mt19937 rng(99);
+  const Nvfp4Tensor w = random_nvfp4(rng, 1000, 5120, false);
+  for (int64_t m : {1, 8, 64}) {
+    const std::vector<uint16_t> x = random_bf16(rng, m * w.cols, 1.0f);
+    DeviceBuffer packed(w.packed), scales(w.scales), x_dev(x), y(m * w.rows * sizeof(float));
+    const Nvfp4Weight w_dev{w.rows, w.cols, packed.as<uint8_t>(), scales.as<uint8_t>(), w.global_scale};
+    cuda::gemv_nvfp4(w_dev, x_dev.data(), m, y.data(), DType::F32, nullptr);
+    const std::vector<float> first = y.download<float>();
+    for (int repeat = 0; repeat < 5; ++repeat) {
+      y.fill_bytes(0xff);
+      cuda::gemv_nvfp4(w_dev, x_dev.data(), m, y.data(), DType::F32, nullptr);
+      const std::vector<float> again = y.download<float>();
+      ASSERT_EQ(std::memcmp(first.data(), again.data(), first.size() * sizeof(float)), 0) << "M=" << m;
+    }
+  }
+}
+
 TEST(GpuGemv, UnsupportedShapesAreRejected) {
   ASSERT_NO_FATAL_FAILURE(require_gpu());
   DeviceBuffer packed(64 * 48 / 2), scales(64 * 48 / 16), x(64 * 48 * 2 + 16), y(64 * 64 * 4);
@@ -183,6 +255,9 @@ TEST(GpuGemv, UnsupportedShapesAreRejected) {
   EXPECT_THROW(cuda::gemv_nvfp4(k32, x.data(), 1, y.data(), DType::F16, nullptr), Error);
   EXPECT_THROW(cuda::gemv_bf16(x.data(), 8, 40, x.data(), 1, y.data(), DType::F32, nullptr), Error);
   EXPECT_THROW(cuda::gemv_bf16(x.as<uint8_t>() + 8, 8, 32, x.data(), 1, y.data(), DType::F32, nullptr), Error);
+  EXPECT_THROW(cuda::gemv_nvfp4_tuned(k32, x.data(), 1, y.data(), DType::F32, {9, 4, 1, 1}, nullptr), Error);
+  EXPECT_THROW(cuda::gemv_nvfp4_tuned(k32, x.data(), 1, y.data(), DType::F32, {4, 3, 1, 1}, nullptr), Error);
+  EXPECT_THROW(cuda::gemv_nvfp4_tuned(k32, x.data(), 1, y.data(), DType::F32, {4, 4, 1, 3}, nullptr), Error);
   CUDA_CHECK(cudaDeviceSynchronize());
 }
 

@@ -15,9 +15,9 @@ bool aligned(const void* pointer, uintptr_t alignment) { return reinterpret_cast
 
 void check_gemv_arguments(std::string_view op, int64_t n, int64_t k, const void* x, int64_t m, void* y,
                           DType y_dtype) {
-  if (n <= 0 || k <= 0 || k % kGemvKMultiple != 0) {
-    fail("{}: weight [{}, {}] not supported: N must be positive and K a positive multiple of {}", op, n, k,
-         kGemvKMultiple);
+  if (n <= 0 || k <= 0 || k % kGemvKMultiple != 0 || k >= (int64_t{1} << 31)) {
+    fail("{}: weight [{}, {}] not supported: N must be positive and K a positive multiple of {} under 2^31", op, n,
+         k, kGemvKMultiple);
   }
   if (m < 1 || m > kGemvMaxM) fail("{}: M = {} activation rows, supported 1..{}", op, m, kGemvMaxM);
   if (x == nullptr || !aligned(x, 16)) fail("{}: activations must be a 16-byte aligned device pointer", op);
@@ -26,23 +26,75 @@ void check_gemv_arguments(std::string_view op, int64_t n, int64_t k, const void*
     fail("{}: output dtype {} not supported (F32 or BF16)", op, dtype_name(y_dtype));
   }
 }
-}  // namespace
+constexpr int kMaxWarps = 8;  // the kernels' __launch_bounds__(256)
 
-void gemv_nvfp4(const Nvfp4Weight& weight, const void* x, int64_t m, void* y, DType y_dtype, cudaStream_t stream) {
-  check_gemv_arguments("gemv_nvfp4", weight.rows, weight.cols, x, m, y, y_dtype);
+template <size_t kCount>
+std::vector<GemvTuning> tunings_of(const GemvTuning (&shapes)[kCount]) {
+  std::vector<GemvTuning> out;
+  for (const GemvTuning& shape : shapes) {
+    for (int warps : {2, 4, 8}) {
+      for (int k_split : {warps / 2, warps}) out.push_back({warps, shape.depth, shape.row_tiles, k_split});
+    }
+  }
+  return out;
+}
+
+template <size_t kCount>
+void check_tuning(std::string_view op, const GemvTuning& tuning, const GemvTuning (&shapes)[kCount]) {
+  if (tuning.warps < 1 || tuning.warps > kMaxWarps || tuning.k_split < 1 || tuning.warps % tuning.k_split != 0) {
+    fail("{}: tuning of {} warps per block, {} splitting K, not supported (1..{} warps, a multiple of the split)", op,
+         tuning.warps, tuning.k_split, kMaxWarps);
+  }
+  for (const GemvTuning& shape : shapes) {
+    if (shape.depth == tuning.depth && shape.row_tiles == tuning.row_tiles) return;
+  }
+  fail("{}: no kernel compiled for pipeline depth {} with {} row tiles", op, tuning.depth, tuning.row_tiles);
+}
+
+void check_nvfp4_weight(const Nvfp4Weight& weight) {
   if (weight.packed == nullptr || !aligned(weight.packed, 16) || weight.scales == nullptr ||
       !aligned(weight.scales, 2)) {
     fail("gemv_nvfp4: packed weights must be 16-byte aligned and scales 2-byte aligned device pointers");
   }
   if (!std::isfinite(weight.global_scale)) fail("gemv_nvfp4: global scale {} is not finite", weight.global_scale);
-  CUDA_CHECK(detail::launch_gemv_nvfp4(weight, x, static_cast<int>(m), y, y_dtype == DType::BF16, stream));
+}
+}  // namespace
+
+// Chosen from kernel_bench sweeps on an H100 (bench/notes/gemv.md): 2 row tiles with 2 chunks in
+// flight and 4 warps splitting K was best or within noise of best on most 27B shapes at every M.
+GemvTuning gemv_nvfp4_default_tuning(int64_t /*m*/, int64_t /*n*/, int64_t /*k*/) { return {4, 2, 2, 4}; }
+
+GemvTuning gemv_bf16_default_tuning(int64_t m, int64_t /*n*/, int64_t /*k*/) {
+  if (m <= 8) return {2, 2, 1, 2};
+  return {2, 1, 2, 2};
+}
+
+std::vector<GemvTuning> gemv_nvfp4_tunings() { return tunings_of(detail::kGemvNvfp4Shapes); }
+std::vector<GemvTuning> gemv_bf16_tunings() { return tunings_of(detail::kGemvBf16Shapes); }
+
+void gemv_nvfp4(const Nvfp4Weight& weight, const void* x, int64_t m, void* y, DType y_dtype, cudaStream_t stream) {
+  gemv_nvfp4_tuned(weight, x, m, y, y_dtype, gemv_nvfp4_default_tuning(m, weight.rows, weight.cols), stream);
 }
 
 void gemv_bf16(const void* weight, int64_t n, int64_t k, const void* x, int64_t m, void* y, DType y_dtype,
                cudaStream_t stream) {
+  gemv_bf16_tuned(weight, n, k, x, m, y, y_dtype, gemv_bf16_default_tuning(m, n, k), stream);
+}
+
+void gemv_nvfp4_tuned(const Nvfp4Weight& weight, const void* x, int64_t m, void* y, DType y_dtype,
+                      const GemvTuning& tuning, cudaStream_t stream) {
+  check_gemv_arguments("gemv_nvfp4", weight.rows, weight.cols, x, m, y, y_dtype);
+  check_nvfp4_weight(weight);
+  check_tuning("gemv_nvfp4", tuning, detail::kGemvNvfp4Shapes);
+  CUDA_CHECK(detail::launch_gemv_nvfp4(weight, x, static_cast<int>(m), y, y_dtype == DType::BF16, tuning, stream));
+}
+
+void gemv_bf16_tuned(const void* weight, int64_t n, int64_t k, const void* x, int64_t m, void* y, DType y_dtype,
+                     const GemvTuning& tuning, cudaStream_t stream) {
   check_gemv_arguments("gemv_bf16", n, k, x, m, y, y_dtype);
   if (weight == nullptr || !aligned(weight, 16)) fail("gemv_bf16: weights must be a 16-byte aligned device pointer");
-  CUDA_CHECK(detail::launch_gemv_bf16(weight, n, k, x, static_cast<int>(m), y, y_dtype == DType::BF16, stream));
+  check_tuning("gemv_bf16", tuning, detail::kGemvBf16Shapes);
+  CUDA_CHECK(detail::launch_gemv_bf16(weight, n, k, x, static_cast<int>(m), y, y_dtype == DType::BF16, tuning, stream));
 }
 
 }  // namespace uberlm::cuda

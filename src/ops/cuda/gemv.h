@@ -5,6 +5,7 @@
 #include <cuda_runtime_api.h>
 
 #include <cstdint>
+#include <vector>
 
 #include "core/dtype.h"
 #include "core/nvfp4.h"
@@ -14,7 +15,17 @@ namespace uberlm::cuda {
 inline constexpr int64_t kGemvMaxM = 64;
 inline constexpr int64_t kGemvKMultiple = 32;
 
-// weight: NVFP4 [N, K] (packed 16-byte aligned, scales 2-byte aligned); x: bf16 [m, K], 16-byte
+// A launch shape: warps per block, weight loads in flight per row per lane (pipeline depth, in 128-wide
+// k-chunks), 16-row tiles per warp, and how many of the block's warps split K (their partial sums are
+// added in a fixed order); the other factor of warps / k_split takes more rows.
+struct GemvTuning {
+  int warps = 4;
+  int depth = 4;
+  int row_tiles = 1;
+  int k_split = 4;
+};
+
+// weight: NVFP4 [N, K] (K < 2^31) (packed 16-byte aligned, scales 2-byte aligned); x: bf16 [m, K], 16-byte
 // aligned; y: [m, N] of y_dtype (F32 or BF16).
 void gemv_nvfp4(const Nvfp4Weight& weight, const void* x, int64_t m, void* y, DType y_dtype, cudaStream_t stream);
 
@@ -22,13 +33,28 @@ void gemv_nvfp4(const Nvfp4Weight& weight, const void* x, int64_t m, void* y, DT
 void gemv_bf16(const void* weight, int64_t n, int64_t k, const void* x, int64_t m, void* y, DType y_dtype,
                cudaStream_t stream);
 
+// The tuning the plain calls above use for an [n, k] weight and m tokens.
+GemvTuning gemv_nvfp4_default_tuning(int64_t m, int64_t n, int64_t k);
+GemvTuning gemv_bf16_default_tuning(int64_t m, int64_t n, int64_t k);
+// Every compiled tuning, for kernel_bench's sweep and the GPU tests.
+std::vector<GemvTuning> gemv_nvfp4_tunings();
+std::vector<GemvTuning> gemv_bf16_tunings();
+// As gemv_nvfp4 / gemv_bf16 with an explicit tuning from the lists above (others throw).
+void gemv_nvfp4_tuned(const Nvfp4Weight& weight, const void* x, int64_t m, void* y, DType y_dtype,
+                      const GemvTuning& tuning, cudaStream_t stream);
+void gemv_bf16_tuned(const void* weight, int64_t n, int64_t k, const void* x, int64_t m, void* y, DType y_dtype,
+                     const GemvTuning& tuning, cudaStream_t stream);
+
 namespace detail {
 // The kernel launches (gemv_nvfp4.cu, gemv_bf16.cu), called after gemv.cpp's checks; they return the
 // launch status. Kept apart because nvcc cannot compile fmt, which the error path uses.
+// (depth, row tiles) pairs compiled into the kernels; the launches answer cudaErrorInvalidValue for others.
+inline constexpr GemvTuning kGemvNvfp4Shapes[] = {{0, 4, 1, 0}, {0, 8, 1, 0}, {0, 2, 2, 0}, {0, 4, 2, 0}};
+inline constexpr GemvTuning kGemvBf16Shapes[] = {{0, 2, 1, 0}, {0, 1, 2, 0}};
 cudaError_t launch_gemv_nvfp4(const Nvfp4Weight& weight, const void* x, int m, void* y, bool y_is_bf16,
-                              cudaStream_t stream);
+                              const GemvTuning& tuning, cudaStream_t stream);
 cudaError_t launch_gemv_bf16(const void* weight, int64_t n, int64_t k, const void* x, int m, void* y,
-                             bool y_is_bf16, cudaStream_t stream);
+                             bool y_is_bf16, const GemvTuning& tuning, cudaStream_t stream);
 }  // namespace detail
 
 }  // namespace uberlm::cuda

@@ -12,23 +12,19 @@ struct Bf16Format {
   const __nv_bfloat16* weight;  // [N, K]
   int64_t k_size;
   float output_multiplier;
-  static constexpr int kUnroll = 2;  // chunks in flight per row: 2 x 64 bytes
 
   struct Chunk {
     uint4 words[4];
   };
 
-  __device__ __forceinline__ Chunk load(int64_t row, int64_t k) const {
-    const uint4* src = reinterpret_cast<const uint4*>(weight + row * k_size + k);
+  using Row = const __nv_bfloat16*;
+  __device__ __forceinline__ Row row(int64_t r) const { return weight + r * k_size; }
+
+  __device__ __forceinline__ static Chunk load(Row row, int k) {
+    const uint4* src = reinterpret_cast<const uint4*>(row + k);
     Chunk chunk;
 #pragma unroll
-    for (int i = 0; i < 4; ++i) chunk.words[i] = __ldg(src + i);
-    return chunk;
-  }
-  __device__ __forceinline__ static Chunk zero() {
-    Chunk chunk;
-#pragma unroll
-    for (int i = 0; i < 4; ++i) chunk.words[i] = make_uint4(0, 0, 0, 0);
+    for (int i = 0; i < 4; ++i) chunk.words[i] = load_streaming_16(src + i);
     return chunk;
   }
 

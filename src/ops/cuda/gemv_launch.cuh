@@ -1,34 +1,67 @@
 #pragma once
-// The choice of tile shape for the standalone GEMV launches (gemv_nvfp4.cu, gemv_bf16.cu).
+// Tile-shape dispatch of the standalone GEMV launches (gemv_nvfp4.cu, gemv_bf16.cu): a run-time
+// GemvTuning picks one of the compiled (depth, row tiles) pairs, M picks the token groups.
 #include <cuda_runtime_api.h>
 
 #include <cstdint>
 
+#include "ops/cuda/gemv.h"
 #include "ops/cuda/gemv_tile.cuh"
 
 namespace uberlm::cuda {
 
-template <class Format, int kTokenGroups, int kRowGroups>
+// A compiled pipeline depth and row-tile count.
+template <int kDepth, int kRowTiles>
+struct GemvShape {
+  static constexpr int depth = kDepth, row_tiles = kRowTiles;
+};
+
+template <class Format, int kTokenGroups, int kRowTiles, int kDepth>
 cudaError_t launch_gemv_tile(const Format& format, const void* x, int m, int64_t n, int64_t k, void* y,
-                             bool y_is_bf16, cudaStream_t stream) {
-  constexpr int kWarps = 4, kUnroll = Format::kUnroll;
-  constexpr int64_t kRowsPerBlock = kRowGroups * kGemvRowsPerGroup;
-  const dim3 grid(static_cast<unsigned>((n + kRowsPerBlock - 1) / kRowsPerBlock));
-  gemv_kernel<Format, kTokenGroups, kRowGroups, kWarps, kUnroll>
-      <<<grid, kWarps * 32, 0, stream>>>(format, static_cast<const __nv_bfloat16*>(x), m, n, k, y, y_is_bf16);
+                             bool y_is_bf16, int warps, int k_split, cudaStream_t stream) {
+  const int64_t rows_per_block = int64_t{kRowTiles} * kGemvRowsPerTile * (warps / k_split);
+  const dim3 grid(static_cast<unsigned>((n + rows_per_block - 1) / rows_per_block));
+  const int smem = gemv_reduce_smem_bytes<kTokenGroups, kRowTiles>(warps);
+  const auto kernel = gemv_kernel<Format, kTokenGroups, kRowTiles, kDepth>;
+  if (smem > (48 << 10)) {  // the default limit of dynamic shared memory; larger needs an opt-in
+    const cudaError_t status = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
+    if (status != cudaSuccess) return status;
+  }
+  kernel<<<grid, warps * 32, smem, stream>>>(
+      format, static_cast<const __nv_bfloat16*>(x), m, n, k, y, y_is_bf16, k_split);
   return cudaGetLastError();
 }
 
-// Token groups of 16 cover M; with more than 4 tokens each warp takes two row groups, so that every
-// activation fragment it loads serves 16 weight rows.
-template <class Format>
+template <class Format, int kRowTiles, int kDepth>
+cudaError_t launch_gemv_tokens(const Format& format, const void* x, int m, int64_t n, int64_t k, void* y,
+                               bool y_is_bf16, int warps, int k_split, cudaStream_t stream) {
+  static_assert(kGemvMaxTokens == 8 * kGemvTokensPerGroup);
+  switch ((m + kGemvTokensPerGroup - 1) / kGemvTokensPerGroup) {
+    case 1: return launch_gemv_tile<Format, 1, kRowTiles, kDepth>(format, x, m, n, k, y, y_is_bf16, warps, k_split, stream);
+    case 2: return launch_gemv_tile<Format, 2, kRowTiles, kDepth>(format, x, m, n, k, y, y_is_bf16, warps, k_split, stream);
+    case 3: return launch_gemv_tile<Format, 3, kRowTiles, kDepth>(format, x, m, n, k, y, y_is_bf16, warps, k_split, stream);
+    case 4: return launch_gemv_tile<Format, 4, kRowTiles, kDepth>(format, x, m, n, k, y, y_is_bf16, warps, k_split, stream);
+    case 5: return launch_gemv_tile<Format, 5, kRowTiles, kDepth>(format, x, m, n, k, y, y_is_bf16, warps, k_split, stream);
+    case 6: return launch_gemv_tile<Format, 6, kRowTiles, kDepth>(format, x, m, n, k, y, y_is_bf16, warps, k_split, stream);
+    case 7: return launch_gemv_tile<Format, 7, kRowTiles, kDepth>(format, x, m, n, k, y, y_is_bf16, warps, k_split, stream);
+    case 8: return launch_gemv_tile<Format, 8, kRowTiles, kDepth>(format, x, m, n, k, y, y_is_bf16, warps, k_split, stream);
+    default: return cudaErrorInvalidValue;
+  }
+}
+
+// Launches the first of Shapes whose depth and row tiles match `tuning`; cudaErrorInvalidValue if none does.
+template <class Format, class Shape, class... Shapes>
 cudaError_t launch_gemv(const Format& format, const void* x, int m, int64_t n, int64_t k, void* y, bool y_is_bf16,
-                        cudaStream_t stream) {
-  if (m <= 4) return launch_gemv_tile<Format, 1, 1>(format, x, m, n, k, y, y_is_bf16, stream);
-  if (m <= 16) return launch_gemv_tile<Format, 1, 2>(format, x, m, n, k, y, y_is_bf16, stream);
-  if (m <= 32) return launch_gemv_tile<Format, 2, 2>(format, x, m, n, k, y, y_is_bf16, stream);
-  if (m <= 48) return launch_gemv_tile<Format, 3, 2>(format, x, m, n, k, y, y_is_bf16, stream);
-  return launch_gemv_tile<Format, 4, 2>(format, x, m, n, k, y, y_is_bf16, stream);
+                        const GemvTuning& tuning, cudaStream_t stream) {
+  if (tuning.depth == Shape::depth && tuning.row_tiles == Shape::row_tiles) {
+    return launch_gemv_tokens<Format, Shape::row_tiles, Shape::depth>(format, x, m, n, k, y, y_is_bf16, tuning.warps,
+                                                                      tuning.k_split, stream);
+  }
+  if constexpr (sizeof...(Shapes) > 0) {
+    return launch_gemv<Format, Shapes...>(format, x, m, n, k, y, y_is_bf16, tuning, stream);
+  } else {
+    return cudaErrorInvalidValue;
+  }
 }
 
 }  // namespace uberlm::cuda

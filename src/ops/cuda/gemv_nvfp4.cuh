@@ -43,21 +43,25 @@ struct Nvfp4Format {
   const uint8_t* scales;  // E4M3 [N, K/16]
   int64_t k_size;
   float output_multiplier;  // global_scale * 2^7, undoing the 2^-7 of the bf16 products
-  static constexpr int kUnroll = 4;  // chunks in flight per row: 4 x 18 bytes
 
   struct Chunk {
     uint4 codes;      // 32 E2M1 codes, element 2i in the low nibble of byte i
     uint32_t scales;  // the two E4M3 scale codes in the low 16 bits
   };
 
-  // Row `row`, k-values [k, k + 32); k is a multiple of 32, so both loads are aligned.
-  __device__ __forceinline__ Chunk load(int64_t row, int64_t k) const {
+  struct Row {
+    const uint8_t* codes;   // K/2 bytes
+    const uint8_t* scales;  // K/16 bytes
+  };
+  __device__ __forceinline__ Row row(int64_t r) const { return {packed + r * (k_size / 2), scales + r * (k_size / 16)}; }
+
+  // k-values [k, k + 32) of a row; k is a multiple of 32, so both loads are aligned.
+  __device__ __forceinline__ static Chunk load(const Row& row, int k) {
     Chunk chunk;
-    chunk.codes = __ldg(reinterpret_cast<const uint4*>(packed + row * (k_size / 2) + k / 2));
-    chunk.scales = __ldg(reinterpret_cast<const uint16_t*>(scales + row * (k_size / 16) + k / 16));
+    chunk.codes = load_streaming_16(row.codes + (k >> 1));
+    chunk.scales = load_streaming_2(row.scales + (k >> 4));
     return chunk;
   }
-  __device__ __forceinline__ static Chunk zero() { return {make_uint4(0, 0, 0, 0), 0}; }
 
   // Word w of the chunk holds elements e0..e7 = k + 8w + 0..7. Shifting it left by 4p puts e(3-p) and
   // e(7-p) at the top of the two halves, so pair p is (e(3-p), e(7-p)). mma j = 2w + h takes pairs 2h

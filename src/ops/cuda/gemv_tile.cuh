@@ -1,24 +1,29 @@
 #pragma once
 // Building blocks of the small-M GEMM y[M, N] = x[M, K] . W^T (M <= 64, decode), shared by the NVFP4
-// and bf16 weight formats and meant to be called from fused decode kernels too.
+// and bf16 weight formats and meant to be called from fused decode kernels too: load a weight chunk
+// (Format::load), dequantise it (Format::dequantise), multiply it into the accumulators
+// (gemv_multiply_chunk), stream a warp's share of K through a register pipeline (gemv_warp_partial),
+// reduce a block's warps (gemv_block_reduce_store).
 //
-// Work split: the tensor-core op mma.m16n8k16 (bf16 in, fp32 accumulate) takes A = 16 tokens x 16 k
-// of activations and B = 16 k x 8 weight rows. A warp owns kRowGroups groups of 8 weight rows; lane
-// (g = lane / 4, tig = lane % 4) streams row g of each group, k-values [32 tig, 32 tig + 32) of every
-// 128-wide k-chunk: one 16-byte load for NVFP4 (four for bf16), coalesced across the four lanes of a
-// row. Those 32 k-values feed 8 mma ops. Which k sits in which mma slot does not matter for a dot
-// product as long as A and B agree, so each format picks the slot order that is cheapest to unpack
-// and permutes the activations to match. Each dequantised weight fragment is reused for every token
-// group of 16, so the weights are read from memory once whatever M is.
+// Work split: the tensor-core op mma.m16n8k16 (bf16 in, fp32 accumulate) takes A = 16 weight rows x 16
+// k and B = 16 k x 8 tokens, so at M <= 8 only half of each op is padding (weights as B would waste
+// 15/16 at M = 1). A warp owns kRowTiles tiles of 16 weight rows; lane (g = lane / 4, tig = lane % 4)
+// streams rows g and g + 8 of each tile, k-values [32 tig, 32 tig + 32) of every 128-wide k-chunk: one
+// 16-byte load per row for NVFP4 (four for bf16), coalesced across the four lanes of a row. Those 32
+// k-values feed 8 mma ops. Which k sits in which mma slot does not matter for a dot product as long as
+// A and B agree, so each format picks the slot order that is cheapest to unpack and permutes the
+// activations to match. Each dequantised weight fragment is reused for every token group of 8, so the
+// weights are read from memory once whatever M is.
 //
 // A format provides:
-//   struct Chunk;                                          raw weight bytes of one lane for one chunk
-//   Chunk load(row, k) / Chunk zero()                      16-byte loads, issued early
-//   void dequantise(const Chunk&, uint32_t (&b)[8][2])     bf16x2 B fragments of the 8 mma ops
+//   struct Row; Row row(r)                                 where row r starts (pointers, computed once)
+//   struct Chunk;                                          raw weight bytes of one lane, one row, one chunk
+//   static Chunk load(const Row&, int k)                   16-byte loads of k-values [k, k + 32)
+//   void dequantise(const Chunk&, uint32_t (&w)[8][2])     bf16x2 words of the row for the 8 mma ops:
+//                                                          w[j][0] at k slots 2tig.., w[j][1] at 2tig+8..
 //   void activation_pairs(const uint32_t (&x)[16], int j, uint32_t& lo, uint32_t& hi)
-//        the A-fragment pairs (k slots 2 tig and 2 tig + 8) of mma j from 32 bf16 activations
+//        the B-fragment pairs (k slots 2 tig and 2 tig + 8) of mma j from 32 bf16 activations
 //   float output_multiplier                                applied to the fp32 sums
-//   static constexpr int kUnroll                           chunks of weight loads in flight
 #include <cuda_bf16.h>
 
 #include <cstdint>
@@ -27,11 +32,11 @@ namespace uberlm::cuda {
 
 inline constexpr int kGemvLaneK = 32;                  // k-values one lane streams per row per chunk
 inline constexpr int kGemvChunkK = 4 * kGemvLaneK;     // k-values a row's four lanes cover per chunk
-inline constexpr int kGemvRowsPerGroup = 8;            // mma n
-inline constexpr int kGemvTokensPerGroup = 16;         // mma m
+inline constexpr int kGemvRowsPerTile = 16;            // mma m
+inline constexpr int kGemvTokensPerGroup = 8;          // mma n
 inline constexpr int kGemvMaxTokens = 64;
 
-// D[16 tokens x 8 rows] += A[16 x 16] . B[16 x 8]; fragment layout as in the PTX ISA for m16n8k16:
+// D[16 rows x 8 tokens] += A[16 x 16] . B[16 x 8]; fragment layout as in the PTX ISA for m16n8k16:
 // a = {(g, 2tig..), (g+8, 2tig..), (g, 2tig+8..), (g+8, 2tig+8..)}, b = {(2tig.., g), (2tig+8.., g)},
 // d = {(g, 2tig), (g, 2tig+1), (g+8, 2tig), (g+8, 2tig+1)}.
 __device__ __forceinline__ void mma_bf16_m16n8k16(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
@@ -42,9 +47,26 @@ __device__ __forceinline__ void mma_bf16_m16n8k16(float (&d)[4], const uint32_t 
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
 
+// A 16-byte load that bypasses L1: weights are read once, and letting them stream through L1 would
+// evict the activations, which every warp of the SM re-reads (measured: each chunk then waited for an
+// L2 round trip, ~2000 cycles under load, whatever the pipeline depth).
+__device__ __forceinline__ uint4 load_streaming_16(const void* address) {
+  uint4 v;
+  asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];\n"
+               : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+               : "l"(address));
+  return v;
+}
+
+__device__ __forceinline__ uint16_t load_streaming_2(const void* address) {
+  uint16_t v;
+  asm volatile("ld.global.nc.L1::no_allocate.u16 %0, [%1];\n" : "=h"(v) : "l"(address));
+  return v;
+}
+
 // 32 bf16 activations x[token, k .. k + 32) as 16 bf16x2 words; zeros when the token or k is out of range.
-__device__ __forceinline__ void load_activations(const __nv_bfloat16* x, int64_t k_size, int token, int m,
-                                                 int64_t k, uint32_t (&out)[16]) {
+__device__ __forceinline__ void load_activations(const __nv_bfloat16* x, int k_size, int token, int m, int k,
+                                                 uint32_t (&out)[16]) {
   if (token < m && k < k_size) {
     const uint4* src = reinterpret_cast<const uint4*>(x + static_cast<int64_t>(token) * k_size + k);
 #pragma unroll
@@ -61,80 +83,185 @@ __device__ __forceinline__ void load_activations(const __nv_bfloat16* x, int64_t
   }
 }
 
-// One warp's share of y: rows [row0, row0 + 8 kRowGroups), chunks warp, warp + kWarps, ... of K; the
-// fp32 partial sums go to acc[token group][row group][4] in the mma D layout. kUnroll chunks of weight
-// loads are in flight before the first is used.
-template <class Format, int kTokenGroups, int kRowGroups, int kWarps, int kUnroll>
-__device__ __forceinline__ void gemv_warp_partial(const Format& format, const __nv_bfloat16* x, int m, int64_t n_rows,
-                                                  int64_t k_size, int64_t row0, int warp,
-                                                  float (&acc)[kTokenGroups][kRowGroups][4]) {
-  const int lane = threadIdx.x % 32, g = lane / 4, tig = lane % 4;
-  const int64_t n_chunks = (k_size + kGemvChunkK - 1) / kGemvChunkK;
-  for (int64_t chunk0 = warp; chunk0 < n_chunks; chunk0 += kWarps * kUnroll) {
-    typename Format::Chunk raw[kUnroll][kRowGroups];
+// This lane's activations of one chunk for every token group: tokens 8t + g, k-values [k, k + 32).
+template <int kTokenGroups>
+__device__ __forceinline__ void gemv_load_activation_chunk(const __nv_bfloat16* x, int m, int k_size, int k,
+                                                           uint32_t (&xs)[kTokenGroups][16]) {
+  const int g = threadIdx.x % 32 / 4;
 #pragma unroll
-    for (int u = 0; u < kUnroll; ++u) {
-      const int64_t k = (chunk0 + u * kWarps) * kGemvChunkK + tig * kGemvLaneK;
+  for (int t = 0; t < kTokenGroups; ++t) load_activations(x, k_size, t * kGemvTokensPerGroup + g, m, k, xs[t]);
+}
+
+// Accumulator sets per (token group, row tile): with few of them, the 8 mma ops of a chunk alternate
+// between two sets so that consecutive ops do not wait on each other's result (mma latency ~30 cycles).
+template <int kTokenGroups, int kRowTiles>
+inline constexpr int kGemvAccChains = kTokenGroups * kRowTiles <= 2 ? 2 : 1;
+
+template <int kTokenGroups, int kRowTiles>
+using GemvAccumulators = float[kGemvAccChains<kTokenGroups, kRowTiles>][kTokenGroups][kRowTiles][4];
+
+// One lane's rows g and g + 8 of every row tile for one chunk.
+template <class Format, int kRowTiles>
+struct GemvChunkRows {
+  typename Format::Chunk rows[kRowTiles][2];
+};
+
+// Where this lane's rows g and g + 8 of every row tile start. Rows past N are clamped to the last row:
+// they are read (valid memory, finite values) but never stored.
+template <class Format, int kRowTiles>
+struct GemvLaneRows {
+  typename Format::Row rows[kRowTiles][2];
+
+  __device__ __forceinline__ GemvLaneRows(const Format& format, int64_t n_rows, int64_t row0) {
+    const int g = threadIdx.x % 32 / 4;
 #pragma unroll
-      for (int rg = 0; rg < kRowGroups; ++rg) {
-        const int64_t row = row0 + rg * kGemvRowsPerGroup + g;
-        raw[u][rg] = (row < n_rows && k < k_size) ? format.load(row, k) : Format::zero();
+    for (int rt = 0; rt < kRowTiles; ++rt) {
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        const int64_t row = row0 + rt * kGemvRowsPerTile + h * 8 + g;
+        rows[rt][h] = format.row(row < n_rows ? row : n_rows - 1);
       }
     }
+  }
+
+  // k-values [k, k + 32) of every row; k past K reads the rows' last 32 k-values instead, whose
+  // activations load_activations makes zero, so they add nothing.
+  __device__ __forceinline__ GemvChunkRows<Format, kRowTiles> load(int k, int k_last) const {
+    const int k_read = k < k_last ? k : k_last;
+    GemvChunkRows<Format, kRowTiles> out;
 #pragma unroll
-    for (int u = 0; u < kUnroll; ++u) {
-      const int64_t chunk = chunk0 + u * kWarps;
-      if (chunk >= n_chunks) break;  // warp-uniform
-      const int64_t k = chunk * kGemvChunkK + tig * kGemvLaneK;
-      uint32_t b[kRowGroups][8][2];
+    for (int rt = 0; rt < kRowTiles; ++rt) {
 #pragma unroll
-      for (int rg = 0; rg < kRowGroups; ++rg) format.dequantise(raw[u][rg], b[rg]);
+      for (int h = 0; h < 2; ++h) out.rows[rt][h] = Format::load(rows[rt][h], k_read);
+    }
+    return out;
+  }
+};
+
+// acc += W[rows, chunk] . x[tokens, chunk]^T for one chunk already loaded into registers (weights: raw,
+// activations: xs from gemv_load_activation_chunk).
+template <class Format, int kTokenGroups, int kRowTiles>
+__device__ __forceinline__ void gemv_multiply_chunk(const Format& format, const GemvChunkRows<Format, kRowTiles>& raw,
+                                                    const uint32_t (&xs)[kTokenGroups][16],
+                                                    GemvAccumulators<kTokenGroups, kRowTiles>& acc) {
+  constexpr int kChains = kGemvAccChains<kTokenGroups, kRowTiles>;
+  uint32_t w[kRowTiles][2][8][2];
 #pragma unroll
-      for (int t = 0; t < kTokenGroups; ++t) {
-        uint32_t x_lo[16], x_hi[16];  // tokens 16t + g and 16t + g + 8
-        load_activations(x, k_size, t * kGemvTokensPerGroup + g, m, k, x_lo);
-        load_activations(x, k_size, t * kGemvTokensPerGroup + g + 8, m, k, x_hi);
+  for (int rt = 0; rt < kRowTiles; ++rt) {
 #pragma unroll
-        for (int j = 0; j < 8; ++j) {
-          uint32_t a[4];
-          Format::activation_pairs(x_lo, j, a[0], a[2]);
-          Format::activation_pairs(x_hi, j, a[1], a[3]);
+    for (int h = 0; h < 2; ++h) format.dequantise(raw.rows[rt][h], w[rt][h]);
+  }
 #pragma unroll
-          for (int rg = 0; rg < kRowGroups; ++rg) mma_bf16_m16n8k16(acc[t][rg], a, b[rg][j][0], b[rg][j][1]);
-        }
+  for (int t = 0; t < kTokenGroups; ++t) {
+#pragma unroll
+    for (int j = 0; j < 8; ++j) {
+      uint32_t b0, b1;
+      Format::activation_pairs(xs[t], j, b0, b1);
+#pragma unroll
+      for (int rt = 0; rt < kRowTiles; ++rt) {
+        const uint32_t a[4] = {w[rt][0][j][0], w[rt][1][j][0], w[rt][0][j][1], w[rt][1][j][1]};
+        mma_bf16_m16n8k16(acc[j % kChains][t][rt], a, b0, b1);
       }
     }
   }
 }
 
-// Sums the kWarps partials of a block in a fixed order (deterministic) and writes
-// y[token, row] = sum * multiplier for token < m, row < n_rows; y is fp32 or bf16 [M, N].
-template <int kTokenGroups, int kRowGroups, int kWarps>
-__device__ __forceinline__ void gemv_block_reduce_store(const float (&acc)[kTokenGroups][kRowGroups][4], int m,
-                                                        int64_t n_rows, int64_t row0, float multiplier, void* y,
-                                                        bool y_is_bf16) {
-  constexpr int kTokens = kTokenGroups * kGemvTokensPerGroup, kRows = kRowGroups * kGemvRowsPerGroup;
-  __shared__ float partial[kWarps][kTokens][kRows];
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, tig = lane % 4;
+// With few token groups the activations of the next chunk are loaded while this one is multiplied
+// (16 registers per token group); with more, they are loaded at the start of their own chunk.
+template <int kTokenGroups>
+inline constexpr bool kGemvPrefetchActivations = kTokenGroups <= 2;
+
+// One warp's share of y: rows [row0, row0 + 16 kRowTiles), chunks first, first + stride, ... of K
+// (int k: K < 2^31); the fp32 partial sums go to acc in the mma D layout. The weight loads run kDepth
+// chunks ahead of the multiplies: a chunk's slot is refilled with the chunk kDepth later as soon as it
+// has been read, so about kDepth loads per row stay in flight for the whole loop. Addresses are
+// computed once per row; the loop only steps k.
+template <class Format, int kTokenGroups, int kRowTiles, int kDepth>
+__device__ __forceinline__ void gemv_warp_partial(const Format& format, const __nv_bfloat16* x, int m, int64_t n_rows,
+                                                  int k_size, int64_t row0, int first_chunk, int chunk_stride,
+                                                  GemvAccumulators<kTokenGroups, kRowTiles>& acc) {
+  constexpr bool kPrefetch = kGemvPrefetchActivations<kTokenGroups>;
+  const int n_chunks = (k_size + kGemvChunkK - 1) / kGemvChunkK;
+  const int count = first_chunk < n_chunks ? (n_chunks - first_chunk + chunk_stride - 1) / chunk_stride : 0;
+  const int k_first = first_chunk * kGemvChunkK + (threadIdx.x % 4) * kGemvLaneK, k_step = chunk_stride * kGemvChunkK;
+  const int k_last = k_size - kGemvLaneK;
+  const GemvLaneRows<Format, kRowTiles> rows(format, n_rows, row0);
+  GemvChunkRows<Format, kRowTiles> pipe[kDepth];
+#pragma unroll
+  for (int d = 0; d < kDepth; ++d) {
+    if (d < count) pipe[d] = rows.load(k_first + d * k_step, k_last);
+  }
+  uint32_t xs[kTokenGroups][16];
+  if (kPrefetch && count > 0) gemv_load_activation_chunk<kTokenGroups>(x, m, k_size, k_first, xs);
+  for (int base = 0; base < count; base += kDepth) {
+#pragma unroll
+    for (int d = 0; d < kDepth; ++d) {
+      const int i = base + d, k = k_first + i * k_step;
+      if (i >= count) break;  // warp-uniform
+      const GemvChunkRows<Format, kRowTiles> current = pipe[d];
+      if (i + kDepth < count) pipe[d] = rows.load(k + kDepth * k_step, k_last);
+      uint32_t current_xs[kTokenGroups][16];
+      if constexpr (kPrefetch) {
+#pragma unroll
+        for (int t = 0; t < kTokenGroups; ++t) {
+#pragma unroll
+          for (int e = 0; e < 16; ++e) current_xs[t][e] = xs[t][e];
+        }
+        if (i + 1 < count) gemv_load_activation_chunk<kTokenGroups>(x, m, k_size, k + k_step, xs);
+      } else {
+        gemv_load_activation_chunk<kTokenGroups>(x, m, k_size, k, current_xs);
+      }
+      gemv_multiply_chunk<Format, kTokenGroups, kRowTiles>(format, current, current_xs, acc);
+    }
+  }
+}
+
+// Bytes of dynamic shared memory gemv_block_reduce_store needs for `warps` warps.
+template <int kTokenGroups, int kRowTiles>
+constexpr int gemv_reduce_smem_bytes(int warps) {
+  return warps * kTokenGroups * kGemvTokensPerGroup * kRowTiles * kGemvRowsPerTile * static_cast<int>(sizeof(float));
+}
+
+// Sums the accumulator chains and the block's warps in a fixed order (deterministic) and writes
+// y[token, row] = sum * multiplier for token < m, row < n_rows; y is fp32 or bf16 [M, N]. The block's
+// warps form blockDim.x / 32 / k_split row groups of k_split warps each (warp w: row group w / k_split,
+// K share w % k_split); row group r covers rows row0 + r * 16 kRowTiles. `partial` is
+// gemv_reduce_smem_bytes of shared memory.
+template <int kTokenGroups, int kRowTiles>
+__device__ __forceinline__ void gemv_block_reduce_store(const GemvAccumulators<kTokenGroups, kRowTiles>& acc, int m,
+                                                        int64_t n_rows, int64_t row0, int k_split, float multiplier,
+                                                        void* y, bool y_is_bf16, float* partial) {
+  constexpr int kChains = kGemvAccChains<kTokenGroups, kRowTiles>;
+  constexpr int kTokens = kTokenGroups * kGemvTokensPerGroup, kRows = kRowTiles * kGemvRowsPerTile;
+  const int warps = blockDim.x / 32, warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, tig = lane % 4;
+  float* mine = partial + warp * kTokens * kRows;  // [kTokens][kRows]
 #pragma unroll
   for (int t = 0; t < kTokenGroups; ++t) {
 #pragma unroll
-    for (int rg = 0; rg < kRowGroups; ++rg) {
-      const int token = t * kGemvTokensPerGroup + g, row = rg * kGemvRowsPerGroup + 2 * tig;
-      partial[warp][token][row] = acc[t][rg][0];
-      partial[warp][token][row + 1] = acc[t][rg][1];
-      partial[warp][token + 8][row] = acc[t][rg][2];
-      partial[warp][token + 8][row + 1] = acc[t][rg][3];
+    for (int rt = 0; rt < kRowTiles; ++rt) {
+      float d[4];
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        d[e] = acc[0][t][rt][e];
+#pragma unroll
+        for (int c = 1; c < kChains; ++c) d[e] += acc[c][t][rt][e];
+      }
+      const int token = t * kGemvTokensPerGroup + 2 * tig, row = rt * kGemvRowsPerTile + g;
+      mine[token * kRows + row] = d[0];
+      mine[(token + 1) * kRows + row] = d[1];
+      mine[token * kRows + row + 8] = d[2];
+      mine[(token + 1) * kRows + row + 8] = d[3];
     }
   }
   __syncthreads();
-  for (int i = threadIdx.x; i < kTokens * kRows; i += kWarps * 32) {
-    const int token = i / kRows, r = i % kRows;
-    const int64_t row = row0 + r;
+  const int row_groups = warps / k_split;
+  for (int i = threadIdx.x; i < row_groups * kTokens * kRows; i += blockDim.x) {
+    const int group = i / (kTokens * kRows), within = i % (kTokens * kRows), token = within / kRows, r = within % kRows;
+    const int64_t row = row0 + static_cast<int64_t>(group) * kRows + r;
     if (token >= m || row >= n_rows) continue;
+    const float* sums = partial + group * k_split * kTokens * kRows + within;
     float sum = 0.0f;
-#pragma unroll
-    for (int w = 0; w < kWarps; ++w) sum += partial[w][token][r];
+    for (int w = 0; w < k_split; ++w) sum += sums[w * kTokens * kRows];
     const int64_t index = static_cast<int64_t>(token) * n_rows + row;
     if (y_is_bf16) {
       static_cast<__nv_bfloat16*>(y)[index] = __float2bfloat16_rn(sum * multiplier);
@@ -144,18 +271,24 @@ __device__ __forceinline__ void gemv_block_reduce_store(const float (&acc)[kToke
   }
 }
 
-// The standalone launch: block b owns rows [b * 8 kRowGroups, ...) and its kWarps warps split K.
-template <class Format, int kTokenGroups, int kRowGroups, int kWarps, int kUnroll>
-__global__ void __launch_bounds__(kWarps * 32)
+// The standalone launch: block b owns rows [b * R, (b + 1) * R) with R = 16 kRowTiles * warps / k_split;
+// each row group's k_split warps split K by interleaved chunks (warp w takes chunks w % k_split,
+// + k_split, ...).
+template <class Format, int kTokenGroups, int kRowTiles, int kDepth>
+__global__ void __launch_bounds__(256)
     gemv_kernel(Format format, const __nv_bfloat16* __restrict__ x, int m, int64_t n_rows, int64_t k_size, void* y,
-                bool y_is_bf16) {
+                bool y_is_bf16, int k_split) {
   static_assert(kTokenGroups * kGemvTokensPerGroup <= kGemvMaxTokens);
-  const int64_t row0 = static_cast<int64_t>(blockIdx.x) * kRowGroups * kGemvRowsPerGroup;
-  float acc[kTokenGroups][kRowGroups][4] = {};
-  gemv_warp_partial<Format, kTokenGroups, kRowGroups, kWarps, kUnroll>(format, x, m, n_rows, k_size, row0,
-                                                                        threadIdx.x / 32, acc);
-  gemv_block_reduce_store<kTokenGroups, kRowGroups, kWarps>(acc, m, n_rows, row0, format.output_multiplier, y,
-                                                            y_is_bf16);
+  extern __shared__ float gemv_partial[];
+  constexpr int kRows = kRowTiles * kGemvRowsPerTile;
+  const int warp = threadIdx.x / 32;
+  const int64_t block_row0 = static_cast<int64_t>(blockIdx.x) * kRows * (blockDim.x / 32 / k_split);
+  GemvAccumulators<kTokenGroups, kRowTiles> acc = {};
+  gemv_warp_partial<Format, kTokenGroups, kRowTiles, kDepth>(format, x, m, n_rows, static_cast<int>(k_size),
+                                                             block_row0 + (warp / k_split) * kRows, warp % k_split,
+                                                             k_split, acc);
+  gemv_block_reduce_store<kTokenGroups, kRowTiles>(acc, m, n_rows, block_row0, k_split, format.output_multiplier, y,
+                                                   y_is_bf16, gemv_partial);
 }
 
 }  // namespace uberlm::cuda
