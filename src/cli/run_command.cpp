@@ -5,11 +5,13 @@
 #include <fmt/format.h>
 
 #include "cli/commands.h"
+#include "model/gguf_model.h"
 #include "model/model.h"
 #include "runtime/cpu_backend.h"
 #include "runtime/generator.h"
 #include "tokenizer/bpe_tokenizer.h"
 #include "tokenizer/chat.h"
+#include "tokenizer/gguf_tokenizer.h"
 
 namespace uberlm::cli {
 
@@ -31,14 +33,38 @@ struct RunOptions {
   uint64_t seed = 0;
 };
 
+// The tokenizer and prompt conventions of a model: a directory's tokenizer.json, or a GGUF file's
+// metadata (its BOS rule and the default system message its ChatML template writes).
+struct PromptFormat {
+  std::unique_ptr<BpeTokenizer> tokenizer;
+  std::optional<int> bos_id;  // prepended to the prompt when set
+  std::optional<std::string> default_system_prompt;
+};
+
+PromptFormat load_prompt_format(const std::filesystem::path& model_path) {
+  PromptFormat format;
+  if (!is_gguf_path(model_path)) {
+    format.tokenizer = BpeTokenizer::load(model_path / "tokenizer.json");
+    return format;
+  }
+  GgufTokenizer gguf = load_gguf_tokenizer(*GgufFile::open(model_path));
+  format.tokenizer = std::move(gguf.tokenizer);
+  if (gguf.add_bos) format.bos_id = gguf.bos_id;
+  format.default_system_prompt = chatml_default_system_prompt(gguf.chat_template);
+  return format;
+}
+
 void run(const RunOptions& options) {
   auto model = Model::load(options.model);
-  auto tokenizer = BpeTokenizer::load(std::filesystem::path(options.model) / "tokenizer.json");
-  const std::string text =
-      options.chat ? render_chatml({ChatMessage{"user", options.prompt}}, /*add_generation_prompt=*/true)
-                   : options.prompt;
+  PromptFormat format = load_prompt_format(options.model);
+  const BpeTokenizer* tokenizer = format.tokenizer.get();
+  std::vector<ChatMessage> messages;
+  if (format.default_system_prompt) messages.push_back({"system", *format.default_system_prompt});
+  messages.push_back({"user", options.prompt});
+  const std::string text = options.chat ? render_chatml(messages, /*add_generation_prompt=*/true) : options.prompt;
   CpuBackend backend(*model, /*max_slots=*/1);
   GenerationRequest request;
+  if (format.bos_id) request.prompt.push_back(*format.bos_id);
   for (int id : tokenizer->encode(text)) request.prompt.push_back(id);
   request.max_tokens = options.max_tokens;
   request.sampling = {options.temperature, options.top_k, options.top_p, options.seed};
@@ -69,7 +95,7 @@ void run(const RunOptions& options) {
 void add_run_command(CLI::App& app) {
   auto options = std::make_shared<RunOptions>();
   CLI::App* cmd = app.add_subcommand("run", "Generate text from a prompt");
-  cmd->add_option("--model", options->model, "Checkpoint directory")->capture_default_str();
+  cmd->add_option("--model", options->model, "Checkpoint directory or .gguf file")->capture_default_str();
   cmd->add_option("--prompt", options->prompt, "Prompt text")->required();
   cmd->add_flag("--chat", options->chat, "Wrap the prompt as a ChatML user turn");
   cmd->add_option("--max-tokens", options->max_tokens, "Tokens to generate")->check(CLI::Range(1, 1 << 20));

@@ -1,5 +1,7 @@
 #pragma once
-// A loaded checkpoint: its config, its mapped tensors and the decoder weights viewing them.
+// A loaded model: its config, the storage of its tensors and the decoder weights viewing them. A
+// checkpoint directory's tensors stay in the mapped safetensors files; a .gguf file's are dequantised
+// into buffers the Model owns.
 #include <filesystem>
 #include <memory>
 #include <vector>
@@ -11,14 +13,15 @@
 namespace uberlm {
 
 struct Model {
-  std::filesystem::path dir;
+  std::filesystem::path dir;  // the checkpoint directory, or the .gguf file
   ModelConfig config;
-  std::unique_ptr<Checkpoint> checkpoint;  // owns the mappings `weights` views
+  std::unique_ptr<Checkpoint> checkpoint;         // owns the mappings `weights` views (directories)
+  std::vector<std::vector<float>> owned_tensors;  // fp32 tensors `weights` views (GGUF)
   ModelWeights weights;
   std::vector<int> stop_token_ids;
 
-  // Throws Error naming the file, field or tensor at fault.
-  static std::unique_ptr<Model> load(const std::filesystem::path& dir);
+  // `path` is a checkpoint directory or a .gguf file. Throws Error naming the file, field or tensor at fault.
+  static std::unique_ptr<Model> load(const std::filesystem::path& path);
 };
 
 }  // namespace uberlm

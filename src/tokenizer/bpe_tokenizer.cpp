@@ -336,11 +336,51 @@ std::unique_ptr<BpeTokenizer> BpeTokenizer::load(const std::filesystem::path& to
   } catch (const json::exception& error) {
     fail("{}: malformed tokenizer field: {}", file, error.what());
   }
-  tokenizer->id_to_bytes_.reserve(tokenizer->id_to_token_.size());
-  for (const std::string& token : tokenizer->id_to_token_) {
-    tokenizer->id_to_bytes_.push_back(byte_alphabet().decode(token));
-  }
+  tokenizer->finish_loading();
   return tokenizer;
+}
+
+std::unique_ptr<BpeTokenizer> BpeTokenizer::from_vocabulary(const BpeVocabulary& vocabulary) {
+  std::unique_ptr<BpeTokenizer> tokenizer(new BpeTokenizer());
+  tokenizer->file_ = vocabulary.source;
+  const std::string& where = tokenizer->file_;
+  tokenizer->vocab_.reserve(vocabulary.tokens.size());
+  tokenizer->id_to_token_ = vocabulary.tokens;
+  tokenizer->id_kind_.assign(vocabulary.tokens.size(), TokenKind::Model);
+  for (size_t id = 0; id < vocabulary.tokens.size(); ++id) {
+    // A token listed twice keeps its first id for encoding; both ids decode to it.
+    tokenizer->vocab_.emplace(vocabulary.tokens[id], static_cast<int>(id));
+  }
+  tokenizer->merges_.reserve(vocabulary.merges.size());
+  for (size_t rank = 0; rank < vocabulary.merges.size(); ++rank) {
+    const std::string& line = vocabulary.merges[rank];
+    const size_t space = line.find(' ');
+    if (space == std::string::npos || line.find(' ', space + 1) != std::string::npos) {
+      fail("{}: merge {} '{}' is not two tokens separated by one space", where, rank, line);
+    }
+    tokenizer->add_merge(rank, line.substr(0, space), line.substr(space + 1), where);
+  }
+  for (const BpeVocabulary::Added& added : vocabulary.added) {
+    if (added.id < 0 || static_cast<size_t>(added.id) >= vocabulary.tokens.size()) {
+      fail("{}: added token id {} is outside the {}-token vocabulary", where, added.id, vocabulary.tokens.size());
+    }
+    const std::string& content = vocabulary.tokens[static_cast<size_t>(added.id)];
+    if (content.empty()) fail("{}: added token {} is empty", where, added.id);
+    tokenizer->add_added_token(AddedToken{content, added.id, added.special, /*normalized=*/false});
+  }
+  for (const std::string& pattern : vocabulary.split_patterns) {
+    tokenizer->pre_tokenizers_.push_back(std::make_unique<RegexSplitStep>(pattern, where + ": split"));
+  }
+  tokenizer->pre_tokenizers_.push_back(
+      std::make_unique<ByteLevelStep>(vocabulary.add_prefix_space, /*use_regex=*/true, where + ": ByteLevel"));
+  tokenizer->has_byte_level_ = true;
+  tokenizer->finish_loading();
+  return tokenizer;
+}
+
+void BpeTokenizer::finish_loading() {
+  id_to_bytes_.reserve(id_to_token_.size());
+  for (const std::string& token : id_to_token_) id_to_bytes_.push_back(byte_alphabet().decode(token));
 }
 
 void BpeTokenizer::parse_model(const json& model) {
@@ -397,14 +437,19 @@ void BpeTokenizer::parse_model(const json& model) {
     } else {
       fail("{}: merge {} is neither \"a b\" nor [a, b]", where, rank);
     }
-    const auto left_it = vocab_.find(left), right_it = vocab_.find(right);
-    const auto merged_it = vocab_.find(left + right);
-    if (left_it == vocab_.end() || right_it == vocab_.end() || merged_it == vocab_.end()) {
-      fail("{}: merge {} ('{}', '{}') names a token missing from the vocab", where, rank, left, right);
-    }
-    const uint64_t key = (static_cast<uint64_t>(left_it->second) << 32) | static_cast<uint32_t>(right_it->second);
-    merges_.emplace(key, std::pair<int, int>(static_cast<int>(rank), merged_it->second));
+    add_merge(rank, left, right, where);
   }
+}
+
+void BpeTokenizer::add_merge(size_t rank, const std::string& left, const std::string& right,
+                             const std::string& where) {
+  const auto left_it = vocab_.find(left), right_it = vocab_.find(right);
+  const auto merged_it = vocab_.find(left + right);
+  if (left_it == vocab_.end() || right_it == vocab_.end() || merged_it == vocab_.end()) {
+    fail("{}: merge {} ('{}', '{}') names a token missing from the vocab", where, rank, left, right);
+  }
+  const uint64_t key = (static_cast<uint64_t>(left_it->second) << 32) | static_cast<uint32_t>(right_it->second);
+  merges_.emplace(key, std::pair<int, int>(static_cast<int>(rank), merged_it->second));
 }
 
 void BpeTokenizer::parse_added_tokens(const json& tokens) {
@@ -423,22 +468,26 @@ void BpeTokenizer::parse_added_tokens(const json& tokens) {
     if (flag(entry, "single_word", false)) {
       fail("{}: '{}' has single_word=true, which is not supported", where, token.content);
     }
-    const auto index = static_cast<int>(added_tokens_.size());
-    if (token.normalized) {
-      normalized_added_trie_.insert(normalize(token.content), index);
-    } else {
-      raw_added_trie_.insert(token.content, index);
-    }
-    const auto slot = static_cast<size_t>(token.id);
-    if (slot >= id_to_token_.size()) {
-      id_to_token_.resize(slot + 1);
-      id_kind_.resize(slot + 1, TokenKind::None);
-    }
-    id_to_token_[slot] = token.content;
-    id_kind_[slot] = token.special ? TokenKind::Special : TokenKind::Added;
-    added_ids_[token.content] = token.id;
-    added_tokens_.push_back(std::move(token));
+    add_added_token(std::move(token));
   }
+}
+
+void BpeTokenizer::add_added_token(AddedToken token) {
+  const auto index = static_cast<int>(added_tokens_.size());
+  if (token.normalized) {
+    normalized_added_trie_.insert(normalize(token.content), index);
+  } else {
+    raw_added_trie_.insert(token.content, index);
+  }
+  const auto slot = static_cast<size_t>(token.id);
+  if (slot >= id_to_token_.size()) {
+    id_to_token_.resize(slot + 1);
+    id_kind_.resize(slot + 1, TokenKind::None);
+  }
+  id_to_token_[slot] = token.content;
+  id_kind_[slot] = token.special ? TokenKind::Special : TokenKind::Added;
+  added_ids_[token.content] = token.id;
+  added_tokens_.push_back(std::move(token));
 }
 
 void BpeTokenizer::parse_normalizer(const json& normalizer) {

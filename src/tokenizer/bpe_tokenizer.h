@@ -28,10 +28,26 @@ struct StringHash {
 };
 using TokenIds = std::unordered_map<std::string, int, StringHash, std::equal_to<>>;
 
+// A byte-level BPE tokenizer given as data rather than tokenizer.json (a GGUF file's metadata).
+struct BpeVocabulary {
+  struct Added {
+    int id;
+    bool special;  // special: skipped by decode(skip_special) and left as text when !parse_special
+  };
+  std::string source;                       // names the origin in errors
+  std::vector<std::string> tokens;          // id -> token in the byte-level alphabet
+  std::vector<std::string> merges;          // "left right", highest priority first
+  std::vector<Added> added;                 // tokens matched whole in the text, before BPE
+  std::vector<std::string> split_patterns;  // regex splits (Isolated), applied in order before ByteLevel
+  bool add_prefix_space = false;            // ByteLevel's flag; ByteLevel always splits with the GPT-2 regex
+};
+
 class BpeTokenizer {
  public:
   // Throws uberlm::Error naming the file and the component at fault.
   static std::unique_ptr<BpeTokenizer> load(const std::filesystem::path& tokenizer_json);
+  // Throws uberlm::Error naming vocabulary.source and the token, merge or pattern at fault.
+  static std::unique_ptr<BpeTokenizer> from_vocabulary(const BpeVocabulary& vocabulary);
   ~BpeTokenizer();
 
   // text must be valid UTF-8. parse_special=false leaves special tokens in the text as plain text
@@ -80,6 +96,9 @@ class BpeTokenizer {
   void parse_pre_tokenizer(const nlohmann::json& json);
   void parse_model(const nlohmann::json& json);
   void parse_added_tokens(const nlohmann::json& json);
+  void add_merge(size_t rank, const std::string& left, const std::string& right, const std::string& where);
+  void add_added_token(AddedToken token);
+  void finish_loading();
 
   void split_added(std::vector<Piece>& pieces, const AddedTokenTrie& trie, bool parse_special) const;
   std::string normalize(std::string_view text) const;
