@@ -8,6 +8,7 @@
 #include "model/gguf_model.h"
 #include "model/model.h"
 #include "runtime/cpu_backend.h"
+#include "runtime/cuda_backend.h"
 #include "runtime/generator.h"
 #include "tokenizer/bpe_tokenizer.h"
 #include "tokenizer/chat.h"
@@ -31,6 +32,7 @@ struct RunOptions {
   float top_p = 1.0f;
   int top_k = 0;
   uint64_t seed = 0;
+  std::string device = "auto";
 };
 
 // The tokenizer and prompt conventions of a model: a directory's tokenizer.json, or a GGUF file's
@@ -62,7 +64,8 @@ void run(const RunOptions& options) {
   if (format.default_system_prompt) messages.push_back({"system", *format.default_system_prompt});
   messages.push_back({"user", options.prompt});
   const std::string text = options.chat ? render_chatml(messages, /*add_generation_prompt=*/true) : options.prompt;
-  CpuBackend backend(*model, /*max_slots=*/1);
+  std::unique_ptr<Backend> backend_owner = make_backend(*model, options.device, /*max_slots=*/1);
+  Backend& backend = *backend_owner;
   GenerationRequest request;
   if (format.bos_id) request.prompt.push_back(*format.bos_id);
   for (int id : tokenizer->encode(text)) request.prompt.push_back(id);
@@ -103,6 +106,8 @@ void add_run_command(CLI::App& app) {
   cmd->add_option("--top-p", options->top_p, "Nucleus sampling mass")->check(CLI::Range(0.0f, 1.0f));
   cmd->add_option("--top-k", options->top_k, "Keep the k most likely tokens (0 = all)")->check(CLI::NonNegativeNumber);
   cmd->add_option("--seed", options->seed, "Sampling seed");
+  cmd->add_option("--device", options->device, "cpu, cuda, or auto (cuda when a GPU is present)")
+      ->check(CLI::IsMember({"cpu", "cuda", "auto"}))->capture_default_str();
   cmd->callback([options] { run(*options); });
 }
 

@@ -1,0 +1,42 @@
+#include "ops/cuda/rope.cuh"
+#include "ops/cuda/rope.h"
+
+namespace uberlm::cuda {
+
+namespace {
+// One warp per (token, head), heads 0..H-1 the query heads and H..H+KV-1 the key heads.
+__global__ void qk_norm_rope_kernel(const float* q_proj, float* k, const int32_t* positions, int64_t num_tokens,
+                                    AttentionPrepShape shape, const float* inv_freq, const float* q_norm,
+                                    const float* k_norm, float* query) {
+  const int heads = shape.num_heads + shape.num_kv_heads;
+  const int64_t item = static_cast<int64_t>(blockIdx.x) * (blockDim.x / 32) + threadIdx.x / 32;
+  if (item >= num_tokens * heads) return;
+  const int64_t t = item / heads;
+  const int h = static_cast<int>(item % heads);
+  const int hd = shape.head_dim, position = positions[t];
+  if (h < shape.num_heads) {
+    const int64_t q_stride = static_cast<int64_t>(shape.num_heads) * hd * (shape.gated ? 2 : 1);
+    const float* src = q_proj + t * q_stride + static_cast<int64_t>(h) * hd * (shape.gated ? 2 : 1);
+    float* dst = query + (t * shape.num_heads + h) * hd;
+    warp_norm_rope_head(src, dst, hd, shape.qk_norm ? q_norm : nullptr, shape.norm_offset, shape.eps,
+                        shape.rotary_dim, inv_freq, position);
+  } else {
+    float* head = k + (t * shape.num_kv_heads + (h - shape.num_heads)) * hd;
+    warp_norm_rope_head(head, head, hd, shape.qk_norm ? k_norm : nullptr, shape.norm_offset, shape.eps,
+                        shape.rotary_dim, inv_freq, position);
+  }
+}
+}  // namespace
+
+cudaError_t launch_qk_norm_rope(const float* q_proj, float* k, const int32_t* positions, int64_t num_tokens,
+                                const AttentionPrepShape& shape, const float* inv_freq, const float* q_norm,
+                                const float* k_norm, float* query, cudaStream_t stream) {
+  const int64_t items = num_tokens * (shape.num_heads + shape.num_kv_heads);
+  if (items == 0) return cudaSuccess;
+  constexpr int kWarps = 4;
+  qk_norm_rope_kernel<<<blocks_for(items, kWarps), kWarps * 32, 0, stream>>>(q_proj, k, positions, num_tokens, shape,
+                                                                             inv_freq, q_norm, k_norm, query);
+  return cudaGetLastError();
+}
+
+}  // namespace uberlm::cuda

@@ -1,0 +1,956 @@
+#include "runtime/cuda_backend.h"
+
+#include "runtime/cpu_backend.h"
+#include "core/error.h"
+
+#ifdef UBERLM_WITH_CUDA
+#include <cuda_runtime_api.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <map>
+
+#include <spdlog/spdlog.h>
+
+#include "ops/cuda/activation.h"
+#include "ops/cuda/attention_decode.h"
+#include "ops/cuda/cuda_check.h"
+#include "ops/cuda/embedding.h"
+#include "ops/cuda/gated_delta_net.h"
+#include "ops/cuda/gemv.h"
+#include "ops/cuda/kv_cache.h"
+#include "ops/cuda/random_fill.h"
+#include "ops/cuda/rms_norm.h"
+#include "ops/cuda/rope.h"
+#include "ops/cuda/sampling.h"
+#endif
+
+namespace uberlm {
+
+bool cuda_device_present() {
+#ifdef UBERLM_WITH_CUDA
+  int devices = 0;
+  return cudaGetDeviceCount(&devices) == cudaSuccess && devices > 0;
+#else
+  return false;
+#endif
+}
+
+std::unique_ptr<Backend> make_backend(const Model& model, const std::string& device, int max_slots) {
+  if (device != "cpu" && device != "cuda" && device != "auto") fail("--device {}: expected cpu, cuda or auto", device);
+  const bool use_cuda = device == "cuda" || (device == "auto" && cuda_device_present());
+  if (!use_cuda) return std::make_unique<CpuBackend>(model, max_slots);
+#ifdef UBERLM_WITH_CUDA
+  if (!cuda_device_present()) fail("--device cuda: no CUDA device is visible");
+  CudaBackendOptions options;
+  options.max_slots = max_slots;
+  options.max_context = std::min<int64_t>(model.config.max_position_embeddings > 0 ? model.config.max_position_embeddings : 4096, 8192);
+  return std::make_unique<CudaBackend>(model, options);
+#else
+  fail("--device cuda: this binary was built without CUDA");
+#endif
+}
+
+#ifdef UBERLM_WITH_CUDA
+
+namespace {
+
+constexpr int64_t kKvBlockSize = 16;
+constexpr int64_t kAlignment = 256;
+
+int64_t round_up(int64_t value, int64_t multiple) { return (value + multiple - 1) / multiple * multiple; }
+int64_t padded_k(int64_t k) { return round_up(k, cuda::kGemvKMultiple); }
+double gib(int64_t bytes) { return static_cast<double>(bytes) / (1 << 30); }
+
+// Bump allocation over one cudaMalloc. A planning arena (base 0) only adds up sizes, so that the same
+// layout code first measures and then places every buffer.
+class Arena {
+ public:
+  explicit Arena(uintptr_t base = 0) : base_(base) {}
+  template <typename T>
+  T* take(int64_t count) {
+    const int64_t offset = used_;
+    used_ += round_up(std::max<int64_t>(count, 1) * static_cast<int64_t>(sizeof(T)), kAlignment);
+    return reinterpret_cast<T*>(base_ + offset);
+  }
+  int64_t used() const { return used_; }
+
+ private:
+  uintptr_t base_;
+  int64_t used_ = 0;
+};
+
+// A linear layer on the device: bf16 [out, in_padded] or NVFP4 [out, in_padded], optional fp32 bias.
+struct DeviceLinear {
+  std::string name;
+  int64_t out = 0, in = 0, in_padded = 0;
+  bool nvfp4 = false;
+  uint16_t* bf16 = nullptr;
+  uint8_t* packed = nullptr;
+  uint8_t* scales = nullptr;
+  float global_scale = 0;
+  float* bias = nullptr;
+
+  int64_t bytes() const { return nvfp4 ? out * in_padded / 2 + out * in_padded / 16 : out * in_padded * 2; }
+  Nvfp4Weight nvfp4_view() const { return {out, in_padded, packed, scales, global_scale}; }
+};
+
+struct DeviceLayer {
+  LayerKind kind;
+  float *input_norm = nullptr, *post_attention_norm = nullptr;
+  DeviceLinear q_proj, k_proj, v_proj, o_proj;
+  float *q_norm = nullptr, *k_norm = nullptr;
+  uint16_t *key_cache = nullptr, *value_cache = nullptr;  // [blocks, block_size, KV, head_dim]
+  DeviceLinear in_proj_qkv, in_proj_z, in_proj_b, in_proj_a, out_proj;
+  float *conv1d = nullptr, *dt_bias = nullptr, *a_log = nullptr, *delta_norm = nullptr;
+  float *conv_state = nullptr;       // [slots, conv_dim, kernel - 1]
+  float *recurrent_state = nullptr;  // [slots, Hv, dk, dv]
+  DeviceLinear gate_proj, up_proj, down_proj;
+};
+
+// What a linear layer's weights are: whether NVFP4, and whether it has a bias.
+struct LinearKind {
+  bool nvfp4 = false;
+  bool bias = false;
+};
+
+}  // namespace
+
+struct CudaBackend::Impl {
+  ModelConfig config;
+  CudaBackendOptions options;
+  cudaStream_t stream = nullptr;
+  void* weight_memory = nullptr;
+  void* runtime_memory = nullptr;
+  int64_t weight_arena_bytes = 0, runtime_arena_bytes = 0, kv_bytes = 0, state_bytes = 0;
+
+  // Weights.
+  uint16_t* embed_tokens = nullptr;  // bf16 [V, D]
+  float* final_norm = nullptr;
+  DeviceLinear lm_head;
+  std::vector<DeviceLayer> layers;
+  std::vector<float> inv_freq_host;
+  float* inv_freq = nullptr;
+
+  // Activations, sized for T = max_batch_tokens and R = max_logit_rows.
+  int64_t max_tokens = 0, max_rows = 0, max_blocks_per_slot = 0, num_blocks = 0;
+  float* x = nullptr;                // [T, D] residual stream
+  uint16_t* h = nullptr;             // [T, D_p] normed input of the next linear layers
+  float *proj0 = nullptr, *proj1 = nullptr, *proj2 = nullptr, *proj3 = nullptr;  // linear outputs
+  float* mixed = nullptr;            // [T, max(conv_dim, H hd)] conv output / attention output
+  float* core = nullptr;             // [T, max(value_dim, H hd)] delta-rule output / query
+  uint16_t *attn_in = nullptr, *delta_in = nullptr, *mlp_in = nullptr;  // bf16 inputs of o_proj, out_proj, down
+  float* delta = nullptr;            // [T, D] mixer / MLP output, added to x by the next norm
+  float* attention_workspace = nullptr;
+  uint16_t* final_in = nullptr;      // [R, D_p]
+  float* logits = nullptr;           // [R, V]
+  int32_t* argmax = nullptr;         // [R]
+  // Per-forward metadata, one contiguous int32 region mirrored by a pinned host buffer.
+  int32_t* meta = nullptr;
+  int32_t* meta_host = nullptr;
+  int64_t meta_count = 0;
+  int32_t *tokens = nullptr, *positions = nullptr, *slots = nullptr;  // [T]
+  int32_t *chunk_first = nullptr, *chunk_length = nullptr, *chunk_slot = nullptr, *chunk_start = nullptr;  // [T]
+  int32_t* logit_rows = nullptr;     // [R]
+  int32_t* block_tables = nullptr;   // [slots, max_blocks_per_slot]
+
+  // Host-side cache bookkeeping.
+  std::vector<int64_t> lengths;
+  std::vector<std::vector<int32_t>> slot_blocks;
+  std::vector<int32_t> free_blocks;
+
+  // Graphs per decode batch size.
+  bool graphs_enabled = true;
+  std::map<int64_t, cudaGraphExec_t> decode_graphs;
+  Counters counters;
+  bool logged_sliced = false;
+
+  // Profiling.
+  bool profiling = false;
+  struct PendingEvent {
+    std::string op;
+    cudaEvent_t start, stop;
+  };
+  std::vector<PendingEvent> pending;
+  std::map<std::string, KernelTime> profile;
+
+  int64_t rows_of_last_forward = 0;
+
+  ~Impl();
+  // Places every weight and runtime buffer in the two arenas (planning when their bases are 0).
+  void layout_weights(Arena& arena, const std::vector<LinearKind>& kinds);
+  void layout_runtime(Arena& arena);
+  void allocate(const std::vector<LinearKind>& kinds);
+  std::vector<DeviceLinear*> all_linears();
+  void upload(const Model& model);
+  void fill_random(uint64_t seed);
+  void init_common();
+
+  // Forward pieces.
+  struct BatchPlan {
+    int64_t tokens = 0, chunks = 0, rows = 0;
+    bool decode_only = false;
+  };
+  BatchPlan prepare(const ForwardBatch& batch, int64_t row_offset, int64_t row_limit);
+  void run_kernels(const BatchPlan& plan);
+  void run(const BatchPlan& plan);
+  void linear(const DeviceLinear& w, const uint16_t* x_bf16, int64_t rows, float* y);
+  void attention_layer(const DeviceLayer& layer, int64_t tokens);
+  void delta_net_layer(const DeviceLayer& layer, int64_t tokens, int64_t chunks);
+  void mlp(const DeviceLayer& layer, int64_t tokens);
+  void begin(const char* op);
+  void end();
+  void collect_profile();
+};
+
+CudaBackend::Impl::~Impl() {
+  for (auto& [size, exec] : decode_graphs) cudaGraphExecDestroy(exec);
+  if (meta_host) cudaFreeHost(meta_host);
+  if (weight_memory) cudaFree(weight_memory);
+  if (runtime_memory) cudaFree(runtime_memory);
+  if (stream) cudaStreamDestroy(stream);
+}
+
+std::vector<DeviceLinear*> CudaBackend::Impl::all_linears() {
+  std::vector<DeviceLinear*> out;
+  for (DeviceLayer& layer : layers) {
+    if (layer.kind == LayerKind::FullAttention) {
+      for (DeviceLinear* l : {&layer.q_proj, &layer.k_proj, &layer.v_proj, &layer.o_proj}) out.push_back(l);
+    } else {
+      for (DeviceLinear* l : {&layer.in_proj_qkv, &layer.in_proj_z, &layer.in_proj_b, &layer.in_proj_a, &layer.out_proj}) {
+        out.push_back(l);
+      }
+    }
+    for (DeviceLinear* l : {&layer.gate_proj, &layer.up_proj, &layer.down_proj}) out.push_back(l);
+  }
+  out.push_back(&lm_head);
+  return out;
+}
+
+void CudaBackend::Impl::layout_weights(Arena& arena, const std::vector<LinearKind>& kinds) {
+  const ModelConfig& c = config;
+  const int64_t dim = c.hidden_size;
+  size_t next_kind = 0;
+  auto place = [&](DeviceLinear& w, const std::string& name, int64_t out, int64_t in) {
+    const LinearKind kind = kinds.at(next_kind++);
+    w.name = name;
+    w.out = out;
+    w.in = in;
+    w.in_padded = padded_k(in);
+    w.nvfp4 = kind.nvfp4;
+    if (w.nvfp4) {
+      w.packed = arena.take<uint8_t>(out * w.in_padded / 2);
+      w.scales = arena.take<uint8_t>(out * w.in_padded / 16);
+    } else {
+      w.bf16 = arena.take<uint16_t>(out * w.in_padded);
+    }
+    w.bias = kind.bias ? arena.take<float>(out) : nullptr;
+  };
+  embed_tokens = arena.take<uint16_t>(static_cast<int64_t>(c.vocab_size) * dim);
+  final_norm = arena.take<float>(dim);
+  inv_freq = arena.take<float>(std::max(1, c.rotary_dim / 2));
+  layers.assign(c.num_layers, DeviceLayer{});
+  const int64_t conv_dim = c.linear_conv_dim();
+  for (int i = 0; i < c.num_layers; ++i) {
+    DeviceLayer& layer = layers[i];
+    const std::string prefix = "layers." + std::to_string(i) + ".";
+    layer.kind = c.layer_kinds[i];
+    layer.input_norm = arena.take<float>(dim);
+    layer.post_attention_norm = arena.take<float>(dim);
+    if (layer.kind == LayerKind::FullAttention) {
+      const int64_t q_width = static_cast<int64_t>(c.num_heads) * c.head_dim;
+      const int64_t kv_width = static_cast<int64_t>(c.num_kv_heads) * c.head_dim;
+      place(layer.q_proj, prefix + "self_attn.q_proj", c.q_proj_rows(), dim);
+      place(layer.k_proj, prefix + "self_attn.k_proj", kv_width, dim);
+      place(layer.v_proj, prefix + "self_attn.v_proj", kv_width, dim);
+      place(layer.o_proj, prefix + "self_attn.o_proj", dim, q_width);
+      if (c.qk_norm) {
+        layer.q_norm = arena.take<float>(c.head_dim);
+        layer.k_norm = arena.take<float>(c.head_dim);
+      }
+    } else {
+      place(layer.in_proj_qkv, prefix + "linear_attn.in_proj_qkv", conv_dim, dim);
+      place(layer.in_proj_z, prefix + "linear_attn.in_proj_z", c.linear_value_dim(), dim);
+      place(layer.in_proj_b, prefix + "linear_attn.in_proj_b", c.linear_num_value_heads, dim);
+      place(layer.in_proj_a, prefix + "linear_attn.in_proj_a", c.linear_num_value_heads, dim);
+      place(layer.out_proj, prefix + "linear_attn.out_proj", dim, c.linear_value_dim());
+      layer.conv1d = arena.take<float>(conv_dim * c.linear_conv_kernel);
+      layer.dt_bias = arena.take<float>(c.linear_num_value_heads);
+      layer.a_log = arena.take<float>(c.linear_num_value_heads);
+      layer.delta_norm = arena.take<float>(c.linear_value_head_dim);
+    }
+    place(layer.gate_proj, prefix + "mlp.gate_proj", c.intermediate_size, dim);
+    place(layer.up_proj, prefix + "mlp.up_proj", c.intermediate_size, dim);
+    place(layer.down_proj, prefix + "mlp.down_proj", dim, c.intermediate_size);
+  }
+  place(lm_head, "lm_head", c.vocab_size, dim);
+}
+
+void CudaBackend::Impl::layout_runtime(Arena& arena) {
+  const ModelConfig& c = config;
+  const int64_t T = options.max_batch_tokens, R = options.max_logit_rows, dim = c.hidden_size;
+  const int64_t q_width = static_cast<int64_t>(c.num_heads) * c.head_dim;
+  const int64_t kv_width = static_cast<int64_t>(c.num_kv_heads) * c.head_dim;
+  const int64_t conv_dim = c.linear_conv_dim(), value_dim = c.linear_value_dim(), hv = c.linear_num_value_heads;
+  max_tokens = T;
+  max_rows = R;
+  max_blocks_per_slot = (options.max_context + kKvBlockSize - 1) / kKvBlockSize;
+  num_blocks = max_blocks_per_slot * options.max_slots;
+
+  x = arena.take<float>(T * dim);
+  h = arena.take<uint16_t>(T * padded_k(dim));
+  proj0 = arena.take<float>(T * std::max<int64_t>({c.q_proj_rows(), conv_dim, c.intermediate_size}));
+  proj1 = arena.take<float>(T * std::max<int64_t>({kv_width, value_dim, c.intermediate_size}));
+  proj2 = arena.take<float>(T * std::max<int64_t>(kv_width, hv));
+  proj3 = arena.take<float>(T * std::max<int64_t>(hv, 1));
+  mixed = arena.take<float>(T * std::max(conv_dim, q_width));
+  core = arena.take<float>(T * std::max(value_dim, q_width));
+  attn_in = arena.take<uint16_t>(T * padded_k(std::max<int64_t>(q_width, 1)));
+  delta_in = arena.take<uint16_t>(T * padded_k(std::max<int64_t>(value_dim, 1)));
+  mlp_in = arena.take<uint16_t>(T * padded_k(c.intermediate_size));
+  delta = arena.take<float>(T * dim);
+  int64_t workspace = 1;
+  for (int64_t t = 1; t <= T && c.num_kv_heads > 0; ++t) {
+    const int splits = cuda::attention_splits(t, c.num_kv_heads, options.max_context);
+    workspace = std::max(workspace, cuda::attention_workspace_floats(t, c.num_heads, c.head_dim, splits));
+  }
+  attention_workspace = arena.take<float>(workspace);
+  final_in = arena.take<uint16_t>(R * padded_k(dim));
+  logits = arena.take<float>(R * c.vocab_size);
+  argmax = arena.take<int32_t>(R);
+
+  meta_count = 7 * T + R + static_cast<int64_t>(options.max_slots) * max_blocks_per_slot;
+  meta = arena.take<int32_t>(meta_count);
+  tokens = meta;
+  positions = tokens + T;
+  slots = positions + T;
+  chunk_first = slots + T;
+  chunk_length = chunk_first + T;
+  chunk_slot = chunk_length + T;
+  chunk_start = chunk_slot + T;
+  logit_rows = chunk_start + T;
+  block_tables = logit_rows + R;
+
+  const int64_t before_caches = arena.used();
+  for (int i = 0; i < c.num_layers; ++i) {
+    DeviceLayer& layer = layers[i];
+    if (layer.kind == LayerKind::FullAttention) {
+      layer.key_cache = arena.take<uint16_t>(num_blocks * kKvBlockSize * kv_width);
+      layer.value_cache = arena.take<uint16_t>(num_blocks * kKvBlockSize * kv_width);
+    }
+  }
+  kv_bytes = arena.used() - before_caches;
+  for (int i = 0; i < c.num_layers; ++i) {
+    DeviceLayer& layer = layers[i];
+    if (layer.kind == LayerKind::LinearAttention) {
+      layer.conv_state = arena.take<float>(options.max_slots * conv_dim * (c.linear_conv_kernel - 1));
+      layer.recurrent_state = arena.take<float>(static_cast<int64_t>(options.max_slots) * hv *
+                                                c.linear_key_head_dim * c.linear_value_head_dim);
+    }
+  }
+  state_bytes = arena.used() - before_caches - kv_bytes;
+}
+
+void CudaBackend::Impl::allocate(const std::vector<LinearKind>& kinds) {
+  if (const char* strict = std::getenv("UBERLM_STRICT"); strict && std::string(strict) == "1") options.strict = true;
+  if (options.max_slots < 1 || options.max_batch_tokens < 1 || options.max_logit_rows < 1 || options.max_context < 1) {
+    fail("CudaBackend: max_slots, max_batch_tokens, max_logit_rows and max_context must be positive");
+  }
+  if (config.head_dim > cuda::kAttentionMaxHeadDim) {
+    fail("CudaBackend: head_dim {} exceeds the attention kernel's {}", config.head_dim, cuda::kAttentionMaxHeadDim);
+  }
+  graphs_enabled = options.cuda_graphs;
+  Arena weight_plan, runtime_plan;
+  layout_weights(weight_plan, kinds);
+  layout_runtime(runtime_plan);
+  size_t free_bytes = 0, total_bytes = 0;
+  CUDA_CHECK(cudaMemGetInfo(&free_bytes, &total_bytes));
+  const int64_t margin = int64_t{512} << 20;  // CUDA context, graphs, the GEMV's launch needs
+  const int64_t needed = weight_plan.used() + runtime_plan.used();
+  if (needed + margin > static_cast<int64_t>(free_bytes)) {
+    fail("CudaBackend: the plan needs {:.2f} GiB (weights {:.2f}, KV cache {:.2f} for {} slots x {} tokens, "
+         "delta-net state {:.2f}, activations and workspace {:.2f} for {} tokens) plus {:.2f} GiB margin, but the "
+         "GPU has {:.2f} GiB free of {:.2f}",
+         gib(needed), gib(weight_plan.used()), gib(kv_bytes), options.max_slots,
+         options.max_context, gib(state_bytes), gib(runtime_plan.used() - kv_bytes - state_bytes),
+         options.max_batch_tokens, gib(margin), gib(static_cast<int64_t>(free_bytes)), gib(static_cast<int64_t>(total_bytes)));
+  }
+  CUDA_CHECK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
+  CUDA_CHECK(cudaMalloc(&weight_memory, weight_plan.used()));
+  CUDA_CHECK(cudaMalloc(&runtime_memory, runtime_plan.used()));
+  weight_arena_bytes = weight_plan.used();
+  runtime_arena_bytes = runtime_plan.used();
+  Arena weight_arena(reinterpret_cast<uintptr_t>(weight_memory)), runtime_arena(reinterpret_cast<uintptr_t>(runtime_memory));
+  layout_weights(weight_arena, kinds);
+  layout_runtime(runtime_arena);
+  // Zero everything once: the K padding of activation rows must stay zero (kernels never write it).
+  CUDA_CHECK(cudaMemset(runtime_memory, 0, runtime_arena_bytes));
+  CUDA_CHECK(cudaMemset(weight_memory, 0, weight_arena_bytes));
+  CUDA_CHECK(cudaMallocHost(reinterpret_cast<void**>(&meta_host), meta_count * sizeof(int32_t)));
+  std::memset(meta_host, 0, meta_count * sizeof(int32_t));
+  init_common();
+}
+
+void CudaBackend::Impl::init_common() {
+  lengths.assign(options.max_slots, 0);
+  slot_blocks.assign(options.max_slots, {});
+  free_blocks.clear();
+  for (int64_t b = num_blocks - 1; b >= 0; --b) free_blocks.push_back(static_cast<int32_t>(b));
+  // RoPE frequencies exactly as cpu::Rope computes them.
+  inv_freq_host.assign(std::max(1, config.rotary_dim / 2), 0.0f);
+  for (int j = 0; j < config.rotary_dim / 2; ++j) {
+    inv_freq_host[j] = 1.0f / std::pow(config.rope_theta, static_cast<float>(2 * j) / static_cast<float>(config.rotary_dim));
+  }
+  CUDA_CHECK(cudaMemcpy(inv_freq, inv_freq_host.data(), inv_freq_host.size() * sizeof(float), cudaMemcpyHostToDevice));
+}
+
+namespace {
+void upload_f32(float* dst, const TensorView& tensor) {
+  const std::vector<float> values = to_f32(tensor);
+  CUDA_CHECK(cudaMemcpy(dst, values.data(), values.size() * sizeof(float), cudaMemcpyHostToDevice));
+}
+
+void upload_linear(DeviceLinear& dst, const LinearWeight& src) {
+  if (src.out_features() != dst.out || src.in_features() != dst.in) {
+    fail("CudaBackend: {} is [{}, {}], the config implies [{}, {}]", src.name, src.out_features(), src.in_features(),
+         dst.out, dst.in);
+  }
+  if (src.nvfp4) {
+    // Rows padded from K to K_p with zero codes and zero scales.
+    const Nvfp4Weight& w = *src.nvfp4;
+    std::vector<uint8_t> packed(dst.out * dst.in_padded / 2, 0), scales(dst.out * dst.in_padded / 16, 0);
+    for (int64_t r = 0; r < dst.out; ++r) {
+      std::memcpy(packed.data() + r * dst.in_padded / 2, w.packed + r * w.cols / 2, w.cols / 2);
+      std::memcpy(scales.data() + r * dst.in_padded / 16, w.scales + r * w.cols / 16, w.cols / 16);
+    }
+    CUDA_CHECK(cudaMemcpy(dst.packed, packed.data(), packed.size(), cudaMemcpyHostToDevice));
+    CUDA_CHECK(cudaMemcpy(dst.scales, scales.data(), scales.size(), cudaMemcpyHostToDevice));
+    dst.global_scale = w.global_scale;
+  } else {
+    // bf16 rows padded with zeros, converted in slabs to bound host memory.
+    constexpr int64_t kSlabRows = 4096;
+    std::vector<float> row(dst.in);
+    std::vector<uint16_t> slab;
+    for (int64_t r0 = 0; r0 < dst.out; r0 += kSlabRows) {
+      const int64_t rows = std::min(kSlabRows, dst.out - r0);
+      slab.assign(rows * dst.in_padded, 0);
+      for (int64_t r = 0; r < rows; ++r) {
+        TensorView view{src.weight.dtype, {dst.in},
+                        static_cast<const uint8_t*>(src.weight.data) + (r0 + r) * dst.in * dtype_size(src.weight.dtype)};
+        to_f32(view, row.data());
+        for (int64_t k = 0; k < dst.in; ++k) slab[r * dst.in_padded + k] = f32_to_bf16(row[k]);
+      }
+      CUDA_CHECK(cudaMemcpy(dst.bf16 + r0 * dst.in_padded, slab.data(), slab.size() * 2, cudaMemcpyHostToDevice));
+    }
+  }
+  if (dst.bias) upload_f32(dst.bias, src.bias);
+}
+
+std::vector<LinearKind> linear_kinds_of(const ModelWeights& weights) {
+  std::vector<LinearKind> kinds;
+  auto add = [&](const LinearWeight& w) { kinds.push_back({w.nvfp4.has_value(), w.bias.data != nullptr}); };
+  for (const LayerWeights& layer : weights.layers) {
+    if (layer.kind == LayerKind::FullAttention) {
+      for (const LinearWeight* w : {&layer.attention.q_proj, &layer.attention.k_proj, &layer.attention.v_proj,
+                                    &layer.attention.o_proj}) {
+        add(*w);
+      }
+    } else {
+      for (const LinearWeight* w : {&layer.delta_net.in_proj_qkv, &layer.delta_net.in_proj_z, &layer.delta_net.in_proj_b,
+                                    &layer.delta_net.in_proj_a, &layer.delta_net.out_proj}) {
+        add(*w);
+      }
+    }
+    for (const LinearWeight* w : {&layer.mlp.gate_proj, &layer.mlp.up_proj, &layer.mlp.down_proj}) add(*w);
+  }
+  add(weights.lm_head);
+  return kinds;
+}
+}  // namespace
+
+void CudaBackend::Impl::upload(const Model& model) {
+  const ModelWeights& w = model.weights;
+  const int64_t dim = config.hidden_size;
+  {
+    std::vector<uint16_t> table(static_cast<int64_t>(config.vocab_size) * dim);
+    const std::vector<float> values = to_f32(w.embed_tokens);
+    for (size_t i = 0; i < values.size(); ++i) table[i] = f32_to_bf16(values[i]);
+    CUDA_CHECK(cudaMemcpy(embed_tokens, table.data(), table.size() * 2, cudaMemcpyHostToDevice));
+  }
+  upload_f32(final_norm, w.final_norm);
+  for (int i = 0; i < config.num_layers; ++i) {
+    DeviceLayer& layer = layers[i];
+    const LayerWeights& src = w.layers[i];
+    upload_f32(layer.input_norm, src.input_norm);
+    upload_f32(layer.post_attention_norm, src.post_attention_norm);
+    if (layer.kind == LayerKind::FullAttention) {
+      upload_linear(layer.q_proj, src.attention.q_proj);
+      upload_linear(layer.k_proj, src.attention.k_proj);
+      upload_linear(layer.v_proj, src.attention.v_proj);
+      upload_linear(layer.o_proj, src.attention.o_proj);
+      if (layer.q_norm) upload_f32(layer.q_norm, src.attention.q_norm);
+      if (layer.k_norm) upload_f32(layer.k_norm, src.attention.k_norm);
+    } else {
+      upload_linear(layer.in_proj_qkv, src.delta_net.in_proj_qkv);
+      upload_linear(layer.in_proj_z, src.delta_net.in_proj_z);
+      upload_linear(layer.in_proj_b, src.delta_net.in_proj_b);
+      upload_linear(layer.in_proj_a, src.delta_net.in_proj_a);
+      upload_linear(layer.out_proj, src.delta_net.out_proj);
+      upload_f32(layer.conv1d, src.delta_net.conv1d);
+      upload_f32(layer.dt_bias, src.delta_net.dt_bias);
+      upload_f32(layer.a_log, src.delta_net.a_log);
+      upload_f32(layer.delta_norm, src.delta_net.norm);
+    }
+    upload_linear(layer.gate_proj, src.mlp.gate_proj);
+    upload_linear(layer.up_proj, src.mlp.up_proj);
+    upload_linear(layer.down_proj, src.mlp.down_proj);
+  }
+  upload_linear(lm_head, w.lm_head);
+}
+
+void CudaBackend::Impl::fill_random(uint64_t seed) {
+  uint64_t next_seed = seed;
+  auto fill_f32 = [&](float* p, int64_t n, float low, float high) {
+    CUDA_CHECK(cuda::launch_fill_random_f32(p, n, ++next_seed, low, high, stream));
+  };
+  // Values of unit-variance-preserving magnitude: uniform bf16 in +-sqrt(3 / in); NVFP4 codes uniform,
+  // scales in [0.5, 0.94], global scale so that elements have rms ~ 1 / sqrt(in).
+  auto fill_linear = [&](DeviceLinear& w) {
+    const float bound = std::sqrt(3.0f / static_cast<float>(w.in));
+    if (w.nvfp4) {
+      CUDA_CHECK(cuda::launch_fill_random_bytes(w.packed, w.out * w.in_padded / 2, ++next_seed, 0xff, 0, stream));
+      CUDA_CHECK(cuda::launch_fill_random_bytes(w.scales, w.out * w.in_padded / 16, ++next_seed, 0x07, 0x30, stream));
+      w.global_scale = 1.0f / (2.1f * std::sqrt(static_cast<float>(w.in)));
+    } else {
+      CUDA_CHECK(cuda::launch_fill_random_bf16(w.bf16, w.out * w.in_padded, ++next_seed, bound, stream));
+    }
+    if (w.bias) fill_f32(w.bias, w.out, -0.1f, 0.1f);
+  };
+  const bool one_plus = config.norm_style == NormStyle::OnePlusWeight;
+  const float norm_low = one_plus ? -0.1f : 0.9f, norm_high = one_plus ? 0.1f : 1.1f;
+  const int64_t dim = config.hidden_size;
+  CUDA_CHECK(cuda::launch_fill_random_bf16(embed_tokens, static_cast<int64_t>(config.vocab_size) * dim, ++next_seed,
+                                           1.0f, stream));
+  fill_f32(final_norm, dim, norm_low, norm_high);
+  for (DeviceLayer& layer : layers) {
+    fill_f32(layer.input_norm, dim, norm_low, norm_high);
+    fill_f32(layer.post_attention_norm, dim, norm_low, norm_high);
+    if (layer.kind == LayerKind::FullAttention) {
+      if (layer.q_norm) fill_f32(layer.q_norm, config.head_dim, norm_low, norm_high);
+      if (layer.k_norm) fill_f32(layer.k_norm, config.head_dim, norm_low, norm_high);
+    } else {
+      fill_f32(layer.conv1d, config.linear_conv_dim() * config.linear_conv_kernel, -0.5f, 0.5f);
+      fill_f32(layer.dt_bias, config.linear_num_value_heads, -1.0f, 1.0f);
+      fill_f32(layer.a_log, config.linear_num_value_heads, -1.0f, 0.5f);
+      fill_f32(layer.delta_norm, config.linear_value_head_dim, 0.9f, 1.1f);
+    }
+  }
+  for (DeviceLinear* w : all_linears()) fill_linear(*w);
+  CUDA_CHECK(cudaStreamSynchronize(stream));
+}
+
+// Zero-padded K columns: the runtime arena was zeroed at allocation, and no kernel writes a row's padding.
+void CudaBackend::Impl::linear(const DeviceLinear& w, const uint16_t* x_bf16, int64_t rows, float* y) {
+  if (rows > cuda::kGemvMaxM) {
+    ++counters.sliced_linear_calls;
+    if (options.strict) {
+      fail("CudaBackend: {} over {} rows needs the sliced fallback (64-row GEMV slices); strict mode forbids it",
+           w.name, rows);
+    }
+    if (!logged_sliced) {
+      spdlog::info("cuda backend: linear layers over more than {} rows run as 64-row GEMV slices (prefill fallback)",
+                   cuda::kGemvMaxM);
+      logged_sliced = true;
+    }
+  }
+  for (int64_t r0 = 0; r0 < rows; r0 += cuda::kGemvMaxM) {
+    const int64_t m = std::min(cuda::kGemvMaxM, rows - r0);
+    const uint16_t* x = x_bf16 + r0 * w.in_padded;
+    if (w.nvfp4) {
+      cuda::gemv_nvfp4(w.nvfp4_view(), x, m, y + r0 * w.out, DType::F32, stream);
+    } else {
+      cuda::gemv_bf16(w.bf16, w.out, w.in_padded, x, m, y + r0 * w.out, DType::F32, stream);
+    }
+  }
+  if (w.bias) CUDA_CHECK(cuda::launch_add_bias(y, w.bias, rows, w.out, stream));
+}
+
+void CudaBackend::Impl::begin(const char* op) {
+  if (!profiling) return;
+  PendingEvent event{op, nullptr, nullptr};
+  CUDA_CHECK(cudaEventCreate(&event.start));
+  CUDA_CHECK(cudaEventCreate(&event.stop));
+  CUDA_CHECK(cudaEventRecord(event.start, stream));
+  pending.push_back(event);
+}
+
+void CudaBackend::Impl::end() {
+  if (!profiling) return;
+  CUDA_CHECK(cudaEventRecord(pending.back().stop, stream));
+}
+
+void CudaBackend::Impl::collect_profile() {
+  for (PendingEvent& event : pending) {
+    float ms = 0;
+    CUDA_CHECK(cudaEventElapsedTime(&ms, event.start, event.stop));
+    KernelTime& entry = profile[event.op];
+    entry.op = event.op;
+    entry.microseconds += 1000.0 * ms;
+    ++entry.launches;
+    cudaEventDestroy(event.start);
+    cudaEventDestroy(event.stop);
+  }
+  pending.clear();
+}
+
+void CudaBackend::Impl::attention_layer(const DeviceLayer& layer, int64_t tokens) {
+  const ModelConfig& c = config;
+  const int64_t q_width = static_cast<int64_t>(c.num_heads) * c.head_dim;
+  const float norm_offset = c.norm_style == NormStyle::OnePlusWeight ? 1.0f : 0.0f;
+  begin("linear_attention_in");
+  linear(layer.q_proj, h, tokens, proj0);  // [T, H hd (x2 when gated)]
+  linear(layer.k_proj, h, tokens, proj1);  // [T, KV hd]
+  linear(layer.v_proj, h, tokens, proj2);
+  end();
+  begin("qk_norm_rope");
+  const cuda::AttentionPrepShape shape{c.num_heads, c.num_kv_heads, c.head_dim, c.rotary_dim,
+                                       c.attn_output_gate, c.qk_norm, norm_offset, c.rms_norm_eps};
+  CUDA_CHECK(cuda::launch_qk_norm_rope(proj0, proj1, positions, tokens, shape, inv_freq, layer.q_norm, layer.k_norm,
+                                       core, stream));
+  end();
+  const cuda::PagedKvLayout kv_layout{static_cast<int>(kKvBlockSize), static_cast<int>(max_blocks_per_slot),
+                                      c.num_kv_heads, c.head_dim};
+  begin("kv_cache_append");
+  CUDA_CHECK(cuda::launch_kv_cache_append(proj1, proj2, slots, positions, tokens, block_tables, kv_layout,
+                                          layer.key_cache, layer.value_cache, stream));
+  end();
+  begin("attention");
+  const int splits = cuda::attention_splits(tokens, c.num_kv_heads, options.max_context);
+  CUDA_CHECK(cuda::launch_attention_decode(core, slots, positions, tokens, c.num_heads, block_tables, kv_layout,
+                                           layer.key_cache, layer.value_cache, splits, attention_workspace, mixed,
+                                           stream));
+  end();
+  begin("output_gate");
+  const int64_t gate_head_stride = 2 * static_cast<int64_t>(c.head_dim);
+  CUDA_CHECK(cuda::launch_output_gate(mixed, c.attn_output_gate ? proj0 + c.head_dim : nullptr, c.q_proj_rows(),
+                                      gate_head_stride, tokens, c.num_heads, c.head_dim, attn_in, padded_k(q_width),
+                                      stream));
+  end();
+  begin("linear_attention_out");
+  linear(layer.o_proj, attn_in, tokens, delta);
+  end();
+}
+
+void CudaBackend::Impl::delta_net_layer(const DeviceLayer& layer, int64_t tokens, int64_t chunks) {
+  const ModelConfig& c = config;
+  const cuda::DeltaNetDims dims{c.linear_num_key_heads, c.linear_num_value_heads, c.linear_key_head_dim,
+                                c.linear_value_head_dim, c.linear_conv_kernel};
+  const cuda::DeviceChunks device_chunks{chunk_first, chunk_length, chunk_slot, chunk_start, static_cast<int>(chunks)};
+  begin("linear_delta_in");
+  linear(layer.in_proj_qkv, h, tokens, proj0);  // [T, conv_dim]
+  linear(layer.in_proj_z, h, tokens, proj1);    // [T, value_dim]
+  linear(layer.in_proj_b, h, tokens, proj2);    // [T, Hv]
+  linear(layer.in_proj_a, h, tokens, proj3);    // [T, Hv]
+  end();
+  begin("conv1d");
+  CUDA_CHECK(cuda::launch_causal_conv1d(proj0, device_chunks, layer.conv1d, dims.conv_dim(), dims.conv_kernel,
+                                        layer.conv_state, mixed, stream));
+  end();
+  begin("delta_rule");
+  CUDA_CHECK(cuda::launch_gated_delta_rule(mixed, proj3, proj2, layer.a_log, layer.dt_bias, device_chunks, dims,
+                                           layer.recurrent_state, core, stream));
+  end();
+  begin("gated_norm");
+  CUDA_CHECK(cuda::launch_gated_rms_norm(core, proj1, dims.value_dim(), tokens, dims.num_v_heads, dims.v_head_dim,
+                                         layer.delta_norm, c.rms_norm_eps, delta_in, padded_k(dims.value_dim()),
+                                         stream));
+  end();
+  begin("linear_delta_out");
+  linear(layer.out_proj, delta_in, tokens, delta);
+  end();
+}
+
+void CudaBackend::Impl::mlp(const DeviceLayer& layer, int64_t tokens) {
+  const int64_t inter = config.intermediate_size;
+  begin("linear_mlp_gate_up");
+  linear(layer.gate_proj, h, tokens, proj0);
+  linear(layer.up_proj, h, tokens, proj1);
+  end();
+  begin("swiglu");
+  CUDA_CHECK(cuda::launch_swiglu(proj0, proj1, tokens, inter, mlp_in, padded_k(inter), stream));
+  end();
+  begin("linear_mlp_down");
+  linear(layer.down_proj, mlp_in, tokens, delta);
+  end();
+}
+
+CudaBackend::Impl::BatchPlan CudaBackend::Impl::prepare(const ForwardBatch& batch, int64_t row_offset,
+                                                        int64_t row_limit) {
+  BatchPlan plan;
+  plan.tokens = static_cast<int64_t>(batch.tokens.size());
+  if (plan.tokens > max_tokens) {
+    fail("CudaBackend::forward: {} tokens exceed max_batch_tokens {} planned at load", plan.tokens, max_tokens);
+  }
+  const int64_t T = max_tokens;
+  int32_t* host_tokens = meta_host;
+  int32_t* host_positions = host_tokens + T;
+  int32_t* host_slots = host_positions + T;
+  int32_t* host_first = host_slots + T;
+  int32_t* host_length = host_first + T;
+  int32_t* host_chunk_slot = host_length + T;
+  int32_t* host_start = host_chunk_slot + T;
+  int32_t* host_rows = host_start + T;
+  int32_t* host_tables = host_rows + max_rows;
+  std::vector<bool> seen(options.max_slots, false);
+  int64_t offset = 0, row_index = 0;
+  plan.decode_only = true;
+  for (const SequenceChunk& chunk : batch.chunks) {
+    if (chunk.slot < 0 || chunk.slot >= options.max_slots) fail("CudaBackend::forward: invalid slot {}", chunk.slot);
+    if (seen[chunk.slot]) fail("CudaBackend::forward: slot {} appears twice in one batch", chunk.slot);
+    seen[chunk.slot] = true;
+    const int64_t start = lengths[chunk.slot];
+    if (start + chunk.num_tokens > options.max_context) {
+      fail("CudaBackend::forward: slot {} would reach {} tokens, max_context is {}", chunk.slot,
+           start + chunk.num_tokens, options.max_context);
+    }
+    if (chunk.num_tokens != 1 || !chunk.want_logits) plan.decode_only = false;
+    if (chunk.num_tokens == 0) continue;
+    // Blocks for the new positions.
+    std::vector<int32_t>& blocks = slot_blocks[chunk.slot];
+    while (static_cast<int64_t>(blocks.size()) * kKvBlockSize < start + chunk.num_tokens) {
+      if (free_blocks.empty()) fail("CudaBackend::forward: the KV block pool ({} blocks) is exhausted", num_blocks);
+      blocks.push_back(free_blocks.back());
+      free_blocks.pop_back();
+      host_tables[static_cast<int64_t>(chunk.slot) * max_blocks_per_slot + blocks.size() - 1] = blocks.back();
+    }
+    for (int64_t i = 0; i < chunk.num_tokens; ++i) {
+      const int32_t token = batch.tokens[offset + i];
+      if (token < 0 || token >= config.vocab_size) fail("CudaBackend::forward: token id {} outside the vocabulary", token);
+      host_tokens[offset + i] = token;
+      host_positions[offset + i] = static_cast<int32_t>(start + i);
+      host_slots[offset + i] = chunk.slot;
+    }
+    host_first[plan.chunks] = static_cast<int32_t>(offset);
+    host_length[plan.chunks] = static_cast<int32_t>(chunk.num_tokens);
+    host_chunk_slot[plan.chunks] = chunk.slot;
+    host_start[plan.chunks] = static_cast<int32_t>(start);
+    ++plan.chunks;
+    if (chunk.want_logits) {
+      const int64_t first = batch.logits_for_every_token ? offset : offset + chunk.num_tokens - 1;
+      for (int64_t t = first; t < offset + chunk.num_tokens; ++t, ++row_index) {
+        if (row_index >= row_offset && row_index < row_offset + row_limit) {
+          host_rows[plan.rows++] = static_cast<int32_t>(t);
+        }
+      }
+    }
+    offset += chunk.num_tokens;
+  }
+  if (offset != plan.tokens) fail("CudaBackend::forward: chunks cover {} tokens, batch has {}", offset, plan.tokens);
+  CUDA_CHECK(cudaMemcpyAsync(meta, meta_host, meta_count * sizeof(int32_t), cudaMemcpyHostToDevice, stream));
+  return plan;
+}
+
+void CudaBackend::Impl::run_kernels(const BatchPlan& plan) {
+  const ModelConfig& c = config;
+  const int64_t T = plan.tokens, dim = c.hidden_size;
+  const float norm_offset = c.norm_style == NormStyle::OnePlusWeight ? 1.0f : 0.0f;
+  begin("embedding");
+  CUDA_CHECK(cuda::launch_embedding(embed_tokens, tokens, T, dim, x, stream));
+  end();
+  const float* pending_delta = nullptr;  // the last sublayer's output, added to x by the next norm
+  for (const DeviceLayer& layer : layers) {
+    begin("rms_norm");
+    CUDA_CHECK(cuda::launch_add_rms_norm(x, pending_delta, nullptr, T, dim, layer.input_norm, norm_offset,
+                                         c.rms_norm_eps, h, padded_k(dim), stream));
+    end();
+    if (layer.kind == LayerKind::FullAttention) attention_layer(layer, T);
+    else delta_net_layer(layer, T, plan.chunks);
+    begin("rms_norm");
+    CUDA_CHECK(cuda::launch_add_rms_norm(x, delta, nullptr, T, dim, layer.post_attention_norm, norm_offset,
+                                         c.rms_norm_eps, h, padded_k(dim), stream));
+    end();
+    mlp(layer, T);
+    pending_delta = delta;
+  }
+  if (pending_delta) {
+    begin("residual_add");
+    CUDA_CHECK(cuda::launch_add_inplace(x, pending_delta, T * dim, stream));
+    end();
+  }
+  if (plan.rows == 0) return;
+  begin("final_norm");
+  CUDA_CHECK(cuda::launch_add_rms_norm(x, nullptr, logit_rows, plan.rows, dim, final_norm, norm_offset,
+                                       c.rms_norm_eps, final_in, padded_k(dim), stream));
+  end();
+  begin("lm_head");
+  linear(lm_head, final_in, plan.rows, logits);
+  end();
+}
+
+void CudaBackend::Impl::run(const BatchPlan& plan) {
+  const bool use_graph = graphs_enabled && !profiling && plan.decode_only && plan.tokens > 0 &&
+                         plan.rows == plan.tokens;
+  if (!use_graph) {
+    run_kernels(plan);
+    return;
+  }
+  auto found = decode_graphs.find(plan.tokens);
+  if (found == decode_graphs.end()) {
+    cudaGraph_t graph = nullptr;
+    CUDA_CHECK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal));
+    try {
+      run_kernels(plan);
+    } catch (...) {
+      cudaStreamEndCapture(stream, &graph);
+      if (graph) cudaGraphDestroy(graph);
+      throw;
+    }
+    CUDA_CHECK(cudaStreamEndCapture(stream, &graph));
+    cudaGraphExec_t exec = nullptr;
+    const cudaError_t status = cudaGraphInstantiate(&exec, graph, 0);
+    cudaGraphDestroy(graph);
+    CUDA_CHECK(status);
+    found = decode_graphs.emplace(plan.tokens, exec).first;
+    ++counters.graph_captures;
+  }
+  CUDA_CHECK(cudaGraphLaunch(found->second, stream));
+  ++counters.graph_replays;
+}
+
+CudaBackend::CudaBackend(const Model& model, const CudaBackendOptions& options) : impl_(std::make_unique<Impl>()) {
+  impl_->config = model.config;
+  impl_->options = options;
+  impl_->allocate(linear_kinds_of(model.weights));
+  impl_->upload(model);
+  spdlog::info("cuda backend: {}", memory_summary());
+}
+
+CudaBackend::CudaBackend(const ModelConfig& config, SyntheticFormat format, const CudaBackendOptions& options,
+                         uint64_t seed)
+    : impl_(std::make_unique<Impl>()) {
+  impl_->config = config;
+  impl_->options = options;
+  std::vector<LinearKind> kinds;
+  for (int i = 0; i < config.num_layers; ++i) {
+    const int per_layer = (config.layer_kinds[i] == LayerKind::FullAttention ? 4 : 5) + 3;
+    for (int j = 0; j < per_layer; ++j) kinds.push_back({format == SyntheticFormat::Nvfp4, false});
+  }
+  kinds.push_back({false, false});  // lm_head bf16
+  impl_->allocate(kinds);
+  impl_->fill_random(seed);
+}
+
+CudaBackend::~CudaBackend() = default;
+
+const ModelConfig& CudaBackend::config() const { return impl_->config; }
+int CudaBackend::max_slots() const { return impl_->options.max_slots; }
+int64_t CudaBackend::cached_length(int slot) const { return impl_->lengths.at(slot); }
+
+void CudaBackend::release(int slot) {
+  Impl& d = *impl_;
+  if (slot < 0 || slot >= d.options.max_slots) fail("CudaBackend::release: invalid slot {}", slot);
+  for (int32_t block : d.slot_blocks[slot]) d.free_blocks.push_back(block);
+  d.slot_blocks[slot].clear();
+  d.lengths[slot] = 0;  // a chunk starting at 0 ignores the slot's old conv and recurrent states
+}
+
+int64_t CudaBackend::forward_on_device(const ForwardBatch& batch) {
+  Impl& d = *impl_;
+  const Impl::BatchPlan plan = d.prepare(batch, 0, d.max_rows);
+  int64_t wanted = 0;
+  for (const SequenceChunk& chunk : batch.chunks) {
+    if (chunk.want_logits && chunk.num_tokens > 0) wanted += batch.logits_for_every_token ? chunk.num_tokens : 1;
+  }
+  if (wanted > d.max_rows) fail("CudaBackend::forward_on_device: {} logits rows exceed max_logit_rows {}", wanted, d.max_rows);
+  d.run(plan);
+  CUDA_CHECK(cudaStreamSynchronize(d.stream));
+  if (d.profiling) d.collect_profile();
+  for (const SequenceChunk& chunk : batch.chunks) d.lengths[chunk.slot] += chunk.num_tokens;
+  d.rows_of_last_forward = plan.rows;
+  return plan.rows;
+}
+
+std::vector<int32_t> CudaBackend::argmax_tokens() {
+  Impl& d = *impl_;
+  std::vector<int32_t> out(d.rows_of_last_forward);
+  CUDA_CHECK(cuda::launch_argmax(d.logits, d.rows_of_last_forward, d.config.vocab_size, d.argmax, d.stream));
+  CUDA_CHECK(cudaMemcpyAsync(out.data(), d.argmax, out.size() * sizeof(int32_t), cudaMemcpyDeviceToHost, d.stream));
+  CUDA_CHECK(cudaStreamSynchronize(d.stream));
+  return out;
+}
+
+ForwardResult CudaBackend::forward(const ForwardBatch& batch) {
+  Impl& d = *impl_;
+  int64_t wanted = 0;
+  for (const SequenceChunk& chunk : batch.chunks) {
+    if (chunk.want_logits && chunk.num_tokens > 0) wanted += batch.logits_for_every_token ? chunk.num_tokens : 1;
+  }
+  ForwardResult result;
+  result.rows = wanted;
+  result.logits.resize(wanted * d.config.vocab_size);
+  if (wanted <= d.max_rows) {
+    forward_on_device(batch);
+    CUDA_CHECK(cudaMemcpy(result.logits.data(), d.logits, result.logits.size() * sizeof(float), cudaMemcpyDeviceToHost));
+    return result;
+  }
+  // More rows than the logits buffer: run the decoder once, then the final norm and lm_head per piece.
+  Impl::BatchPlan plan = d.prepare(batch, 0, d.max_rows);
+  d.run_kernels(plan);
+  for (int64_t row0 = 0; row0 < wanted; row0 += d.max_rows) {
+    if (row0 > 0) {
+      plan = d.prepare(batch, row0, d.max_rows);
+      CUDA_CHECK(cuda::launch_add_rms_norm(d.x, nullptr, d.logit_rows, plan.rows, d.config.hidden_size, d.final_norm,
+                                           d.config.norm_style == NormStyle::OnePlusWeight ? 1.0f : 0.0f,
+                                           d.config.rms_norm_eps, d.final_in, padded_k(d.config.hidden_size),
+                                           d.stream));
+      d.linear(d.lm_head, d.final_in, plan.rows, d.logits);
+    }
+    CUDA_CHECK(cudaMemcpyAsync(result.logits.data() + row0 * d.config.vocab_size, d.logits,
+                               plan.rows * d.config.vocab_size * sizeof(float), cudaMemcpyDeviceToHost, d.stream));
+    CUDA_CHECK(cudaStreamSynchronize(d.stream));
+  }
+  if (d.profiling) d.collect_profile();
+  for (const SequenceChunk& chunk : batch.chunks) d.lengths[chunk.slot] += chunk.num_tokens;
+  return result;
+}
+
+void CudaBackend::set_cuda_graphs(bool enabled) { impl_->graphs_enabled = enabled; }
+void CudaBackend::set_profiling(bool enabled) { impl_->profiling = enabled; }
+
+std::vector<KernelTime> CudaBackend::take_profile() {
+  std::vector<KernelTime> out;
+  for (auto& [op, time] : impl_->profile) out.push_back(time);
+  impl_->profile.clear();
+  return out;
+}
+
+int64_t CudaBackend::weight_bytes() const {
+  int64_t bytes = 0;
+  for (DeviceLinear* w : impl_->all_linears()) bytes += w->bytes();
+  return bytes;
+}
+
+int64_t CudaBackend::cache_bytes_per_token(int64_t context) const {
+  const ModelConfig& c = impl_->config;
+  const int64_t kv = 2 * context * c.num_kv_heads * c.head_dim * 2;  // keys and values, bf16
+  const int64_t conv = c.linear_conv_dim() * (c.linear_conv_kernel - 1) * 4;
+  const int64_t state = static_cast<int64_t>(c.linear_num_value_heads) * c.linear_key_head_dim * c.linear_value_head_dim * 4;
+  return c.num_layers_of(LayerKind::FullAttention) * kv + c.num_layers_of(LayerKind::LinearAttention) * 2 * (conv + state);
+}
+
+CudaBackend::Counters CudaBackend::counters() const { return impl_->counters; }
+
+std::string CudaBackend::memory_summary() const {
+  const Impl& d = *impl_;
+  return fmt::format("weights {:.3f} GiB, KV cache {:.3f} GiB ({} slots x {} tokens), delta-net state {:.3f} GiB, "
+                     "activations {:.3f} GiB ({} tokens per forward)",
+                     gib(d.weight_arena_bytes), gib(d.kv_bytes), d.options.max_slots, d.options.max_context,
+                     gib(d.state_bytes), gib(d.runtime_arena_bytes - d.kv_bytes - d.state_bytes),
+                     d.options.max_batch_tokens);
+}
+
+#endif  // UBERLM_WITH_CUDA
+
+}  // namespace uberlm

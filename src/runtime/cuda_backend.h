@@ -1,0 +1,92 @@
+#pragma once
+// The CUDA backend: the decoder of CpuDecoder, op by op, on the GPU. Device memory is planned once at
+// load (weights, paged KV blocks, Gated DeltaNet states per slot, activations and workspace for
+// max_batch_tokens); a plan that does not fit is an Error at load naming the numbers.
+//
+// Data flow per layer: fp32 residual stream x [T, D]; each linear layer reads bf16 rows whose length is
+// padded to a multiple of 32 (the GEMV's K granularity; the padding is zero in weights and activations)
+// and writes fp32. Linear layers run on the small-M GEMV (cuda::gemv_*) in slices of at most 64 rows;
+// more than 64 rows (prefill) is the sliced fallback, counted, logged once, and an Error when strict.
+// A decode step (every chunk one token, every chunk wanting logits) is captured as one CUDA graph per
+// batch size and replayed; its kernels are the eager ones with the same launch shapes, so a replay gives
+// the eager result bit for bit.
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "model/model.h"
+#include "runtime/backend.h"
+
+namespace uberlm {
+
+struct CudaBackendOptions {
+  int max_slots = 1;
+  int64_t max_context = 4096;       // tokens per sequence (KV blocks are planned for every slot)
+  int64_t max_batch_tokens = 512;   // tokens of one forward
+  int64_t max_logit_rows = 64;      // logits rows computed at once (more are done in pieces)
+  bool cuda_graphs = true;
+  bool strict = false;              // any fallback is an Error; UBERLM_STRICT=1 sets it too
+};
+
+enum class SyntheticFormat { Nvfp4, Bf16 };
+
+// GPU time of one op class in a profiling pass.
+struct KernelTime {
+  std::string op;
+  double microseconds = 0;
+  int64_t launches = 0;
+};
+
+// True when the binary has CUDA and a device is visible.
+bool cuda_device_present();
+
+// device: "cpu", "cuda" or "auto" (cuda when cuda_device_present()).
+std::unique_ptr<Backend> make_backend(const Model& model, const std::string& device, int max_slots);
+
+#ifdef UBERLM_WITH_CUDA
+class CudaBackend : public Backend {
+ public:
+  CudaBackend(const Model& model, const CudaBackendOptions& options);
+  // Random weights made on the GPU for `config`: every decoder linear layer in `format`, lm_head bf16.
+  CudaBackend(const ModelConfig& config, SyntheticFormat format, const CudaBackendOptions& options, uint64_t seed);
+  ~CudaBackend() override;
+
+  std::string name() const override { return "cuda"; }
+  const ModelConfig& config() const override;
+  int max_slots() const override;
+  int64_t cached_length(int slot) const override;
+  void release(int slot) override;
+  ForwardResult forward(const ForwardBatch& batch) override;
+
+  // Runs `batch` (at most max_logit_rows logits rows) and leaves the logits on the device; then
+  // argmax_tokens() gives each row's greedy token. Returns the rows.
+  int64_t forward_on_device(const ForwardBatch& batch);
+  std::vector<int32_t> argmax_tokens();
+
+  void set_cuda_graphs(bool enabled);
+  // While on, forwards run eagerly and time each op class with CUDA events; take_profile() returns and
+  // clears the sums.
+  void set_profiling(bool enabled);
+  std::vector<KernelTime> take_profile();
+
+  // Bytes of all linear weights (lm_head included): what one forward streams from memory.
+  int64_t weight_bytes() const;
+  // Bytes one decode token reads from its sequence's caches at cached length `context` (KV of every full
+  // attention layer, conv and recurrent state of every Gated DeltaNet layer, read and written back).
+  int64_t cache_bytes_per_token(int64_t context) const;
+  struct Counters {
+    int64_t sliced_linear_calls = 0;  // linear layers over more than 64 rows
+    int64_t graph_captures = 0;
+    int64_t graph_replays = 0;
+  };
+  Counters counters() const;
+  std::string memory_summary() const;
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+#endif
+
+}  // namespace uberlm

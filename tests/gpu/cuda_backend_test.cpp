@@ -1,0 +1,222 @@
+// The whole decoder on the GPU against the CPU reference backend: logits of mixed prefill + decode batches
+// on the tiny fixture models (and the default model with NVFP4 weights), greedy tokens on the trained
+// default model, and CUDA-graph replays against eager runs, bit for bit.
+// Paths: $UBERLM_FIXTURE_DIR (else the build's fixtures) and $UBERLM_DEFAULT_MODEL (else models/default,
+// relative to the repository root the tests run from).
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdlib>
+#include <filesystem>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "core/error.h"
+#include "core/nvfp4.h"
+#include "model/model.h"
+#include "runtime/cpu_backend.h"
+#include "runtime/cuda_backend.h"
+
+namespace uberlm {
+namespace {
+
+// bf16 activations into every linear layer and a bf16 KV cache against the fp32 CPU reference.
+constexpr double kLogitsTolerance = 2e-2;
+
+std::filesystem::path fixture_model(const std::string& name) {
+  const char* env = std::getenv("UBERLM_FIXTURE_DIR");
+  return std::filesystem::path(env ? env : UBERLM_FIXTURE_DIR) / "models" / name;
+}
+
+std::filesystem::path default_model() {
+  const char* env = std::getenv("UBERLM_DEFAULT_MODEL");
+  return env ? env : "models/default";
+}
+
+void require_gpu() { ASSERT_TRUE(cuda_device_present()) << "no CUDA device: these tests run on the GPU machine"; }
+
+CudaBackendOptions small_options(int slots) {
+  CudaBackendOptions options;
+  options.max_slots = slots;
+  options.max_context = 512;
+  options.max_batch_tokens = 160;
+  options.max_logit_rows = 64;
+  return options;
+}
+
+// Per logits row: max|gpu - cpu| / max|cpu| <= tolerance. Returns the rows compared.
+int64_t expect_logits_close(const ForwardResult& gpu, const ForwardResult& cpu, int64_t vocab, const std::string& label) {
+  EXPECT_EQ(gpu.rows, cpu.rows) << label;
+  if (gpu.rows != cpu.rows) return 0;
+  for (int64_t r = 0; r < cpu.rows; ++r) {
+    double ref_max = 0, err_max = 0;
+    bool finite = true;
+    for (int64_t v = 0; v < vocab; ++v) {
+      const float g = gpu.logits[r * vocab + v], c = cpu.logits[r * vocab + v];
+      finite = finite && std::isfinite(g);
+      ref_max = std::max(ref_max, std::fabs(static_cast<double>(c)));
+      err_max = std::max(err_max, std::fabs(static_cast<double>(g) - c));
+    }
+    EXPECT_TRUE(finite) << label << " row " << r;
+    EXPECT_LE(err_max / ref_max, kLogitsTolerance) << label << " row " << r;
+  }
+  return cpu.rows;
+}
+
+std::vector<int32_t> random_tokens(std::mt19937& rng, int64_t count, int vocab) {
+  std::vector<int32_t> out(count);
+  for (auto& t : out) t = std::uniform_int_distribution<int>(0, vocab - 1)(rng);
+  return out;
+}
+
+int32_t argmax_row(const ForwardResult& result, int64_t row, int64_t vocab) {
+  const auto begin = result.logits.begin() + row * vocab;
+  return static_cast<int32_t>(std::max_element(begin, begin + vocab) - begin);
+}
+
+// Mixed prefill chunks (one over 64 tokens: the sliced linear path), decode steps over three slots, then a
+// released slot restarting with a new prompt while the others decode.
+int64_t compare_with_cpu(const Model& model, const std::string& label) {
+  const int64_t vocab = model.config.vocab_size;
+  CpuBackend cpu(model, 3);
+  CudaBackend gpu(model, small_options(3));
+  std::mt19937 rng(std::random_device{}());
+  int64_t rows = 0;
+
+  ForwardBatch prefill;
+  prefill.tokens = random_tokens(rng, 13 + 70 + 1, model.config.vocab_size);
+  prefill.chunks = {{0, 13, true}, {1, 70, true}, {2, 1, true}};
+  rows += expect_logits_close(gpu.forward(prefill), cpu.forward(prefill), vocab, label + " prefill");
+
+  for (int step = 0; step < 6; ++step) {
+    ForwardBatch decode;
+    decode.tokens = random_tokens(rng, 3, model.config.vocab_size);
+    decode.chunks = {{0, 1, true}, {1, 1, true}, {2, 1, true}};
+    if (step == 3) {
+      // Slot 1 restarts: new prompt of 9 tokens next to two decode tokens, and every token's logits.
+      cpu.release(1);
+      gpu.release(1);
+      decode.tokens = random_tokens(rng, 11, model.config.vocab_size);
+      decode.chunks = {{0, 1, true}, {1, 9, true}, {2, 1, true}};
+      decode.logits_for_every_token = true;
+    }
+    rows += expect_logits_close(gpu.forward(decode), cpu.forward(decode), vocab,
+                                label + " step " + std::to_string(step));
+  }
+  for (int slot = 0; slot < 3; ++slot) EXPECT_EQ(gpu.cached_length(slot), cpu.cached_length(slot)) << label;
+  EXPECT_GT(gpu.counters().sliced_linear_calls, 0) << label << ": the 70-token chunk must take the sliced path";
+  return rows;
+}
+
+TEST(CudaBackend, MatchesCpuOnFixtureModels) {
+  ASSERT_NO_FATAL_FAILURE(require_gpu());
+  int64_t rows = 0;
+  for (const std::string name : {"qwen3_5_hybrid", "qwen3", "llama", "qwen2"}) {
+    const auto model = Model::load(fixture_model(name));
+    rows += compare_with_cpu(*model, name);
+  }
+  EXPECT_GT(rows, 0);
+}
+
+// Every linear layer of the default model quantised to NVFP4 (the CPU reference uses the same codes).
+TEST(CudaBackend, MatchesCpuWithNvfp4Weights) {
+  ASSERT_NO_FATAL_FAILURE(require_gpu());
+  auto model = Model::load(default_model());
+  std::vector<Nvfp4Tensor> quantised;
+  std::vector<LinearWeight*> linears;
+  for (LayerWeights& layer : model->weights.layers) {
+    for (LinearWeight* w : {&layer.attention.q_proj, &layer.attention.k_proj, &layer.attention.v_proj,
+                            &layer.attention.o_proj, &layer.delta_net.in_proj_qkv, &layer.delta_net.in_proj_z,
+                            &layer.delta_net.in_proj_b, &layer.delta_net.in_proj_a, &layer.delta_net.out_proj,
+                            &layer.mlp.gate_proj, &layer.mlp.up_proj, &layer.mlp.down_proj}) {
+      if (w->weight.data) linears.push_back(w);
+    }
+  }
+  quantised.reserve(linears.size());
+  for (LinearWeight* w : linears) {
+    const std::vector<float> values = to_f32(w->weight);
+    quantised.push_back(quantize_nvfp4(values.data(), w->weight.dim(0), w->weight.dim(1), w->name));
+    w->nvfp4 = quantised.back().view();
+    w->weight = TensorView{};
+  }
+  EXPECT_GT(compare_with_cpu(*model, "default nvfp4"), 0);
+}
+
+TEST(CudaBackend, GreedyTokensMatchCpuOnDefaultModel) {
+  ASSERT_NO_FATAL_FAILURE(require_gpu());
+  const auto model = Model::load(default_model());
+  const int64_t vocab = model->config.vocab_size;
+  CpuBackend cpu(*model, 1);
+  CudaBackend gpu(*model, small_options(1));
+  std::mt19937 rng(1234);
+  ForwardBatch batch;
+  batch.tokens = random_tokens(rng, 24, model->config.vocab_size);
+  batch.chunks = {{0, 24, true}};
+  std::vector<int32_t> cpu_tokens, gpu_tokens;
+  ForwardBatch cpu_batch = batch, gpu_batch = batch;
+  for (int step = 0; step < 32; ++step) {
+    cpu_tokens.push_back(argmax_row(cpu.forward(cpu_batch), 0, vocab));
+    gpu_tokens.push_back(argmax_row(gpu.forward(gpu_batch), 0, vocab));
+    cpu_batch = ForwardBatch{{cpu_tokens.back()}, {{0, 1, true}}, false};
+    gpu_batch = ForwardBatch{{gpu_tokens.back()}, {{0, 1, true}}, false};
+  }
+  EXPECT_EQ(gpu_tokens, cpu_tokens);
+}
+
+// Two backends with the same weights and inputs, one replaying captured decode graphs, one eager.
+TEST(CudaBackend, GraphReplayEqualsEagerExactly) {
+  ASSERT_NO_FATAL_FAILURE(require_gpu());
+  const auto model = Model::load(default_model());
+  CudaBackend eager(*model, small_options(4)), graphed(*model, small_options(4));
+  eager.set_cuda_graphs(false);
+  graphed.set_cuda_graphs(true);
+  std::mt19937 rng(99);
+  ForwardBatch prefill;
+  prefill.tokens = random_tokens(rng, 4 * 7, model->config.vocab_size);
+  prefill.chunks = {{0, 7, true}, {1, 7, true}, {2, 7, true}, {3, 7, true}};
+  EXPECT_EQ(eager.forward(prefill).logits, graphed.forward(prefill).logits);
+  for (int step = 0; step < 5; ++step) {
+    for (int batch_size : {4, 2}) {
+      ForwardBatch decode;
+      decode.tokens = random_tokens(rng, batch_size, model->config.vocab_size);
+      for (int s = 0; s < batch_size; ++s) decode.chunks.push_back({s, 1, true});
+      const ForwardResult a = eager.forward(decode), b = graphed.forward(decode);
+      ASSERT_EQ(a.logits.size(), b.logits.size());
+      EXPECT_TRUE(a.logits == b.logits) << "step " << step << " batch " << batch_size;
+    }
+  }
+  EXPECT_EQ(graphed.counters().graph_captures, 2);
+  EXPECT_EQ(graphed.counters().graph_replays, 10);
+  EXPECT_EQ(eager.counters().graph_replays, 0);
+}
+
+TEST(CudaBackend, StrictModeRejectsTheSlicedFallback) {
+  ASSERT_NO_FATAL_FAILURE(require_gpu());
+  const auto model = Model::load(fixture_model("qwen3"));
+  CudaBackendOptions options = small_options(1);
+  options.strict = true;
+  CudaBackend gpu(*model, options);
+  ForwardBatch batch;
+  std::mt19937 rng(5);
+  batch.tokens = random_tokens(rng, 65, model->config.vocab_size);
+  batch.chunks = {{0, 65, true}};
+  EXPECT_THROW(gpu.forward(batch), Error);
+}
+
+TEST(CudaBackend, OversizedPlanFailsAtLoadWithTheNumbers) {
+  ASSERT_NO_FATAL_FAILURE(require_gpu());
+  const auto model = Model::load(fixture_model("qwen3"));
+  CudaBackendOptions options = small_options(1024);
+  options.max_context = 1 << 20;  // 1024 slots x 1M tokens of KV: far beyond any GPU
+  try {
+    CudaBackend gpu(*model, options);
+    ADD_FAILURE() << "expected an Error";
+  } catch (const Error& error) {
+    EXPECT_NE(std::string(error.what()).find("GiB free"), std::string::npos) << error.what();
+  }
+}
+
+}  // namespace
+}  // namespace uberlm

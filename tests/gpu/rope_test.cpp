@@ -1,0 +1,76 @@
+// Attention input preparation (query/gate split, q/k norm, partial NeoX RoPE) against CpuDecoder's steps.
+#include <gtest/gtest.h>
+
+#include <cstring>
+
+#include "gpu_test_util.h"
+#include "ops/cpu/norm.h"
+#include "ops/cpu/rope.h"
+#include "ops/cuda/rope.h"
+
+namespace uberlm {
+namespace {
+using namespace gpu_test;
+
+// fp32 throughout; cosf/sinf and the norm's sums differ from the CPU's by a few ulps.
+constexpr double kTolerance = 2e-5;
+
+TEST(GpuOps, QkNormRopeMatchesCpu) {
+  ASSERT_NO_FATAL_FAILURE(require_gpu());
+  struct Case {
+    int heads, kv_heads, head_dim, rotary_dim;
+    bool gated, qk_norm;
+    NormStyle style;
+  };
+  const Case cases[] = {{3, 1, 24, 24, true, true, NormStyle::OnePlusWeight},
+                        {6, 2, 64, 16, true, true, NormStyle::OnePlusWeight},
+                        {24, 4, 256, 64, true, true, NormStyle::OnePlusWeight},
+                        {7, 1, 8, 8, false, false, NormStyle::Weight},
+                        {5, 1, 24, 24, false, true, NormStyle::Weight}};
+  int64_t checked = 0;
+  for (const Case& c : cases) {
+    const int64_t tokens = 11;
+    const int64_t q_rows = static_cast<int64_t>(c.heads) * c.head_dim * (c.gated ? 2 : 1);
+    const int64_t q_width = static_cast<int64_t>(c.heads) * c.head_dim, kv_width = static_cast<int64_t>(c.kv_heads) * c.head_dim;
+    const std::vector<float> q_proj = random_floats(tokens * q_rows, 2.0f);
+    std::vector<float> k = random_floats(tokens * kv_width, 2.0f);
+    const std::vector<float> q_norm = random_floats(c.head_dim), k_norm = random_floats(c.head_dim);
+    std::vector<int32_t> positions(tokens);
+    for (auto& p : positions) p = std::uniform_int_distribution<int>(0, 5000)(rng());
+    const float theta = 1e7f;
+    const cpu::Rope rope(c.rotary_dim, theta);
+    std::vector<float> inv_freq(std::max(1, c.rotary_dim / 2));
+    for (int j = 0; j < c.rotary_dim / 2; ++j) {
+      inv_freq[j] = 1.0f / std::pow(theta, static_cast<float>(2 * j) / static_cast<float>(c.rotary_dim));
+    }
+    DeviceBuffer d_q = upload(q_proj), d_k = upload(k), d_qn = upload(q_norm), d_kn = upload(k_norm);
+    DeviceBuffer d_pos = upload(positions), d_freq = upload(inv_freq), d_query = poisoned<float>(tokens * q_width);
+    const float offset = c.style == NormStyle::OnePlusWeight ? 1.0f : 0.0f;
+    const cuda::AttentionPrepShape shape{c.heads, c.kv_heads, c.head_dim, c.rotary_dim, c.gated, c.qk_norm, offset, 1e-6f};
+    sync_and_check(cuda::launch_qk_norm_rope(d_q.as<float>(), d_k.as<float>(), d_pos.as<int32_t>(), tokens, shape,
+                                             d_freq.as<float>(), d_qn.as<float>(), d_kn.as<float>(),
+                                             d_query.as<float>(), nullptr));
+    std::vector<float> query_ref(tokens * q_width);
+    for (int64_t t = 0; t < tokens; ++t) {
+      float* q = query_ref.data() + t * q_width;
+      for (int h = 0; h < c.heads; ++h) {
+        std::memcpy(q + h * c.head_dim, q_proj.data() + t * q_rows + static_cast<int64_t>(h) * c.head_dim * (c.gated ? 2 : 1),
+                    c.head_dim * sizeof(float));
+      }
+      float* kt = k.data() + t * kv_width;
+      if (c.qk_norm) {
+        cpu::rms_norm(q, c.heads, c.head_dim, q_norm.data(), c.style, 1e-6f, q);
+        cpu::rms_norm(kt, c.kv_heads, c.head_dim, k_norm.data(), c.style, 1e-6f, kt);
+      }
+      rope.apply(q, c.heads, c.head_dim, positions[t]);
+      rope.apply(kt, c.kv_heads, c.head_dim, positions[t]);
+    }
+    const std::string label = "heads " + std::to_string(c.heads) + " head_dim " + std::to_string(c.head_dim);
+    checked += expect_close(d_query.download<float>(), query_ref, kTolerance, label + " query");
+    checked += expect_close(d_k.download<float>(), k, kTolerance, label + " key");
+  }
+  EXPECT_GT(checked, 0);
+}
+
+}  // namespace
+}  // namespace uberlm
