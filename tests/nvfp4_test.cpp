@@ -22,24 +22,21 @@ float distance_to_e2m1_grid(float q) {
   return best;
 }
 
-// Checks every element of quantize(values) against the recipe: the block scale is the E4M3 rounding of
-// amax(block) / (6 * global), and each element is the grid value nearest to w / (scale * global).
+// Checks every element of quantize(values) against ModelOpt's recipe: global = amax / 2688 (1 for an
+// all-zero tensor); the block scale is the E4M3 rounding of amax(block) / (6 * global) clamped into
+// [2^-9, 448], 1 for a zero block; each element is the grid value nearest to w / (scale * global).
 void expect_quantised_per_recipe(const std::vector<float>& values, int64_t rows, int64_t cols) {
   const Nvfp4Tensor q = quantize_nvfp4(values.data(), rows, cols, "test.weight");
   const std::vector<float> restored = dequantize_nvfp4(q.view());
   float amax = 0.0f;
   for (float v : values) amax = std::fmax(amax, std::fabs(v));
-  ASSERT_EQ(q.global_scale, amax / (6.0f * 448.0f));
+  ASSERT_EQ(q.global_scale, amax == 0.0f ? 1.0f : amax / (6.0f * 448.0f));
   for (int64_t block = 0; block < rows * cols / 16; ++block) {
     float block_amax = 0.0f;
     for (int i = 0; i < 16; ++i) block_amax = std::fmax(block_amax, std::fabs(values[block * 16 + i]));
-    const uint8_t expected_code = q.global_scale == 0.0f ? 0 : f32_to_e4m3(block_amax / (6.0f * q.global_scale));
+    const float raw_scale = block_amax == 0.0f ? 1.0f : block_amax / (6.0f * q.global_scale);
+    const uint8_t expected_code = f32_to_e4m3(std::fmin(std::fmax(raw_scale, 0x1p-9f), 448.0f));
     const float multiplier = e4m3_to_f32(expected_code) * q.global_scale;
-    if (multiplier == 0.0f) {
-      EXPECT_EQ(q.scales[block], 0) << "block " << block;
-      for (int i = 0; i < 16; ++i) EXPECT_EQ(restored[block * 16 + i], 0.0f) << "block " << block;
-      continue;
-    }
     ASSERT_EQ(q.scales[block], expected_code) << "block " << block;
     for (int i = 0; i < 16; ++i) {
       const float w = values[block * 16 + i], back = restored[block * 16 + i];
@@ -123,7 +120,7 @@ TEST(Nvfp4, QuantiseAdversarialBlocks) {
   const int64_t rows = 4, cols = 16 * 24;
   std::vector<float> values(rows * cols);
   for (int64_t block = 0; block < rows * cols / 16; ++block) {
-    // Block magnitudes from 2^-40 (its scale underflows E4M3) up to 2^30 (sets the global scale),
+    // Block magnitudes from 2^-40 (its scale clamps to E4M3's 2^-9) up to 2^30 (sets the global scale),
     // with some all-zero blocks and some blocks holding a single spike among zeros.
     const int kind = static_cast<int>(block % 6);
     const float magnitude = std::ldexp(1.0f, static_cast<int>(block % 71) - 40);
@@ -139,7 +136,7 @@ TEST(Nvfp4, QuantiseAdversarialBlocks) {
   const Nvfp4Tensor q = quantize_nvfp4(values.data(), rows, cols, "adversarial");
   const std::vector<float> back = dequantize_nvfp4(q.view());
   for (int64_t block = 0; block < rows * cols / 16; block += 6) {
-    EXPECT_EQ(q.scales[block], 0) << "zero block " << block;
+    EXPECT_EQ(q.scales[block], 0x38) << "zero block " << block;  // ModelOpt gives a zero block scale 1
     for (int i = 0; i < 8; ++i) EXPECT_EQ(q.packed[block * 8 + i], 0) << "zero block " << block;
   }
   for (float v : back) EXPECT_TRUE(std::isfinite(v));
@@ -159,10 +156,36 @@ TEST(Nvfp4, QuantiseTinyAndHugeTensors) {
 TEST(Nvfp4, AllZeroTensorQuantisesToZeros) {
   std::vector<float> values(2 * 32, 0.0f);
   const Nvfp4Tensor q = quantize_nvfp4(values.data(), 2, 32, "zeros");
-  EXPECT_EQ(q.global_scale, 0.0f);
+  EXPECT_EQ(q.global_scale, 1.0f);  // loadable: a zero global scale is a checkpoint error
   for (uint8_t b : q.packed) EXPECT_EQ(b, 0);
-  for (uint8_t s : q.scales) EXPECT_EQ(s, 0);
+  for (uint8_t s : q.scales) EXPECT_EQ(s, 0x38);
   for (float v : dequantize_nvfp4(q.view())) EXPECT_EQ(v, 0.0f);
+}
+
+TEST(Nvfp4, SignBitFollowsTheScaledValue) {
+  // One block of amax 6 (scale 1 after the global): a negative that rounds to zero keeps its sign (code 8),
+  // -0.0 does not (code 0), as ModelOpt's `scaled < 0` decides.
+  std::vector<float> values(16, 0.0f);
+  values[0] = 6.0f * 2688.0f;
+  values[1] = -0.1f * 2688.0f;
+  values[2] = -0.0f;
+  const Nvfp4Tensor q = quantize_nvfp4(values.data(), 1, 16, "signs");
+  EXPECT_EQ(q.global_scale, 6.0f);
+  EXPECT_EQ(q.scales[0], 0x7e);  // 448
+  EXPECT_EQ(q.packed[0], 0x87);  // element 0: +6 (7), element 1: -0 (8)
+  EXPECT_EQ(q.packed[1], 0x00);  // element 2: -0.0 stores +0
+}
+
+TEST(Nvfp4, DivisorGlobalScaleDequantisesAsCompressedTensors) {
+  // compressed-tensors computes e2m1 * (e4m3 / divisor); a divisor of 3 is inexact as a multiplier.
+  std::vector<uint8_t> packed(8), scales = {0x3d};  // E4M3 0x3d = 1.625
+  for (int j = 0; j < 8; ++j) packed[j] = static_cast<uint8_t>((2 * j) | ((2 * j + 1) << 4));
+  Nvfp4Weight weight{1, 16, packed.data(), scales.data(), 1.0f / 3.0f};
+  weight.global_divisor = 3.0f;
+  std::vector<float> row(16);
+  dequantize_nvfp4_row(weight, 0, row.data());
+  const float block_multiplier = 1.625f / 3.0f;
+  for (int k = 0; k < 16; ++k) EXPECT_EQ(row[k], e2m1_to_f32(static_cast<uint8_t>(k)) * block_multiplier) << k;
 }
 
 TEST(Nvfp4, NonFiniteInputIsRejectedWithTensorName) {

@@ -6,6 +6,7 @@ namespace uberlm::cli {
 
 void add_run_command(CLI::App& app);
 void add_inspect_command(CLI::App& app);
+void add_quantize_command(CLI::App& app);
 void add_bench_command(CLI::App& app);
 void add_serve_command(CLI::App& app);
 // Registers `gsm8k` under the `eval` subcommand.

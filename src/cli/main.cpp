@@ -12,6 +12,7 @@ int main(int argc, char** argv) {
   app.set_version_flag("--version", "uberlm 0.1.0");
   uberlm::cli::add_run_command(app);
   uberlm::cli::add_inspect_command(app);
+  uberlm::cli::add_quantize_command(app);
   uberlm::cli::add_bench_command(app);
   uberlm::cli::add_serve_command(app);
   try {

@@ -10,6 +10,14 @@ namespace uberlm {
 namespace {
 constexpr float kE2M1Max = 6.0f;
 constexpr float kE4M3Max = 448.0f;
+constexpr float kE4M3MinSubnormal = 0x1p-9f;
+
+// ModelOpt takes the sign from `scaled < 0`, so -0.0 (a -0 weight) stores code 0, not 8; NaN (0 / 0,
+// only when the block multiplier underflows fp32) sorts past every bound of its grid search: code 7.
+uint8_t e2m1_code_of_scaled(float scaled) {
+  if (std::isnan(scaled)) return 7;
+  return scaled == 0.0f ? 0 : f32_to_e2m1(scaled);
+}
 }  // namespace
 
 float global_scale_from_compressed_tensors(float weight_global_scale) {
@@ -31,9 +39,11 @@ void dequantize_nvfp4_row(const Nvfp4Weight& weight, int64_t row, float* out) {
   const uint8_t* scales = weight.scales + row * (weight.cols / kNvfp4BlockSize);
   for (int64_t k = 0; k < weight.cols; k += 2) {
     const float scale = e4m3_to_f32(scales[k / kNvfp4BlockSize]);
+    // The block multiplier in fp32 first, then the element: the order both packages dequantise in.
+    const float multiplier = weight.global_divisor != 0.0f ? scale / weight.global_divisor : scale * weight.global_scale;
     const uint8_t byte = packed[k / 2];
-    out[k] = (e2m1_to_f32(byte & 0xf) * scale) * weight.global_scale;
-    out[k + 1] = (e2m1_to_f32(byte >> 4) * scale) * weight.global_scale;
+    out[k] = e2m1_to_f32(byte & 0xf) * multiplier;
+    out[k + 1] = e2m1_to_f32(byte >> 4) * multiplier;
   }
 }
 
@@ -61,21 +71,25 @@ Nvfp4Tensor quantize_nvfp4(const float* values, int64_t rows, int64_t cols, std:
   out.packed.assign(static_cast<size_t>(count / 2), 0);
   out.scales.assign(static_cast<size_t>(count / kNvfp4BlockSize), 0);
   out.global_scale = amax / (kE2M1Max * kE4M3Max);
-  if (out.global_scale == 0.0f) return out;
+  // ModelOpt would divide by zero here (NaN scales); 1 is compressed-tensors' fallback and keeps the
+  // checkpoint loadable: every block is then below the smallest scale and stores zeros.
+  if (out.global_scale == 0.0f) out.global_scale = 1.0f;
 
   for (int64_t block = 0; block < count / kNvfp4BlockSize; ++block) {
     const float* block_values = values + block * kNvfp4BlockSize;
     float block_amax = 0.0f;
     for (int64_t i = 0; i < kNvfp4BlockSize; ++i) block_amax = std::fmax(block_amax, std::fabs(block_values[i]));
-    // ModelOpt's order of operations: amax / (6 * global), then the cast to E4M3.
-    const uint8_t scale_code = f32_to_e4m3(block_amax / (kE2M1Max * out.global_scale));
-    const float block_multiplier = e4m3_to_f32(scale_code) * out.global_scale;
-    if (block_multiplier == 0.0f) continue;  // the block dequantises to zero whatever its elements
+    // ModelOpt's order of operations: amax / (6 * global); a zero block takes scale 1; clamp into
+    // [2^-9, 448] (the E4M3 range without zero) and round to E4M3.
+    float scale = block_amax / (kE2M1Max * out.global_scale);
+    if (scale == 0.0f) scale = 1.0f;
+    const uint8_t scale_code = f32_to_e4m3(std::fmin(std::fmax(scale, kE4M3MinSubnormal), kE4M3Max));
     out.scales[block] = scale_code;
+    const float block_multiplier = e4m3_to_f32(scale_code) * out.global_scale;
     uint8_t* packed = out.packed.data() + block * kNvfp4BlockSize / 2;
     for (int64_t i = 0; i < kNvfp4BlockSize; i += 2) {
-      const uint8_t even = f32_to_e2m1(block_values[i] / block_multiplier);
-      const uint8_t odd = f32_to_e2m1(block_values[i + 1] / block_multiplier);
+      const uint8_t even = e2m1_code_of_scaled(block_values[i] / block_multiplier);
+      const uint8_t odd = e2m1_code_of_scaled(block_values[i + 1] / block_multiplier);
       packed[i / 2] = static_cast<uint8_t>(even | (odd << 4));
     }
   }

@@ -17,6 +17,7 @@ struct Model {
   ModelConfig config;
   std::unique_ptr<Checkpoint> checkpoint;         // owns the mappings `weights` views (directories)
   std::vector<std::vector<float>> owned_tensors;  // fp32 tensors `weights` views (GGUF)
+  std::vector<Nvfp4Tensor> owned_nvfp4;           // NVFP4 weights quantised at load (--quantize nvfp4)
   ModelWeights weights;
   std::vector<int> stop_token_ids;
 

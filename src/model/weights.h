@@ -1,10 +1,9 @@
 #pragma once
 // The decoder's weights as the checkpoint stores them (views into the mapped files), grouped per
 // layer. load_model_weights checks that every tensor the config implies exists with its shape.
+#include <optional>
 #include <string>
 #include <vector>
-
-#include <optional>
 
 #include "core/nvfp4.h"
 #include "core/tensor.h"
@@ -15,6 +14,11 @@ namespace uberlm {
 
 // A linear layer as the checkpoint stores it: dense (`weight`) or NVFP4 (`nvfp4`, W4A16; then
 // `weight` is empty). Consumers dispatch on has_value(); neither format is converted at load.
+// Which one is decided per layer by the tensors present (spec/nvfp4.md), so mixed checkpoints load:
+//   ModelOpt           X.weight U8 [N, K/2], X.weight_scale F8_E4M3 [N, K/16], X.weight_scale_2 F32 scalar
+//   compressed-tensors X.weight_packed U8 [N, K/2], X.weight_scale F8_E4M3 [N, K/16],
+//                      X.weight_global_scale F32 [1] (a divisor)
+// input_scale / input_global_scale (W4A4 activation scales) are ignored: activations stay 16-bit.
 struct LinearWeight {
   std::string name;   // canonical module name, e.g. "layers.3.mlp.up_proj"
   TensorView weight;  // dense [out_features, in_features]
@@ -62,7 +66,14 @@ struct ModelWeights {
   std::vector<LayerWeights> layers;
 };
 
-// Throws Error naming the tensor when one is missing or has the wrong shape or dtype.
+// The quantisation a checkpoint declares in config.json's quantization_config or hf_quant_config.json.
+enum class QuantizationFormat { None, ModelOpt, CompressedTensors };
+// Throws Error naming the file and field when the declared method is not NVFP4 in one of the two layouts.
+QuantizationFormat read_quantization_format(const std::filesystem::path& dir);
+
+// Throws Error naming the tensor when one is missing or has the wrong shape or dtype, when an NVFP4
+// layer's scales are missing or inconsistent, its global scale zero or not finite, or its layout is
+// not the one the checkpoint declares.
 ModelWeights load_model_weights(const Checkpoint& checkpoint, const ModelConfig& config);
 
 }  // namespace uberlm
