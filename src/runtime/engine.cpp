@@ -230,10 +230,13 @@ void Engine::finish(uint64_t id, FinishReason reason, const std::string& error) 
   metrics_.add(Counter::Requests, 1.0,
                fmt::format("finish_reason=\"{}\"", error.empty() ? finish_reason_name(reason) : "error"));
   metrics_.observe(Histogram::RequestLatency, seconds_between(active.arrival, std::chrono::steady_clock::now()));
+  {
+    // Before the final event: a client that sends its next request on receiving it must find room.
+    std::lock_guard lock(mutex_);
+    --in_flight_;
+  }
   active.stream->push(std::move(event));
   active_.erase(it);
-  std::lock_guard lock(mutex_);
-  --in_flight_;
 }
 
 void Engine::update_gauges() {

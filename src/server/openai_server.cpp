@@ -2,6 +2,8 @@
 
 #include <httplib.h>
 
+#include <sys/socket.h>
+
 #include <chrono>
 #include <csignal>
 #include <ctime>
@@ -21,6 +23,7 @@ namespace {
 
 constexpr auto kPollInterval = std::chrono::milliseconds(20);
 constexpr size_t kMaxBodyBytes = 16u << 20;
+constexpr int kListenBacklog = 1024;
 constexpr int64_t kDefaultCompletionTokens = 16;  // OpenAI's default for /v1/completions
 
 void send_error(httplib::Response& res, int status, const std::string& type, const std::string& message,
@@ -81,6 +84,10 @@ OpenAiServer::OpenAiServer(Engine& engine, const BpeTokenizer& tokenizer, Metric
   const int threads = config_.http_threads;
   http_->new_task_queue = [threads] { return new httplib::ThreadPool(static_cast<size_t>(threads)); };
   http_->set_payload_max_length(kMaxBodyBytes);
+  http_->set_socket_options([this](int socket) {
+    httplib::default_socket_options(socket);
+    listen_socket_ = socket;
+  });
   add_routes();
 }
 
@@ -90,6 +97,9 @@ int OpenAiServer::bind() {
   const int port = config_.port == 0 ? http_->bind_to_any_port(config_.host)
                                      : (http_->bind_to_port(config_.host, config_.port) ? config_.port : -1);
   if (port < 0) fail("serve: cannot listen on {}:{}", config_.host, config_.port);
+  // cpp-httplib 0.11 listens with a backlog of 5: a burst of clients connecting at once overflows it
+  // and some of them lose their request. listen() again on the bound socket raises the backlog.
+  if (::listen(listen_socket_, kListenBacklog) != 0) fail("serve: listen on {}:{} failed", config_.host, port);
   return port;
 }
 

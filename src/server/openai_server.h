@@ -44,6 +44,7 @@ class OpenAiServer {
   Metrics& metrics_;
   ServerConfig config_;
   std::unique_ptr<httplib::Server> http_;
+  int listen_socket_ = -1;
 };
 
 }  // namespace uberlm

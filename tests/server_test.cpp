@@ -1,0 +1,395 @@
+// `uberlm serve` end to end, in process, on loopback: the tiny chat checkpoint made by
+// tests/oracle/fixtures_serving.py on the CPU backend. Bad inputs get their status and message; 32
+// concurrent clients get the same text as each request alone; a dropped client frees its sequence;
+// a greedy request is deterministic alone and under traffic. Every wait is bounded.
+#include <gtest/gtest.h>
+#include <httplib.h>
+
+#include <atomic>
+#include <chrono>
+#include <filesystem>
+#include <thread>
+
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
+
+#include "core/error.h"
+#include "model/model.h"
+#include "runtime/cpu_backend.h"
+#include "runtime/engine.h"
+#include "server/openai_server.h"
+
+namespace uberlm {
+namespace {
+
+using json = nlohmann::json;
+constexpr const char* kModelName = "tiny";
+
+std::filesystem::path model_dir() {
+  return std::filesystem::path(UBERLM_FIXTURE_DIR) / "serving" / "qwen3_5_chat";
+}
+
+struct ServerOptions {
+  int max_num_seqs = 8;
+  int max_waiting = 64;
+  int64_t max_model_len = 512;
+  int64_t max_num_batched_tokens = 64;
+  int64_t kv_blocks = 0;  // 0: every sequence at full length
+  std::string api_key;
+};
+
+class TestServer {
+ public:
+  explicit TestServer(const ServerOptions& options) {
+    const auto dir = model_dir();
+    if (!std::filesystem::exists(dir)) throw Error("missing fixture " + dir.string());
+    model_ = Model::load(dir);
+    tokenizer_ = BpeTokenizer::load(dir / "tokenizer.json");
+    EngineConfig config;
+    config.scheduler.max_num_seqs = options.max_num_seqs;
+    config.scheduler.max_model_len = options.max_model_len;
+    config.scheduler.max_num_batched_tokens = options.max_num_batched_tokens;
+    config.scheduler.num_slots = options.max_num_seqs;
+    config.scheduler.num_kv_blocks =
+        options.kv_blocks > 0 ? options.kv_blocks : options.max_num_seqs * options.max_model_len / 16;
+    config.max_waiting = options.max_waiting;
+    backend_ = std::make_unique<CpuBackend>(*model_, options.max_num_seqs);
+    engine_ = std::make_unique<Engine>(*backend_, *tokenizer_, config, metrics_);
+    ServerConfig server_config;
+    server_config.host = "127.0.0.1";
+    server_config.port = 0;
+    server_config.model_name = kModelName;
+    server_config.api_key = options.api_key;
+    server_config.stop_token_ids = model_->stop_token_ids;
+    server_ = std::make_unique<OpenAiServer>(*engine_, *tokenizer_, metrics_, server_config);
+    port_ = server_->bind();
+    thread_ = std::thread([this] { server_->serve(); });
+  }
+  ~TestServer() {
+    server_->stop();
+    thread_.join();
+  }
+  std::unique_ptr<httplib::Client> client() const {
+    auto c = std::make_unique<httplib::Client>("127.0.0.1", port_);
+    c->set_read_timeout(60);
+    return c;
+  }
+  Engine& engine() { return *engine_; }
+  Metrics& metrics() { return metrics_; }
+
+ private:
+  std::unique_ptr<Model> model_;
+  std::unique_ptr<BpeTokenizer> tokenizer_;
+  std::unique_ptr<CpuBackend> backend_;
+  Metrics metrics_;
+  std::unique_ptr<Engine> engine_;
+  std::unique_ptr<OpenAiServer> server_;
+  int port_ = 0;
+  std::thread thread_;
+};
+
+// Waits (bounded) until `done` holds.
+bool eventually(const std::function<bool()>& done, std::chrono::seconds limit = std::chrono::seconds(20)) {
+  const auto deadline = std::chrono::steady_clock::now() + limit;
+  while (std::chrono::steady_clock::now() < deadline) {
+    if (done()) return true;
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  return done();
+}
+
+// The generated text of a request: the JSON reply's, or the SSE deltas' concatenation.
+std::string post_text(httplib::Client& client, const std::string& path, const json& body, std::string* error) {
+  auto res = client.Post(path.c_str(), body.dump(), "application/json");
+  if (!res) {
+    *error = "no response: " + httplib::to_string(res.error());
+    return "";
+  }
+  if (res->status != 200) {
+    *error = fmt::format("HTTP {}: {}", res->status, res->body);
+    return "";
+  }
+  const bool chat = path == "/v1/chat/completions";
+  if (!body.value("stream", false)) {
+    json reply = json::parse(res->body);
+    return chat ? reply["choices"][0]["message"]["content"].get<std::string>()
+                : reply["choices"][0]["text"].get<std::string>();
+  }
+  std::string text;
+  size_t at = 0;
+  bool done = false;
+  while ((at = res->body.find("data: ", at)) != std::string::npos) {
+    const size_t end = res->body.find("\n\n", at);
+    const std::string data = res->body.substr(at + 6, end - at - 6);
+    at = end;
+    if (data == "[DONE]") {
+      done = true;
+      break;
+    }
+    json chunk = json::parse(data);
+    if (chunk["choices"].empty()) continue;
+    const json& choice = chunk["choices"][0];
+    if (chat && choice["delta"].contains("content")) text += choice["delta"]["content"].get<std::string>();
+    if (!chat) text += choice["text"].get<std::string>();
+  }
+  if (!done) *error = "stream without [DONE]";
+  return text;
+}
+
+struct BadInput {
+  std::string name;
+  std::string path;
+  std::string body;
+  int status;
+  std::string message;  // a substring of error.message
+};
+
+TEST(Server, BadInputsGetTheirStatusAndMessage) {
+  TestServer server(ServerOptions{.max_model_len = 64});
+  auto client = server.client();
+  const std::string long_prompt = json(std::string(2000, 'x') + " y z").dump();
+  const std::vector<BadInput> cases = {
+      {"invalid_json", "/v1/completions", R"({"model": "tiny", "prompt": )", 400, "not valid JSON"},
+      {"not_an_object", "/v1/completions", R"([1, 2])", 400, "must be a JSON object"},
+      {"wrong_type", "/v1/completions", R"({"model": "tiny", "prompt": "a", "max_tokens": "ten"})", 400,
+       "'max_tokens' must be an integer"},
+      {"negative_max_tokens", "/v1/completions", R"({"model": "tiny", "prompt": "a", "max_tokens": -1})", 400,
+       "'max_tokens' must be between 1 and 64"},
+      {"huge_max_tokens", "/v1/completions", R"({"model": "tiny", "prompt": "a", "max_tokens": 18446744073709551615})",
+       400, "'max_tokens' must be between"},
+      {"context_overflow", "/v1/completions", R"({"model": "tiny", "prompt": "a b c", "max_tokens": 63})", 400,
+       "maximum context length is 64 tokens"},
+      {"prompt_too_long", "/v1/completions", R"({"model": "tiny", "max_tokens": 1, "prompt": )" + long_prompt + "}",
+       400, "max-model-len 64"},
+      {"unknown_model", "/v1/completions", R"({"model": "gpt-9", "prompt": "a"})", 400, "'gpt-9' does not exist"},
+      {"missing_prompt", "/v1/completions", R"({"model": "tiny"})", 400, "'prompt' is required"},
+      {"empty_prompt", "/v1/completions", R"({"model": "tiny", "prompt": ""})", 400, "must not be empty"},
+      {"token_outside_vocab", "/v1/completions", R"({"model": "tiny", "prompt": [1, 999999]})", 400,
+       "outside the vocabulary"},
+      {"temperature_range", "/v1/completions", R"({"model": "tiny", "prompt": "a", "temperature": -0.5})", 400,
+       "'temperature' must be in [0, 2]"},
+      {"top_p_zero", "/v1/completions", R"({"model": "tiny", "prompt": "a", "top_p": 0})", 400, "'top_p' must be in (0"},
+      {"stop_type", "/v1/completions", R"({"model": "tiny", "prompt": "a", "stop": 5})", 400, "'stop' must be a string"},
+      {"n_two", "/v1/completions", R"({"model": "tiny", "prompt": "a", "n": 2})", 400, "only n = 1"},
+      {"empty_messages", "/v1/chat/completions", R"({"model": "tiny", "messages": []})", 400,
+       "'messages' must not be empty"},
+      {"bad_role", "/v1/chat/completions", R"({"model": "tiny", "messages": [{"role": "wizard", "content": "hi"}]})",
+       400, "unknown role 'wizard'"},
+      {"message_not_object", "/v1/chat/completions", R"({"model": "tiny", "messages": ["hi"]})", 400,
+       "each message must be an object"},
+      {"stream_type", "/v1/chat/completions",
+       R"({"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "stream": "yes"})", 400,
+       "'stream' must be a boolean"},
+      {"unknown_route", "/v1/embeddings", R"({})", 404, "no route for POST /v1/embeddings"},
+  };
+  for (const BadInput& c : cases) {
+    auto res = client->Post(c.path.c_str(), c.body, "application/json");
+    ASSERT_TRUE(res) << c.name;
+    EXPECT_EQ(res->status, c.status) << c.name << ": " << res->body;
+    json body = json::parse(res->body, nullptr, false);
+    ASSERT_TRUE(body.is_object() && body.contains("error")) << c.name << ": " << res->body;
+    EXPECT_NE(body["error"]["message"].get<std::string>().find(c.message), std::string::npos)
+        << c.name << ": " << res->body;
+    EXPECT_TRUE(body["error"]["type"].is_string()) << c.name;
+  }
+  // The server still serves after all of that.
+  std::string error;
+  EXPECT_FALSE(post_text(*client, "/v1/completions", {{"model", kModelName}, {"prompt", "a"}, {"max_tokens", 3}}, &error)
+                   .empty());
+  EXPECT_EQ(error, "");
+}
+
+TEST(Server, ApiKeyIsRequiredOnV1) {
+  TestServer server(ServerOptions{.api_key = "sesame"});
+  auto client = server.client();
+  auto res = client->Get("/v1/models");
+  ASSERT_TRUE(res);
+  EXPECT_EQ(res->status, 401);
+  EXPECT_NE(res->body.find("API key"), std::string::npos);
+  res = client->Get("/v1/models", {{"Authorization", "Bearer wrong"}});
+  ASSERT_TRUE(res);
+  EXPECT_EQ(res->status, 401);
+  res = client->Get("/v1/models", {{"Authorization", "Bearer sesame"}});
+  ASSERT_TRUE(res);
+  EXPECT_EQ(res->status, 200);
+  EXPECT_EQ(json::parse(res->body)["data"][0]["id"], kModelName);
+  res = client->Get("/health");  // probes need no key
+  ASSERT_TRUE(res);
+  EXPECT_EQ(res->status, 200);
+}
+
+// Starts a streaming request whose client hangs up when `drop` is set (or after the stream ends).
+std::thread streaming_client(TestServer& server, const std::atomic<bool>& drop, std::atomic<int>& chunks,
+                             int max_tokens) {
+  return std::thread([&server, &drop, &chunks, max_tokens] {
+    auto client = server.client();
+    httplib::Request req;
+    req.method = "POST";
+    req.path = "/v1/completions";
+    req.headers = {{"Content-Type", "application/json"}};
+    req.body = json{{"model", kModelName}, {"prompt", "Q: count"}, {"max_tokens", max_tokens}, {"stream", true}}.dump();
+    req.content_receiver = [&](const char*, size_t, uint64_t, uint64_t) {
+      ++chunks;
+      return !drop.load();
+    };
+    client->send(req);
+  });
+}
+
+TEST(Server, FullQueueGets503AndDroppedClientsFreeTheirSequences) {
+  TestServer server(ServerOptions{.max_num_seqs = 1, .max_waiting = 1});
+  std::atomic<bool> drop{false};
+  std::atomic<int> chunks{0};
+  std::thread first = streaming_client(server, drop, chunks, 400);
+  ASSERT_TRUE(eventually([&] { return chunks.load() > 0; }));  // the first is running
+  std::thread second = streaming_client(server, drop, chunks, 400);
+  ASSERT_TRUE(eventually([&] { return server.engine().in_flight() == 2; }));
+  auto client = server.client();
+  auto res = client->Post("/v1/completions", json{{"model", kModelName}, {"prompt", "hi"}}.dump(), "application/json");
+  ASSERT_TRUE(res);
+  EXPECT_EQ(res->status, 503);
+  EXPECT_NE(res->body.find("at capacity"), std::string::npos);
+  drop = true;
+  first.join();
+  second.join();
+  // Both dropped streams are cancelled and free their caches well before 400 tokens could be generated.
+  EXPECT_TRUE(eventually([&] { return server.engine().in_flight() == 0; }, std::chrono::seconds(5)));
+  std::string metrics;
+  EXPECT_TRUE(eventually([&] {
+    auto res = client->Get("/metrics");
+    metrics = res ? res->body : "";
+    return metrics.find("uberlm_running_sequences 0\n") != std::string::npos;
+  }, std::chrono::seconds(5)));
+  EXPECT_NE(metrics.find("uberlm_requests_total{finish_reason=\"cancelled\"} 2"), std::string::npos) << metrics;
+  EXPECT_NE(metrics.find("uberlm_running_sequences 0\n"), std::string::npos);
+  EXPECT_NE(metrics.find("uberlm_kv_cache_blocks_used 0\n"), std::string::npos);
+  EXPECT_NE(metrics.find("uberlm_rejected_requests_total{reason=\"queue_full\"} 1"), std::string::npos);
+  EXPECT_LT(server.metrics().value(Counter::GenerationTokens), 700.0);
+}
+
+// Request `index` of the load mix: completions and chat, JSON and SSE, greedy and seeded sampling.
+std::pair<std::string, json> load_request(int index) {
+  const bool chat = index % 2 == 1;
+  json body = {{"model", kModelName}, {"max_tokens", 12 + index % 5 * 4}, {"stream", index % 4 >= 2}};
+  const std::string text = fmt::format("Question {}: how many apples does Tom have after {} days?", index, index * 3);
+  if (chat) {
+    body["messages"] = {{{"role", "user"}, {"content", text}}};
+  } else {
+    body["prompt"] = text;
+  }
+  if (index % 3 == 0) {
+    body["temperature"] = 0.8;
+    body["top_p"] = 0.9;
+    body["seed"] = 1000 + index;
+  } else {
+    body["temperature"] = 0;
+  }
+  return {chat ? "/v1/chat/completions" : "/v1/completions", body};
+}
+
+TEST(Server, LoadOf32ClientsMatchesLoneRunsAndDropsFreeSequences) {
+  constexpr int kClients = 32, kPerClient = 8, kDistinct = 16;
+  // 12 KV blocks (192 tokens) for 8 running sequences of up to ~60 tokens: preemption happens under this load.
+  TestServer server(ServerOptions{.max_num_seqs = 8, .max_waiting = 64, .max_model_len = 128,
+                                  .max_num_batched_tokens = 48, .kv_blocks = 12});
+  std::vector<std::string> alone(kDistinct);
+  {
+    auto client = server.client();
+    for (int i = 0; i < kDistinct; ++i) {
+      std::string error;
+      auto [path, body] = load_request(i);
+      alone[i] = post_text(*client, path, body, &error);
+      ASSERT_EQ(error, "") << "request " << i;
+      ASSERT_FALSE(alone[i].empty()) << "request " << i;
+    }
+  }
+  std::atomic<int> errors{0}, mismatches{0};
+  std::atomic<bool> drop{true};  // the dropped stream hangs up on its first chunk, while the load runs
+  std::atomic<int> dropped_chunks{0};
+  std::thread dropper = streaming_client(server, drop, dropped_chunks, 100);
+  std::vector<std::thread> clients;
+  const auto start = std::chrono::steady_clock::now();
+  for (int c = 0; c < kClients; ++c) {
+    clients.emplace_back([&, c] {
+      auto client = server.client();
+      for (int r = 0; r < kPerClient; ++r) {
+        const int index = (c * kPerClient + r) % kDistinct;
+        auto [path, body] = load_request(index);
+        std::string error;
+        const auto t0 = std::chrono::steady_clock::now();
+        const std::string text = post_text(*client, path, body, &error);
+        if (!error.empty()) {
+          ++errors;
+          ADD_FAILURE() << "client " << c << " request " << r << ": " << error << " after "
+                        << std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() << " s, at "
+                        << std::chrono::duration<double>(t0 - start).count();
+        } else if (text != alone[index]) {
+          ++mismatches;
+          ADD_FAILURE() << "client " << c << " request " << index << ": '" << text << "' != alone '" << alone[index] << "'";
+        }
+      }
+    });
+  }
+  for (std::thread& t : clients) t.join();
+  dropper.join();
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  EXPECT_EQ(errors.load(), 0);
+  EXPECT_EQ(mismatches.load(), 0);
+  EXPECT_TRUE(eventually([&] { return server.engine().in_flight() == 0; }, std::chrono::seconds(5)));
+  Metrics& metrics = server.metrics();
+  EXPECT_EQ(metrics.value(Counter::Requests, R"(finish_reason="cancelled")"), 1.0);
+  // The gauges are refreshed at the end of the engine step that finished the last request.
+  EXPECT_TRUE(eventually([&] {
+    return metrics.value(Gauge::RunningSequences) == 0.0 && metrics.value(Gauge::KvBlocksUsed) == 0.0;
+  }, std::chrono::seconds(5)));
+  EXPECT_GT(metrics.value(Counter::EngineSteps, R"(backend="cpu",path="mixed")"), 0.0);
+  EXPECT_GT(metrics.value(Counter::Preemptions), 0.0);
+  std::printf("load: %d requests from %d clients in %.2f s, %g preemptions\n", kClients * kPerClient, kClients, seconds,
+              metrics.value(Counter::Preemptions));
+}
+
+TEST(Server, GreedyRequestIsDeterministicAloneAndUnderTraffic) {
+  TestServer server(ServerOptions{.max_num_seqs = 8, .max_model_len = 256, .max_num_batched_tokens = 32});
+  const json request = {{"model", kModelName},
+                        {"prompt", "Q: Janet has 16 eggs and eats 3. How many are left?\nA: Let me solve this step by step.\n"},
+                        {"max_tokens", 48},
+                        {"temperature", 0}};
+  auto client = server.client();
+  std::string error;
+  const std::string reference = post_text(*client, "/v1/completions", request, &error);
+  ASSERT_EQ(error, "");
+  ASSERT_FALSE(reference.empty());
+  for (int i = 0; i < 7; ++i) {
+    EXPECT_EQ(post_text(*client, "/v1/completions", request, &error), reference) << "alone, replay " << i;
+  }
+  std::atomic<bool> stop{false};
+  std::vector<std::thread> traffic;
+  for (int t = 0; t < 4; ++t) {
+    traffic.emplace_back([&, t] {
+      auto other = server.client();
+      for (int i = 0; i < 50 && !stop.load(); ++i) {
+        std::string ignored;
+        auto [path, body] = load_request(t * 50 + i);
+        post_text(*other, path, body, &ignored);
+      }
+    });
+  }
+  std::vector<std::thread> replays;
+  std::vector<std::string> texts(8);
+  for (int i = 0; i < 8; ++i) {
+    replays.emplace_back([&, i] {
+      std::this_thread::sleep_for(std::chrono::milliseconds(7 * i));
+      auto replay_client = server.client();
+      std::string replay_error;
+      texts[i] = post_text(*replay_client, "/v1/completions", request, &replay_error);
+      EXPECT_EQ(replay_error, "");
+    });
+  }
+  for (std::thread& t : replays) t.join();
+  stop = true;
+  for (std::thread& t : traffic) t.join();
+  for (int i = 0; i < 8; ++i) EXPECT_EQ(texts[i], reference) << "under traffic, replay " << i;
+}
+
+}  // namespace
+}  // namespace uberlm
