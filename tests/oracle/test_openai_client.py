@@ -1,0 +1,98 @@
+"""The official `openai` Python client against `uberlm serve` (the binary, on loopback, CPU backend,
+the tiny chat checkpoint from fixtures_serving.py): chat, completion and streaming.
+Run by CTest: UBERLM_BINARY and UBERLM_SERVING_MODEL name the binary and the checkpoint."""
+import os
+import re
+import subprocess
+import time
+
+import openai
+import pytest
+
+MODEL = "tiny"
+
+
+@pytest.fixture(scope="module")
+def server():
+    process = subprocess.Popen(
+        [os.environ["UBERLM_BINARY"], "serve", "--model", os.environ["UBERLM_SERVING_MODEL"], "--port", "0",
+         "--served-model-name", MODEL, "--max-num-seqs", "4", "--max-model-len", "512", "--api-key", "sesame"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    port = None
+    deadline = time.monotonic() + 30
+    while port is None and time.monotonic() < deadline:
+        line = process.stdout.readline()
+        if not line:
+            break
+        match = re.search(r"http://127\.0\.0\.1:(\d+)", line)
+        if match:
+            port = int(match.group(1))
+    if port is None:
+        process.kill()
+        pytest.fail("uberlm serve did not report its port within 30 s")
+    yield f"http://127.0.0.1:{port}/v1"
+    process.terminate()
+    process.wait(timeout=10)
+
+
+@pytest.fixture
+def client(server):
+    return openai.OpenAI(base_url=server, api_key="sesame", timeout=30, max_retries=0)
+
+
+def test_models(client):
+    assert [m.id for m in client.models.list().data] == [MODEL]
+
+
+def test_chat(client):
+    reply = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "What is 2+2?"}],
+                                           max_tokens=12, temperature=0)
+    choice = reply.choices[0]
+    assert choice.message.role == "assistant"
+    assert choice.message.content
+    assert choice.finish_reason in ("stop", "length")
+    assert reply.usage.completion_tokens <= 12
+    assert reply.usage.total_tokens == reply.usage.prompt_tokens + reply.usage.completion_tokens
+
+
+def test_completion_greedy_is_repeatable_and_stops(client):
+    prompt = "Q: Tom has 3 apples and buys 5 more. How many apples?\nA:"
+    first = client.completions.create(model=MODEL, prompt=prompt, max_tokens=16, temperature=0)
+    again = client.completions.create(model=MODEL, prompt=prompt, max_tokens=16, temperature=0)
+    assert first.choices[0].text == again.choices[0].text
+    assert first.choices[0].finish_reason == "length" and first.usage.completion_tokens == 16
+    text = first.choices[0].text
+    stop = text[len(text) // 2:len(text) // 2 + 2]
+    stopped = client.completions.create(model=MODEL, prompt=prompt, max_tokens=16, temperature=0, stop=[stop])
+    assert stopped.choices[0].text == text[:text.index(stop)]
+    assert stopped.choices[0].finish_reason == "stop"
+
+
+def test_streaming_equals_non_streaming(client):
+    messages = [{"role": "user", "content": "Count to five."}]
+    whole = client.chat.completions.create(model=MODEL, messages=messages, max_tokens=20, temperature=0)
+    pieces, usage, finish = [], None, None
+    for chunk in client.chat.completions.create(model=MODEL, messages=messages, max_tokens=20, temperature=0,
+                                                stream=True, stream_options={"include_usage": True}):
+        if chunk.usage is not None:
+            usage = chunk.usage
+        for choice in chunk.choices:
+            pieces.append(choice.delta.content or "")
+            finish = choice.finish_reason or finish
+    assert "".join(pieces) == whole.choices[0].message.content
+    assert finish == whole.choices[0].finish_reason
+    assert usage.completion_tokens == whole.usage.completion_tokens
+
+    streamed = "".join(c.choices[0].text for c in client.completions.create(
+        model=MODEL, prompt="Once upon a time", max_tokens=10, temperature=0, stream=True))
+    assert streamed == client.completions.create(model=MODEL, prompt="Once upon a time", max_tokens=10,
+                                                 temperature=0).choices[0].text
+
+
+def test_errors_are_openai_errors(server, client):
+    with pytest.raises(openai.BadRequestError, match="must not be empty"):
+        client.chat.completions.create(model=MODEL, messages=[], max_tokens=4)
+    with pytest.raises(openai.BadRequestError, match="does not exist"):
+        client.completions.create(model="gpt-9", prompt="hi", max_tokens=4)
+    with pytest.raises(openai.AuthenticationError):
+        openai.OpenAI(base_url=server, api_key="wrong", max_retries=0).models.list()
