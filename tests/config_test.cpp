@@ -245,7 +245,7 @@ TEST(Config, BadLayerTypes) {
   expect_config_error(config.dump(), {"linear_num_value_heads (20) must be a multiple of linear_num_key_heads (16)"});
   config = qwen3_5_text_config();
   config["rope_parameters"]["partial_rotary_factor"] = 1.5;
-  expect_config_error(config.dump(), {"partial_rotary_factor", "invalid rotary dim"});
+  expect_config_error(config.dump(), {"partial_rotary_factor", "partial_rotary_factor must be in (0, 1], got 1.5"});
 }
 
 }  // namespace

@@ -24,7 +24,7 @@ namespace {
 // nested one would overflow the stack.
 std::string describe(const json& value) {
   if (value.is_structured()) return value.type_name();
-  return describe(value);
+  return value.dump();
 }
 
 // Reads fields of one JSON object and names the source and field in every error.
