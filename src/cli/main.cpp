@@ -12,9 +12,13 @@ int main(int argc, char** argv) {
   app.set_version_flag("--version", "uberlm 0.1.0");
   uberlm::cli::add_run_command(app);
   uberlm::cli::add_inspect_command(app);
-  uberlm::cli::add_quantize_command(app);
   uberlm::cli::add_bench_command(app);
+  uberlm::cli::add_quantize_command(app);
   uberlm::cli::add_serve_command(app);
+  CLI::App* eval = app.add_subcommand("eval", "Score a model: perplexity (ppl) or GSM8K accuracy through a server (gsm8k)");
+  eval->require_subcommand(1);
+  uberlm::cli::add_eval_ppl_command(*eval);
+  uberlm::cli::add_eval_gsm8k_command(*eval);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& error) {

@@ -7,6 +7,7 @@
 #include "cli/commands.h"
 #include "model/gguf_model.h"
 #include "model/model.h"
+#include "model/quantize.h"
 #include "runtime/cpu_backend.h"
 #include "runtime/cuda_backend.h"
 #include "runtime/generator.h"
@@ -32,6 +33,7 @@ struct RunOptions {
   float top_p = 1.0f;
   int top_k = 0;
   uint64_t seed = 0;
+  std::string quantize;  // "nvfp4": quantise the bf16 linear layers at load
   std::string device = "auto";
 };
 
@@ -58,6 +60,7 @@ PromptFormat load_prompt_format(const std::filesystem::path& model_path) {
 
 void run(const RunOptions& options) {
   auto model = Model::load(options.model);
+  if (options.quantize == "nvfp4") quantize_model_at_load(*model);
   PromptFormat format = load_prompt_format(options.model);
   const BpeTokenizer* tokenizer = format.tokenizer.get();
   std::vector<ChatMessage> messages;
@@ -108,6 +111,7 @@ void add_run_command(CLI::App& app) {
   cmd->add_option("--seed", options->seed, "Sampling seed");
   cmd->add_option("--device", options->device, "cpu, cuda, or auto (cuda when a GPU is present)")
       ->check(CLI::IsMember({"cpu", "cuda", "auto"}))->capture_default_str();
+  cmd->add_option("--quantize", options->quantize, "Quantise bf16 linear layers at load")->check(CLI::IsMember({"nvfp4"}));
   cmd->callback([options] { run(*options); });
 }
 

@@ -1,0 +1,117 @@
+// `uberlm eval ppl`: perplexity of a model on a JSONL or text file (default: GSM8K test).
+#include <fstream>
+
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
+
+#include "cli/commands.h"
+#include "core/error.h"
+#include "core/progress_bar.h"
+#include "model/model.h"
+#include "model/quantize.h"
+#include "runtime/cpu_backend.h"
+#include "runtime/perplexity.h"
+#include "tokenizer/bpe_tokenizer.h"
+
+namespace uberlm::cli {
+
+namespace {
+
+struct PplOptions {
+  std::string model = default_model_dir();
+  std::string data = UBERLM_GSM8K_TEST;
+  int limit = 0;
+  int max_tokens_per_document = 1024;
+  int batch = 4;
+  std::string json_path;
+  std::string quantize;  // "nvfp4": quantise the bf16 linear layers at load
+};
+
+std::vector<std::string> read_documents(const std::string& path) {
+  std::ifstream file(path);
+  if (!file) fail("eval ppl: cannot open data file {}", path);
+  std::vector<std::string> documents;
+  std::string line;
+  int line_number = 0;
+  const bool jsonl = path.ends_with(".jsonl");
+  if (!jsonl) {
+    documents.emplace_back(std::istreambuf_iterator<char>(file), std::istreambuf_iterator<char>());
+    return documents;
+  }
+  while (std::getline(file, line)) {
+    ++line_number;
+    if (line.empty()) continue;
+    nlohmann::json row;
+    try {
+      row = nlohmann::json::parse(line);
+    } catch (const nlohmann::json::exception& error) {
+      fail("eval ppl: {} line {}: invalid JSON: {}", path, line_number, error.what());
+    }
+    documents.push_back(gsm8k_document_text(row, path, line_number));
+  }
+  return documents;
+}
+
+void run_ppl(const PplOptions& options) {
+  auto model = Model::load(options.model);
+  if (options.quantize == "nvfp4") quantize_model_at_load(*model);
+  auto tokenizer = BpeTokenizer::load(std::filesystem::path(options.model) / "tokenizer.json");
+  std::vector<std::string> texts = read_documents(options.data);
+  if (options.limit > 0 && static_cast<size_t>(options.limit) < texts.size()) texts.resize(options.limit);
+  std::vector<std::vector<int32_t>> documents;
+  for (const std::string& text : texts) {
+    std::vector<int> ids = tokenizer->encode(text, /*parse_special=*/false);
+    if (ids.size() > static_cast<size_t>(options.max_tokens_per_document)) ids.resize(options.max_tokens_per_document);
+    if (ids.size() >= 2) documents.emplace_back(ids.begin(), ids.end());
+  }
+  CpuBackend backend(*model, options.batch);
+  ProgressBar progress("eval ppl", static_cast<int64_t>(documents.size()));
+  auto start = std::chrono::steady_clock::now();
+  PerplexityResult result = evaluate_perplexity(backend, documents, [&] { progress.advance(); });
+  progress.finish();
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  nlohmann::json report = {{"task", "perplexity"},
+                           {"model", options.model},
+                           {"data", options.data},
+                           {"backend", backend.name()},
+                           {"documents", result.documents},
+                           {"scored_tokens", result.scored_tokens},
+                           {"mean_nll", result.total_nll / static_cast<double>(result.scored_tokens)},
+                           {"perplexity", result.perplexity()},
+                           {"seconds", seconds},
+                           {"tokens_per_second", (result.scored_tokens + result.documents) / seconds}};
+  fmt::print("{}\n", report.dump(2));
+  if (!options.json_path.empty()) {
+    std::ofstream out(options.json_path);
+    if (!(out << report.dump(2) << "\n")) fail("eval ppl: cannot write {}", options.json_path);
+  }
+}
+
+}  // namespace
+
+std::string gsm8k_document_text(const nlohmann::json& row, const std::string& path, int line_number) {
+  if (row.contains("text") && row["text"].is_string()) return row["text"].get<std::string>();
+  if (!row.contains("question") || !row["question"].is_string() || !row.contains("answer") ||
+      !row["answer"].is_string()) {
+    fail("{} line {}: expected string fields 'text', or 'question' and 'answer'", path, line_number);
+  }
+  // The layout the default model was trained on, and the eval gsm8k prompt.
+  return "Q: " + row["question"].get<std::string>() + "\nA: Let me solve this step by step.\n" +
+         row["answer"].get<std::string>();
+}
+
+void add_eval_ppl_command(CLI::App& eval) {
+  auto options = std::make_shared<PplOptions>();
+  CLI::App* cmd = eval.add_subcommand("ppl", "Perplexity on a JSONL (question/answer or text) or plain-text file");
+  cmd->add_option("--model", options->model, "Checkpoint directory")->capture_default_str();
+  cmd->add_option("--data", options->data, "Data file")->capture_default_str();
+  cmd->add_option("--limit", options->limit, "Use the first N documents (0 = all)");
+  cmd->add_option("--max-tokens-per-document", options->max_tokens_per_document, "Truncate longer documents")
+      ->check(CLI::Range(2, 1 << 20));
+  cmd->add_option("--batch", options->batch, "Documents per forward pass")->check(CLI::Range(1, 256));
+  cmd->add_option("--json", options->json_path, "Also write the JSON report here");
+  cmd->add_option("--quantize", options->quantize, "Quantise bf16 linear layers at load")->check(CLI::IsMember({"nvfp4"}));
+  cmd->callback([options] { run_ppl(*options); });
+}
+
+}  // namespace uberlm::cli
