@@ -155,6 +155,8 @@ TEST(Server, BadInputsGetTheirStatusAndMessage) {
        "'max_tokens' must be an integer"},
       {"negative_max_tokens", "/v1/completions", R"({"model": "tiny", "prompt": "a", "max_tokens": -1})", 400,
        "'max_tokens' must be between 1 and 64"},
+      {"zero_max_tokens", "/v1/completions", R"({"model": "tiny", "prompt": "a", "max_tokens": 0})", 400,
+       "'max_tokens' must be between 1 and 64"},
       {"huge_max_tokens", "/v1/completions", R"({"model": "tiny", "prompt": "a", "max_tokens": 18446744073709551615})",
        400, "'max_tokens' must be between"},
       {"context_overflow", "/v1/completions", R"({"model": "tiny", "prompt": "a b c", "max_tokens": 63})", 400,

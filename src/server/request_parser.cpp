@@ -38,9 +38,12 @@ std::optional<int64_t> optional_int(const json& root, const char* key, int64_t m
   const json* value = field(root, key);
   if (value == nullptr) return std::nullopt;
   if (!value->is_number_integer()) bad_request(key, fmt::format("'{}' must be an integer", key));
-  const bool too_big = value->is_number_unsigned() ? value->get<uint64_t>() > static_cast<uint64_t>(max)
-                                                   : value->get<int64_t>() > max;
-  if (too_big || (!value->is_number_unsigned() && value->get<int64_t>() < min)) {
+  // nlohmann stores every non-negative integer as unsigned: compare in the type it holds.
+  const bool in_range = value->is_number_unsigned()
+                            ? value->get<uint64_t>() <= static_cast<uint64_t>(max) &&
+                                  (min <= 0 || value->get<uint64_t>() >= static_cast<uint64_t>(min))
+                            : value->get<int64_t>() >= min && value->get<int64_t>() <= max;
+  if (!in_range) {
     bad_request(key, fmt::format("'{}' must be between {} and {}, got {}", key, min, max, value->dump()));
   }
   return value->get<int64_t>();
