@@ -6,10 +6,10 @@
 #include <cmath>
 #include <filesystem>
 
-#include "io/safetensors.h"
 #include "model/model.h"
 #include "runtime/cpu_backend.h"
 #include "runtime/sampler.h"
+#include "oracle_reference.h"
 
 namespace uberlm {
 namespace {
@@ -22,40 +22,13 @@ constexpr int kMinDecodeSteps = 16;
 
 std::filesystem::path fixture(const std::string& name) { return std::filesystem::path(UBERLM_FIXTURE_DIR) / "models" / name; }
 
-struct Reference {
-  std::vector<int32_t> prompt, decode_ids;
-  std::vector<float> prefill_logits, decode_logits;  // [P, V], [S, V]
-};
-
-Reference load_reference(const std::filesystem::path& dir) {
-  auto file = SafetensorsFile::open(dir / "reference.safetensors");
-  auto ints = [&](const char* name) {
-    TensorView view = file->view(name);
-    EXPECT_EQ(view.dtype, DType::I32) << name;
-    return std::vector<int32_t>(view.as<int32_t>(), view.as<int32_t>() + view.numel());
-  };
-  Reference ref{ints("prompt_ids"), ints("decode_ids"), to_f32(file->view("prefill_logits")),
-                to_f32(file->view("decode_logits"))};
-  return ref;
-}
-
-double relative_error(const float* ours, const float* ref, int n) {
-  double max_diff = 0.0, max_ref = 0.0;
-  for (int i = 0; i < n; ++i) {
-    if (!std::isfinite(ours[i])) return INFINITY;
-    max_diff = std::max(max_diff, std::fabs(static_cast<double>(ours[i]) - ref[i]));
-    max_ref = std::max(max_ref, std::fabs(static_cast<double>(ref[i])));
-  }
-  return max_diff / max_ref;
-}
-
 class DecoderOracle : public ::testing::TestWithParam<std::string> {};
 
 TEST_P(DecoderOracle, PrefillAndGreedyDecodeMatchTransformers) {
   const auto dir = fixture(GetParam());
   ASSERT_TRUE(std::filesystem::exists(dir)) << "missing fixture " << dir << " (run tests/oracle/make_fixtures.py)";
   auto model = Model::load(dir);
-  Reference ref = load_reference(dir);
+  OracleReference ref = load_oracle_reference(dir);
   const int vocab = model->config.vocab_size;
   const int prompt_len = static_cast<int>(ref.prompt.size());
   ASSERT_GE(prompt_len, kMinPromptTokens);
@@ -66,14 +39,14 @@ TEST_P(DecoderOracle, PrefillAndGreedyDecodeMatchTransformers) {
   ForwardResult result = backend.forward(prefill);
   ASSERT_EQ(result.rows, prompt_len);
   for (int p = 0; p < prompt_len; ++p) {
-    double err = relative_error(&result.logits[p * vocab], &ref.prefill_logits[p * vocab], vocab);
+    double err = max_relative_error(&result.logits[p * vocab], &ref.prefill_logits[p * vocab], vocab);
     ASSERT_LE(err, kRelativeTolerance) << GetParam() << " prefill position " << p;
   }
   int32_t next = argmax(&result.logits[(prompt_len - 1) * vocab], vocab);
   for (size_t step = 0; step < ref.decode_ids.size(); ++step) {
     ASSERT_EQ(next, ref.decode_ids[step]) << GetParam() << " greedy token at step " << step;
     result = backend.forward(ForwardBatch{{next}, {SequenceChunk{0, 1, true}}});
-    double err = relative_error(result.logits.data(), &ref.decode_logits[step * vocab], vocab);
+    double err = max_relative_error(result.logits.data(), &ref.decode_logits[step * vocab], vocab);
     ASSERT_LE(err, kRelativeTolerance) << GetParam() << " decode step " << step;
     next = argmax(result.logits.data(), vocab);
   }
@@ -86,7 +59,7 @@ INSTANTIATE_TEST_SUITE_P(TinyModels, DecoderOracle,
 // gives alone: every kernel computes a token's values in an order independent of the batch.
 TEST(DecoderBatching, BatchedSequencesEqualEachAlone) {
   auto model = Model::load(fixture("qwen3_5_hybrid"));
-  Reference ref = load_reference(fixture("qwen3_5_hybrid"));
+  OracleReference ref = load_oracle_reference(fixture("qwen3_5_hybrid"));
   const int vocab = model->config.vocab_size;
   const std::vector<int> lengths = {70, 45, 23};
   constexpr int kDecodeSteps = 6;

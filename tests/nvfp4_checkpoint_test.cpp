@@ -24,6 +24,7 @@
 #include "model/quantize.h"
 #include "runtime/cpu_backend.h"
 #include "runtime/sampler.h"
+#include "oracle_reference.h"
 
 namespace uberlm {
 namespace {
@@ -116,34 +117,9 @@ TEST(Nvfp4Oracle, QuantiserWritesModelOptBytesAndDequantisesAsBothPackages) {
 
 // --- checkpoints --------------------------------------------------------------------------------------
 
-struct Reference {
-  std::vector<int32_t> prompt, decode_ids;
-  std::vector<float> prefill_logits, decode_logits;  // [P, V], [S, V]
-};
-
-Reference load_reference(const fs::path& dir) {
-  auto file = SafetensorsFile::open(dir / "reference.safetensors");
-  auto ints = [&](const char* name) {
-    const TensorView view = file->view(name);
-    return std::vector<int32_t>(view.as<int32_t>(), view.as<int32_t>() + view.numel());
-  };
-  return {ints("prompt_ids"), ints("decode_ids"), to_f32(file->view("prefill_logits")),
-          to_f32(file->view("decode_logits"))};
-}
-
-double relative_error(const float* ours, const float* ref, int n) {
-  double max_diff = 0.0, max_ref = 0.0;
-  for (int i = 0; i < n; ++i) {
-    if (!std::isfinite(ours[i])) return INFINITY;
-    max_diff = std::max(max_diff, std::fabs(static_cast<double>(ours[i]) - ref[i]));
-    max_ref = std::max(max_ref, std::fabs(static_cast<double>(ref[i])));
-  }
-  return max_diff / max_ref;
-}
-
 // Prefill and greedy decode of `model` against `reference_dir`'s transformers logits.
 void expect_matches_reference(const Model& model, const fs::path& reference_dir) {
-  const Reference ref = load_reference(reference_dir);
+  const OracleReference ref = load_oracle_reference(reference_dir);
   const int vocab = model.config.vocab_size;
   const int prompt_len = static_cast<int>(ref.prompt.size());
   ASSERT_GE(prompt_len, 40);
@@ -151,14 +127,14 @@ void expect_matches_reference(const Model& model, const fs::path& reference_dir)
   CpuBackend backend(model, 1);
   ForwardResult result = backend.forward(ForwardBatch{ref.prompt, {SequenceChunk{0, prompt_len, true}}, true});
   for (int p = 0; p < prompt_len; ++p) {
-    ASSERT_LE(relative_error(&result.logits[p * vocab], &ref.prefill_logits[p * vocab], vocab), kRelativeTolerance)
+    ASSERT_LE(max_relative_error(&result.logits[p * vocab], &ref.prefill_logits[p * vocab], vocab), kRelativeTolerance)
         << "prefill position " << p;
   }
   int32_t next = argmax(&result.logits[(prompt_len - 1) * vocab], vocab);
   for (size_t step = 0; step < ref.decode_ids.size(); ++step) {
     ASSERT_EQ(next, ref.decode_ids[step]) << "greedy token at step " << step;
     result = backend.forward(ForwardBatch{{next}, {SequenceChunk{0, 1, true}}});
-    ASSERT_LE(relative_error(result.logits.data(), &ref.decode_logits[step * vocab], vocab), kRelativeTolerance)
+    ASSERT_LE(max_relative_error(result.logits.data(), &ref.decode_logits[step * vocab], vocab), kRelativeTolerance)
         << "decode step " << step;
     next = argmax(result.logits.data(), vocab);
   }

@@ -17,6 +17,7 @@
 #include "runtime/sampler.h"
 #include "tokenizer/chat.h"
 #include "tokenizer/gguf_tokenizer.h"
+#include "oracle_reference.h"
 
 namespace uberlm {
 namespace {
@@ -39,28 +40,13 @@ nlohmann::json reference_json() {
   return nlohmann::json::parse(stream);
 }
 
-std::vector<int32_t> ints(const SafetensorsFile& file, const char* name) {
-  TensorView view = file.view(name);
-  return std::vector<int32_t>(view.as<int32_t>(), view.as<int32_t>() + view.numel());
-}
-
-double relative_error(const float* ours, const float* ref, int n) {
-  double max_diff = 0.0, max_ref = 0.0;
-  for (int i = 0; i < n; ++i) {
-    if (!std::isfinite(ours[i])) return INFINITY;
-    max_diff = std::max(max_diff, std::fabs(static_cast<double>(ours[i]) - ref[i]));
-    max_ref = std::max(max_ref, std::fabs(static_cast<double>(ref[i])));
-  }
-  return max_diff / max_ref;
-}
-
 TEST(SmolLM2Gguf, PrefillAndGreedyDecodeMatchTransformers) {
   ASSERT_TRUE(fs::exists(gguf_path())) << "missing " << gguf_path() << " (run tests/oracle/make_fixtures.py)";
   auto model = Model::load(gguf_path());
   ASSERT_EQ(model->config.num_layers, 30);
   ASSERT_TRUE(model->config.tie_word_embeddings);
   auto file = SafetensorsFile::open(fixture_dir() / "reference.safetensors");
-  const std::vector<int32_t> prompt = ints(*file, "prompt_ids"), decode_ids = ints(*file, "decode_ids");
+  const std::vector<int32_t> prompt = read_int32_tensor(*file, "prompt_ids"), decode_ids = read_int32_tensor(*file, "decode_ids");
   const std::vector<float> prefill_ref = to_f32(file->view("prefill_logits")), decode_ref = to_f32(file->view("decode_logits"));
   const int vocab = model->config.vocab_size, prompt_len = static_cast<int>(prompt.size());
 
@@ -70,7 +56,7 @@ TEST(SmolLM2Gguf, PrefillAndGreedyDecodeMatchTransformers) {
   ASSERT_EQ(result.rows, prompt_len);
   double worst = 0.0;
   for (int p = 0; p < prompt_len; ++p) {
-    const double err = relative_error(&result.logits[p * vocab], &prefill_ref[p * vocab], vocab);
+    const double err = max_relative_error(&result.logits[p * vocab], &prefill_ref[p * vocab], vocab);
     worst = std::max(worst, err);
     ASSERT_LE(err, kRelativeTolerance) << "prefill position " << p;
   }
@@ -78,7 +64,7 @@ TEST(SmolLM2Gguf, PrefillAndGreedyDecodeMatchTransformers) {
   for (size_t step = 0; step < decode_ids.size(); ++step) {
     ASSERT_EQ(next, decode_ids[step]) << "greedy token at step " << step;
     result = backend.forward(ForwardBatch{{next}, {SequenceChunk{0, 1, true}}});
-    const double err = relative_error(result.logits.data(), &decode_ref[step * vocab], vocab);
+    const double err = max_relative_error(result.logits.data(), &decode_ref[step * vocab], vocab);
     worst = std::max(worst, err);
     ASSERT_LE(err, kRelativeTolerance) << "decode step " << step;
     next = argmax(result.logits.data(), vocab);
@@ -113,7 +99,7 @@ TEST(SmolLM2Gguf, TokenizerAndChatPromptMatch) {
   const std::string chat = render_chatml({{"system", *system}, {"user", ref.at("question")}}, true);
   EXPECT_EQ(chat, ref.at("chat_text").get<std::string>());
   auto file = SafetensorsFile::open(fixture_dir() / "reference.safetensors");
-  const std::vector<int32_t> prompt = ints(*file, "prompt_ids");
+  const std::vector<int32_t> prompt = read_int32_tensor(*file, "prompt_ids");
   EXPECT_EQ(gguf.tokenizer->encode(chat), std::vector<int>(prompt.begin(), prompt.end()));
 }
 
