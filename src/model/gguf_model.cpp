@@ -47,7 +47,7 @@ class GgufWeightReader {
   }
 
   LinearWeight linear(const std::string& module, const std::string& name, int64_t out_features, int64_t in_features) {
-    return LinearWeight{module, tensor(name, {out_features, in_features}), {}};
+    return LinearWeight{module, tensor(name, {out_features, in_features}), std::nullopt, {}};
   }
 
   void reject_unused() const {
@@ -164,9 +164,9 @@ std::unique_ptr<Model> load_gguf_model(const std::filesystem::path& file) {
     layer.input_norm = reader.tensor(blk + "attn_norm.weight", {c.hidden_size});
     layer.post_attention_norm = reader.tensor(blk + "ffn_norm.weight", {c.hidden_size});
     AttentionWeights& a = layer.attention;
-    a.q_proj = {ours + "self_attn.q_proj", reader.unpermuted(blk + "attn_q.weight", {q_rows, c.hidden_size}, c.num_heads), {}};
+    a.q_proj = {ours + "self_attn.q_proj", reader.unpermuted(blk + "attn_q.weight", {q_rows, c.hidden_size}, c.num_heads), std::nullopt, {}};
     a.k_proj = {ours + "self_attn.k_proj",
-                reader.unpermuted(blk + "attn_k.weight", {kv_rows, c.hidden_size}, c.num_kv_heads), {}};
+                reader.unpermuted(blk + "attn_k.weight", {kv_rows, c.hidden_size}, c.num_kv_heads), std::nullopt, {}};
     a.v_proj = reader.linear(ours + "self_attn.v_proj", blk + "attn_v.weight", kv_rows, c.hidden_size);
     a.o_proj = reader.linear(ours + "self_attn.o_proj", blk + "attn_output.weight", c.hidden_size, q_rows);
     layer.mlp.gate_proj = reader.linear(ours + "mlp.gate_proj", blk + "ffn_gate.weight", c.intermediate_size, c.hidden_size);
