@@ -153,7 +153,7 @@ std::unique_ptr<Model> load_gguf_model(const std::filesystem::path& file) {
   ModelWeights& weights = model->weights;
   weights.embed_tokens = reader.tensor("token_embd.weight", {c.vocab_size, c.hidden_size});
   weights.final_norm = reader.tensor("output_norm.weight", {c.hidden_size});
-  weights.lm_head = c.tie_word_embeddings ? LinearWeight{"embed_tokens", weights.embed_tokens, {}}
+  weights.lm_head = c.tie_word_embeddings ? LinearWeight{"embed_tokens", weights.embed_tokens, std::nullopt, {}}
                                           : reader.linear("lm_head", "output.weight", c.vocab_size, c.hidden_size);
   const int64_t q_rows = static_cast<int64_t>(c.num_heads) * c.head_dim;
   const int64_t kv_rows = static_cast<int64_t>(c.num_kv_heads) * c.head_dim;
