@@ -11,6 +11,7 @@
 #include <fmt/format.h>
 
 #include "core/error.h"
+#include "expect_error.h"
 
 namespace uberlm {
 namespace {
@@ -55,15 +56,7 @@ class CheckpointTest : public ::testing::Test {
 
   // Expects Checkpoint::open(dir_) to throw an Error whose message holds every one of `needles`.
   void expect_open_error(const std::vector<std::string>& needles) {
-    try {
-      Checkpoint::open(dir_);
-      ADD_FAILURE() << "no error for " << dir_;
-    } catch (const Error& error) {
-      for (const auto& needle : needles) {
-        EXPECT_NE(std::string(error.what()).find(needle), std::string::npos)
-            << "message: " << error.what() << "\nmissing: " << needle;
-      }
-    }
+    expect_error_containing([&] { Checkpoint::open(dir_); }, needles);
   }
 
   uint32_t seed_ = 0;

@@ -7,6 +7,7 @@
 #include <nlohmann/json.hpp>
 
 #include "core/error.h"
+#include "expect_error.h"
 
 namespace uberlm {
 namespace {
@@ -39,17 +40,9 @@ json llama_config() {
 ModelConfig parse(const json& config) { return parse_model_config(config.dump(), "test/config.json"); }
 
 // Expects parsing to throw an Error whose message holds the source name and every one of `needles`.
-void expect_config_error(const std::string& text, const std::vector<std::string>& needles) {
-  try {
-    parse_model_config(text, "test/config.json");
-    ADD_FAILURE() << "no error for " << text.substr(0, 200);
-  } catch (const Error& error) {
-    std::string message = error.what();
-    EXPECT_NE(message.find("test/config.json"), std::string::npos) << message;
-    for (const auto& needle : needles) {
-      EXPECT_NE(message.find(needle), std::string::npos) << "message: " << message << "\nmissing: " << needle;
-    }
-  }
+void expect_config_error(const std::string& text, std::vector<std::string> needles) {
+  needles.push_back("test/config.json");
+  expect_error_containing([&] { parse_model_config(text, "test/config.json"); }, needles);
 }
 
 void expect_hybrid_27b_shape(const ModelConfig& config) {

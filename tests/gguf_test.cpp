@@ -12,6 +12,7 @@
 
 #include "core/error.h"
 #include "io/gguf.h"
+#include "expect_error.h"
 
 namespace uberlm {
 namespace {
@@ -57,15 +58,9 @@ GgufHeader parse(const GgufBuilder& builder) {
 }
 
 // Parsing throws an Error whose message names the file and contains each of `parts`.
-void expect_error(const GgufBuilder& builder, const std::vector<std::string>& parts) {
-  try {
-    parse(builder);
-    ADD_FAILURE() << "parse succeeded; expected an error containing " << parts[0];
-  } catch (const Error& error) {
-    const std::string message = error.what();
-    EXPECT_NE(message.find("test.gguf"), std::string::npos) << message;
-    for (const std::string& part : parts) EXPECT_NE(message.find(part), std::string::npos) << message;
-  }
+void expect_error(const GgufBuilder& builder, std::vector<std::string> parts) {
+  parts.push_back("test.gguf");
+  expect_error_containing([&] { parse(builder); }, parts);
 }
 
 std::vector<uint8_t> read_bytes(const fs::path& path) {

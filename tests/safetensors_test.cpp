@@ -11,6 +11,7 @@
 #include <fmt/format.h>
 
 #include "core/error.h"
+#include "expect_error.h"
 
 namespace uberlm {
 namespace {
@@ -49,15 +50,7 @@ class SafetensorsTest : public ::testing::Test {
 
   // Expects open() to throw an Error whose message holds every one of `needles`.
   void expect_open_error(const fs::path& path, const std::vector<std::string>& needles) {
-    try {
-      SafetensorsFile::open(path);
-      ADD_FAILURE() << "no error for " << path;
-    } catch (const Error& error) {
-      for (const auto& needle : needles) {
-        EXPECT_NE(std::string(error.what()).find(needle), std::string::npos)
-            << "message: " << error.what() << "\nmissing: " << needle;
-      }
-    }
+    expect_error_containing([&] { SafetensorsFile::open(path); }, needles);
   }
 
   uint32_t seed_ = 0;
