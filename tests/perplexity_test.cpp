@@ -6,6 +6,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "eval/gsm8k.h"
 #include "model/model.h"
 #include "runtime/cpu_backend.h"
 #include "runtime/perplexity.h"
@@ -33,8 +34,7 @@ TEST(Perplexity, DefaultModelMatchesTransformers) {
   std::string line;
   while (static_cast<int>(tokenized.size()) < documents && std::getline(data, line)) {
     const auto row = nlohmann::json::parse(line);
-    const std::string text = "Q: " + row["question"].get<std::string>() + "\nA: Let me solve this step by step.\n" +
-                             row["answer"].get<std::string>();
+    const std::string text = gsm8k_document(row["question"].get<std::string>(), row["answer"].get<std::string>());
     std::vector<int> ids = tokenizer->encode(text, /*parse_special=*/false);
     tokenized.emplace_back(ids.begin(), ids.end());
   }

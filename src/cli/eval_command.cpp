@@ -18,6 +18,7 @@
 #include <nlohmann/json.hpp>
 
 #include "cli/commands.h"
+#include "eval/gsm8k.h"
 #include "core/error.h"
 
 namespace uberlm::cli {
@@ -152,7 +153,7 @@ std::string served_model(const std::string& url, const std::string& api_key) {
 Outcome ask(httplib::Client& client, const Gsm8kOptions& options, const std::string& model, const Question& question) {
   Outcome outcome;
   const json body = {{"model", model},
-                     {"prompt", "Q: " + question.question + "\nA: Let me solve this step by step.\n"},
+                     {"prompt", gsm8k_prompt(question.question)},
                      {"temperature", 0},
                      {"max_tokens", options.max_tokens}};
   const auto start = std::chrono::steady_clock::now();

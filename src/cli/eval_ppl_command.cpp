@@ -7,6 +7,7 @@
 #include "cli/commands.h"
 #include "core/error.h"
 #include "core/progress_bar.h"
+#include "eval/gsm8k.h"
 #include "model/model.h"
 #include "model/quantize.h"
 #include "runtime/cpu_backend.h"
@@ -95,9 +96,7 @@ std::string gsm8k_document_text(const nlohmann::json& row, const std::string& pa
       !row["answer"].is_string()) {
     fail("{} line {}: expected string fields 'text', or 'question' and 'answer'", path, line_number);
   }
-  // The layout the default model was trained on, and the eval gsm8k prompt.
-  return "Q: " + row["question"].get<std::string>() + "\nA: Let me solve this step by step.\n" +
-         row["answer"].get<std::string>();
+  return gsm8k_document(row["question"].get<std::string>(), row["answer"].get<std::string>());
 }
 
 void add_eval_ppl_command(CLI::App& eval) {
