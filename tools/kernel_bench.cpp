@@ -1,8 +1,10 @@
 // kernel_bench: device-to-device copy bandwidth (the roofline) and the decode GEMV kernels on the
 // Qwen3.5-27B linear shapes at M = 1, 8, 32, 64. Each launch is timed with its own pair of CUDA events;
 // the median of many is reported, rotating over enough weight copies that L2 cannot hold them.
-// --sweep also times every compiled tuning (warps, pipeline depth, row tiles) of each kernel.
-//   kernel_bench [--json PATH] [--iters N] [--sweep] [--commit HASH]
+// --sweep also times every compiled tuning (warps, pipeline depth, row tiles) of each kernel; --only
+// keeps the runs whose label "shape/M/tuning" (e.g. "mlp_down/1/w4_d2_r2_k4") contains the text, for
+// profiling one launch.
+//   kernel_bench [--json PATH] [--iters N] [--sweep] [--only TEXT] [--commit HASH]
 #include <cuda_runtime_api.h>
 
 #include <algorithm>
@@ -93,7 +95,7 @@ double time_median_ms(int iters, Launch launch) {
 
 std::string tuning_name(const cuda::GemvTuning& t) {
   return "w" + std::to_string(t.warps) + "_d" + std::to_string(t.depth) + "_r" + std::to_string(t.row_tiles) +
-         "_k" + std::to_string(t.k_split);
+         "_k" + std::to_string(t.k_split) + (t.async_copy ? "_async" : "");
 }
 
 std::string utc_now() {
@@ -104,7 +106,7 @@ std::string utc_now() {
 }
 
 int run(int argc, char** argv) {
-  std::string json_path, commit = "unknown", command;
+  std::string json_path, commit = "unknown", command, only;
   int iters = 200;
   bool sweep = false;
   for (int i = 0; i < argc; ++i) command += (i ? " " : "") + std::string(argv[i]);
@@ -114,7 +116,8 @@ int run(int argc, char** argv) {
     else if (arg == "--iters" && i + 1 < argc) iters = std::max(1, std::atoi(argv[++i]));
     else if (arg == "--commit" && i + 1 < argc) commit = argv[++i];
     else if (arg == "--sweep") sweep = true;
-    else fail("kernel_bench: unknown argument {} (usage: kernel_bench [--json PATH] [--iters N] [--sweep] [--commit HASH])", arg);
+    else if (arg == "--only" && i + 1 < argc) only = argv[++i];
+    else fail("kernel_bench: unknown argument {} (usage: kernel_bench [--json PATH] [--iters N] [--sweep] [--only TEXT] [--commit HASH])", arg);
   }
 
   cudaDeviceProp prop{};
@@ -179,6 +182,8 @@ int run(int argc, char** argv) {
         }
       }
       for (const cuda::GemvTuning& tuning : tunings) {
+        const std::string label = shape.name + "/" + std::to_string(m) + "/" + tuning_name(tuning);
+        if (label.find(only) == std::string::npos) continue;
         const double ms = time_median_ms(iters, [&](int i) {
           const int c = i % copies;
           if (nvfp4) {

@@ -10,6 +10,7 @@
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
+#include <initializer_list>
 #include <map>
 
 #include <spdlog/spdlog.h>
@@ -197,6 +198,11 @@ struct CudaBackend::Impl {
   void run_kernels(const BatchPlan& plan);
   void run(const BatchPlan& plan);
   void linear(const DeviceLinear& w, const uint16_t* x_bf16, int64_t rows, float* y);
+  struct LinearOutput {
+    const DeviceLinear* weight;
+    float* y;
+  };
+  void linear_group(std::initializer_list<LinearOutput> outputs, const uint16_t* x_bf16, int64_t rows);
   void attention_layer(const DeviceLayer& layer, int64_t tokens);
   void delta_net_layer(const DeviceLayer& layer, int64_t tokens, int64_t chunks);
   void mlp(const DeviceLayer& layer, int64_t tokens);
@@ -577,6 +583,36 @@ void CudaBackend::Impl::linear(const DeviceLinear& w, const uint16_t* x_bf16, in
   if (w.bias) CUDA_CHECK(cuda::launch_add_bias(y, w.bias, rows, w.out, stream));
 }
 
+// Linear layers that read the same activations in one GEMV launch when they can share one: up to
+// kGemvMaxTargets weights of one format at most kGemvMaxM rows. Otherwise (mixed formats, as in
+// checkpoints that keep some projections bf16, or prefill) each runs on its own: the same kernels, only
+// more launches.
+void CudaBackend::Impl::linear_group(std::initializer_list<LinearOutput> outputs, const uint16_t* x_bf16,
+                                     int64_t rows) {
+  const bool nvfp4 = outputs.begin()->weight->nvfp4;
+  bool shared = rows <= cuda::kGemvMaxM && static_cast<int>(outputs.size()) <= cuda::kGemvMaxTargets;
+  for (const LinearOutput& o : outputs) shared = shared && o.weight->nvfp4 == nvfp4;
+  if (!shared) {
+    for (const LinearOutput& o : outputs) linear(*o.weight, x_bf16, rows, o.y);
+    return;
+  }
+  std::vector<cuda::Nvfp4GemvTarget> nvfp4_targets;
+  std::vector<cuda::Bf16GemvTarget> bf16_targets;
+  for (const LinearOutput& o : outputs) {
+    if (nvfp4) nvfp4_targets.push_back({o.weight->nvfp4_view(), o.y});
+    else bf16_targets.push_back({o.weight->bf16, o.weight->out, o.y});
+  }
+  const int64_t k = outputs.begin()->weight->in_padded;
+  if (nvfp4) {
+    cuda::gemv_nvfp4_multi(nvfp4_targets.data(), static_cast<int>(outputs.size()), x_bf16, rows, DType::F32, stream);
+  } else {
+    cuda::gemv_bf16_multi(bf16_targets.data(), static_cast<int>(outputs.size()), k, x_bf16, rows, DType::F32, stream);
+  }
+  for (const LinearOutput& o : outputs) {
+    if (o.weight->bias) CUDA_CHECK(cuda::launch_add_bias(o.y, o.weight->bias, rows, o.weight->out, stream));
+  }
+}
+
 void CudaBackend::Impl::begin(const char* op) {
   if (!profiling) return;
   PendingEvent event{op, nullptr, nullptr};
@@ -610,9 +646,8 @@ void CudaBackend::Impl::attention_layer(const DeviceLayer& layer, int64_t tokens
   const int64_t q_width = static_cast<int64_t>(c.num_heads) * c.head_dim;
   const float norm_offset = c.norm_style == NormStyle::OnePlusWeight ? 1.0f : 0.0f;
   begin("linear_attention_in");
-  linear(layer.q_proj, h, tokens, proj0);  // [T, H hd (x2 when gated)]
-  linear(layer.k_proj, h, tokens, proj1);  // [T, KV hd]
-  linear(layer.v_proj, h, tokens, proj2);
+  // proj0 [T, H hd (x2 when gated)], proj1 and proj2 [T, KV hd]
+  linear_group({{&layer.q_proj, proj0}, {&layer.k_proj, proj1}, {&layer.v_proj, proj2}}, h, tokens);
   end();
   begin("qk_norm_rope");
   const cuda::AttentionPrepShape shape{c.num_heads, c.num_kv_heads, c.head_dim, c.rotary_dim,
@@ -649,10 +684,10 @@ void CudaBackend::Impl::delta_net_layer(const DeviceLayer& layer, int64_t tokens
                                 c.linear_value_head_dim, c.linear_conv_kernel};
   const cuda::DeviceChunks device_chunks{chunk_first, chunk_length, chunk_slot, chunk_start, static_cast<int>(chunks)};
   begin("linear_delta_in");
-  linear(layer.in_proj_qkv, h, tokens, proj0);  // [T, conv_dim]
-  linear(layer.in_proj_z, h, tokens, proj1);    // [T, value_dim]
-  linear(layer.in_proj_b, h, tokens, proj2);    // [T, Hv]
-  linear(layer.in_proj_a, h, tokens, proj3);    // [T, Hv]
+  // proj0 [T, conv_dim], proj1 [T, value_dim], proj2 and proj3 [T, Hv]
+  linear_group({{&layer.in_proj_qkv, proj0}, {&layer.in_proj_z, proj1}, {&layer.in_proj_b, proj2},
+                {&layer.in_proj_a, proj3}},
+               h, tokens);
   end();
   begin("conv1d");
   CUDA_CHECK(cuda::launch_causal_conv1d(proj0, device_chunks, layer.conv1d, dims.conv_dim(), dims.conv_kernel,
@@ -675,8 +710,7 @@ void CudaBackend::Impl::delta_net_layer(const DeviceLayer& layer, int64_t tokens
 void CudaBackend::Impl::mlp(const DeviceLayer& layer, int64_t tokens) {
   const int64_t inter = config.intermediate_size;
   begin("linear_mlp_gate_up");
-  linear(layer.gate_proj, h, tokens, proj0);
-  linear(layer.up_proj, h, tokens, proj1);
+  linear_group({{&layer.gate_proj, proj0}, {&layer.up_proj, proj1}}, h, tokens);
   end();
   begin("swiglu");
   CUDA_CHECK(cuda::launch_swiglu(proj0, proj1, tokens, inter, mlp_in, padded_k(inter), stream));

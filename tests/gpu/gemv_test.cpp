@@ -55,6 +55,23 @@ std::vector<float> to_float(const std::vector<uint16_t>& bf16) {
   return out;
 }
 
+// y[t, row] = sum_k x[t, k] W[row, k] in double, for bf16 x [m, k] and W [n, k].
+std::vector<float> bf16_reference(const std::vector<uint16_t>& x, int64_t m, const std::vector<uint16_t>& w, int64_t n,
+                                  int64_t k) {
+  const std::vector<float> wf = to_float(w), xf = to_float(x);
+  std::vector<float> ref(m * n);
+  ThreadPool::global().parallel_for(n, [&](int64_t begin, int64_t end) {
+    for (int64_t row = begin; row < end; ++row) {
+      for (int64_t t = 0; t < m; ++t) {
+        double sum = 0;
+        for (int64_t i = 0; i < k; ++i) sum += double(xf[t * k + i]) * wf[row * k + i];
+        ref[t * n + row] = static_cast<float>(sum);
+      }
+    }
+  });
+  return ref;
+}
+
 // Runs `launch(y, dtype)` once with fp32 and once with bf16 output on a NaN-poisoned buffer, and compares
 // with ref[m, n]. Returns the number of output elements checked.
 template <class Launch>
@@ -141,6 +158,68 @@ TEST(GpuGemv, Nvfp4MatchesCpuReference) {
   EXPECT_GT(checked, 0) << "no case ran";
 }
 
+// One launch for several weights of one K (q/k/v, gate/up): every target equals its own reference, and
+// a target's rows past the others' (odd N per target) are all written.
+TEST(GpuGemv, MultiTargetLaunchMatchesCpuReference) {
+  ASSERT_NO_FATAL_FAILURE(require_gpu());
+  std::mt19937 rng(20261125);
+  const int64_t k = 5120;
+  const int64_t rows[] = {1000, 37, 264, 48};
+  for (int64_t m : {1, 3, 8, 40}) {
+    const std::vector<uint16_t> x = random_bf16(rng, m * k, 1.0f);
+    DeviceBuffer x_dev(x);
+    std::vector<Nvfp4Tensor> weights;
+    std::vector<std::vector<float>> refs;
+    std::vector<DeviceBuffer> packed, scales, bf16_weights, outputs;
+    std::vector<cuda::Nvfp4GemvTarget> nvfp4_targets;
+    std::vector<cuda::Bf16GemvTarget> bf16_targets;
+    std::vector<std::vector<float>> bf16_refs;
+    for (int64_t n : rows) {
+      weights.push_back(random_nvfp4(rng, n, k, false));
+      refs.emplace_back(m * n);
+      cpu::linear_nvfp4(to_float(x).data(), m, weights.back().view(), refs.back().data());
+      packed.emplace_back(weights.back().packed);
+      scales.emplace_back(weights.back().scales);
+      const std::vector<uint16_t> w16 = random_bf16(rng, n * k, 0.05f);
+      bf16_refs.push_back(bf16_reference(x, m, w16, n, k));
+      bf16_weights.emplace_back(w16);
+    }
+    for (size_t i = 0; i < std::size(rows); ++i) {
+      const Nvfp4Weight w{rows[i], k, packed[i].as<uint8_t>(), scales[i].as<uint8_t>(), weights[i].global_scale};
+      nvfp4_targets.push_back({w, nullptr});
+      bf16_targets.push_back({bf16_weights[i].data(), rows[i], nullptr});
+    }
+    for (int count = 1; count <= cuda::kGemvMaxTargets; ++count) {
+      for (bool nvfp4 : {true, false}) {
+        outputs.clear();
+        for (int i = 0; i < count; ++i) {
+          outputs.emplace_back(m * rows[i] * sizeof(float));
+          outputs.back().fill_bytes(0xff);  // NaN
+          nvfp4_targets[i].y = bf16_targets[i].y = outputs.back().data();
+        }
+        if (nvfp4) cuda::gemv_nvfp4_multi(nvfp4_targets.data(), count, x_dev.data(), m, DType::F32, nullptr);
+        else cuda::gemv_bf16_multi(bf16_targets.data(), count, k, x_dev.data(), m, DType::F32, nullptr);
+        CUDA_CHECK(cudaDeviceSynchronize());
+        for (int i = 0; i < count; ++i) {
+          const std::vector<float>& ref = nvfp4 ? refs[i] : bf16_refs[i];
+          const std::vector<float> got = outputs[i].download<float>();
+          double ref_max = 0, err_max = 0;
+          int64_t bad = 0;
+          for (size_t e = 0; e < ref.size(); ++e) {
+            ref_max = std::fmax(ref_max, std::fabs(ref[e]));
+            if (!std::isfinite(got[e])) ++bad;
+            else err_max = std::fmax(err_max, std::fabs(got[e] - ref[e]));
+          }
+          const std::string label = std::string(nvfp4 ? "nvfp4" : "bf16") + " M=" + std::to_string(m) +
+                                    " targets=" + std::to_string(count) + " target " + std::to_string(i);
+          EXPECT_EQ(bad, 0) << label << ": elements left unwritten";
+          EXPECT_LE(err_max / ref_max, kF32Tolerance) << label;
+        }
+      }
+    }
+  }
+}
+
 TEST(GpuGemv, Bf16MatchesCpuReference) {
   ASSERT_NO_FATAL_FAILURE(require_gpu());
   std::mt19937 rng(777);
@@ -149,17 +228,7 @@ TEST(GpuGemv, Bf16MatchesCpuReference) {
     for (int64_t m : kTokenCounts) {
       const std::vector<uint16_t> w = random_bf16(rng, shape.n * shape.k, 0.05f);
       const std::vector<uint16_t> x = random_bf16(rng, m * shape.k, 1.0f);
-      const std::vector<float> wf = to_float(w), xf = to_float(x);
-      std::vector<float> ref(m * shape.n);
-      ThreadPool::global().parallel_for(shape.n, [&](int64_t begin, int64_t end) {
-        for (int64_t row = begin; row < end; ++row) {
-          for (int64_t t = 0; t < m; ++t) {
-            double sum = 0;  // y[t, row] = sum_k x[t, k] W[row, k]
-            for (int64_t k = 0; k < shape.k; ++k) sum += double(xf[t * shape.k + k]) * wf[row * shape.k + k];
-            ref[t * shape.n + row] = static_cast<float>(sum);
-          }
-        }
-      });
+      const std::vector<float> ref = bf16_reference(x, m, w, shape.n, shape.k);
       DeviceBuffer w_dev(w), x_dev(x);
       const std::string label =
           "bf16 N=" + std::to_string(shape.n) + " K=" + std::to_string(shape.k) + " M=" + std::to_string(m);

@@ -33,7 +33,9 @@ std::vector<GemvTuning> tunings_of(const GemvTuning (&shapes)[kCount]) {
   std::vector<GemvTuning> out;
   for (const GemvTuning& shape : shapes) {
     for (int warps : {2, 4, 8}) {
-      for (int k_split : {warps / 2, warps}) out.push_back({warps, shape.depth, shape.row_tiles, k_split});
+      for (int k_split : {warps / 2, warps}) {
+        out.push_back({warps, shape.depth, shape.row_tiles, k_split, shape.async_copy});
+      }
     }
   }
   return out;
@@ -46,9 +48,12 @@ void check_tuning(std::string_view op, const GemvTuning& tuning, const GemvTunin
          tuning.warps, tuning.k_split, kMaxWarps);
   }
   for (const GemvTuning& shape : shapes) {
-    if (shape.depth == tuning.depth && shape.row_tiles == tuning.row_tiles) return;
+    if (shape.depth == tuning.depth && shape.row_tiles == tuning.row_tiles && shape.async_copy == tuning.async_copy) {
+      return;
+    }
   }
-  fail("{}: no kernel compiled for pipeline depth {} with {} row tiles", op, tuning.depth, tuning.row_tiles);
+  fail("{}: no kernel compiled for pipeline depth {} with {} row tiles{}", op, tuning.depth, tuning.row_tiles,
+       tuning.async_copy ? " and asynchronous copies" : "");
 }
 
 void check_nvfp4_weight(const Nvfp4Weight& weight) {
@@ -60,9 +65,8 @@ void check_nvfp4_weight(const Nvfp4Weight& weight) {
 }
 }  // namespace
 
-// Chosen from kernel_bench sweeps on an H100 (bench/notes/gemv.md): 2 row tiles with 2 chunks in
-// flight and 4 warps splitting K was best or within noise of best on most 27B shapes at every M.
-GemvTuning gemv_nvfp4_default_tuning(int64_t /*m*/, int64_t /*n*/, int64_t /*k*/) { return {4, 2, 2, 4}; }
+// Chosen from kernel_bench sweeps on an H100 (bench/notes/gemv.md).
+GemvTuning gemv_nvfp4_default_tuning(int64_t /*m*/, int64_t /*n*/, int64_t /*k*/) { return {4, 8, 1, 4, true}; }
 
 GemvTuning gemv_bf16_default_tuning(int64_t m, int64_t /*n*/, int64_t /*k*/) {
   if (m <= 8) return {2, 2, 1, 2};
@@ -73,28 +77,82 @@ std::vector<GemvTuning> gemv_nvfp4_tunings() { return tunings_of(detail::kGemvNv
 std::vector<GemvTuning> gemv_bf16_tunings() { return tunings_of(detail::kGemvBf16Shapes); }
 
 void gemv_nvfp4(const Nvfp4Weight& weight, const void* x, int64_t m, void* y, DType y_dtype, cudaStream_t stream) {
-  gemv_nvfp4_tuned(weight, x, m, y, y_dtype, gemv_nvfp4_default_tuning(m, weight.rows, weight.cols), stream);
+  const Nvfp4GemvTarget target{weight, y};
+  gemv_nvfp4_multi(&target, 1, x, m, y_dtype, stream);
 }
 
 void gemv_bf16(const void* weight, int64_t n, int64_t k, const void* x, int64_t m, void* y, DType y_dtype,
                cudaStream_t stream) {
-  gemv_bf16_tuned(weight, n, k, x, m, y, y_dtype, gemv_bf16_default_tuning(m, n, k), stream);
+  const Bf16GemvTarget target{weight, n, y};
+  gemv_bf16_multi(&target, 1, k, x, m, y_dtype, stream);
+}
+
+namespace {
+void check_target_count(std::string_view op, int count) {
+  if (count < 1 || count > kGemvMaxTargets) fail("{}: {} targets, supported 1..{}", op, count, kGemvMaxTargets);
+}
+
+void launch_nvfp4_checked(const Nvfp4GemvTarget* targets, int count, const void* x, int64_t m, DType y_dtype,
+                          const GemvTuning& tuning, cudaStream_t stream) {
+  check_target_count("gemv_nvfp4", count);
+  for (int i = 0; i < count; ++i) {
+    const Nvfp4Weight& weight = targets[i].weight;
+    check_gemv_arguments("gemv_nvfp4", weight.rows, weight.cols, x, m, targets[i].y, y_dtype);
+    check_nvfp4_weight(weight);
+    if (weight.cols != targets[0].weight.cols) {
+      fail("gemv_nvfp4: targets of one launch must share K ({} and {})", targets[0].weight.cols, weight.cols);
+    }
+  }
+  check_tuning("gemv_nvfp4", tuning, detail::kGemvNvfp4Shapes);
+  CUDA_CHECK(detail::launch_gemv_nvfp4(targets, count, x, static_cast<int>(m), y_dtype == DType::BF16, tuning, stream));
+}
+
+void launch_bf16_checked(const Bf16GemvTarget* targets, int count, int64_t k, const void* x, int64_t m, DType y_dtype,
+                         const GemvTuning& tuning, cudaStream_t stream) {
+  check_target_count("gemv_bf16", count);
+  for (int i = 0; i < count; ++i) {
+    check_gemv_arguments("gemv_bf16", targets[i].n, k, x, m, targets[i].y, y_dtype);
+    if (targets[i].weight == nullptr || !aligned(targets[i].weight, 16)) {
+      fail("gemv_bf16: weights must be a 16-byte aligned device pointer");
+    }
+  }
+  check_tuning("gemv_bf16", tuning, detail::kGemvBf16Shapes);
+  CUDA_CHECK(detail::launch_gemv_bf16(targets, count, k, x, static_cast<int>(m), y_dtype == DType::BF16, tuning,
+                                      stream));
+}
+
+int64_t total_rows(const Nvfp4GemvTarget* targets, int count) {
+  int64_t rows = 0;
+  for (int i = 0; i < count; ++i) rows += targets[i].weight.rows;
+  return rows;
+}
+}  // namespace
+
+void gemv_nvfp4_multi(const Nvfp4GemvTarget* targets, int count, const void* x, int64_t m, DType y_dtype,
+                      cudaStream_t stream) {
+  check_target_count("gemv_nvfp4", count);
+  const GemvTuning tuning = gemv_nvfp4_default_tuning(m, total_rows(targets, count), targets[0].weight.cols);
+  launch_nvfp4_checked(targets, count, x, m, y_dtype, tuning, stream);
+}
+
+void gemv_bf16_multi(const Bf16GemvTarget* targets, int count, int64_t k, const void* x, int64_t m, DType y_dtype,
+                     cudaStream_t stream) {
+  check_target_count("gemv_bf16", count);
+  int64_t rows = 0;
+  for (int i = 0; i < count; ++i) rows += targets[i].n;
+  launch_bf16_checked(targets, count, k, x, m, y_dtype, gemv_bf16_default_tuning(m, rows, k), stream);
 }
 
 void gemv_nvfp4_tuned(const Nvfp4Weight& weight, const void* x, int64_t m, void* y, DType y_dtype,
                       const GemvTuning& tuning, cudaStream_t stream) {
-  check_gemv_arguments("gemv_nvfp4", weight.rows, weight.cols, x, m, y, y_dtype);
-  check_nvfp4_weight(weight);
-  check_tuning("gemv_nvfp4", tuning, detail::kGemvNvfp4Shapes);
-  CUDA_CHECK(detail::launch_gemv_nvfp4(weight, x, static_cast<int>(m), y, y_dtype == DType::BF16, tuning, stream));
+  const Nvfp4GemvTarget target{weight, y};
+  launch_nvfp4_checked(&target, 1, x, m, y_dtype, tuning, stream);
 }
 
 void gemv_bf16_tuned(const void* weight, int64_t n, int64_t k, const void* x, int64_t m, void* y, DType y_dtype,
                      const GemvTuning& tuning, cudaStream_t stream) {
-  check_gemv_arguments("gemv_bf16", n, k, x, m, y, y_dtype);
-  if (weight == nullptr || !aligned(weight, 16)) fail("gemv_bf16: weights must be a 16-byte aligned device pointer");
-  check_tuning("gemv_bf16", tuning, detail::kGemvBf16Shapes);
-  CUDA_CHECK(detail::launch_gemv_bf16(weight, n, k, x, static_cast<int>(m), y, y_dtype == DType::BF16, tuning, stream));
+  const Bf16GemvTarget target{weight, n, y};
+  launch_bf16_checked(&target, 1, k, x, m, y_dtype, tuning, stream);
 }
 
 }  // namespace uberlm::cuda

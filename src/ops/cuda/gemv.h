@@ -17,12 +17,15 @@ inline constexpr int64_t kGemvKMultiple = 32;
 
 // A launch shape: warps per block, weight loads in flight per row per lane (pipeline depth, in 128-wide
 // k-chunks), 16-row tiles per warp, and how many of the block's warps split K (their partial sums are
-// added in a fixed order); the other factor of warps / k_split takes more rows.
+// added in a fixed order); the other factor of warps / k_split takes more rows. With async_copy the
+// loads in flight wait in shared memory (cp.async) instead of registers, so a deep pipeline costs no
+// registers and occupancy.
 struct GemvTuning {
   int warps = 4;
   int depth = 4;
   int row_tiles = 1;
   int k_split = 4;
+  bool async_copy = false;
 };
 
 // weight: NVFP4 [N, K] (K < 2^31) (packed 16-byte aligned, scales 2-byte aligned); x: bf16 [m, K], 16-byte
@@ -32,6 +35,24 @@ void gemv_nvfp4(const Nvfp4Weight& weight, const void* x, int64_t m, void* y, DT
 // weight: bf16 [n, k], 16-byte aligned; otherwise as gemv_nvfp4.
 void gemv_bf16(const void* weight, int64_t n, int64_t k, const void* x, int64_t m, void* y, DType y_dtype,
                cudaStream_t stream);
+
+// Several weights that read the same activations (q/k/v, gate/up, the Gated DeltaNet input projections)
+// in one launch: target i gets y_i[m, N_i] = x . W_i^T. 1..kGemvMaxTargets targets of one K; one launch
+// instead of several saves the launch gaps and fills the GPU with one grid.
+inline constexpr int kGemvMaxTargets = 4;
+struct Nvfp4GemvTarget {
+  Nvfp4Weight weight;
+  void* y;
+};
+struct Bf16GemvTarget {
+  const void* weight;  // bf16 [n, k]
+  int64_t n;
+  void* y;
+};
+void gemv_nvfp4_multi(const Nvfp4GemvTarget* targets, int count, const void* x, int64_t m, DType y_dtype,
+                      cudaStream_t stream);
+void gemv_bf16_multi(const Bf16GemvTarget* targets, int count, int64_t k, const void* x, int64_t m, DType y_dtype,
+                     cudaStream_t stream);
 
 // The tuning the plain calls above use for an [n, k] weight and m tokens.
 GemvTuning gemv_nvfp4_default_tuning(int64_t m, int64_t n, int64_t k);
@@ -49,11 +70,13 @@ namespace detail {
 // The kernel launches (gemv_nvfp4.cu, gemv_bf16.cu), called after gemv.cpp's checks; they return the
 // launch status. Kept apart because nvcc cannot compile fmt, which the error path uses.
 // (depth, row tiles) pairs compiled into the kernels; the launches answer cudaErrorInvalidValue for others.
-inline constexpr GemvTuning kGemvNvfp4Shapes[] = {{0, 4, 1, 0}, {0, 8, 1, 0}, {0, 2, 2, 0}, {0, 4, 2, 0}};
-inline constexpr GemvTuning kGemvBf16Shapes[] = {{0, 2, 1, 0}, {0, 1, 2, 0}};
-cudaError_t launch_gemv_nvfp4(const Nvfp4Weight& weight, const void* x, int m, void* y, bool y_is_bf16,
+inline constexpr GemvTuning kGemvNvfp4Shapes[] = {{0, 4, 1, 0, false}, {0, 8, 1, 0, false}, {0, 2, 2, 0, false},
+                                                  {0, 4, 2, 0, false}, {0, 4, 2, 0, true},  {0, 8, 2, 0, true},
+                                                  {0, 8, 1, 0, true}};
+inline constexpr GemvTuning kGemvBf16Shapes[] = {{0, 2, 1, 0, false}, {0, 1, 2, 0, false}};
+cudaError_t launch_gemv_nvfp4(const Nvfp4GemvTarget* targets, int count, const void* x, int m, bool y_is_bf16,
                               const GemvTuning& tuning, cudaStream_t stream);
-cudaError_t launch_gemv_bf16(const void* weight, int64_t n, int64_t k, const void* x, int m, void* y,
+cudaError_t launch_gemv_bf16(const Bf16GemvTarget* targets, int count, int64_t k, const void* x, int m,
                              bool y_is_bf16, const GemvTuning& tuning, cudaStream_t stream);
 }  // namespace detail
 

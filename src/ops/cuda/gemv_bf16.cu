@@ -4,10 +4,13 @@
 
 namespace uberlm::cuda::detail {
 
-cudaError_t launch_gemv_bf16(const void* weight, int64_t n, int64_t k, const void* x, int m, void* y,
+cudaError_t launch_gemv_bf16(const Bf16GemvTarget* targets, int count, int64_t k, const void* x, int m,
                              bool y_is_bf16, const GemvTuning& tuning, cudaStream_t stream) {
-  const Bf16Format format{static_cast<const __nv_bfloat16*>(weight), k, 1.0f};
-  return launch_gemv<Bf16Format, GemvShape<2, 1>, GemvShape<1, 2>>(format, x, m, n, k, y, y_is_bf16, tuning, stream);
+  GemvSegments<Bf16Format> segments{};
+  for (int i = 0; i < count; ++i) {
+    segments.add({static_cast<const __nv_bfloat16*>(targets[i].weight), k, 1.0f}, targets[i].n, targets[i].y);
+  }
+  return launch_gemv<Bf16Format, GemvShape<2, 1>, GemvShape<1, 2>>(segments, x, m, k, y_is_bf16, tuning, stream);
 }
 
 }  // namespace uberlm::cuda::detail

@@ -28,14 +28,14 @@ struct Bf16Format {
     return chunk;
   }
 
-  __device__ __forceinline__ void dequantise(const Chunk& chunk, uint32_t (&b)[8][2]) const {
-#pragma unroll
-    for (int i = 0; i < 4; ++i) {
-      b[2 * i][0] = chunk.words[i].x;
-      b[2 * i][1] = chunk.words[i].y;
-      b[2 * i + 1][0] = chunk.words[i].z;
-      b[2 * i + 1][1] = chunk.words[i].w;
-    }
+  struct Prepared {};
+  __device__ __forceinline__ Prepared prepare(const Chunk&) const { return {}; }
+
+  __device__ __forceinline__ void mma_operands(const Chunk& chunk, const Prepared&, int j, uint32_t& lo,
+                                               uint32_t& hi) const {
+    const uint4& word = chunk.words[j / 2];
+    lo = j % 2 == 0 ? word.x : word.z;
+    hi = j % 2 == 0 ? word.y : word.w;
   }
 
   __device__ __forceinline__ static void activation_pairs(const uint32_t (&x)[16], int j, uint32_t& lo,

@@ -10,55 +10,57 @@
 
 namespace uberlm::cuda {
 
-// A compiled pipeline depth and row-tile count.
-template <int kDepth, int kRowTiles>
+// A compiled pipeline depth, row-tile count and pipeline kind (registers or cp.async to shared memory).
+template <int kDepth, int kRowTiles, bool kAsync = false>
 struct GemvShape {
   static constexpr int depth = kDepth, row_tiles = kRowTiles;
+  static constexpr bool async_copy = kAsync;
 };
 
-template <class Format, int kTokenGroups, int kRowTiles, int kDepth>
-cudaError_t launch_gemv_tile(const Format& format, const void* x, int m, int64_t n, int64_t k, void* y,
-                             bool y_is_bf16, int warps, int k_split, cudaStream_t stream) {
-  const int64_t rows_per_block = int64_t{kRowTiles} * kGemvRowsPerTile * (warps / k_split);
-  const dim3 grid(static_cast<unsigned>((n + rows_per_block - 1) / rows_per_block));
-  const int smem = gemv_reduce_smem_bytes<kTokenGroups, kRowTiles>(warps);
-  const auto kernel = gemv_kernel<Format, kTokenGroups, kRowTiles, kDepth>;
+static_assert(kGemvMaxSegments == kGemvMaxTargets);
+
+template <class Format, int kTokenGroups, int kRowTiles, int kDepth, bool kAsync>
+cudaError_t launch_gemv_tile(GemvSegments<Format> segments, const void* x, int m, int64_t k, bool y_is_bf16,
+                             int warps, int k_split, cudaStream_t stream) {
+  const dim3 grid(segments.assign_blocks(int64_t{kRowTiles} * kGemvRowsPerTile * (warps / k_split)));
+  const int smem = gemv_smem_bytes<Format, kTokenGroups, kRowTiles, kDepth, kAsync>(warps);
+  const auto kernel = gemv_kernel<Format, kTokenGroups, kRowTiles, kDepth, kAsync>;
   if (smem > (48 << 10)) {  // the default limit of dynamic shared memory; larger needs an opt-in
     const cudaError_t status = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
     if (status != cudaSuccess) return status;
   }
-  kernel<<<grid, warps * 32, smem, stream>>>(
-      format, static_cast<const __nv_bfloat16*>(x), m, n, k, y, y_is_bf16, k_split);
+  kernel<<<grid, warps * 32, smem, stream>>>(segments, static_cast<const __nv_bfloat16*>(x), m, k, y_is_bf16, k_split);
   return cudaGetLastError();
 }
 
-template <class Format, int kRowTiles, int kDepth>
-cudaError_t launch_gemv_tokens(const Format& format, const void* x, int m, int64_t n, int64_t k, void* y,
-                               bool y_is_bf16, int warps, int k_split, cudaStream_t stream) {
+template <class Format, int kRowTiles, int kDepth, bool kAsync>
+cudaError_t launch_gemv_tokens(const GemvSegments<Format>& segments, const void* x, int m, int64_t k, bool y_is_bf16,
+                               int warps, int k_split, cudaStream_t stream) {
   static_assert(kGemvMaxTokens == 8 * kGemvTokensPerGroup);
   switch ((m + kGemvTokensPerGroup - 1) / kGemvTokensPerGroup) {
-    case 1: return launch_gemv_tile<Format, 1, kRowTiles, kDepth>(format, x, m, n, k, y, y_is_bf16, warps, k_split, stream);
-    case 2: return launch_gemv_tile<Format, 2, kRowTiles, kDepth>(format, x, m, n, k, y, y_is_bf16, warps, k_split, stream);
-    case 3: return launch_gemv_tile<Format, 3, kRowTiles, kDepth>(format, x, m, n, k, y, y_is_bf16, warps, k_split, stream);
-    case 4: return launch_gemv_tile<Format, 4, kRowTiles, kDepth>(format, x, m, n, k, y, y_is_bf16, warps, k_split, stream);
-    case 5: return launch_gemv_tile<Format, 5, kRowTiles, kDepth>(format, x, m, n, k, y, y_is_bf16, warps, k_split, stream);
-    case 6: return launch_gemv_tile<Format, 6, kRowTiles, kDepth>(format, x, m, n, k, y, y_is_bf16, warps, k_split, stream);
-    case 7: return launch_gemv_tile<Format, 7, kRowTiles, kDepth>(format, x, m, n, k, y, y_is_bf16, warps, k_split, stream);
-    case 8: return launch_gemv_tile<Format, 8, kRowTiles, kDepth>(format, x, m, n, k, y, y_is_bf16, warps, k_split, stream);
+    case 1: return launch_gemv_tile<Format, 1, kRowTiles, kDepth, kAsync>(segments, x, m, k, y_is_bf16, warps, k_split, stream);
+    case 2: return launch_gemv_tile<Format, 2, kRowTiles, kDepth, kAsync>(segments, x, m, k, y_is_bf16, warps, k_split, stream);
+    case 3: return launch_gemv_tile<Format, 3, kRowTiles, kDepth, kAsync>(segments, x, m, k, y_is_bf16, warps, k_split, stream);
+    case 4: return launch_gemv_tile<Format, 4, kRowTiles, kDepth, kAsync>(segments, x, m, k, y_is_bf16, warps, k_split, stream);
+    case 5: return launch_gemv_tile<Format, 5, kRowTiles, kDepth, kAsync>(segments, x, m, k, y_is_bf16, warps, k_split, stream);
+    case 6: return launch_gemv_tile<Format, 6, kRowTiles, kDepth, kAsync>(segments, x, m, k, y_is_bf16, warps, k_split, stream);
+    case 7: return launch_gemv_tile<Format, 7, kRowTiles, kDepth, kAsync>(segments, x, m, k, y_is_bf16, warps, k_split, stream);
+    case 8: return launch_gemv_tile<Format, 8, kRowTiles, kDepth, kAsync>(segments, x, m, k, y_is_bf16, warps, k_split, stream);
     default: return cudaErrorInvalidValue;
   }
 }
 
 // Launches the first of Shapes whose depth and row tiles match `tuning`; cudaErrorInvalidValue if none does.
 template <class Format, class Shape, class... Shapes>
-cudaError_t launch_gemv(const Format& format, const void* x, int m, int64_t n, int64_t k, void* y, bool y_is_bf16,
+cudaError_t launch_gemv(const GemvSegments<Format>& segments, const void* x, int m, int64_t k, bool y_is_bf16,
                         const GemvTuning& tuning, cudaStream_t stream) {
-  if (tuning.depth == Shape::depth && tuning.row_tiles == Shape::row_tiles) {
-    return launch_gemv_tokens<Format, Shape::row_tiles, Shape::depth>(format, x, m, n, k, y, y_is_bf16, tuning.warps,
-                                                                      tuning.k_split, stream);
+  if (tuning.depth == Shape::depth && tuning.row_tiles == Shape::row_tiles &&
+      tuning.async_copy == Shape::async_copy) {
+    return launch_gemv_tokens<Format, Shape::row_tiles, Shape::depth, Shape::async_copy>(
+        segments, x, m, k, y_is_bf16, tuning.warps, tuning.k_split, stream);
   }
   if constexpr (sizeof...(Shapes) > 0) {
-    return launch_gemv<Format, Shapes...>(format, x, m, n, k, y, y_is_bf16, tuning, stream);
+    return launch_gemv<Format, Shapes...>(segments, x, m, k, y_is_bf16, tuning, stream);
   } else {
     return cudaErrorInvalidValue;
   }

@@ -4,11 +4,16 @@
 
 namespace uberlm::cuda::detail {
 
-cudaError_t launch_gemv_nvfp4(const Nvfp4Weight& weight, const void* x, int m, void* y, bool y_is_bf16,
+cudaError_t launch_gemv_nvfp4(const Nvfp4GemvTarget* targets, int count, const void* x, int m, bool y_is_bf16,
                               const GemvTuning& tuning, cudaStream_t stream) {
-  const Nvfp4Format format{weight.packed, weight.scales, weight.cols, weight.global_scale * 128.0f};
-  return launch_gemv<Nvfp4Format, GemvShape<4, 1>, GemvShape<8, 1>, GemvShape<2, 2>, GemvShape<4, 2>>(
-      format, x, m, weight.rows, weight.cols, y, y_is_bf16, tuning, stream);
+  GemvSegments<Nvfp4Format> segments{};
+  for (int i = 0; i < count; ++i) {
+    const Nvfp4Weight& w = targets[i].weight;
+    segments.add({w.packed, w.scales, w.cols, w.global_scale * 128.0f}, w.rows, targets[i].y);
+  }
+  return launch_gemv<Nvfp4Format, GemvShape<4, 1>, GemvShape<8, 1>, GemvShape<2, 2>, GemvShape<4, 2>,
+                    GemvShape<4, 2, true>, GemvShape<8, 2, true>, GemvShape<8, 1, true>>(
+      segments, x, m, targets[0].weight.cols, y_is_bf16, tuning, stream);
 }
 
 }  // namespace uberlm::cuda::detail

@@ -63,25 +63,50 @@ struct Nvfp4Format {
     return chunk;
   }
 
+  // The asynchronous pipeline's copy of one row's chunk: each lane's 16 code bytes, and the aligned
+  // 4-byte word holding its two scale bytes (cp.async copies 4, 8 or 16 aligned bytes; a lane's scale
+  // pair is only 2-byte aligned, so the word may start one pair earlier, inside the same buffer).
+  struct Stage {
+    uint4 codes[32];
+    uint32_t scale_words[32];
+  };
+
+  __device__ __forceinline__ static void stage_async(const Row& row, int k, Stage& stage) {
+    const int lane = threadIdx.x % 32;
+    copy_async_16(&stage.codes[lane], row.codes + (k >> 1));
+    const uintptr_t scales = reinterpret_cast<uintptr_t>(row.scales + (k >> 4));
+    copy_async_4(&stage.scale_words[lane], reinterpret_cast<const void*>(scales & ~uintptr_t{3}));
+  }
+
+  __device__ __forceinline__ static Chunk unstage(const Row& row, int k, const Stage& stage) {
+    const int lane = threadIdx.x % 32;
+    const uintptr_t scales = reinterpret_cast<uintptr_t>(row.scales + (k >> 4));
+    return {stage.codes[lane], stage.scale_words[lane] >> (8 * (scales & 2))};
+  }
+
+  struct Prepared {
+    uint32_t scale0, scale1;  // the chunk's two block scales as bf16 pairs (e4m3_scales_to_bf16x2)
+  };
+  __device__ __forceinline__ Prepared prepare(const Chunk& chunk) const {
+    Prepared prepared;
+    e4m3_scales_to_bf16x2(static_cast<uint16_t>(chunk.scales), prepared.scale0, prepared.scale1);
+    return prepared;
+  }
+
   // Word w of the chunk holds elements e0..e7 = k + 8w + 0..7. Shifting it left by 4p puts e(3-p) and
   // e(7-p) at the top of the two halves, so pair p is (e(3-p), e(7-p)). mma j = 2w + h takes pairs 2h
   // (k slots 2tig, 2tig+1) and 2h + 1 (slots 2tig+8, 2tig+9).
-  __device__ __forceinline__ void dequantise(const Chunk& chunk, uint32_t (&b)[8][2]) const {
-    uint32_t scale0, scale1;
-    e4m3_scales_to_bf16x2(static_cast<uint16_t>(chunk.scales), scale0, scale1);
-    const uint32_t words[4] = {chunk.codes.x, chunk.codes.y, chunk.codes.z, chunk.codes.w};
-#pragma unroll
-    for (int w = 0; w < 4; ++w) {
-      const uint32_t scale = w < 2 ? scale0 : scale1;  // block of 16 = words 0-1, 2-3
-#pragma unroll
-      for (int p = 0; p < 4; ++p) {
-        b[2 * w + p / 2][p % 2] = bf16x2_mul(e2m1_pair_to_bf16x2_scaled(words[w] << (4 * p)), scale);
-      }
-    }
+  __device__ __forceinline__ void mma_operands(const Chunk& chunk, const Prepared& prepared, int j, uint32_t& lo,
+                                               uint32_t& hi) const {
+    const int w = j / 2, p = 2 * (j % 2);
+    const uint32_t word = w == 0 ? chunk.codes.x : w == 1 ? chunk.codes.y : w == 2 ? chunk.codes.z : chunk.codes.w;
+    const uint32_t scale = w < 2 ? prepared.scale0 : prepared.scale1;  // block of 16 = words 0-1, 2-3
+    lo = bf16x2_mul(e2m1_pair_to_bf16x2_scaled(word << (4 * p)), scale);
+    hi = bf16x2_mul(e2m1_pair_to_bf16x2_scaled(word << (4 * (p + 1))), scale);
   }
 
   // Activations x0..x7 of word w sit in x[4w .. 4w+3] as pairs (x0,x1), (x2,x3), (x4,x5), (x6,x7);
-  // mma 2w takes (x3,x7) and (x2,x6), mma 2w+1 takes (x1,x5) and (x0,x4), matching dequantise.
+  // mma 2w takes (x3,x7) and (x2,x6), mma 2w+1 takes (x1,x5) and (x0,x4), matching mma_operands.
   __device__ __forceinline__ static void activation_pairs(const uint32_t (&x)[16], int j, uint32_t& lo,
                                                           uint32_t& hi) {
     const int w = j / 2;

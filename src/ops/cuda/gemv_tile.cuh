@@ -1,7 +1,8 @@
 #pragma once
 // Building blocks of the small-M GEMM y[M, N] = x[M, K] . W^T (M <= 64, decode), shared by the NVFP4
 // and bf16 weight formats and meant to be called from fused decode kernels too: load a weight chunk
-// (Format::load), dequantise it (Format::dequantise), multiply it into the accumulators
+// (Format::load), dequantise it one mma fragment at a time (Format::mma_operands), multiply it into the
+// accumulators
 // (gemv_multiply_chunk), stream a warp's share of K through a register pipeline (gemv_warp_partial),
 // reduce a block's warps (gemv_block_reduce_store).
 //
@@ -19,11 +20,17 @@
 //   struct Row; Row row(r)                                 where row r starts (pointers, computed once)
 //   struct Chunk;                                          raw weight bytes of one lane, one row, one chunk
 //   static Chunk load(const Row&, int k)                   16-byte loads of k-values [k, k + 32)
-//   void dequantise(const Chunk&, uint32_t (&w)[8][2])     bf16x2 words of the row for the 8 mma ops:
-//                                                          w[j][0] at k slots 2tig.., w[j][1] at 2tig+8..
+//   struct Prepared; Prepared prepare(const Chunk&)       per-chunk values the dequantisation reuses (scales)
+//   void mma_operands(const Chunk&, const Prepared&, int j, uint32_t& lo, uint32_t& hi)
+//                                                          bf16x2 words of the row for mma j: lo at k slots
+//                                                          2tig, 2tig+1, hi at 2tig+8, 2tig+9
 //   void activation_pairs(const uint32_t (&x)[16], int j, uint32_t& lo, uint32_t& hi)
 //        the B-fragment pairs (k slots 2 tig and 2 tig + 8) of mma j from 32 bf16 activations
 //   float output_multiplier                                applied to the fp32 sums
+// and, for the asynchronous pipeline (gemv_warp_partial_async):
+//   struct Stage;                                          one row's chunk for all 32 lanes in shared memory
+//   static void stage_async(const Row&, int k, Stage&)     cp.async of this lane's part of the chunk
+//   static Chunk unstage(const Row&, int k, const Stage&)  this lane's chunk back from shared memory
 #include <cuda_bf16.h>
 
 #include <cstdint>
@@ -62,6 +69,26 @@ __device__ __forceinline__ uint16_t load_streaming_2(const void* address) {
   uint16_t v;
   asm volatile("ld.global.nc.L1::no_allocate.u16 %0, [%1];\n" : "=h"(v) : "l"(address));
   return v;
+}
+
+// cp.async of 16 bytes (bypassing L1: weights are read once) and of 4 bytes (the smallest 16-byte-less
+// size, L1-allocating by the ISA's rule), completed by gemv_async_wait.
+__device__ __forceinline__ void copy_async_16(void* shared, const void* global) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(static_cast<uint32_t>(__cvta_generic_to_shared(shared))),
+               "l"(global));
+}
+
+__device__ __forceinline__ void copy_async_4(void* shared, const void* global) {
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 4;\n" ::"r"(static_cast<uint32_t>(__cvta_generic_to_shared(shared))),
+               "l"(global));
+}
+
+__device__ __forceinline__ void gemv_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+
+// Waits until at most kPending of this thread's committed copy groups are still in flight.
+template <int kPending>
+__device__ __forceinline__ void gemv_async_wait() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(kPending));
 }
 
 // 32 bf16 activations x[token, k .. k + 32) as 16 bf16x2 words; zeros when the token or k is out of range.
@@ -139,29 +166,32 @@ struct GemvLaneRows {
 };
 
 // acc += W[rows, chunk] . x[tokens, chunk]^T for one chunk already loaded into registers (weights: raw,
-// activations: xs from gemv_load_activation_chunk).
+// activations: xs from gemv_load_activation_chunk). Each mma's weight fragment is dequantised just before
+// the mma ops that use it, so only one fragment per row tile is live at a time (dequantising the whole
+// chunk first held 64 more registers and halved the resident warps).
 template <class Format, int kTokenGroups, int kRowTiles>
 __device__ __forceinline__ void gemv_multiply_chunk(const Format& format, const GemvChunkRows<Format, kRowTiles>& raw,
                                                     const uint32_t (&xs)[kTokenGroups][16],
                                                     GemvAccumulators<kTokenGroups, kRowTiles>& acc) {
   constexpr int kChains = kGemvAccChains<kTokenGroups, kRowTiles>;
-  uint32_t w[kRowTiles][2][8][2];
+  typename Format::Prepared prepared[kRowTiles][2];
 #pragma unroll
   for (int rt = 0; rt < kRowTiles; ++rt) {
 #pragma unroll
-    for (int h = 0; h < 2; ++h) format.dequantise(raw.rows[rt][h], w[rt][h]);
+    for (int h = 0; h < 2; ++h) prepared[rt][h] = format.prepare(raw.rows[rt][h]);
   }
 #pragma unroll
-  for (int t = 0; t < kTokenGroups; ++t) {
+  for (int j = 0; j < 8; ++j) {
+    uint32_t b0[kTokenGroups], b1[kTokenGroups];
 #pragma unroll
-    for (int j = 0; j < 8; ++j) {
-      uint32_t b0, b1;
-      Format::activation_pairs(xs[t], j, b0, b1);
+    for (int t = 0; t < kTokenGroups; ++t) Format::activation_pairs(xs[t], j, b0[t], b1[t]);
 #pragma unroll
-      for (int rt = 0; rt < kRowTiles; ++rt) {
-        const uint32_t a[4] = {w[rt][0][j][0], w[rt][1][j][0], w[rt][0][j][1], w[rt][1][j][1]};
-        mma_bf16_m16n8k16(acc[j % kChains][t][rt], a, b0, b1);
-      }
+    for (int rt = 0; rt < kRowTiles; ++rt) {
+      uint32_t a[4];
+      format.mma_operands(raw.rows[rt][0], prepared[rt][0], j, a[0], a[2]);
+      format.mma_operands(raw.rows[rt][1], prepared[rt][1], j, a[1], a[3]);
+#pragma unroll
+      for (int t = 0; t < kTokenGroups; ++t) mma_bf16_m16n8k16(acc[j % kChains][t][rt], a, b0[t], b1[t]);
     }
   }
 }
@@ -216,10 +246,77 @@ __device__ __forceinline__ void gemv_warp_partial(const Format& format, const __
   }
 }
 
+// The asynchronous pipeline's shared memory of one warp: kDepth slots of every row this warp streams.
+template <class Format, int kRowTiles, int kDepth>
+struct GemvWarpStages {
+  typename Format::Stage slots[kDepth][kRowTiles][2];
+};
+
+// As gemv_warp_partial, but the chunks in flight wait in shared memory (`stages`, this warp's own)
+// instead of registers: cp.async copies run kDepth - 1 chunks ahead of the multiplies, each lane
+// reading back only what it copied itself, so no barrier is needed. A slot is refilled only after the
+// multiply that used its previous contents has issued. Activations are loaded at the start of their
+// chunk (an L1 hit: every warp of the SM reads the same ones), not a chunk ahead: the prefetch's 16
+// registers per token group cost more resident warps than its latency hiding gains.
+template <class Format, int kTokenGroups, int kRowTiles, int kDepth>
+__device__ __forceinline__ void gemv_warp_partial_async(const Format& format, const __nv_bfloat16* x, int m,
+                                                        int64_t n_rows, int k_size, int64_t row0, int first_chunk,
+                                                        int chunk_stride, GemvWarpStages<Format, kRowTiles, kDepth>& stages,
+                                                        GemvAccumulators<kTokenGroups, kRowTiles>& acc) {
+  const int n_chunks = (k_size + kGemvChunkK - 1) / kGemvChunkK;
+  const int count = first_chunk < n_chunks ? (n_chunks - first_chunk + chunk_stride - 1) / chunk_stride : 0;
+  const int k_first = first_chunk * kGemvChunkK + (threadIdx.x % 4) * kGemvLaneK, k_step = chunk_stride * kGemvChunkK;
+  const int k_last = k_size - kGemvLaneK;
+  const GemvLaneRows<Format, kRowTiles> rows(format, n_rows, row0);
+  const auto stage = [&](int i) {
+    if (i < count) {
+      const int k = k_first + i * k_step, k_read = k < k_last ? k : k_last;
+#pragma unroll
+      for (int rt = 0; rt < kRowTiles; ++rt) {
+#pragma unroll
+        for (int h = 0; h < 2; ++h) Format::stage_async(rows.rows[rt][h], k_read, stages.slots[i % kDepth][rt][h]);
+      }
+    }
+    gemv_async_commit();  // an empty group past the end keeps the wait count uniform
+  };
+#pragma unroll
+  for (int d = 0; d < kDepth - 1; ++d) stage(d);
+  for (int i = 0; i < count; ++i) {
+    const int k = k_first + i * k_step, k_read = k < k_last ? k : k_last;
+    gemv_async_wait<kDepth - 2>();
+    GemvChunkRows<Format, kRowTiles> current;
+#pragma unroll
+    for (int rt = 0; rt < kRowTiles; ++rt) {
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        current.rows[rt][h] = Format::unstage(rows.rows[rt][h], k_read, stages.slots[i % kDepth][rt][h]);
+      }
+    }
+    uint32_t xs[kTokenGroups][16];
+    gemv_load_activation_chunk<kTokenGroups>(x, m, k_size, k, xs);
+    gemv_multiply_chunk<Format, kTokenGroups, kRowTiles>(format, current, xs, acc);
+    stage(i + kDepth - 1);
+  }
+  gemv_async_wait<0>();
+}
+
 // Bytes of dynamic shared memory gemv_block_reduce_store needs for `warps` warps.
 template <int kTokenGroups, int kRowTiles>
 constexpr int gemv_reduce_smem_bytes(int warps) {
   return warps * kTokenGroups * kGemvTokensPerGroup * kRowTiles * kGemvRowsPerTile * static_cast<int>(sizeof(float));
+}
+
+// Dynamic shared memory of gemv_kernel: the reduction's, or the asynchronous stages' when larger (the
+// reduction reuses them once every warp has finished its loop).
+template <class Format, int kTokenGroups, int kRowTiles, int kDepth, bool kAsync>
+constexpr int gemv_smem_bytes(int warps) {
+  const int reduce = gemv_reduce_smem_bytes<kTokenGroups, kRowTiles>(warps);
+  if constexpr (kAsync) {
+    const int stages = warps * static_cast<int>(sizeof(GemvWarpStages<Format, kRowTiles, kDepth>));
+    return stages > reduce ? stages : reduce;
+  } else {
+    return reduce;
+  }
 }
 
 // Sums the accumulator chains and the block's warps in a fixed order (deterministic) and writes
@@ -271,24 +368,66 @@ __device__ __forceinline__ void gemv_block_reduce_store(const GemvAccumulators<k
   }
 }
 
-// The standalone launch: block b owns rows [b * R, (b + 1) * R) with R = 16 kRowTiles * warps / k_split;
-// each row group's k_split warps split K by interleaved chunks (warp w takes chunks w % k_split,
-// + k_split, ...).
-template <class Format, int kTokenGroups, int kRowTiles, int kDepth>
+// The weights of one launch (gemv_kernel): up to kGemvMaxSegments matrices of one K that read the same
+// activations, each with its own output; segment i owns blocks [first_block[i], first_block[i + 1]).
+inline constexpr int kGemvMaxSegments = 4;
+
+template <class Format>
+struct GemvSegments {
+  Format formats[kGemvMaxSegments];
+  void* outputs[kGemvMaxSegments];
+  int64_t rows[kGemvMaxSegments];
+  int first_block[kGemvMaxSegments + 1];
+  int count;
+
+  void add(const Format& format, int64_t n_rows, void* y) {
+    formats[count] = format;
+    rows[count] = n_rows;
+    outputs[count] = y;
+    ++count;
+  }
+
+  // Splits the grid among the segments for blocks of `rows_per_block`; returns the grid size.
+  int assign_blocks(int64_t rows_per_block) {
+    first_block[0] = 0;
+    for (int i = 0; i < count; ++i) {
+      first_block[i + 1] = first_block[i] + static_cast<int>((rows[i] + rows_per_block - 1) / rows_per_block);
+    }
+    return first_block[count];
+  }
+};
+
+// The standalone launch: block b of a segment owns its rows [b * R, (b + 1) * R) with
+// R = 16 kRowTiles * warps / k_split; each row group's k_split warps split K by interleaved chunks (warp w
+// takes chunks w % k_split, + k_split, ...).
+template <class Format, int kTokenGroups, int kRowTiles, int kDepth, bool kAsync>
 __global__ void __launch_bounds__(256)
-    gemv_kernel(Format format, const __nv_bfloat16* __restrict__ x, int m, int64_t n_rows, int64_t k_size, void* y,
+    gemv_kernel(const GemvSegments<Format> segments, const __nv_bfloat16* __restrict__ x, int m, int64_t k_size,
                 bool y_is_bf16, int k_split) {
   static_assert(kTokenGroups * kGemvTokensPerGroup <= kGemvMaxTokens);
-  extern __shared__ float gemv_partial[];
+  extern __shared__ __align__(16) float gemv_partial[];
+  int segment = 0;
+  while (segment + 1 < segments.count && static_cast<int>(blockIdx.x) >= segments.first_block[segment + 1]) ++segment;
+  const Format format = segments.formats[segment];
+  const int64_t n_rows = segments.rows[segment];
   constexpr int kRows = kRowTiles * kGemvRowsPerTile;
   const int warp = threadIdx.x / 32;
-  const int64_t block_row0 = static_cast<int64_t>(blockIdx.x) * kRows * (blockDim.x / 32 / k_split);
+  const int64_t block_row0 =
+      static_cast<int64_t>(blockIdx.x - segments.first_block[segment]) * kRows * (blockDim.x / 32 / k_split);
+  const int64_t warp_row0 = block_row0 + (warp / k_split) * kRows;
   GemvAccumulators<kTokenGroups, kRowTiles> acc = {};
-  gemv_warp_partial<Format, kTokenGroups, kRowTiles, kDepth>(format, x, m, n_rows, static_cast<int>(k_size),
-                                                             block_row0 + (warp / k_split) * kRows, warp % k_split,
-                                                             k_split, acc);
-  gemv_block_reduce_store<kTokenGroups, kRowTiles>(acc, m, n_rows, block_row0, k_split, format.output_multiplier, y,
-                                                   y_is_bf16, gemv_partial);
+  if constexpr (kAsync) {
+    using Stages = GemvWarpStages<Format, kRowTiles, kDepth>;
+    Stages& stages = reinterpret_cast<Stages*>(gemv_partial)[warp];
+    gemv_warp_partial_async<Format, kTokenGroups, kRowTiles, kDepth>(
+        format, x, m, n_rows, static_cast<int>(k_size), warp_row0, warp % k_split, k_split, stages, acc);
+    __syncthreads();  // the reduction below reuses the stages of every warp
+  } else {
+    gemv_warp_partial<Format, kTokenGroups, kRowTiles, kDepth>(format, x, m, n_rows, static_cast<int>(k_size),
+                                                               warp_row0, warp % k_split, k_split, acc);
+  }
+  gemv_block_reduce_store<kTokenGroups, kRowTiles>(acc, m, n_rows, block_row0, k_split, format.output_multiplier,
+                                                   segments.outputs[segment], y_is_bf16, gemv_partial);
 }
 
 }  // namespace uberlm::cuda
