@@ -8,6 +8,7 @@ constexpr int kThreads = 256;
 
 __global__ void swiglu_kernel(const float* gate, const float* up, int64_t rows, int64_t cols, __nv_bfloat16* out,
                               int64_t out_stride) {
+  begin_dependent_kernel();
   const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (i >= rows * cols) return;
   const int64_t r = i / cols, col = i % cols;
@@ -17,6 +18,7 @@ __global__ void swiglu_kernel(const float* gate, const float* up, int64_t rows, 
 __global__ void output_gate_kernel(const float* attended, const float* gate, int64_t gate_stride,
                                    int64_t gate_head_stride, int64_t num_tokens, int num_heads, int head_dim,
                                    __nv_bfloat16* out, int64_t out_stride) {
+  begin_dependent_kernel();
   const int64_t width = static_cast<int64_t>(num_heads) * head_dim;
   const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (i >= num_tokens * width) return;
@@ -27,11 +29,13 @@ __global__ void output_gate_kernel(const float* attended, const float* gate, int
 }
 
 __global__ void add_bias_kernel(float* y, const float* bias, int64_t rows, int64_t cols) {
+  begin_dependent_kernel();
   const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (i < rows * cols) y[i] += bias[i % cols];
 }
 
 __global__ void add_inplace_kernel(float* x, const float* delta, int64_t count) {
+  begin_dependent_kernel();
   const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (i < count) x[i] += delta[i];
 }
@@ -40,9 +44,8 @@ __global__ void add_inplace_kernel(float* x, const float* delta, int64_t count) 
 cudaError_t launch_swiglu(const float* gate, const float* up, int64_t rows, int64_t cols, void* out,
                           int64_t out_stride, cudaStream_t stream) {
   if (rows * cols == 0) return cudaSuccess;
-  swiglu_kernel<<<blocks_for(rows * cols, kThreads), kThreads, 0, stream>>>(
-      gate, up, rows, cols, static_cast<__nv_bfloat16*>(out), out_stride);
-  return cudaGetLastError();
+  return launch_dependent(swiglu_kernel, blocks_for(rows * cols, kThreads), kThreads, 0, stream, gate, up, rows, cols,
+                          static_cast<__nv_bfloat16*>(out), out_stride);
 }
 
 cudaError_t launch_output_gate(const float* attended, const float* gate, int64_t gate_stride, int64_t gate_head_stride,
@@ -50,22 +53,19 @@ cudaError_t launch_output_gate(const float* attended, const float* gate, int64_t
                                cudaStream_t stream) {
   const int64_t count = num_tokens * num_heads * head_dim;
   if (count == 0) return cudaSuccess;
-  output_gate_kernel<<<blocks_for(count, kThreads), kThreads, 0, stream>>>(
-      attended, gate, gate_stride, gate_head_stride, num_tokens, num_heads, head_dim,
-      static_cast<__nv_bfloat16*>(out), out_stride);
-  return cudaGetLastError();
+  return launch_dependent(output_gate_kernel, blocks_for(count, kThreads), kThreads, 0, stream, attended, gate,
+                          gate_stride, gate_head_stride, num_tokens, num_heads, head_dim,
+                          static_cast<__nv_bfloat16*>(out), out_stride);
 }
 
 cudaError_t launch_add_bias(float* y, const float* bias, int64_t rows, int64_t cols, cudaStream_t stream) {
   if (rows * cols == 0) return cudaSuccess;
-  add_bias_kernel<<<blocks_for(rows * cols, kThreads), kThreads, 0, stream>>>(y, bias, rows, cols);
-  return cudaGetLastError();
+  return launch_dependent(add_bias_kernel, blocks_for(rows * cols, kThreads), kThreads, 0, stream, y, bias, rows, cols);
 }
 
 cudaError_t launch_add_inplace(float* x, const float* delta, int64_t count, cudaStream_t stream) {
   if (count == 0) return cudaSuccess;
-  add_inplace_kernel<<<blocks_for(count, kThreads), kThreads, 0, stream>>>(x, delta, count);
-  return cudaGetLastError();
+  return launch_dependent(add_inplace_kernel, blocks_for(count, kThreads), kThreads, 0, stream, x, delta, count);
 }
 
 }  // namespace uberlm::cuda

@@ -18,6 +18,7 @@ __global__ void __launch_bounds__(kWarps * 32) attention_partial_kernel(
     const float* query, const int32_t* slots, const int32_t* positions, int num_heads, const int32_t* block_tables,
     PagedKvLayout layout, const __nv_bfloat16* key_cache, const __nv_bfloat16* value_cache, int splits,
     float* workspace) {
+  begin_dependent_kernel();
   __shared__ float shared_acc[kWarps][kMaxGroup][kAttentionMaxHeadDim];
   __shared__ float shared_max[kWarps][kMaxGroup], shared_sum[kWarps][kMaxGroup];
   const int64_t t = blockIdx.x;
@@ -106,6 +107,7 @@ __global__ void __launch_bounds__(kWarps * 32) attention_partial_kernel(
 // One block per (token, head): out = sum_s acc_s e^(m_s - m) / sum_s l_s e^(m_s - m).
 __global__ void attention_combine_kernel(const float* workspace, int64_t num_tokens, int num_heads, int head_dim,
                                          int splits, float* out) {
+  begin_dependent_kernel();
   const int64_t th = blockIdx.x;
   const float* part_acc = workspace;
   const float* part_stats = workspace + num_tokens * num_heads * splits * head_dim;
@@ -138,14 +140,12 @@ cudaError_t launch_attention_decode(const float* query, const int32_t* slots, co
   const int chunks_per_kv = (num_heads / layout.num_kv_heads + kMaxGroup - 1) / kMaxGroup;
   const dim3 grid(static_cast<unsigned>(num_tokens), static_cast<unsigned>(layout.num_kv_heads * chunks_per_kv),
                   static_cast<unsigned>(splits));
-  attention_partial_kernel<<<grid, kWarps * 32, 0, stream>>>(
-      query, slots, positions, num_heads, block_tables, layout, static_cast<const __nv_bfloat16*>(key_cache),
-      static_cast<const __nv_bfloat16*>(value_cache), splits, workspace);
-  const cudaError_t status = cudaGetLastError();
+  const cudaError_t status = launch_dependent(
+      attention_partial_kernel, grid, kWarps * 32, 0, stream, query, slots, positions, num_heads, block_tables, layout,
+      static_cast<const __nv_bfloat16*>(key_cache), static_cast<const __nv_bfloat16*>(value_cache), splits, workspace);
   if (status != cudaSuccess) return status;
-  attention_combine_kernel<<<static_cast<unsigned>(num_tokens * num_heads), 128, 0, stream>>>(
-      workspace, num_tokens, num_heads, layout.head_dim, splits, out);
-  return cudaGetLastError();
+  return launch_dependent(attention_combine_kernel, static_cast<unsigned>(num_tokens * num_heads), 128, 0, stream,
+                          workspace, num_tokens, num_heads, layout.head_dim, splits, out);
 }
 
 }  // namespace uberlm::cuda

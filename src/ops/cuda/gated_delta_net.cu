@@ -9,6 +9,7 @@ constexpr int kMaxConvKernel = 8;
 // One thread per (chunk, channel); the kernel - 1 previous inputs slide through registers.
 __global__ void causal_conv1d_kernel(const float* qkv, DeviceChunks chunks, const float* weight, int64_t conv_dim,
                                      int kernel, float* conv_state, float* mixed) {
+  begin_dependent_kernel();
   const int64_t ch = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   const int c = blockIdx.y;
   if (ch >= conv_dim) return;
@@ -54,6 +55,7 @@ template <int kRows>
 __global__ void __launch_bounds__(kDeltaThreads) gated_delta_rule_kernel(
     const float* mixed, const float* a, const float* b, const float* a_log, const float* dt_bias, DeviceChunks chunks,
     DeltaNetDims dims, float* state, float* core) {
+  begin_dependent_kernel();
   __shared__ float q[kRows * kRowParts], k[kRows * kRowParts];
   __shared__ float scratch[32];
   const int c = blockIdx.x, h = blockIdx.y;
@@ -131,9 +133,8 @@ cudaError_t launch_delta_rule_rows(const float* mixed, const float* a, const flo
                                    float* state, float* core, cudaStream_t stream) {
   const dim3 grid(static_cast<unsigned>(chunks.count), static_cast<unsigned>(dims.num_v_heads),
                   blocks_for(dims.v_head_dim, kColumnsPerBlock));
-  gated_delta_rule_kernel<kRows><<<grid, kDeltaThreads, 0, stream>>>(mixed, a, b, a_log, dt_bias, chunks, dims, state,
-                                                                     core);
-  return cudaGetLastError();
+  return launch_dependent(gated_delta_rule_kernel<kRows>, grid, kDeltaThreads, 0, stream, mixed, a, b, a_log, dt_bias,
+                          chunks, dims, state, core);
 }
 }  // namespace
 
@@ -143,8 +144,8 @@ cudaError_t launch_causal_conv1d(const float* qkv, const DeviceChunks& chunks, c
   if (kernel < 2 || kernel > kMaxConvKernel) return cudaErrorInvalidValue;
   constexpr int kThreads = 128;
   const dim3 grid(blocks_for(conv_dim, kThreads), static_cast<unsigned>(chunks.count));
-  causal_conv1d_kernel<<<grid, kThreads, 0, stream>>>(qkv, chunks, weight, conv_dim, kernel, conv_state, mixed);
-  return cudaGetLastError();
+  return launch_dependent(causal_conv1d_kernel, grid, kThreads, 0, stream, qkv, chunks, weight, conv_dim, kernel,
+                          conv_state, mixed);
 }
 
 cudaError_t launch_gated_delta_rule(const float* mixed, const float* a, const float* b, const float* a_log,

@@ -65,8 +65,14 @@ void check_nvfp4_weight(const Nvfp4Weight& weight) {
 }
 }  // namespace
 
-// Chosen from kernel_bench sweeps on an H100 (bench/notes/gemv.md).
-GemvTuning gemv_nvfp4_default_tuning(int64_t /*m*/, int64_t /*n*/, int64_t /*k*/) { return {4, 8, 1, 4, true}; }
+// Chosen from kernel_bench sweeps on an H100 (bench/notes/gemv.md, bench/results/gemv-h100-sweep-async.json):
+// up to one token group the register pipeline with two row tiles, but 8 warps splitting a long K
+// (mlp_down); beyond it the shared-memory pipeline, which keeps the activation registers free.
+GemvTuning gemv_nvfp4_default_tuning(int64_t m, int64_t /*n*/, int64_t k) {
+  if (m > 8) return {4, 4, 2, 4, true};
+  if (k >= 16384) return {8, 4, 2, 8, true};
+  return {4, 2, 2, 4, false};
+}
 
 GemvTuning gemv_bf16_default_tuning(int64_t m, int64_t /*n*/, int64_t /*k*/) {
   if (m <= 8) return {2, 2, 1, 2};

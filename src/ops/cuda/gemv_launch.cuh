@@ -29,8 +29,8 @@ cudaError_t launch_gemv_tile(GemvSegments<Format> segments, const void* x, int m
     const cudaError_t status = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
     if (status != cudaSuccess) return status;
   }
-  kernel<<<grid, warps * 32, smem, stream>>>(segments, static_cast<const __nv_bfloat16*>(x), m, k, y_is_bf16, k_split);
-  return cudaGetLastError();
+  return launch_dependent(kernel, grid, warps * 32, smem, stream, segments, static_cast<const __nv_bfloat16*>(x), m, k,
+                          y_is_bf16, k_split);
 }
 
 template <class Format, int kRowTiles, int kDepth, bool kAsync>

@@ -35,6 +35,8 @@
 
 #include <cstdint>
 
+#include "ops/cuda/kernel_util.cuh"
+
 namespace uberlm::cuda {
 
 inline constexpr int kGemvLaneK = 32;                  // k-values one lane streams per row per chunk
@@ -221,6 +223,7 @@ __device__ __forceinline__ void gemv_warp_partial(const Format& format, const __
   for (int d = 0; d < kDepth; ++d) {
     if (d < count) pipe[d] = rows.load(k_first + d * k_step, k_last);
   }
+  wait_for_previous_kernel();  // the weights are constant; the activations come from the previous kernel
   uint32_t xs[kTokenGroups][16];
   if (kPrefetch && count > 0) gemv_load_activation_chunk<kTokenGroups>(x, m, k_size, k_first, xs);
   for (int base = 0; base < count; base += kDepth) {
@@ -281,6 +284,7 @@ __device__ __forceinline__ void gemv_warp_partial_async(const Format& format, co
   };
 #pragma unroll
   for (int d = 0; d < kDepth - 1; ++d) stage(d);
+  wait_for_previous_kernel();  // the weights are constant; the activations come from the previous kernel
   for (int i = 0; i < count; ++i) {
     const int k = k_first + i * k_step, k_read = k < k_last ? k : k_last;
     gemv_async_wait<kDepth - 2>();
@@ -397,7 +401,8 @@ struct GemvSegments {
   }
 };
 
-// The standalone launch: block b of a segment owns its rows [b * R, (b + 1) * R) with
+// The standalone launch (a dependent launch: the first weight chunks are requested before the previous
+// kernel has finished, see wait_for_previous_kernel): block b of a segment owns its rows [b * R, (b + 1) * R) with
 // R = 16 kRowTiles * warps / k_split; each row group's k_split warps split K by interleaved chunks (warp w
 // takes chunks w % k_split, + k_split, ...).
 template <class Format, int kTokenGroups, int kRowTiles, int kDepth, bool kAsync>
@@ -406,6 +411,7 @@ __global__ void __launch_bounds__(256)
                 bool y_is_bf16, int k_split) {
   static_assert(kTokenGroups * kGemvTokensPerGroup <= kGemvMaxTokens);
   extern __shared__ __align__(16) float gemv_partial[];
+  allow_next_kernel();
   int segment = 0;
   while (segment + 1 < segments.count && static_cast<int>(blockIdx.x) >= segments.first_block[segment + 1]) ++segment;
   const Format format = segments.formats[segment];

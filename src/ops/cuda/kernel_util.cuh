@@ -1,6 +1,7 @@
 #pragma once
 // Small device helpers shared by the op kernels: warp and block reductions, bf16 stores, launch sizes.
 #include <cuda_bf16.h>
+#include <cuda_runtime.h>
 
 #include <cstdint>
 
@@ -34,6 +35,45 @@ __device__ __forceinline__ float sigmoidf_exact(float x) { return 1.0f / (1.0f +
 __device__ __forceinline__ float siluf_exact(float x) { return x * sigmoidf_exact(x); }
 // torch softplus, beta 1, threshold 20.
 __device__ __forceinline__ float softplusf_exact(float x) { return x > 20.0f ? x : log1pf(expf(x)); }
+
+// Programmatic dependent launch (Hopper): the decode step's kernels are launched with
+// launch_dependent, which lets the GPU schedule a kernel's blocks while the previous kernel of the stream
+// drains instead of after it completed (~900 launches a step, each gap otherwise idle). Such a kernel
+// calls begin_dependent_kernel() before it touches memory that earlier kernels write; only constant
+// inputs (weights) may be read before it. Without the launch attribute both calls return at once.
+__device__ __forceinline__ void wait_for_previous_kernel() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;\n" ::: "memory");
+#endif
+}
+
+// Lets the next kernel's blocks be scheduled once every block of this one has started.
+__device__ __forceinline__ void allow_next_kernel() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
+#endif
+}
+
+__device__ __forceinline__ void begin_dependent_kernel() {
+  wait_for_previous_kernel();
+  allow_next_kernel();
+}
+
+template <class... Params, class... Args>
+cudaError_t launch_dependent(void (*kernel)(Params...), dim3 grid, dim3 block, size_t shared_bytes, cudaStream_t stream,
+                             Args... args) {
+  cudaLaunchAttribute attribute{};
+  attribute.id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attribute.val.programmaticStreamSerializationAllowed = 1;
+  cudaLaunchConfig_t config{};
+  config.gridDim = grid;
+  config.blockDim = block;
+  config.dynamicSmemBytes = shared_bytes;
+  config.stream = stream;
+  config.attrs = &attribute;
+  config.numAttrs = 1;
+  return cudaLaunchKernelEx(&config, kernel, static_cast<Params>(args)...);
+}
 
 inline unsigned blocks_for(int64_t items, int threads) {
   return static_cast<unsigned>((items + threads - 1) / threads);

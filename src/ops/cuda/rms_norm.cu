@@ -13,6 +13,7 @@ constexpr int kNormThreads = 1024;
 __global__ void __launch_bounds__(kNormThreads)
     add_rms_norm_kernel(float* x, const float* delta, const int32_t* row_index, int64_t dim, const float* weight,
                         float offset, float eps, __nv_bfloat16* out, int64_t out_stride) {
+  begin_dependent_kernel();
   __shared__ float scratch[32];
   const int64_t r = blockIdx.x;
   float* row = x + (row_index ? static_cast<int64_t>(row_index[r]) : r) * dim;
@@ -36,6 +37,7 @@ __global__ void __launch_bounds__(kNormThreads)
 __global__ void gated_rms_norm_kernel(const float* x, const float* z, int64_t z_stride, int64_t rows, int heads,
                                       int dim, const float* weight, float eps, __nv_bfloat16* out,
                                       int64_t out_stride) {
+  begin_dependent_kernel();
   const int64_t r = static_cast<int64_t>(blockIdx.x) * (blockDim.x / 32) + threadIdx.x / 32;
   if (r >= rows) return;
   const int64_t t = r / heads, h = r % heads;
@@ -53,9 +55,8 @@ cudaError_t launch_add_rms_norm(float* x, const float* delta, const int32_t* row
                                 const float* weight, float offset, float eps, void* out, int64_t out_stride,
                                 cudaStream_t stream) {
   if (rows == 0) return cudaSuccess;
-  add_rms_norm_kernel<<<static_cast<unsigned>(rows), kNormThreads, 0, stream>>>(
-      x, delta, row_index, dim, weight, offset, eps, static_cast<__nv_bfloat16*>(out), out_stride);
-  return cudaGetLastError();
+  return launch_dependent(add_rms_norm_kernel, static_cast<unsigned>(rows), kNormThreads, 0, stream, x, delta,
+                          row_index, dim, weight, offset, eps, static_cast<__nv_bfloat16*>(out), out_stride);
 }
 
 cudaError_t launch_gated_rms_norm(const float* x, const float* z, int64_t z_stride, int64_t tokens, int heads,
@@ -64,9 +65,8 @@ cudaError_t launch_gated_rms_norm(const float* x, const float* z, int64_t z_stri
   const int64_t rows = tokens * heads;
   if (rows == 0) return cudaSuccess;
   constexpr int kWarps = 4;
-  gated_rms_norm_kernel<<<blocks_for(rows, kWarps), kWarps * 32, 0, stream>>>(
-      x, z, z_stride, rows, heads, dim, weight, eps, static_cast<__nv_bfloat16*>(out), out_stride);
-  return cudaGetLastError();
+  return launch_dependent(gated_rms_norm_kernel, blocks_for(rows, kWarps), kWarps * 32, 0, stream, x, z, z_stride, rows,
+                          heads, dim, weight, eps, static_cast<__nv_bfloat16*>(out), out_stride);
 }
 
 }  // namespace uberlm::cuda

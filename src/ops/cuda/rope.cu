@@ -8,6 +8,7 @@ namespace {
 __global__ void qk_norm_rope_kernel(const float* q_proj, float* k, const int32_t* positions, int64_t num_tokens,
                                     AttentionPrepShape shape, const float* inv_freq, const float* q_norm,
                                     const float* k_norm, float* query) {
+  begin_dependent_kernel();
   const int heads = shape.num_heads + shape.num_kv_heads;
   const int64_t item = static_cast<int64_t>(blockIdx.x) * (blockDim.x / 32) + threadIdx.x / 32;
   if (item >= num_tokens * heads) return;
@@ -34,9 +35,8 @@ cudaError_t launch_qk_norm_rope(const float* q_proj, float* k, const int32_t* po
   const int64_t items = num_tokens * (shape.num_heads + shape.num_kv_heads);
   if (items == 0) return cudaSuccess;
   constexpr int kWarps = 4;
-  qk_norm_rope_kernel<<<blocks_for(items, kWarps), kWarps * 32, 0, stream>>>(q_proj, k, positions, num_tokens, shape,
-                                                                             inv_freq, q_norm, k_norm, query);
-  return cudaGetLastError();
+  return launch_dependent(qk_norm_rope_kernel, blocks_for(items, kWarps), kWarps * 32, 0, stream, q_proj, k, positions,
+                          num_tokens, shape, inv_freq, q_norm, k_norm, query);
 }
 
 }  // namespace uberlm::cuda

@@ -16,6 +16,7 @@ __device__ __forceinline__ void better(float& value, int& index, float other_val
 
 // One block per row.
 __global__ void argmax_kernel(const float* logits, int64_t vocab, int32_t* tokens) {
+  begin_dependent_kernel();
   __shared__ float values[32];
   __shared__ int indices[32];
   const float* row = logits + static_cast<int64_t>(blockIdx.x) * vocab;
@@ -47,8 +48,7 @@ __global__ void argmax_kernel(const float* logits, int64_t vocab, int32_t* token
 
 cudaError_t launch_argmax(const float* logits, int64_t rows, int64_t vocab, int32_t* tokens, cudaStream_t stream) {
   if (rows == 0) return cudaSuccess;
-  argmax_kernel<<<static_cast<unsigned>(rows), kThreads, 0, stream>>>(logits, vocab, tokens);
-  return cudaGetLastError();
+  return launch_dependent(argmax_kernel, static_cast<unsigned>(rows), kThreads, 0, stream, logits, vocab, tokens);
 }
 
 }  // namespace uberlm::cuda
