@@ -110,10 +110,13 @@ int64_t compare_with_cpu(const Model& model, const std::string& label) {
   return rows;
 }
 
+// The hybrid is qwen3_5_conditioned, not qwen3_5_hybrid: that one's wide random draws amplify bf16
+// rounding about 30x (rounding only the linear layers' inputs moves its logits by up to 3.7e-1 on the
+// CPU), so no bf16 engine can hold it to 2e-2; see tests/oracle/fixtures_models.py.
 TEST(CudaBackend, MatchesCpuOnFixtureModels) {
   ASSERT_NO_FATAL_FAILURE(require_gpu());
   int64_t rows = 0;
-  for (const std::string name : {"qwen3_5_hybrid", "qwen3", "llama", "qwen2"}) {
+  for (const std::string name : {"qwen3_5_conditioned", "qwen3", "llama", "qwen2"}) {
     const auto model = Model::load(fixture_model(name));
     rows += compare_with_cpu(*model, name);
   }
