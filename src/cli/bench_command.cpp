@@ -262,8 +262,7 @@ void run_bench(const BenchOptions& options) {
     }
     report["kernels"]["decode_batch_" + std::to_string(batch)] = profile_json(times, kProfileSteps);
   }
-  if (!options.prefill.empty()) {
-    const int length = options.prefill.front();
+  for (int length : options.prefill) {
     backend->release(0);
     ForwardBatch batch;
     for (int i = 0; i < length; ++i) batch.tokens.push_back((i * 104729 + 13) % config.vocab_size);
@@ -277,11 +276,15 @@ void run_bench(const BenchOptions& options) {
     report["kernels"]["prefill_" + std::to_string(length)] = profile_json(times, 1);
   }
   const CudaBackend::Counters counters = backend->counters();
-  report["counters"] = {{"sliced_linear_calls", counters.sliced_linear_calls},
+  report["counters"] = {{"gemv_linear_calls", counters.gemv_linear_calls},
+                        {"gemm_bf16_linear_calls", counters.gemm_bf16_linear_calls},
+                        {"gemm_nvfp4_linear_calls", counters.gemm_nvfp4_linear_calls},
                         {"graph_captures", counters.graph_captures},
                         {"graph_replays", counters.graph_replays}};
-  std::printf("\nsliced linear calls %lld, graph captures %lld, graph replays %lld\n",
-              static_cast<long long>(counters.sliced_linear_calls), static_cast<long long>(counters.graph_captures),
+  std::printf("\nlinear calls: GEMV %lld, cuBLAS bf16 %lld, cuBLAS NVFP4 (dequantised) %lld; graph captures %lld, "
+              "replays %lld\n",
+              static_cast<long long>(counters.gemv_linear_calls), static_cast<long long>(counters.gemm_bf16_linear_calls),
+              static_cast<long long>(counters.gemm_nvfp4_linear_calls), static_cast<long long>(counters.graph_captures),
               static_cast<long long>(counters.graph_replays));
   if (!options.json_path.empty()) {
     std::ofstream(options.json_path) << report.dump(2) << "\n";

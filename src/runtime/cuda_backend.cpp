@@ -19,6 +19,7 @@
 #include "ops/cuda/cuda_check.h"
 #include "ops/cuda/embedding.h"
 #include "ops/cuda/gated_delta_net.h"
+#include "ops/cuda/gemm.h"
 #include "ops/cuda/gemv.h"
 #include "ops/cuda/kv_cache.h"
 #include "ops/cuda/random_fill.h"
@@ -155,6 +156,11 @@ struct CudaBackend::Impl {
   int32_t *chunk_first = nullptr, *chunk_length = nullptr, *chunk_slot = nullptr, *chunk_start = nullptr;  // [T]
   int32_t* logit_rows = nullptr;     // [R]
   int32_t* block_tables = nullptr;   // [slots, max_blocks_per_slot]
+  // The large-M path (only planned when a forward can exceed the GEMV's 64 rows).
+  uint16_t* gemm_scratch = nullptr;  // bf16 [largest NVFP4 layer]
+  int64_t gemm_scratch_elements = 0;
+  uint8_t* gemm_workspace = nullptr;
+  std::unique_ptr<cuda::Gemm> gemm;
 
   // Host-side cache bookkeeping.
   std::vector<int64_t> lengths;
@@ -165,7 +171,6 @@ struct CudaBackend::Impl {
   bool graphs_enabled = true;
   std::map<int64_t, cudaGraphExec_t> decode_graphs;
   Counters counters;
-  bool logged_sliced = false;
 
   // Profiling.
   bool profiling = false;
@@ -206,6 +211,7 @@ struct CudaBackend::Impl {
 };
 
 CudaBackend::Impl::~Impl() {
+  gemm.reset();  // the cuBLAS handle before the stream it is bound to
   for (auto& [size, exec] : decode_graphs) cudaGraphExecDestroy(exec);
   if (meta_host) cudaFreeHost(meta_host);
   if (weight_memory) cudaFree(weight_memory);
@@ -317,6 +323,14 @@ void CudaBackend::Impl::layout_runtime(Arena& arena) {
     workspace = std::max(workspace, cuda::attention_workspace_floats(t, c.num_heads, c.head_dim, splits));
   }
   attention_workspace = arena.take<float>(workspace);
+  if (std::max(T, R) > cuda::kGemvMaxM) {
+    gemm_scratch_elements = 0;
+    for (DeviceLinear* w : all_linears()) {
+      if (w->nvfp4) gemm_scratch_elements = std::max(gemm_scratch_elements, w->out * w->in_padded);
+    }
+    gemm_scratch = gemm_scratch_elements > 0 ? arena.take<uint16_t>(gemm_scratch_elements) : nullptr;
+    gemm_workspace = arena.take<uint8_t>(cuda::kGemmWorkspaceBytes);
+  }
   final_in = arena.take<uint16_t>(R * padded_k(dim));
   logits = arena.take<float>(R * c.vocab_size);
   argmax = arena.take<int32_t>(R);
@@ -390,6 +404,7 @@ void CudaBackend::Impl::allocate(const std::vector<LinearKind>& kinds) {
   CUDA_CHECK(cudaMemset(weight_memory, 0, weight_arena_bytes));
   CUDA_CHECK(cudaMallocHost(reinterpret_cast<void**>(&meta_host), meta_count * sizeof(int32_t)));
   std::memset(meta_host, 0, meta_count * sizeof(int32_t));
+  if (gemm_workspace) gemm = std::make_unique<cuda::Gemm>(stream, gemm_workspace, cuda::kGemmWorkspaceBytes);
   init_common();
 }
 
@@ -552,27 +567,20 @@ void CudaBackend::Impl::fill_random(uint64_t seed) {
 }
 
 // Zero-padded K columns: the runtime arena was zeroed at allocation, and no kernel writes a row's padding.
+// The path is chosen by M alone: the GEMV up to 64 rows, cuBLAS above (planned at load whenever a forward
+// can have more rows, so it is always there when needed).
 void CudaBackend::Impl::linear(const DeviceLinear& w, const uint16_t* x_bf16, int64_t rows, float* y) {
-  if (rows > cuda::kGemvMaxM) {
-    ++counters.sliced_linear_calls;
-    if (options.strict) {
-      fail("CudaBackend: {} over {} rows needs the sliced fallback (64-row GEMV slices); strict mode forbids it",
-           w.name, rows);
-    }
-    if (!logged_sliced) {
-      spdlog::info("cuda backend: linear layers over more than {} rows run as 64-row GEMV slices (prefill fallback)",
-                   cuda::kGemvMaxM);
-      logged_sliced = true;
-    }
-  }
-  for (int64_t r0 = 0; r0 < rows; r0 += cuda::kGemvMaxM) {
-    const int64_t m = std::min(cuda::kGemvMaxM, rows - r0);
-    const uint16_t* x = x_bf16 + r0 * w.in_padded;
-    if (w.nvfp4) {
-      cuda::gemv_nvfp4(w.nvfp4_view(), x, m, y + r0 * w.out, DType::F32, stream);
-    } else {
-      cuda::gemv_bf16(w.bf16, w.out, w.in_padded, x, m, y + r0 * w.out, DType::F32, stream);
-    }
+  if (rows == 0) return;
+  if (rows <= cuda::kGemvMaxM) {
+    ++counters.gemv_linear_calls;
+    if (w.nvfp4) cuda::gemv_nvfp4(w.nvfp4_view(), x_bf16, rows, y, DType::F32, stream);
+    else cuda::gemv_bf16(w.bf16, w.out, w.in_padded, x_bf16, rows, y, DType::F32, stream);
+  } else if (w.nvfp4) {
+    ++counters.gemm_nvfp4_linear_calls;
+    gemm->nvfp4(w.nvfp4_view(), gemm_scratch, gemm_scratch_elements, x_bf16, rows, y);
+  } else {
+    ++counters.gemm_bf16_linear_calls;
+    gemm->bf16(w.bf16, w.out, w.in_padded, x_bf16, rows, y);
   }
   if (w.bias) CUDA_CHECK(cuda::launch_add_bias(y, w.bias, rows, w.out, stream));
 }
@@ -945,10 +953,11 @@ CudaBackend::Counters CudaBackend::counters() const { return impl_->counters; }
 std::string CudaBackend::memory_summary() const {
   const Impl& d = *impl_;
   return fmt::format("weights {:.3f} GiB, KV cache {:.3f} GiB ({} slots x {} tokens), delta-net state {:.3f} GiB, "
-                     "activations {:.3f} GiB ({} tokens per forward)",
+                     "activations {:.3f} GiB ({} tokens per forward) of which the prefill GEMM's NVFP4 scratch "
+                     "{:.3f} GiB",
                      gib(d.weight_arena_bytes), gib(d.kv_bytes), d.options.max_slots, d.options.max_context,
                      gib(d.state_bytes), gib(d.runtime_arena_bytes - d.kv_bytes - d.state_bytes),
-                     d.options.max_batch_tokens);
+                     d.options.max_batch_tokens, gib(d.gemm_scratch_elements * 2));
 }
 
 #endif  // UBERLM_WITH_CUDA

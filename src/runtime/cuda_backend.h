@@ -5,8 +5,9 @@
 //
 // Data flow per layer: fp32 residual stream x [T, D]; each linear layer reads bf16 rows whose length is
 // padded to a multiple of 32 (the GEMV's K granularity; the padding is zero in weights and activations)
-// and writes fp32. Linear layers run on the small-M GEMV (cuda::gemv_*) in slices of at most 64 rows;
-// more than 64 rows (prefill) is the sliced fallback, counted, logged once, and an Error when strict.
+// and writes fp32. A linear layer over at most 64 rows runs on the small-M GEMV (cuda::gemv_*); over more
+// rows (prefill) on cuBLAS (cuda::Gemm): bf16 weights directly, NVFP4 weights dequantised first into a
+// bf16 scratch buffer planned at load for the largest NVFP4 layer. Each path is counted.
 // A decode step (every chunk one token, every chunk wanting logits) is captured as one CUDA graph per
 // batch size and replayed; its kernels are the eager ones with the same launch shapes, so a replay gives
 // the eager result bit for bit.
@@ -76,7 +77,9 @@ class CudaBackend : public Backend {
   // attention layer, conv and recurrent state of every Gated DeltaNet layer, read and written back).
   int64_t cache_bytes_per_token(int64_t context) const;
   struct Counters {
-    int64_t sliced_linear_calls = 0;  // linear layers over more than 64 rows
+    int64_t gemv_linear_calls = 0;        // linear layers over at most 64 rows
+    int64_t gemm_bf16_linear_calls = 0;   // over more rows, bf16 weights
+    int64_t gemm_nvfp4_linear_calls = 0;  // over more rows, NVFP4 weights dequantised into the scratch buffer
     int64_t graph_captures = 0;
     int64_t graph_replays = 0;
   };
