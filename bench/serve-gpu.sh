@@ -8,7 +8,7 @@ set -euo pipefail
 bin=$1 data=$2 out=$3
 mkdir -p "$out"
 gpu=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1)
-commit=$(git rev-parse HEAD 2>/dev/null || echo unknown)
+commit=${UBERLM_COMMIT:-$(git rev-parse HEAD 2>/dev/null || echo unknown)}
 script_dir=$(dirname "$0")
 
 wait_healthy() {  # port, server pid

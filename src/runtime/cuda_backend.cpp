@@ -411,15 +411,14 @@ int64_t CudaBackend::Impl::plan_kv_blocks(int64_t weight_bytes, int64_t free_byt
     fail("CudaBackend: gpu_memory_utilization must be in [0, 1] (0: no memory-based sizing), got {}",
          options.gpu_memory_utilization);
   }
-  // Runtime bytes without KV, and the bytes one more block adds (each layer's pool is aligned, so this
-  // bounds the per-block cost from above).
+  // Runtime bytes without KV (a planning pass with an empty pool), the bytes of one block in every
+  // full-attention layer's key and value pools, and what aligning each pool can add.
   num_blocks = 0;
   Arena without_kv;
   layout_runtime(without_kv);
-  num_blocks = 1;
-  Arena one_block;
-  layout_runtime(one_block);
-  const int64_t block_bytes = one_block.used() - without_kv.used();
+  const int64_t kv_pools = 2 * static_cast<int64_t>(config.num_layers_of(LayerKind::FullAttention));
+  const int64_t block_bytes =
+      kv_pools * kKvBlockSize * config.num_kv_heads * config.head_dim * static_cast<int64_t>(sizeof(uint16_t));
   int64_t blocks = max_blocks_per_slot * options.max_slots;
   if (options.num_kv_blocks > 0) {
     blocks = options.num_kv_blocks;
@@ -428,7 +427,7 @@ int64_t CudaBackend::Impl::plan_kv_blocks(int64_t weight_bytes, int64_t free_byt
     const int64_t held_by_others = total_bytes - free_bytes;
     const int64_t allowed = std::min(static_cast<int64_t>(utilization * static_cast<double>(total_bytes)) - held_by_others,
                                      free_bytes - margin);
-    const int64_t budget = allowed - weight_bytes - without_kv.used();
+    const int64_t budget = allowed - weight_bytes - without_kv.used() - kv_pools * kAlignment;
     blocks = std::max<int64_t>(budget, 0) / block_bytes;
     spdlog::info("cuda backend: {:.0f}% of {:.2f} GiB ({:.2f} GiB held before load) minus weights {:.2f} GiB and "
                  "activations/states {:.2f} GiB leaves {:.2f} GiB: {} KV blocks of {} tokens",
