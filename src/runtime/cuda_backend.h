@@ -23,11 +23,19 @@ namespace uberlm {
 
 struct CudaBackendOptions {
   int max_slots = 1;
-  int64_t max_context = 4096;       // tokens per sequence (KV blocks are planned for every slot)
+  int64_t max_context = 4096;       // tokens per sequence
   int64_t max_batch_tokens = 512;   // tokens of one forward
   int64_t max_logit_rows = 64;      // logits rows computed at once (more are done in pieces)
   bool cuda_graphs = true;
   bool strict = false;              // any fallback is an Error; UBERLM_STRICT=1 sets it too
+  // Who takes KV blocks from the pool: the backend itself as each slot grows (one-shot tools), or a
+  // scheduler that passes every sequence's block table in SequenceChunk::block_table (the server).
+  bool scheduler_owns_kv_blocks = false;
+  // KV pool size, the first rule that applies: num_kv_blocks blocks; every block that fits in
+  // gpu_memory_utilization (0, 1] of the GPU's total memory after weights, states, activations and what
+  // other processes hold (vLLM's option); max_slots x max_context tokens.
+  int64_t num_kv_blocks = 0;
+  double gpu_memory_utilization = 0;
 };
 
 enum class SyntheticFormat { Nvfp4, Bf16 };
@@ -42,7 +50,10 @@ struct KernelTime {
 // True when the binary has CUDA and a device is visible.
 bool cuda_device_present();
 
-// device: "cpu", "cuda" or "auto" (cuda when cuda_device_present()).
+// device: "cpu", "cuda" or "auto" (cuda when cuda_device_present()). The CPU backend takes
+// options.max_slots; the CUDA backend all of options.
+std::unique_ptr<Backend> make_backend(const Model& model, const std::string& device, const CudaBackendOptions& options);
+// The same for one-shot tools: max_slots slots of the model's context (at most 8192 tokens).
 std::unique_ptr<Backend> make_backend(const Model& model, const std::string& device, int max_slots);
 
 #ifdef UBERLM_WITH_CUDA
@@ -58,6 +69,7 @@ class CudaBackend : public Backend {
   int max_slots() const override;
   int64_t cached_length(int slot) const override;
   void release(int slot) override;
+  std::optional<KvBlockPool> kv_block_pool() const override;
   ForwardResult forward(const ForwardBatch& batch) override;
 
   // Runs `batch` (at most max_logit_rows logits rows) and leaves the logits on the device; then
