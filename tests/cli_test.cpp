@@ -56,5 +56,14 @@ TEST(Cli, MissingModelIsAClearError) {
   EXPECT_NE(result.output.find("/nonexistent/model"), std::string::npos) << result.output;
 }
 
+TEST(Cli, ServeShapeNeedsATokenizerAndTheGpu) {
+  CommandResult no_tokenizer = run_uberlm("serve --shape qwen3.5-27b --port 0");
+  EXPECT_NE(no_tokenizer.exit_code, 0);
+  EXPECT_NE(no_tokenizer.output.find("--tokenizer DIR is required"), std::string::npos) << no_tokenizer.output;
+  CommandResult on_cpu = run_uberlm("serve --shape qwen3.5-27b --tokenizer " + kDefaultModel + " --device cpu --port 0");
+  EXPECT_NE(on_cpu.exit_code, 0);
+  EXPECT_NE(on_cpu.output.find("synthetic weights are made on the GPU"), std::string::npos) << on_cpu.output;
+}
+
 }  // namespace
 }  // namespace uberlm

@@ -53,7 +53,8 @@ TEST_P(DecoderOracle, PrefillAndGreedyDecodeMatchTransformers) {
 }
 
 INSTANTIATE_TEST_SUITE_P(TinyModels, DecoderOracle,
-                         ::testing::Values("qwen3_5_hybrid", "qwen3_5_nested", "qwen3", "llama", "qwen2"));
+                         ::testing::Values("qwen3_5_hybrid", "qwen3_5_nested", "qwen3_5_conditioned", "qwen3",
+                                           "llama", "qwen2"));
 
 // Three sequences of different lengths prefilled and decoded together give exactly the logits each
 // gives alone: every kernel computes a token's values in an order independent of the batch.

@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "core/error.h"
+#include "expect_error.h"
 #include "runtime/engine.h"
 #include "runtime/scheduler.h"
 
@@ -178,25 +179,48 @@ TEST(Scheduler, RemovingFreesBlocksAndSlots) {
 
 // A backend whose next-token logits are a function of the sequence's whole token history, so any
 // scheduling (batching, chunking, preemption and recompute) must reproduce the output of a lone run.
+// With a pool it is paged like the CUDA backend: tokens are stored only in the blocks each chunk's
+// block table names and the history is read back through the table, so blocks shared by two live
+// sequences, or a table that misses a position, change the output.
 class FakeBackend : public Backend {
  public:
-  FakeBackend(int vocab, int slots) : history_(slots) { config_.vocab_size = vocab; }
+  FakeBackend(int vocab, int slots, std::optional<KvBlockPool> pool = std::nullopt)
+      : history_(slots), lengths_(slots, 0), pool_(pool) {
+    config_.vocab_size = vocab;
+    if (pool_) stored_.assign(pool_->num_blocks * pool_->block_size, -1);
+  }
   std::string name() const override { return "fake"; }
   const ModelConfig& config() const override { return config_; }
   int max_slots() const override { return static_cast<int>(history_.size()); }
-  int64_t cached_length(int slot) const override { return static_cast<int64_t>(history_.at(slot).size()); }
-  void release(int slot) override { history_.at(slot).clear(); }
+  int64_t cached_length(int slot) const override { return lengths_.at(slot); }
+  void release(int slot) override {
+    history_.at(slot).clear();
+    lengths_.at(slot) = 0;
+  }
+  std::optional<KvBlockPool> kv_block_pool() const override { return pool_; }
   ForwardResult forward(const ForwardBatch& batch) override {
     while (paused.load()) std::this_thread::sleep_for(std::chrono::milliseconds(1));
     ForwardResult result;
     size_t offset = 0;
     for (const SequenceChunk& chunk : batch.chunks) {
       auto& history = history_.at(chunk.slot);
-      history.insert(history.end(), batch.tokens.begin() + offset, batch.tokens.begin() + offset + chunk.num_tokens);
+      const std::vector<int32_t> tokens(batch.tokens.begin() + offset, batch.tokens.begin() + offset + chunk.num_tokens);
       offset += chunk.num_tokens;
+      if (pool_) {
+        for (int64_t i = 0; i < chunk.num_tokens; ++i) stored_.at(pooled(chunk, lengths_[chunk.slot] + i)) = tokens[i];
+      } else {
+        history.insert(history.end(), tokens.begin(), tokens.end());
+      }
+      lengths_[chunk.slot] += chunk.num_tokens;
       if (!chunk.want_logits) continue;
+      if (pool_) {
+        history.clear();
+        for (int64_t p = 0; p < lengths_[chunk.slot]; ++p) history.push_back(stored_.at(pooled(chunk, p)));
+      }
+      const int next = next_token(history, config_.vocab_size);
+      if (batch.argmax_only) result.argmax.push_back(next);
       std::vector<float> row(config_.vocab_size, 0.0f);
-      row[next_token(history, config_.vocab_size)] = 1.0f;
+      row[next] = 1.0f;
       result.logits.insert(result.logits.end(), row.begin(), row.end());
       ++result.rows;
     }
@@ -211,8 +235,18 @@ class FakeBackend : public Backend {
   std::atomic<bool> paused{false};
 
  private:
+  // Index in the pool of position p of the chunk's sequence; throws when the table does not cover p.
+  size_t pooled(const SequenceChunk& chunk, int64_t p) const {
+    const size_t block = static_cast<size_t>(p / pool_->block_size);
+    if (block >= chunk.block_table.size()) throw Error(fmt::format("slot {} position {}: no block", chunk.slot, p));
+    return static_cast<size_t>(chunk.block_table[block]) * pool_->block_size + p % pool_->block_size;
+  }
+
   ModelConfig config_;
   std::vector<std::vector<int32_t>> history_;
+  std::vector<int64_t> lengths_;
+  std::optional<KvBlockPool> pool_;
+  std::vector<int32_t> stored_;  // token ids by pool position
 };
 
 std::unique_ptr<BpeTokenizer> fixture_tokenizer() {
@@ -281,6 +315,40 @@ TEST(Engine, BatchedChunkedAndPreemptedOutputsEqualLoneRuns) {
   EXPECT_GT(metrics.value(Counter::EngineSteps, R"(backend="fake",path="mixed")"), 0.0);
   EXPECT_EQ(metrics.value(Counter::GenerationTokens), kRequests * 40.0);
   EXPECT_EQ(engine.in_flight(), 0);
+}
+
+// The same traffic on a paged backend: every chunk's block table is what the backend stores and reads
+// through, under chunked prefill and preemption, and the outputs still equal the lone runs.
+TEST(Engine, PagedBackendReadsThroughTheSchedulersBlockTables) {
+  auto tokenizer = fixture_tokenizer();
+  constexpr int kRequests = 12;
+  std::vector<std::string> alone(kRequests);
+  {
+    FakeBackend backend(tokenizer->vocab_size(), 1);
+    Metrics metrics;
+    Engine engine(backend, *tokenizer, engine_config(1, 512, 8, 0), metrics);
+    for (int r = 0; r < kRequests; ++r) alone[r] = collect(*engine.submit(request_for(r, 40))).text;
+  }
+  FakeBackend backend(tokenizer->vocab_size(), 4, KvBlockPool{16, 8});
+  Metrics metrics;
+  Engine engine(backend, *tokenizer, engine_config(4, 8, 8, kRequests), metrics);
+  std::vector<std::shared_ptr<RequestStream>> streams;
+  for (int r = 0; r < kRequests; ++r) streams.push_back(engine.submit(request_for(r, 40)));
+  for (int r = 0; r < kRequests; ++r) {
+    ASSERT_NE(streams[r], nullptr);
+    const Collected got = collect(*streams[r]);
+    EXPECT_TRUE(got.final.error.empty()) << "request " << r << ": " << got.final.error;
+    EXPECT_EQ(got.text, alone[r]) << "request " << r;
+  }
+  EXPECT_GT(metrics.value(Counter::Preemptions), 0.0);
+}
+
+TEST(Engine, RefusesASchedulerPoolLargerThanTheBackends) {
+  auto tokenizer = fixture_tokenizer();
+  FakeBackend backend(tokenizer->vocab_size(), 2, KvBlockPool{16, 7});
+  Metrics metrics;
+  expect_error_containing([&] { Engine engine(backend, *tokenizer, engine_config(2, 64, 8, 0), metrics); },
+                          {"backend fake has a pool of 7 blocks of 16"});
 }
 
 TEST(Engine, StopStringsAndStopTokensEndTheOutput) {

@@ -16,6 +16,7 @@
 #include <nlohmann/json.hpp>
 
 #include "cli/commands.h"
+#include "cli/model_shapes.h"
 #include "core/error.h"
 #include "model/config.h"
 #include "model/model.h"
@@ -42,43 +43,6 @@ struct BenchOptions {
   std::string json_path;
   std::string command;
 };
-
-// Qwen3.5 hybrid shapes: 3 Gated DeltaNet layers then 1 gated full-attention layer, repeated.
-ModelConfig qwen3_5_shape(int hidden, int layers, int intermediate, int heads, int kv_heads, int linear_k_heads,
-                          int linear_v_heads) {
-  ModelConfig c;
-  c.model_type = "qwen3_5_text";
-  c.hidden_size = hidden;
-  c.num_layers = layers;
-  c.intermediate_size = intermediate;
-  c.vocab_size = 248320;
-  c.rms_norm_eps = 1e-6f;
-  c.norm_style = NormStyle::OnePlusWeight;
-  for (int i = 0; i < layers; ++i) {
-    c.layer_kinds.push_back((i + 1) % 4 == 0 ? LayerKind::FullAttention : LayerKind::LinearAttention);
-  }
-  c.num_heads = heads;
-  c.num_kv_heads = kv_heads;
-  c.head_dim = 256;
-  c.rotary_dim = 64;
-  c.rope_theta = 1e7f;
-  c.qk_norm = true;
-  c.attn_output_gate = true;
-  c.max_position_embeddings = 262144;
-  c.linear_num_key_heads = linear_k_heads;
-  c.linear_num_value_heads = linear_v_heads;
-  c.linear_key_head_dim = 128;
-  c.linear_value_head_dim = 128;
-  c.linear_conv_kernel = 4;
-  return c;
-}
-
-ModelConfig shape_config(const std::string& shape) {
-  if (shape == "qwen3.5-27b") return qwen3_5_shape(5120, 64, 17408, 24, 4, 16, 48);  // spec/qwen3_5.md
-  if (shape == "qwen3.5-9b") return qwen3_5_shape(4096, 32, 12288, 16, 4, 16, 32);
-  if (shape == "default") return load_model_config(default_model_dir());
-  fail("bench: unknown --shape {} (qwen3.5-27b, qwen3.5-9b or default)", shape);
-}
 
 #ifdef UBERLM_WITH_CUDA
 
@@ -262,8 +226,7 @@ void run_bench(const BenchOptions& options) {
     }
     report["kernels"]["decode_batch_" + std::to_string(batch)] = profile_json(times, kProfileSteps);
   }
-  if (!options.prefill.empty()) {
-    const int length = options.prefill.front();
+  for (int length : options.prefill) {
     backend->release(0);
     ForwardBatch batch;
     for (int i = 0; i < length; ++i) batch.tokens.push_back((i * 104729 + 13) % config.vocab_size);
@@ -277,11 +240,15 @@ void run_bench(const BenchOptions& options) {
     report["kernels"]["prefill_" + std::to_string(length)] = profile_json(times, 1);
   }
   const CudaBackend::Counters counters = backend->counters();
-  report["counters"] = {{"sliced_linear_calls", counters.sliced_linear_calls},
+  report["counters"] = {{"gemv_linear_calls", counters.gemv_linear_calls},
+                        {"gemm_bf16_linear_calls", counters.gemm_bf16_linear_calls},
+                        {"gemm_nvfp4_linear_calls", counters.gemm_nvfp4_linear_calls},
                         {"graph_captures", counters.graph_captures},
                         {"graph_replays", counters.graph_replays}};
-  std::printf("\nsliced linear calls %lld, graph captures %lld, graph replays %lld\n",
-              static_cast<long long>(counters.sliced_linear_calls), static_cast<long long>(counters.graph_captures),
+  std::printf("\nlinear calls: GEMV %lld, cuBLAS bf16 %lld, cuBLAS NVFP4 (dequantised) %lld; graph captures %lld, "
+              "replays %lld\n",
+              static_cast<long long>(counters.gemv_linear_calls), static_cast<long long>(counters.gemm_bf16_linear_calls),
+              static_cast<long long>(counters.gemm_nvfp4_linear_calls), static_cast<long long>(counters.graph_captures),
               static_cast<long long>(counters.graph_replays));
   if (!options.json_path.empty()) {
     std::ofstream(options.json_path) << report.dump(2) << "\n";

@@ -1,5 +1,7 @@
 #include "runtime/cpu_backend.h"
 
+#include "runtime/sampler.h"
+
 namespace uberlm {
 
 CpuBackend::CpuBackend(const Model& model, int max_slots) : model_(model), decoder_(model.config, model.weights) {
@@ -8,6 +10,10 @@ CpuBackend::CpuBackend(const Model& model, int max_slots) : model_(model), decod
 
 void CpuBackend::release(int slot) { caches_.at(slot) = decoder_.new_cache(); }
 
-ForwardResult CpuBackend::forward(const ForwardBatch& batch) { return decoder_.forward(batch, caches_); }
+ForwardResult CpuBackend::forward(const ForwardBatch& batch) {
+  ForwardResult result = decoder_.forward(batch, caches_);
+  if (batch.argmax_only) result.argmax = argmax_rows(result.logits, result.rows, model_.config.vocab_size);
+  return result;
+}
 
 }  // namespace uberlm

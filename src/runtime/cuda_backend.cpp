@@ -1,6 +1,7 @@
 #include "runtime/cuda_backend.h"
 
 #include "runtime/cpu_backend.h"
+#include "runtime/sampler.h"
 #include "core/error.h"
 
 #ifdef UBERLM_WITH_CUDA
@@ -20,6 +21,7 @@
 #include "ops/cuda/cuda_check.h"
 #include "ops/cuda/embedding.h"
 #include "ops/cuda/gated_delta_net.h"
+#include "ops/cuda/gemm.h"
 #include "ops/cuda/gemv.h"
 #include "ops/cuda/kv_cache.h"
 #include "ops/cuda/random_fill.h"
@@ -39,19 +41,23 @@ bool cuda_device_present() {
 #endif
 }
 
-std::unique_ptr<Backend> make_backend(const Model& model, const std::string& device, int max_slots) {
+std::unique_ptr<Backend> make_backend(const Model& model, const std::string& device, const CudaBackendOptions& options) {
   if (device != "cpu" && device != "cuda" && device != "auto") fail("--device {}: expected cpu, cuda or auto", device);
   const bool use_cuda = device == "cuda" || (device == "auto" && cuda_device_present());
-  if (!use_cuda) return std::make_unique<CpuBackend>(model, max_slots);
+  if (!use_cuda) return std::make_unique<CpuBackend>(model, options.max_slots);
 #ifdef UBERLM_WITH_CUDA
   if (!cuda_device_present()) fail("--device cuda: no CUDA device is visible");
-  CudaBackendOptions options;
-  options.max_slots = max_slots;
-  options.max_context = std::min<int64_t>(model.config.max_position_embeddings > 0 ? model.config.max_position_embeddings : 4096, 8192);
   return std::make_unique<CudaBackend>(model, options);
 #else
   fail("--device cuda: this binary was built without CUDA");
 #endif
+}
+
+std::unique_ptr<Backend> make_backend(const Model& model, const std::string& device, int max_slots) {
+  CudaBackendOptions options;
+  options.max_slots = max_slots;
+  options.max_context = std::min<int64_t>(model.config.max_position_embeddings > 0 ? model.config.max_position_embeddings : 4096, 8192);
+  return make_backend(model, device, options);
 }
 
 #ifdef UBERLM_WITH_CUDA
@@ -156,6 +162,11 @@ struct CudaBackend::Impl {
   int32_t *chunk_first = nullptr, *chunk_length = nullptr, *chunk_slot = nullptr, *chunk_start = nullptr;  // [T]
   int32_t* logit_rows = nullptr;     // [R]
   int32_t* block_tables = nullptr;   // [slots, max_blocks_per_slot]
+  // The large-M path (only planned when a forward can exceed the GEMV's 64 rows).
+  uint16_t* gemm_scratch = nullptr;  // bf16 [largest NVFP4 layer]
+  int64_t gemm_scratch_elements = 0;
+  uint8_t* gemm_workspace = nullptr;
+  std::unique_ptr<cuda::Gemm> gemm;
 
   // Host-side cache bookkeeping.
   std::vector<int64_t> lengths;
@@ -166,7 +177,6 @@ struct CudaBackend::Impl {
   bool graphs_enabled = true;
   std::map<int64_t, cudaGraphExec_t> decode_graphs;
   Counters counters;
-  bool logged_sliced = false;
 
   // Profiling.
   bool profiling = false;
@@ -188,6 +198,10 @@ struct CudaBackend::Impl {
   void upload(const Model& model);
   void fill_random(uint64_t seed);
   void init_common();
+  // The KV pool's block count by the options' sizing rule (sets num_blocks while planning).
+  int64_t plan_kv_blocks(int64_t weight_bytes, int64_t free_bytes, int64_t total_bytes, int64_t margin);
+  // Writes the chunk's block table row, taking blocks from the pool unless the scheduler owns them.
+  void assign_blocks(const SequenceChunk& chunk, int64_t start, int32_t* host_tables);
 
   // Forward pieces.
   struct BatchPlan {
@@ -212,6 +226,7 @@ struct CudaBackend::Impl {
 };
 
 CudaBackend::Impl::~Impl() {
+  gemm.reset();  // the cuBLAS handle before the stream it is bound to
   for (auto& [size, exec] : decode_graphs) cudaGraphExecDestroy(exec);
   if (meta_host) cudaFreeHost(meta_host);
   if (weight_memory) cudaFree(weight_memory);
@@ -303,7 +318,6 @@ void CudaBackend::Impl::layout_runtime(Arena& arena) {
   max_tokens = T;
   max_rows = R;
   max_blocks_per_slot = (options.max_context + kKvBlockSize - 1) / kKvBlockSize;
-  num_blocks = max_blocks_per_slot * options.max_slots;
 
   x = arena.take<float>(T * dim);
   h = arena.take<uint16_t>(T * padded_k(dim));
@@ -323,6 +337,14 @@ void CudaBackend::Impl::layout_runtime(Arena& arena) {
     workspace = std::max(workspace, cuda::attention_workspace_floats(t, c.num_heads, c.head_dim, splits));
   }
   attention_workspace = arena.take<float>(workspace);
+  if (std::max(T, R) > cuda::kGemvMaxM) {
+    gemm_scratch_elements = 0;
+    for (DeviceLinear* w : all_linears()) {
+      if (w->nvfp4) gemm_scratch_elements = std::max(gemm_scratch_elements, w->out * w->in_padded);
+    }
+    gemm_scratch = gemm_scratch_elements > 0 ? arena.take<uint16_t>(gemm_scratch_elements) : nullptr;
+    gemm_workspace = arena.take<uint8_t>(cuda::kGemmWorkspaceBytes);
+  }
   final_in = arena.take<uint16_t>(R * padded_k(dim));
   logits = arena.take<float>(R * c.vocab_size);
   argmax = arena.take<int32_t>(R);
@@ -368,19 +390,22 @@ void CudaBackend::Impl::allocate(const std::vector<LinearKind>& kinds) {
     fail("CudaBackend: head_dim {} exceeds the attention kernel's {}", config.head_dim, cuda::kAttentionMaxHeadDim);
   }
   graphs_enabled = options.cuda_graphs;
-  Arena weight_plan, runtime_plan;
+  Arena weight_plan;
   layout_weights(weight_plan, kinds);
-  layout_runtime(runtime_plan);
   size_t free_bytes = 0, total_bytes = 0;
   CUDA_CHECK(cudaMemGetInfo(&free_bytes, &total_bytes));
   const int64_t margin = int64_t{512} << 20;  // CUDA context, graphs, the GEMV's launch needs
+  num_blocks = plan_kv_blocks(weight_plan.used(), static_cast<int64_t>(free_bytes), static_cast<int64_t>(total_bytes),
+                              margin);
+  Arena runtime_plan;
+  layout_runtime(runtime_plan);
   const int64_t needed = weight_plan.used() + runtime_plan.used();
   if (needed + margin > static_cast<int64_t>(free_bytes)) {
-    fail("CudaBackend: the plan needs {:.2f} GiB (weights {:.2f}, KV cache {:.2f} for {} slots x {} tokens, "
-         "delta-net state {:.2f}, activations and workspace {:.2f} for {} tokens) plus {:.2f} GiB margin, but the "
-         "GPU has {:.2f} GiB free of {:.2f}",
-         gib(needed), gib(weight_plan.used()), gib(kv_bytes), options.max_slots,
-         options.max_context, gib(state_bytes), gib(runtime_plan.used() - kv_bytes - state_bytes),
+    fail("CudaBackend: the plan needs {:.2f} GiB (weights {:.2f}, KV cache {:.2f} for {} blocks of {} tokens, "
+         "delta-net state {:.2f} for {} slots, activations and workspace {:.2f} for {} tokens) plus {:.2f} GiB margin, "
+         "but the GPU has {:.2f} GiB free of {:.2f}",
+         gib(needed), gib(weight_plan.used()), gib(kv_bytes), num_blocks, kKvBlockSize,
+         gib(state_bytes), options.max_slots, gib(runtime_plan.used() - kv_bytes - state_bytes),
          options.max_batch_tokens, gib(margin), gib(static_cast<int64_t>(free_bytes)), gib(static_cast<int64_t>(total_bytes)));
   }
   CUDA_CHECK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
@@ -396,7 +421,78 @@ void CudaBackend::Impl::allocate(const std::vector<LinearKind>& kinds) {
   CUDA_CHECK(cudaMemset(weight_memory, 0, weight_arena_bytes));
   CUDA_CHECK(cudaMallocHost(reinterpret_cast<void**>(&meta_host), meta_count * sizeof(int32_t)));
   std::memset(meta_host, 0, meta_count * sizeof(int32_t));
+  if (gemm_workspace) gemm = std::make_unique<cuda::Gemm>(stream, gemm_workspace, cuda::kGemmWorkspaceBytes);
   init_common();
+}
+
+int64_t CudaBackend::Impl::plan_kv_blocks(int64_t weight_bytes, int64_t free_bytes, int64_t total_bytes,
+                                          int64_t margin) {
+  if (options.num_kv_blocks < 0) fail("CudaBackend: num_kv_blocks must be >= 0, got {}", options.num_kv_blocks);
+  if (!(options.gpu_memory_utilization >= 0 && options.gpu_memory_utilization <= 1)) {
+    fail("CudaBackend: gpu_memory_utilization must be in [0, 1] (0: no memory-based sizing), got {}",
+         options.gpu_memory_utilization);
+  }
+  // Runtime bytes without KV (a planning pass with an empty pool), the bytes of one block in every
+  // full-attention layer's key and value pools, and what aligning each pool can add.
+  num_blocks = 0;
+  Arena without_kv;
+  layout_runtime(without_kv);
+  const int64_t kv_pools = 2 * static_cast<int64_t>(config.num_layers_of(LayerKind::FullAttention));
+  const int64_t block_bytes =
+      kv_pools * kKvBlockSize * config.num_kv_heads * config.head_dim * static_cast<int64_t>(sizeof(uint16_t));
+  int64_t blocks = max_blocks_per_slot * options.max_slots;
+  if (options.num_kv_blocks > 0) {
+    blocks = options.num_kv_blocks;
+  } else if (options.gpu_memory_utilization > 0 && block_bytes > 0) {
+    const double utilization = options.gpu_memory_utilization;
+    const int64_t held_by_others = total_bytes - free_bytes;
+    const int64_t allowed = std::min(static_cast<int64_t>(utilization * static_cast<double>(total_bytes)) - held_by_others,
+                                     free_bytes - margin);
+    const int64_t budget = allowed - weight_bytes - without_kv.used() - kv_pools * kAlignment;
+    blocks = std::max<int64_t>(budget, 0) / block_bytes;
+    spdlog::info("cuda backend: {:.0f}% of {:.2f} GiB ({:.2f} GiB held before load) minus weights {:.2f} GiB and "
+                 "activations/states {:.2f} GiB leaves {:.2f} GiB: {} KV blocks of {} tokens",
+                 100 * utilization, gib(total_bytes), gib(held_by_others), gib(weight_bytes), gib(without_kv.used()),
+                 gib(std::max<int64_t>(budget, 0)), blocks, kKvBlockSize);
+  }
+  if (blocks < max_blocks_per_slot) {
+    fail("CudaBackend: a KV pool of {} blocks ({} tokens) cannot hold one sequence of max_context {} tokens",
+         blocks, blocks * kKvBlockSize, options.max_context);
+  }
+  return blocks;
+}
+
+void CudaBackend::Impl::assign_blocks(const SequenceChunk& chunk, int64_t start, int32_t* host_tables) {
+  int32_t* row = host_tables + static_cast<int64_t>(chunk.slot) * max_blocks_per_slot;
+  const int64_t needed = (start + chunk.num_tokens + kKvBlockSize - 1) / kKvBlockSize;
+  if (options.scheduler_owns_kv_blocks) {
+    const int64_t given = static_cast<int64_t>(chunk.block_table.size());
+    if (given < needed || given > max_blocks_per_slot) {
+      fail("CudaBackend::forward: slot {} reaches {} tokens and needs {} KV blocks, its block table has {} (at most {})",
+           chunk.slot, start + chunk.num_tokens, needed, given, max_blocks_per_slot);
+    }
+    for (int64_t b = 0; b < given; ++b) {
+      const int32_t block = chunk.block_table[b];
+      if (block < 0 || block >= num_blocks) {
+        fail("CudaBackend::forward: slot {} block table entry {} is block {}, the pool has {}", chunk.slot, b, block,
+             num_blocks);
+      }
+      row[b] = block;
+    }
+    return;
+  }
+  if (!chunk.block_table.empty()) {
+    fail("CudaBackend::forward: slot {} came with a block table, but this backend takes its own KV blocks "
+         "(scheduler_owns_kv_blocks is off)",
+         chunk.slot);
+  }
+  std::vector<int32_t>& blocks = slot_blocks[chunk.slot];
+  while (static_cast<int64_t>(blocks.size()) < needed) {
+    if (free_blocks.empty()) fail("CudaBackend::forward: the KV block pool ({} blocks) is exhausted", num_blocks);
+    blocks.push_back(free_blocks.back());
+    free_blocks.pop_back();
+    row[blocks.size() - 1] = blocks.back();
+  }
 }
 
 void CudaBackend::Impl::init_common() {
@@ -558,27 +654,20 @@ void CudaBackend::Impl::fill_random(uint64_t seed) {
 }
 
 // Zero-padded K columns: the runtime arena was zeroed at allocation, and no kernel writes a row's padding.
+// The path is chosen by M alone: the GEMV up to 64 rows, cuBLAS above (planned at load whenever a forward
+// can have more rows, so it is always there when needed).
 void CudaBackend::Impl::linear(const DeviceLinear& w, const uint16_t* x_bf16, int64_t rows, float* y) {
-  if (rows > cuda::kGemvMaxM) {
-    ++counters.sliced_linear_calls;
-    if (options.strict) {
-      fail("CudaBackend: {} over {} rows needs the sliced fallback (64-row GEMV slices); strict mode forbids it",
-           w.name, rows);
-    }
-    if (!logged_sliced) {
-      spdlog::info("cuda backend: linear layers over more than {} rows run as 64-row GEMV slices (prefill fallback)",
-                   cuda::kGemvMaxM);
-      logged_sliced = true;
-    }
-  }
-  for (int64_t r0 = 0; r0 < rows; r0 += cuda::kGemvMaxM) {
-    const int64_t m = std::min(cuda::kGemvMaxM, rows - r0);
-    const uint16_t* x = x_bf16 + r0 * w.in_padded;
-    if (w.nvfp4) {
-      cuda::gemv_nvfp4(w.nvfp4_view(), x, m, y + r0 * w.out, DType::F32, stream);
-    } else {
-      cuda::gemv_bf16(w.bf16, w.out, w.in_padded, x, m, y + r0 * w.out, DType::F32, stream);
-    }
+  if (rows == 0) return;
+  if (rows <= cuda::kGemvMaxM) {
+    ++counters.gemv_linear_calls;
+    if (w.nvfp4) cuda::gemv_nvfp4(w.nvfp4_view(), x_bf16, rows, y, DType::F32, stream);
+    else cuda::gemv_bf16(w.bf16, w.out, w.in_padded, x_bf16, rows, y, DType::F32, stream);
+  } else if (w.nvfp4) {
+    ++counters.gemm_nvfp4_linear_calls;
+    gemm->nvfp4(w.nvfp4_view(), gemm_scratch, gemm_scratch_elements, x_bf16, rows, y);
+  } else {
+    ++counters.gemm_bf16_linear_calls;
+    gemm->bf16(w.bf16, w.out, w.in_padded, x_bf16, rows, y);
   }
   if (w.bias) CUDA_CHECK(cuda::launch_add_bias(y, w.bias, rows, w.out, stream));
 }
@@ -751,14 +840,7 @@ CudaBackend::Impl::BatchPlan CudaBackend::Impl::prepare(const ForwardBatch& batc
     }
     if (chunk.num_tokens != 1 || !chunk.want_logits) plan.decode_only = false;
     if (chunk.num_tokens == 0) continue;
-    // Blocks for the new positions.
-    std::vector<int32_t>& blocks = slot_blocks[chunk.slot];
-    while (static_cast<int64_t>(blocks.size()) * kKvBlockSize < start + chunk.num_tokens) {
-      if (free_blocks.empty()) fail("CudaBackend::forward: the KV block pool ({} blocks) is exhausted", num_blocks);
-      blocks.push_back(free_blocks.back());
-      free_blocks.pop_back();
-      host_tables[static_cast<int64_t>(chunk.slot) * max_blocks_per_slot + blocks.size() - 1] = blocks.back();
-    }
+    assign_blocks(chunk, start, host_tables);
     for (int64_t i = 0; i < chunk.num_tokens; ++i) {
       const int32_t token = batch.tokens[offset + i];
       if (token < 0 || token >= config.vocab_size) fail("CudaBackend::forward: token id {} outside the vocabulary", token);
@@ -882,6 +964,11 @@ const ModelConfig& CudaBackend::config() const { return impl_->config; }
 int CudaBackend::max_slots() const { return impl_->options.max_slots; }
 int64_t CudaBackend::cached_length(int slot) const { return impl_->lengths.at(slot); }
 
+std::optional<KvBlockPool> CudaBackend::kv_block_pool() const {
+  if (!impl_->options.scheduler_owns_kv_blocks) return std::nullopt;
+  return KvBlockPool{static_cast<int>(kKvBlockSize), impl_->num_blocks};
+}
+
 void CudaBackend::release(int slot) {
   Impl& d = *impl_;
   if (slot < 0 || slot >= d.options.max_slots) fail("CudaBackend::release: invalid slot {}", slot);
@@ -909,6 +996,7 @@ int64_t CudaBackend::forward_on_device(const ForwardBatch& batch) {
 std::vector<int32_t> CudaBackend::argmax_tokens() {
   Impl& d = *impl_;
   std::vector<int32_t> out(d.rows_of_last_forward);
+  if (out.empty()) return out;
   CUDA_CHECK(cuda::launch_argmax(d.logits, d.rows_of_last_forward, d.config.vocab_size, d.argmax, d.stream));
   CUDA_CHECK(cudaMemcpyAsync(out.data(), d.argmax, out.size() * sizeof(int32_t), cudaMemcpyDeviceToHost, d.stream));
   CUDA_CHECK(cudaStreamSynchronize(d.stream));
@@ -923,6 +1011,11 @@ ForwardResult CudaBackend::forward(const ForwardBatch& batch) {
   }
   ForwardResult result;
   result.rows = wanted;
+  if (batch.argmax_only && wanted <= d.max_rows) {
+    forward_on_device(batch);
+    result.argmax = argmax_tokens();
+    return result;
+  }
   result.logits.resize(wanted * d.config.vocab_size);
   if (wanted <= d.max_rows) {
     forward_on_device(batch);
@@ -947,6 +1040,7 @@ ForwardResult CudaBackend::forward(const ForwardBatch& batch) {
   }
   if (d.profiling) d.collect_profile();
   for (const SequenceChunk& chunk : batch.chunks) d.lengths[chunk.slot] += chunk.num_tokens;
+  if (batch.argmax_only) result.argmax = argmax_rows(result.logits, wanted, d.config.vocab_size);
   return result;
 }
 
@@ -978,11 +1072,13 @@ CudaBackend::Counters CudaBackend::counters() const { return impl_->counters; }
 
 std::string CudaBackend::memory_summary() const {
   const Impl& d = *impl_;
-  return fmt::format("weights {:.3f} GiB, KV cache {:.3f} GiB ({} slots x {} tokens), delta-net state {:.3f} GiB, "
-                     "activations {:.3f} GiB ({} tokens per forward)",
-                     gib(d.weight_arena_bytes), gib(d.kv_bytes), d.options.max_slots, d.options.max_context,
+  return fmt::format("weights {:.3f} GiB, KV cache {:.3f} GiB ({} blocks = {} tokens; {} slots of up to {} tokens), "
+                     "delta-net state {:.3f} GiB, activations {:.3f} GiB ({} tokens per forward) of which the "
+                     "prefill GEMM's NVFP4 scratch {:.3f} GiB",
+                     gib(d.weight_arena_bytes), gib(d.kv_bytes), d.num_blocks, d.num_blocks * kKvBlockSize,
+                     d.options.max_slots, d.options.max_context,
                      gib(d.state_bytes), gib(d.runtime_arena_bytes - d.kv_bytes - d.state_bytes),
-                     d.options.max_batch_tokens);
+                     d.options.max_batch_tokens, gib(d.gemm_scratch_elements * 2));
 }
 
 #endif  // UBERLM_WITH_CUDA

@@ -5,8 +5,9 @@
 //
 // Data flow per layer: fp32 residual stream x [T, D]; each linear layer reads bf16 rows whose length is
 // padded to a multiple of 32 (the GEMV's K granularity; the padding is zero in weights and activations)
-// and writes fp32. Linear layers run on the small-M GEMV (cuda::gemv_*) in slices of at most 64 rows;
-// more than 64 rows (prefill) is the sliced fallback, counted, logged once, and an Error when strict.
+// and writes fp32. A linear layer over at most 64 rows runs on the small-M GEMV (cuda::gemv_*); over more
+// rows (prefill) on cuBLAS (cuda::Gemm): bf16 weights directly, NVFP4 weights dequantised first into a
+// bf16 scratch buffer planned at load for the largest NVFP4 layer. Each path is counted.
 // A decode step (every chunk one token, every chunk wanting logits) is captured as one CUDA graph per
 // batch size and replayed; its kernels are the eager ones with the same launch shapes, so a replay gives
 // the eager result bit for bit.
@@ -22,11 +23,19 @@ namespace uberlm {
 
 struct CudaBackendOptions {
   int max_slots = 1;
-  int64_t max_context = 4096;       // tokens per sequence (KV blocks are planned for every slot)
+  int64_t max_context = 4096;       // tokens per sequence
   int64_t max_batch_tokens = 512;   // tokens of one forward
   int64_t max_logit_rows = 64;      // logits rows computed at once (more are done in pieces)
   bool cuda_graphs = true;
   bool strict = false;              // any fallback is an Error; UBERLM_STRICT=1 sets it too
+  // Who takes KV blocks from the pool: the backend itself as each slot grows (one-shot tools), or a
+  // scheduler that passes every sequence's block table in SequenceChunk::block_table (the server).
+  bool scheduler_owns_kv_blocks = false;
+  // KV pool size, the first rule that applies: num_kv_blocks blocks; every block that fits in
+  // gpu_memory_utilization (0, 1] of the GPU's total memory after weights, states, activations and what
+  // other processes hold (vLLM's option); max_slots x max_context tokens.
+  int64_t num_kv_blocks = 0;
+  double gpu_memory_utilization = 0;
 };
 
 enum class SyntheticFormat { Nvfp4, Bf16 };
@@ -41,7 +50,10 @@ struct KernelTime {
 // True when the binary has CUDA and a device is visible.
 bool cuda_device_present();
 
-// device: "cpu", "cuda" or "auto" (cuda when cuda_device_present()).
+// device: "cpu", "cuda" or "auto" (cuda when cuda_device_present()). The CPU backend takes
+// options.max_slots; the CUDA backend all of options.
+std::unique_ptr<Backend> make_backend(const Model& model, const std::string& device, const CudaBackendOptions& options);
+// The same for one-shot tools: max_slots slots of the model's context (at most 8192 tokens).
 std::unique_ptr<Backend> make_backend(const Model& model, const std::string& device, int max_slots);
 
 #ifdef UBERLM_WITH_CUDA
@@ -57,6 +69,7 @@ class CudaBackend : public Backend {
   int max_slots() const override;
   int64_t cached_length(int slot) const override;
   void release(int slot) override;
+  std::optional<KvBlockPool> kv_block_pool() const override;
   ForwardResult forward(const ForwardBatch& batch) override;
 
   // Runs `batch` (at most max_logit_rows logits rows) and leaves the logits on the device; then
@@ -76,7 +89,9 @@ class CudaBackend : public Backend {
   // attention layer, conv and recurrent state of every Gated DeltaNet layer, read and written back).
   int64_t cache_bytes_per_token(int64_t context) const;
   struct Counters {
-    int64_t sliced_linear_calls = 0;  // linear layers over more than 64 rows
+    int64_t gemv_linear_calls = 0;        // linear layers over at most 64 rows
+    int64_t gemm_bf16_linear_calls = 0;   // over more rows, bf16 weights
+    int64_t gemm_nvfp4_linear_calls = 0;  // over more rows, NVFP4 weights dequantised into the scratch buffer
     int64_t graph_captures = 0;
     int64_t graph_replays = 0;
   };

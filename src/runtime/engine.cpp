@@ -56,6 +56,13 @@ Engine::Engine(Backend& backend, const BpeTokenizer& tokenizer, const EngineConf
          backend.max_slots());
   }
   if (config.max_waiting < 0) fail("engine: max_waiting must be >= 0, got {}", config.max_waiting);
+  if (std::optional<KvBlockPool> pool = backend.kv_block_pool()) {
+    if (pool->block_size != config.scheduler.block_size || config.scheduler.num_kv_blocks > pool->num_blocks) {
+      fail("engine: scheduler wants {} KV blocks of {} tokens, backend {} has a pool of {} blocks of {}",
+           config.scheduler.num_kv_blocks, config.scheduler.block_size, backend.name(), pool->num_blocks,
+           pool->block_size);
+    }
+  }
   metrics_.set(Gauge::KvBlocksTotal, static_cast<double>(scheduler_.blocks().kv_blocks_total()));
   metrics_.set(Gauge::StateSlotsTotal, scheduler_.blocks().slots_total());
   thread_ = std::thread([this] { loop(); });
@@ -153,9 +160,23 @@ void Engine::step() {
   if (!out.preempted.empty()) metrics_.add(Counter::Preemptions, static_cast<double>(out.preempted.size()));
   if (out.chunks.empty()) return;
 
+  // When every sampled row is greedy the backend picks the tokens itself (the CUDA backend on the GPU,
+  // copying ids instead of rows x vocab logits); the same argmax the Sampler takes at temperature 0.
+  int64_t sampled_rows = 0;
+  bool all_greedy = true;
+  for (const ScheduledChunk& chunk : out.chunks) {
+    if (!chunk.samples) continue;
+    ++sampled_rows;
+    all_greedy = all_greedy && active_.at(chunk.id).request.sampling.temperature == 0.0f;
+  }
+  out.batch.argmax_only = all_greedy;
   ForwardResult result;
   try {
     result = backend_.forward(out.batch);
+    if (all_greedy && static_cast<int64_t>(result.argmax.size()) != sampled_rows) {
+      fail("backend {} returned {} argmax rows for {} sampled sequences", backend_.name(), result.argmax.size(),
+           sampled_rows);
+    }
   } catch (const std::exception& error) {
     // The caches of this batch's sequences are in an unknown state: fail them, keep serving the rest.
     for (const ScheduledChunk& chunk : out.chunks) finish(chunk.id, FinishReason::Cancelled, error.what());
@@ -170,10 +191,10 @@ void Engine::step() {
   int64_t row = 0;
   for (const ScheduledChunk& chunk : out.chunks) {
     if (!chunk.samples) continue;
-    const float* logits = result.logits.data() + row * vocab;
-    ++row;
     Active& active = active_.at(chunk.id);
-    on_token(chunk.id, active, active.sampler.sample(logits, vocab));
+    const int32_t token = all_greedy ? result.argmax[row] : active.sampler.sample(result.logits.data() + row * vocab, vocab);
+    ++row;
+    on_token(chunk.id, active, token);
   }
 }
 

@@ -24,7 +24,7 @@ GenerationStats generate(Backend& backend, int slot, const GenerationRequest& re
   auto start = std::chrono::steady_clock::now();
   ForwardBatch batch;
   batch.tokens = request.prompt;
-  batch.chunks = {SequenceChunk{slot, stats.prompt_tokens, true}};
+  batch.chunks = {SequenceChunk{slot, stats.prompt_tokens, true, /*block_table=*/{}}};
   ForwardResult result = backend.forward(batch);
   stats.prefill_seconds = seconds_since(start);
 
@@ -43,7 +43,7 @@ GenerationStats generate(Backend& backend, int slot, const GenerationRequest& re
     }
     if (step + 1 == request.max_tokens) break;
     batch.tokens = {token};
-    batch.chunks = {SequenceChunk{slot, 1, true}};
+    batch.chunks = {SequenceChunk{slot, 1, true, /*block_table=*/{}}};
     result = backend.forward(batch);
   }
   stats.decode_seconds = seconds_since(start);

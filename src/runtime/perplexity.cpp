@@ -31,7 +31,7 @@ PerplexityResult evaluate_perplexity(Backend& backend, const std::vector<std::ve
       const auto& doc = documents[first + i];
       if (doc.size() < 2) fail("perplexity: document {} has fewer than 2 tokens", first + i);
       batch.tokens.insert(batch.tokens.end(), doc.begin(), doc.end());
-      batch.chunks.push_back(SequenceChunk{static_cast<int>(i), static_cast<int64_t>(doc.size()), true});
+      batch.chunks.push_back(SequenceChunk{static_cast<int>(i), static_cast<int64_t>(doc.size()), true, /*block_table=*/{}});
     }
     ForwardResult forward = backend.forward(batch);
     int64_t row = 0;

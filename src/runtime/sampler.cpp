@@ -17,6 +17,12 @@ int argmax(const float* values, int count) {
   return best;
 }
 
+std::vector<int32_t> argmax_rows(const std::vector<float>& logits, int64_t rows, int vocab) {
+  std::vector<int32_t> out(rows);
+  for (int64_t r = 0; r < rows; ++r) out[r] = argmax(logits.data() + r * vocab, vocab);
+  return out;
+}
+
 Sampler::Sampler(const SamplingParams& params) : params_(params), rng_(params.seed) {
   if (!(params.temperature >= 0.0f) || !std::isfinite(params.temperature)) {
     fail("sampling: temperature must be a finite number >= 0, got {}", params.temperature);

@@ -3,6 +3,7 @@
 // from a per-sequence seeded generator so a request's output does not depend on its batch.
 #include <cstdint>
 #include <random>
+#include <vector>
 
 namespace uberlm {
 
@@ -24,5 +25,7 @@ class Sampler {
 };
 
 int argmax(const float* values, int count);
+// argmax of each row of logits [rows, vocab].
+std::vector<int32_t> argmax_rows(const std::vector<float>& logits, int64_t rows, int vocab);
 
 }  // namespace uberlm

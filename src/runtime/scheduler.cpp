@@ -71,7 +71,7 @@ void Scheduler::emit(Sequence& sequence, int64_t num_tokens, SchedulerOutput& ou
   const bool samples = first + num_tokens == static_cast<int64_t>(sequence.tokens.size());
   out.batch.tokens.insert(out.batch.tokens.end(), sequence.tokens.begin() + first,
                           sequence.tokens.begin() + first + num_tokens);
-  out.batch.chunks.push_back(SequenceChunk{sequence.slot, num_tokens, samples});
+  out.batch.chunks.push_back(SequenceChunk{sequence.slot, num_tokens, samples, sequence.block_table});
   out.chunks.push_back(ScheduledChunk{sequence.id, first, num_tokens, samples});
   (samples && num_tokens == 1 ? out.num_decode_tokens : out.num_prefill_tokens) += num_tokens;
   sequence.num_computed += num_tokens;

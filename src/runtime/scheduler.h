@@ -7,6 +7,8 @@
 // and a step samples a sequence's next token only when its chunk reaches the end of the list.
 // When KV blocks run out, the newest running sequence is preempted: its caches are freed and it goes
 // back to the front of the queue to be recomputed later (its generated tokens are kept).
+// Each chunk of a step carries its sequence's block table: a backend with a paged KV pool
+// (Backend::kv_block_pool) stores and reads the sequence's keys and values in exactly those blocks.
 #include <cstdint>
 #include <deque>
 #include <optional>
@@ -21,7 +23,7 @@ struct SchedulerConfig {
   int64_t max_num_batched_tokens = 512;  // tokens of all chunks of one step
   int64_t max_model_len = 4096;          // prompt + generated, per sequence
   int block_size = 16;                   // KV tokens per block (full-attention layers)
-  int64_t num_kv_blocks = 0;             // must hold at least one max_model_len sequence
+  int64_t num_kv_blocks = 0;             // must hold at least one max_model_len sequence; at most the backend's pool
   int num_slots = 0;                     // backend cache slots: one per running sequence (its GDN state)
 };
 

@@ -76,7 +76,7 @@ int32_t argmax_row(const ForwardResult& result, int64_t row, int64_t vocab) {
   return static_cast<int32_t>(std::max_element(begin, begin + vocab) - begin);
 }
 
-// Mixed prefill chunks (one over 64 tokens: the sliced linear path), decode steps over three slots, then a
+// Mixed prefill chunks (84 tokens: linear layers on cuBLAS), decode steps over three slots (the GEMV), then a
 // released slot restarting with a new prompt while the others decode.
 int64_t compare_with_cpu(const Model& model, const std::string& label) {
   const int64_t vocab = model.config.vocab_size;
@@ -106,14 +106,20 @@ int64_t compare_with_cpu(const Model& model, const std::string& label) {
                                 label + " step " + std::to_string(step));
   }
   for (int slot = 0; slot < 3; ++slot) EXPECT_EQ(gpu.cached_length(slot), cpu.cached_length(slot)) << label;
-  EXPECT_GT(gpu.counters().sliced_linear_calls, 0) << label << ": the 70-token chunk must take the sliced path";
+  const CudaBackend::Counters counters = gpu.counters();
+  EXPECT_GT(counters.gemv_linear_calls, 0) << label;
+  EXPECT_GT(counters.gemm_bf16_linear_calls + counters.gemm_nvfp4_linear_calls, 0)
+      << label << ": the 84-token prefill must run its linear layers on cuBLAS";
   return rows;
 }
 
+// The hybrid is qwen3_5_conditioned, not qwen3_5_hybrid: that one's wide random draws amplify bf16
+// rounding about 30x (rounding only the linear layers' inputs moves its logits by up to 3.7e-1 on the
+// CPU), so no bf16 engine can hold it to 2e-2; see tests/oracle/fixtures_models.py.
 TEST(CudaBackend, MatchesCpuOnFixtureModels) {
   ASSERT_NO_FATAL_FAILURE(require_gpu());
   int64_t rows = 0;
-  for (const std::string name : {"qwen3_5_hybrid", "qwen3", "llama", "qwen2"}) {
+  for (const std::string name : {"qwen3_5_conditioned", "qwen3", "llama", "qwen2"}) {
     const auto model = Model::load(fixture_model(name));
     rows += compare_with_cpu(*model, name);
   }
@@ -192,17 +198,39 @@ TEST(CudaBackend, GraphReplayEqualsEagerExactly) {
   EXPECT_EQ(eager.counters().graph_replays, 0);
 }
 
-TEST(CudaBackend, StrictModeRejectsTheSlicedFallback) {
+// The path is chosen by M: 64 rows on the GEMV, 65 on cuBLAS (NVFP4 layers through the scratch buffer).
+TEST(CudaBackend, LinearPathFollowsRowCount) {
   ASSERT_NO_FATAL_FAILURE(require_gpu());
-  const auto model = Model::load(fixture_model("qwen3"));
-  CudaBackendOptions options = small_options(1);
-  options.strict = true;
-  CudaBackend gpu(*model, options);
-  ForwardBatch batch;
-  std::mt19937 rng(5);
-  batch.tokens = random_tokens(rng, 65, model->config.vocab_size);
-  batch.chunks = {{0, 65, true}};
-  EXPECT_THROW(gpu.forward(batch), Error);
+  auto model = Model::load(fixture_model("qwen3"));  // every up_proj quantised to NVFP4, the rest bf16
+  std::vector<Nvfp4Tensor> quantised;
+  for (LayerWeights& layer : model->weights.layers) {
+    const std::vector<float> values = to_f32(layer.mlp.up_proj.weight);
+    quantised.push_back(quantize_nvfp4(values.data(), layer.mlp.up_proj.weight.dim(0),
+                                       layer.mlp.up_proj.weight.dim(1), layer.mlp.up_proj.name));
+  }
+  for (size_t i = 0; i < quantised.size(); ++i) {
+    model->weights.layers[i].mlp.up_proj.nvfp4 = quantised[i].view();
+    model->weights.layers[i].mlp.up_proj.weight = TensorView{};
+  }
+  const int64_t layers = model->config.num_layers;
+  const int64_t linears_per_forward = 7 * layers + 1;  // q, k, v, o, gate, up, down; lm_head
+  for (const int64_t tokens : {64, 65}) {
+    CudaBackend gpu(*model, small_options(1));
+    std::mt19937 rng(5);
+    ForwardBatch batch;
+    batch.tokens = random_tokens(rng, tokens, model->config.vocab_size);
+    batch.chunks = {{0, tokens, true}};
+    gpu.forward(batch);
+    const CudaBackend::Counters counters = gpu.counters();
+    if (tokens <= 64) {
+      EXPECT_EQ(counters.gemv_linear_calls, linears_per_forward);
+      EXPECT_EQ(counters.gemm_bf16_linear_calls + counters.gemm_nvfp4_linear_calls, 0);
+    } else {
+      EXPECT_EQ(counters.gemv_linear_calls, 1);  // lm_head over the one logits row
+      EXPECT_EQ(counters.gemm_nvfp4_linear_calls, layers);
+      EXPECT_EQ(counters.gemm_bf16_linear_calls, linears_per_forward - 1 - layers);
+    }
+  }
 }
 
 TEST(CudaBackend, OversizedPlanFailsAtLoadWithTheNumbers) {

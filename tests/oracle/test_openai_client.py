@@ -16,7 +16,7 @@ MODEL = "tiny"
 def server():
     process = subprocess.Popen(
         [os.environ["UBERLM_BINARY"], "serve", "--model", os.environ["UBERLM_SERVING_MODEL"], "--port", "0",
-         "--served-model-name", MODEL, "--max-num-seqs", "4", "--max-model-len", "512", "--api-key", "sesame"],
+         "--device", "cpu", "--served-model-name", MODEL, "--max-num-seqs", "4", "--max-model-len", "512", "--api-key", "sesame"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     port = None
     deadline = time.monotonic() + 30

@@ -1,0 +1,79 @@
+#ifdef UBERLM_WITH_CUDA
+#include "ops/cuda/gemm.h"
+
+#include <cmath>
+#include <limits>
+
+#include "core/error.h"
+#include "ops/cuda/cuda_check.h"
+#include "ops/cuda/dequantize_nvfp4.h"
+
+namespace uberlm::cuda {
+
+namespace {
+void check_cublas(cublasStatus_t status, const char* what) {
+  if (status != CUBLAS_STATUS_SUCCESS) {
+    fail("cuBLAS {} failed: {} ({})", what, cublasGetStatusString(status), static_cast<int>(status));
+  }
+}
+
+bool aligned(const void* pointer, uintptr_t alignment) { return reinterpret_cast<uintptr_t>(pointer) % alignment == 0; }
+
+void check_gemm_arguments(const char* op, int64_t n, int64_t k, const void* x, int64_t m, const float* y) {
+  constexpr int64_t kIntMax = std::numeric_limits<int>::max();
+  if (n <= 0 || k <= 0 || m <= 0 || n > kIntMax || k > kIntMax || m > kIntMax) {
+    fail("{}: y[{}, {}] = x[{}, {}] . W[{}, {}]^T: every size must be in 1..2^31-1", op, m, n, m, k, n, k);
+  }
+  if (k % 8 != 0) fail("{}: K = {} must be a multiple of 8 (16-byte bf16 rows)", op, k);
+  if (x == nullptr || !aligned(x, 16) || y == nullptr || !aligned(y, 16)) {
+    fail("{}: activations and output must be 16-byte aligned device pointers", op);
+  }
+}
+}  // namespace
+
+Gemm::Gemm(cudaStream_t stream, void* workspace, int64_t workspace_bytes) : stream_(stream) {
+  if (workspace == nullptr || workspace_bytes < kGemmWorkspaceBytes) {
+    fail("Gemm: needs a device workspace of {} bytes, got {}", kGemmWorkspaceBytes, workspace_bytes);
+  }
+  check_cublas(cublasCreate(&handle_), "cublasCreate");
+  // The workspace after the stream: cublasSetStream resets the handle to cuBLAS's own workspace pool.
+  check_cublas(cublasSetStream(handle_, stream), "cublasSetStream");
+  check_cublas(cublasSetWorkspace(handle_, workspace, static_cast<size_t>(workspace_bytes)), "cublasSetWorkspace");
+  check_cublas(cublasSetMathMode(handle_, CUBLAS_DEFAULT_MATH), "cublasSetMathMode");
+}
+
+Gemm::~Gemm() {
+  if (handle_) cublasDestroy(handle_);
+}
+
+void Gemm::bf16(const void* weight, int64_t n, int64_t k, const void* x, int64_t m, float* y, float alpha) {
+  check_gemm_arguments("gemm_bf16", n, k, x, m, y);
+  if (weight == nullptr || !aligned(weight, 16)) fail("gemm_bf16: weights must be a 16-byte aligned device pointer");
+  if (!std::isfinite(alpha)) fail("gemm_bf16: alpha {} is not finite", alpha);
+  // Column-major view of the row-major product: y^T [n, m] = W [n, k] . x^T [k, m], where W is the
+  // column-major [k, n] matrix transposed and x^T the column-major [k, m] matrix as stored.
+  const float beta = 0.0f;
+  check_cublas(cublasGemmEx(handle_, CUBLAS_OP_T, CUBLAS_OP_N, static_cast<int>(n), static_cast<int>(m),
+                            static_cast<int>(k), &alpha, weight, CUDA_R_16BF, static_cast<int>(k), x, CUDA_R_16BF,
+                            static_cast<int>(k), &beta, y, CUDA_R_32F, static_cast<int>(n), CUBLAS_COMPUTE_32F,
+                            CUBLAS_GEMM_DEFAULT),
+               "cublasGemmEx (bf16 x bf16 -> fp32)");
+}
+
+void Gemm::nvfp4(const Nvfp4Weight& weight, void* scratch, int64_t scratch_elements, const void* x, int64_t m,
+                 float* y) {
+  check_gemm_arguments("gemm_nvfp4", weight.rows, weight.cols, x, m, y);
+  if (weight.cols % kNvfp4BlockSize != 0) fail("gemm_nvfp4: K = {} is not a multiple of 16", weight.cols);
+  if (weight.packed == nullptr || !aligned(weight.packed, 8) || weight.scales == nullptr) {
+    fail("gemm_nvfp4: packed weights must be an 8-byte aligned device pointer, scales non-null");
+  }
+  if (scratch == nullptr || !aligned(scratch, 32) || scratch_elements < weight.rows * weight.cols) {
+    fail("gemm_nvfp4: the bf16 scratch buffer ({} elements) is smaller than the weight [{}, {}] or misaligned",
+         scratch_elements, weight.rows, weight.cols);
+  }
+  CUDA_CHECK(launch_dequantize_nvfp4_bf16(weight, scratch, stream_));
+  bf16(scratch, weight.rows, weight.cols, x, m, y, weight.global_scale);
+}
+
+}  // namespace uberlm::cuda
+#endif

@@ -1,0 +1,210 @@
+// The CUDA backend under the server's engine: KV blocks owned by the scheduler (scrambled block tables give
+// the same logits, bit for bit, as the backend's own allocation), bad block tables are errors, the pool
+// sized from a memory fraction, and the Engine loop on the CUDA backend finishing every request through
+// preemption. Paths: $UBERLM_DEFAULT_MODEL (else models/default) and $UBERLM_FIXTURE_DIR.
+#include <gtest/gtest.h>
+
+#include <cuda_runtime_api.h>
+
+#include <algorithm>
+#include <cstdlib>
+#include <filesystem>
+#include <numeric>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "../expect_error.h"
+#include "core/error.h"
+#include "model/model.h"
+#include "runtime/cuda_backend.h"
+#include "runtime/engine.h"
+#include "tokenizer/bpe_tokenizer.h"
+
+namespace uberlm {
+namespace {
+
+constexpr int kBlockSize = 16;
+
+std::filesystem::path default_model() {
+  const char* env = std::getenv("UBERLM_DEFAULT_MODEL");
+  return env ? env : "models/default";
+}
+
+void require_gpu() { ASSERT_TRUE(cuda_device_present()) << "no CUDA device: these tests run on the GPU machine"; }
+
+CudaBackendOptions serving_options(int slots, int64_t blocks) {
+  CudaBackendOptions options;
+  options.max_slots = slots;
+  options.max_context = 256;
+  options.max_batch_tokens = 160;
+  options.max_logit_rows = 64;
+  options.scheduler_owns_kv_blocks = true;
+  options.num_kv_blocks = blocks;
+  return options;
+}
+
+std::vector<int32_t> random_tokens(std::mt19937& rng, int64_t count, int vocab) {
+  std::vector<int32_t> out(count);
+  for (auto& t : out) t = std::uniform_int_distribution<int>(0, vocab - 1)(rng);
+  return out;
+}
+
+// Hands out blocks of a shuffled pool, so that each slot's table is scattered and interleaved with the others'.
+class ScrambledTables {
+ public:
+  ScrambledTables(int64_t blocks, int slots, std::mt19937& rng) : tables_(slots), free_(blocks) {
+    std::iota(free_.begin(), free_.end(), 0);
+    std::shuffle(free_.begin(), free_.end(), rng);
+  }
+  std::vector<int32_t> grow(int slot, int64_t tokens) {
+    std::vector<int32_t>& table = tables_.at(slot);
+    while (static_cast<int64_t>(table.size()) * kBlockSize < tokens) {
+      table.push_back(free_.back());
+      free_.pop_back();
+    }
+    return table;
+  }
+  void release(int slot) {
+    free_.insert(free_.begin(), tables_.at(slot).begin(), tables_.at(slot).end());
+    tables_.at(slot).clear();
+  }
+
+ private:
+  std::vector<std::vector<int32_t>> tables_;
+  std::vector<int32_t> free_;
+};
+
+TEST(CudaServing, SchedulerOwnedBlocksGiveTheLogitsOfBackendOwnedOnes) {
+  ASSERT_NO_FATAL_FAILURE(require_gpu());
+  const auto model = Model::load(default_model());
+  const int vocab = model->config.vocab_size;
+  CudaBackendOptions own = serving_options(3, 0);
+  own.scheduler_owns_kv_blocks = false;
+  CudaBackend owned(*model, own);
+  CudaBackend given(*model, serving_options(3, 64));
+  ASSERT_FALSE(owned.kv_block_pool().has_value());
+  ASSERT_EQ(given.kv_block_pool()->num_blocks, 64);
+  ASSERT_EQ(given.kv_block_pool()->block_size, kBlockSize);
+  std::mt19937 rng(std::random_device{}());
+  ScrambledTables tables(64, 3, rng);
+
+  // Prefill (one chunk over 16 tokens spans blocks), then decode steps across block boundaries, a slot
+  // restarting on other blocks, then more decode.
+  std::vector<std::vector<int64_t>> steps = {{13, 40, 1}};
+  for (int s = 0; s < 30; ++s) steps.push_back({1, s == 12 ? 21 : 1, 1});
+  int64_t compared = 0;
+  for (size_t s = 0; s < steps.size(); ++s) {
+    ForwardBatch batch;
+    ForwardBatch paged;
+    if (s == 13) {
+      owned.release(1);
+      given.release(1);
+      tables.release(1);
+    }
+    int64_t total = 0;
+    for (int slot = 0; slot < 3; ++slot) {
+      const int64_t n = steps[s][slot];
+      batch.chunks.push_back({slot, n, true});
+      paged.chunks.push_back({slot, n, true, tables.grow(slot, given.cached_length(slot) + n)});
+      total += n;
+    }
+    batch.tokens = paged.tokens = random_tokens(rng, total, vocab);
+    const ForwardResult a = owned.forward(batch);
+    const ForwardResult b = given.forward(paged);
+    ASSERT_EQ(a.rows, b.rows);
+    ASSERT_EQ(a.logits.size(), b.logits.size());
+    for (size_t i = 0; i < a.logits.size(); ++i) {
+      ASSERT_EQ(a.logits[i], b.logits[i]) << "step " << s << " logit " << i;
+    }
+    compared += a.rows;
+  }
+  EXPECT_EQ(compared, 3 * static_cast<int64_t>(steps.size()));
+  EXPECT_GT(given.counters().graph_replays, 0);
+}
+
+TEST(CudaServing, BadBlockTablesAreErrors) {
+  ASSERT_NO_FATAL_FAILURE(require_gpu());
+  const auto model = Model::load(default_model());
+  CudaBackend given(*model, serving_options(2, 32));
+  expect_error_containing([&] { given.forward(ForwardBatch{{1, 2, 3}, {{0, 3, true}}}); },
+                          {"slot 0 reaches 3 tokens and needs 1 KV blocks, its block table has 0"});
+  expect_error_containing([&] { given.forward(ForwardBatch{std::vector<int32_t>(20, 1), {{0, 20, true, {4}}}}); },
+                          {"needs 2 KV blocks, its block table has 1"});
+  expect_error_containing([&] { given.forward(ForwardBatch{{1}, {{1, 1, true, {32}}}}); },
+                          {"slot 1 block table entry 0 is block 32, the pool has 32"});
+  CudaBackendOptions own = serving_options(2, 0);
+  own.scheduler_owns_kv_blocks = false;
+  CudaBackend owned(*model, own);
+  expect_error_containing([&] { owned.forward(ForwardBatch{{1}, {{0, 1, true, {3}}}}); },
+                          {"slot 0 came with a block table"});
+  CudaBackendOptions too_small = serving_options(2, 15);
+  expect_error_containing([&] { CudaBackend backend(*model, too_small); },
+                          {"a KV pool of 15 blocks (240 tokens) cannot hold one sequence of max_context 256"});
+}
+
+TEST(CudaServing, PoolFromMemoryFractionStaysWithinIt) {
+  ASSERT_NO_FATAL_FAILURE(require_gpu());
+  const auto model = Model::load(default_model());
+  size_t free_before = 0, total = 0;
+  ASSERT_EQ(cudaMemGetInfo(&free_before, &total), cudaSuccess);
+  const double fraction = 0.25;
+  CudaBackendOptions options = serving_options(4, 0);
+  options.gpu_memory_utilization = fraction;
+  int64_t blocks = 0;
+  {
+    CudaBackend backend(*model, options);
+    blocks = backend.kv_block_pool()->num_blocks;
+    size_t free_after = 0;
+    ASSERT_EQ(cudaMemGetInfo(&free_after, &total), cudaSuccess);
+    // cudaMalloc rounds each allocation up to its 2 MiB pages: a few MiB over the plan's bytes.
+    const double held = static_cast<double>(total - free_after);
+    EXPECT_LE(held, fraction * static_cast<double>(total) + (8 << 20)) << backend.memory_summary();
+    // Far more than 4 slots x 256 tokens: the pool is what the fraction leaves, not slots x context.
+    EXPECT_GT(blocks * kBlockSize, 100 * 4 * 256) << backend.memory_summary();
+  }
+  CudaBackendOptions half = options;
+  half.gpu_memory_utilization = fraction / 2;
+  CudaBackend smaller(*model, half);
+  EXPECT_LT(smaller.kv_block_pool()->num_blocks, blocks);
+}
+
+// The Engine on the CUDA backend with a pool of 48 blocks for 6 sequences of up to 170 tokens: chunked
+// prefill, preemption by recompute, every request finished with its length and no error.
+TEST(CudaServing, EngineFinishesEveryRequestThroughPreemption) {
+  ASSERT_NO_FATAL_FAILURE(require_gpu());
+  const auto model = Model::load(default_model());
+  auto tokenizer = BpeTokenizer::load(default_model() / "tokenizer.json");
+  CudaBackend backend(*model, serving_options(6, 48));
+  EngineConfig config;
+  config.scheduler = SchedulerConfig{6, 64, 256, kBlockSize, 48, 6};
+  config.max_waiting = 64;
+  Metrics metrics;
+  Engine engine(backend, *tokenizer, config, metrics);
+  std::mt19937 rng(7);
+  std::vector<std::shared_ptr<RequestStream>> streams;
+  constexpr int kRequests = 16;
+  for (int r = 0; r < kRequests; ++r) {
+    EngineRequest request;
+    request.prompt = random_tokens(rng, 10 + r * 3, tokenizer->vocab_size());
+    request.max_tokens = 120;
+    streams.push_back(engine.submit(request));
+    ASSERT_NE(streams.back(), nullptr);
+  }
+  for (int r = 0; r < kRequests; ++r) {
+    StreamEvent event;
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+    while (std::chrono::steady_clock::now() < deadline) {
+      if (streams[r]->next(event, std::chrono::milliseconds(100)) && event.finished) break;
+    }
+    ASSERT_TRUE(event.finished) << "request " << r;
+    EXPECT_TRUE(event.error.empty()) << "request " << r << ": " << event.error;
+    EXPECT_EQ(event.finish_reason, FinishReason::Length) << "request " << r;
+    EXPECT_EQ(event.completion_tokens, 120) << "request " << r;
+  }
+  EXPECT_GT(metrics.value(Counter::Preemptions), 0.0);
+  EXPECT_EQ(engine.in_flight(), 0);
+}
+
+}  // namespace
+}  // namespace uberlm
