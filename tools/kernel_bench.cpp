@@ -95,8 +95,7 @@ double time_median_ms(int iters, Launch launch) {
 
 std::string tuning_name(const cuda::GemvTuning& t) {
   return "w" + std::to_string(t.warps) + "_d" + std::to_string(t.depth) + "_r" + std::to_string(t.row_tiles) +
-         "_k" + std::to_string(t.k_split) + (t.async_copy ? "_async" : "") +
-         (t.k_blocks > 1 ? "_b" + std::to_string(t.k_blocks) : "");
+         "_k" + std::to_string(t.k_split) + (t.async_copy ? "_async" : "");
 }
 
 std::string utc_now() {
@@ -148,11 +147,6 @@ int run(int argc, char** argv) {
   std::printf("%-20s %7s %6s %3s %-16s %10s %9s %8s\n", "kernel", "N", "K", "M", "tuning", "median_us", "GB/s",
               "of_copy");
 
-  // Scratch of the launches that split K over blocks (zero counters; each launch leaves them zero).
-  DeviceBuffer split_partials(cuda::kGemvSplitScratchFloats * sizeof(float));
-  DeviceBuffer split_counters(cuda::kGemvSplitMaxOutputBlocks * sizeof(unsigned));
-  split_counters.fill_bytes(0);
-  const cuda::GemvSplitScratch split{split_partials.as<float>(), split_counters.as<unsigned>()};
   nlohmann::json results = nlohmann::json::array();
   for (const BenchShape& shape : kShapes) {
     const bool nvfp4 = shape.format == WeightFormat::Nvfp4;
@@ -179,14 +173,12 @@ int run(int argc, char** argv) {
       fill_random(host_x, m + 17);
       make_bf16_values(host_x);
       DeviceBuffer x(host_x), y(m * shape.n * 2);
-      const cuda::GemvTuning chosen = nvfp4 ? cuda::gemv_nvfp4_default_tuning(m, shape.n, shape.k, true)
+      const cuda::GemvTuning chosen = nvfp4 ? cuda::gemv_nvfp4_default_tuning(m, shape.n, shape.k)
                                             : cuda::gemv_bf16_default_tuning(m, shape.n, shape.k);
       std::vector<cuda::GemvTuning> tunings = {chosen};
       if (sweep) {
         for (const cuda::GemvTuning& t : nvfp4 ? cuda::gemv_nvfp4_tunings() : cuda::gemv_bf16_tunings()) {
-          if (tuning_name(t) != tuning_name(chosen) && (t.k_blocks == 1 || m <= cuda::kGemvSplitMaxTokens)) {
-            tunings.push_back(t);
-          }
+          if (tuning_name(t) != tuning_name(chosen)) tunings.push_back(t);
         }
       }
       for (const cuda::GemvTuning& tuning : tunings) {
@@ -196,7 +188,7 @@ int run(int argc, char** argv) {
           const int c = i % copies;
           if (nvfp4) {
             const Nvfp4Weight w{shape.n, shape.k, packed[c].as<uint8_t>(), scales[c].as<uint8_t>(), 1.0f / 4096};
-            cuda::gemv_nvfp4_tuned(w, x.data(), m, y.data(), DType::BF16, tuning, nullptr, &split);
+            cuda::gemv_nvfp4_tuned(w, x.data(), m, y.data(), DType::BF16, tuning, nullptr);
           } else {
             cuda::gemv_bf16_tuned(packed[c].data(), shape.n, shape.k, x.data(), m, y.data(), DType::BF16, tuning,
                                   nullptr);

@@ -166,7 +166,6 @@ struct CudaBackend::Impl {
   uint16_t* gemm_scratch = nullptr;  // bf16 [largest NVFP4 layer]
   int64_t gemm_scratch_elements = 0;
   uint8_t* gemm_workspace = nullptr;
-  cuda::GemvSplitScratch gemv_split;  // zero counters from the arena's initial memset
   std::unique_ptr<cuda::Gemm> gemm;
 
   // Host-side cache bookkeeping.
@@ -338,8 +337,6 @@ void CudaBackend::Impl::layout_runtime(Arena& arena) {
     workspace = std::max(workspace, cuda::attention_workspace_floats(t, c.num_heads, c.head_dim, splits));
   }
   attention_workspace = arena.take<float>(workspace);
-  gemv_split.partials = arena.take<float>(cuda::kGemvSplitScratchFloats);
-  gemv_split.counters = arena.take<unsigned>(cuda::kGemvSplitMaxOutputBlocks);
   if (std::max(T, R) > cuda::kGemvMaxM) {
     gemm_scratch_elements = 0;
     for (DeviceLinear* w : all_linears()) {
@@ -663,7 +660,7 @@ void CudaBackend::Impl::linear(const DeviceLinear& w, const uint16_t* x_bf16, in
   if (rows == 0) return;
   if (rows <= cuda::kGemvMaxM) {
     ++counters.gemv_linear_calls;
-    if (w.nvfp4) cuda::gemv_nvfp4(w.nvfp4_view(), x_bf16, rows, y, DType::F32, stream, &gemv_split);
+    if (w.nvfp4) cuda::gemv_nvfp4(w.nvfp4_view(), x_bf16, rows, y, DType::F32, stream);
     else cuda::gemv_bf16(w.bf16, w.out, w.in_padded, x_bf16, rows, y, DType::F32, stream);
   } else if (w.nvfp4) {
     ++counters.gemm_nvfp4_linear_calls;
@@ -688,7 +685,6 @@ void CudaBackend::Impl::linear_group(std::initializer_list<LinearOutput> outputs
     for (const LinearOutput& o : outputs) linear(*o.weight, x_bf16, rows, o.y);
     return;
   }
-  counters.gemv_linear_calls += static_cast<int64_t>(outputs.size());
   std::vector<cuda::Nvfp4GemvTarget> nvfp4_targets;
   std::vector<cuda::Bf16GemvTarget> bf16_targets;
   for (const LinearOutput& o : outputs) {
@@ -697,8 +693,7 @@ void CudaBackend::Impl::linear_group(std::initializer_list<LinearOutput> outputs
   }
   const int64_t k = outputs.begin()->weight->in_padded;
   if (nvfp4) {
-    cuda::gemv_nvfp4_multi(nvfp4_targets.data(), static_cast<int>(outputs.size()), x_bf16, rows, DType::F32, stream,
-                           &gemv_split);
+    cuda::gemv_nvfp4_multi(nvfp4_targets.data(), static_cast<int>(outputs.size()), x_bf16, rows, DType::F32, stream);
   } else {
     cuda::gemv_bf16_multi(bf16_targets.data(), static_cast<int>(outputs.size()), k, x_bf16, rows, DType::F32, stream);
   }

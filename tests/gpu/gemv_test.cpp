@@ -242,24 +242,11 @@ TEST(GpuGemv, Bf16MatchesCpuReference) {
 
 // Every compiled tuning (warps, pipeline depth, row tiles), not only the ones the plain calls pick:
 // fewer chunks per warp than the pipeline depth, K not a multiple of the chunk, partial row tiles.
-std::string tuning_label(const cuda::GemvTuning& tuning) {
-  return " warps=" + std::to_string(tuning.warps) + " depth=" + std::to_string(tuning.depth) +
-         " row_tiles=" + std::to_string(tuning.row_tiles) + " k_split=" + std::to_string(tuning.k_split) +
-         (tuning.async_copy ? " async" : "") + " k_blocks=" + std::to_string(tuning.k_blocks);
-}
-
 TEST(GpuGemv, EveryTuningMatchesCpuReference) {
   ASSERT_NO_FATAL_FAILURE(require_gpu());
   std::mt19937 rng(4242);
   constexpr Shape kTuningShapes[] = {{129, 160}, {300, 2080}, {48, 17408}};
   constexpr int64_t kTuningTokenCounts[] = {1, 5, 9, 33, 64};
-  // Split launches leave their counters at zero, so one scratch serves every launch below (each tuning
-  // runs twice per case: fp32 and bf16 output).
-  DeviceBuffer partials(cuda::kGemvSplitScratchFloats * sizeof(float));
-  DeviceBuffer counters(cuda::kGemvSplitMaxOutputBlocks * sizeof(unsigned));
-  partials.fill_bytes(0xff);
-  counters.fill_bytes(0);
-  const cuda::GemvSplitScratch split{partials.as<float>(), counters.as<unsigned>()};
   int64_t checked = 0;
   for (const Shape& shape : kTuningShapes) {
     for (int64_t m : kTuningTokenCounts) {
@@ -283,14 +270,19 @@ TEST(GpuGemv, EveryTuningMatchesCpuReference) {
       const std::string shape_label =
           " N=" + std::to_string(shape.n) + " K=" + std::to_string(shape.k) + " M=" + std::to_string(m);
       for (const cuda::GemvTuning& tuning : cuda::gemv_nvfp4_tunings()) {
-        if (tuning.k_blocks > 1 && m > cuda::kGemvSplitMaxTokens) continue;  // the split launches' limit
-        const std::string label = "nvfp4" + shape_label + tuning_label(tuning);
+        const std::string label = "nvfp4" + shape_label + " warps=" + std::to_string(tuning.warps) +
+                                  " depth=" + std::to_string(tuning.depth) +
+                                  " row_tiles=" + std::to_string(tuning.row_tiles) +
+                                  " k_split=" + std::to_string(tuning.k_split);
         checked += check_against_reference(ref, m, shape.n, label, [&](void* y, DType dtype) {
-          cuda::gemv_nvfp4_tuned(w_dev, x_dev.data(), m, y, dtype, tuning, nullptr, &split);
+          cuda::gemv_nvfp4_tuned(w_dev, x_dev.data(), m, y, dtype, tuning, nullptr);
         });
       }
       for (const cuda::GemvTuning& tuning : cuda::gemv_bf16_tunings()) {
-        const std::string label = "bf16" + shape_label + tuning_label(tuning);
+        const std::string label = "bf16" + shape_label + " warps=" + std::to_string(tuning.warps) +
+                                  " depth=" + std::to_string(tuning.depth) +
+                                  " row_tiles=" + std::to_string(tuning.row_tiles) +
+                                  " k_split=" + std::to_string(tuning.k_split);
         checked += check_against_reference(ref_bf16, m, shape.n, label, [&](void* y, DType dtype) {
           cuda::gemv_bf16_tuned(wb_dev.data(), shape.n, shape.k, x_dev.data(), m, y, dtype, tuning, nullptr);
         });
@@ -335,8 +327,6 @@ TEST(GpuGemv, UnsupportedShapesAreRejected) {
   EXPECT_THROW(cuda::gemv_nvfp4_tuned(k32, x.data(), 1, y.data(), DType::F32, {9, 4, 1, 1}, nullptr), Error);
   EXPECT_THROW(cuda::gemv_nvfp4_tuned(k32, x.data(), 1, y.data(), DType::F32, {4, 3, 1, 1}, nullptr), Error);
   EXPECT_THROW(cuda::gemv_nvfp4_tuned(k32, x.data(), 1, y.data(), DType::F32, {4, 4, 1, 3}, nullptr), Error);
-  // A K split over blocks without its scratch.
-  EXPECT_THROW(cuda::gemv_nvfp4_tuned(k32, x.data(), 1, y.data(), DType::F32, {4, 2, 2, 4, false, 2}, nullptr), Error);
   CUDA_CHECK(cudaDeviceSynchronize());
 }
 

@@ -68,12 +68,10 @@ void check_nvfp4_weight(const Nvfp4Weight& weight) {
 // Chosen from kernel_bench sweeps on an H100 (bench/notes/gemv.md, bench/results/gemv-h100-sweep-async.json):
 // up to one token group the register pipeline with two row tiles, but 8 warps splitting a long K
 // (mlp_down); beyond it the shared-memory pipeline, which keeps the activation registers free.
-// Grids of 5120-row weights have 160 blocks of 32 rows for 132 SMs; splitting K over blocks evens that out.
-GemvTuning gemv_nvfp4_default_tuning(int64_t m, int64_t n, int64_t k, bool can_split) {
+GemvTuning gemv_nvfp4_default_tuning(int64_t m, int64_t /*n*/, int64_t k) {
   if (m > 8) return {4, 4, 2, 4, true};
-  GemvTuning tuning = k >= 16384 ? GemvTuning{8, 4, 2, 8, true} : GemvTuning{4, 2, 2, 4, false};
-  if (can_split && n <= 8192) tuning.k_blocks = k >= 16384 ? 4 : 2;
-  return tuning;
+  if (k >= 16384) return {8, 4, 2, 8, true};
+  return {4, 2, 2, 4, false};
 }
 
 GemvTuning gemv_bf16_default_tuning(int64_t m, int64_t /*n*/, int64_t /*k*/) {
@@ -81,23 +79,12 @@ GemvTuning gemv_bf16_default_tuning(int64_t m, int64_t /*n*/, int64_t /*k*/) {
   return {2, 1, 2, 2};
 }
 
-std::vector<GemvTuning> gemv_nvfp4_tunings() {
-  std::vector<GemvTuning> out = tunings_of(detail::kGemvNvfp4Shapes);
-  for (const GemvTuning& base : {GemvTuning{4, 2, 2, 4, false}, GemvTuning{8, 4, 2, 8, true}}) {
-    for (int k_blocks : {2, kGemvSplitMaxBlocks}) {
-      GemvTuning split = base;
-      split.k_blocks = k_blocks;
-      out.push_back(split);
-    }
-  }
-  return out;
-}
+std::vector<GemvTuning> gemv_nvfp4_tunings() { return tunings_of(detail::kGemvNvfp4Shapes); }
 std::vector<GemvTuning> gemv_bf16_tunings() { return tunings_of(detail::kGemvBf16Shapes); }
 
-void gemv_nvfp4(const Nvfp4Weight& weight, const void* x, int64_t m, void* y, DType y_dtype, cudaStream_t stream,
-                const GemvSplitScratch* split) {
+void gemv_nvfp4(const Nvfp4Weight& weight, const void* x, int64_t m, void* y, DType y_dtype, cudaStream_t stream) {
   const Nvfp4GemvTarget target{weight, y};
-  gemv_nvfp4_multi(&target, 1, x, m, y_dtype, stream, split);
+  gemv_nvfp4_multi(&target, 1, x, m, y_dtype, stream);
 }
 
 void gemv_bf16(const void* weight, int64_t n, int64_t k, const void* x, int64_t m, void* y, DType y_dtype,
@@ -111,29 +98,8 @@ void check_target_count(std::string_view op, int count) {
   if (count < 1 || count > kGemvMaxTargets) fail("{}: {} targets, supported 1..{}", op, count, kGemvMaxTargets);
 }
 
-int64_t total_rows(const Nvfp4GemvTarget* targets, int count) {
-  int64_t rows = 0;
-  for (int i = 0; i < count; ++i) rows += targets[i].weight.rows;
-  return rows;
-}
-
-void check_split(const Nvfp4GemvTarget* targets, int count, int64_t m, const GemvTuning& tuning,
-                 const GemvSplitScratch* split) {
-  if (tuning.k_blocks == 1) return;
-  if (tuning.k_blocks < 1 || tuning.k_blocks > kGemvSplitMaxBlocks) {
-    fail("gemv_nvfp4: k_blocks {} not supported (1..{})", tuning.k_blocks, kGemvSplitMaxBlocks);
-  }
-  if (split == nullptr || split->partials == nullptr || split->counters == nullptr) {
-    fail("gemv_nvfp4: k_blocks {} needs a GemvSplitScratch", tuning.k_blocks);
-  }
-  if (m > kGemvSplitMaxTokens || total_rows(targets, count) > kGemvSplitMaxRows) {
-    fail("gemv_nvfp4: K split over blocks takes at most {} tokens and {} rows, got {} and {}", kGemvSplitMaxTokens,
-         kGemvSplitMaxRows, m, total_rows(targets, count));
-  }
-}
-
 void launch_nvfp4_checked(const Nvfp4GemvTarget* targets, int count, const void* x, int64_t m, DType y_dtype,
-                          const GemvTuning& tuning, cudaStream_t stream, const GemvSplitScratch* split) {
+                          const GemvTuning& tuning, cudaStream_t stream) {
   check_target_count("gemv_nvfp4", count);
   for (int i = 0; i < count; ++i) {
     const Nvfp4Weight& weight = targets[i].weight;
@@ -144,9 +110,7 @@ void launch_nvfp4_checked(const Nvfp4GemvTarget* targets, int count, const void*
     }
   }
   check_tuning("gemv_nvfp4", tuning, detail::kGemvNvfp4Shapes);
-  check_split(targets, count, m, tuning, split);
-  CUDA_CHECK(detail::launch_gemv_nvfp4(targets, count, x, static_cast<int>(m), y_dtype == DType::BF16, tuning,
-                                       split ? *split : GemvSplitScratch{}, stream));
+  CUDA_CHECK(detail::launch_gemv_nvfp4(targets, count, x, static_cast<int>(m), y_dtype == DType::BF16, tuning, stream));
 }
 
 void launch_bf16_checked(const Bf16GemvTarget* targets, int count, int64_t k, const void* x, int64_t m, DType y_dtype,
@@ -159,18 +123,22 @@ void launch_bf16_checked(const Bf16GemvTarget* targets, int count, int64_t k, co
     }
   }
   check_tuning("gemv_bf16", tuning, detail::kGemvBf16Shapes);
-  if (tuning.k_blocks != 1) fail("gemv_bf16: k_blocks {} not supported (only NVFP4 splits K over blocks)", tuning.k_blocks);
   CUDA_CHECK(detail::launch_gemv_bf16(targets, count, k, x, static_cast<int>(m), y_dtype == DType::BF16, tuning,
                                       stream));
+}
+
+int64_t total_rows(const Nvfp4GemvTarget* targets, int count) {
+  int64_t rows = 0;
+  for (int i = 0; i < count; ++i) rows += targets[i].weight.rows;
+  return rows;
 }
 }  // namespace
 
 void gemv_nvfp4_multi(const Nvfp4GemvTarget* targets, int count, const void* x, int64_t m, DType y_dtype,
-                      cudaStream_t stream, const GemvSplitScratch* split) {
+                      cudaStream_t stream) {
   check_target_count("gemv_nvfp4", count);
-  const GemvTuning tuning =
-      gemv_nvfp4_default_tuning(m, total_rows(targets, count), targets[0].weight.cols, split != nullptr);
-  launch_nvfp4_checked(targets, count, x, m, y_dtype, tuning, stream, split);
+  const GemvTuning tuning = gemv_nvfp4_default_tuning(m, total_rows(targets, count), targets[0].weight.cols);
+  launch_nvfp4_checked(targets, count, x, m, y_dtype, tuning, stream);
 }
 
 void gemv_bf16_multi(const Bf16GemvTarget* targets, int count, int64_t k, const void* x, int64_t m, DType y_dtype,
@@ -182,9 +150,9 @@ void gemv_bf16_multi(const Bf16GemvTarget* targets, int count, int64_t k, const 
 }
 
 void gemv_nvfp4_tuned(const Nvfp4Weight& weight, const void* x, int64_t m, void* y, DType y_dtype,
-                      const GemvTuning& tuning, cudaStream_t stream, const GemvSplitScratch* split) {
+                      const GemvTuning& tuning, cudaStream_t stream) {
   const Nvfp4GemvTarget target{weight, y};
-  launch_nvfp4_checked(&target, 1, x, m, y_dtype, tuning, stream, split);
+  launch_nvfp4_checked(&target, 1, x, m, y_dtype, tuning, stream);
 }
 
 void gemv_bf16_tuned(const void* weight, int64_t n, int64_t k, const void* x, int64_t m, void* y, DType y_dtype,

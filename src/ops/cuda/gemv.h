@@ -20,37 +20,17 @@ inline constexpr int64_t kGemvKMultiple = 32;
 // added in a fixed order); the other factor of warps / k_split takes more rows. With async_copy the
 // loads in flight wait in shared memory (cp.async) instead of registers, so a deep pipeline costs no
 // registers and occupancy.
-// k_blocks > 1 splits K further over that many blocks per output block (for grids too small to fill the
-// GPU), which needs a GemvSplitScratch.
 struct GemvTuning {
   int warps = 4;
   int depth = 4;
   int row_tiles = 1;
   int k_split = 4;
   bool async_copy = false;
-  int k_blocks = 1;
-};
-
-// Device scratch of launches with k_blocks > 1: fp32 partial sums and arrival counters (zero-filled
-// once before first use; each launch leaves them zero). One launch at a time may use it: give each
-// stream its own. Split launches take at most kGemvSplitMaxTokens tokens, kGemvSplitMaxRows rows in all
-// and kGemvSplitMaxBlocks blocks per output block.
-inline constexpr int64_t kGemvSplitMaxTokens = 8;
-inline constexpr int64_t kGemvSplitMaxRows = 16384;
-inline constexpr int kGemvSplitMaxBlocks = 4;
-inline constexpr int64_t kGemvSplitMaxOutputBlocks = kGemvSplitMaxRows / 16 + 4;  // + one per target's remainder
-inline constexpr int64_t kGemvSplitScratchFloats =
-    (kGemvSplitMaxRows + 4 * 256) * kGemvSplitMaxTokens * kGemvSplitMaxBlocks;  // rows padded to blocks of <= 256
-struct GemvSplitScratch {
-  float* partials = nullptr;   // kGemvSplitScratchFloats
-  unsigned* counters = nullptr;  // kGemvSplitMaxOutputBlocks
 };
 
 // weight: NVFP4 [N, K] (K < 2^31) (packed 16-byte aligned, scales 2-byte aligned); x: bf16 [m, K], 16-byte
 // aligned; y: [m, N] of y_dtype (F32 or BF16).
-struct GemvSplitScratch;
-void gemv_nvfp4(const Nvfp4Weight& weight, const void* x, int64_t m, void* y, DType y_dtype, cudaStream_t stream,
-                const GemvSplitScratch* split = nullptr);
+void gemv_nvfp4(const Nvfp4Weight& weight, const void* x, int64_t m, void* y, DType y_dtype, cudaStream_t stream);
 
 // weight: bf16 [n, k], 16-byte aligned; otherwise as gemv_nvfp4.
 void gemv_bf16(const void* weight, int64_t n, int64_t k, const void* x, int64_t m, void* y, DType y_dtype,
@@ -69,22 +49,20 @@ struct Bf16GemvTarget {
   int64_t n;
   void* y;
 };
-// With a split scratch the default tuning may split K over blocks (small grids).
 void gemv_nvfp4_multi(const Nvfp4GemvTarget* targets, int count, const void* x, int64_t m, DType y_dtype,
-                      cudaStream_t stream, const GemvSplitScratch* split = nullptr);
+                      cudaStream_t stream);
 void gemv_bf16_multi(const Bf16GemvTarget* targets, int count, int64_t k, const void* x, int64_t m, DType y_dtype,
                      cudaStream_t stream);
 
-// The tuning the plain calls above use for an [n, k] weight (n: all targets' rows) and m tokens;
-// k_blocks > 1 only when can_split (a scratch is given).
-GemvTuning gemv_nvfp4_default_tuning(int64_t m, int64_t n, int64_t k, bool can_split = false);
+// The tuning the plain calls above use for an [n, k] weight and m tokens.
+GemvTuning gemv_nvfp4_default_tuning(int64_t m, int64_t n, int64_t k);
 GemvTuning gemv_bf16_default_tuning(int64_t m, int64_t n, int64_t k);
-// Every compiled tuning, for kernel_bench's sweep and the GPU tests (NVFP4: also with k_blocks 2 and 4).
+// Every compiled tuning, for kernel_bench's sweep and the GPU tests.
 std::vector<GemvTuning> gemv_nvfp4_tunings();
 std::vector<GemvTuning> gemv_bf16_tunings();
 // As gemv_nvfp4 / gemv_bf16 with an explicit tuning from the lists above (others throw).
 void gemv_nvfp4_tuned(const Nvfp4Weight& weight, const void* x, int64_t m, void* y, DType y_dtype,
-                      const GemvTuning& tuning, cudaStream_t stream, const GemvSplitScratch* split = nullptr);
+                      const GemvTuning& tuning, cudaStream_t stream);
 void gemv_bf16_tuned(const void* weight, int64_t n, int64_t k, const void* x, int64_t m, void* y, DType y_dtype,
                      const GemvTuning& tuning, cudaStream_t stream);
 
@@ -97,7 +75,7 @@ inline constexpr GemvTuning kGemvNvfp4Shapes[] = {{0, 4, 1, 0, false}, {0, 8, 1,
                                                   {0, 8, 1, 0, true}};
 inline constexpr GemvTuning kGemvBf16Shapes[] = {{0, 2, 1, 0, false}, {0, 1, 2, 0, false}};
 cudaError_t launch_gemv_nvfp4(const Nvfp4GemvTarget* targets, int count, const void* x, int m, bool y_is_bf16,
-                              const GemvTuning& tuning, const GemvSplitScratch& split, cudaStream_t stream);
+                              const GemvTuning& tuning, cudaStream_t stream);
 cudaError_t launch_gemv_bf16(const Bf16GemvTarget* targets, int count, int64_t k, const void* x, int m,
                              bool y_is_bf16, const GemvTuning& tuning, cudaStream_t stream);
 }  // namespace detail

@@ -21,8 +21,8 @@ static_assert(kGemvMaxSegments == kGemvMaxTargets);
 
 template <class Format, int kTokenGroups, int kRowTiles, int kDepth, bool kAsync>
 cudaError_t launch_gemv_tile(GemvSegments<Format> segments, const void* x, int m, int64_t k, bool y_is_bf16,
-                             int warps, int k_split, int k_blocks, const GemvBlockSplit& split, cudaStream_t stream) {
-  const dim3 grid(segments.assign_blocks(int64_t{kRowTiles} * kGemvRowsPerTile * (warps / k_split)), k_blocks);
+                             int warps, int k_split, cudaStream_t stream) {
+  const dim3 grid(segments.assign_blocks(int64_t{kRowTiles} * kGemvRowsPerTile * (warps / k_split)));
   const int smem = gemv_smem_bytes<Format, kTokenGroups, kRowTiles, kDepth, kAsync>(warps);
   const auto kernel = gemv_kernel<Format, kTokenGroups, kRowTiles, kDepth, kAsync>;
   if (smem > (48 << 10)) {  // the default limit of dynamic shared memory; larger needs an opt-in
@@ -30,22 +30,22 @@ cudaError_t launch_gemv_tile(GemvSegments<Format> segments, const void* x, int m
     if (status != cudaSuccess) return status;
   }
   return launch_dependent(kernel, grid, warps * 32, smem, stream, segments, static_cast<const __nv_bfloat16*>(x), m, k,
-                          y_is_bf16, k_split, split);
+                          y_is_bf16, k_split);
 }
 
 template <class Format, int kRowTiles, int kDepth, bool kAsync>
 cudaError_t launch_gemv_tokens(const GemvSegments<Format>& segments, const void* x, int m, int64_t k, bool y_is_bf16,
-                               int warps, int k_split, int k_blocks, const GemvBlockSplit& split, cudaStream_t stream) {
+                               int warps, int k_split, cudaStream_t stream) {
   static_assert(kGemvMaxTokens == 8 * kGemvTokensPerGroup);
   switch ((m + kGemvTokensPerGroup - 1) / kGemvTokensPerGroup) {
-    case 1: return launch_gemv_tile<Format, 1, kRowTiles, kDepth, kAsync>(segments, x, m, k, y_is_bf16, warps, k_split, k_blocks, split, stream);
-    case 2: return launch_gemv_tile<Format, 2, kRowTiles, kDepth, kAsync>(segments, x, m, k, y_is_bf16, warps, k_split, k_blocks, split, stream);
-    case 3: return launch_gemv_tile<Format, 3, kRowTiles, kDepth, kAsync>(segments, x, m, k, y_is_bf16, warps, k_split, k_blocks, split, stream);
-    case 4: return launch_gemv_tile<Format, 4, kRowTiles, kDepth, kAsync>(segments, x, m, k, y_is_bf16, warps, k_split, k_blocks, split, stream);
-    case 5: return launch_gemv_tile<Format, 5, kRowTiles, kDepth, kAsync>(segments, x, m, k, y_is_bf16, warps, k_split, k_blocks, split, stream);
-    case 6: return launch_gemv_tile<Format, 6, kRowTiles, kDepth, kAsync>(segments, x, m, k, y_is_bf16, warps, k_split, k_blocks, split, stream);
-    case 7: return launch_gemv_tile<Format, 7, kRowTiles, kDepth, kAsync>(segments, x, m, k, y_is_bf16, warps, k_split, k_blocks, split, stream);
-    case 8: return launch_gemv_tile<Format, 8, kRowTiles, kDepth, kAsync>(segments, x, m, k, y_is_bf16, warps, k_split, k_blocks, split, stream);
+    case 1: return launch_gemv_tile<Format, 1, kRowTiles, kDepth, kAsync>(segments, x, m, k, y_is_bf16, warps, k_split, stream);
+    case 2: return launch_gemv_tile<Format, 2, kRowTiles, kDepth, kAsync>(segments, x, m, k, y_is_bf16, warps, k_split, stream);
+    case 3: return launch_gemv_tile<Format, 3, kRowTiles, kDepth, kAsync>(segments, x, m, k, y_is_bf16, warps, k_split, stream);
+    case 4: return launch_gemv_tile<Format, 4, kRowTiles, kDepth, kAsync>(segments, x, m, k, y_is_bf16, warps, k_split, stream);
+    case 5: return launch_gemv_tile<Format, 5, kRowTiles, kDepth, kAsync>(segments, x, m, k, y_is_bf16, warps, k_split, stream);
+    case 6: return launch_gemv_tile<Format, 6, kRowTiles, kDepth, kAsync>(segments, x, m, k, y_is_bf16, warps, k_split, stream);
+    case 7: return launch_gemv_tile<Format, 7, kRowTiles, kDepth, kAsync>(segments, x, m, k, y_is_bf16, warps, k_split, stream);
+    case 8: return launch_gemv_tile<Format, 8, kRowTiles, kDepth, kAsync>(segments, x, m, k, y_is_bf16, warps, k_split, stream);
     default: return cudaErrorInvalidValue;
   }
 }
@@ -53,14 +53,14 @@ cudaError_t launch_gemv_tokens(const GemvSegments<Format>& segments, const void*
 // Launches the first of Shapes whose depth and row tiles match `tuning`; cudaErrorInvalidValue if none does.
 template <class Format, class Shape, class... Shapes>
 cudaError_t launch_gemv(const GemvSegments<Format>& segments, const void* x, int m, int64_t k, bool y_is_bf16,
-                        const GemvTuning& tuning, const GemvBlockSplit& split, cudaStream_t stream) {
+                        const GemvTuning& tuning, cudaStream_t stream) {
   if (tuning.depth == Shape::depth && tuning.row_tiles == Shape::row_tiles &&
       tuning.async_copy == Shape::async_copy) {
     return launch_gemv_tokens<Format, Shape::row_tiles, Shape::depth, Shape::async_copy>(
-        segments, x, m, k, y_is_bf16, tuning.warps, tuning.k_split, tuning.k_blocks, split, stream);
+        segments, x, m, k, y_is_bf16, tuning.warps, tuning.k_split, stream);
   }
   if constexpr (sizeof...(Shapes) > 0) {
-    return launch_gemv<Format, Shapes...>(segments, x, m, k, y_is_bf16, tuning, split, stream);
+    return launch_gemv<Format, Shapes...>(segments, x, m, k, y_is_bf16, tuning, stream);
   } else {
     return cudaErrorInvalidValue;
   }

@@ -5,7 +5,7 @@
 namespace uberlm::cuda::detail {
 
 cudaError_t launch_gemv_nvfp4(const Nvfp4GemvTarget* targets, int count, const void* x, int m, bool y_is_bf16,
-                              const GemvTuning& tuning, const GemvSplitScratch& split, cudaStream_t stream) {
+                              const GemvTuning& tuning, cudaStream_t stream) {
   GemvSegments<Nvfp4Format> segments{};
   for (int i = 0; i < count; ++i) {
     const Nvfp4Weight& w = targets[i].weight;
@@ -13,7 +13,7 @@ cudaError_t launch_gemv_nvfp4(const Nvfp4GemvTarget* targets, int count, const v
   }
   return launch_gemv<Nvfp4Format, GemvShape<4, 1>, GemvShape<8, 1>, GemvShape<2, 2>, GemvShape<4, 2>,
                     GemvShape<4, 2, true>, GemvShape<8, 2, true>, GemvShape<8, 1, true>>(
-      segments, x, m, targets[0].weight.cols, y_is_bf16, tuning, GemvBlockSplit{split.partials, split.counters}, stream);
+      segments, x, m, targets[0].weight.cols, y_is_bf16, tuning, stream);
 }
 
 }  // namespace uberlm::cuda::detail

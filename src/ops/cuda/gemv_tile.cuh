@@ -323,24 +323,15 @@ constexpr int gemv_smem_bytes(int warps) {
   }
 }
 
-// K split over the gridDim.y blocks of a grid column: each writes its fp32 partial sums to `partials`
-// ([grid.x][grid.y][block outputs]); the last to arrive (one arrival counter per grid column, zero
-// between launches) adds them in block order, stores y and resets its counter.
-struct GemvBlockSplit {
-  float* partials;
-  unsigned* counters;
-};
-
 // Sums the accumulator chains and the block's warps in a fixed order (deterministic) and writes
 // y[token, row] = sum * multiplier for token < m, row < n_rows; y is fp32 or bf16 [M, N]. The block's
 // warps form blockDim.x / 32 / k_split row groups of k_split warps each (warp w: row group w / k_split,
 // K share w % k_split); row group r covers rows row0 + r * 16 kRowTiles. `partial` is
-// gemv_reduce_smem_bytes of shared memory. With gridDim.y > 1 the block's sums go through `split`.
+// gemv_reduce_smem_bytes of shared memory.
 template <int kTokenGroups, int kRowTiles>
 __device__ __forceinline__ void gemv_block_reduce_store(const GemvAccumulators<kTokenGroups, kRowTiles>& acc, int m,
                                                         int64_t n_rows, int64_t row0, int k_split, float multiplier,
-                                                        void* y, bool y_is_bf16, float* partial,
-                                                        const GemvBlockSplit& split) {
+                                                        void* y, bool y_is_bf16, float* partial) {
   constexpr int kChains = kGemvAccChains<kTokenGroups, kRowTiles>;
   constexpr int kTokens = kTokenGroups * kGemvTokensPerGroup, kRows = kRowTiles * kGemvRowsPerTile;
   const int warps = blockDim.x / 32, warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, tig = lane % 4;
@@ -364,44 +355,21 @@ __device__ __forceinline__ void gemv_block_reduce_store(const GemvAccumulators<k
     }
   }
   __syncthreads();
-  const int outputs = warps / k_split * kTokens * kRows;
-  const auto warps_sum = [&](int i) {
-    const int group = i / (kTokens * kRows), within = i % (kTokens * kRows);
+  const int row_groups = warps / k_split;
+  for (int i = threadIdx.x; i < row_groups * kTokens * kRows; i += blockDim.x) {
+    const int group = i / (kTokens * kRows), within = i % (kTokens * kRows), token = within / kRows, r = within % kRows;
+    const int64_t row = row0 + static_cast<int64_t>(group) * kRows + r;
+    if (token >= m || row >= n_rows) continue;
     const float* sums = partial + group * k_split * kTokens * kRows + within;
     float sum = 0.0f;
     for (int w = 0; w < k_split; ++w) sum += sums[w * kTokens * kRows];
-    return sum;
-  };
-  const auto store = [&](int i, float sum) {
-    const int group = i / (kTokens * kRows), within = i % (kTokens * kRows), token = within / kRows, r = within % kRows;
-    const int64_t row = row0 + static_cast<int64_t>(group) * kRows + r;
-    if (token >= m || row >= n_rows) return;
     const int64_t index = static_cast<int64_t>(token) * n_rows + row;
     if (y_is_bf16) {
       static_cast<__nv_bfloat16*>(y)[index] = __float2bfloat16_rn(sum * multiplier);
     } else {
       static_cast<float*>(y)[index] = sum * multiplier;
     }
-  };
-  if (gridDim.y == 1) {
-    for (int i = threadIdx.x; i < outputs; i += blockDim.x) store(i, warps_sum(i));
-    return;
   }
-  float* column = split.partials + static_cast<int64_t>(blockIdx.x) * gridDim.y * outputs;
-  for (int i = threadIdx.x; i < outputs; i += blockDim.x) column[blockIdx.y * outputs + i] = warps_sum(i);
-  __threadfence();
-  __syncthreads();
-  __shared__ bool last_to_arrive;
-  if (threadIdx.x == 0) last_to_arrive = atomicAdd(&split.counters[blockIdx.x], 1u) == gridDim.y - 1;
-  __syncthreads();
-  if (!last_to_arrive) return;
-  __threadfence();
-  for (int i = threadIdx.x; i < outputs; i += blockDim.x) {
-    float sum = 0.0f;
-    for (unsigned b = 0; b < gridDim.y; ++b) sum += __ldcg(column + b * outputs + i);  // L2: other SMs wrote them
-    store(i, sum);
-  }
-  if (threadIdx.x == 0) split.counters[blockIdx.x] = 0;
 }
 
 // The weights of one launch (gemv_kernel): up to kGemvMaxSegments matrices of one K that read the same
@@ -436,12 +404,11 @@ struct GemvSegments {
 // The standalone launch (a dependent launch: the first weight chunks are requested before the previous
 // kernel has finished, see wait_for_previous_kernel): block b of a segment owns its rows [b * R, (b + 1) * R) with
 // R = 16 kRowTiles * warps / k_split; each row group's k_split warps split K by interleaved chunks (warp w
-// takes chunks w % k_split, + k_split, ...), and with gridDim.y > 1 the blocks of a grid column split it
-// further (GemvBlockSplit).
+// takes chunks w % k_split, + k_split, ...).
 template <class Format, int kTokenGroups, int kRowTiles, int kDepth, bool kAsync>
 __global__ void __launch_bounds__(256)
     gemv_kernel(const GemvSegments<Format> segments, const __nv_bfloat16* __restrict__ x, int m, int64_t k_size,
-                bool y_is_bf16, int k_split, GemvBlockSplit split) {
+                bool y_is_bf16, int k_split) {
   static_assert(kTokenGroups * kGemvTokensPerGroup <= kGemvMaxTokens);
   extern __shared__ __align__(16) float gemv_partial[];
   allow_next_kernel();
@@ -454,21 +421,19 @@ __global__ void __launch_bounds__(256)
   const int64_t block_row0 =
       static_cast<int64_t>(blockIdx.x - segments.first_block[segment]) * kRows * (blockDim.x / 32 / k_split);
   const int64_t warp_row0 = block_row0 + (warp / k_split) * kRows;
-  // The block's K share (blockIdx.y of gridDim.y), interleaved over its k_split warps by 128-wide chunks.
-  const int first_chunk = blockIdx.y * k_split + warp % k_split, chunk_stride = k_split * gridDim.y;
   GemvAccumulators<kTokenGroups, kRowTiles> acc = {};
   if constexpr (kAsync) {
     using Stages = GemvWarpStages<Format, kRowTiles, kDepth>;
     Stages& stages = reinterpret_cast<Stages*>(gemv_partial)[warp];
     gemv_warp_partial_async<Format, kTokenGroups, kRowTiles, kDepth>(
-        format, x, m, n_rows, static_cast<int>(k_size), warp_row0, first_chunk, chunk_stride, stages, acc);
+        format, x, m, n_rows, static_cast<int>(k_size), warp_row0, warp % k_split, k_split, stages, acc);
     __syncthreads();  // the reduction below reuses the stages of every warp
   } else {
     gemv_warp_partial<Format, kTokenGroups, kRowTiles, kDepth>(format, x, m, n_rows, static_cast<int>(k_size),
-                                                               warp_row0, first_chunk, chunk_stride, acc);
+                                                               warp_row0, warp % k_split, k_split, acc);
   }
   gemv_block_reduce_store<kTokenGroups, kRowTiles>(acc, m, n_rows, block_row0, k_split, format.output_multiplier,
-                                                   segments.outputs[segment], y_is_bf16, gemv_partial, split);
+                                                   segments.outputs[segment], y_is_bf16, gemv_partial);
 }
 
 }  // namespace uberlm::cuda
