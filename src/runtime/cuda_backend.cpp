@@ -390,6 +390,11 @@ void CudaBackend::Impl::allocate(const std::vector<LinearKind>& kinds) {
     fail("CudaBackend: head_dim {} exceeds the attention kernel's {}", config.head_dim, cuda::kAttentionMaxHeadDim);
   }
   graphs_enabled = options.cuda_graphs;
+  CUDA_CHECK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
+  // cuBLAS takes device memory of its own with its handle: make it before measuring what is free.
+  if (std::max(options.max_batch_tokens, options.max_logit_rows) > cuda::kGemvMaxM) {
+    gemm = std::make_unique<cuda::Gemm>(stream);
+  }
   Arena weight_plan;
   layout_weights(weight_plan, kinds);
   size_t free_bytes = 0, total_bytes = 0;
@@ -408,7 +413,6 @@ void CudaBackend::Impl::allocate(const std::vector<LinearKind>& kinds) {
          gib(state_bytes), options.max_slots, gib(runtime_plan.used() - kv_bytes - state_bytes),
          options.max_batch_tokens, gib(margin), gib(static_cast<int64_t>(free_bytes)), gib(static_cast<int64_t>(total_bytes)));
   }
-  CUDA_CHECK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
   CUDA_CHECK(cudaMalloc(&weight_memory, weight_plan.used()));
   CUDA_CHECK(cudaMalloc(&runtime_memory, runtime_plan.used()));
   weight_arena_bytes = weight_plan.used();
@@ -421,7 +425,7 @@ void CudaBackend::Impl::allocate(const std::vector<LinearKind>& kinds) {
   CUDA_CHECK(cudaMemset(weight_memory, 0, weight_arena_bytes));
   CUDA_CHECK(cudaMallocHost(reinterpret_cast<void**>(&meta_host), meta_count * sizeof(int32_t)));
   std::memset(meta_host, 0, meta_count * sizeof(int32_t));
-  if (gemm_workspace) gemm = std::make_unique<cuda::Gemm>(stream, gemm_workspace, cuda::kGemmWorkspaceBytes);
+  if (gemm) gemm->set_workspace(gemm_workspace, cuda::kGemmWorkspaceBytes);
   init_common();
 }
 
@@ -685,6 +689,7 @@ void CudaBackend::Impl::linear_group(std::initializer_list<LinearOutput> outputs
     for (const LinearOutput& o : outputs) linear(*o.weight, x_bf16, rows, o.y);
     return;
   }
+  counters.gemv_linear_calls += static_cast<int64_t>(outputs.size());
   std::vector<cuda::Nvfp4GemvTarget> nvfp4_targets;
   std::vector<cuda::Bf16GemvTarget> bf16_targets;
   for (const LinearOutput& o : outputs) {

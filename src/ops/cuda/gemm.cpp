@@ -31,15 +31,22 @@ void check_gemm_arguments(const char* op, int64_t n, int64_t k, const void* x, i
 }
 }  // namespace
 
-Gemm::Gemm(cudaStream_t stream, void* workspace, int64_t workspace_bytes) : stream_(stream) {
+Gemm::Gemm(cudaStream_t stream) : stream_(stream) {
+  check_cublas(cublasCreate(&handle_), "cublasCreate");
+  check_cublas(cublasSetStream(handle_, stream), "cublasSetStream");
+  check_cublas(cublasSetMathMode(handle_, CUBLAS_DEFAULT_MATH), "cublasSetMathMode");
+}
+
+Gemm::Gemm(cudaStream_t stream, void* workspace, int64_t workspace_bytes) : Gemm(stream) {
+  set_workspace(workspace, workspace_bytes);
+}
+
+// After the stream: cublasSetStream resets the handle to cuBLAS's own workspace pool.
+void Gemm::set_workspace(void* workspace, int64_t workspace_bytes) {
   if (workspace == nullptr || workspace_bytes < kGemmWorkspaceBytes) {
     fail("Gemm: needs a device workspace of {} bytes, got {}", kGemmWorkspaceBytes, workspace_bytes);
   }
-  check_cublas(cublasCreate(&handle_), "cublasCreate");
-  // The workspace after the stream: cublasSetStream resets the handle to cuBLAS's own workspace pool.
-  check_cublas(cublasSetStream(handle_, stream), "cublasSetStream");
   check_cublas(cublasSetWorkspace(handle_, workspace, static_cast<size_t>(workspace_bytes)), "cublasSetWorkspace");
-  check_cublas(cublasSetMathMode(handle_, CUBLAS_DEFAULT_MATH), "cublasSetMathMode");
 }
 
 Gemm::~Gemm() {

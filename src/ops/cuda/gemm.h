@@ -20,6 +20,10 @@ class Gemm {
  public:
   // Work is queued on `stream`; `workspace` holds kGemmWorkspaceBytes device bytes for cuBLAS.
   Gemm(cudaStream_t stream, void* workspace, int64_t workspace_bytes);
+  // The handle alone (cuBLAS takes device memory of its own here, so a caller that plans memory makes it
+  // first); set_workspace before the first product.
+  explicit Gemm(cudaStream_t stream);
+  void set_workspace(void* workspace, int64_t workspace_bytes);
   ~Gemm();
   Gemm(const Gemm&) = delete;
   Gemm& operator=(const Gemm&) = delete;
