@@ -4,6 +4,8 @@
 #include <exception>
 #include <thread>
 
+#include "runtime/sampler.h"
+
 namespace uberlm {
 
 struct InProcessGroup::State {
@@ -90,7 +92,9 @@ ForwardResult CpuTensorParallelBackend::forward(const ForwardBatch& batch) {
   for (const std::exception_ptr& error : errors) {
     if (error) std::rethrow_exception(error);
   }
-  return std::move(results.front());
+  ForwardResult& result = results.front();
+  if (batch.argmax_only) result.argmax = argmax_rows(result.logits, result.rows, model_.config.vocab_size);
+  return std::move(result);
 }
 
 }  // namespace uberlm
