@@ -349,6 +349,41 @@ TEST(TensorParallelPlan, RangesOfEachRank) {
   }
 }
 
+// The Qwen3.5-27B shape (spec/qwen3_5.md) over 2, 4 and 8 GPUs: at 8 its 4 KV heads are replicated, and every
+// row-parallel layer's columns per rank stay whole NVFP4 blocks.
+TEST(TensorParallelPlan, Qwen35_27bShapeShardsOverTwoFourAndEightRanks) {
+  ModelConfig c;
+  c.hidden_size = 5120;
+  c.num_layers = 4;
+  c.layer_kinds = {LayerKind::LinearAttention, LayerKind::LinearAttention, LayerKind::LinearAttention,
+                   LayerKind::FullAttention};
+  c.intermediate_size = 17408;
+  c.vocab_size = 248320;
+  c.num_heads = 24;
+  c.num_kv_heads = 4;
+  c.head_dim = 256;
+  c.linear_num_key_heads = 16;
+  c.linear_num_value_heads = 48;
+  c.linear_key_head_dim = 128;
+  c.linear_value_head_dim = 128;
+  for (const int size : {2, 4, 8}) {
+    for (int rank = 0; rank < size; ++rank) {
+      const TensorParallelShard shard = plan_tensor_parallel_shard(c, size, rank);
+      const ModelConfig local = shard_config(c, shard);
+      EXPECT_EQ(local.num_heads, 24 / size);
+      EXPECT_EQ(local.num_kv_heads, size == 8 ? 1 : 4 / size);
+      EXPECT_EQ(shard.attention_kv_heads.begin, size == 8 ? rank / 2 : rank * local.num_kv_heads);
+      EXPECT_EQ(local.linear_num_value_heads, 48 / size);
+      EXPECT_EQ(local.linear_num_key_heads, 16 / size);
+      EXPECT_EQ(shard.vocab_shard_rows * size, 248320);
+      for (const int64_t columns : {int64_t{local.num_heads} * c.head_dim, int64_t{local.linear_value_dim()},
+                                    int64_t{local.intermediate_size}}) {
+        EXPECT_EQ(columns % kNvfp4BlockSize, 0) << "TP " << size;
+      }
+    }
+  }
+}
+
 // NVFP4 columns split only on 16-element blocks: at TP = 8 with head_dim 8, each rank's o_proj columns
 // are one head of 8, inside a block.
 TEST(TensorParallelPlan, Nvfp4ColumnsSplitOnBlockBoundariesOnly) {
