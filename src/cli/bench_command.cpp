@@ -21,6 +21,7 @@
 #include "model/config.h"
 #include "model/model.h"
 #include "runtime/cuda_backend.h"
+#include "runtime/cuda_tensor_parallel_backend.h"
 
 #ifdef UBERLM_WITH_CUDA
 #include <cuda_runtime_api.h>
@@ -40,6 +41,7 @@ struct BenchOptions {
   std::vector<int> prefill = {512, 2048};
   int context = 128;     // tokens in each sequence before the timed decode steps
   int steps = 24;        // timed decode steps per batch
+  int tensor_parallel = 1;  // > 1: the model sharded over that many GPUs through NCCL
   std::string json_path;
   std::string command;
 };
@@ -83,7 +85,7 @@ double now_seconds() {
 }
 
 // Fills slots 0..batch-1 with `context` random tokens each, in forwards of at most max_tokens tokens.
-void prefill_slots(CudaBackend& backend, int batch, int context, int64_t max_tokens) {
+void prefill_slots(GpuBackend& backend, int batch, int context, int64_t max_tokens) {
   for (int s = 0; s < backend.max_slots(); ++s) backend.release(s);
   ForwardBatch forward;
   for (int s = 0; s < batch; ++s) {
@@ -129,16 +131,25 @@ void run_bench(const BenchOptions& options) {
   backend_options.max_logit_rows = std::max(64, max_batch);
 
   std::unique_ptr<Model> model;
-  std::unique_ptr<CudaBackend> backend;
+  std::unique_ptr<GpuBackend> backend;
   std::string shape_name = options.shape;
+  const int ranks = options.tensor_parallel;
   if (!options.model.empty()) {
     model = Model::load(options.model);
-    backend = std::make_unique<CudaBackend>(*model, backend_options);
+    if (ranks > 1) backend = std::make_unique<CudaTensorParallelBackend>(*model, ranks, backend_options);
+    else backend = std::make_unique<CudaBackend>(*model, backend_options);
     shape_name = options.model;
   } else {
     const SyntheticFormat format = options.weights == "nvfp4" ? SyntheticFormat::Nvfp4 : SyntheticFormat::Bf16;
-    backend = std::make_unique<CudaBackend>(shape_config(options.shape), format, backend_options, 20260101);
+    const ModelConfig shape = shape_config(options.shape);
+    if (ranks > 1) {
+      backend = std::make_unique<CudaTensorParallelBackend>(shape, format, ranks, backend_options, 20260101);
+    } else {
+      backend = std::make_unique<CudaBackend>(shape, format, backend_options, 20260101);
+    }
   }
+  // With tensor parallelism every GPU streams its own shard: the roofline is the GPUs' copy bandwidth together.
+  const double roofline_gbps = copy_gbps * ranks;
   const ModelConfig& config = backend->config();
   const int64_t weight_bytes = backend->weight_bytes();
   std::printf("shape %s (%s weights, lm_head bf16): %d layers, hidden %d; linear weights %.2f GB; %s\n",
@@ -151,6 +162,8 @@ void run_bench(const BenchOptions& options) {
   report["shape"] = shape_name;
   report["weights"] = options.model.empty() ? options.weights : "checkpoint";
   report["copy_gbps"] = copy_gbps;
+  report["tensor_parallel"] = ranks;
+  report["roofline_gbps"] = roofline_gbps;
   report["weight_bytes"] = weight_bytes;
   report["context_before_decode"] = options.context;
 
@@ -178,7 +191,7 @@ void run_bench(const BenchOptions& options) {
     const double step_bytes = static_cast<double>(weight_bytes) + static_cast<double>(batch) * backend->cache_bytes_per_token(context);
     const double gbps = step_bytes / step / 1e9;
     std::printf("%6d %10.3f %11.1f %14.1f %14.1f %9.0f %8.1f%%\n", batch, step * 1e3, batch / step, step_bytes / 1e6,
-                step_bytes / batch / 1e6, gbps, 100 * gbps / copy_gbps);
+                step_bytes / batch / 1e6, gbps, 100 * gbps / roofline_gbps);
     report["decode"].push_back({{"batch", batch},
                                 {"ms_per_step", step * 1e3},
                                 {"ms_per_token", step * 1e3 / batch},
@@ -186,7 +199,7 @@ void run_bench(const BenchOptions& options) {
                                 {"bytes_per_step", step_bytes},
                                 {"bytes_per_token", step_bytes / batch},
                                 {"achieved_gbps", gbps},
-                                {"roofline_fraction", gbps / copy_gbps}});
+                                {"roofline_fraction", gbps / roofline_gbps}});
   }
 
   std::printf("\n%8s %10s %11s\n", "prefill", "ms", "tok/s");
@@ -239,7 +252,7 @@ void run_bench(const BenchOptions& options) {
     for (const KernelTime& t : times) std::printf("    %-24s %10.1f us\n", t.op.c_str(), t.microseconds);
     report["kernels"]["prefill_" + std::to_string(length)] = profile_json(times, 1);
   }
-  const CudaBackend::Counters counters = backend->counters();
+  const GpuBackend::Counters counters = backend->counters();
   report["counters"] = {{"gemv_linear_calls", counters.gemv_linear_calls},
                         {"gemm_bf16_linear_calls", counters.gemm_bf16_linear_calls},
                         {"gemm_nvfp4_linear_calls", counters.gemm_nvfp4_linear_calls},
@@ -274,6 +287,8 @@ void add_bench_command(CLI::App& app) {
       ->check(CLI::Range(1, 1 << 20))->capture_default_str();
   cmd->add_option("--steps", options->steps, "Timed decode steps per batch")->check(CLI::Range(1, 100000))->capture_default_str();
   cmd->add_option("--json", options->json_path, "Write the results as JSON");
+  cmd->add_option("--tensor-parallel", options->tensor_parallel, "Shard the model over GPUs 0..N-1 (NCCL)")
+      ->check(CLI::Range(1, 64))->capture_default_str();
   cmd->callback([options] {
     std::ostringstream command;  // the run's options as a command line, recorded in the JSON
     command << "uberlm bench --shape " << options->shape << " --weights " << options->weights;
@@ -281,6 +296,7 @@ void add_bench_command(CLI::App& app) {
     command << " --batches " << fmt::format("{}", fmt::join(options->batches, ","));
     command << " --prefill " << fmt::format("{}", fmt::join(options->prefill, ","));
     command << " --context " << options->context << " --steps " << options->steps;
+    if (options->tensor_parallel > 1) command << " --tensor-parallel " << options->tensor_parallel;
     if (!options->json_path.empty()) command << " --json " << options->json_path;
     options->command = command.str();
     run_bench(*options);

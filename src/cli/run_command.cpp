@@ -35,6 +35,7 @@ struct RunOptions {
   uint64_t seed = 0;
   std::string quantize;  // "nvfp4": quantise the bf16 linear layers at load
   std::string device = "auto";
+  int tensor_parallel = 1;
 };
 
 // The tokenizer and prompt conventions of a model: a directory's tokenizer.json, or a GGUF file's
@@ -67,7 +68,7 @@ void run(const RunOptions& options) {
   if (format.default_system_prompt) messages.push_back({"system", *format.default_system_prompt});
   messages.push_back({"user", options.prompt});
   const std::string text = options.chat ? render_chatml(messages, /*add_generation_prompt=*/true) : options.prompt;
-  std::unique_ptr<Backend> backend_owner = make_backend(*model, options.device, /*max_slots=*/1);
+  std::unique_ptr<Backend> backend_owner = make_backend(*model, options.device, /*max_slots=*/1, options.tensor_parallel);
   Backend& backend = *backend_owner;
   GenerationRequest request;
   if (format.bos_id) request.prompt.push_back(*format.bos_id);
@@ -112,6 +113,9 @@ void add_run_command(CLI::App& app) {
   cmd->add_option("--device", options->device, "cpu, cuda, or auto (cuda when a GPU is present)")
       ->check(CLI::IsMember({"cpu", "cuda", "auto"}))->capture_default_str();
   cmd->add_option("--quantize", options->quantize, "Quantise bf16 linear layers at load")->check(CLI::IsMember({"nvfp4"}));
+  cmd->add_option("--tensor-parallel", options->tensor_parallel,
+                  "Shard the model over N GPUs (NCCL), or N CPU rank threads with --device cpu")
+      ->check(CLI::Range(1, 64))->capture_default_str();
   cmd->callback([options] { run(*options); });
 }
 

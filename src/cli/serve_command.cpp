@@ -15,6 +15,7 @@
 #include "core/error.h"
 #include "model/model.h"
 #include "runtime/cuda_backend.h"
+#include "runtime/cuda_tensor_parallel_backend.h"
 #include "runtime/engine.h"
 #include "server/openai_server.h"
 #include "tokenizer/bpe_tokenizer.h"
@@ -40,6 +41,7 @@ struct ServeOptions {
   int64_t kv_cache_tokens = 0;
   int max_waiting = 256;
   std::string api_key;
+  int tensor_parallel = 1;
 };
 
 // What the engine serves: the backend, the tokenizer, and the model it stands for.
@@ -81,8 +83,13 @@ Served load_served(const ServeOptions& options, int64_t& max_model_len, int bloc
     const ModelConfig config = shape_config(options.shape);
     if (max_model_len == 0) max_model_len = default_max_model_len(config);
     const SyntheticFormat format = options.weights == "bf16" ? SyntheticFormat::Bf16 : SyntheticFormat::Nvfp4;
-    auto backend = std::make_unique<CudaBackend>(config, format, cuda_options(options, max_model_len, block_size),
-                                                 options.seed);
+    const CudaBackendOptions cuda = cuda_options(options, max_model_len, block_size);
+    std::unique_ptr<GpuBackend> backend;
+    if (options.tensor_parallel > 1) {
+      backend = std::make_unique<CudaTensorParallelBackend>(config, format, options.tensor_parallel, cuda, options.seed);
+    } else {
+      backend = std::make_unique<CudaBackend>(config, format, cuda, options.seed);
+    }
     spdlog::info("cuda backend, {} shape with random {} weights (seed {}): {}", options.shape, options.weights,
                  options.seed, backend->memory_summary());
     served.backend = std::move(backend);
@@ -94,7 +101,8 @@ Served load_served(const ServeOptions& options, int64_t& max_model_len, int bloc
   } else {
     served.model = Model::load(options.model);
     if (max_model_len == 0) max_model_len = default_max_model_len(served.model->config);
-    served.backend = make_backend(*served.model, options.device, cuda_options(options, max_model_len, block_size));
+    served.backend = make_backend(*served.model, options.device, cuda_options(options, max_model_len, block_size),
+                                  options.tensor_parallel);
     tokenizer_dir = options.tokenizer.empty() ? std::filesystem::path(options.model) : std::filesystem::path(options.tokenizer);
     served.name = std::filesystem::path(options.model).lexically_normal().filename().string();
     served.stop_token_ids = served.model->stop_token_ids;
@@ -190,6 +198,9 @@ void add_serve_command(CLI::App& app) {
   cmd->add_option("--max-waiting", options->max_waiting, "Queued requests beyond max-num-seqs before 503")
       ->check(CLI::Range(0, 1 << 20))->capture_default_str();
   cmd->add_option("--api-key", options->api_key, "Require 'Authorization: Bearer KEY' on /v1/*");
+  cmd->add_option("--tensor-parallel", options->tensor_parallel,
+                  "Shard the model over N GPUs (NCCL), or N CPU rank threads with --device cpu")
+      ->check(CLI::Range(1, 64))->capture_default_str();
   cmd->callback([options] { serve(*options); });
 }
 

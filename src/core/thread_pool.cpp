@@ -47,6 +47,7 @@ void ThreadPool::parallel_for(int64_t n, const std::function<void(int64_t, int64
     fn(0, n);
     return;
   }
+  std::lock_guard submit(submit_mutex_);
   {
     std::lock_guard lock(mutex_);
     job_ = &fn;

@@ -18,7 +18,8 @@ class ThreadPool {
   ThreadPool& operator=(const ThreadPool&) = delete;
 
   int size() const { return static_cast<int>(workers_.size()) + 1; }
-  // fn(begin, end) is called on disjoint ranges covering [0, n).
+  // fn(begin, end) is called on disjoint ranges covering [0, n). Calls from several threads (the ranks of
+  // a CPU tensor-parallel run) take the pool one at a time; fn must not call parallel_for itself.
   void parallel_for(int64_t n, const std::function<void(int64_t, int64_t)>& fn);
 
   // The process-wide pool, sized by UBERLM_THREADS or the hardware concurrency.
@@ -28,6 +29,7 @@ class ThreadPool {
   void worker_loop(int index);
 
   std::vector<std::thread> workers_;
+  std::mutex submit_mutex_;  // one caller's job at a time
   std::mutex mutex_;
   std::condition_variable wake_, done_;
   const std::function<void(int64_t, int64_t)>* job_ = nullptr;

@@ -37,9 +37,10 @@ void project(const LinearWeight& layer, const float* x, int64_t num_tokens, std:
 }
 }  // namespace
 
-CpuDecoder::CpuDecoder(const ModelConfig& config, const ModelWeights& weights)
+CpuDecoder::CpuDecoder(const ModelConfig& config, const ModelWeights& weights, HostCollectives* collectives)
     : config_(config),
       weights_(weights),
+      collectives_(collectives),
       rope_(config.rotary_dim, config.rope_theta),
       delta_shape_{config.linear_num_key_heads, config.linear_num_value_heads, config.linear_key_head_dim,
                    config.linear_value_head_dim, config.linear_conv_kernel} {
@@ -73,9 +74,8 @@ CpuSequenceCache CpuDecoder::new_cache() const {
   return cache;
 }
 
-ForwardResult CpuDecoder::forward(const ForwardBatch& batch, std::vector<CpuSequenceCache>& caches) const {
-  const int64_t num_tokens = static_cast<int64_t>(batch.tokens.size());
-  const int64_t dim = config_.hidden_size;
+std::vector<CpuDecoder::TokenSpan> CpuDecoder::spans_of(const ForwardBatch& batch,
+                                                        std::vector<CpuSequenceCache>& caches) const {
   std::vector<TokenSpan> spans;
   int64_t offset = 0;
   for (const SequenceChunk& chunk : batch.chunks) {
@@ -83,7 +83,34 @@ ForwardResult CpuDecoder::forward(const ForwardBatch& batch, std::vector<CpuSequ
     spans.push_back({&caches[chunk.slot], offset, chunk.num_tokens});
     offset += chunk.num_tokens;
   }
-  if (offset != num_tokens) fail("forward: chunks cover {} tokens, batch has {}", offset, num_tokens);
+  if (offset != static_cast<int64_t>(batch.tokens.size())) {
+    fail("forward: chunks cover {} tokens, batch has {}", offset, batch.tokens.size());
+  }
+  return spans;
+}
+
+void CpuDecoder::all_reduce(float* out, int64_t num_tokens) const {
+  if (collectives_) collectives_->all_reduce_sum(out, num_tokens * config_.hidden_size);
+}
+
+void CpuDecoder::mixer(int layer, const float* h, const ForwardBatch& batch, std::vector<CpuSequenceCache>& caches,
+                       float* out) const {
+  mixer(layer, h, static_cast<int64_t>(batch.tokens.size()), spans_of(batch, caches), out);
+}
+
+void CpuDecoder::mixer(int layer, const float* h, int64_t num_tokens, const std::vector<TokenSpan>& spans,
+                       float* out) const {
+  if (config_.layer_kinds[layer] == LayerKind::FullAttention) {
+    full_attention(layer, h, num_tokens, spans, out);
+  } else {
+    gated_delta_net(layer, h, num_tokens, spans, out);
+  }
+}
+
+ForwardResult CpuDecoder::forward(const ForwardBatch& batch, std::vector<CpuSequenceCache>& caches) const {
+  const int64_t num_tokens = static_cast<int64_t>(batch.tokens.size());
+  const int64_t dim = config_.hidden_size;
+  std::vector<TokenSpan> spans = spans_of(batch, caches);
 
   // x: [T, D] = embed_tokens[tokens]; embeddings are not scaled.
   std::vector<float> x(num_tokens * dim);
@@ -113,6 +140,14 @@ ForwardResult CpuDecoder::forward(const ForwardBatch& batch, std::vector<CpuSequ
   ForwardResult result;
   result.rows = static_cast<int64_t>(rows.size());
   project(weights_.lm_head, normed.data(), result.rows, result.logits);
+  if (!collectives_) return result;
+  // Each rank's logits are its vocabulary slice [rows, shard_rows]; gather them all.
+  const int64_t shard_rows = weights_.lm_head.out_features();
+  std::vector<float> gathered(collectives_->size() * result.logits.size());
+  collectives_->all_gather(result.logits.data(), static_cast<int64_t>(result.logits.size()), gathered.data());
+  result.logits.resize(result.rows * config_.vocab_size);
+  assemble_vocab_shards(gathered.data(), collectives_->size(), result.rows, shard_rows, config_.vocab_size,
+                        result.logits.data());
   return result;
 }
 
@@ -122,11 +157,7 @@ void CpuDecoder::run_layer(int layer, float* x, int64_t num_tokens, const std::v
   std::vector<float> h(num_tokens * dim), mixed(num_tokens * dim);
   // h = x + Mixer(RMSNorm1(x))
   cpu::rms_norm(x, num_tokens, dim, p.input_norm.data(), config_.norm_style, config_.rms_norm_eps, h.data());
-  if (config_.layer_kinds[layer] == LayerKind::FullAttention) {
-    full_attention(layer, h.data(), num_tokens, spans, mixed.data());
-  } else {
-    gated_delta_net(layer, h.data(), num_tokens, spans, mixed.data());
-  }
+  mixer(layer, h.data(), num_tokens, spans, mixed.data());
   for (int64_t i = 0; i < num_tokens * dim; ++i) x[i] += mixed[i];
   // out = h + MLP(RMSNorm2(h))
   cpu::rms_norm(x, num_tokens, dim, p.post_attention_norm.data(), config_.norm_style, config_.rms_norm_eps, h.data());
@@ -194,6 +225,7 @@ void CpuDecoder::full_attention(int layer, const float* h, int64_t num_tokens, c
     for (int64_t i = 0; i < num_tokens * q_width; ++i) attended[i] *= cpu::sigmoid(gate[i]);
   }
   linear(w.o_proj, attended.data(), num_tokens, out);
+  all_reduce(out, num_tokens);
 }
 
 void CpuDecoder::gated_delta_net(int layer, const float* h, int64_t num_tokens, const std::vector<TokenSpan>& spans,
@@ -229,6 +261,7 @@ void CpuDecoder::gated_delta_net(int layer, const float* h, int64_t num_tokens, 
   cpu::gated_rms_norm(core.data(), z.data(), num_tokens * shape.num_v_heads, shape.v_head_dim, p.delta_norm.data(),
                       config_.rms_norm_eps, core.data());
   linear(w.out_proj, core.data(), num_tokens, out);
+  all_reduce(out, num_tokens);
 }
 
 void CpuDecoder::mlp(int layer, const float* h, int64_t num_tokens, float* out) const {
@@ -238,6 +271,7 @@ void CpuDecoder::mlp(int layer, const float* h, int64_t num_tokens, float* out) 
   project(w.up_proj, h, num_tokens, up);
   for (size_t i = 0; i < gate.size(); ++i) gate[i] = cpu::silu(gate[i]) * up[i];  // silu(gate(x)) * up(x)
   linear(w.down_proj, gate.data(), num_tokens, out);  // down(...)
+  all_reduce(out, num_tokens);
 }
 
 }  // namespace uberlm

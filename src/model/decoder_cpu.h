@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "model/config.h"
+#include "model/tensor_parallel.h"
 #include "model/weights.h"
 #include "ops/cpu/gated_delta_net.h"
 #include "ops/cpu/rope.h"
@@ -24,11 +25,19 @@ struct CpuSequenceCache {
 
 class CpuDecoder {
  public:
-  CpuDecoder(const ModelConfig& config, const ModelWeights& weights);
+  // With `collectives`, config and weights are one rank's shard (model/tensor_parallel.h): the outputs of
+  // o_proj, out_proj and down_proj are all-reduced and lm_head's vocabulary slices all-gathered.
+  CpuDecoder(const ModelConfig& config, const ModelWeights& weights, HostCollectives* collectives = nullptr);
 
   CpuSequenceCache new_cache() const;
   // Runs `batch`; caches[chunk.slot] is the cache of each chunk's sequence and grows by its tokens.
   ForwardResult forward(const ForwardBatch& batch, std::vector<CpuSequenceCache>& caches) const;
+
+  // One sublayer on normed input h [T, D] -> out [T, D] (a shard's partial sum without collectives).
+  // mixer appends the batch's keys, values and states to the caches but leaves their lengths.
+  void mixer(int layer, const float* h, const ForwardBatch& batch, std::vector<CpuSequenceCache>& caches,
+             float* out) const;
+  void mlp(int layer, const float* h, int64_t num_tokens, float* out) const;
 
  private:
   // fp32 copies of the small per-layer tensors (norms, conv, decay parameters).
@@ -42,17 +51,21 @@ class CpuDecoder {
     int64_t num_tokens;
   };
 
+  std::vector<TokenSpan> spans_of(const ForwardBatch& batch, std::vector<CpuSequenceCache>& caches) const;
+  // out [T, D]: sums the ranks' partial outputs of a row-parallel layer.
+  void all_reduce(float* out, int64_t num_tokens) const;
   // x: [T, D] hidden states, updated in place by one layer.
   void run_layer(int layer, float* x, int64_t num_tokens, const std::vector<TokenSpan>& spans) const;
   // h: [T, D] normed input -> out: [T, D] mixer output.
+  void mixer(int layer, const float* h, int64_t num_tokens, const std::vector<TokenSpan>& spans, float* out) const;
   void full_attention(int layer, const float* h, int64_t num_tokens, const std::vector<TokenSpan>& spans,
                       float* out) const;
   void gated_delta_net(int layer, const float* h, int64_t num_tokens, const std::vector<TokenSpan>& spans,
                        float* out) const;
-  void mlp(int layer, const float* h, int64_t num_tokens, float* out) const;
 
   const ModelConfig& config_;
   const ModelWeights& weights_;
+  HostCollectives* collectives_;
   std::vector<LayerParams> params_;
   std::vector<float> final_norm_;
   cpu::Rope rope_;

@@ -1,6 +1,8 @@
 #include "runtime/cuda_backend.h"
 
 #include "runtime/cpu_backend.h"
+#include "runtime/cpu_tensor_parallel_backend.h"
+#include "runtime/cuda_tensor_parallel_backend.h"
 #include "runtime/sampler.h"
 #include "core/error.h"
 
@@ -28,6 +30,7 @@
 #include "ops/cuda/rms_norm.h"
 #include "ops/cuda/rope.h"
 #include "ops/cuda/sampling.h"
+#include "runtime/nccl_communicator.h"
 #endif
 
 namespace uberlm {
@@ -41,23 +44,30 @@ bool cuda_device_present() {
 #endif
 }
 
-std::unique_ptr<Backend> make_backend(const Model& model, const std::string& device, const CudaBackendOptions& options) {
+std::unique_ptr<Backend> make_backend(const Model& model, const std::string& device, const CudaBackendOptions& options,
+                                      int tensor_parallel) {
   if (device != "cpu" && device != "cuda" && device != "auto") fail("--device {}: expected cpu, cuda or auto", device);
+  if (tensor_parallel < 1) fail("--tensor-parallel {}: expected at least 1", tensor_parallel);
   const bool use_cuda = device == "cuda" || (device == "auto" && cuda_device_present());
-  if (!use_cuda) return std::make_unique<CpuBackend>(model, options.max_slots);
+  if (!use_cuda) {
+    if (tensor_parallel > 1) return std::make_unique<CpuTensorParallelBackend>(model, options.max_slots, tensor_parallel);
+    return std::make_unique<CpuBackend>(model, options.max_slots);
+  }
 #ifdef UBERLM_WITH_CUDA
   if (!cuda_device_present()) fail("--device cuda: no CUDA device is visible");
+  if (tensor_parallel > 1) return std::make_unique<CudaTensorParallelBackend>(model, tensor_parallel, options);
   return std::make_unique<CudaBackend>(model, options);
 #else
   fail("--device cuda: this binary was built without CUDA");
 #endif
 }
 
-std::unique_ptr<Backend> make_backend(const Model& model, const std::string& device, int max_slots) {
+std::unique_ptr<Backend> make_backend(const Model& model, const std::string& device, int max_slots,
+                                      int tensor_parallel) {
   CudaBackendOptions options;
   options.max_slots = max_slots;
   options.max_context = std::min<int64_t>(model.config.max_position_embeddings > 0 ? model.config.max_position_embeddings : 4096, 8192);
-  return make_backend(model, device, options);
+  return make_backend(model, device, options, tensor_parallel);
 }
 
 #ifdef UBERLM_WITH_CUDA
@@ -153,6 +163,11 @@ struct CudaBackend::Impl {
   float* attention_workspace = nullptr;
   uint16_t* final_in = nullptr;      // [R, D_p]
   float* logits = nullptr;           // [R, V]
+  // Tensor parallelism: lm_head has lm_head_rows = ceil(V / ranks) rows (V without it); its output
+  // [R, lm_head_rows] is gathered from every rank into [ranks, R, lm_head_rows], then laid out as logits.
+  int64_t lm_head_rows = 0;
+  float* shard_logits = nullptr;
+  float* gathered_logits = nullptr;
   int32_t* argmax = nullptr;         // [R]
   // Per-forward metadata, one contiguous int32 region mirrored by a pinned host buffer.
   int32_t* meta = nullptr;
@@ -195,7 +210,7 @@ struct CudaBackend::Impl {
   void layout_runtime(Arena& arena);
   void allocate(const std::vector<LinearKind>& kinds);
   std::vector<DeviceLinear*> all_linears();
-  void upload(const Model& model);
+  void upload(const ModelWeights& weights);
   void fill_random(uint64_t seed);
   void init_common();
   // The KV pool's block count by the options' sizing rule (sets num_blocks while planning).
@@ -217,6 +232,10 @@ struct CudaBackend::Impl {
     float* y;
   };
   void linear_group(std::initializer_list<LinearOutput> outputs, const uint16_t* x_bf16, int64_t rows);
+  // After a row-parallel linear layer (o_proj, out_proj, down_proj): the ranks' partial sums of delta.
+  void reduce_partial_sums(int64_t tokens);
+  // logits [rows, V] from final_in.
+  void compute_logits(int64_t rows);
   void attention_layer(const DeviceLayer& layer, int64_t tokens);
   void delta_net_layer(const DeviceLayer& layer, int64_t tokens, int64_t chunks);
   void mlp(const DeviceLayer& layer, int64_t tokens);
@@ -306,7 +325,7 @@ void CudaBackend::Impl::layout_weights(Arena& arena, const std::vector<LinearKin
     place(layer.up_proj, prefix + "mlp.up_proj", c.intermediate_size, dim);
     place(layer.down_proj, prefix + "mlp.down_proj", dim, c.intermediate_size);
   }
-  place(lm_head, "lm_head", c.vocab_size, dim);
+  place(lm_head, "lm_head", lm_head_rows, dim);
 }
 
 void CudaBackend::Impl::layout_runtime(Arena& arena) {
@@ -347,6 +366,10 @@ void CudaBackend::Impl::layout_runtime(Arena& arena) {
   }
   final_in = arena.take<uint16_t>(R * padded_k(dim));
   logits = arena.take<float>(R * c.vocab_size);
+  if (options.communicator) {
+    shard_logits = arena.take<float>(R * lm_head_rows);
+    gathered_logits = arena.take<float>(options.communicator->size() * R * lm_head_rows);
+  }
   argmax = arena.take<int32_t>(R);
 
   meta_count = 7 * T + R + static_cast<int64_t>(options.max_slots) * max_blocks_per_slot;
@@ -395,6 +418,8 @@ void CudaBackend::Impl::allocate(const std::vector<LinearKind>& kinds) {
   if (std::max(options.max_batch_tokens, options.max_logit_rows) > cuda::kGemvMaxM) {
     gemm = std::make_unique<cuda::Gemm>(stream);
   }
+  const int ranks = options.communicator ? options.communicator->size() : 1;
+  lm_head_rows = (config.vocab_size + ranks - 1) / ranks;
   Arena weight_plan;
   layout_weights(weight_plan, kinds);
   size_t free_bytes = 0, total_bytes = 0;
@@ -576,8 +601,7 @@ std::vector<LinearKind> linear_kinds_of(const ModelWeights& weights) {
 }
 }  // namespace
 
-void CudaBackend::Impl::upload(const Model& model) {
-  const ModelWeights& w = model.weights;
+void CudaBackend::Impl::upload(const ModelWeights& w) {
   const int64_t dim = config.hidden_size;
   {
     std::vector<uint16_t> table(static_cast<int64_t>(config.vocab_size) * dim);
@@ -707,6 +731,30 @@ void CudaBackend::Impl::linear_group(std::initializer_list<LinearOutput> outputs
   }
 }
 
+void CudaBackend::Impl::reduce_partial_sums(int64_t tokens) {
+  if (options.communicator) options.communicator->all_reduce_sum(delta, tokens * config.hidden_size, stream);
+}
+
+void CudaBackend::Impl::compute_logits(int64_t rows) {
+  if (!options.communicator) {
+    linear(lm_head, final_in, rows, logits);
+    return;
+  }
+  linear(lm_head, final_in, rows, shard_logits);
+  const NcclCommunicator& comm = *options.communicator;
+  comm.all_gather(shard_logits, gathered_logits, rows * lm_head_rows, stream);
+  // Rank r's [rows, lm_head_rows] block holds vocabulary columns r * lm_head_rows.. (the last one's padding dropped).
+  const int64_t vocab = config.vocab_size;
+  for (int r = 0; r < comm.size(); ++r) {
+    const int64_t begin = r * lm_head_rows;
+    const int64_t width = std::min(vocab, begin + lm_head_rows) - begin;
+    if (width <= 0 || rows == 0) continue;
+    CUDA_CHECK(cudaMemcpy2DAsync(logits + begin, vocab * sizeof(float), gathered_logits + r * rows * lm_head_rows,
+                                 lm_head_rows * sizeof(float), width * sizeof(float), rows, cudaMemcpyDeviceToDevice,
+                                 stream));
+  }
+}
+
 void CudaBackend::Impl::begin(const char* op) {
   if (!profiling) return;
   PendingEvent event{op, nullptr, nullptr};
@@ -769,6 +817,7 @@ void CudaBackend::Impl::attention_layer(const DeviceLayer& layer, int64_t tokens
   end();
   begin("linear_attention_out");
   linear(layer.o_proj, attn_in, tokens, delta);
+  reduce_partial_sums(tokens);
   end();
 }
 
@@ -798,6 +847,7 @@ void CudaBackend::Impl::delta_net_layer(const DeviceLayer& layer, int64_t tokens
   end();
   begin("linear_delta_out");
   linear(layer.out_proj, delta_in, tokens, delta);
+  reduce_partial_sums(tokens);
   end();
 }
 
@@ -811,6 +861,7 @@ void CudaBackend::Impl::mlp(const DeviceLayer& layer, int64_t tokens) {
   end();
   begin("linear_mlp_down");
   linear(layer.down_proj, mlp_in, tokens, delta);
+  reduce_partial_sums(tokens);
   end();
 }
 
@@ -906,7 +957,7 @@ void CudaBackend::Impl::run_kernels(const BatchPlan& plan) {
                                        c.rms_norm_eps, final_in, padded_k(dim), stream));
   end();
   begin("lm_head");
-  linear(lm_head, final_in, plan.rows, logits);
+  compute_logits(plan.rows);
   end();
 }
 
@@ -940,11 +991,15 @@ void CudaBackend::Impl::run(const BatchPlan& plan) {
   ++counters.graph_replays;
 }
 
-CudaBackend::CudaBackend(const Model& model, const CudaBackendOptions& options) : impl_(std::make_unique<Impl>()) {
-  impl_->config = model.config;
+CudaBackend::CudaBackend(const Model& model, const CudaBackendOptions& options)
+    : CudaBackend(model.config, model.weights, options) {}
+
+CudaBackend::CudaBackend(const ModelConfig& config, const ModelWeights& weights, const CudaBackendOptions& options)
+    : impl_(std::make_unique<Impl>()) {
+  impl_->config = config;
   impl_->options = options;
-  impl_->allocate(linear_kinds_of(model.weights));
-  impl_->upload(model);
+  impl_->allocate(linear_kinds_of(weights));
+  impl_->upload(weights);
   spdlog::info("cuda backend: {}", memory_summary());
 }
 
@@ -1037,7 +1092,7 @@ ForwardResult CudaBackend::forward(const ForwardBatch& batch) {
                                            d.config.norm_style == NormStyle::OnePlusWeight ? 1.0f : 0.0f,
                                            d.config.rms_norm_eps, d.final_in, padded_k(d.config.hidden_size),
                                            d.stream));
-      d.linear(d.lm_head, d.final_in, plan.rows, d.logits);
+      d.compute_logits(plan.rows);
     }
     CUDA_CHECK(cudaMemcpyAsync(result.logits.data() + row0 * d.config.vocab_size, d.logits,
                                plan.rows * d.config.vocab_size * sizeof(float), cudaMemcpyDeviceToHost, d.stream));

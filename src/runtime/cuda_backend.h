@@ -21,6 +21,8 @@
 
 namespace uberlm {
 
+class NcclCommunicator;
+
 struct CudaBackendOptions {
   int max_slots = 1;
   int64_t max_context = 4096;       // tokens per sequence
@@ -36,6 +38,10 @@ struct CudaBackendOptions {
   // other processes hold (vLLM's option); max_slots x max_context tokens.
   int64_t num_kv_blocks = 0;
   double gpu_memory_utilization = 0;
+  // Tensor parallelism: this rank's communicator; the config and weights are then the rank's shard
+  // (model/tensor_parallel.h), o_proj/out_proj/down_proj outputs are all-reduced and lm_head's vocabulary
+  // slices all-gathered, inside the decode graphs too. The caller keeps it alive and current on its device.
+  const NcclCommunicator* communicator = nullptr;
 };
 
 enum class SyntheticFormat { Nvfp4, Bf16 };
@@ -51,15 +57,47 @@ struct KernelTime {
 bool cuda_device_present();
 
 // device: "cpu", "cuda" or "auto" (cuda when cuda_device_present()). The CPU backend takes
-// options.max_slots; the CUDA backend all of options.
-std::unique_ptr<Backend> make_backend(const Model& model, const std::string& device, const CudaBackendOptions& options);
+// options.max_slots; the CUDA backend all of options. tensor_parallel > 1: the model sharded over that many
+// GPUs (CudaTensorParallelBackend, each rank with options), or over as many CPU rank threads
+// (CpuTensorParallelBackend).
+std::unique_ptr<Backend> make_backend(const Model& model, const std::string& device, const CudaBackendOptions& options,
+                                      int tensor_parallel = 1);
 // The same for one-shot tools: max_slots slots of the model's context (at most 8192 tokens).
-std::unique_ptr<Backend> make_backend(const Model& model, const std::string& device, int max_slots);
+std::unique_ptr<Backend> make_backend(const Model& model, const std::string& device, int max_slots,
+                                      int tensor_parallel = 1);
 
 #ifdef UBERLM_WITH_CUDA
-class CudaBackend : public Backend {
+// What uberlm bench drives: one GPU (CudaBackend) or several (CudaTensorParallelBackend).
+class GpuBackend : public Backend {
+ public:
+  // Runs `batch` (at most max_logit_rows logits rows) and leaves the logits on the device; then
+  // argmax_tokens() gives each row's greedy token. Returns the rows.
+  virtual int64_t forward_on_device(const ForwardBatch& batch) = 0;
+  virtual std::vector<int32_t> argmax_tokens() = 0;
+  // While on, forwards run eagerly and time each op class with CUDA events; take_profile() returns and
+  // clears the sums.
+  virtual void set_profiling(bool enabled) = 0;
+  virtual std::vector<KernelTime> take_profile() = 0;
+  // Bytes of all linear weights (lm_head included): what one forward streams from memory (all GPUs together).
+  virtual int64_t weight_bytes() const = 0;
+  // Bytes one decode token reads from its sequence's caches at cached length `context` (KV of every full
+  // attention layer, conv and recurrent state of every Gated DeltaNet layer, read and written back).
+  virtual int64_t cache_bytes_per_token(int64_t context) const = 0;
+  struct Counters {
+    int64_t gemv_linear_calls = 0;        // linear layers over at most 64 rows
+    int64_t gemm_bf16_linear_calls = 0;   // over more rows, bf16 weights
+    int64_t gemm_nvfp4_linear_calls = 0;  // over more rows, NVFP4 weights dequantised into the scratch buffer
+    int64_t graph_captures = 0;
+    int64_t graph_replays = 0;
+  };
+  virtual Counters counters() const = 0;
+  virtual std::string memory_summary() const = 0;
+};
+
+class CudaBackend : public GpuBackend {
  public:
   CudaBackend(const Model& model, const CudaBackendOptions& options);
+  CudaBackend(const ModelConfig& config, const ModelWeights& weights, const CudaBackendOptions& options);
   // Random weights made on the GPU for `config`: every decoder linear layer in `format`, lm_head bf16.
   CudaBackend(const ModelConfig& config, SyntheticFormat format, const CudaBackendOptions& options, uint64_t seed);
   ~CudaBackend() override;
@@ -72,31 +110,17 @@ class CudaBackend : public Backend {
   std::optional<KvBlockPool> kv_block_pool() const override;
   ForwardResult forward(const ForwardBatch& batch) override;
 
-  // Runs `batch` (at most max_logit_rows logits rows) and leaves the logits on the device; then
-  // argmax_tokens() gives each row's greedy token. Returns the rows.
-  int64_t forward_on_device(const ForwardBatch& batch);
-  std::vector<int32_t> argmax_tokens();
+  int64_t forward_on_device(const ForwardBatch& batch) override;
+  std::vector<int32_t> argmax_tokens() override;
 
   void set_cuda_graphs(bool enabled);
-  // While on, forwards run eagerly and time each op class with CUDA events; take_profile() returns and
-  // clears the sums.
-  void set_profiling(bool enabled);
-  std::vector<KernelTime> take_profile();
+  void set_profiling(bool enabled) override;
+  std::vector<KernelTime> take_profile() override;
 
-  // Bytes of all linear weights (lm_head included): what one forward streams from memory.
-  int64_t weight_bytes() const;
-  // Bytes one decode token reads from its sequence's caches at cached length `context` (KV of every full
-  // attention layer, conv and recurrent state of every Gated DeltaNet layer, read and written back).
-  int64_t cache_bytes_per_token(int64_t context) const;
-  struct Counters {
-    int64_t gemv_linear_calls = 0;        // linear layers over at most 64 rows
-    int64_t gemm_bf16_linear_calls = 0;   // over more rows, bf16 weights
-    int64_t gemm_nvfp4_linear_calls = 0;  // over more rows, NVFP4 weights dequantised into the scratch buffer
-    int64_t graph_captures = 0;
-    int64_t graph_replays = 0;
-  };
-  Counters counters() const;
-  std::string memory_summary() const;
+  int64_t weight_bytes() const override;
+  int64_t cache_bytes_per_token(int64_t context) const override;
+  Counters counters() const override;
+  std::string memory_summary() const override;
 
  private:
   struct Impl;
