@@ -18,9 +18,15 @@
 #include "model/model.h"
 #include "runtime/cpu_backend.h"
 #include "runtime/cuda_backend.h"
+#include "backend_test_util.h"
+#include "gpu_test_util.h"
 
 namespace uberlm {
 namespace {
+
+using gpu_test::default_model;
+using gpu_test::random_tokens;
+using gpu_test::require_gpu;
 
 // bf16 activations into every linear layer and a bf16 KV cache against the fp32 CPU reference.
 constexpr double kLogitsTolerance = 2e-2;
@@ -28,22 +34,6 @@ constexpr double kLogitsTolerance = 2e-2;
 std::filesystem::path fixture_model(const std::string& name) {
   const char* env = std::getenv("UBERLM_FIXTURE_DIR");
   return std::filesystem::path(env ? env : UBERLM_FIXTURE_DIR) / "models" / name;
-}
-
-std::filesystem::path default_model() {
-  const char* env = std::getenv("UBERLM_DEFAULT_MODEL");
-  return env ? env : "models/default";
-}
-
-void require_gpu() { ASSERT_TRUE(cuda_device_present()) << "no CUDA device: these tests run on the GPU machine"; }
-
-CudaBackendOptions small_options(int slots) {
-  CudaBackendOptions options;
-  options.max_slots = slots;
-  options.max_context = 512;
-  options.max_batch_tokens = 160;
-  options.max_logit_rows = 64;
-  return options;
 }
 
 // Per logits row: max|gpu - cpu| / max|cpu| <= tolerance. Returns the rows compared.
@@ -65,12 +55,6 @@ int64_t expect_logits_close(const ForwardResult& gpu, const ForwardResult& cpu, 
   return cpu.rows;
 }
 
-std::vector<int32_t> random_tokens(std::mt19937& rng, int64_t count, int vocab) {
-  std::vector<int32_t> out(count);
-  for (auto& t : out) t = std::uniform_int_distribution<int>(0, vocab - 1)(rng);
-  return out;
-}
-
 int32_t argmax_row(const ForwardResult& result, int64_t row, int64_t vocab) {
   const auto begin = result.logits.begin() + row * vocab;
   return static_cast<int32_t>(std::max_element(begin, begin + vocab) - begin);
@@ -81,7 +65,7 @@ int32_t argmax_row(const ForwardResult& result, int64_t row, int64_t vocab) {
 int64_t compare_with_cpu(const Model& model, const std::string& label) {
   const int64_t vocab = model.config.vocab_size;
   CpuBackend cpu(model, 3);
-  CudaBackend gpu(model, small_options(3));
+  CudaBackend gpu(model, gpu_test::small_backend_options(3));
   std::mt19937 rng(std::random_device{}());
   int64_t rows = 0;
 
@@ -155,7 +139,7 @@ TEST(CudaBackend, GreedyTokensMatchCpuOnDefaultModel) {
   const auto model = Model::load(default_model());
   const int64_t vocab = model->config.vocab_size;
   CpuBackend cpu(*model, 1);
-  CudaBackend gpu(*model, small_options(1));
+  CudaBackend gpu(*model, gpu_test::small_backend_options(1));
   std::mt19937 rng(1234);
   ForwardBatch batch;
   batch.tokens = random_tokens(rng, 24, model->config.vocab_size);
@@ -175,7 +159,7 @@ TEST(CudaBackend, GreedyTokensMatchCpuOnDefaultModel) {
 TEST(CudaBackend, GraphReplayEqualsEagerExactly) {
   ASSERT_NO_FATAL_FAILURE(require_gpu());
   const auto model = Model::load(default_model());
-  CudaBackend eager(*model, small_options(4)), graphed(*model, small_options(4));
+  CudaBackend eager(*model, gpu_test::small_backend_options(4)), graphed(*model, gpu_test::small_backend_options(4));
   eager.set_cuda_graphs(false);
   graphed.set_cuda_graphs(true);
   std::mt19937 rng(99);
@@ -215,7 +199,7 @@ TEST(CudaBackend, LinearPathFollowsRowCount) {
   const int64_t layers = model->config.num_layers;
   const int64_t linears_per_forward = 7 * layers + 1;  // q, k, v, o, gate, up, down; lm_head
   for (const int64_t tokens : {64, 65}) {
-    CudaBackend gpu(*model, small_options(1));
+    CudaBackend gpu(*model, gpu_test::small_backend_options(1));
     std::mt19937 rng(5);
     ForwardBatch batch;
     batch.tokens = random_tokens(rng, tokens, model->config.vocab_size);
@@ -236,7 +220,7 @@ TEST(CudaBackend, LinearPathFollowsRowCount) {
 TEST(CudaBackend, OversizedPlanFailsAtLoadWithTheNumbers) {
   ASSERT_NO_FATAL_FAILURE(require_gpu());
   const auto model = Model::load(fixture_model("qwen3"));
-  CudaBackendOptions options = small_options(1024);
+  CudaBackendOptions options = gpu_test::small_backend_options(1024);
   options.max_context = 1 << 20;  // 1024 slots x 1M tokens of KV: far beyond any GPU
   try {
     CudaBackend gpu(*model, options);

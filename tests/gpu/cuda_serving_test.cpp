@@ -20,34 +20,23 @@
 #include "runtime/cuda_backend.h"
 #include "runtime/engine.h"
 #include "tokenizer/bpe_tokenizer.h"
+#include "backend_test_util.h"
+#include "gpu_test_util.h"
 
 namespace uberlm {
 namespace {
 
+using gpu_test::default_model;
+using gpu_test::random_tokens;
+using gpu_test::require_gpu;
+
 constexpr int kBlockSize = 16;
 
-std::filesystem::path default_model() {
-  const char* env = std::getenv("UBERLM_DEFAULT_MODEL");
-  return env ? env : "models/default";
-}
-
-void require_gpu() { ASSERT_TRUE(cuda_device_present()) << "no CUDA device: these tests run on the GPU machine"; }
-
 CudaBackendOptions serving_options(int slots, int64_t blocks) {
-  CudaBackendOptions options;
-  options.max_slots = slots;
-  options.max_context = 256;
-  options.max_batch_tokens = 160;
-  options.max_logit_rows = 64;
+  CudaBackendOptions options = gpu_test::small_backend_options(slots, 256);
   options.scheduler_owns_kv_blocks = true;
   options.num_kv_blocks = blocks;
   return options;
-}
-
-std::vector<int32_t> random_tokens(std::mt19937& rng, int64_t count, int vocab) {
-  std::vector<int32_t> out(count);
-  for (auto& t : out) t = std::uniform_int_distribution<int>(0, vocab - 1)(rng);
-  return out;
 }
 
 // Hands out blocks of a shuffled pool, so that each slot's table is scattered and interleaved with the others'.

@@ -15,6 +15,7 @@
 #include "ops/cpu/linear_nvfp4.h"
 #include "ops/cuda/device_buffer.h"
 #include "ops/cuda/gemv.h"
+#include "gpu_test_util.h"
 
 namespace uberlm {
 namespace {
@@ -33,11 +34,7 @@ constexpr double kF32Tolerance = 1e-3;
 // bf16 output adds one rounding of 2^-9 relative to each element.
 constexpr double kBf16ElementTolerance = 1.0 / 256;
 
-void require_gpu() {
-  int devices = 0;
-  ASSERT_EQ(cudaGetDeviceCount(&devices), cudaSuccess) << "no CUDA device: these tests run on the GPU machine";
-  ASSERT_GT(devices, 0);
-}
+using gpu_test::require_gpu;
 
 std::vector<uint16_t> random_bf16(std::mt19937& rng, int64_t count, float stddev) {
   std::normal_distribution<float> normal(0.0f, stddev);

@@ -15,36 +15,20 @@
 #include "ops/cuda/cuda_check.h"
 #include "runtime/cuda_backend.h"
 #include "runtime/cuda_tensor_parallel_backend.h"
+#include "backend_test_util.h"
 
 namespace uberlm {
 namespace {
 
+using gpu_test::default_model;
+using gpu_test::random_tokens;
+
 // bf16 activations: the ranks' partial sums round differently from one GEMV's (as cuda_backend_test).
 constexpr double kMultiGpuTolerance = 2e-2;
-
-std::filesystem::path default_model() {
-  const char* env = std::getenv("UBERLM_DEFAULT_MODEL");
-  return env ? env : "models/default";
-}
 
 int device_count() {
   int devices = 0;
   return cudaGetDeviceCount(&devices) == cudaSuccess ? devices : 0;
-}
-
-CudaBackendOptions options_for(int slots) {
-  CudaBackendOptions options;
-  options.max_slots = slots;
-  options.max_context = 512;
-  options.max_batch_tokens = 160;
-  options.max_logit_rows = 64;
-  return options;
-}
-
-std::vector<int32_t> random_tokens(std::mt19937& rng, int64_t count, int vocab) {
-  std::vector<int32_t> out(count);
-  for (auto& t : out) t = std::uniform_int_distribution<int>(0, vocab - 1)(rng);
-  return out;
 }
 
 // The batches both runs see: a 13-token and a 70-token prompt (the sliced linear path), 70 logits rows of a
@@ -74,8 +58,8 @@ void run_same_batches(Backend& a, Backend& b, int vocab, Compare&& compare) {
 }
 
 void expect_single_rank_equals_plain(const Model& model) {
-  CudaBackend plain(model, options_for(2));
-  CudaTensorParallelBackend nccl(model, 1, options_for(2));
+  CudaBackend plain(model, gpu_test::small_backend_options(2));
+  CudaTensorParallelBackend nccl(model, 1, gpu_test::small_backend_options(2));
   run_same_batches(plain, nccl, model.config.vocab_size, [](const ForwardResult& a, const ForwardResult& b,
                                                            const std::string& label) {
     EXPECT_EQ(a.rows, b.rows) << label;
@@ -102,8 +86,8 @@ TEST(TensorParallelNccl, TwoRanksMatchOneGpu) {
   if (device_count() < 2) GTEST_SKIP() << "needs 2 GPUs; " << device_count() << " visible";
   const auto model = Model::load(default_model());
   const int64_t vocab = model->config.vocab_size;
-  CudaBackend single(*model, options_for(2));
-  CudaTensorParallelBackend sharded(*model, 2, options_for(2));
+  CudaBackend single(*model, gpu_test::small_backend_options(2));
+  CudaTensorParallelBackend sharded(*model, 2, gpu_test::small_backend_options(2));
   run_same_batches(single, sharded, static_cast<int>(vocab), [&](const ForwardResult& a, const ForwardResult& b,
                                                                 const std::string& label) {
     ASSERT_EQ(a.rows, b.rows) << label;
@@ -125,7 +109,7 @@ TEST(TensorParallelNccl, MoreRanksThanGpusIsAnError) {
   const auto model = Model::load(default_model());
   const int too_many = device_count() + 1;
   try {
-    CudaTensorParallelBackend backend(*model, too_many, options_for(1));
+    CudaTensorParallelBackend backend(*model, too_many, gpu_test::small_backend_options(1));
     ADD_FAILURE() << "expected an error for " << too_many << " ranks";
   } catch (const Error& error) {
     // The default model shards over 2 ranks; over more it names the config field or the GPU count.
