@@ -286,21 +286,26 @@ EngineRequest request_for(int index, int64_t max_tokens) {
   return request;
 }
 
+// The text of each of `requests` requests (40 tokens) run alone on a one-slot backend.
+std::vector<std::string> lone_run_texts(const BpeTokenizer& tokenizer, int requests) {
+  FakeBackend backend(tokenizer.vocab_size(), 1);
+  Metrics metrics;
+  Engine engine(backend, tokenizer, engine_config(1, 512, 8, 0), metrics);
+  std::vector<std::string> texts;
+  for (int r = 0; r < requests; ++r) {
+    Collected got = collect(*engine.submit(request_for(r, 40)));
+    EXPECT_EQ(got.final.finish_reason, FinishReason::Length) << "request " << r;
+    EXPECT_EQ(got.final.completion_tokens, 40) << "request " << r;
+    texts.push_back(got.text);
+  }
+  return texts;
+}
+
 TEST(Engine, BatchedChunkedAndPreemptedOutputsEqualLoneRuns) {
   auto tokenizer = fixture_tokenizer();
   constexpr int kRequests = 12;
-  std::vector<std::string> alone(kRequests);
-  {
-    FakeBackend backend(tokenizer->vocab_size(), 1);
-    Metrics metrics;
-    Engine engine(backend, *tokenizer, engine_config(1, 512, 8, 0), metrics);
-    for (int r = 0; r < kRequests; ++r) {
-      Collected got = collect(*engine.submit(request_for(r, 40)));
-      ASSERT_EQ(got.final.finish_reason, FinishReason::Length);
-      ASSERT_EQ(got.final.completion_tokens, 40);
-      alone[r] = got.text;
-    }
-  }
+  const std::vector<std::string> alone = lone_run_texts(*tokenizer, kRequests);
+  ASSERT_FALSE(::testing::Test::HasFailure()) << "the lone runs must finish by length";
   // 4 sequences, 8 tokens a step, 8 blocks of 16 for up to 4 x 85 tokens: chunked prefill and preemption.
   FakeBackend backend(tokenizer->vocab_size(), 4);
   Metrics metrics;
@@ -322,13 +327,7 @@ TEST(Engine, BatchedChunkedAndPreemptedOutputsEqualLoneRuns) {
 TEST(Engine, PagedBackendReadsThroughTheSchedulersBlockTables) {
   auto tokenizer = fixture_tokenizer();
   constexpr int kRequests = 12;
-  std::vector<std::string> alone(kRequests);
-  {
-    FakeBackend backend(tokenizer->vocab_size(), 1);
-    Metrics metrics;
-    Engine engine(backend, *tokenizer, engine_config(1, 512, 8, 0), metrics);
-    for (int r = 0; r < kRequests; ++r) alone[r] = collect(*engine.submit(request_for(r, 40))).text;
-  }
+  const std::vector<std::string> alone = lone_run_texts(*tokenizer, kRequests);
   FakeBackend backend(tokenizer->vocab_size(), 4, KvBlockPool{16, 8});
   Metrics metrics;
   Engine engine(backend, *tokenizer, engine_config(4, 8, 8, kRequests), metrics);
