@@ -169,6 +169,7 @@ struct CudaBackend::Impl {
   float* shard_logits = nullptr;
   float* gathered_logits = nullptr;
   int32_t* argmax = nullptr;         // [R]
+  cuda::ArgmaxScratch* argmax_scratch = nullptr;  // [R], zero between launches
   // Per-forward metadata, one contiguous int32 region mirrored by a pinned host buffer.
   int32_t* meta = nullptr;
   int32_t* meta_host = nullptr;
@@ -371,6 +372,7 @@ void CudaBackend::Impl::layout_runtime(Arena& arena) {
     gathered_logits = arena.take<float>(options.communicator->size() * R * lm_head_rows);
   }
   argmax = arena.take<int32_t>(R);
+  argmax_scratch = arena.take<cuda::ArgmaxScratch>(R);  // zeroed with the arena at load
 
   meta_count = 7 * T + R + static_cast<int64_t>(options.max_slots) * max_blocks_per_slot;
   meta = arena.take<int32_t>(meta_count);
@@ -791,29 +793,23 @@ void CudaBackend::Impl::attention_layer(const DeviceLayer& layer, int64_t tokens
   // proj0 [T, H hd (x2 when gated)], proj1 and proj2 [T, KV hd]
   linear_group({{&layer.q_proj, proj0}, {&layer.k_proj, proj1}, {&layer.v_proj, proj2}}, h, tokens);
   end();
-  begin("qk_norm_rope");
-  const cuda::AttentionPrepShape shape{c.num_heads, c.num_kv_heads, c.head_dim, c.rotary_dim,
-                                       c.attn_output_gate, c.qk_norm, norm_offset, c.rms_norm_eps};
-  CUDA_CHECK(cuda::launch_qk_norm_rope(proj0, proj1, positions, tokens, shape, inv_freq, layer.q_norm, layer.k_norm,
-                                       core, stream));
-  end();
   const cuda::PagedKvLayout kv_layout{static_cast<int>(kKvBlockSize), static_cast<int>(max_blocks_per_slot),
                                       c.num_kv_heads, c.head_dim};
-  begin("kv_cache_append");
-  CUDA_CHECK(cuda::launch_kv_cache_append(proj1, proj2, slots, positions, tokens, block_tables, kv_layout,
-                                          layer.key_cache, layer.value_cache, stream));
+  begin("qk_norm_rope_kv_append");
+  const cuda::AttentionPrepShape shape{c.num_heads, c.num_kv_heads, c.head_dim, c.rotary_dim,
+                                       c.attn_output_gate, c.qk_norm, norm_offset, c.rms_norm_eps};
+  const cuda::KvCacheWrite cache_write{proj2, slots, block_tables, kv_layout, layer.key_cache, layer.value_cache};
+  CUDA_CHECK(cuda::launch_qk_norm_rope(proj0, proj1, positions, tokens, shape, inv_freq, layer.q_norm, layer.k_norm,
+                                       core, cache_write, stream));
   end();
   begin("attention");
   const int splits = cuda::attention_splits(tokens, c.num_kv_heads, options.max_context);
-  CUDA_CHECK(cuda::launch_attention_decode(core, slots, positions, tokens, c.num_heads, block_tables, kv_layout,
-                                           layer.key_cache, layer.value_cache, splits, attention_workspace, mixed,
-                                           stream));
-  end();
-  begin("output_gate");
   const int64_t gate_head_stride = 2 * static_cast<int64_t>(c.head_dim);
-  CUDA_CHECK(cuda::launch_output_gate(mixed, c.attn_output_gate ? proj0 + c.head_dim : nullptr, c.q_proj_rows(),
-                                      gate_head_stride, tokens, c.num_heads, c.head_dim, attn_in, padded_k(q_width),
-                                      stream));
+  const cuda::AttentionOutput output{c.attn_output_gate ? proj0 + c.head_dim : nullptr, c.q_proj_rows(),
+                                     gate_head_stride, attn_in, padded_k(q_width)};
+  CUDA_CHECK(cuda::launch_attention_decode(core, slots, positions, tokens, c.num_heads, block_tables, kv_layout,
+                                           layer.key_cache, layer.value_cache, splits, attention_workspace, output,
+                                           stream));
   end();
   begin("linear_attention_out");
   linear(layer.o_proj, attn_in, tokens, delta);
@@ -1057,7 +1053,8 @@ std::vector<int32_t> CudaBackend::argmax_tokens() {
   Impl& d = *impl_;
   std::vector<int32_t> out(d.rows_of_last_forward);
   if (out.empty()) return out;
-  CUDA_CHECK(cuda::launch_argmax(d.logits, d.rows_of_last_forward, d.config.vocab_size, d.argmax, d.stream));
+  CUDA_CHECK(cuda::launch_argmax(d.logits, d.rows_of_last_forward, d.config.vocab_size, d.argmax_scratch, d.argmax,
+                                    d.stream));
   CUDA_CHECK(cudaMemcpyAsync(out.data(), d.argmax, out.size() * sizeof(int32_t), cudaMemcpyDeviceToHost, d.stream));
   CUDA_CHECK(cudaStreamSynchronize(d.stream));
   return out;

@@ -1,22 +1,39 @@
-// Paged KV cache append and split (flash-decoding) GQA attention against cpu::attend_one_token over the
-// same bf16-rounded keys and values, for several sequences in shuffled blocks, head dims up to 256,
-// GQA groups of 1 to 12 and 1 to 32 splits.
+// Split (flash-decoding) GQA attention over a paged KV cache against cpu::attend_one_token over the same
+// bf16 keys and values, for several sequences in shuffled blocks, head dims up to 256, GQA groups of 1
+// to 12, 1 to 32 splits, with and without Qwen3.5's output gate.
 #include <gtest/gtest.h>
 
 #include <algorithm>
 #include <numeric>
 
 #include "gpu_test_util.h"
+#include "ops/cpu/activation.h"
 #include "ops/cpu/attention.h"
 #include "ops/cuda/attention_decode.h"
-#include "ops/cuda/kv_cache.h"
 
 namespace uberlm {
 namespace {
 using namespace gpu_test;
 
-// Same bf16 inputs; fp32 softmax and sums in another order (online, merged over warps and splits).
-constexpr double kTolerance = 1e-4;
+// Same bf16 inputs; fp32 softmax and sums in another order (online, merged over warps and splits), then
+// one bf16 rounding of the output (at most 2^-9 of each value).
+constexpr double kTolerance = 1.0 / 256;
+
+// A layer's bf16 key or value pool with token i of `values` ([tokens, KV * head_dim]) at position
+// positions[i] of slot slots[i]; unwritten positions hold NaN.
+std::vector<uint16_t> paged_pool(const std::vector<float>& values, const std::vector<int32_t>& slots,
+                                 const std::vector<int32_t>& positions, const std::vector<int32_t>& tables,
+                                 const cuda::PagedKvLayout& layout, int num_blocks) {
+  const int64_t width = static_cast<int64_t>(layout.num_kv_heads) * layout.head_dim;
+  std::vector<uint16_t> pool(static_cast<int64_t>(num_blocks) * layout.block_size * width, 0xffff);
+  const std::vector<uint16_t> bf16 = to_bf16(values);
+  for (size_t i = 0; i < slots.size(); ++i) {
+    const int block = tables[static_cast<int64_t>(slots[i]) * layout.max_blocks_per_slot + positions[i] / layout.block_size];
+    const int64_t row = static_cast<int64_t>(block) * layout.block_size + positions[i] % layout.block_size;
+    std::copy_n(bf16.begin() + static_cast<int64_t>(i) * width, width, pool.begin() + row * width);
+  }
+  return pool;
+}
 
 TEST(GpuOps, PagedAttentionMatchesCpu) {
   ASSERT_NO_FATAL_FAILURE(require_gpu());
@@ -36,7 +53,7 @@ TEST(GpuOps, PagedAttentionMatchesCpu) {
     std::iota(tables.begin(), tables.end(), 0);
     std::shuffle(tables.begin(), tables.end(), rng());
 
-    // Every token of every sequence appended in one launch.
+    // Every token of every sequence in the cache.
     std::vector<int32_t> token_slots, token_positions;
     for (int s = 0; s < slots; ++s) {
       for (int p = 0; p < lengths[s]; ++p) {
@@ -46,12 +63,9 @@ TEST(GpuOps, PagedAttentionMatchesCpu) {
     }
     const int64_t total = static_cast<int64_t>(token_slots.size());
     const std::vector<float> keys = random_floats(total * kv_width), values = random_floats(total * kv_width);
-    const int64_t pool = static_cast<int64_t>(num_blocks) * block_size * kv_width;
-    DeviceBuffer d_k = upload(keys), d_v = upload(values), d_slots = upload(token_slots), d_pos = upload(token_positions);
-    DeviceBuffer d_tables = upload(tables), d_kc = poisoned<uint16_t>(pool), d_vc = poisoned<uint16_t>(pool);
-    sync_and_check(cuda::launch_kv_cache_append(d_k.as<float>(), d_v.as<float>(), d_slots.as<int32_t>(),
-                                                d_pos.as<int32_t>(), total, d_tables.as<int32_t>(), layout,
-                                                d_kc.data(), d_vc.data(), nullptr));
+    DeviceBuffer d_tables = upload(tables);
+    DeviceBuffer d_kc = upload(paged_pool(keys, token_slots, token_positions, tables, layout, num_blocks));
+    DeviceBuffer d_vc = upload(paged_pool(values, token_slots, token_positions, tables, layout, num_blocks));
 
     // Queries: the last token of each sequence (decode) and a few earlier positions (prefill rows).
     std::vector<int32_t> q_slots, q_positions;
@@ -72,16 +86,34 @@ TEST(GpuOps, PagedAttentionMatchesCpu) {
       cpu::attend_one_token(query.data() + i * q_width, keys_bf16.data() + first * kv_width,
                             values_bf16.data() + first * kv_width, q_positions[i], shape, ref.data() + i * q_width);
     }
-    DeviceBuffer d_query = upload(query), d_qs = upload(q_slots), d_qp = upload(q_positions);
+    // The gate of head h sits at gates[t * 2 q_width + h * 2 head_dim + head_dim] (q_proj's layout).
+    const int64_t gate_stride = 2 * q_width, gate_head_stride = 2 * c.head_dim, out_stride = q_width + 8;
+    const std::vector<float> gates = random_floats(queries * gate_stride, 3.0f);
+    std::vector<float> gated_ref(ref.size());
+    for (int64_t i = 0; i < queries; ++i) {
+      for (int64_t col = 0; col < q_width; ++col) {
+        const float gate = gates[i * gate_stride + col / c.head_dim * gate_head_stride + c.head_dim + col % c.head_dim];
+        gated_ref[i * q_width + col] = ref[i * q_width + col] * cpu::sigmoid(gate);
+      }
+    }
+    DeviceBuffer d_query = upload(query), d_qs = upload(q_slots), d_qp = upload(q_positions), d_gates = upload(gates);
     for (int splits : {1, 3, 32}) {
-      DeviceBuffer workspace = poisoned<float>(cuda::attention_workspace_floats(queries, c.heads, c.head_dim, splits));
-      DeviceBuffer d_out = poisoned<float>(queries * q_width);
-      sync_and_check(cuda::launch_attention_decode(d_query.as<float>(), d_qs.as<int32_t>(), d_qp.as<int32_t>(), queries,
-                                                   c.heads, d_tables.as<int32_t>(), layout, d_kc.data(), d_vc.data(),
-                                                   splits, workspace.as<float>(), d_out.as<float>(), nullptr));
-      checked += expect_close(d_out.download<float>(), ref, kTolerance,
-                              "heads " + std::to_string(c.heads) + "/" + std::to_string(c.kv_heads) + " head_dim " +
-                                  std::to_string(c.head_dim) + " splits " + std::to_string(splits));
+      for (const bool gated : {false, true}) {
+        DeviceBuffer workspace = poisoned<float>(cuda::attention_workspace_floats(queries, c.heads, c.head_dim, splits));
+        DeviceBuffer d_out = poisoned<uint16_t>(queries * out_stride);
+        const cuda::AttentionOutput output{gated ? d_gates.as<float>() + c.head_dim : nullptr, gate_stride,
+                                           gate_head_stride, d_out.data(), out_stride};
+        sync_and_check(cuda::launch_attention_decode(d_query.as<float>(), d_qs.as<int32_t>(), d_qp.as<int32_t>(),
+                                                     queries, c.heads, d_tables.as<int32_t>(), layout, d_kc.data(),
+                                                     d_vc.data(), splits, workspace.as<float>(), output, nullptr));
+        const std::vector<float> out = from_bf16(d_out.download<uint16_t>());
+        std::vector<float> got;
+        for (int64_t i = 0; i < queries; ++i) got.insert(got.end(), out.begin() + i * out_stride, out.begin() + i * out_stride + q_width);
+        checked += expect_close(got, gated ? gated_ref : ref, kTolerance,
+                                "heads " + std::to_string(c.heads) + "/" + std::to_string(c.kv_heads) + " head_dim " +
+                                    std::to_string(c.head_dim) + " splits " + std::to_string(splits) +
+                                    (gated ? " gated" : ""));
+      }
     }
   }
   EXPECT_GT(checked, 0);

@@ -1,4 +1,5 @@
-// Attention input preparation (query/gate split, q/k norm, partial NeoX RoPE) against CpuDecoder's steps.
+// Attention input preparation (query/gate split, q/k norm, partial NeoX RoPE, key and value appended to the
+// paged cache) against CpuDecoder's steps.
 #include <gtest/gtest.h>
 
 #include <cstring>
@@ -43,13 +44,26 @@ TEST(GpuOps, QkNormRopeMatchesCpu) {
     for (int j = 0; j < c.rotary_dim / 2; ++j) {
       inv_freq[j] = 1.0f / std::pow(theta, static_cast<float>(2 * j) / static_cast<float>(c.rotary_dim));
     }
+    const std::vector<float> v = random_floats(tokens * kv_width, 2.0f);
+    // Token t is appended at its position in slot t, whose block for that position is block t.
+    const cuda::PagedKvLayout layout{16, 5001 / 16 + 1, c.kv_heads, c.head_dim};
+    std::vector<int32_t> slots(tokens), tables(tokens * layout.max_blocks_per_slot, -1);
+    for (int64_t t = 0; t < tokens; ++t) {
+      slots[t] = static_cast<int32_t>(t);
+      tables[t * layout.max_blocks_per_slot + positions[t] / layout.block_size] = static_cast<int32_t>(t);
+    }
+    const int64_t pool = tokens * layout.block_size * kv_width;
+    DeviceBuffer d_v = upload(v), d_slots = upload(slots), d_tables = upload(tables);
+    DeviceBuffer d_kc = poisoned<uint16_t>(pool), d_vc = poisoned<uint16_t>(pool);
+    const cuda::KvCacheWrite cache{d_v.as<float>(), d_slots.as<int32_t>(), d_tables.as<int32_t>(), layout, d_kc.data(),
+                                   d_vc.data()};
     DeviceBuffer d_q = upload(q_proj), d_k = upload(k), d_qn = upload(q_norm), d_kn = upload(k_norm);
     DeviceBuffer d_pos = upload(positions), d_freq = upload(inv_freq), d_query = poisoned<float>(tokens * q_width);
     const float offset = c.style == NormStyle::OnePlusWeight ? 1.0f : 0.0f;
     const cuda::AttentionPrepShape shape{c.heads, c.kv_heads, c.head_dim, c.rotary_dim, c.gated, c.qk_norm, offset, 1e-6f};
     sync_and_check(cuda::launch_qk_norm_rope(d_q.as<float>(), d_k.as<float>(), d_pos.as<int32_t>(), tokens, shape,
                                              d_freq.as<float>(), d_qn.as<float>(), d_kn.as<float>(),
-                                             d_query.as<float>(), nullptr));
+                                             d_query.as<float>(), cache, nullptr));
     std::vector<float> query_ref(tokens * q_width);
     for (int64_t t = 0; t < tokens; ++t) {
       float* q = query_ref.data() + t * q_width;
@@ -68,6 +82,17 @@ TEST(GpuOps, QkNormRopeMatchesCpu) {
     const std::string label = "heads " + std::to_string(c.heads) + " head_dim " + std::to_string(c.head_dim);
     checked += expect_close(d_query.download<float>(), query_ref, kTolerance, label + " query");
     checked += expect_close(d_k.download<float>(), k, kTolerance, label + " key");
+    // The cache holds the prepared key and the value, bf16-rounded, at each token's position.
+    const std::vector<float> key_cache = from_bf16(d_kc.download<uint16_t>()), value_cache = from_bf16(d_vc.download<uint16_t>());
+    std::vector<float> cached_keys, cached_values;
+    for (int64_t t = 0; t < tokens; ++t) {
+      const int64_t row = t * layout.block_size + positions[t] % layout.block_size;
+      cached_keys.insert(cached_keys.end(), key_cache.begin() + row * kv_width, key_cache.begin() + (row + 1) * kv_width);
+      cached_values.insert(cached_values.end(), value_cache.begin() + row * kv_width,
+                           value_cache.begin() + (row + 1) * kv_width);
+    }
+    checked += expect_close(cached_keys, bf16_rounded(k), kTolerance, label + " cached key");
+    EXPECT_EQ(cached_values, bf16_rounded(v)) << label << " cached value";
   }
   EXPECT_GT(checked, 0);
 }

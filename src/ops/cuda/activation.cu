@@ -15,19 +15,6 @@ __global__ void swiglu_kernel(const float* gate, const float* up, int64_t rows, 
   out[r * out_stride + col] = __float2bfloat16(siluf_exact(gate[i]) * up[i]);  // silu(gate(x)) * up(x)
 }
 
-__global__ void output_gate_kernel(const float* attended, const float* gate, int64_t gate_stride,
-                                   int64_t gate_head_stride, int64_t num_tokens, int num_heads, int head_dim,
-                                   __nv_bfloat16* out, int64_t out_stride) {
-  begin_dependent_kernel();
-  const int64_t width = static_cast<int64_t>(num_heads) * head_dim;
-  const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (i >= num_tokens * width) return;
-  const int64_t t = i / width, col = i % width, h = col / head_dim, d = col % head_dim;
-  float value = attended[i];
-  if (gate) value *= sigmoidf_exact(gate[t * gate_stride + h * gate_head_stride + d]);  // attn * sigmoid(gate)
-  out[t * out_stride + col] = __float2bfloat16(value);
-}
-
 __global__ void add_bias_kernel(float* y, const float* bias, int64_t rows, int64_t cols) {
   begin_dependent_kernel();
   const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
@@ -45,16 +32,6 @@ cudaError_t launch_swiglu(const float* gate, const float* up, int64_t rows, int6
                           int64_t out_stride, cudaStream_t stream) {
   if (rows * cols == 0) return cudaSuccess;
   return launch_dependent(swiglu_kernel, blocks_for(rows * cols, kThreads), kThreads, 0, stream, gate, up, rows, cols,
-                          static_cast<__nv_bfloat16*>(out), out_stride);
-}
-
-cudaError_t launch_output_gate(const float* attended, const float* gate, int64_t gate_stride, int64_t gate_head_stride,
-                               int64_t num_tokens, int num_heads, int head_dim, void* out, int64_t out_stride,
-                               cudaStream_t stream) {
-  const int64_t count = num_tokens * num_heads * head_dim;
-  if (count == 0) return cudaSuccess;
-  return launch_dependent(output_gate_kernel, blocks_for(count, kThreads), kThreads, 0, stream, attended, gate,
-                          gate_stride, gate_head_stride, num_tokens, num_heads, head_dim,
                           static_cast<__nv_bfloat16*>(out), out_stride);
 }
 

@@ -1,5 +1,5 @@
 #pragma once
-// Elementwise ops on the GPU: SwiGLU, the attention output gate, bias and residual adds. bf16 outputs
+// Elementwise ops on the GPU: SwiGLU, bias and residual adds. bf16 outputs
 // feed the next linear layer, whose input rows are `out_stride` elements apart (K padded for the GEMV).
 #include <cuda_runtime_api.h>
 
@@ -10,12 +10,6 @@ namespace uberlm::cuda {
 // gate, up: fp32 [rows, cols]; out: bf16 [rows, out_stride] = silu(gate) * up.
 cudaError_t launch_swiglu(const float* gate, const float* up, int64_t rows, int64_t cols, void* out,
                           int64_t out_stride, cudaStream_t stream);
-
-// attended: fp32 [T, H * head_dim]; gate: head h of token t at gate + t * gate_stride + h * gate_head_stride,
-// or null (no output gate); out: bf16 [T, out_stride] = attended * sigmoid(gate).
-cudaError_t launch_output_gate(const float* attended, const float* gate, int64_t gate_stride, int64_t gate_head_stride,
-                               int64_t num_tokens, int num_heads, int head_dim, void* out, int64_t out_stride,
-                               cudaStream_t stream);
 
 // y: fp32 [rows, cols] += bias [cols].
 cudaError_t launch_add_bias(float* y, const float* bias, int64_t rows, int64_t cols, cudaStream_t stream);

@@ -104,9 +104,9 @@ __global__ void __launch_bounds__(kWarps * 32) attention_partial_kernel(
   }
 }
 
-// One block per (token, head): out = sum_s acc_s e^(m_s - m) / sum_s l_s e^(m_s - m).
+// One block per (token, head): attended = sum_s acc_s e^(m_s - m) / sum_s l_s e^(m_s - m), then the output gate.
 __global__ void attention_combine_kernel(const float* workspace, int64_t num_tokens, int num_heads, int head_dim,
-                                         int splits, float* out) {
+                                         int splits, AttentionOutput out) {
   begin_dependent_kernel();
   const int64_t th = blockIdx.x;
   const float* part_acc = workspace;
@@ -123,7 +123,10 @@ __global__ void attention_combine_kernel(const float* workspace, int64_t num_tok
       sum += part_stats[2 * part + 1] * factor;
       acc += part_acc[part * head_dim + d] * factor;
     }
-    out[th * head_dim + d] = acc / sum;
+    const int64_t t = th / num_heads, h = th % num_heads;
+    float value = acc / sum;
+    if (out.gate) value *= sigmoidf_exact(out.gate[t * out.gate_stride + h * out.gate_head_stride + d]);
+    static_cast<__nv_bfloat16*>(out.out)[t * out.out_stride + h * head_dim + d] = __float2bfloat16(value);
   }
 }
 }  // namespace
@@ -131,7 +134,7 @@ __global__ void attention_combine_kernel(const float* workspace, int64_t num_tok
 cudaError_t launch_attention_decode(const float* query, const int32_t* slots, const int32_t* positions,
                                     int64_t num_tokens, int num_heads, const int32_t* block_tables,
                                     const PagedKvLayout& layout, const void* key_cache, const void* value_cache,
-                                    int splits, float* workspace, float* out, cudaStream_t stream) {
+                                    int splits, float* workspace, const AttentionOutput& out, cudaStream_t stream) {
   if (num_tokens == 0) return cudaSuccess;
   if (layout.head_dim > kAttentionMaxHeadDim || num_heads % layout.num_kv_heads != 0 || splits < 1 ||
       splits > kAttentionMaxSplits) {

@@ -30,12 +30,22 @@ inline int64_t attention_workspace_floats(int64_t num_tokens, int num_heads, int
   return num_tokens * num_heads * splits * (head_dim + 2);
 }
 
+// Where the attention output goes: out[t, h * head_dim + d] = bf16(attended * sigmoid(gate[t * gate_stride +
+// h * gate_head_stride + d])), or bf16(attended) when gate is null (Qwen3.5's output gate, applied while
+// the splits are combined instead of in a launch of its own).
+struct AttentionOutput {
+  const float* gate;
+  int64_t gate_stride;
+  int64_t gate_head_stride;
+  void* out;  // bf16 [T, out_stride]
+  int64_t out_stride;
+};
+
 // query: fp32 [T, H, head_dim]; token t of slot slots[t] at position positions[t] attends cached
-// positions 0..positions[t]: out[t, h] = softmax(q·k / sqrt(head_dim)) · v with kv head h / (H / KV).
-// out: fp32 [T, H * head_dim].
+// positions 0..positions[t]: attended[t, h] = softmax(q·k / sqrt(head_dim)) · v with kv head h / (H / KV).
 cudaError_t launch_attention_decode(const float* query, const int32_t* slots, const int32_t* positions,
                                     int64_t num_tokens, int num_heads, const int32_t* block_tables,
                                     const PagedKvLayout& layout, const void* key_cache, const void* value_cache,
-                                    int splits, float* workspace, float* out, cudaStream_t stream);
+                                    int splits, float* workspace, const AttentionOutput& out, cudaStream_t stream);
 
 }  // namespace uberlm::cuda
