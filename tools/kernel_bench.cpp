@@ -3,7 +3,9 @@
 // the median of many is reported, rotating over enough weight copies that L2 cannot hold them.
 // --sweep also times every compiled tuning (warps, pipeline depth, row tiles) of each kernel; --only
 // keeps the runs whose label "shape/M/tuning" (e.g. "mlp_down/1/w4_d2_r2_k4") contains the text, for
-// profiling one launch.
+// profiling one launch. The MLP's gate/up pair (2 x 8704 x 5120) with SwiGLU is timed both ways: fused
+// into the GEMV epilogue ("mlp_gate_up_swiglu/M/fused_<tuning>") and as the two-target GEMV plus the
+// SwiGLU kernel ("mlp_gate_up_swiglu/M/unfused"); both count the same bytes (weights, x, bf16 out).
 //   kernel_bench [--json PATH] [--iters N] [--sweep] [--only TEXT] [--commit HASH]
 #include <cuda_runtime_api.h>
 
@@ -12,7 +14,9 @@
 #include <ctime>
 #include <cstring>
 #include <fstream>
+#include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include <nlohmann/json.hpp>
@@ -20,6 +24,7 @@
 #include "core/dtype.h"
 #include "core/error.h"
 #include "core/nvfp4.h"
+#include "ops/cuda/activation.h"
 #include "ops/cuda/cuda_check.h"
 #include "ops/cuda/device_buffer.h"
 #include "ops/cuda/gemv.h"
@@ -202,6 +207,63 @@ int run(int argc, char** argv) {
                     100.0 * gbps / copy_gbps, is_default ? "" : "  (sweep)");
         results.push_back({{"kernel", nvfp4 ? "gemv_nvfp4" : "gemv_bf16"}, {"shape", shape.name}, {"n", shape.n},
                            {"k", shape.k}, {"m", m}, {"tuning", tuning_name(tuning)}, {"default_tuning", is_default},
+                           {"median_us", ms * 1e3}, {"bytes", bytes}, {"gbps", gbps},
+                           {"fraction_of_copy", gbps / copy_gbps}, {"weight_copies", copies}, {"iters", iters}});
+      }
+    }
+  }
+  // The gate/up pair with SwiGLU: fused (default paired tuning, and every paired tuning with --sweep)
+  // against the unfused launches the backend ran before.
+  {
+    const int64_t n = 8704, k = 5120, pair_bytes = 2 * (n * k / 2 + n * k / 16);
+    const int copies = static_cast<int>(std::max<int64_t>(2, (4 * int64_t{prop.l2CacheSize}) / pair_bytes + 1));
+    std::vector<uint8_t> host_packed(n * k / 2), host_scales(n * k / 16);
+    fill_random(host_packed, n);
+    fill_random(host_scales, k);
+    for (auto& s : host_scales) s = static_cast<uint8_t>(0x30 + s % 0x18);  // E4M3 0.125 .. 14: finite
+    std::vector<DeviceBuffer> packed, scales;  // gate of copy c at 2c, up at 2c + 1
+    for (int c = 0; c < 2 * copies; ++c) {
+      packed.emplace_back(host_packed);
+      scales.emplace_back(host_scales);
+    }
+    const auto weight = [&](int i) {
+      return Nvfp4Weight{n, k, packed[i].as<uint8_t>(), scales[i].as<uint8_t>(), 1.0f / 4096};
+    };
+    for (int64_t m : kTokenCounts) {
+      std::vector<uint8_t> host_x(m * k * 2);
+      fill_random(host_x, m + 17);
+      make_bf16_values(host_x);
+      DeviceBuffer x(host_x), gate(m * n * 4), up(m * n * 4), out(m * n * 2);
+      const cuda::GemvTuning chosen = cuda::gemv_paired_tuning(cuda::gemv_nvfp4_default_tuning(m, 2 * n, k));
+      std::vector<std::pair<std::string, std::optional<cuda::GemvTuning>>> runs = {
+          {"unfused", std::nullopt}, {"fused_" + tuning_name(chosen), chosen}};
+      if (sweep) {
+        for (const cuda::GemvTuning& t : cuda::gemv_nvfp4_paired_tunings()) {
+          if (tuning_name(t) != tuning_name(chosen)) runs.push_back({"fused_" + tuning_name(t), t});
+        }
+      }
+      for (const auto& [name, tuning] : runs) {
+        const std::string label = "mlp_gate_up_swiglu/" + std::to_string(m) + "/" + name;
+        if (label.find(only) == std::string::npos) continue;
+        const double ms = time_median_ms(iters, [&](int i) {
+          const int c = i % copies;
+          if (tuning) {
+            cuda::gemv_nvfp4_swiglu_tuned(weight(2 * c), weight(2 * c + 1), x.data(), m, out.data(), n, *tuning,
+                                          nullptr);
+          } else {
+            const cuda::Nvfp4GemvTarget targets[] = {{weight(2 * c), gate.data()}, {weight(2 * c + 1), up.data()}};
+            cuda::gemv_nvfp4_multi(targets, 2, x.data(), m, DType::F32, nullptr);
+            CUDA_CHECK(cuda::launch_swiglu(gate.as<float>(), up.as<float>(), m, n, out.data(), n, nullptr));
+          }
+        });
+        const double bytes = double(pair_bytes) + double(m * k * 2) + double(m * n * 2);
+        const double gbps = bytes / (ms * 1e-3) / 1e9;
+        std::printf("%-20s %7lld %6lld %3lld %-16s %10.2f %9.0f %7.1f%%\n", "mlp_gate_up_swiglu", (long long)(2 * n),
+                    (long long)k, (long long)m, name.c_str(), ms * 1e3, gbps, 100.0 * gbps / copy_gbps);
+        results.push_back({{"kernel", tuning ? "gemv_nvfp4_swiglu" : "gemv_nvfp4_multi+swiglu"},
+                           {"shape", "mlp_gate_up_swiglu"}, {"n", 2 * n}, {"k", k}, {"m", m},
+                           {"tuning", tuning ? tuning_name(*tuning) : "default"},
+                           {"default_tuning", !tuning || tuning_name(*tuning) == tuning_name(chosen)},
                            {"median_us", ms * 1e3}, {"bytes", bytes}, {"gbps", gbps},
                            {"fraction_of_copy", gbps / copy_gbps}, {"weight_copies", copies}, {"iters", iters}});
       }

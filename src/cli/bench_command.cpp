@@ -256,11 +256,13 @@ void run_bench(const BenchOptions& options) {
   report["counters"] = {{"gemv_linear_calls", counters.gemv_linear_calls},
                         {"gemm_bf16_linear_calls", counters.gemm_bf16_linear_calls},
                         {"gemm_nvfp4_linear_calls", counters.gemm_nvfp4_linear_calls},
+                        {"gemv_swiglu_calls", counters.gemv_swiglu_calls},
                         {"graph_captures", counters.graph_captures},
                         {"graph_replays", counters.graph_replays}};
-  std::printf("\nlinear calls: GEMV %lld, cuBLAS bf16 %lld, cuBLAS NVFP4 (dequantised) %lld; graph captures %lld, "
-              "replays %lld\n",
-              static_cast<long long>(counters.gemv_linear_calls), static_cast<long long>(counters.gemm_bf16_linear_calls),
+  std::printf("\nlinear calls: GEMV %lld (gate/up with SwiGLU epilogue %lld), cuBLAS bf16 %lld, cuBLAS NVFP4 "
+              "(dequantised) %lld; graph captures %lld, replays %lld\n",
+              static_cast<long long>(counters.gemv_linear_calls), static_cast<long long>(counters.gemv_swiglu_calls),
+              static_cast<long long>(counters.gemm_bf16_linear_calls),
               static_cast<long long>(counters.gemm_nvfp4_linear_calls), static_cast<long long>(counters.graph_captures),
               static_cast<long long>(counters.graph_replays));
   if (!options.json_path.empty()) {

@@ -847,14 +847,32 @@ void CudaBackend::Impl::delta_net_layer(const DeviceLayer& layer, int64_t tokens
   end();
 }
 
+// Up to kGemvMaxM rows, gate/up weights of one format without bias run as one GEMV whose epilogue writes
+// SwiGLU's bf16 output (the down projection's input) directly, with the same bits as the GEMV followed by
+// launch_swiglu. Above kGemvMaxM rows (cuBLAS), or for a mixed-format or biased pair (which the paired
+// kernel cannot take: one weight format, no bias term), the projections write fp32 and launch_swiglu
+// runs apart.
 void CudaBackend::Impl::mlp(const DeviceLayer& layer, int64_t tokens) {
   const int64_t inter = config.intermediate_size;
-  begin("linear_mlp_gate_up");
-  linear_group({{&layer.gate_proj, proj0}, {&layer.up_proj, proj1}}, h, tokens);
-  end();
-  begin("swiglu");
-  CUDA_CHECK(cuda::launch_swiglu(proj0, proj1, tokens, inter, mlp_in, padded_k(inter), stream));
-  end();
+  const DeviceLinear &gate = layer.gate_proj, &up = layer.up_proj;
+  if (tokens <= cuda::kGemvMaxM && gate.nvfp4 == up.nvfp4 && !gate.bias && !up.bias) {
+    begin("linear_mlp_gate_up_swiglu");
+    counters.gemv_linear_calls += 2;
+    ++counters.gemv_swiglu_calls;
+    if (gate.nvfp4) {
+      cuda::gemv_nvfp4_swiglu(gate.nvfp4_view(), up.nvfp4_view(), h, tokens, mlp_in, padded_k(inter), stream);
+    } else {
+      cuda::gemv_bf16_swiglu(gate.bf16, up.bf16, gate.out, gate.in_padded, h, tokens, mlp_in, padded_k(inter), stream);
+    }
+    end();
+  } else {
+    begin("linear_mlp_gate_up");
+    linear_group({{&gate, proj0}, {&up, proj1}}, h, tokens);
+    end();
+    begin("swiglu");
+    CUDA_CHECK(cuda::launch_swiglu(proj0, proj1, tokens, inter, mlp_in, padded_k(inter), stream));
+    end();
+  }
   begin("linear_mlp_down");
   linear(layer.down_proj, mlp_in, tokens, delta);
   reduce_partial_sums(tokens);

@@ -87,6 +87,7 @@ class GpuBackend : public Backend {
     int64_t gemv_linear_calls = 0;        // linear layers over at most 64 rows
     int64_t gemm_bf16_linear_calls = 0;   // over more rows, bf16 weights
     int64_t gemm_nvfp4_linear_calls = 0;  // over more rows, NVFP4 weights dequantised into the scratch buffer
+    int64_t gemv_swiglu_calls = 0;        // MLP gate/up GEMVs that wrote SwiGLU from their epilogue
     int64_t graph_captures = 0;
     int64_t graph_replays = 0;
   };

@@ -92,6 +92,7 @@ int64_t compare_with_cpu(const Model& model, const std::string& label) {
   for (int slot = 0; slot < 3; ++slot) EXPECT_EQ(gpu.cached_length(slot), cpu.cached_length(slot)) << label;
   const CudaBackend::Counters counters = gpu.counters();
   EXPECT_GT(counters.gemv_linear_calls, 0) << label;
+  EXPECT_GT(counters.gemv_swiglu_calls, 0) << label << ": decode steps must run gate/up with the SwiGLU epilogue";
   EXPECT_GT(counters.gemm_bf16_linear_calls + counters.gemm_nvfp4_linear_calls, 0)
       << label << ": the 84-token prefill must run its linear layers on cuBLAS";
   return rows;
@@ -206,6 +207,7 @@ TEST(CudaBackend, LinearPathFollowsRowCount) {
     batch.chunks = {{0, tokens, true}};
     gpu.forward(batch);
     const CudaBackend::Counters counters = gpu.counters();
+    EXPECT_EQ(counters.gemv_swiglu_calls, 0) << "a bf16 gate with an NVFP4 up runs apart from SwiGLU";
     if (tokens <= 64) {
       EXPECT_EQ(counters.gemv_linear_calls, linears_per_forward);
       EXPECT_EQ(counters.gemm_bf16_linear_calls + counters.gemm_nvfp4_linear_calls, 0);

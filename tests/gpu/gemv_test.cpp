@@ -4,6 +4,7 @@
 
 #include <cmath>
 #include <cstring>
+#include <optional>
 #include <random>
 #include <string>
 #include <vector>
@@ -12,7 +13,9 @@
 #include "core/error.h"
 #include "core/nvfp4.h"
 #include "core/thread_pool.h"
+#include "ops/cpu/activation.h"
 #include "ops/cpu/linear_nvfp4.h"
+#include "ops/cuda/activation.h"
 #include "ops/cuda/device_buffer.h"
 #include "ops/cuda/gemv.h"
 #include "gpu_test_util.h"
@@ -309,6 +312,196 @@ TEST(GpuGemv, OutputsAreDeterministic) {
   }
 }
 
+// The gate/up pair with SwiGLU in the GEMV epilogue (gemv_*_swiglu) on fresh weights of one format.
+struct SwigluCase {
+  bool nvfp4;
+  int64_t n, k, m, out_stride;
+  Nvfp4Tensor gate_q, up_q;                    // nvfp4
+  std::vector<uint16_t> gate_b, up_b;          // bf16
+  std::vector<uint16_t> x;
+  DeviceBuffer gate_packed, gate_scales, up_packed, up_scales, gate_dev, up_dev, x_dev;
+
+  Nvfp4Weight gate_weight() const {
+    return {n, k, gate_packed.as<uint8_t>(), gate_scales.as<uint8_t>(), gate_q.global_scale};
+  }
+  Nvfp4Weight up_weight() const { return {n, k, up_packed.as<uint8_t>(), up_scales.as<uint8_t>(), up_q.global_scale}; }
+
+  // silu(gate) * up in fp32 of the CPU GEMVs (fp32 out of the NVFP4 reference, double sums for bf16), not
+  // rounded to bf16: the GPU's one rounding is within half a bf16 ulp of it.
+  std::vector<float> reference() const {
+    std::vector<float> gate(m * n), up(m * n);
+    if (nvfp4) {
+      const std::vector<float> xf = to_float(x);
+      cpu::linear_nvfp4(xf.data(), m, gate_q.view(), gate.data());
+      cpu::linear_nvfp4(xf.data(), m, up_q.view(), up.data());
+    } else {
+      gate = bf16_reference(x, m, gate_b, n, k);
+      up = bf16_reference(x, m, up_b, n, k);
+    }
+    std::vector<float> out(m * n);
+    for (int64_t i = 0; i < m * n; ++i) out[i] = cpu::silu(gate[i]) * up[i];
+    return out;
+  }
+
+  // The fused launch into a NaN-poisoned [m, out_stride] bf16 buffer; no tuning: the default one.
+  std::vector<uint16_t> fused(const std::optional<cuda::GemvTuning>& tuning) const {
+    DeviceBuffer out(m * out_stride * sizeof(uint16_t));
+    out.fill_bytes(0xff);
+    if (nvfp4 && tuning) {
+      cuda::gemv_nvfp4_swiglu_tuned(gate_weight(), up_weight(), x_dev.data(), m, out.data(), out_stride, *tuning,
+                                    nullptr);
+    } else if (nvfp4) {
+      cuda::gemv_nvfp4_swiglu(gate_weight(), up_weight(), x_dev.data(), m, out.data(), out_stride, nullptr);
+    } else if (tuning) {
+      cuda::gemv_bf16_swiglu_tuned(gate_dev.data(), up_dev.data(), n, k, x_dev.data(), m, out.data(), out_stride,
+                                   *tuning, nullptr);
+    } else {
+      cuda::gemv_bf16_swiglu(gate_dev.data(), up_dev.data(), n, k, x_dev.data(), m, out.data(), out_stride, nullptr);
+    }
+    CUDA_CHECK(cudaDeviceSynchronize());
+    return out.download<uint16_t>();
+  }
+
+  // The unfused path: fp32 gate and up from the plain GEMV (one two-target launch with the default tuning,
+  // or one launch per weight with `tuning`), then launch_swiglu, into a poisoned buffer as above.
+  std::vector<uint16_t> unfused(const std::optional<cuda::GemvTuning>& tuning) const {
+    DeviceBuffer gate(m * n * sizeof(float)), up(m * n * sizeof(float)), out(m * out_stride * sizeof(uint16_t));
+    gate.fill_bytes(0xff);
+    up.fill_bytes(0xff);
+    out.fill_bytes(0xff);
+    if (nvfp4 && tuning) {
+      cuda::gemv_nvfp4_tuned(gate_weight(), x_dev.data(), m, gate.data(), DType::F32, *tuning, nullptr);
+      cuda::gemv_nvfp4_tuned(up_weight(), x_dev.data(), m, up.data(), DType::F32, *tuning, nullptr);
+    } else if (nvfp4) {
+      const cuda::Nvfp4GemvTarget targets[] = {{gate_weight(), gate.data()}, {up_weight(), up.data()}};
+      cuda::gemv_nvfp4_multi(targets, 2, x_dev.data(), m, DType::F32, nullptr);
+    } else if (tuning) {
+      cuda::gemv_bf16_tuned(gate_dev.data(), n, k, x_dev.data(), m, gate.data(), DType::F32, *tuning, nullptr);
+      cuda::gemv_bf16_tuned(up_dev.data(), n, k, x_dev.data(), m, up.data(), DType::F32, *tuning, nullptr);
+    } else {
+      const cuda::Bf16GemvTarget targets[] = {{gate_dev.data(), n, gate.data()}, {up_dev.data(), n, up.data()}};
+      cuda::gemv_bf16_multi(targets, 2, k, x_dev.data(), m, DType::F32, nullptr);
+    }
+    CUDA_CHECK(cuda::launch_swiglu(gate.as<float>(), up.as<float>(), m, n, out.data(), out_stride, nullptr));
+    CUDA_CHECK(cudaDeviceSynchronize());
+    return out.download<uint16_t>();
+  }
+};
+
+SwigluCase make_swiglu_case(std::mt19937& rng, bool nvfp4, int64_t n, int64_t k, int64_t m) {
+  SwigluCase c{nvfp4, n, k, m, (n + 31) / 32 * 32 + 32};  // padded rows, wider than the outputs
+  if (nvfp4) {
+    c.gate_q = random_nvfp4(rng, n, k, m % 2 == 1);
+    c.up_q = random_nvfp4(rng, n, k, false);
+    c.up_q.global_scale *= 3.0f;  // the two weights' own global scales must both be applied
+    c.gate_packed = DeviceBuffer(c.gate_q.packed);
+    c.gate_scales = DeviceBuffer(c.gate_q.scales);
+    c.up_packed = DeviceBuffer(c.up_q.packed);
+    c.up_scales = DeviceBuffer(c.up_q.scales);
+  } else {
+    c.gate_b = random_bf16(rng, n * k, 0.05f);
+    c.up_b = random_bf16(rng, n * k, 0.05f);
+    c.gate_dev = DeviceBuffer(c.gate_b);
+    c.up_dev = DeviceBuffer(c.up_b);
+  }
+  c.x = random_bf16(rng, m * k, 1.0f);
+  c.x_dev = DeviceBuffer(c.x);
+  return c;
+}
+
+// Fused output against the CPU reference: every element of a row's first n written and within one bf16
+// rounding of the reference plus the GEMV's fp32 error carried through silu(g) * u (|d/dg silu| < 1.1),
+// and the row padding past n left as poisoned. Returns the elements checked.
+int64_t expect_swiglu_matches(const SwigluCase& c, const std::vector<uint16_t>& got, const std::vector<float>& ref,
+                              const std::string& label) {
+  double ref_max = 0;
+  for (float v : ref) ref_max = std::fmax(ref_max, std::fabs(v));
+  EXPECT_GT(ref_max, 0.0) << label;
+  int64_t bad = 0, padding_written = 0;
+  for (int64_t t = 0; t < c.m; ++t) {
+    for (int64_t j = 0; j < c.out_stride; ++j) {
+      const uint16_t bits = got[t * c.out_stride + j];
+      if (j >= c.n) {
+        padding_written += bits != 0xffff;
+        continue;
+      }
+      const float v = bf16_to_f32(bits), r = ref[t * c.n + j];
+      if (!std::isfinite(v) || std::fabs(v - r) > kBf16ElementTolerance * std::fabs(r) + kF32Tolerance * ref_max) {
+        if (bad++ < 5) ADD_FAILURE() << label << ": out[" << t << ", " << j << "] = " << v << ", reference " << r;
+      }
+    }
+  }
+  EXPECT_EQ(bad, 0) << label << ": elements out of tolerance or unwritten";
+  EXPECT_EQ(padding_written, 0) << label << ": row padding past n was written";
+  return c.m * c.n;
+}
+
+// The default path at every M = 1..64 (all token-group counts, partial groups) for odd row counts and
+// K not a multiple of the 128-wide chunk, plus the 27B-like K at a few M (the long-K tuning at 17408):
+// CPU reference within tolerance, and the unfused GPU path (two-target GEMV + launch_swiglu) bit for bit.
+TEST(GpuGemv, SwigluEpilogueMatchesCpuAndUnfusedPath) {
+  ASSERT_NO_FATAL_FAILURE(require_gpu());
+  std::mt19937 rng(20261126);
+  struct Case {
+    int64_t n, k;
+    std::vector<int64_t> ms;
+  };
+  std::vector<int64_t> every_m;
+  for (int64_t m = 1; m <= cuda::kGemvMaxM; ++m) every_m.push_back(m);
+  const Case cases[] = {{37, 160, every_m}, {200, 2080, {1, 2, 7, 8, 9, 16, 17, 31, 33, 64}},
+                        {1000, 5120, {1, 8, 13, 64}}, {48, 17408, {1, 5, 64}}};
+  int64_t checked = 0;
+  for (const Case& shape : cases) {
+    for (int64_t m : shape.ms) {
+      for (bool nvfp4 : {true, false}) {
+        const SwigluCase c = make_swiglu_case(rng, nvfp4, shape.n, shape.k, m);
+        const std::string label = std::string(nvfp4 ? "nvfp4" : "bf16") + " N=" + std::to_string(shape.n) +
+                                  " K=" + std::to_string(shape.k) + " M=" + std::to_string(m);
+        const std::vector<uint16_t> fused = c.fused(std::nullopt), unfused = c.unfused(std::nullopt);
+        checked += expect_swiglu_matches(c, fused, c.reference(), label);
+        EXPECT_TRUE(fused == unfused) << label << ": fused SwiGLU differs from GEMV + launch_swiglu";
+      }
+    }
+  }
+  EXPECT_GT(checked, 0) << "no case ran";
+}
+
+// Every compiled paired tuning against the CPU reference, and the paired variant of every plain tuning
+// (gemv_paired_tuning) bit for bit against that plain tuning + launch_swiglu where their accumulator
+// chains agree: plain tunings of two row tiles, or any at one token group (M <= 8).
+TEST(GpuGemv, EveryPairedTuningMatchesCpuAndUnfusedPath) {
+  ASSERT_NO_FATAL_FAILURE(require_gpu());
+  std::mt19937 rng(515);
+  constexpr Shape kPairedShapes[] = {{129, 160}, {300, 2080}};
+  int64_t checked = 0, compared = 0;
+  for (const Shape& shape : kPairedShapes) {
+    for (int64_t m : {1, 6, 9, 40, 64}) {
+      for (bool nvfp4 : {true, false}) {
+        const SwigluCase c = make_swiglu_case(rng, nvfp4, shape.n, shape.k, m);
+        const std::vector<float> ref = c.reference();
+        const std::string shape_label = std::string(nvfp4 ? "nvfp4" : "bf16") + " N=" + std::to_string(shape.n) +
+                                        " K=" + std::to_string(shape.k) + " M=" + std::to_string(m);
+        for (const cuda::GemvTuning& t : nvfp4 ? cuda::gemv_nvfp4_paired_tunings() : cuda::gemv_bf16_paired_tunings()) {
+          const std::string label = shape_label + " paired w" + std::to_string(t.warps) + "_d" +
+                                    std::to_string(t.depth) + "_k" + std::to_string(t.k_split) +
+                                    (t.async_copy ? "_async" : "");
+          checked += expect_swiglu_matches(c, c.fused(t), ref, label);
+        }
+        for (const cuda::GemvTuning& t : nvfp4 ? cuda::gemv_nvfp4_tunings() : cuda::gemv_bf16_tunings()) {
+          if (t.row_tiles != 2 && m > 8) continue;
+          const std::string label = shape_label + " plain w" + std::to_string(t.warps) + "_d" +
+                                    std::to_string(t.depth) + "_r" + std::to_string(t.row_tiles) + "_k" +
+                                    std::to_string(t.k_split) + (t.async_copy ? "_async" : "");
+          EXPECT_TRUE(c.fused(cuda::gemv_paired_tuning(t)) == c.unfused(t)) << label << ": fused != unfused";
+          ++compared;
+        }
+      }
+    }
+  }
+  EXPECT_GT(checked, 0) << "no case ran";
+  EXPECT_GT(compared, 0) << "no bit comparison ran";
+}
+
 TEST(GpuGemv, UnsupportedShapesAreRejected) {
   ASSERT_NO_FATAL_FAILURE(require_gpu());
   DeviceBuffer packed(64 * 48 / 2), scales(64 * 48 / 16), x(64 * 48 * 2 + 16), y(64 * 64 * 4);
@@ -324,6 +517,13 @@ TEST(GpuGemv, UnsupportedShapesAreRejected) {
   EXPECT_THROW(cuda::gemv_nvfp4_tuned(k32, x.data(), 1, y.data(), DType::F32, {9, 4, 1, 1}, nullptr), Error);
   EXPECT_THROW(cuda::gemv_nvfp4_tuned(k32, x.data(), 1, y.data(), DType::F32, {4, 3, 1, 1}, nullptr), Error);
   EXPECT_THROW(cuda::gemv_nvfp4_tuned(k32, x.data(), 1, y.data(), DType::F32, {4, 4, 1, 3}, nullptr), Error);
+  const Nvfp4Weight rows32{32, 32, packed.as<uint8_t>(), scales.as<uint8_t>(), 1.0f};
+  EXPECT_THROW(cuda::gemv_nvfp4_swiglu(k32, rows32, x.data(), 1, y.data(), 64, nullptr), Error);  // unequal shapes
+  EXPECT_THROW(cuda::gemv_nvfp4_swiglu(k32, k32, x.data(), 1, y.data(), 63, nullptr), Error);     // stride < N
+  EXPECT_THROW(cuda::gemv_nvfp4_swiglu(k32, k32, x.data(), 65, y.data(), 64, nullptr), Error);
+  EXPECT_THROW(cuda::gemv_nvfp4_swiglu_tuned(k32, k32, x.data(), 1, y.data(), 64, {4, 4, 1, 4}, nullptr),
+               Error);  // paired kernels have two row tiles
+  EXPECT_THROW(cuda::gemv_bf16_swiglu(x.data(), x.as<uint8_t>() + 8, 8, 32, x.data(), 1, y.data(), 8, nullptr), Error);
   CUDA_CHECK(cudaDeviceSynchronize());
 }
 

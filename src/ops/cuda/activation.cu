@@ -12,7 +12,7 @@ __global__ void swiglu_kernel(const float* gate, const float* up, int64_t rows, 
   const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (i >= rows * cols) return;
   const int64_t r = i / cols, col = i % cols;
-  out[r * out_stride + col] = __float2bfloat16(siluf_exact(gate[i]) * up[i]);  // silu(gate(x)) * up(x)
+  out[r * out_stride + col] = swiglu_bf16(gate[i], up[i]);
 }
 
 __global__ void add_bias_kernel(float* y, const float* bias, int64_t rows, int64_t cols) {

@@ -56,12 +56,37 @@ void check_tuning(std::string_view op, const GemvTuning& tuning, const GemvTunin
        tuning.async_copy ? " and asynchronous copies" : "");
 }
 
-void check_nvfp4_weight(const Nvfp4Weight& weight) {
+void check_nvfp4_weight(std::string_view op, const Nvfp4Weight& weight) {
   if (weight.packed == nullptr || !aligned(weight.packed, 16) || weight.scales == nullptr ||
       !aligned(weight.scales, 2)) {
-    fail("gemv_nvfp4: packed weights must be 16-byte aligned and scales 2-byte aligned device pointers");
+    fail("{}: packed weights must be 16-byte aligned and scales 2-byte aligned device pointers", op);
   }
-  if (!std::isfinite(weight.global_scale)) fail("gemv_nvfp4: global scale {} is not finite", weight.global_scale);
+  if (!std::isfinite(weight.global_scale)) fail("{}: global scale {} is not finite", op, weight.global_scale);
+}
+
+// Every plain shape's two-row-tile variant is compiled for the paired launch (gemv_paired_tuning).
+template <size_t kPlain, size_t kPaired>
+constexpr bool pairs_compiled(const GemvTuning (&plain)[kPlain], const GemvTuning (&paired)[kPaired]) {
+  for (const GemvTuning& shape : plain) {
+    bool found = false;
+    for (const GemvTuning& p : paired) {
+      found = found || (p.depth == shape.depth && p.row_tiles == 2 && p.async_copy == shape.async_copy);
+    }
+    if (!found) return false;
+  }
+  return true;
+}
+static_assert(pairs_compiled(detail::kGemvNvfp4Shapes, detail::kGemvNvfp4PairedShapes));
+static_assert(pairs_compiled(detail::kGemvBf16Shapes, detail::kGemvBf16PairedShapes));
+
+// The gate/up pair of a SwiGLU launch: equal shapes, and an output row that holds n values.
+void check_swiglu_arguments(std::string_view op, int64_t gate_n, int64_t gate_k, int64_t up_n, int64_t up_k,
+                            const void* x, int64_t m, void* out, int64_t out_stride) {
+  if (gate_n != up_n || gate_k != up_k) {
+    fail("{}: gate [{}, {}] and up [{}, {}] must have one shape", op, gate_n, gate_k, up_n, up_k);
+  }
+  check_gemv_arguments(op, gate_n, gate_k, x, m, out, DType::BF16);
+  if (out_stride < gate_n) fail("{}: output row stride {} is less than the {} outputs per row", op, out_stride, gate_n);
 }
 }  // namespace
 
@@ -79,8 +104,14 @@ GemvTuning gemv_bf16_default_tuning(int64_t m, int64_t /*n*/, int64_t /*k*/) {
   return {2, 1, 2, 2};
 }
 
+GemvTuning gemv_paired_tuning(const GemvTuning& plain) {
+  return {plain.warps, plain.depth, 2, plain.k_split, plain.async_copy};
+}
+
 std::vector<GemvTuning> gemv_nvfp4_tunings() { return tunings_of(detail::kGemvNvfp4Shapes); }
 std::vector<GemvTuning> gemv_bf16_tunings() { return tunings_of(detail::kGemvBf16Shapes); }
+std::vector<GemvTuning> gemv_nvfp4_paired_tunings() { return tunings_of(detail::kGemvNvfp4PairedShapes); }
+std::vector<GemvTuning> gemv_bf16_paired_tunings() { return tunings_of(detail::kGemvBf16PairedShapes); }
 
 void gemv_nvfp4(const Nvfp4Weight& weight, const void* x, int64_t m, void* y, DType y_dtype, cudaStream_t stream) {
   const Nvfp4GemvTarget target{weight, y};
@@ -104,7 +135,7 @@ void launch_nvfp4_checked(const Nvfp4GemvTarget* targets, int count, const void*
   for (int i = 0; i < count; ++i) {
     const Nvfp4Weight& weight = targets[i].weight;
     check_gemv_arguments("gemv_nvfp4", weight.rows, weight.cols, x, m, targets[i].y, y_dtype);
-    check_nvfp4_weight(weight);
+    check_nvfp4_weight("gemv_nvfp4", weight);
     if (weight.cols != targets[0].weight.cols) {
       fail("gemv_nvfp4: targets of one launch must share K ({} and {})", targets[0].weight.cols, weight.cols);
     }
@@ -159,6 +190,40 @@ void gemv_bf16_tuned(const void* weight, int64_t n, int64_t k, const void* x, in
                      const GemvTuning& tuning, cudaStream_t stream) {
   const Bf16GemvTarget target{weight, n, y};
   launch_bf16_checked(&target, 1, k, x, m, y_dtype, tuning, stream);
+}
+
+void gemv_nvfp4_swiglu_tuned(const Nvfp4Weight& gate, const Nvfp4Weight& up, const void* x, int64_t m, void* out,
+                             int64_t out_stride, const GemvTuning& tuning, cudaStream_t stream) {
+  constexpr std::string_view op = "gemv_nvfp4_swiglu";
+  check_swiglu_arguments(op, gate.rows, gate.cols, up.rows, up.cols, x, m, out, out_stride);
+  check_nvfp4_weight(op, gate);
+  check_nvfp4_weight(op, up);
+  check_tuning(op, tuning, detail::kGemvNvfp4PairedShapes);
+  CUDA_CHECK(detail::launch_gemv_nvfp4_swiglu(gate, up, x, static_cast<int>(m), out, out_stride, tuning, stream));
+}
+
+void gemv_bf16_swiglu_tuned(const void* gate, const void* up, int64_t n, int64_t k, const void* x, int64_t m, void* out,
+                            int64_t out_stride, const GemvTuning& tuning, cudaStream_t stream) {
+  constexpr std::string_view op = "gemv_bf16_swiglu";
+  check_swiglu_arguments(op, n, k, n, k, x, m, out, out_stride);
+  if (gate == nullptr || !aligned(gate, 16) || up == nullptr || !aligned(up, 16)) {
+    fail("{}: weights must be 16-byte aligned device pointers", op);
+  }
+  check_tuning(op, tuning, detail::kGemvBf16PairedShapes);
+  CUDA_CHECK(detail::launch_gemv_bf16_swiglu(gate, up, n, k, x, static_cast<int>(m), out, out_stride, tuning, stream));
+}
+
+// The tuning the plain two-target launch of the pair would run (rows of both), as two row tiles.
+void gemv_nvfp4_swiglu(const Nvfp4Weight& gate, const Nvfp4Weight& up, const void* x, int64_t m, void* out,
+                       int64_t out_stride, cudaStream_t stream) {
+  const GemvTuning tuning = gemv_paired_tuning(gemv_nvfp4_default_tuning(m, gate.rows + up.rows, gate.cols));
+  gemv_nvfp4_swiglu_tuned(gate, up, x, m, out, out_stride, tuning, stream);
+}
+
+void gemv_bf16_swiglu(const void* gate, const void* up, int64_t n, int64_t k, const void* x, int64_t m, void* out,
+                      int64_t out_stride, cudaStream_t stream) {
+  const GemvTuning tuning = gemv_paired_tuning(gemv_bf16_default_tuning(m, 2 * n, k));
+  gemv_bf16_swiglu_tuned(gate, up, n, k, x, m, out, out_stride, tuning, stream);
 }
 
 }  // namespace uberlm::cuda

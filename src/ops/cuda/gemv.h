@@ -54,17 +54,40 @@ void gemv_nvfp4_multi(const Nvfp4GemvTarget* targets, int count, const void* x, 
 void gemv_bf16_multi(const Bf16GemvTarget* targets, int count, int64_t k, const void* x, int64_t m, DType y_dtype,
                      cudaStream_t stream);
 
+// The MLP's gate and up projections with SwiGLU fused into the GEMV's epilogue: gate and up are weights
+// of one format and equal shape [n, K]; out: bf16 rows of out_stride >= n elements (16-byte alignment
+// not needed), out[t, j] = silu(g) * up_t,j for t < m, j < n, where g and up_t,j are the fp32 values
+// gemv_*_multi would write for the pair, rounded to bf16 as launch_swiglu rounds: one launch instead of
+// two, and the same bits (tests/gpu/gemv_test.cpp checks it). Other elements of out are not written.
+// Each warp's two row tiles are the same 16 rows of gate and up ("paired"), so the launch runs the
+// two-row-tile variant of the plain tuning for the pair (gemv_paired_tuning).
+void gemv_nvfp4_swiglu(const Nvfp4Weight& gate, const Nvfp4Weight& up, const void* x, int64_t m, void* out,
+                       int64_t out_stride, cudaStream_t stream);
+void gemv_bf16_swiglu(const void* gate, const void* up, int64_t n, int64_t k, const void* x, int64_t m, void* out,
+                      int64_t out_stride, cudaStream_t stream);
+
 // The tuning the plain calls above use for an [n, k] weight and m tokens.
 GemvTuning gemv_nvfp4_default_tuning(int64_t m, int64_t n, int64_t k);
 GemvTuning gemv_bf16_default_tuning(int64_t m, int64_t n, int64_t k);
+// The paired launch's tuning for a plain one: the same warps, depth, K split and pipeline with two row
+// tiles. A paired warp needs one tile of gate and one of up, so a plain tuning of one row tile (as the
+// defaults or a tuning table may name for some M) maps to its two-tile variant, which is compiled for
+// every plain shape.
+GemvTuning gemv_paired_tuning(const GemvTuning& plain);
 // Every compiled tuning, for kernel_bench's sweep and the GPU tests.
 std::vector<GemvTuning> gemv_nvfp4_tunings();
 std::vector<GemvTuning> gemv_bf16_tunings();
-// As gemv_nvfp4 / gemv_bf16 with an explicit tuning from the lists above (others throw).
+std::vector<GemvTuning> gemv_nvfp4_paired_tunings();
+std::vector<GemvTuning> gemv_bf16_paired_tunings();
+// As gemv_nvfp4 / gemv_bf16 / the _swiglu calls with an explicit tuning from the lists above (others throw).
 void gemv_nvfp4_tuned(const Nvfp4Weight& weight, const void* x, int64_t m, void* y, DType y_dtype,
                       const GemvTuning& tuning, cudaStream_t stream);
 void gemv_bf16_tuned(const void* weight, int64_t n, int64_t k, const void* x, int64_t m, void* y, DType y_dtype,
                      const GemvTuning& tuning, cudaStream_t stream);
+void gemv_nvfp4_swiglu_tuned(const Nvfp4Weight& gate, const Nvfp4Weight& up, const void* x, int64_t m, void* out,
+                             int64_t out_stride, const GemvTuning& tuning, cudaStream_t stream);
+void gemv_bf16_swiglu_tuned(const void* gate, const void* up, int64_t n, int64_t k, const void* x, int64_t m, void* out,
+                            int64_t out_stride, const GemvTuning& tuning, cudaStream_t stream);
 
 namespace detail {
 // The kernel launches (gemv_nvfp4.cu, gemv_bf16.cu), called after gemv.cpp's checks; they return the
@@ -74,10 +97,18 @@ inline constexpr GemvTuning kGemvNvfp4Shapes[] = {{0, 4, 1, 0, false}, {0, 8, 1,
                                                   {0, 4, 2, 0, false}, {0, 4, 2, 0, true},  {0, 8, 2, 0, true},
                                                   {0, 8, 1, 0, true}};
 inline constexpr GemvTuning kGemvBf16Shapes[] = {{0, 2, 1, 0, false}, {0, 1, 2, 0, false}};
+// The paired (SwiGLU epilogue) kernels: the two-row-tile variant of every shape above (gemv.cpp checks).
+inline constexpr GemvTuning kGemvNvfp4PairedShapes[] = {{0, 2, 2, 0, false}, {0, 4, 2, 0, false}, {0, 8, 2, 0, false},
+                                                        {0, 4, 2, 0, true},  {0, 8, 2, 0, true}};
+inline constexpr GemvTuning kGemvBf16PairedShapes[] = {{0, 2, 2, 0, false}, {0, 1, 2, 0, false}};
 cudaError_t launch_gemv_nvfp4(const Nvfp4GemvTarget* targets, int count, const void* x, int m, bool y_is_bf16,
                               const GemvTuning& tuning, cudaStream_t stream);
 cudaError_t launch_gemv_bf16(const Bf16GemvTarget* targets, int count, int64_t k, const void* x, int m,
                              bool y_is_bf16, const GemvTuning& tuning, cudaStream_t stream);
+cudaError_t launch_gemv_nvfp4_swiglu(const Nvfp4Weight& gate, const Nvfp4Weight& up, const void* x, int m, void* out,
+                                     int64_t out_stride, const GemvTuning& tuning, cudaStream_t stream);
+cudaError_t launch_gemv_bf16_swiglu(const void* gate, const void* up, int64_t n, int64_t k, const void* x, int m,
+                                    void* out, int64_t out_stride, const GemvTuning& tuning, cudaStream_t stream);
 }  // namespace detail
 
 }  // namespace uberlm::cuda

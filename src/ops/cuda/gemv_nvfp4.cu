@@ -7,13 +7,10 @@ namespace uberlm::cuda::detail {
 cudaError_t launch_gemv_nvfp4(const Nvfp4GemvTarget* targets, int count, const void* x, int m, bool y_is_bf16,
                               const GemvTuning& tuning, cudaStream_t stream) {
   GemvSegments<Nvfp4Format> segments{};
-  for (int i = 0; i < count; ++i) {
-    const Nvfp4Weight& w = targets[i].weight;
-    segments.add({w.packed, w.scales, w.cols, w.global_scale * 128.0f}, w.rows, targets[i].y);
-  }
+  for (int i = 0; i < count; ++i) segments.add(nvfp4_format(targets[i].weight), targets[i].weight.rows, targets[i].y);
   return launch_gemv<Nvfp4Format, GemvShape<4, 1>, GemvShape<8, 1>, GemvShape<2, 2>, GemvShape<4, 2>,
                     GemvShape<4, 2, true>, GemvShape<8, 2, true>, GemvShape<8, 1, true>>(
-      segments, x, m, targets[0].weight.cols, y_is_bf16, tuning, stream);
+      segments, x, m, targets[0].weight.cols, GemvStoreEpilogue{y_is_bf16}, tuning, stream);
 }
 
 }  // namespace uberlm::cuda::detail

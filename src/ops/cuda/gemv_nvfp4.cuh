@@ -10,6 +10,7 @@
 
 #include <cstdint>
 
+#include "core/nvfp4.h"
 #include "ops/cuda/gemv_tile.cuh"
 
 namespace uberlm::cuda {
@@ -116,5 +117,8 @@ struct Nvfp4Format {
     hi = __byte_perm(first, second, 0x5410);  // low halves: (x2, x6) or (x0, x4)
   }
 };
+
+// The kernels' view of a weight: the global scale times 2^7 undoes the 2^-7 of the bf16 products.
+inline Nvfp4Format nvfp4_format(const Nvfp4Weight& w) { return {w.packed, w.scales, w.cols, w.global_scale * 128.0f}; }
 
 }  // namespace uberlm::cuda

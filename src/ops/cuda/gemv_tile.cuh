@@ -4,7 +4,8 @@
 // (Format::load), dequantise it one mma fragment at a time (Format::mma_operands), multiply it into the
 // accumulators
 // (gemv_multiply_chunk), stream a warp's share of K through a register pipeline (gemv_warp_partial),
-// reduce a block's warps (gemv_block_reduce_store).
+// reduce a block's warps (gemv_block_partials, GemvBlockSums) and hand the sums to an epilogue
+// (GemvStoreEpilogue, GemvSwigluEpilogue).
 //
 // Work split: the tensor-core op mma.m16n8k16 (bf16 in, fp32 accumulate) takes A = 16 weight rows x 16
 // k and B = 16 k x 8 tokens, so at M <= 8 only half of each op is padding (weights as B would waste
@@ -135,20 +136,30 @@ struct GemvChunkRows {
   typename Format::Chunk rows[kRowTiles][2];
 };
 
+// The rows one warp streams: row tile rt is rows [row0[rt], row0[rt] + 16) of the matrix formats[rt],
+// which has n_rows rows (every tile's matrix has the same rows). A plain GEMV's tiles are consecutive
+// rows of one matrix; paired tiles (GemvSwigluEpilogue) are the same rows of two matrices.
+template <class Format, int kRowTiles>
+struct GemvWarpTiles {
+  Format formats[kRowTiles];
+  int64_t row0[kRowTiles];
+  int64_t n_rows;
+};
+
 // Where this lane's rows g and g + 8 of every row tile start. Rows past N are clamped to the last row:
 // they are read (valid memory, finite values) but never stored.
 template <class Format, int kRowTiles>
 struct GemvLaneRows {
   typename Format::Row rows[kRowTiles][2];
 
-  __device__ __forceinline__ GemvLaneRows(const Format& format, int64_t n_rows, int64_t row0) {
+  __device__ __forceinline__ explicit GemvLaneRows(const GemvWarpTiles<Format, kRowTiles>& tiles) {
     const int g = threadIdx.x % 32 / 4;
 #pragma unroll
     for (int rt = 0; rt < kRowTiles; ++rt) {
 #pragma unroll
       for (int h = 0; h < 2; ++h) {
-        const int64_t row = row0 + rt * kGemvRowsPerTile + h * 8 + g;
-        rows[rt][h] = format.row(row < n_rows ? row : n_rows - 1);
+        const int64_t row = tiles.row0[rt] + h * 8 + g;
+        rows[rt][h] = tiles.formats[rt].row(row < tiles.n_rows ? row : tiles.n_rows - 1);
       }
     }
   }
@@ -172,7 +183,8 @@ struct GemvLaneRows {
 // the mma ops that use it, so only one fragment per row tile is live at a time (dequantising the whole
 // chunk first held 64 more registers and halved the resident warps).
 template <class Format, int kTokenGroups, int kRowTiles>
-__device__ __forceinline__ void gemv_multiply_chunk(const Format& format, const GemvChunkRows<Format, kRowTiles>& raw,
+__device__ __forceinline__ void gemv_multiply_chunk(const Format (&formats)[kRowTiles],
+                                                    const GemvChunkRows<Format, kRowTiles>& raw,
                                                     const uint32_t (&xs)[kTokenGroups][16],
                                                     GemvAccumulators<kTokenGroups, kRowTiles>& acc) {
   constexpr int kChains = kGemvAccChains<kTokenGroups, kRowTiles>;
@@ -180,7 +192,7 @@ __device__ __forceinline__ void gemv_multiply_chunk(const Format& format, const 
 #pragma unroll
   for (int rt = 0; rt < kRowTiles; ++rt) {
 #pragma unroll
-    for (int h = 0; h < 2; ++h) prepared[rt][h] = format.prepare(raw.rows[rt][h]);
+    for (int h = 0; h < 2; ++h) prepared[rt][h] = formats[rt].prepare(raw.rows[rt][h]);
   }
 #pragma unroll
   for (int j = 0; j < 8; ++j) {
@@ -190,8 +202,8 @@ __device__ __forceinline__ void gemv_multiply_chunk(const Format& format, const 
 #pragma unroll
     for (int rt = 0; rt < kRowTiles; ++rt) {
       uint32_t a[4];
-      format.mma_operands(raw.rows[rt][0], prepared[rt][0], j, a[0], a[2]);
-      format.mma_operands(raw.rows[rt][1], prepared[rt][1], j, a[1], a[3]);
+      formats[rt].mma_operands(raw.rows[rt][0], prepared[rt][0], j, a[0], a[2]);
+      formats[rt].mma_operands(raw.rows[rt][1], prepared[rt][1], j, a[1], a[3]);
 #pragma unroll
       for (int t = 0; t < kTokenGroups; ++t) mma_bf16_m16n8k16(acc[j % kChains][t][rt], a, b0[t], b1[t]);
     }
@@ -203,21 +215,21 @@ __device__ __forceinline__ void gemv_multiply_chunk(const Format& format, const 
 template <int kTokenGroups>
 inline constexpr bool kGemvPrefetchActivations = kTokenGroups <= 2;
 
-// One warp's share of y: rows [row0, row0 + 16 kRowTiles), chunks first, first + stride, ... of K
+// One warp's share of y: the rows of `tiles`, chunks first, first + stride, ... of K
 // (int k: K < 2^31); the fp32 partial sums go to acc in the mma D layout. The weight loads run kDepth
 // chunks ahead of the multiplies: a chunk's slot is refilled with the chunk kDepth later as soon as it
 // has been read, so about kDepth loads per row stay in flight for the whole loop. Addresses are
 // computed once per row; the loop only steps k.
 template <class Format, int kTokenGroups, int kRowTiles, int kDepth>
-__device__ __forceinline__ void gemv_warp_partial(const Format& format, const __nv_bfloat16* x, int m, int64_t n_rows,
-                                                  int k_size, int64_t row0, int first_chunk, int chunk_stride,
+__device__ __forceinline__ void gemv_warp_partial(const GemvWarpTiles<Format, kRowTiles>& tiles, const __nv_bfloat16* x,
+                                                  int m, int k_size, int first_chunk, int chunk_stride,
                                                   GemvAccumulators<kTokenGroups, kRowTiles>& acc) {
   constexpr bool kPrefetch = kGemvPrefetchActivations<kTokenGroups>;
   const int n_chunks = (k_size + kGemvChunkK - 1) / kGemvChunkK;
   const int count = first_chunk < n_chunks ? (n_chunks - first_chunk + chunk_stride - 1) / chunk_stride : 0;
   const int k_first = first_chunk * kGemvChunkK + (threadIdx.x % 4) * kGemvLaneK, k_step = chunk_stride * kGemvChunkK;
   const int k_last = k_size - kGemvLaneK;
-  const GemvLaneRows<Format, kRowTiles> rows(format, n_rows, row0);
+  const GemvLaneRows<Format, kRowTiles> rows(tiles);
   GemvChunkRows<Format, kRowTiles> pipe[kDepth];
 #pragma unroll
   for (int d = 0; d < kDepth; ++d) {
@@ -244,7 +256,7 @@ __device__ __forceinline__ void gemv_warp_partial(const Format& format, const __
       } else {
         gemv_load_activation_chunk<kTokenGroups>(x, m, k_size, k, current_xs);
       }
-      gemv_multiply_chunk<Format, kTokenGroups, kRowTiles>(format, current, current_xs, acc);
+      gemv_multiply_chunk<Format, kTokenGroups, kRowTiles>(tiles.formats, current, current_xs, acc);
     }
   }
 }
@@ -262,15 +274,15 @@ struct GemvWarpStages {
 // chunk (an L1 hit: every warp of the SM reads the same ones), not a chunk ahead: the prefetch's 16
 // registers per token group cost more resident warps than its latency hiding gains.
 template <class Format, int kTokenGroups, int kRowTiles, int kDepth>
-__device__ __forceinline__ void gemv_warp_partial_async(const Format& format, const __nv_bfloat16* x, int m,
-                                                        int64_t n_rows, int k_size, int64_t row0, int first_chunk,
+__device__ __forceinline__ void gemv_warp_partial_async(const GemvWarpTiles<Format, kRowTiles>& tiles,
+                                                        const __nv_bfloat16* x, int m, int k_size, int first_chunk,
                                                         int chunk_stride, GemvWarpStages<Format, kRowTiles, kDepth>& stages,
                                                         GemvAccumulators<kTokenGroups, kRowTiles>& acc) {
   const int n_chunks = (k_size + kGemvChunkK - 1) / kGemvChunkK;
   const int count = first_chunk < n_chunks ? (n_chunks - first_chunk + chunk_stride - 1) / chunk_stride : 0;
   const int k_first = first_chunk * kGemvChunkK + (threadIdx.x % 4) * kGemvLaneK, k_step = chunk_stride * kGemvChunkK;
   const int k_last = k_size - kGemvLaneK;
-  const GemvLaneRows<Format, kRowTiles> rows(format, n_rows, row0);
+  const GemvLaneRows<Format, kRowTiles> rows(tiles);
   const auto stage = [&](int i) {
     if (i < count) {
       const int k = k_first + i * k_step, k_read = k < k_last ? k : k_last;
@@ -298,13 +310,13 @@ __device__ __forceinline__ void gemv_warp_partial_async(const Format& format, co
     }
     uint32_t xs[kTokenGroups][16];
     gemv_load_activation_chunk<kTokenGroups>(x, m, k_size, k, xs);
-    gemv_multiply_chunk<Format, kTokenGroups, kRowTiles>(format, current, xs, acc);
+    gemv_multiply_chunk<Format, kTokenGroups, kRowTiles>(tiles.formats, current, xs, acc);
     stage(i + kDepth - 1);
   }
   gemv_async_wait<0>();
 }
 
-// Bytes of dynamic shared memory gemv_block_reduce_store needs for `warps` warps.
+// Bytes of dynamic shared memory gemv_block_partials needs for `warps` warps.
 template <int kTokenGroups, int kRowTiles>
 constexpr int gemv_reduce_smem_bytes(int warps) {
   return warps * kTokenGroups * kGemvTokensPerGroup * kRowTiles * kGemvRowsPerTile * static_cast<int>(sizeof(float));
@@ -323,19 +335,16 @@ constexpr int gemv_smem_bytes(int warps) {
   }
 }
 
-// Sums the accumulator chains and the block's warps in a fixed order (deterministic) and writes
-// y[token, row] = sum * multiplier for token < m, row < n_rows; y is fp32 or bf16 [M, N]. The block's
-// warps form blockDim.x / 32 / k_split row groups of k_split warps each (warp w: row group w / k_split,
-// K share w % k_split); row group r covers rows row0 + r * 16 kRowTiles. `partial` is
-// gemv_reduce_smem_bytes of shared memory.
+// The first half of the block reduction: each warp writes its fp32 sums (accumulator chains added) to
+// its slice [token][tile row] of `partial` (gemv_reduce_smem_bytes of shared memory), then the block
+// waits for all of them. GemvBlockSums reads the result.
 template <int kTokenGroups, int kRowTiles>
-__device__ __forceinline__ void gemv_block_reduce_store(const GemvAccumulators<kTokenGroups, kRowTiles>& acc, int m,
-                                                        int64_t n_rows, int64_t row0, int k_split, float multiplier,
-                                                        void* y, bool y_is_bf16, float* partial) {
+__device__ __forceinline__ void gemv_block_partials(const GemvAccumulators<kTokenGroups, kRowTiles>& acc,
+                                                    float* partial) {
   constexpr int kChains = kGemvAccChains<kTokenGroups, kRowTiles>;
   constexpr int kTokens = kTokenGroups * kGemvTokensPerGroup, kRows = kRowTiles * kGemvRowsPerTile;
-  const int warps = blockDim.x / 32, warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, tig = lane % 4;
-  float* mine = partial + warp * kTokens * kRows;  // [kTokens][kRows]
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, tig = lane % 4;
+  float* mine = partial + warp * kTokens * kRows;
 #pragma unroll
   for (int t = 0; t < kTokenGroups; ++t) {
 #pragma unroll
@@ -355,25 +364,29 @@ __device__ __forceinline__ void gemv_block_reduce_store(const GemvAccumulators<k
     }
   }
   __syncthreads();
-  const int row_groups = warps / k_split;
-  for (int i = threadIdx.x; i < row_groups * kTokens * kRows; i += blockDim.x) {
-    const int group = i / (kTokens * kRows), within = i % (kTokens * kRows), token = within / kRows, r = within % kRows;
-    const int64_t row = row0 + static_cast<int64_t>(group) * kRows + r;
-    if (token >= m || row >= n_rows) continue;
-    const float* sums = partial + group * k_split * kTokens * kRows + within;
-    float sum = 0.0f;
-    for (int w = 0; w < k_split; ++w) sum += sums[w * kTokens * kRows];
-    const int64_t index = static_cast<int64_t>(token) * n_rows + row;
-    if (y_is_bf16) {
-      static_cast<__nv_bfloat16*>(y)[index] = __float2bfloat16_rn(sum * multiplier);
-    } else {
-      static_cast<float*>(y)[index] = sum * multiplier;
-    }
-  }
 }
 
+// The second half: the block's warps form row_groups() groups of k_split warps each (warp w: row group
+// w / k_split, K share w % k_split), and (group, token, r) is the sum of the group's k_split warps
+// at row tile r / 16, tile row r % 16, added in a fixed order (deterministic).
+template <int kTokenGroups, int kRowTiles>
+struct GemvBlockSums {
+  static constexpr int kTokens = kTokenGroups * kGemvTokensPerGroup, kRows = kRowTiles * kGemvRowsPerTile;
+  const float* partial;
+  int k_split;
+
+  __device__ __forceinline__ int row_groups() const { return blockDim.x / 32 / k_split; }
+
+  __device__ __forceinline__ float operator()(int group, int token, int r) const {
+    const float* sums = partial + group * k_split * kTokens * kRows + token * kRows + r;
+    float sum = 0.0f;
+    for (int w = 0; w < k_split; ++w) sum += sums[w * kTokens * kRows];
+    return sum;
+  }
+};
+
 // The weights of one launch (gemv_kernel): up to kGemvMaxSegments matrices of one K that read the same
-// activations, each with its own output; segment i owns blocks [first_block[i], first_block[i + 1]).
+// activations, each with its own output (or, with paired tiles, one output the epilogue holds).
 inline constexpr int kGemvMaxSegments = 4;
 
 template <class Format>
@@ -391,9 +404,12 @@ struct GemvSegments {
     ++count;
   }
 
-  // Splits the grid among the segments for blocks of `rows_per_block`; returns the grid size.
-  int assign_blocks(int64_t rows_per_block) {
+  // Blocks of `rows_per_block` rows; returns the grid size. Segment i owns blocks [first_block[i],
+  // first_block[i + 1]), or, with paired tiles, every block covers the same rows of all segments (which
+  // have equal rows).
+  int assign_blocks(int64_t rows_per_block, bool paired_tiles) {
     first_block[0] = 0;
+    if (paired_tiles) return static_cast<int>((rows[0] + rows_per_block - 1) / rows_per_block);
     for (int i = 0; i < count; ++i) {
       first_block[i + 1] = first_block[i] + static_cast<int>((rows[i] + rows_per_block - 1) / rows_per_block);
     }
@@ -401,39 +417,119 @@ struct GemvSegments {
   }
 };
 
+// Epilogues: what gemv_kernel does with a block's sums. Each one says how a warp's row tiles are laid
+// out (kPairedTiles; GemvWarpTiles) and stores, through
+//   store<Format, kTokenGroups, kRowTiles>(sums, segments, segment, block_row0, m)
+// the block's outputs for tokens < m; block_row0 is the block's first row in its segment (in every
+// segment with paired tiles). A new epilogue is one more such struct; the kernel is shared.
+
+// Plain GEMV: a warp's tiles are consecutive rows of its block's segment; y[token, row] = sum *
+// output_multiplier into the segment's output, fp32 or bf16 [M, N].
+struct GemvStoreEpilogue {
+  static constexpr bool kPairedTiles = false;
+  bool y_is_bf16;
+
+  template <class Format, int kTokenGroups, int kRowTiles>
+  __device__ __forceinline__ void store(const GemvBlockSums<kTokenGroups, kRowTiles>& sums,
+                                        const GemvSegments<Format>& segments, int segment, int64_t block_row0,
+                                        int m) const {
+    constexpr int kRows = kRowTiles * kGemvRowsPerTile, kOutputs = kTokenGroups * kGemvTokensPerGroup * kRows;
+    const int64_t n_rows = segments.rows[segment];
+    const float multiplier = segments.formats[segment].output_multiplier;
+    void* const y = segments.outputs[segment];
+    for (int i = threadIdx.x; i < sums.row_groups() * kOutputs; i += blockDim.x) {
+      const int group = i / kOutputs, token = i % kOutputs / kRows, r = i % kRows;
+      const int64_t row = block_row0 + static_cast<int64_t>(group) * kRows + r;
+      if (token >= m || row >= n_rows) continue;
+      const float value = sums(group, token, r) * multiplier;
+      const int64_t index = static_cast<int64_t>(token) * n_rows + row;
+      if (y_is_bf16) {
+        static_cast<__nv_bfloat16*>(y)[index] = __float2bfloat16_rn(value);
+      } else {
+        static_cast<float*>(y)[index] = value;
+      }
+    }
+  }
+};
+
+// The MLP's gate and up projections with SwiGLU (segment 0 gate, segment 1 up, of equal rows): a warp's
+// two row tiles are the same 16 rows of gate and up, and out[token, row] (bf16, rows out_stride
+// elements apart: the down projection's padded input) = swiglu_bf16(gate, up), where gate and up are
+// the fp32 values GemvStoreEpilogue would store. That is launch_swiglu's math on the same values, so the
+// result equals the plain GEMV followed by launch_swiglu bit for bit whenever the plain GEMV's tiles
+// had the same accumulator chains (kGemvAccChains: always at one token group or two row tiles).
+struct GemvSwigluEpilogue {
+  static constexpr bool kPairedTiles = true;
+  __nv_bfloat16* out;
+  int64_t out_stride;
+
+  template <class Format, int kTokenGroups, int kRowTiles>
+  __device__ __forceinline__ void store(const GemvBlockSums<kTokenGroups, kRowTiles>& sums,
+                                        const GemvSegments<Format>& segments, int /*segment*/, int64_t block_row0,
+                                        int m) const {
+    static_assert(kRowTiles == 2, "paired tiles: tile 0 gate, tile 1 up");
+    constexpr int kRows = kGemvRowsPerTile, kOutputs = kTokenGroups * kGemvTokensPerGroup * kRows;
+    const int64_t n_rows = segments.rows[0];
+    const float gate_multiplier = segments.formats[0].output_multiplier;
+    const float up_multiplier = segments.formats[1].output_multiplier;
+    for (int i = threadIdx.x; i < sums.row_groups() * kOutputs; i += blockDim.x) {
+      const int group = i / kOutputs, token = i % kOutputs / kRows, r = i % kRows;
+      const int64_t row = block_row0 + static_cast<int64_t>(group) * kRows + r;
+      if (token >= m || row >= n_rows) continue;
+      const float gate = sums(group, token, r) * gate_multiplier;
+      const float up = sums(group, token, kGemvRowsPerTile + r) * up_multiplier;
+      out[static_cast<int64_t>(token) * out_stride + row] = swiglu_bf16(gate, up);
+    }
+  }
+};
+
+// Row tiles of distinct rows per warp: all of them, or one when the tiles are paired.
+template <class Epilogue, int kRowTiles>
+inline constexpr int kGemvDistinctRowTiles = Epilogue::kPairedTiles ? 1 : kRowTiles;
+
 // The standalone launch (a dependent launch: the first weight chunks are requested before the previous
-// kernel has finished, see wait_for_previous_kernel): block b of a segment owns its rows [b * R, (b + 1) * R) with
-// R = 16 kRowTiles * warps / k_split; each row group's k_split warps split K by interleaved chunks (warp w
-// takes chunks w % k_split, + k_split, ...).
-template <class Format, int kTokenGroups, int kRowTiles, int kDepth, bool kAsync>
+// kernel has finished, see wait_for_previous_kernel): block b of a segment owns its rows [b * R, (b + 1) * R)
+// with R = 16 (distinct row tiles) * warps / k_split; each row group's k_split warps split K by
+// interleaved chunks (warp w takes chunks w % k_split, + k_split, ...); the epilogue stores the sums.
+template <class Format, int kTokenGroups, int kRowTiles, int kDepth, bool kAsync, class Epilogue>
 __global__ void __launch_bounds__(256)
     gemv_kernel(const GemvSegments<Format> segments, const __nv_bfloat16* __restrict__ x, int m, int64_t k_size,
-                bool y_is_bf16, int k_split) {
+                int k_split, const Epilogue epilogue) {
   static_assert(kTokenGroups * kGemvTokensPerGroup <= kGemvMaxTokens);
   extern __shared__ __align__(16) float gemv_partial[];
   allow_next_kernel();
   int segment = 0;
-  while (segment + 1 < segments.count && static_cast<int>(blockIdx.x) >= segments.first_block[segment + 1]) ++segment;
-  const Format format = segments.formats[segment];
-  const int64_t n_rows = segments.rows[segment];
-  constexpr int kRows = kRowTiles * kGemvRowsPerTile;
+  if constexpr (!Epilogue::kPairedTiles) {
+    while (segment + 1 < segments.count && static_cast<int>(blockIdx.x) >= segments.first_block[segment + 1]) {
+      ++segment;
+    }
+  }
+  constexpr int kRows = kGemvDistinctRowTiles<Epilogue, kRowTiles> * kGemvRowsPerTile;
   const int warp = threadIdx.x / 32;
   const int64_t block_row0 =
       static_cast<int64_t>(blockIdx.x - segments.first_block[segment]) * kRows * (blockDim.x / 32 / k_split);
   const int64_t warp_row0 = block_row0 + (warp / k_split) * kRows;
+  GemvWarpTiles<Format, kRowTiles> tiles;
+  tiles.n_rows = segments.rows[segment];
+#pragma unroll
+  for (int rt = 0; rt < kRowTiles; ++rt) {
+    tiles.formats[rt] = segments.formats[Epilogue::kPairedTiles ? rt : segment];
+    tiles.row0[rt] = Epilogue::kPairedTiles ? warp_row0 : warp_row0 + rt * kGemvRowsPerTile;
+  }
   GemvAccumulators<kTokenGroups, kRowTiles> acc = {};
   if constexpr (kAsync) {
     using Stages = GemvWarpStages<Format, kRowTiles, kDepth>;
     Stages& stages = reinterpret_cast<Stages*>(gemv_partial)[warp];
-    gemv_warp_partial_async<Format, kTokenGroups, kRowTiles, kDepth>(
-        format, x, m, n_rows, static_cast<int>(k_size), warp_row0, warp % k_split, k_split, stages, acc);
+    gemv_warp_partial_async<Format, kTokenGroups, kRowTiles, kDepth>(tiles, x, m, static_cast<int>(k_size),
+                                                                     warp % k_split, k_split, stages, acc);
     __syncthreads();  // the reduction below reuses the stages of every warp
   } else {
-    gemv_warp_partial<Format, kTokenGroups, kRowTiles, kDepth>(format, x, m, n_rows, static_cast<int>(k_size),
-                                                               warp_row0, warp % k_split, k_split, acc);
+    gemv_warp_partial<Format, kTokenGroups, kRowTiles, kDepth>(tiles, x, m, static_cast<int>(k_size), warp % k_split,
+                                                               k_split, acc);
   }
-  gemv_block_reduce_store<kTokenGroups, kRowTiles>(acc, m, n_rows, block_row0, k_split, format.output_multiplier,
-                                                   segments.outputs[segment], y_is_bf16, gemv_partial);
+  gemv_block_partials<kTokenGroups, kRowTiles>(acc, gemv_partial);
+  epilogue.template store<Format, kTokenGroups, kRowTiles>(GemvBlockSums<kTokenGroups, kRowTiles>{gemv_partial, k_split},
+                                                           segments, segment, block_row0, m);
 }
 
 }  // namespace uberlm::cuda

@@ -33,6 +33,11 @@ __device__ __forceinline__ float block_sum(float value, float* scratch) {
 
 __device__ __forceinline__ float sigmoidf_exact(float x) { return 1.0f / (1.0f + expf(-x)); }
 __device__ __forceinline__ float siluf_exact(float x) { return x * sigmoidf_exact(x); }
+// silu(gate) * up rounded to bf16: the SwiGLU kernel's and the fused gate/up GEMV epilogue's one formula,
+// so that both give the same bits.
+__device__ __forceinline__ __nv_bfloat16 swiglu_bf16(float gate, float up) {
+  return __float2bfloat16(siluf_exact(gate) * up);
+}
 // torch softplus, beta 1, threshold 20.
 __device__ __forceinline__ float softplusf_exact(float x) { return x > 20.0f ? x : log1pf(expf(x)); }
 

@@ -1,0 +1,20 @@
+// The gate/up GEMV with SwiGLU in its epilogue (paired row tiles), NVFP4 weights; apart from
+// gemv_nvfp4.cu so that the two sets of kernel instances compile in parallel.
+#include "ops/cuda/gemv.h"
+#include "ops/cuda/gemv_launch.cuh"
+#include "ops/cuda/gemv_nvfp4.cuh"
+
+namespace uberlm::cuda::detail {
+
+cudaError_t launch_gemv_nvfp4_swiglu(const Nvfp4Weight& gate, const Nvfp4Weight& up, const void* x, int m, void* out,
+                                     int64_t out_stride, const GemvTuning& tuning, cudaStream_t stream) {
+  GemvSegments<Nvfp4Format> segments{};
+  segments.add(nvfp4_format(gate), gate.rows, nullptr);
+  segments.add(nvfp4_format(up), up.rows, nullptr);
+  return launch_gemv<Nvfp4Format, GemvShape<2, 2>, GemvShape<4, 2>, GemvShape<8, 2>, GemvShape<4, 2, true>,
+                    GemvShape<8, 2, true>>(segments, x, m, gate.cols,
+                                           GemvSwigluEpilogue{static_cast<__nv_bfloat16*>(out), out_stride}, tuning,
+                                           stream);
+}
+
+}  // namespace uberlm::cuda::detail
