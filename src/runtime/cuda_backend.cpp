@@ -122,7 +122,7 @@ struct DeviceLayer {
   uint16_t *key_cache = nullptr, *value_cache = nullptr;  // [blocks, block_size, KV, head_dim]
   DeviceLinear in_proj_qkv, in_proj_z, in_proj_b, in_proj_a, out_proj;
   float *conv1d = nullptr, *dt_bias = nullptr, *a_log = nullptr, *delta_norm = nullptr;
-  float *conv_state = nullptr;       // [slots, conv_dim, kernel - 1]
+  float *conv_state = nullptr;       // [slots, kernel, conv_dim], a ring by position (gated_delta_net.h)
   float *recurrent_state = nullptr;  // [slots, Hv, dk, dv]
   DeviceLinear gate_proj, up_proj, down_proj;
 };
@@ -156,11 +156,12 @@ struct CudaBackend::Impl {
   float* x = nullptr;                // [T, D] residual stream
   uint16_t* h = nullptr;             // [T, D_p] normed input of the next linear layers
   float *proj0 = nullptr, *proj1 = nullptr, *proj2 = nullptr, *proj3 = nullptr;  // linear outputs
-  float* mixed = nullptr;            // [T, max(conv_dim, H hd)] conv output / attention output
-  float* core = nullptr;             // [T, max(value_dim, H hd)] delta-rule output / query
+  float* mixed = nullptr;            // [T, H hd] attention output
+  float* core = nullptr;             // [T, H hd] query
   uint16_t *attn_in = nullptr, *delta_in = nullptr, *mlp_in = nullptr;  // bf16 inputs of o_proj, out_proj, down
   float* delta = nullptr;            // [T, D] mixer / MLP output, added to x by the next norm
   float* attention_workspace = nullptr;
+  int32_t* conv_ring_readers = nullptr;  // [slots, Hk], zero between Gated DeltaNet launches (all layers share it)
   uint16_t* final_in = nullptr;      // [R, D_p]
   float* logits = nullptr;           // [R, V]
   // Tensor parallelism: lm_head has lm_head_rows = ceil(V / ranks) rows (V without it); its output
@@ -345,8 +346,8 @@ void CudaBackend::Impl::layout_runtime(Arena& arena) {
   proj1 = arena.take<float>(T * std::max<int64_t>({kv_width, value_dim, c.intermediate_size}));
   proj2 = arena.take<float>(T * std::max<int64_t>(kv_width, hv));
   proj3 = arena.take<float>(T * std::max<int64_t>(hv, 1));
-  mixed = arena.take<float>(T * std::max(conv_dim, q_width));
-  core = arena.take<float>(T * std::max(value_dim, q_width));
+  mixed = arena.take<float>(T * std::max<int64_t>(q_width, 1));
+  core = arena.take<float>(T * std::max<int64_t>(q_width, 1));
   attn_in = arena.take<uint16_t>(T * padded_k(std::max<int64_t>(q_width, 1)));
   delta_in = arena.take<uint16_t>(T * padded_k(std::max<int64_t>(value_dim, 1)));
   mlp_in = arena.take<uint16_t>(T * padded_k(c.intermediate_size));
@@ -398,11 +399,12 @@ void CudaBackend::Impl::layout_runtime(Arena& arena) {
   for (int i = 0; i < c.num_layers; ++i) {
     DeviceLayer& layer = layers[i];
     if (layer.kind == LayerKind::LinearAttention) {
-      layer.conv_state = arena.take<float>(options.max_slots * conv_dim * (c.linear_conv_kernel - 1));
+      layer.conv_state = arena.take<float>(options.max_slots * c.linear_conv_kernel * conv_dim);
       layer.recurrent_state = arena.take<float>(static_cast<int64_t>(options.max_slots) * hv *
                                                 c.linear_key_head_dim * c.linear_value_head_dim);
     }
   }
+  conv_ring_readers = arena.take<int32_t>(static_cast<int64_t>(options.max_slots) * c.linear_num_key_heads);
   state_bytes = arena.used() - before_caches - kv_bytes;
 }
 
@@ -828,18 +830,11 @@ void CudaBackend::Impl::delta_net_layer(const DeviceLayer& layer, int64_t tokens
                 {&layer.in_proj_a, proj3}},
                h, tokens);
   end();
-  begin("conv1d");
-  CUDA_CHECK(cuda::launch_causal_conv1d(proj0, device_chunks, layer.conv1d, dims.conv_dim(), dims.conv_kernel,
-                                        layer.conv_state, mixed, stream));
-  end();
-  begin("delta_rule");
-  CUDA_CHECK(cuda::launch_gated_delta_rule(mixed, proj3, proj2, layer.a_log, layer.dt_bias, device_chunks, dims,
-                                           layer.recurrent_state, core, stream));
-  end();
-  begin("gated_norm");
-  CUDA_CHECK(cuda::launch_gated_rms_norm(core, proj1, dims.value_dim(), tokens, dims.num_v_heads, dims.v_head_dim,
-                                         layer.delta_norm, c.rms_norm_eps, delta_in, padded_k(dims.value_dim()),
-                                         stream));
+  begin("gated_delta_net");
+  const cuda::DeltaNetWeights weights{layer.conv1d, layer.a_log, layer.dt_bias, layer.delta_norm, c.rms_norm_eps};
+  const cuda::DeltaNetState state{layer.conv_state, layer.recurrent_state, conv_ring_readers};
+  CUDA_CHECK(cuda::launch_gated_delta_net(proj0, proj1, proj3, proj2, weights, device_chunks, dims, state, delta_in,
+                                          padded_k(dims.value_dim()), stream));
   end();
   begin("linear_delta_out");
   linear(layer.out_proj, delta_in, tokens, delta);
@@ -1138,9 +1133,9 @@ int64_t CudaBackend::weight_bytes() const {
 int64_t CudaBackend::cache_bytes_per_token(int64_t context) const {
   const ModelConfig& c = impl_->config;
   const int64_t kv = 2 * context * c.num_kv_heads * c.head_dim * 2;  // keys and values, bf16
-  const int64_t conv = c.linear_conv_dim() * (c.linear_conv_kernel - 1) * 4;
+  const int64_t conv = c.linear_conv_dim() * c.linear_conv_kernel * 4;  // kernel - 1 inputs read, one written
   const int64_t state = static_cast<int64_t>(c.linear_num_value_heads) * c.linear_key_head_dim * c.linear_value_head_dim * 4;
-  return c.num_layers_of(LayerKind::FullAttention) * kv + c.num_layers_of(LayerKind::LinearAttention) * 2 * (conv + state);
+  return c.num_layers_of(LayerKind::FullAttention) * kv + c.num_layers_of(LayerKind::LinearAttention) * (conv + 2 * state);
 }
 
 CudaBackend::Counters CudaBackend::counters() const { return impl_->counters; }

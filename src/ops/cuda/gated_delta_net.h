@@ -1,7 +1,8 @@
 #pragma once
-// Gated DeltaNet (linear attention) on the GPU, after ops/cpu/gated_delta_net.h: the causal conv1d over
-// each chunk's tokens and the recurrent delta rule with an fp32 state per sequence slot. A chunk's
-// tokens run in order inside one kernel (prefill and decode alike); chunks run in parallel.
+// Gated DeltaNet (linear attention) on the GPU, after ops/cpu/gated_delta_net.h and cpu::gated_rms_norm:
+// everything between a layer's input and output projections (causal conv1d, the recurrent delta rule with
+// an fp32 state per sequence slot, the gated RMSNorm) in one kernel. A chunk's tokens run in order inside
+// it (prefill and decode alike); chunks run in parallel.
 #include <cuda_runtime_api.h>
 
 #include <cstdint>
@@ -18,8 +19,8 @@ struct DeltaNetDims {
   int num_k_heads;
   int num_v_heads;
   int k_head_dim;  // at most 256
-  int v_head_dim;
-  int conv_kernel;  // at most 8
+  int v_head_dim;  // at most 256
+  int conv_kernel;  // 2 to 8
   UBERLM_HOST_DEVICE int64_t key_dim() const { return static_cast<int64_t>(num_k_heads) * k_head_dim; }
   UBERLM_HOST_DEVICE int64_t value_dim() const { return static_cast<int64_t>(num_v_heads) * v_head_dim; }
   UBERLM_HOST_DEVICE int64_t conv_dim() const { return 2 * key_dim() + value_dim(); }
@@ -35,19 +36,34 @@ struct DeviceChunks {
   int count;
 };
 
-// qkv: fp32 [T, conv_dim] pre-activation; weight: fp32 [conv_dim, kernel]; conv_state: fp32
-// [slots, conv_dim, kernel - 1], the previous inputs oldest first, updated to the chunk's last inputs;
-// mixed: fp32 [T, conv_dim] = silu(sum_j weight[:, j] * column_j).
-cudaError_t launch_causal_conv1d(const float* qkv, const DeviceChunks& chunks, const float* weight, int64_t conv_dim,
-                                 int kernel, float* conv_state, float* mixed, cudaStream_t stream);
+struct DeltaNetWeights {
+  const float* conv1d;  // [conv_dim, conv_kernel]; [:, conv_kernel - 1] multiplies the newest input
+  const float* a_log;   // [num_v_heads]
+  const float* dt_bias;  // [num_v_heads]
+  const float* norm;    // [v_head_dim], the gated norm's weight
+  float norm_eps;
+};
 
-// mixed: fp32 [T, conv_dim] (q | k | v); a, b: fp32 [T, num_v_heads]; a_log, dt_bias: [num_v_heads];
-// state: fp32 [slots, num_v_heads, k_head_dim, v_head_dim]; core: fp32 [T, num_v_heads * v_head_dim].
-// Per token and value head h (key head h / (Hv / Hk)): q = l2norm(q) / sqrt(dk), k = l2norm(k),
-// beta = sigmoid(b), g = -exp(a_log) softplus(a + dt_bias); S = e^g S; delta = beta (v - S^T k);
-// S += k delta^T; o = S^T q.
-cudaError_t launch_gated_delta_rule(const float* mixed, const float* a, const float* b, const float* a_log,
-                                    const float* dt_bias, const DeviceChunks& chunks, const DeltaNetDims& dims,
-                                    float* state, float* core, cudaStream_t stream);
+// Per sequence slot. conv: fp32 [slots, conv_kernel, conv_dim], a ring: entry p % conv_kernel holds the
+// conv input of absolute position p, so a token at p reads p - (conv_kernel - 1) .. p - 1 and writes p
+// without touching what another block of the same step reads. recurrent: fp32 [slots, num_v_heads,
+// k_head_dim, v_head_dim]. ring_readers: int32 [slots, num_k_heads], zero between launches (the kernel
+// counts in it and resets it).
+struct DeltaNetState {
+  float* conv;
+  float* recurrent;
+  int32_t* ring_readers;
+};
+
+// qkv: fp32 [T, conv_dim] (q | k | v, head-major) before the conv; z: fp32 [T, value_dim]; a, b: fp32
+// [T, num_v_heads]. Per token: x = silu(causal_conv1d(qkv)); per value head h (key head h / (Hv / Hk)):
+// q = l2norm(q) / sqrt(dk), k = l2norm(k), beta = sigmoid(b), g = -exp(a_log) softplus(a + dt_bias);
+// S = e^g S; delta = beta (v - S^T k); S += k delta^T; o = S^T q; out (bf16, tokens `out_stride` elements
+// apart) = norm * o * rsqrt(mean(o^2) + norm_eps) * silu(z), the RMS over the head's v_head_dim values.
+// Needs v_head_dim <= 256 (one thread-block cluster of at most 8 column slices per head).
+cudaError_t launch_gated_delta_net(const float* qkv, const float* z, const float* a, const float* b,
+                                   const DeltaNetWeights& weights, const DeviceChunks& chunks,
+                                   const DeltaNetDims& dims, const DeltaNetState& state, void* out,
+                                   int64_t out_stride, cudaStream_t stream);
 
 }  // namespace uberlm::cuda

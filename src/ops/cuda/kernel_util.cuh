@@ -45,7 +45,10 @@ __device__ __forceinline__ float softplusf_exact(float x) { return x > 20.0f ? x
 // launch_dependent, which lets the GPU schedule a kernel's blocks while the previous kernel of the stream
 // drains instead of after it completed (~900 launches a step, each gap otherwise idle). Such a kernel
 // calls begin_dependent_kernel() before it touches memory that earlier kernels write; only constant
-// inputs (weights) may be read before it. Without the launch attribute both calls return at once.
+// inputs (weights) may be read before it, and memory last written before the previous kernel (the
+// per-forward metadata; a Gated DeltaNet layer's states, written by that layer in an earlier forward):
+// begin_dependent_kernel lets the next kernel start only after its own wait, so once a kernel runs,
+// everything before the previous one has completed. Without the launch attribute both calls return at once.
 __device__ __forceinline__ void wait_for_previous_kernel() {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   asm volatile("griddepcontrol.wait;\n" ::: "memory");
@@ -64,20 +67,41 @@ __device__ __forceinline__ void begin_dependent_kernel() {
   allow_next_kernel();
 }
 
+// launch_dependent with at most one more launch attribute (`extra`, `extra_count` 0 or 1).
 template <class... Params, class... Args>
-cudaError_t launch_dependent(void (*kernel)(Params...), dim3 grid, dim3 block, size_t shared_bytes, cudaStream_t stream,
-                             Args... args) {
-  cudaLaunchAttribute attribute{};
-  attribute.id = cudaLaunchAttributeProgrammaticStreamSerialization;
-  attribute.val.programmaticStreamSerializationAllowed = 1;
+cudaError_t launch_dependent_with(void (*kernel)(Params...), dim3 grid, dim3 block, size_t shared_bytes,
+                                  cudaStream_t stream, cudaLaunchAttribute* extra, unsigned extra_count, Args... args) {
+  cudaLaunchAttribute attributes[2] = {};
+  attributes[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attributes[0].val.programmaticStreamSerializationAllowed = 1;
+  if (extra_count > 0) attributes[1] = *extra;
   cudaLaunchConfig_t config{};
   config.gridDim = grid;
   config.blockDim = block;
   config.dynamicSmemBytes = shared_bytes;
   config.stream = stream;
-  config.attrs = &attribute;
-  config.numAttrs = 1;
+  config.attrs = attributes;
+  config.numAttrs = 1 + extra_count;
   return cudaLaunchKernelEx(&config, kernel, static_cast<Params>(args)...);
+}
+
+template <class... Params, class... Args>
+cudaError_t launch_dependent(void (*kernel)(Params...), dim3 grid, dim3 block, size_t shared_bytes, cudaStream_t stream,
+                             Args... args) {
+  return launch_dependent_with(kernel, grid, block, shared_bytes, stream, nullptr, 0, args...);
+}
+
+// launch_dependent of a kernel whose blocks form thread-block clusters of `cluster` blocks (Hopper), which
+// share their shared memory (cooperative_groups::this_cluster()).
+template <class... Params, class... Args>
+cudaError_t launch_dependent_clusters(void (*kernel)(Params...), dim3 grid, dim3 block, dim3 cluster,
+                                      size_t shared_bytes, cudaStream_t stream, Args... args) {
+  cudaLaunchAttribute cluster_shape{};
+  cluster_shape.id = cudaLaunchAttributeClusterDimension;
+  cluster_shape.val.clusterDim.x = cluster.x;
+  cluster_shape.val.clusterDim.y = cluster.y;
+  cluster_shape.val.clusterDim.z = cluster.z;
+  return launch_dependent_with(kernel, grid, block, shared_bytes, stream, &cluster_shape, 1, args...);
 }
 
 inline unsigned blocks_for(int64_t items, int threads) {

@@ -14,10 +14,4 @@ cudaError_t launch_add_rms_norm(float* x, const float* delta, const int32_t* row
                                 const float* weight, float offset, float eps, void* out, int64_t out_stride,
                                 cudaStream_t stream);
 
-// Qwen3.5's gated norm per value head: x, z fp32 [tokens, heads, dim] with z's tokens `z_stride` apart;
-// out (bf16, tokens `out_stride` apart) = (w * x * rsqrt(mean(x^2) + eps)) * silu(z).
-cudaError_t launch_gated_rms_norm(const float* x, const float* z, int64_t z_stride, int64_t tokens, int heads,
-                                  int dim, const float* weight, float eps, void* out, int64_t out_stride,
-                                  cudaStream_t stream);
-
 }  // namespace uberlm::cuda
