@@ -11,45 +11,36 @@ namespace {
 namespace cg = cooperative_groups;
 
 constexpr int kMaxConvKernel = 8;
-constexpr int kColumnsPerBlock = 32;  // value columns j of S per block: one column slice of a value head
-constexpr int kRowParts = 4;          // threads sharing one column, each holding every 4th key row
-constexpr int kThreads = kColumnsPerBlock * kRowParts;
-constexpr int kWarps = kThreads / 32;
-constexpr int kMaxSlices = 8;  // column slices of a head: one thread-block cluster of the portable size
-// Tokens staged in shared memory at once: the conv and the l2 norms run over them in parallel, and the
+constexpr int kRowParts = 4;         // threads sharing one value column j of S, each holding every 4th key row
+constexpr int kMaxSlices = 8;        // column slices of a head: one thread-block cluster of the portable size
+constexpr int kColumnsPerBlock = 32;  // value columns per block: one column slice of a value head
+// Tokens staged in shared memory at once: the conv runs over them ahead of the delta rule, and the
 // cluster exchanges their sums of squares in one barrier.
 constexpr int kWindow = 16;
 
-// The conv channels of one block, numbered locally: its key head's q [0, dk), k [dk, 2 dk), then its
-// value columns.
-struct BlockChannels {
-  int64_t q, k, v;  // global channels of local 0, dk and 2 dk
-  int dk;
-  __device__ int64_t global(int local) const {
-    return local < dk ? q + local : local < 2 * dk ? k + (local - dk) : v + (local - 2 * dk);
-  }
-};
-
 // Grid (chunk, value head, column slice); the slices of a head form one cluster. Thread (column j,
 // part p) keeps S[i, j] for i = p, p + 4, ... in registers across the chunk's tokens. Per window of
-// tokens: stage the inputs in shared memory, run the conv (each thread owns channels, their last
-// inputs in registers) and the l2 norms over all tokens at once, the delta rule token by token, then the
+// tokens: each thread stages the inputs of its conv channels (its key head's q and k, which every block
+// of that key head recomputes, and its value columns), runs their conv token by token with the previous
+// inputs in registers and adds the squares for the l2 norms; then the delta rule token by token; then the
 // gated norm, whose sum of squares over the head the cluster's blocks add through distributed shared
-// memory. Every block runs the conv of its key head's q and k (cheap), so only its own columns' S and v
-// live in one block.
-// kHistory >= conv_kernel - 1 is the register room for each channel's previous inputs and weights.
-template <int kRows, int kHistory>
-__global__ void __launch_bounds__(kThreads)
+// memory. kHistory >= conv_kernel - 1 is the register room per channel for previous inputs and weights,
+// right-aligned (entry kHistory - 1 is the newest) so that every index is static.
+template <int kRows, int kHistory, int kColumns>
+__global__ void __launch_bounds__(kColumns * kRowParts)
     gated_delta_net_kernel(const float* __restrict__ qkv, const float* __restrict__ z, const float* __restrict__ a,
                            const float* __restrict__ b, DeltaNetWeights weights, DeviceChunks chunks,
                            DeltaNetDims dims, DeltaNetState state, __nv_bfloat16* out, int64_t out_stride) {
-  constexpr int kStride = 2 * kRows * kRowParts + kColumnsPerBlock;  // local channels of one staged token
-  constexpr int kRounds = (kStride + kThreads - 1) / kThreads;     // local channels per thread
-  __shared__ float mixed[kWindow][kStride];          // conv inputs, then outputs (q and k normalised)
-  __shared__ float gate[kWindow][kColumnsPerBlock];  // z
-  __shared__ float decay_beta[2][kWindow];           // a and b, then e^g and beta
-  __shared__ float head_out[kWindow][kColumnsPerBlock];
-  __shared__ float warp_squares[kWindow][kWarps];
+  constexpr int kThreads = kColumns * kRowParts, kWarps = kThreads / 32;
+  constexpr int kKeyRows = kRows * kRowParts;                 // k_head_dim, rounded up
+  constexpr int kStride = 2 * kKeyRows + kColumns;            // staged channels of a token: q | k | v
+  constexpr int kRounds = (kStride + kThreads - 1) / kThreads;  // staged channels per thread
+  __shared__ float mixed[kWindow][kStride];   // conv inputs, then outputs; zero where dk < kKeyRows
+  __shared__ float gate[kWindow][kColumns];   // z
+  __shared__ float decay_beta[2][kWindow];    // a and b, then e^g and beta
+  __shared__ float2 key_squares[kWindow][kWarps];  // per warp: sum q^2, sum k^2
+  __shared__ float head_out[kWindow][kColumns];
+  __shared__ float out_squares[kWindow][kWarps];
   __shared__ float slice_squares[2][kWindow][kMaxSlices];  // [window parity], written by every slice
 
   const cg::cluster_group cluster = cg::this_cluster();
@@ -60,56 +51,68 @@ __global__ void __launch_bounds__(kThreads)
   const int part = tid % kRowParts, col = tid / kRowParts;
   const int dk = dims.k_head_dim, dv = dims.v_head_dim, kernel = dims.conv_kernel, history = kernel - 1;
   const int heads_per_key = dims.num_v_heads / dims.num_k_heads, key_head = h / heads_per_key;
-  const int col0 = slice * kColumnsPerBlock, columns = min(kColumnsPerBlock, dv - col0);
-  const int j = col0 + col;
+  const int col0 = slice * kColumns, columns = min(kColumns, dv - col0);
   const bool column_valid = col < columns;
   const int64_t conv_dim = dims.conv_dim(), key_dim = dims.key_dim(), value_dim = dims.value_dim();
-  const BlockChannels channel{static_cast<int64_t>(key_head) * dk, key_dim + static_cast<int64_t>(key_head) * dk,
-                              2 * key_dim + static_cast<int64_t>(h) * dv + col0, dk};
-  const int channels = 2 * dk + columns;
 
   // Before the previous kernel has finished: metadata, weights and this slot's states (kernel_util.cuh).
   const int slot = chunks.slot[c];
   const int64_t first = chunks.first[c], length = chunks.length[c], start = chunks.start[c];
-  const bool fresh = start == 0;
-  float* s_head = state.recurrent + (static_cast<int64_t>(slot) * dims.num_v_heads + h) * dk * dv;
+  float* s_head = state.recurrent + (static_cast<int64_t>(slot) * dims.num_v_heads + h) * dk * dv + col0 + col;
   float s[kRows];
 #pragma unroll
   for (int r = 0; r < kRows; ++r) {
     const int i = part + kRowParts * r;
-    s[r] = (!fresh && column_valid && i < dk) ? s_head[static_cast<int64_t>(i) * dv + j] : 0.0f;
+    s[r] = (start > 0 && column_valid && i < dk) ? s_head[static_cast<int64_t>(i) * dv] : 0.0f;
   }
   float* ring = state.conv + static_cast<int64_t>(slot) * kernel * conv_dim;
+  int64_t channel[kRounds];  // global channel of each staged one, -1 where none (padding)
   float past_w[kRounds][kHistory], newest_w[kRounds], past[kRounds][kHistory];
 #pragma unroll
   for (int n = 0; n < kRounds; ++n) {
     const int local = tid + n * kThreads;
-    const bool valid = local < channels;
-    const int64_t ch = valid ? channel.global(local) : 0;
-    newest_w[n] = valid ? weights.conv1d[ch * kernel + history] : 0.0f;
+    channel[n] = -1;
+    if (local < kKeyRows) {
+      if (local < dk) channel[n] = static_cast<int64_t>(key_head) * dk + local;
+    } else if (local < 2 * kKeyRows) {
+      if (local - kKeyRows < dk) channel[n] = key_dim + static_cast<int64_t>(key_head) * dk + local - kKeyRows;
+    } else if (local < kStride && local - 2 * kKeyRows < columns) {
+      channel[n] = 2 * key_dim + static_cast<int64_t>(h) * dv + col0 + local - 2 * kKeyRows;
+    }
+    const bool valid = channel[n] >= 0;
+    newest_w[n] = valid ? weights.conv1d[channel[n] * kernel + history] : 0.0f;
 #pragma unroll
-    for (int i = 0; i < kHistory; ++i) {
-      const int64_t position = start - history + i;  // before the chunk; a new sequence has none
-      past_w[n][i] = valid && i < history ? weights.conv1d[ch * kernel + i] : 0.0f;
-      past[n][i] = valid && i < history && position >= 0 ? ring[(position % kernel) * conv_dim + ch] : 0.0f;
+    for (int p = 0; p < kHistory; ++p) {
+      const int back = kHistory - p;  // inputs before the newest
+      const int64_t position = start - back;
+      past_w[n][p] = valid && back <= history ? weights.conv1d[channel[n] * kernel + history - back] : 0.0f;
+      past[n][p] = valid && back <= history && position >= 0 ? ring[(position % kernel) * conv_dim + channel[n]] : 0.0f;
     }
   }
   const float a_decay = -expf(weights.a_log[h]), dt_bias = weights.dt_bias[h];
-  const float norm_weight = lane < columns ? weights.norm[col0 + lane] : 0.0f;  // the gated norm's column
+  const int out_column = tid % kColumns;  // the gated norm's thread layout: column, then every 4th token
+  const float norm_weight = out_column < columns ? weights.norm[col0 + out_column] : 0.0f;
   const float q_scale = 1.0f / sqrtf(static_cast<float>(dk));
   begin_dependent_kernel();
 
   for (int64_t t0 = 0; t0 < length; t0 += kWindow) {
     const int tokens = static_cast<int>(min(static_cast<int64_t>(kWindow), length - t0));
     const int64_t row0 = first + t0;
-    for (int e = tid; e < tokens * channels; e += kThreads) {
-      const int i = e / channels, local = e % channels;
-      __pipeline_memcpy_async(&mixed[i][local], qkv + (row0 + i) * conv_dim + channel.global(local), sizeof(float));
+    // Each thread stages what it reads first: its channels, its norm columns, the token's a and b.
+    for (int i = 0; i < tokens; ++i) {
+#pragma unroll
+      for (int n = 0; n < kRounds; ++n) {
+        if (channel[n] >= 0) {
+          __pipeline_memcpy_async(&mixed[i][tid + n * kThreads], qkv + (row0 + i) * conv_dim + channel[n],
+                                  sizeof(float));
+        }
+      }
     }
-    for (int e = tid; e < tokens * columns; e += kThreads) {
-      const int i = e / columns, cc = e % columns;
-      __pipeline_memcpy_async(&gate[i][cc], z + (row0 + i) * value_dim + static_cast<int64_t>(h) * dv + col0 + cc,
-                              sizeof(float));
+    if (out_column < columns) {
+      for (int i = tid / kColumns; i < tokens; i += kRowParts) {
+        __pipeline_memcpy_async(&gate[i][out_column], z + (row0 + i) * value_dim + static_cast<int64_t>(h) * dv +
+                                                          col0 + out_column, sizeof(float));
+      }
     }
     if (tid < tokens) {
       __pipeline_memcpy_async(&decay_beta[0][tid], a + (row0 + tid) * dims.num_v_heads + h, sizeof(float));
@@ -117,31 +120,29 @@ __global__ void __launch_bounds__(kThreads)
     }
     __pipeline_commit();
     __pipeline_wait_prior(0);
-    __syncthreads();
 
-    // Causal conv1d + SiLU in place, each thread over its channels' tokens in order.
+    // Causal conv1d + SiLU in place; padding channels give silu(0) = 0.
+    for (int i = 0; i < tokens; ++i) {
+      float q_squares = 0.0f, k_squares = 0.0f;
 #pragma unroll
-    for (int n = 0; n < kRounds; ++n) {
-      const int local = tid + n * kThreads;
-      if (local >= channels) continue;
-      for (int i = 0; i < tokens; ++i) {
-        const float input = mixed[i][local];
-        float sum = 0.0f;
+      for (int n = 0; n < kRounds; ++n) {
+        const int local = tid + n * kThreads;
+        if (local >= kStride) continue;
+        const float input = channel[n] >= 0 ? mixed[i][local] : 0.0f;
+        float sum = newest_w[n] * input;
 #pragma unroll
-        for (int p = 0; p < kHistory; ++p) {
-          if (p < history) sum += past_w[n][p] * past[n][p];
-        }
-        sum += newest_w[n] * input;
+        for (int p = 0; p < kHistory; ++p) sum += past_w[n][p] * past[n][p];
 #pragma unroll
-        for (int p = 0; p + 1 < kHistory; ++p) {
-          if (p + 1 < history) past[n][p] = past[n][p + 1];
-        }
-#pragma unroll
-        for (int p = 0; p < kHistory; ++p) {
-          if (p == history - 1) past[n][p] = input;
-        }
-        mixed[i][local] = siluf_exact(sum);
+        for (int p = 0; p + 1 < kHistory; ++p) past[n][p] = past[n][p + 1];
+        past[n][kHistory - 1] = input;
+        const float x = siluf_exact(sum);
+        mixed[i][local] = x;
+        if (local < kKeyRows) q_squares += x * x;
+        else if (local < 2 * kKeyRows) k_squares += x * x;
       }
+      q_squares = warp_sum(q_squares);
+      k_squares = warp_sum(k_squares);
+      if (lane == 0) key_squares[i][warp] = make_float2(q_squares, k_squares);
     }
     if (tid < tokens) {
       decay_beta[0][tid] = expf(a_decay * softplusf_exact(decay_beta[0][tid] + dt_bias));  // e^g
@@ -149,54 +150,48 @@ __global__ void __launch_bounds__(kThreads)
     }
     __syncthreads();
 
-    // q = l2norm(q) / sqrt(dk), k = l2norm(k) (eps 1e-6), one warp per token.
-    for (int i = warp; i < tokens; i += kWarps) {
-      float *q = mixed[i], *k = mixed[i] + dk;
-      float q_sq = 0.0f, k_sq = 0.0f;
-      for (int e = lane; e < dk; e += 32) {
-        q_sq += q[e] * q[e];
-        k_sq += k[e] * k[e];
-      }
-      const float q_norm = 1.0f / sqrtf(warp_sum(q_sq) + 1e-6f), k_norm = 1.0f / sqrtf(warp_sum(k_sq) + 1e-6f);
-      for (int e = lane; e < dk; e += 32) {
-        q[e] = (q[e] * q_norm) * q_scale;
-        k[e] *= k_norm;
-      }
-    }
-    __syncthreads();
-
-    // The delta rule, token by token.
+    // The delta rule, token by token; q = l2norm(q) / sqrt(dk) and k = l2norm(k) (eps 1e-6) enter as
+    // scalars on the dot products.
     for (int i = 0; i < tokens; ++i) {
-      const float *q = mixed[i], *k = mixed[i] + dk;
+      const float *q = mixed[i], *k = mixed[i] + kKeyRows;
+      float q_sq = 0.0f, k_sq = 0.0f;
+#pragma unroll
+      for (int w = 0; w < kWarps; ++w) {
+        const float2 squares = key_squares[i][w];
+        q_sq += squares.x;
+        k_sq += squares.y;
+      }
+      const float q_norm = q_scale / sqrtf(q_sq + 1e-6f), k_norm = 1.0f / sqrtf(k_sq + 1e-6f);
       const float decay = decay_beta[0][i], beta = decay_beta[1][i];
-      const float v = column_valid ? mixed[i][2 * dk + col] : 0.0f;
-      float kv_memory = 0.0f;
+      const float v = mixed[i][2 * kKeyRows + col];
+      float partial[4] = {};
 #pragma unroll
       for (int r = 0; r < kRows; ++r) {
-        const int row = part + kRowParts * r;
-        s[r] *= decay;                                 // S = e^g S
-        if (row < dk) kv_memory += s[r] * k[row];  // S^T k
+        s[r] *= decay;                                    // S = e^g S
+        partial[r % 4] += s[r] * k[part + kRowParts * r];  // S^T k
       }
+      float kv_memory = (partial[0] + partial[1]) + (partial[2] + partial[3]);
       kv_memory += __shfl_xor_sync(0xffffffffu, kv_memory, 1);
       kv_memory += __shfl_xor_sync(0xffffffffu, kv_memory, 2);
-      const float delta = (v - kv_memory) * beta;
-      float o = 0.0f;
+      const float delta = (v - kv_memory * k_norm) * beta, k_delta = delta * k_norm;
+#pragma unroll
+      for (int p = 0; p < 4; ++p) partial[p] = 0.0f;
 #pragma unroll
       for (int r = 0; r < kRows; ++r) {
         const int row = part + kRowParts * r;
-        if (row < dk) {
-          s[r] += k[row] * delta;  // S += k delta^T
-          o += s[r] * q[row];      // o = S^T q
-        }
+        s[r] += k[row] * k_delta;          // S += k delta^T
+        partial[r % 4] += s[r] * q[row];  // o = S^T q
       }
+      float o = (partial[0] + partial[1]) + (partial[2] + partial[3]);
       o += __shfl_xor_sync(0xffffffffu, o, 1);
       o += __shfl_xor_sync(0xffffffffu, o, 2);
+      o *= q_norm;
       if (part == 0) head_out[i][col] = o;
       float squares = o * o;  // over the warp's 8 columns (each held by its 4 parts)
       squares += __shfl_xor_sync(0xffffffffu, squares, 4);
       squares += __shfl_xor_sync(0xffffffffu, squares, 8);
       squares += __shfl_xor_sync(0xffffffffu, squares, 16);
-      if (lane == 0) warp_squares[i][warp] = squares;
+      if (lane == 0) out_squares[i][warp] = squares;
     }
     __syncthreads();
 
@@ -205,17 +200,17 @@ __global__ void __launch_bounds__(kThreads)
     if (tid < tokens) {
       float sum = 0.0f;
 #pragma unroll
-      for (int w = 0; w < kWarps; ++w) sum += warp_squares[tid][w];
+      for (int w = 0; w < kWarps; ++w) sum += out_squares[tid][w];
       for (int r = 0; r < slices; ++r) *cluster.map_shared_rank(&slice_squares[parity][tid][slice], r) = sum;
     }
     cluster.sync();
-    if (lane < columns) {
-      for (int i = warp; i < tokens; i += kWarps) {
+    if (out_column < columns) {
+      for (int i = tid / kColumns; i < tokens; i += kRowParts) {
         float sum = 0.0f;
         for (int r = 0; r < slices; ++r) sum += slice_squares[parity][i][r];
         const float scale = inverse_rms(sum, dv, weights.norm_eps);
-        out[(row0 + i) * out_stride + static_cast<int64_t>(h) * dv + col0 + lane] =
-            __float2bfloat16(norm_weight * (head_out[i][lane] * scale) * siluf_exact(gate[i][lane]));
+        out[(row0 + i) * out_stride + static_cast<int64_t>(h) * dv + col0 + out_column] =
+            __float2bfloat16(norm_weight * (head_out[i][out_column] * scale) * siluf_exact(gate[i][out_column]));
       }
     }
     __syncthreads();  // the next window restages the buffers
@@ -225,7 +220,7 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll
     for (int r = 0; r < kRows; ++r) {
       const int i = part + kRowParts * r;
-      if (i < dk) s_head[static_cast<int64_t>(i) * dv + j] = s[r];
+      if (i < dk) s_head[static_cast<int64_t>(i) * dv] = s[r];
     }
   }
   // The conv ring gets the chunk's last inputs. Value columns have this block as their only reader. The
@@ -248,12 +243,12 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll
   for (int n = 0; n < kRounds; ++n) {
     const int local = tid + n * kThreads;
-    if (local >= channels || (local < 2 * dk && !writes_key_ring)) continue;
-    const int64_t ch = channel.global(local);
+    if (channel[n] < 0 || (local < 2 * kKeyRows && !writes_key_ring)) continue;
 #pragma unroll
-    for (int i = 0; i < kHistory; ++i) {
-      const int64_t position = start + length - history + i;
-      if (i < history && position >= start) ring[(position % kernel) * conv_dim + ch] = past[n][i];
+    for (int p = 0; p < kHistory; ++p) {
+      const int back = kHistory - 1 - p;  // inputs before the chunk's last
+      const int64_t position = start + length - 1 - back;
+      if (back < history && position >= start) ring[(position % kernel) * conv_dim + channel[n]] = past[n][p];
     }
   }
 }
@@ -264,9 +259,9 @@ cudaError_t launch_shape(const float* qkv, const float* z, const float* a, const
                          const DeltaNetState& state, void* out, int64_t out_stride, cudaStream_t stream) {
   const unsigned slices = blocks_for(dims.v_head_dim, kColumnsPerBlock);
   const dim3 grid(static_cast<unsigned>(chunks.count), static_cast<unsigned>(dims.num_v_heads), slices);
-  return launch_dependent_clusters(gated_delta_net_kernel<kRows, kHistory>, grid, kThreads, dim3(1, 1, slices), 0,
-                                   stream, qkv, z, a, b, weights, chunks, dims, state,
-                                   static_cast<__nv_bfloat16*>(out), out_stride);
+  return launch_dependent_clusters(gated_delta_net_kernel<kRows, kHistory, kColumnsPerBlock>, grid,
+                                   kColumnsPerBlock * kRowParts, dim3(1, 1, slices), 0, stream, qkv, z, a, b,
+                                   weights, chunks, dims, state, static_cast<__nv_bfloat16*>(out), out_stride);
 }
 
 // Qwen3.5's conv kernel of 4 keeps 3 previous inputs per channel; larger kernels get room for 7.
