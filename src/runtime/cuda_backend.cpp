@@ -833,8 +833,8 @@ void CudaBackend::Impl::delta_net_layer(const DeviceLayer& layer, int64_t tokens
   begin("gated_delta_net");
   const cuda::DeltaNetWeights weights{layer.conv1d, layer.a_log, layer.dt_bias, layer.delta_norm, c.rms_norm_eps};
   const cuda::DeltaNetState state{layer.conv_state, layer.recurrent_state, conv_ring_readers};
-  CUDA_CHECK(cuda::launch_gated_delta_net(proj0, proj1, proj3, proj2, weights, device_chunks, dims, state, delta_in,
-                                          padded_k(dims.value_dim()), stream));
+  CUDA_CHECK(cuda::launch_gated_delta_net(proj0, proj1, proj3, proj2, weights, device_chunks, tokens, dims, state,
+                                          delta_in, padded_k(dims.value_dim()), stream));
   end();
   begin("linear_delta_out");
   linear(layer.out_proj, delta_in, tokens, delta);

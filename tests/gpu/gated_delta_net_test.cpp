@@ -86,8 +86,8 @@ class DeltaNetCase {
     const cuda::DeviceChunks device_chunks{d_first.as<int32_t>(), d_length.as<int32_t>(), d_slot.as<int32_t>(),
                                            d_start.as<int32_t>(), static_cast<int>(chunks.size())};
     sync_and_check(cuda::launch_gated_delta_net(d_qkv.as<float>(), d_z.as<float>(), d_a.as<float>(), d_b.as<float>(),
-                                                weights(), device_chunks, dims_, device_state(), d_out.data(),
-                                                out_stride, nullptr));
+                                                weights(), device_chunks, tokens, dims_, device_state(),
+                                                d_out.data(), out_stride, nullptr));
 
     std::vector<float> core(tokens * value_dim), mixed(conv_dim), ref(tokens * value_dim);
     for (size_t c = 0; c < chunks.size(); ++c) {
@@ -184,10 +184,11 @@ class DeltaNetCase {
 
 TEST(GpuOps, GatedDeltaNetMatchesCpu) {
   ASSERT_NO_FATAL_FAILURE(require_gpu());
-  // Key head dims 20 to 256, value head dims from 12 (one column slice) to 256 (a cluster of 8), 1 to 3
-  // value heads per key head, conv kernels 2 to 6. The 27B shape is the third.
+  // Key head dims 20 to 256, value head dims from 12 (one column slice) to 512 (a cluster of 8 slices
+  // of a multi-token chunk, of 4 in decode), 1 to 3 value heads per key head, conv kernels 2 to 6. The
+  // 27B shape is the third.
   const cpu::DeltaNetShape shapes[] = {{2, 4, 20, 12, 4},  {4, 8, 64, 64, 4},   {16, 48, 128, 128, 4},
-                                       {2, 2, 256, 40, 3}, {1, 2, 32, 256, 2},  {2, 6, 128, 128, 4},
+                                       {2, 2, 256, 40, 3}, {1, 2, 32, 512, 2},  {2, 6, 128, 128, 4},
                                        {2, 4, 64, 48, 6}};
   int64_t checked = 0;
   for (const cpu::DeltaNetShape& shape : shapes) {
@@ -198,7 +199,7 @@ TEST(GpuOps, GatedDeltaNetMatchesCpu) {
     // A new 40-token prefill (three windows), a 5-token chunk continuing (it overwrites ring entries that
     // other blocks read), a decode token.
     checked += layer.run({{2, 0, 40}, {0, 9, 5}, {1, 1, 1}}, label + " prefill");
-    // Decode: every slot one token, slot 3 a new sequence.
+    // Decode (its own blocking): every slot one token, slot 3 a new sequence.
     checked += layer.run({{0, 14, 1}, {1, 2, 1}, {2, 40, 1}, {3, 0, 1}}, label + " decode 1");
     checked += layer.run({{3, 1, 1}, {2, 41, 1}, {0, 15, 1}, {1, 3, 1}}, label + " decode 2");
     // Two-token chunk, a restart of slot 3 over a window and a token, decode.
@@ -214,9 +215,9 @@ TEST(GpuOps, GatedDeltaNetRejectsUnsupportedShapes) {
   const cuda::DeltaNetWeights weights{};
   const cuda::DeltaNetState state{};
   for (const cuda::DeltaNetDims& dims : {cuda::DeltaNetDims{2, 3, 128, 128, 4}, cuda::DeltaNetDims{1, 1, 320, 128, 4},
-                                         cuda::DeltaNetDims{1, 1, 128, 264, 4}, cuda::DeltaNetDims{1, 1, 128, 128, 9},
+                                         cuda::DeltaNetDims{1, 1, 128, 520, 4}, cuda::DeltaNetDims{1, 1, 128, 128, 9},
                                          cuda::DeltaNetDims{1, 1, 128, 128, 1}}) {
-    EXPECT_EQ(cuda::launch_gated_delta_net(nullptr, nullptr, nullptr, nullptr, weights, one_chunk, dims, state,
+    EXPECT_EQ(cuda::launch_gated_delta_net(nullptr, nullptr, nullptr, nullptr, weights, one_chunk, 1, dims, state,
                                            nullptr, 0, nullptr),
               cudaErrorInvalidValue)
         << dims.num_k_heads << " " << dims.num_v_heads << " " << dims.k_head_dim << " " << dims.v_head_dim << " "

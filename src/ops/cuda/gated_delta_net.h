@@ -19,7 +19,7 @@ struct DeltaNetDims {
   int num_k_heads;
   int num_v_heads;
   int k_head_dim;  // at most 256
-  int v_head_dim;  // at most 256
+  int v_head_dim;  // at most 512
   int conv_kernel;  // 2 to 8
   UBERLM_HOST_DEVICE int64_t key_dim() const { return static_cast<int64_t>(num_k_heads) * k_head_dim; }
   UBERLM_HOST_DEVICE int64_t value_dim() const { return static_cast<int64_t>(num_v_heads) * v_head_dim; }
@@ -60,9 +60,10 @@ struct DeltaNetState {
 // q = l2norm(q) / sqrt(dk), k = l2norm(k), beta = sigmoid(b), g = -exp(a_log) softplus(a + dt_bias);
 // S = e^g S; delta = beta (v - S^T k); S += k delta^T; o = S^T q; out (bf16, tokens `out_stride` elements
 // apart) = norm * o * rsqrt(mean(o^2) + norm_eps) * silu(z), the RMS over the head's v_head_dim values.
-// Needs v_head_dim <= 256 (one thread-block cluster of at most 8 column slices per head).
+// tokens: all chunks' tokens together (== chunks.count in a decode step, which gets its own blocking).
+// Needs v_head_dim <= 512 (one thread-block cluster of at most 8 column slices per head).
 cudaError_t launch_gated_delta_net(const float* qkv, const float* z, const float* a, const float* b,
-                                   const DeltaNetWeights& weights, const DeviceChunks& chunks,
+                                   const DeltaNetWeights& weights, const DeviceChunks& chunks, int64_t tokens,
                                    const DeltaNetDims& dims, const DeltaNetState& state, void* out,
                                    int64_t out_stride, cudaStream_t stream);
 
