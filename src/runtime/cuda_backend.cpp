@@ -156,7 +156,6 @@ struct CudaBackend::Impl {
   float* x = nullptr;                // [T, D] residual stream
   uint16_t* h = nullptr;             // [T, D_p] normed input of the next linear layers
   float *proj0 = nullptr, *proj1 = nullptr, *proj2 = nullptr, *proj3 = nullptr;  // linear outputs
-  float* mixed = nullptr;            // [T, H hd] attention output
   float* core = nullptr;             // [T, H hd] query
   uint16_t *attn_in = nullptr, *delta_in = nullptr, *mlp_in = nullptr;  // bf16 inputs of o_proj, out_proj, down
   float* delta = nullptr;            // [T, D] mixer / MLP output, added to x by the next norm
@@ -346,7 +345,6 @@ void CudaBackend::Impl::layout_runtime(Arena& arena) {
   proj1 = arena.take<float>(T * std::max<int64_t>({kv_width, value_dim, c.intermediate_size}));
   proj2 = arena.take<float>(T * std::max<int64_t>(kv_width, hv));
   proj3 = arena.take<float>(T * std::max<int64_t>(hv, 1));
-  mixed = arena.take<float>(T * std::max<int64_t>(q_width, 1));
   core = arena.take<float>(T * std::max<int64_t>(q_width, 1));
   attn_in = arena.take<uint16_t>(T * padded_k(std::max<int64_t>(q_width, 1)));
   delta_in = arena.take<uint16_t>(T * padded_k(std::max<int64_t>(value_dim, 1)));
