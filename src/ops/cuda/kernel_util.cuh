@@ -70,7 +70,8 @@ __device__ __forceinline__ void begin_dependent_kernel() {
 // launch_dependent with at most one more launch attribute (`extra`, `extra_count` 0 or 1).
 template <class... Params, class... Args>
 cudaError_t launch_dependent_with(void (*kernel)(Params...), dim3 grid, dim3 block, size_t shared_bytes,
-                                  cudaStream_t stream, cudaLaunchAttribute* extra, unsigned extra_count, Args... args) {
+                                  cudaStream_t stream, const cudaLaunchAttribute* extra, unsigned extra_count,
+                                  Args... args) {
   cudaLaunchAttribute attributes[2] = {};
   attributes[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
   attributes[0].val.programmaticStreamSerializationAllowed = 1;
