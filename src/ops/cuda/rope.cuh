@@ -1,25 +1,57 @@
 #pragma once
 // Device parts of the attention input preparation, callable from fused kernels.
+#include "ops/cuda/attention_decode.h"
 #include "ops/cuda/rms_norm.cuh"
 
 namespace uberlm::cuda {
 
-// One warp: head = src (optionally RMS-normed with weight (offset + w)) written to dst, then dst's first
-// rotary_dim dims rotated at `position`: (x1, x2) -> (x1 cos - x2 sin, x2 cos + x1 sin). src may equal dst.
-__device__ __forceinline__ void warp_norm_rope_head(const float* src, float* dst, int head_dim, const float* norm,
+inline constexpr int kRopeHeadDimsPerLane = 8;  // one warp per head of up to 256 dims: lane holds dims lane + 32 e
+static_assert(32 * kRopeHeadDimsPerLane == kAttentionMaxHeadDim);
+
+// One warp: head = src[0, head_dim), optionally RMS-normed with weight (offset + w), then its first
+// rotary_dim dims rotated at `position`: (x1, x2) -> (x1 cos - x2 sin, x2 cos + x1 sin), into out[e] for
+// dim lane + 32 e. `stage` is this warp's head_dim floats of shared memory (the rotation pairs dims that
+// other lanes hold). Loads are unconditional from clamped indices and issued before any use, so the head
+// costs one memory round trip (a load under a branch, or after a store it might alias, is waited for).
+__device__ __forceinline__ void warp_norm_rope_head(const float* src, int head_dim, const float* norm,
                                                     float norm_offset, float eps, int rotary_dim,
-                                                    const float* inv_freq, int position) {
-  const int lane = threadIdx.x % 32;
-  const float scale = norm ? warp_inverse_rms(src, head_dim, eps) : 1.0f;
-  for (int i = lane; i < head_dim; i += 32) dst[i] = norm ? src[i] * scale * (norm_offset + norm[i]) : src[i];
+                                                    const float* inv_freq, int position, float* stage,
+                                                    float (&out)[kRopeHeadDimsPerLane]) {
+  const int lane = threadIdx.x % 32, half = rotary_dim / 2;
+  const float* weight = norm ? norm : src;         // read but unused without a norm
+  const float* freq = half > 0 ? inv_freq : src;  // likewise without rotation
+  float x[kRopeHeadDimsPerLane], w[kRopeHeadDimsPerLane], f[kRopeHeadDimsPerLane];
+#pragma unroll
+  for (int e = 0; e < kRopeHeadDimsPerLane; ++e) {
+    const int i = lane + 32 * e, clamped = i < head_dim ? i : head_dim - 1;
+    const int j = i < half ? i : i - half;  // dim i's rotation pair index
+    x[e] = src[clamped];
+    w[e] = weight[clamped];
+    f[e] = freq[half > 0 ? (j < half ? j : half - 1) : 0];
+  }
+  float sum = 0.0f;
+#pragma unroll
+  for (int e = 0; e < kRopeHeadDimsPerLane; ++e) {
+    if (lane + 32 * e < head_dim) sum += x[e] * x[e];
+  }
+  const float scale = norm ? inverse_rms(warp_sum(sum), head_dim, eps) : 1.0f;
+#pragma unroll
+  for (int e = 0; e < kRopeHeadDimsPerLane; ++e) {
+    const int i = lane + 32 * e;
+    if (i < head_dim) stage[i] = norm ? x[e] * scale * (norm_offset + w[e]) : x[e];
+  }
   __syncwarp();
-  const int half = rotary_dim / 2;
-  for (int j = lane; j < half; j += 32) {
-    const float angle = static_cast<float>(position) * inv_freq[j];
+#pragma unroll
+  for (int e = 0; e < kRopeHeadDimsPerLane; ++e) {
+    const int i = lane + 32 * e;
+    if (i >= head_dim) continue;
+    out[e] = stage[i];
+    if (i >= rotary_dim) continue;
+    const int j = i < half ? i : i - half;
+    const float angle = static_cast<float>(position) * f[e];
     const float c = cosf(angle), s = sinf(angle);
-    const float x1 = dst[j], x2 = dst[j + half];
-    dst[j] = x1 * c - x2 * s;
-    dst[j + half] = x2 * c + x1 * s;
+    const float x1 = stage[j], x2 = stage[j + half];
+    out[e] = i < half ? x1 * c - x2 * s : x2 * c + x1 * s;
   }
   __syncwarp();
 }
