@@ -46,14 +46,25 @@ __global__ void __launch_bounds__(kWarps * 32) attention_partial_kernel(
       acc[g][i] = 0.0f;
     }
   }
-  for (int p = begin + warp; p < end; p += kWarps) {
+  // Software pipeline over the warp's positions: the next position's key and value (and its block table
+  // entry) are requested before this position's arithmetic, which then hides their latency instead of
+  // waiting for two dependent round trips per position.
+  float k[kDimsPerLane], v[kDimsPerLane], k_next[kDimsPerLane], v_next[kDimsPerLane];
+  const auto load_kv = [&](int p, float (&keys)[kDimsPerLane], float (&values)[kDimsPerLane]) {
     const int64_t offset = kv_offset(block_tables, layout, slot, p, kv_head);
-    float k[kDimsPerLane], v[kDimsPerLane];
 #pragma unroll
     for (int i = 0; i < kDimsPerLane; ++i) {
-      const int d = lane + 32 * i;
-      k[i] = d < hd ? __bfloat162float(key_cache[offset + d]) : 0.0f;
-      v[i] = d < hd ? __bfloat162float(value_cache[offset + d]) : 0.0f;
+      const int d = lane + 32 * i, clamped = d < hd ? d : hd - 1;
+      keys[i] = __bfloat162float(key_cache[offset + clamped]);
+      values[i] = __bfloat162float(value_cache[offset + clamped]);
+    }
+  };
+  if (begin + warp < end) load_kv(begin + warp, k, v);
+  for (int p = begin + warp; p < end; p += kWarps) {
+    if (p + kWarps < end) load_kv(p + kWarps, k_next, v_next);
+#pragma unroll
+    for (int i = 0; i < kDimsPerLane; ++i) {
+      if (lane + 32 * i >= hd) k[i] = v[i] = 0.0f;
     }
 #pragma unroll
     for (int g = 0; g < kMaxGroup; ++g) {
@@ -68,6 +79,11 @@ __global__ void __launch_bounds__(kWarps * 32) attention_partial_kernel(
 #pragma unroll
       for (int i = 0; i < kDimsPerLane; ++i) acc[g][i] = acc[g][i] * correction + weight * v[i];
       run_max[g] = new_max;
+    }
+#pragma unroll
+    for (int i = 0; i < kDimsPerLane; ++i) {
+      k[i] = k_next[i];
+      v[i] = v_next[i];
     }
   }
 #pragma unroll
