@@ -121,27 +121,38 @@ __global__ void __launch_bounds__(kWarps * 32) attention_partial_kernel(
 }
 
 // One block per (token, head): attended = sum_s acc_s e^(m_s - m) / sum_s l_s e^(m_s - m), then the output gate.
+// Every split's partial is loaded (from clamped indices, into registers) before any is used, so the
+// combine waits for one memory round trip, not one per split.
 __global__ void attention_combine_kernel(const float* workspace, int64_t num_tokens, int num_heads, int head_dim,
                                          int splits, AttentionOutput out) {
   begin_dependent_kernel();
   const int64_t th = blockIdx.x;
   const float* part_acc = workspace;
   const float* part_stats = workspace + num_tokens * num_heads * splits * head_dim;
-  float merged_max = -INFINITY;
-  for (int s = 0; s < splits; ++s) merged_max = fmaxf(merged_max, part_stats[2 * (th * splits + s)]);
+  const int64_t t = th / num_heads, h = th % num_heads;
   for (int d = threadIdx.x; d < head_dim; d += blockDim.x) {
-    float sum = 0.0f, acc = 0.0f;
-    for (int s = 0; s < splits; ++s) {
-      const int64_t part = th * splits + s;
-      const float m = part_stats[2 * part];
-      if (m == -INFINITY) continue;
-      const float factor = expf(m - merged_max);
-      sum += part_stats[2 * part + 1] * factor;
-      acc += part_acc[part * head_dim + d] * factor;
+    const float gate = out.gate ? out.gate[t * out.gate_stride + h * out.gate_head_stride + d] : 0.0f;
+    float max_s[kAttentionMaxSplits], sum_s[kAttentionMaxSplits], acc_s[kAttentionMaxSplits];
+#pragma unroll
+    for (int s = 0; s < kAttentionMaxSplits; ++s) {
+      const int64_t part = th * splits + (s < splits ? s : splits - 1);
+      max_s[s] = s < splits ? part_stats[2 * part] : -INFINITY;
+      sum_s[s] = part_stats[2 * part + 1];
+      acc_s[s] = part_acc[part * head_dim + d];
     }
-    const int64_t t = th / num_heads, h = th % num_heads;
+    float merged_max = -INFINITY;
+#pragma unroll
+    for (int s = 0; s < kAttentionMaxSplits; ++s) merged_max = fmaxf(merged_max, max_s[s]);
+    float sum = 0.0f, acc = 0.0f;
+#pragma unroll
+    for (int s = 0; s < kAttentionMaxSplits; ++s) {
+      if (s >= splits || max_s[s] == -INFINITY) continue;
+      const float factor = expf(max_s[s] - merged_max);
+      sum += sum_s[s] * factor;
+      acc += acc_s[s] * factor;
+    }
     float value = acc / sum;
-    if (out.gate) value *= sigmoidf_exact(out.gate[t * out.gate_stride + h * out.gate_head_stride + d]);
+    if (out.gate) value *= sigmoidf_exact(gate);
     static_cast<__nv_bfloat16*>(out.out)[t * out.out_stride + h * head_dim + d] = __float2bfloat16(value);
   }
 }
