@@ -221,8 +221,8 @@ void run_bench(const BenchOptions& options) {
 
   // Profiling pass: eager forwards with CUDA events around each op class.
   std::printf("\nper-op GPU time (profiling pass, eager, events around each op class), us per step:\n");
-  for (int batch : {1, 8}) {
-    if (batch > max_batch) continue;
+  for (int batch : {1, 8, max_batch}) {
+    if (batch > max_batch || (batch == max_batch && max_batch <= 8)) continue;
     prefill_slots(*backend, batch, options.context, backend_options.max_batch_tokens);
     std::vector<int32_t> tokens(batch, 1);
     backend->set_profiling(true);
