@@ -29,10 +29,10 @@ struct Bf16Format {
   }
 
   struct Prepared {};
-  __device__ __forceinline__ Prepared prepare(const Chunk&) const { return {}; }
+  __device__ __forceinline__ static Prepared prepare(const Chunk&) { return {}; }
 
-  __device__ __forceinline__ void mma_operands(const Chunk& chunk, const Prepared&, int j, uint32_t& lo,
-                                               uint32_t& hi) const {
+  __device__ __forceinline__ static void mma_operands(const Chunk& chunk, const Prepared&, int j, uint32_t& lo,
+                                                      uint32_t& hi) {
     const uint4& word = chunk.words[j / 2];
     lo = j % 2 == 0 ? word.x : word.z;
     hi = j % 2 == 0 ? word.y : word.w;

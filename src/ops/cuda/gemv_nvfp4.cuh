@@ -88,7 +88,7 @@ struct Nvfp4Format {
   struct Prepared {
     uint32_t scale0, scale1;  // the chunk's two block scales as bf16 pairs (e4m3_scales_to_bf16x2)
   };
-  __device__ __forceinline__ Prepared prepare(const Chunk& chunk) const {
+  __device__ __forceinline__ static Prepared prepare(const Chunk& chunk) {
     Prepared prepared;
     e4m3_scales_to_bf16x2(static_cast<uint16_t>(chunk.scales), prepared.scale0, prepared.scale1);
     return prepared;
@@ -97,8 +97,8 @@ struct Nvfp4Format {
   // Word w of the chunk holds elements e0..e7 = k + 8w + 0..7. Shifting it left by 4p puts e(3-p) and
   // e(7-p) at the top of the two halves, so pair p is (e(3-p), e(7-p)). mma j = 2w + h takes pairs 2h
   // (k slots 2tig, 2tig+1) and 2h + 1 (slots 2tig+8, 2tig+9).
-  __device__ __forceinline__ void mma_operands(const Chunk& chunk, const Prepared& prepared, int j, uint32_t& lo,
-                                               uint32_t& hi) const {
+  __device__ __forceinline__ static void mma_operands(const Chunk& chunk, const Prepared& prepared, int j,
+                                                      uint32_t& lo, uint32_t& hi) {
     const int w = j / 2, p = 2 * (j % 2);
     const uint32_t word = w == 0 ? chunk.codes.x : w == 1 ? chunk.codes.y : w == 2 ? chunk.codes.z : chunk.codes.w;
     const uint32_t scale = w < 2 ? prepared.scale0 : prepared.scale1;  // block of 16 = words 0-1, 2-3

@@ -183,8 +183,7 @@ struct GemvLaneRows {
 // the mma ops that use it, so only one fragment per row tile is live at a time (dequantising the whole
 // chunk first held 64 more registers and halved the resident warps).
 template <class Format, int kTokenGroups, int kRowTiles>
-__device__ __forceinline__ void gemv_multiply_chunk(const Format (&formats)[kRowTiles],
-                                                    const GemvChunkRows<Format, kRowTiles>& raw,
+__device__ __forceinline__ void gemv_multiply_chunk(const GemvChunkRows<Format, kRowTiles>& raw,
                                                     const uint32_t (&xs)[kTokenGroups][16],
                                                     GemvAccumulators<kTokenGroups, kRowTiles>& acc) {
   constexpr int kChains = kGemvAccChains<kTokenGroups, kRowTiles>;
@@ -192,7 +191,7 @@ __device__ __forceinline__ void gemv_multiply_chunk(const Format (&formats)[kRow
 #pragma unroll
   for (int rt = 0; rt < kRowTiles; ++rt) {
 #pragma unroll
-    for (int h = 0; h < 2; ++h) prepared[rt][h] = formats[rt].prepare(raw.rows[rt][h]);
+    for (int h = 0; h < 2; ++h) prepared[rt][h] = Format::prepare(raw.rows[rt][h]);
   }
 #pragma unroll
   for (int j = 0; j < 8; ++j) {
@@ -202,8 +201,8 @@ __device__ __forceinline__ void gemv_multiply_chunk(const Format (&formats)[kRow
 #pragma unroll
     for (int rt = 0; rt < kRowTiles; ++rt) {
       uint32_t a[4];
-      formats[rt].mma_operands(raw.rows[rt][0], prepared[rt][0], j, a[0], a[2]);
-      formats[rt].mma_operands(raw.rows[rt][1], prepared[rt][1], j, a[1], a[3]);
+      Format::mma_operands(raw.rows[rt][0], prepared[rt][0], j, a[0], a[2]);
+      Format::mma_operands(raw.rows[rt][1], prepared[rt][1], j, a[1], a[3]);
 #pragma unroll
       for (int t = 0; t < kTokenGroups; ++t) mma_bf16_m16n8k16(acc[j % kChains][t][rt], a, b0[t], b1[t]);
     }
@@ -256,7 +255,7 @@ __device__ __forceinline__ void gemv_warp_partial(const GemvWarpTiles<Format, kR
       } else {
         gemv_load_activation_chunk<kTokenGroups>(x, m, k_size, k, current_xs);
       }
-      gemv_multiply_chunk<Format, kTokenGroups, kRowTiles>(tiles.formats, current, current_xs, acc);
+      gemv_multiply_chunk<Format, kTokenGroups, kRowTiles>(current, current_xs, acc);
     }
   }
 }
@@ -310,7 +309,7 @@ __device__ __forceinline__ void gemv_warp_partial_async(const GemvWarpTiles<Form
     }
     uint32_t xs[kTokenGroups][16];
     gemv_load_activation_chunk<kTokenGroups>(x, m, k_size, k, xs);
-    gemv_multiply_chunk<Format, kTokenGroups, kRowTiles>(tiles.formats, current, xs, acc);
+    gemv_multiply_chunk<Format, kTokenGroups, kRowTiles>(current, xs, acc);
     stage(i + kDepth - 1);
   }
   gemv_async_wait<0>();
@@ -487,12 +486,19 @@ struct GemvSwigluEpilogue {
 template <class Epilogue, int kRowTiles>
 inline constexpr int kGemvDistinctRowTiles = Epilogue::kPairedTiles ? 1 : kRowTiles;
 
+// Registers per thread of a gemv_kernel instance: at most 255 (blocks of up to 256 threads), and 168 for
+// the M <= 8 register pipeline of depth 2, the decode default: 168 x 128 threads fit three blocks per
+// SM, 176 (what the compiler picks unbounded) two, which cost the large-N shapes a third of their speed
+// (kernel_bench on the H100: attn_qkv_gate 19.9 us at 168 registers, 26.2 at 176). No spills at 168.
+template <int kTokenGroups, int kDepth, bool kAsync>
+inline constexpr int kGemvMaxRegisters = (kTokenGroups == 1 && kDepth == 2 && !kAsync) ? 168 : 255;
+
 // The standalone launch (a dependent launch: the first weight chunks are requested before the previous
 // kernel has finished, see wait_for_previous_kernel): block b of a segment owns its rows [b * R, (b + 1) * R)
 // with R = 16 (distinct row tiles) * warps / k_split; each row group's k_split warps split K by
 // interleaved chunks (warp w takes chunks w % k_split, + k_split, ...); the epilogue stores the sums.
 template <class Format, int kTokenGroups, int kRowTiles, int kDepth, bool kAsync, class Epilogue>
-__global__ void __launch_bounds__(256)
+__global__ void __maxnreg__((kGemvMaxRegisters<kTokenGroups, kDepth, kAsync>))
     gemv_kernel(const GemvSegments<Format> segments, const __nv_bfloat16* __restrict__ x, int m, int64_t k_size,
                 int k_split, const Epilogue epilogue) {
   static_assert(kTokenGroups * kGemvTokensPerGroup <= kGemvMaxTokens);
