@@ -487,9 +487,10 @@ template <class Epilogue, int kRowTiles>
 inline constexpr int kGemvDistinctRowTiles = Epilogue::kPairedTiles ? 1 : kRowTiles;
 
 // Registers per thread of a gemv_kernel instance: at most 255 (blocks of up to 256 threads), and 168 for
-// the M <= 8 register pipeline of depth 2, the decode default: 168 x 128 threads fit three blocks per
-// SM, 176 (what the compiler picks unbounded) two, which cost the large-N shapes a third of their speed
-// (kernel_bench on the H100: attn_qkv_gate 19.9 us at 168 registers, 26.2 at 176). No spills at 168.
+// the M <= 8 register pipeline of depth 2, the decode default: up to 168 x 128 threads fit three blocks
+// per SM, the 176 the compiler picked under __launch_bounds__(256) two, which cost the large-N shapes a
+// quarter of their speed (kernel_bench on the H100, w4_d2_r2_k4: attn_qkv_gate 26.2 us at 176 registers,
+// 19.4 at 162; bench/notes/gemv.md). No spills at 162.
 template <int kTokenGroups, int kDepth, bool kAsync>
 inline constexpr int kGemvMaxRegisters = (kTokenGroups == 1 && kDepth == 2 && !kAsync) ? 168 : 255;
 
