@@ -9,11 +9,4 @@ __device__ __forceinline__ float inverse_rms(float sum_of_squares, int64_t dim, 
   return 1.0f / sqrtf(sum_of_squares / static_cast<float>(dim) + eps);
 }
 
-// inverse_rms of one row handled by a single warp.
-__device__ __forceinline__ float warp_inverse_rms(const float* x, int dim, float eps) {
-  float sum = 0.0f;
-  for (int i = threadIdx.x % 32; i < dim; i += 32) sum += x[i] * x[i];
-  return inverse_rms(warp_sum(sum), dim, eps);
-}
-
 }  // namespace uberlm::cuda
