@@ -26,7 +26,7 @@ void check_gemv_arguments(std::string_view op, int64_t n, int64_t k, const void*
     fail("{}: output dtype {} not supported (F32 or BF16)", op, dtype_name(y_dtype));
   }
 }
-constexpr int kMaxWarps = 8;  // the kernels' __launch_bounds__(256)
+constexpr int kMaxWarps = 8;  // blocks of at most 256 threads, which kGemvMaxRegisters (gemv_tile.cuh) assumes
 
 template <size_t kCount>
 std::vector<GemvTuning> tunings_of(const GemvTuning (&shapes)[kCount]) {

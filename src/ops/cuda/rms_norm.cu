@@ -52,7 +52,6 @@ __global__ void __launch_bounds__(kNormThreads)
     if (i < dim) o[i] = __float2bfloat16(values[j] * scale * scales[j]);
   }
 }
-
 }  // namespace
 
 cudaError_t launch_add_rms_norm(float* x, const float* delta, const int32_t* row_index, int64_t rows, int64_t dim,
