@@ -14,11 +14,14 @@ Standard library only: runs on a bare GPU machine.
 """
 import argparse
 import json
+import pathlib
 import re
 import sys
 import threading
 import time
 import urllib.request
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
 def post_json(url, body, timeout):
@@ -113,7 +116,7 @@ def main():
     parser.add_argument("--streams", default="1,8,32,64", help="comma-separated concurrency levels")
     parser.add_argument("--requests-per-stream", type=int, default=2)
     parser.add_argument("--max-tokens", type=int, default=128)
-    parser.add_argument("--data", default="../shared/data/gsm8k/test.jsonl", help="GSM8K JSONL for the prompts")
+    parser.add_argument("--data", default=str(REPO / "data" / "gsm8k" / "test.jsonl"), help="GSM8K JSONL for the prompts")
     parser.add_argument("--timeout", type=float, default=600)
     parser.add_argument("--warmup", type=int, default=1, help="requests sent alone before the levels")
     parser.add_argument("--json", help="write the results here")

@@ -28,7 +28,7 @@ TEST(Perplexity, DefaultModelMatchesTransformers) {
   const std::string model_dir = std::string(UBERLM_SOURCE_DIR) + "/models/default";
   auto model = Model::load(model_dir);
   auto tokenizer = BpeTokenizer::load(model_dir + "/tokenizer.json");
-  std::ifstream data(std::string(UBERLM_SHARED_DIR) + "/data/gsm8k/test.jsonl");
+  std::ifstream data(std::string(UBERLM_DATA_DIR) + "/gsm8k/test.jsonl");
   ASSERT_TRUE(data);
   std::vector<std::vector<int32_t>> tokenized;
   std::string line;

@@ -8,7 +8,7 @@ import pathlib
 from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers
 from tokenizers import trainers
 
-GSM8K = pathlib.Path(__file__).resolve().parent / "../../../shared/data/gsm8k"
+GSM8K = pathlib.Path(__file__).resolve().parent / "../../data/gsm8k"
 
 # The Split pattern of Qwen3.5's tokenizer.json (spec/qwen3_5.md, "Tokenizer and chat").
 QWEN_PATTERN = (
