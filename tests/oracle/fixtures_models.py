@@ -9,8 +9,8 @@ model_info.json (model_type, layer kinds: for the C++ tests' messages) and refer
                              decode_ids[i+1] = argmax(decode_logits[i])
 Weights are drawn so that activations stay O(1) and logits spread (transformers' std 0.02 init gives
 near-flat logits and a weak test), rounded to bf16 and saved as bf16; references come from the saved
-checkpoint loaded in float32 with eager attention, so an fp32 engine can match them well inside 1e-4
-relative. Every model also checks that its logits spread, that greedy decode does not loop on one token,
+checkpoint run by transformers in float64 with eager attention (common_float64.py), so the 1e-4 bound
+of the C++ tests holds our fp32 engine's own error whatever CPU or torch release made the fixture. Every model also checks that its logits spread, that greedy decode does not loop on one token,
 and that each greedy choice wins by more than the oracle tolerance.
 
 Two hybrids share one config. qwen3_5_hybrid has wide draws (fast GDN decays, large conv and norm weights)
@@ -28,6 +28,7 @@ import shutil
 import warnings
 
 import torch
+from common_float64 import Float64Everywhere, in_float64
 from safetensors.torch import load_file, save_file
 import transformers
 from transformers import (
@@ -196,25 +197,27 @@ def build_random_model(model_class, config, zero_centred: bool, seed: int,
 def greedy_reference(model: torch.nn.Module, prompt_ids: torch.Tensor,
                      decode_steps: int = DECODE_STEPS) -> dict[str, torch.Tensor]:
     # prompt_ids: [P] -> prefill logits [P, V]; then decode_steps single-token steps through the cache.
+    # Computed in float64 (common_float64.py says why; the model is converted in place), saved as float32.
+    model = in_float64(model)
     cache = DynamicCache(config=model.config)
     # `past_key_values` (renamed `cache` in recent releases) is the name every transformers 5.x accepts.
-    with torch.no_grad(), warnings.catch_warnings():
+    with torch.no_grad(), warnings.catch_warnings(), Float64Everywhere():
         warnings.filterwarnings("ignore", message=".*past_key_values.*deprecated", category=FutureWarning)
         out = model(input_ids=prompt_ids[None, :], past_key_values=cache, use_cache=True)
-        prefill_logits = out.logits[0].float()
+        prefill_logits = out.logits[0]
         decode_ids = [int(prefill_logits[-1].argmax())]
         decode_logits = []
         for step in range(decode_steps):
             token = torch.tensor([[decode_ids[step]]], dtype=torch.long)
-            logits = model(input_ids=token, past_key_values=cache, use_cache=True).logits[0, -1].float()
+            logits = model(input_ids=token, past_key_values=cache, use_cache=True).logits[0, -1]
             decode_logits.append(logits)
             if step + 1 < decode_steps:
                 decode_ids.append(int(logits.argmax()))
     return {
         "prompt_ids": prompt_ids.to(torch.int32).contiguous(),
-        "prefill_logits": prefill_logits.contiguous(),
+        "prefill_logits": prefill_logits.to(torch.float32).contiguous(),
         "decode_ids": torch.tensor(decode_ids, dtype=torch.int32),
-        "decode_logits": torch.stack(decode_logits).contiguous(),
+        "decode_logits": torch.stack(decode_logits).to(torch.float32).contiguous(),
     }
 
 
@@ -242,8 +245,9 @@ def check_decode_matches_full_forward(name: str, model: torch.nn.Module, ref: di
     # The cached decode (recurrent GDN rule, KV cache) must equal one uncached forward over prompt + decoded
     # tokens (chunked GDN rule): otherwise the reference itself is ambiguous at the oracle tolerance.
     ids = torch.cat([ref["prompt_ids"], ref["decode_ids"]]).long()
-    with torch.no_grad():
-        full = model(input_ids=ids[None, :], use_cache=False).logits[0, PROMPT_LEN:].float()
+    with torch.no_grad(), Float64Everywhere():
+        full = in_float64(model)(input_ids=ids[None, :], use_cache=False).logits[0, PROMPT_LEN:]
+    full = full.to(torch.float32)
     error = float((full - ref["decode_logits"]).abs().max() / ref["decode_logits"].abs().max())
     print(f"  {name}: cached decode vs full forward, max relative difference {error:.1e}")
     if error > 1e-5:
@@ -354,9 +358,9 @@ def check_transformers_reads_nested(folder: pathlib.Path) -> None:
     # transformers loads the text model out of the multimodal layout; its logits must be the hybrid's.
     model = Qwen3_5ForCausalLM.from_pretrained(folder, dtype=torch.float32, attn_implementation="eager").eval()
     ref = load_file(str(folder / "reference.safetensors"))
-    with torch.no_grad():
-        logits = model(input_ids=ref["prompt_ids"].long()[None, :]).logits[0]
-    error = float((logits - ref["prefill_logits"]).abs().max())
+    with torch.no_grad(), Float64Everywhere():
+        logits = in_float64(model)(input_ids=ref["prompt_ids"].long()[None, :]).logits[0]
+    error = float((logits.to(torch.float32) - ref["prefill_logits"]).abs().max())
     if error > 1e-5:
         raise RuntimeError(f"fixtures_models: transformers reads {folder} differently from the flat hybrid ({error})")
 

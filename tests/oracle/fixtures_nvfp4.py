@@ -12,7 +12,7 @@ out/tensors/CASE.safetensors, for random and adversarial fp32 tensors [R, C]:
   ct_dequant         F32 [R, C]     compressed-tensors' dequantize in fp32
   ct_decompressed    BF16 [R, C]    NVFP4PackedCompressor.decompress (its bf16 output)
 out/models/NAME/: a tiny Qwen3.5 hybrid (dims multiples of 16) quantised by the packages, every linear layer
-but lm_head, plus reference.safetensors computed by transformers in fp32 on the weights the package
+but lm_head, plus reference.safetensors computed by transformers in float64 on the weights the package
 dequantises (the layout of fixtures_models.py):
   modelopt       ModelOpt layout, hf_quant_config.json, input_scale present
   ct             compressed-tensors nvfp4-pack-quantized (W4A4 scheme: input_global_scale present)
@@ -200,7 +200,7 @@ def write_quantised_model(out: pathlib.Path, name: str, bf16: pathlib.Path, mode
         config["quantization_config"] = quant.model_dump(mode="json")
     (folder / "config.json").write_text(json.dumps(config, indent=2) + "\n")
 
-    # transformers in fp32 on the package's dequantised weights.
+    # transformers (in float64: fixtures_models.greedy_reference) on the package's dequantised weights.
     model.load_state_dict(dequantised)
     ref = fm.greedy_reference(model, prompt_ids)
     fm.check_reference(name, ref)

