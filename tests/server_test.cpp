@@ -5,6 +5,12 @@
 #include <gtest/gtest.h>
 #include <httplib.h>
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <sys/time.h>
+#include <unistd.h>
+
 #include <atomic>
 #include <chrono>
 #include <filesystem>
@@ -76,6 +82,7 @@ class TestServer {
   }
   Engine& engine() { return *engine_; }
   Metrics& metrics() { return metrics_; }
+  int port() const { return port_; }
 
  private:
   std::unique_ptr<Model> model_;
@@ -199,6 +206,70 @@ TEST(Server, BadInputsGetTheirStatusAndMessage) {
   EXPECT_FALSE(post_text(*client, "/v1/completions", {{"model", kModelName}, {"prompt", "a"}, {"max_tokens", 3}}, &error)
                    .empty());
   EXPECT_EQ(error, "");
+}
+
+// Sends `bytes` as they are on a fresh connection and returns everything the server answers until it
+// closes the connection or 10 s pass (HTTP clients normalise what this test must send raw).
+std::string raw_exchange(int port, const std::string& bytes) {
+  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  if (fd < 0) return "";
+  timeval timeout{10, 0};
+  ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, sizeof timeout);
+  sockaddr_in address{};
+  address.sin_family = AF_INET;
+  address.sin_port = htons(static_cast<uint16_t>(port));
+  address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  std::string reply;
+  if (::connect(fd, reinterpret_cast<sockaddr*>(&address), sizeof address) == 0 &&
+      ::send(fd, bytes.data(), bytes.size(), MSG_NOSIGNAL) == static_cast<ssize_t>(bytes.size())) {
+    char buffer[4096];
+    for (ssize_t n; (n = ::recv(fd, buffer, sizeof buffer, 0)) > 0;) reply.append(buffer, static_cast<size_t>(n));
+  }
+  ::close(fd);
+  return reply;
+}
+
+int status_of(const std::string& reply) {
+  return reply.rfind("HTTP/1.1 ", 0) == 0 ? std::atoi(reply.c_str() + 9) : -1;
+}
+
+// Invalid UTF-8 anywhere a client can put it (path, method, JSON strings) gets a 4xx with a JSON error,
+// never a crash: an error message that quoted the raw path once killed the process (issue 19).
+TEST(Server, InvalidUtf8InPathMethodOrBodyIsAClientError) {
+  for (const std::string& api_key : {std::string(), std::string("sesame")}) {
+    TestServer server(ServerOptions{.api_key = api_key});
+    const std::string close = "Host: x\r\nConnection: close\r\n";
+    const std::vector<std::pair<std::string, int>> cases = {
+        {"GET /%ff HTTP/1.1\r\n" + close + "\r\n", 404},
+        {"GET /%c3%28 HTTP/1.1\r\n" + close + "\r\n", 404},
+        {"GET /\xff\xfe HTTP/1.1\r\n" + close + "\r\n", 404},
+        {"G\xffT / HTTP/1.1\r\n" + close + "\r\n", 400},
+    };
+    for (const auto& [request, expected] : cases) {
+      const std::string reply = raw_exchange(server.port(), request);
+      EXPECT_EQ(status_of(reply), expected) << json(request).dump(-1, ' ', true, json::error_handler_t::replace)
+                                            << " with key '" << api_key << "': " << reply.substr(0, 300);
+      const size_t body_at = reply.find("\r\n\r\n");
+      ASSERT_NE(body_at, std::string::npos);
+      json body = json::parse(reply.substr(body_at + 4), nullptr, false);
+      EXPECT_TRUE(body.is_object() && body.contains("error")) << reply.substr(0, 300);
+    }
+    auto client = server.client();
+    const httplib::Headers auth = api_key.empty() ? httplib::Headers{} : httplib::Headers{{"Authorization", "Bearer sesame"}};
+    for (const std::string& body : {std::string(R"({"model": "tiny", "prompt": "a\xff\xfeb"})"),
+                                    std::string("{\"model\": \"ti\xc3\x28ny\", \"prompt\": \"a\"}")}) {
+      auto res = client->Post("/v1/completions", auth, body, "application/json");
+      ASSERT_TRUE(res);
+      EXPECT_EQ(res->status, 400) << res->body;
+      EXPECT_NE(res->body.find("not valid JSON"), std::string::npos) << res->body;
+    }
+    auto res = client->Post("/v1/completions/%ff", auth, "{}", "application/json");
+    ASSERT_TRUE(res);
+    EXPECT_EQ(res->status, 404);
+    res = client->Get("/health");
+    ASSERT_TRUE(res);
+    EXPECT_EQ(res->status, 200);
+  }
 }
 
 TEST(Server, ApiKeyIsRequiredOnV1) {

@@ -26,13 +26,17 @@ constexpr size_t kMaxBodyBytes = 16u << 20;
 constexpr int kListenBacklog = 1024;
 constexpr int64_t kDefaultCompletionTokens = 16;  // OpenAI's default for /v1/completions
 
+// Serialises a reply. Error messages quote what the client sent (a path, a parser's excerpt of the body),
+// which may be invalid UTF-8: such bytes become U+FFFD instead of an exception that kills the process.
+std::string json_text(const json& value) { return value.dump(-1, ' ', false, json::error_handler_t::replace); }
+
 void send_error(httplib::Response& res, int status, const std::string& type, const std::string& message,
                 const std::string& param = "") {
   json body = {{"error",
                 {{"message", message}, {"type", type}, {"param", param.empty() ? json(nullptr) : json(param)},
                  {"code", status}}}};
   res.status = status;
-  res.set_content(body.dump(), "application/json");
+  res.set_content(json_text(body), "application/json");
 }
 
 bool equal_in_constant_time(const std::string& a, const std::string& b) {
@@ -72,7 +76,7 @@ json choice_json(const Reply& reply, const std::string& text, const json& finish
   return {{"index", 0}, {"delta", delta}, {"logprobs", nullptr}, {"finish_reason", finish_reason}};
 }
 
-std::string sse(const json& data) { return "data: " + data.dump() + "\n\n"; }
+std::string sse(const json& data) { return "data: " + json_text(data) + "\n\n"; }
 
 }  // namespace
 
@@ -144,7 +148,7 @@ void OpenAiServer::add_routes() {
     json model = {{"id", config_.model_name},       {"object", "model"},
                   {"created", std::time(nullptr)},  {"owned_by", "uberlm"},
                   {"max_model_len", engine_.max_model_len()}};
-    res.set_content(json{{"object", "list"}, {"data", json::array({model})}}.dump(), "application/json");
+    res.set_content(json_text(json{{"object", "list"}, {"data", json::array({model})}}), "application/json");
   });
 
   auto generate = [this](bool chat) {
@@ -247,7 +251,7 @@ void OpenAiServer::add_routes() {
                      {"model", reply.model},
                      {"choices", json::array({choice})},
                      {"usage", usage_json(event)}};
-        res.set_content(body.dump(), "application/json");
+        res.set_content(json_text(body), "application/json");
         return;
       }
 
