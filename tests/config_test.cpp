@@ -64,14 +64,14 @@ void expect_hybrid_27b_shape(const ModelConfig& config) {
   EXPECT_FALSE(config.o_bias);
   EXPECT_FALSE(config.tie_word_embeddings);
   EXPECT_EQ(config.max_position_embeddings, 262144);
-  EXPECT_EQ(config.linear_num_key_heads, 16);
-  EXPECT_EQ(config.linear_num_value_heads, 48);
-  EXPECT_EQ(config.linear_key_head_dim, 128);
-  EXPECT_EQ(config.linear_value_head_dim, 128);
-  EXPECT_EQ(config.linear_conv_kernel, 4);
-  EXPECT_EQ(config.linear_conv_dim(), 2 * 16 * 128 + 48 * 128);
+  EXPECT_EQ(config.delta_net_num_key_heads, 16);
+  EXPECT_EQ(config.delta_net_num_value_heads, 48);
+  EXPECT_EQ(config.delta_net_key_head_dim, 128);
+  EXPECT_EQ(config.delta_net_value_head_dim, 128);
+  EXPECT_EQ(config.delta_net_conv_kernel, 4);
+  EXPECT_EQ(config.delta_net_conv_dim(), 2 * 16 * 128 + 48 * 128);
   EXPECT_EQ(config.q_proj_rows(), 24 * 256 * 2);
-  const LayerKind L = LayerKind::LinearAttention, F = LayerKind::FullAttention;
+  const LayerKind L = LayerKind::GatedDeltaNet, F = LayerKind::FullAttention;
   EXPECT_EQ(config.layer_kinds, (std::vector<LayerKind>{L, L, L, F, L, L, L, F}));
   EXPECT_EQ(config.num_layers_of(F), 2);
 }
@@ -115,7 +115,7 @@ TEST(Config, Llama) {
   EXPECT_FALSE(config.o_bias);
   EXPECT_TRUE(config.tie_word_embeddings);
   EXPECT_EQ(config.layer_kinds, std::vector<LayerKind>(30, LayerKind::FullAttention));
-  EXPECT_EQ(config.linear_conv_dim(), 0);
+  EXPECT_EQ(config.delta_net_conv_dim(), 0);
 }
 
 TEST(Config, LlamaWithBias) {

@@ -9,6 +9,7 @@
 #include "model/model.h"
 #include "runtime/cpu_backend.h"
 #include "runtime/sampler.h"
+#include "batch_util.h"
 #include "oracle_reference.h"
 
 namespace uberlm {
@@ -35,8 +36,7 @@ TEST_P(DecoderOracle, PrefillAndGreedyDecodeMatchTransformers) {
   ASSERT_GE(static_cast<int>(ref.decode_ids.size()), kMinDecodeSteps);
 
   CpuBackend backend(*model, 1);
-  ForwardBatch prefill{ref.prompt, {SequenceChunk{0, prompt_len, true}}, /*logits_for_every_token=*/true};
-  ForwardResult result = backend.forward(prefill);
+  ForwardResult result = backend.forward(single_run(ref.prompt, 0, 0, LogitRows::All));
   ASSERT_EQ(result.rows, prompt_len);
   for (int p = 0; p < prompt_len; ++p) {
     double err = max_relative_error(&result.logits[p * vocab], &ref.prefill_logits[p * vocab], vocab);
@@ -45,7 +45,7 @@ TEST_P(DecoderOracle, PrefillAndGreedyDecodeMatchTransformers) {
   int32_t next = argmax(&result.logits[(prompt_len - 1) * vocab], vocab);
   for (size_t step = 0; step < ref.decode_ids.size(); ++step) {
     ASSERT_EQ(next, ref.decode_ids[step]) << GetParam() << " greedy token at step " << step;
-    result = backend.forward(ForwardBatch{{next}, {SequenceChunk{0, 1, true}}});
+    result = backend.forward(single_run({next}, 0, prompt_len + static_cast<int64_t>(step)));
     double err = max_relative_error(result.logits.data(), &ref.decode_logits[step * vocab], vocab);
     ASSERT_LE(err, kRelativeTolerance) << GetParam() << " decode step " << step;
     next = argmax(result.logits.data(), vocab);
@@ -75,10 +75,10 @@ TEST(DecoderBatching, BatchedSequencesEqualEachAlone) {
   for (size_t s = 0; s < lengths.size(); ++s) {
     CpuBackend backend(*model, 1);
     auto prompt = prompt_of(s);
-    ForwardResult r = backend.forward(ForwardBatch{prompt, {SequenceChunk{0, lengths[s], true}}});
+    ForwardResult r = backend.forward(single_run(prompt, 0, 0));
     alone[s] = r.logits;
     for (int step = 0; step < kDecodeSteps; ++step) {
-      r = backend.forward(ForwardBatch{{argmax(r.logits.data(), vocab)}, {SequenceChunk{0, 1, true}}});
+      r = backend.forward(single_run({argmax(r.logits.data(), vocab)}, 0, lengths[s] + step));
       alone[s].insert(alone[s].end(), r.logits.begin(), r.logits.end());
     }
   }
@@ -88,7 +88,7 @@ TEST(DecoderBatching, BatchedSequencesEqualEachAlone) {
   for (size_t s = 0; s < lengths.size(); ++s) {
     auto prompt = prompt_of(s);
     batch.tokens.insert(batch.tokens.end(), prompt.begin(), prompt.end());
-    batch.chunks.push_back(SequenceChunk{static_cast<int>(s), lengths[s], true});
+    batch.chunks.push_back(chunk_at(static_cast<int>(s), 0, lengths[s]));
   }
   std::vector<std::vector<float>> together(lengths.size());
   for (int step = 0; step <= kDecodeSteps; ++step) {
@@ -100,7 +100,7 @@ TEST(DecoderBatching, BatchedSequencesEqualEachAlone) {
       const float* row = &r.logits[s * vocab];
       together[s].insert(together[s].end(), row, row + vocab);
       batch.tokens.push_back(argmax(row, vocab));
-      batch.chunks.push_back(SequenceChunk{static_cast<int>(s), 1, true});
+      batch.chunks.push_back(chunk_at(static_cast<int>(s), lengths[s] + step, 1));
     }
   }
   for (size_t s = 0; s < lengths.size(); ++s) {

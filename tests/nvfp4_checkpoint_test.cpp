@@ -24,6 +24,7 @@
 #include "model/quantize.h"
 #include "runtime/cpu_backend.h"
 #include "runtime/sampler.h"
+#include "batch_util.h"
 #include "oracle_reference.h"
 
 namespace uberlm {
@@ -125,7 +126,7 @@ void expect_matches_reference(const Model& model, const fs::path& reference_dir)
   ASSERT_GE(prompt_len, 40);
   ASSERT_GE(ref.decode_ids.size(), 16u);
   CpuBackend backend(model, 1);
-  ForwardResult result = backend.forward(ForwardBatch{ref.prompt, {SequenceChunk{0, prompt_len, true}}, true});
+  ForwardResult result = backend.forward(single_run(ref.prompt, 0, 0, LogitRows::All));
   for (int p = 0; p < prompt_len; ++p) {
     ASSERT_LE(max_relative_error(&result.logits[p * vocab], &ref.prefill_logits[p * vocab], vocab), kRelativeTolerance)
         << "prefill position " << p;
@@ -133,33 +134,17 @@ void expect_matches_reference(const Model& model, const fs::path& reference_dir)
   int32_t next = argmax(&result.logits[(prompt_len - 1) * vocab], vocab);
   for (size_t step = 0; step < ref.decode_ids.size(); ++step) {
     ASSERT_EQ(next, ref.decode_ids[step]) << "greedy token at step " << step;
-    result = backend.forward(ForwardBatch{{next}, {SequenceChunk{0, 1, true}}});
+    result = backend.forward(single_run({next}, 0, prompt_len + static_cast<int64_t>(step)));
     ASSERT_LE(max_relative_error(result.logits.data(), &ref.decode_logits[step * vocab], vocab), kRelativeTolerance)
         << "decode step " << step;
     next = argmax(result.logits.data(), vocab);
   }
 }
 
-// Every linear layer of the model with its canonical name.
-std::vector<const LinearWeight*> linear_layers(const ModelWeights& w) {
-  std::vector<const LinearWeight*> layers = {&w.lm_head};
-  for (const LayerWeights& layer : w.layers) {
-    if (layer.kind == LayerKind::FullAttention) {
-      const AttentionWeights& a = layer.attention;
-      layers.insert(layers.end(), {&a.q_proj, &a.k_proj, &a.v_proj, &a.o_proj});
-    } else {
-      const DeltaNetWeights& d = layer.delta_net;
-      layers.insert(layers.end(), {&d.in_proj_qkv, &d.in_proj_z, &d.in_proj_b, &d.in_proj_a, &d.out_proj});
-    }
-    layers.insert(layers.end(), {&layer.mlp.gate_proj, &layer.mlp.up_proj, &layer.mlp.down_proj});
-  }
-  return layers;
-}
-
 // Checks which layers are NVFP4: all but lm_head, and (keep_gdn) not the linear_attn projections.
 void expect_nvfp4_layers(const Model& model, bool keep_gdn) {
   int quantised = 0;
-  for (const LinearWeight* layer : linear_layers(model.weights)) {
+  for (const LinearWeight* layer : all_linear_layers(model.weights, model.config)) {
     const bool expected = layer->name != "lm_head" &&
                           !(keep_gdn && layer->name.find(".linear_attn.") != std::string::npos);
     EXPECT_EQ(layer->nvfp4.has_value(), expected) << layer->name;
@@ -293,7 +278,7 @@ TEST(Nvfp4Quantize, NonFiniteWeightFailsAndLeavesNoFolder) {
 TEST(Nvfp4Quantize, AtLoadEqualsTheWrittenCheckpoint) {
   auto model = Model::load(model_fixture("bf16"));
   const int quantised = quantize_model_at_load(*model);
-  EXPECT_EQ(quantised, static_cast<int>(linear_layers(model->weights).size()) - 1);  // all but lm_head
+  EXPECT_EQ(quantised, static_cast<int>(all_linear_layers(model->weights, model->config).size()) - 1);  // all but lm_head
   expect_nvfp4_layers(*model, false);
   expect_matches_reference(*model, model_fixture("modelopt"));
 }

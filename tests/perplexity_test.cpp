@@ -8,8 +8,9 @@
 
 #include "eval/gsm8k.h"
 #include "model/model.h"
-#include "runtime/cpu_backend.h"
+#include "runtime/engine_stack.h"
 #include "runtime/perplexity.h"
+#include "runtime/sampler.h"
 #include "tokenizer/bpe_tokenizer.h"
 
 namespace uberlm {
@@ -38,19 +39,27 @@ TEST(Perplexity, DefaultModelMatchesTransformers) {
     std::vector<int> ids = tokenizer->encode(text, /*parse_special=*/false);
     tokenized.emplace_back(ids.begin(), ids.end());
   }
-  CpuBackend backend(*model, 4);
-  PerplexityResult result = evaluate_perplexity(backend, tokenized, [] {});
+  EngineStackOptions options;
+  options.device = "cpu";
+  options.max_num_seqs = 4;
+  options.max_model_len = 1024;
+  options.loop_thread = false;
+  EngineStack stack(*model, tokenizer.get(), options);
+  int scored_documents = 0;
+  PerplexityResult result = evaluate_perplexity(stack.engine(), tokenized, [&] { ++scored_documents; });
+  EXPECT_EQ(scored_documents, documents);
+  EXPECT_EQ(result.documents, documents);
   EXPECT_EQ(result.scored_tokens, reference["scored_tokens"].get<int64_t>());
   const double expected = reference["perplexity"].get<double>();
   EXPECT_NEAR(result.perplexity(), expected, expected * kRelativeTolerance)
       << "ours " << result.perplexity() << " vs transformers " << expected;
 }
 
-TEST(Perplexity, NegativeLogLikelihoodIsLogSoftmax) {
+TEST(Perplexity, LogProbabilityIsLogSoftmax) {
   const float logits[3] = {1.0f, 2.0f, 3.0f};
   const double log_sum = std::log(std::exp(1.0) + std::exp(2.0) + std::exp(3.0));
-  EXPECT_NEAR(negative_log_likelihood(logits, 3, 0), log_sum - 1.0, 1e-12);
-  EXPECT_NEAR(negative_log_likelihood(logits, 3, 2), log_sum - 3.0, 1e-12);
+  EXPECT_NEAR(log_probability(logits, 3, 0), 1.0 - log_sum, 1e-12);
+  EXPECT_NEAR(log_probability(logits, 3, 2), 3.0 - log_sum, 1e-12);
 }
 
 }  // namespace

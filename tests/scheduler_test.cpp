@@ -46,7 +46,7 @@ std::string describe(const std::vector<ExpectedChunk>& chunks) {
 }
 
 SchedulerConfig config(int max_seqs, int64_t budget, int64_t max_len, int64_t blocks, int slots) {
-  return SchedulerConfig{max_seqs, budget, max_len, /*block_size=*/16, blocks, slots};
+  return SchedulerConfig{max_seqs, budget, max_len, blocks, slots};
 }
 
 class SchedulerSteps : public ::testing::TestWithParam<Case> {};
@@ -69,7 +69,8 @@ TEST_P(SchedulerSteps, ChunksPerStepMatchTheTable) {
       const ScheduledChunk& chunk = out.chunks[i];
       got.push_back({chunk.id, chunk.first_token, chunk.num_tokens, chunk.samples});
       EXPECT_EQ(out.batch.chunks[i].num_tokens, chunk.num_tokens);
-      EXPECT_EQ(out.batch.chunks[i].want_logits, chunk.samples);
+      EXPECT_EQ(out.batch.chunks[i].logits, chunk.samples ? LogitRows::Last : LogitRows::None);
+      EXPECT_EQ(out.batch.chunks[i].start, chunk.first_token);
       tokens += chunk.num_tokens;
     }
     EXPECT_EQ(static_cast<int64_t>(out.batch.tokens.size()), tokens);
@@ -187,16 +188,12 @@ class FakeBackend : public Backend {
   FakeBackend(int vocab, int slots, std::optional<KvBlockPool> pool = std::nullopt)
       : history_(slots), lengths_(slots, 0), pool_(pool) {
     config_.vocab_size = vocab;
-    if (pool_) stored_.assign(pool_->num_blocks * pool_->block_size, -1);
+    if (pool_) stored_.assign(pool_->num_blocks * kKvBlockSize, -1);
   }
   std::string name() const override { return "fake"; }
   const ModelConfig& config() const override { return config_; }
   int max_slots() const override { return static_cast<int>(history_.size()); }
-  int64_t cached_length(int slot) const override { return lengths_.at(slot); }
-  void release(int slot) override {
-    history_.at(slot).clear();
-    lengths_.at(slot) = 0;
-  }
+  void release(int slot) override { history_.at(slot).clear(); }
   std::optional<KvBlockPool> kv_block_pool() const override { return pool_; }
   ForwardResult forward(const ForwardBatch& batch) override {
     while (paused.load()) std::this_thread::sleep_for(std::chrono::milliseconds(1));
@@ -204,15 +201,20 @@ class FakeBackend : public Backend {
     size_t offset = 0;
     for (const SequenceChunk& chunk : batch.chunks) {
       auto& history = history_.at(chunk.slot);
+      // As the real backends: a run at 0 begins the slot afresh, any other continues where it ended.
+      if (chunk.start == 0) history.clear();
+      if (chunk.start != 0 && chunk.start != lengths_[chunk.slot]) {
+        throw Error(fmt::format("slot {} run starts at {}, the slot holds {}", chunk.slot, chunk.start, lengths_[chunk.slot]));
+      }
       const std::vector<int32_t> tokens(batch.tokens.begin() + offset, batch.tokens.begin() + offset + chunk.num_tokens);
       offset += chunk.num_tokens;
       if (pool_) {
-        for (int64_t i = 0; i < chunk.num_tokens; ++i) stored_.at(pooled(chunk, lengths_[chunk.slot] + i)) = tokens[i];
+        for (int64_t i = 0; i < chunk.num_tokens; ++i) stored_.at(pooled(chunk, chunk.start + i)) = tokens[i];
       } else {
         history.insert(history.end(), tokens.begin(), tokens.end());
       }
-      lengths_[chunk.slot] += chunk.num_tokens;
-      if (!chunk.want_logits) continue;
+      lengths_[chunk.slot] = chunk.start + chunk.num_tokens;
+      if (chunk.logits == LogitRows::None) continue;
       if (pool_) {
         history.clear();
         for (int64_t p = 0; p < lengths_[chunk.slot]; ++p) history.push_back(stored_.at(pooled(chunk, p)));
@@ -237,9 +239,9 @@ class FakeBackend : public Backend {
  private:
   // Index in the pool of position p of the chunk's sequence; throws when the table does not cover p.
   size_t pooled(const SequenceChunk& chunk, int64_t p) const {
-    const size_t block = static_cast<size_t>(p / pool_->block_size);
+    const size_t block = static_cast<size_t>(p / kKvBlockSize);
     if (block >= chunk.block_table.size()) throw Error(fmt::format("slot {} position {}: no block", chunk.slot, p));
-    return static_cast<size_t>(chunk.block_table[block]) * pool_->block_size + p % pool_->block_size;
+    return static_cast<size_t>(chunk.block_table[block]) * kKvBlockSize + p % kKvBlockSize;
   }
 
   ModelConfig config_;
@@ -290,7 +292,7 @@ EngineRequest request_for(int index, int64_t max_tokens) {
 std::vector<std::string> lone_run_texts(const BpeTokenizer& tokenizer, int requests) {
   FakeBackend backend(tokenizer.vocab_size(), 1);
   Metrics metrics;
-  Engine engine(backend, tokenizer, engine_config(1, 512, 8, 0), metrics);
+  Engine engine(backend, &tokenizer, engine_config(1, 512, 8, 0), metrics);
   std::vector<std::string> texts;
   for (int r = 0; r < requests; ++r) {
     Collected got = collect(*engine.submit(request_for(r, 40)));
@@ -309,7 +311,7 @@ TEST(Engine, BatchedChunkedAndPreemptedOutputsEqualLoneRuns) {
   // 4 sequences, 8 tokens a step, 8 blocks of 16 for up to 4 x 85 tokens: chunked prefill and preemption.
   FakeBackend backend(tokenizer->vocab_size(), 4);
   Metrics metrics;
-  Engine engine(backend, *tokenizer, engine_config(4, 8, 8, kRequests), metrics);
+  Engine engine(backend, tokenizer.get(), engine_config(4, 8, 8, kRequests), metrics);
   std::vector<std::shared_ptr<RequestStream>> streams;
   for (int r = 0; r < kRequests; ++r) streams.push_back(engine.submit(request_for(r, 40)));
   for (int r = 0; r < kRequests; ++r) {
@@ -328,9 +330,9 @@ TEST(Engine, PagedBackendReadsThroughTheSchedulersBlockTables) {
   auto tokenizer = fixture_tokenizer();
   constexpr int kRequests = 12;
   const std::vector<std::string> alone = lone_run_texts(*tokenizer, kRequests);
-  FakeBackend backend(tokenizer->vocab_size(), 4, KvBlockPool{16, 8});
+  FakeBackend backend(tokenizer->vocab_size(), 4, KvBlockPool{8});
   Metrics metrics;
-  Engine engine(backend, *tokenizer, engine_config(4, 8, 8, kRequests), metrics);
+  Engine engine(backend, tokenizer.get(), engine_config(4, 8, 8, kRequests), metrics);
   std::vector<std::shared_ptr<RequestStream>> streams;
   for (int r = 0; r < kRequests; ++r) streams.push_back(engine.submit(request_for(r, 40)));
   for (int r = 0; r < kRequests; ++r) {
@@ -344,17 +346,17 @@ TEST(Engine, PagedBackendReadsThroughTheSchedulersBlockTables) {
 
 TEST(Engine, RefusesASchedulerPoolLargerThanTheBackends) {
   auto tokenizer = fixture_tokenizer();
-  FakeBackend backend(tokenizer->vocab_size(), 2, KvBlockPool{16, 7});
+  FakeBackend backend(tokenizer->vocab_size(), 2, KvBlockPool{7});
   Metrics metrics;
-  expect_error_containing([&] { Engine engine(backend, *tokenizer, engine_config(2, 64, 8, 0), metrics); },
-                          {"backend fake has a pool of 7 blocks of 16"});
+  expect_error_containing([&] { Engine engine(backend, tokenizer.get(), engine_config(2, 64, 8, 0), metrics); },
+                          {"backend fake has a pool of 7"});
 }
 
 TEST(Engine, StopStringsAndStopTokensEndTheOutput) {
   auto tokenizer = fixture_tokenizer();
   FakeBackend backend(tokenizer->vocab_size(), 2);
   Metrics metrics;
-  Engine engine(backend, *tokenizer, engine_config(2, 64, 16, 4), metrics);
+  Engine engine(backend, tokenizer.get(), engine_config(2, 64, 16, 4), metrics);
   const std::string full = collect(*engine.submit(request_for(3, 60))).text;
   ASSERT_GE(full.size(), 40u);
   // A stop string from the middle of the output: the text ends right before its first occurrence.
@@ -381,7 +383,7 @@ TEST(Engine, CancelFreesTheSequenceAndAFullQueueRefuses) {
   auto tokenizer = fixture_tokenizer();
   FakeBackend backend(tokenizer->vocab_size(), 1);
   Metrics metrics;
-  Engine engine(backend, *tokenizer, engine_config(1, 64, 8, 1), metrics);
+  Engine engine(backend, tokenizer.get(), engine_config(1, 64, 8, 1), metrics);
   backend.paused = true;
   auto first = engine.submit(request_for(1, 100));
   auto second = engine.submit(request_for(2, 100));
@@ -404,7 +406,7 @@ TEST(Engine, RejectsRequestsItCannotServe) {
   auto tokenizer = fixture_tokenizer();
   FakeBackend backend(tokenizer->vocab_size(), 1);
   Metrics metrics;
-  Engine engine(backend, *tokenizer, engine_config(1, 64, 8, 1), metrics);
+  Engine engine(backend, tokenizer.get(), engine_config(1, 64, 8, 1), metrics);
   EXPECT_THROW(engine.submit(EngineRequest{}), Error);
   EXPECT_THROW(engine.submit(request_for(1, 128)), Error);  // prompt + max_tokens > max_model_len 128
   EngineRequest bad_token = request_for(1, 4);

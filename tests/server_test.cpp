@@ -60,7 +60,7 @@ class TestServer {
         options.kv_blocks > 0 ? options.kv_blocks : options.max_num_seqs * options.max_model_len / 16;
     config.max_waiting = options.max_waiting;
     backend_ = std::make_unique<CpuBackend>(*model_, options.max_num_seqs);
-    engine_ = std::make_unique<Engine>(*backend_, *tokenizer_, config, metrics_);
+    engine_ = std::make_unique<Engine>(*backend_, tokenizer_.get(), config, metrics_);
     ServerConfig server_config;
     server_config.host = "127.0.0.1";
     server_config.port = 0;

@@ -17,6 +17,7 @@
 #include "runtime/sampler.h"
 #include "tokenizer/chat.h"
 #include "tokenizer/gguf_tokenizer.h"
+#include "batch_util.h"
 #include "oracle_reference.h"
 
 namespace uberlm {
@@ -51,8 +52,7 @@ TEST(SmolLM2Gguf, PrefillAndGreedyDecodeMatchTransformers) {
   const int vocab = model->config.vocab_size, prompt_len = static_cast<int>(prompt.size());
 
   CpuBackend backend(*model, 1);
-  ForwardResult result = backend.forward(
-      ForwardBatch{prompt, {SequenceChunk{0, prompt_len, true}}, /*logits_for_every_token=*/true});
+  ForwardResult result = backend.forward(single_run(prompt, 0, 0, LogitRows::All));
   ASSERT_EQ(result.rows, prompt_len);
   double worst = 0.0;
   for (int p = 0; p < prompt_len; ++p) {
@@ -63,7 +63,7 @@ TEST(SmolLM2Gguf, PrefillAndGreedyDecodeMatchTransformers) {
   int32_t next = argmax(&result.logits[(prompt_len - 1) * vocab], vocab);
   for (size_t step = 0; step < decode_ids.size(); ++step) {
     ASSERT_EQ(next, decode_ids[step]) << "greedy token at step " << step;
-    result = backend.forward(ForwardBatch{{next}, {SequenceChunk{0, 1, true}}});
+    result = backend.forward(single_run({next}, 0, prompt_len + static_cast<int64_t>(step)));
     const double err = max_relative_error(result.logits.data(), &decode_ref[step * vocab], vocab);
     worst = std::max(worst, err);
     ASSERT_LE(err, kRelativeTolerance) << "decode step " << step;

@@ -3,6 +3,8 @@
 #include <CLI/CLI.hpp>
 #include <nlohmann/json.hpp>
 
+#include "model/config.h"
+
 namespace uberlm::cli {
 
 void add_run_command(CLI::App& app);
@@ -20,5 +22,7 @@ std::string gsm8k_document_text(const nlohmann::json& row, const std::string& pa
 
 // The model used when --model is not given: $UBERLM_MODEL, else the default model shipped in the repo.
 std::string default_model_dir();
+// --shape NAME: a named shape (model/shapes.h), or "default", the default model's config.
+ModelConfig shape_config(const std::string& name);
 
 }  // namespace uberlm::cli

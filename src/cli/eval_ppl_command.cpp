@@ -10,7 +10,7 @@
 #include "eval/gsm8k.h"
 #include "model/model.h"
 #include "model/quantize.h"
-#include "runtime/cpu_backend.h"
+#include "runtime/engine_stack.h"
 #include "runtime/perplexity.h"
 #include "tokenizer/bpe_tokenizer.h"
 
@@ -26,6 +26,7 @@ struct PplOptions {
   int batch = 4;
   std::string json_path;
   std::string quantize;  // "nvfp4": quantise the bf16 linear layers at load
+  std::string device = "cpu";
 };
 
 std::vector<std::string> read_documents(const std::string& path) {
@@ -65,16 +66,23 @@ void run_ppl(const PplOptions& options) {
     if (ids.size() > static_cast<size_t>(options.max_tokens_per_document)) ids.resize(options.max_tokens_per_document);
     if (ids.size() >= 2) documents.emplace_back(ids.begin(), ids.end());
   }
-  CpuBackend backend(*model, options.batch);
+  EngineStackOptions stack_options;
+  stack_options.device = options.device;
+  stack_options.max_num_seqs = options.batch;
+  stack_options.max_model_len = options.max_tokens_per_document;
+  stack_options.max_num_batched_tokens = std::max(512, options.max_tokens_per_document);
+  stack_options.kv_cache_tokens = static_cast<int64_t>(options.batch) * options.max_tokens_per_document;
+  stack_options.loop_thread = false;
+  EngineStack stack(*model, tokenizer.get(), stack_options);
   ProgressBar progress("eval ppl", static_cast<int64_t>(documents.size()));
   auto start = std::chrono::steady_clock::now();
-  PerplexityResult result = evaluate_perplexity(backend, documents, [&] { progress.advance(); });
+  PerplexityResult result = evaluate_perplexity(stack.engine(), documents, [&] { progress.advance(); });
   progress.finish();
   const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   nlohmann::json report = {{"task", "perplexity"},
                            {"model", options.model},
                            {"data", options.data},
-                           {"backend", backend.name()},
+                           {"backend", stack.backend().name()},
                            {"documents", result.documents},
                            {"scored_tokens", result.scored_tokens},
                            {"mean_nll", result.total_nll / static_cast<double>(result.scored_tokens)},
@@ -107,7 +115,10 @@ void add_eval_ppl_command(CLI::App& eval) {
   cmd->add_option("--limit", options->limit, "Use the first N documents (0 = all)");
   cmd->add_option("--max-tokens-per-document", options->max_tokens_per_document, "Truncate longer documents")
       ->check(CLI::Range(2, 1 << 20));
-  cmd->add_option("--batch", options->batch, "Documents per forward pass")->check(CLI::Range(1, 256));
+  cmd->add_option("--batch", options->batch, "Documents scored together (the engine's max-num-seqs)")
+      ->check(CLI::Range(1, 256));
+  cmd->add_option("--device", options->device, "cpu, cuda, or auto (cuda when a GPU is present)")
+      ->check(CLI::IsMember({"cpu", "cuda", "auto"}))->capture_default_str();
   cmd->add_option("--json", options->json_path, "Also write the JSON report here");
   cmd->add_option("--quantize", options->quantize, "Quantise bf16 linear layers at load")->check(CLI::IsMember({"nvfp4"}));
   cmd->callback([options] { run_ppl(*options); });

@@ -14,8 +14,8 @@ namespace {
 void print_config(const ModelConfig& c) {
   fmt::print("model_type           {}\n", c.model_type);
   fmt::print("hidden_size          {}\n", c.hidden_size);
-  fmt::print("layers               {} ({} full attention, {} linear attention)\n", c.num_layers,
-             c.num_layers_of(LayerKind::FullAttention), c.num_layers_of(LayerKind::LinearAttention));
+  fmt::print("layers               {} ({} full attention, {} Gated DeltaNet)\n", c.num_layers,
+             c.num_layers_of(LayerKind::FullAttention), c.num_layers_of(LayerKind::GatedDeltaNet));
   fmt::print("intermediate_size    {}\n", c.intermediate_size);
   fmt::print("vocab_size           {}\n", c.vocab_size);
   fmt::print("attention            {} heads, {} kv heads, head_dim {}, rotary_dim {}, theta {}\n", c.num_heads,
@@ -23,10 +23,10 @@ void print_config(const ModelConfig& c) {
   fmt::print("flags                qk_norm={} output_gate={} qkv_bias={} norm={} tied_embeddings={}\n", c.qk_norm,
              c.attn_output_gate, c.qkv_bias, c.norm_style == NormStyle::OnePlusWeight ? "1+w" : "w",
              c.tie_word_embeddings);
-  if (c.linear_num_value_heads > 0) {
+  if (c.delta_net_num_value_heads > 0) {
     fmt::print("gated deltanet       {} key heads x {}, {} value heads x {}, conv kernel {}\n",
-               c.linear_num_key_heads, c.linear_key_head_dim, c.linear_num_value_heads, c.linear_value_head_dim,
-               c.linear_conv_kernel);
+               c.delta_net_num_key_heads, c.delta_net_key_head_dim, c.delta_net_num_value_heads, c.delta_net_value_head_dim,
+               c.delta_net_conv_kernel);
   }
   std::string kinds;
   for (LayerKind kind : c.layer_kinds) kinds += kind == LayerKind::FullAttention ? 'A' : 'L';

@@ -1,6 +1,6 @@
 // `uberlm run`: generate text from a prompt and stream it to stdout.
+#include <algorithm>
 #include <cstdio>
-#include <cstdlib>
 
 #include <fmt/format.h>
 
@@ -8,19 +8,12 @@
 #include "model/gguf_model.h"
 #include "model/model.h"
 #include "model/quantize.h"
-#include "runtime/cpu_backend.h"
-#include "runtime/cuda_backend.h"
-#include "runtime/generator.h"
+#include "runtime/engine_stack.h"
 #include "tokenizer/bpe_tokenizer.h"
 #include "tokenizer/chat.h"
 #include "tokenizer/gguf_tokenizer.h"
 
 namespace uberlm::cli {
-
-std::string default_model_dir() {
-  if (const char* env = std::getenv("UBERLM_MODEL")) return env;
-  return UBERLM_DEFAULT_MODEL;
-}
 
 namespace {
 
@@ -63,36 +56,42 @@ void run(const RunOptions& options) {
   auto model = Model::load(options.model);
   if (options.quantize == "nvfp4") quantize_model_at_load(*model);
   PromptFormat format = load_prompt_format(options.model);
-  const BpeTokenizer* tokenizer = format.tokenizer.get();
+  const BpeTokenizer& tokenizer = *format.tokenizer;
   std::vector<ChatMessage> messages;
   if (format.default_system_prompt) messages.push_back({"system", *format.default_system_prompt});
   messages.push_back({"user", options.prompt});
   const std::string text = options.chat ? render_chatml(messages, /*add_generation_prompt=*/true) : options.prompt;
-  std::unique_ptr<Backend> backend_owner = make_backend(*model, options.device, /*max_slots=*/1, options.tensor_parallel);
-  Backend& backend = *backend_owner;
-  GenerationRequest request;
+  EngineRequest request;
   if (format.bos_id) request.prompt.push_back(*format.bos_id);
-  for (int id : tokenizer->encode(text)) request.prompt.push_back(id);
+  for (int id : tokenizer.encode(text)) request.prompt.push_back(id);
   request.max_tokens = options.max_tokens;
   request.sampling = {options.temperature, options.top_k, options.top_p, options.seed};
   request.stop_token_ids = model->stop_token_ids;
   if (options.chat) {
-    if (auto im_end = tokenizer->token_id("<|im_end|>")) request.stop_token_ids.push_back(*im_end);
+    if (auto im_end = tokenizer.token_id("<|im_end|>")) request.stop_token_ids.push_back(*im_end);
   }
 
+  EngineStackOptions stack_options;
+  stack_options.device = options.device;
+  stack_options.tensor_parallel = options.tensor_parallel;
+  stack_options.max_num_seqs = 1;
+  stack_options.max_model_len = std::max<int64_t>(default_max_model_len(model->config),
+                                                  static_cast<int64_t>(request.prompt.size()) + options.max_tokens);
+  stack_options.kv_cache_tokens = stack_options.max_model_len;
+  stack_options.loop_thread = false;
+  EngineStack stack(*model, &tokenizer, stack_options);
+
   if (!options.chat) std::fputs(options.prompt.c_str(), stdout);
-  StreamDecoder stream(*tokenizer);
-  GenerationStats stats = generate(backend, 0, request, [&](int32_t token) {
-    std::fputs(stream.push(token).c_str(), stdout);
+  const GenerationStats stats = generate(stack.engine(), std::move(request), [](const StreamEvent& event) {
+    std::fputs(event.text.c_str(), stdout);
     std::fflush(stdout);
-    return true;
   });
-  std::fputs((stream.flush() + "\n").c_str(), stdout);
+  std::fputs("\n", stdout);
   std::fflush(stdout);
-  const double decode_rate = stats.decode_seconds > 0 ? stats.generated_tokens / stats.decode_seconds : 0.0;
+  const double decode_rate = stats.decode_seconds > 0 ? (stats.generated_tokens - 1) / stats.decode_seconds : 0.0;
   const double prefill_rate = stats.prefill_seconds > 0 ? stats.prompt_tokens / stats.prefill_seconds : 0.0;
   std::fputs(fmt::format("[{}] prompt {} tokens ({:.1f} tok/s), generated {} tokens, {:.1f} tok/s decode\n",
-                         backend.name(), stats.prompt_tokens, prefill_rate, stats.generated_tokens, decode_rate)
+                         stack.backend().name(), stats.prompt_tokens, prefill_rate, stats.generated_tokens, decode_rate)
                  .c_str(),
              stderr);
 }

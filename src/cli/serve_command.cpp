@@ -1,5 +1,6 @@
-// `uberlm serve`: the OpenAI-compatible server. One Engine loop drives the CPU or the CUDA backend; on
-// CUDA the scheduler hands out the blocks of a paged KV pool sized from free GPU memory. With --shape,
+// `uberlm serve`: the OpenAI-compatible server over an EngineStack (runtime/engine_stack.h): one Engine loop
+// drives the CPU or the CUDA backend; on CUDA the scheduler hands out the blocks of a paged KV pool sized
+// from free GPU memory. With --shape,
 // the CUDA backend runs a named model shape on random weights made on the GPU (for load tests of big
 // shapes without their checkpoints), with the tokenizer of another model: sampled ids that tokenizer
 // lacks decode to no text, as Hugging Face `tokenizers` decodes them, and still count as tokens.
@@ -11,12 +12,9 @@
 #include <spdlog/spdlog.h>
 
 #include "cli/commands.h"
-#include "cli/model_shapes.h"
 #include "core/error.h"
 #include "model/model.h"
-#include "runtime/cuda_backend.h"
-#include "runtime/cuda_tensor_parallel_backend.h"
-#include "runtime/engine.h"
+#include "runtime/engine_stack.h"
 #include "server/openai_server.h"
 #include "tokenizer/bpe_tokenizer.h"
 
@@ -44,122 +42,71 @@ struct ServeOptions {
   int tensor_parallel = 1;
 };
 
-// What the engine serves: the backend, the tokenizer, and the model it stands for.
-struct Served {
-  std::unique_ptr<Model> model;  // null with --shape
-  std::unique_ptr<Backend> backend;
-  std::unique_ptr<BpeTokenizer> tokenizer;
-  std::string name;
-  std::vector<int> stop_token_ids;
-};
-
-int64_t kv_blocks_for(int64_t tokens, int block_size) { return (tokens + block_size - 1) / block_size; }
-
-CudaBackendOptions cuda_options(const ServeOptions& options, int64_t max_model_len, int block_size) {
-  CudaBackendOptions cuda;
-  cuda.max_slots = options.max_num_seqs;
-  cuda.max_context = max_model_len;
-  cuda.max_batch_tokens = options.max_num_batched_tokens;
-  cuda.max_logit_rows = std::min<int64_t>(options.max_num_seqs, options.max_num_batched_tokens);
-  cuda.scheduler_owns_kv_blocks = true;
-  cuda.num_kv_blocks = options.kv_cache_tokens > 0 ? kv_blocks_for(options.kv_cache_tokens, block_size) : 0;
-  cuda.gpu_memory_utilization = options.gpu_memory_utilization;
-  return cuda;
-}
-
-int64_t default_max_model_len(const ModelConfig& config) {
-  const int64_t context = config.max_position_embeddings > 0 ? config.max_position_embeddings : 4096;
-  return std::min<int64_t>(context, 8192);
-}
-
-Served load_served(const ServeOptions& options, int64_t& max_model_len, int block_size) {
-  Served served;
-  std::filesystem::path tokenizer_dir;
-  if (!options.shape.empty()) {
-    if (options.tokenizer.empty()) fail("serve --shape {}: --tokenizer DIR is required", options.shape);
-    if (options.device == "cpu") fail("serve --shape: synthetic weights are made on the GPU; use --device cuda");
-#ifdef UBERLM_WITH_CUDA
-    if (!cuda_device_present()) fail("serve --shape: no CUDA device is visible");
-    const ModelConfig config = shape_config(options.shape);
-    if (max_model_len == 0) max_model_len = default_max_model_len(config);
-    const SyntheticFormat format = options.weights == "bf16" ? SyntheticFormat::Bf16 : SyntheticFormat::Nvfp4;
-    const CudaBackendOptions cuda = cuda_options(options, max_model_len, block_size);
-    std::unique_ptr<GpuBackend> backend;
-    if (options.tensor_parallel > 1) {
-      backend = std::make_unique<CudaTensorParallelBackend>(config, format, options.tensor_parallel, cuda, options.seed);
-    } else {
-      backend = std::make_unique<CudaBackend>(config, format, cuda, options.seed);
-    }
-    spdlog::info("cuda backend, {} shape with random {} weights (seed {}): {}", options.shape, options.weights,
-                 options.seed, backend->memory_summary());
-    served.backend = std::move(backend);
-#else
-    fail("serve --shape: this binary was built without CUDA");
-#endif
-    tokenizer_dir = options.tokenizer;
-    served.name = options.shape;
-  } else {
-    served.model = Model::load(options.model);
-    if (max_model_len == 0) max_model_len = default_max_model_len(served.model->config);
-    served.backend = make_backend(*served.model, options.device, cuda_options(options, max_model_len, block_size),
-                                  options.tensor_parallel);
-    tokenizer_dir = options.tokenizer.empty() ? std::filesystem::path(options.model) : std::filesystem::path(options.tokenizer);
-    served.name = std::filesystem::path(options.model).lexically_normal().filename().string();
-    served.stop_token_ids = served.model->stop_token_ids;
-  }
-  served.tokenizer = BpeTokenizer::load(tokenizer_dir / "tokenizer.json");
-  const int vocab = served.backend->config().vocab_size;
-  if (served.tokenizer->vocab_size() > vocab) {
-    fail("serve: {} has {} tokenizer ids but the model's vocab_size is {}", tokenizer_dir.string(),
-         served.tokenizer->vocab_size(), vocab);
-  }
-  if (!options.served_model_name.empty()) served.name = options.served_model_name;
-  if (served.name.empty()) served.name = "default";
-  return served;
-}
-
 OpenAiServer* g_server = nullptr;
 
 void request_stop(int) {
   if (g_server != nullptr) g_server->stop();
 }
 
-void serve(const ServeOptions& options) {
-  EngineConfig config;
-  int64_t max_model_len = options.max_model_len;
-  Served served = load_served(options, max_model_len, config.scheduler.block_size);
-  Backend& backend = *served.backend;
-  config.scheduler.max_num_seqs = options.max_num_seqs;
-  config.scheduler.max_model_len = max_model_len;
-  config.scheduler.max_num_batched_tokens = options.max_num_batched_tokens;
-  config.scheduler.num_slots = options.max_num_seqs;
-  if (std::optional<KvBlockPool> pool = backend.kv_block_pool()) {
-    config.scheduler.num_kv_blocks = pool->num_blocks;
-  } else {
-    // Host caches grow per slot; the default pool holds every running sequence at full length, so
-    // preemption only happens when asked for.
-    const int64_t kv_tokens =
-        options.kv_cache_tokens > 0 ? options.kv_cache_tokens : options.max_num_seqs * max_model_len;
-    config.scheduler.num_kv_blocks = kv_blocks_for(kv_tokens, config.scheduler.block_size);
-  }
-  config.max_waiting = options.max_waiting;
+EngineStackOptions stack_options(const ServeOptions& options) {
+  EngineStackOptions stack;
+  stack.device = options.device;
+  stack.tensor_parallel = options.tensor_parallel;
+  stack.max_num_seqs = options.max_num_seqs;
+  stack.max_model_len = options.max_model_len;
+  stack.max_num_batched_tokens = options.max_num_batched_tokens;
+  stack.kv_cache_tokens = options.kv_cache_tokens;
+  stack.gpu_memory_utilization = options.gpu_memory_utilization;
+  stack.max_waiting = options.max_waiting;
+  return stack;
+}
 
-  Metrics metrics;
-  Engine engine(backend, *served.tokenizer, config, metrics);
+void serve(const ServeOptions& options) {
+  std::unique_ptr<Model> model;  // null with --shape
+  std::unique_ptr<EngineStack> stack;
+  std::filesystem::path tokenizer_dir = options.tokenizer;
+  std::string name = options.served_model_name;
+  std::vector<int> stop_token_ids;
+  if (!options.shape.empty()) {
+    if (options.tokenizer.empty()) fail("serve --shape {}: --tokenizer DIR is required", options.shape);
+  } else {
+    model = Model::load(options.model);
+    if (tokenizer_dir.empty()) tokenizer_dir = options.model;
+    if (name.empty()) name = std::filesystem::path(options.model).lexically_normal().filename().string();
+    stop_token_ids = model->stop_token_ids;
+  }
+  const std::unique_ptr<BpeTokenizer> tokenizer = BpeTokenizer::load(tokenizer_dir / "tokenizer.json");
+  if (model) {
+    stack = std::make_unique<EngineStack>(*model, tokenizer.get(), stack_options(options));
+  } else {
+#ifdef UBERLM_WITH_CUDA
+    const SyntheticFormat format = options.weights == "bf16" ? SyntheticFormat::Bf16 : SyntheticFormat::Nvfp4;
+    stack = std::make_unique<EngineStack>(shape_config(options.shape), format, options.seed, tokenizer.get(),
+                                          stack_options(options));
+    spdlog::info("cuda backend, {} shape with random {} weights (seed {}): {}", options.shape, options.weights,
+                 options.seed, stack->gpu_backend()->memory_summary());
+    if (name.empty()) name = options.shape;
+#else
+    fail("serve --shape: this binary was built without CUDA");
+#endif
+  }
+  if (name.empty()) name = "default";
+
   ServerConfig server_config;
   server_config.host = options.host;
   server_config.port = options.port;
-  server_config.model_name = served.name;
+  server_config.model_name = name;
   server_config.api_key = options.api_key;
-  server_config.stop_token_ids = served.stop_token_ids;
-  OpenAiServer server(engine, *served.tokenizer, metrics, server_config);
+  server_config.stop_token_ids = stop_token_ids;
+  OpenAiServer server(stack->engine(), *tokenizer, stack->metrics(), server_config);
   const int port = server.bind();
   g_server = &server;
   std::signal(SIGINT, request_stop);
   std::signal(SIGTERM, request_stop);
+  const SchedulerConfig& scheduler = stack->config().scheduler;
   spdlog::info("serving '{}' on http://{}:{} ({} backend, max-num-seqs {}, max-model-len {}, {} KV blocks of {} tokens)",
-               server_config.model_name, options.host, port, backend.name(), options.max_num_seqs,
-               config.scheduler.max_model_len, config.scheduler.num_kv_blocks, config.scheduler.block_size);
+               name, options.host, port, stack->backend().name(), scheduler.max_num_seqs, scheduler.max_model_len,
+               scheduler.num_kv_blocks, kKvBlockSize);
   server.serve();
   g_server = nullptr;
   spdlog::info("server stopped");

@@ -134,7 +134,7 @@ void read_layer_kinds(const FieldReader& fields, bool hybrid, ModelConfig& confi
     for (int i = 0; i < config.num_layers; ++i) {
       std::string type = types[i].is_string() ? types[i].get<std::string>() : describe(types[i]);
       if (type == "linear_attention") {
-        config.layer_kinds[i] = LayerKind::LinearAttention;
+        config.layer_kinds[i] = LayerKind::GatedDeltaNet;
       } else if (type != "full_attention") {
         fail("{}: layer_types[{}] is '{}' (expected linear_attention or full_attention)", fields.source(), i, type);
       }
@@ -144,21 +144,21 @@ void read_layer_kinds(const FieldReader& fields, bool hybrid, ModelConfig& confi
   int interval = fields.required_int("full_attention_interval");
   if (interval <= 0) fail("{}: field 'full_attention_interval' must be positive", fields.source());
   for (int i = 0; i < config.num_layers; ++i) {
-    config.layer_kinds[i] = (i + 1) % interval == 0 ? LayerKind::FullAttention : LayerKind::LinearAttention;
+    config.layer_kinds[i] = (i + 1) % interval == 0 ? LayerKind::FullAttention : LayerKind::GatedDeltaNet;
   }
 }
 
-void read_linear_attention(const FieldReader& fields, ModelConfig& config) {
-  config.linear_num_key_heads = fields.required_int("linear_num_key_heads");
-  config.linear_num_value_heads = fields.required_int("linear_num_value_heads");
-  config.linear_key_head_dim = fields.required_int("linear_key_head_dim");
-  config.linear_value_head_dim = fields.required_int("linear_value_head_dim");
-  config.linear_conv_kernel = fields.required_int("linear_conv_kernel_dim");
-  if (config.linear_num_key_heads == 0 || config.linear_num_value_heads % config.linear_num_key_heads != 0) {
+void read_gated_delta_net(const FieldReader& fields, ModelConfig& config) {
+  config.delta_net_num_key_heads = fields.required_int("linear_num_key_heads");
+  config.delta_net_num_value_heads = fields.required_int("linear_num_value_heads");
+  config.delta_net_key_head_dim = fields.required_int("linear_key_head_dim");
+  config.delta_net_value_head_dim = fields.required_int("linear_value_head_dim");
+  config.delta_net_conv_kernel = fields.required_int("linear_conv_kernel_dim");
+  if (config.delta_net_num_key_heads == 0 || config.delta_net_num_value_heads % config.delta_net_num_key_heads != 0) {
     fail("{}: linear_num_value_heads ({}) must be a multiple of linear_num_key_heads ({})", fields.source(),
-         config.linear_num_value_heads, config.linear_num_key_heads);
+         config.delta_net_num_value_heads, config.delta_net_num_key_heads);
   }
-  if (config.linear_conv_kernel < 1) fail("{}: linear_conv_kernel_dim must be at least 1", fields.source());
+  if (config.delta_net_conv_kernel < 1) fail("{}: linear_conv_kernel_dim must be at least 1", fields.source());
 }
 
 void check_activation(const FieldReader& fields) {
@@ -222,7 +222,7 @@ ModelConfig parse_model_config(const std::string& text, const std::string& sourc
   check_activation(fields);
   read_rope(fields, config);
   read_layer_kinds(fields, family.hybrid, config);
-  if (family.hybrid) read_linear_attention(fields, config);
+  if (family.hybrid) read_gated_delta_net(fields, config);
   return config;
 }
 

@@ -7,15 +7,12 @@
 
 #include <nlohmann/json.hpp>
 
+#include "core/norm_style.h"
+
 namespace uberlm {
 
-enum class LayerKind { FullAttention, LinearAttention };
+enum class LayerKind { FullAttention, GatedDeltaNet };
 const char* layer_kind_name(LayerKind kind);
-
-enum class NormStyle {
-  Weight,        // y = x * rsqrt(mean(x^2) + eps) * w            (llama, qwen2, qwen3)
-  OnePlusWeight  // y = x * rsqrt(mean(x^2) + eps) * (1 + w)      (qwen3_5: zero-centred weights)
-};
 
 struct ModelConfig {
   std::string model_type;  // as written in config.json (text_config's for qwen3_5)
@@ -40,16 +37,16 @@ struct ModelConfig {
   bool o_bias = false;
   int max_position_embeddings = 0;
 
-  // Gated DeltaNet (linear attention); zero when the model has none.
-  int linear_num_key_heads = 0;
-  int linear_num_value_heads = 0;
-  int linear_key_head_dim = 0;
-  int linear_value_head_dim = 0;
-  int linear_conv_kernel = 0;
+  // Gated DeltaNet (config.json's linear_* keys); zero when the model has none.
+  int delta_net_num_key_heads = 0;
+  int delta_net_num_value_heads = 0;
+  int delta_net_key_head_dim = 0;
+  int delta_net_value_head_dim = 0;
+  int delta_net_conv_kernel = 0;
 
-  int linear_key_dim() const { return linear_num_key_heads * linear_key_head_dim; }
-  int linear_value_dim() const { return linear_num_value_heads * linear_value_head_dim; }
-  int linear_conv_dim() const { return 2 * linear_key_dim() + linear_value_dim(); }
+  int delta_net_key_dim() const { return delta_net_num_key_heads * delta_net_key_head_dim; }
+  int delta_net_value_dim() const { return delta_net_num_value_heads * delta_net_value_head_dim; }
+  int delta_net_conv_dim() const { return 2 * delta_net_key_dim() + delta_net_value_dim(); }
   int q_proj_rows() const { return num_heads * head_dim * (attn_output_gate ? 2 : 1); }
   int num_layers_of(LayerKind kind) const;
 };

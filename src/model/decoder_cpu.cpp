@@ -42,8 +42,8 @@ CpuDecoder::CpuDecoder(const ModelConfig& config, const ModelWeights& weights, H
       weights_(weights),
       collectives_(collectives),
       rope_(config.rotary_dim, config.rope_theta),
-      delta_shape_{config.linear_num_key_heads, config.linear_num_value_heads, config.linear_key_head_dim,
-                   config.linear_value_head_dim, config.linear_conv_kernel} {
+      delta_net_shape_{config.delta_net_num_key_heads, config.delta_net_num_value_heads, config.delta_net_key_head_dim,
+                   config.delta_net_value_head_dim, config.delta_net_conv_kernel} {
   for (const LayerWeights& layer : weights.layers) {
     LayerParams p;
     p.input_norm = to_f32(layer.input_norm);
@@ -66,10 +66,10 @@ CpuSequenceCache CpuDecoder::new_cache() const {
   cache.conv.resize(config_.num_layers);
   cache.recurrent.resize(config_.num_layers);
   for (int i = 0; i < config_.num_layers; ++i) {
-    if (config_.layer_kinds[i] != LayerKind::LinearAttention) continue;
-    cache.conv[i].assign(delta_shape_.conv_dim() * (delta_shape_.conv_kernel - 1), 0.0f);
+    if (config_.layer_kinds[i] != LayerKind::GatedDeltaNet) continue;
+    cache.conv[i].assign(delta_net_shape_.conv_dim() * (delta_net_shape_.conv_kernel - 1), 0.0f);
     cache.recurrent[i].assign(
-        static_cast<int64_t>(delta_shape_.num_v_heads) * delta_shape_.k_head_dim * delta_shape_.v_head_dim, 0.0f);
+        static_cast<int64_t>(delta_net_shape_.num_v_heads) * delta_net_shape_.k_head_dim * delta_net_shape_.v_head_dim, 0.0f);
   }
   return cache;
 }
@@ -80,13 +80,28 @@ std::vector<CpuDecoder::TokenSpan> CpuDecoder::spans_of(const ForwardBatch& batc
   int64_t offset = 0;
   for (const SequenceChunk& chunk : batch.chunks) {
     if (chunk.slot < 0 || chunk.slot >= static_cast<int>(caches.size())) fail("forward: invalid slot {}", chunk.slot);
-    spans.push_back({&caches[chunk.slot], offset, chunk.num_tokens});
+    CpuSequenceCache& cache = caches[chunk.slot];
+    if (chunk.start != cache.length) {
+      fail("forward: slot {}'s run starts at position {}, its cache holds {} tokens", chunk.slot, chunk.start,
+           cache.length);
+    }
+    spans.push_back({&cache, offset, chunk.num_tokens});
     offset += chunk.num_tokens;
   }
   if (offset != static_cast<int64_t>(batch.tokens.size())) {
     fail("forward: chunks cover {} tokens, batch has {}", offset, batch.tokens.size());
   }
   return spans;
+}
+
+// A run at position 0 begins its slot afresh. Any other start must continue the cache where it ends: the
+// Gated DeltaNet state keeps no history to rewind (spans_of checks).
+void CpuDecoder::begin_runs(const ForwardBatch& batch, std::vector<CpuSequenceCache>& caches) const {
+  for (const SequenceChunk& chunk : batch.chunks) {
+    if (chunk.start == 0 && chunk.slot >= 0 && chunk.slot < static_cast<int>(caches.size())) {
+      caches[chunk.slot] = new_cache();
+    }
+  }
 }
 
 void CpuDecoder::all_reduce(float* out, int64_t num_tokens) const {
@@ -110,6 +125,7 @@ void CpuDecoder::mixer(int layer, const float* h, int64_t num_tokens, const std:
 ForwardResult CpuDecoder::forward(const ForwardBatch& batch, std::vector<CpuSequenceCache>& caches) const {
   const int64_t num_tokens = static_cast<int64_t>(batch.tokens.size());
   const int64_t dim = config_.hidden_size;
+  begin_runs(batch, caches);
   std::vector<TokenSpan> spans = spans_of(batch, caches);
 
   // x: [T, D] = embed_tokens[tokens]; embeddings are not scaled.
@@ -124,13 +140,11 @@ ForwardResult CpuDecoder::forward(const ForwardBatch& batch, std::vector<CpuSequ
   for (int layer = 0; layer < config_.num_layers; ++layer) run_layer(layer, x.data(), num_tokens, spans);
   for (TokenSpan& span : spans) span.cache->length += span.num_tokens;
 
-  // Rows that produce logits: the last token of each chunk that wants them, or every token.
+  // Rows that produce logits (LogitRows): each chunk's last token, every token, or none.
   std::vector<int64_t> rows;
   for (size_t c = 0; c < batch.chunks.size(); ++c) {
-    if (!batch.chunks[c].want_logits || spans[c].num_tokens == 0) continue;
-    const int64_t first = batch.logits_for_every_token ? spans[c].first_token
-                                                       : spans[c].first_token + spans[c].num_tokens - 1;
-    for (int64_t t = first; t < spans[c].first_token + spans[c].num_tokens; ++t) rows.push_back(t);
+    const int64_t end = spans[c].first_token + spans[c].num_tokens;
+    for (int64_t t = end - batch.chunks[c].logit_rows(); t < end; ++t) rows.push_back(t);
   }
   std::vector<float> normed(rows.size() * dim);
   for (size_t r = 0; r < rows.size(); ++r) {
@@ -230,9 +244,9 @@ void CpuDecoder::full_attention(int layer, const float* h, int64_t num_tokens, c
 
 void CpuDecoder::gated_delta_net(int layer, const float* h, int64_t num_tokens, const std::vector<TokenSpan>& spans,
                                  float* out) const {
-  const DeltaNetWeights& w = weights_.layers[layer].delta_net;
+  const GatedDeltaNetWeights& w = weights_.layers[layer].delta_net;
   const LayerParams& p = params_[layer];
-  const cpu::DeltaNetShape& shape = delta_shape_;
+  const cpu::GatedDeltaNetShape& shape = delta_net_shape_;
   const int64_t conv_dim = shape.conv_dim(), value_dim = shape.value_dim();
   std::vector<float> qkv, z, b, a;
   project(w.in_proj_qkv, h, num_tokens, qkv);  // [T, conv_dim], q | k | v

@@ -6,11 +6,11 @@
 #include <vector>
 
 #include "model/config.h"
+#include "model/forward_batch.h"
 #include "model/tensor_parallel.h"
 #include "model/weights.h"
 #include "ops/cpu/gated_delta_net.h"
 #include "ops/cpu/rope.h"
-#include "runtime/backend.h"
 
 namespace uberlm {
 
@@ -19,8 +19,8 @@ struct CpuSequenceCache {
   int64_t length = 0;                        // tokens already processed
   std::vector<std::vector<float>> keys;      // full attention: [length, KV, head_dim]
   std::vector<std::vector<float>> values;    // full attention: [length, KV, head_dim]
-  std::vector<std::vector<float>> conv;      // linear attention: [conv_dim, kernel - 1]
-  std::vector<std::vector<float>> recurrent; // linear attention: [num_v_heads, k_head_dim, v_head_dim]
+  std::vector<std::vector<float>> conv;      // Gated DeltaNet: [conv_dim, kernel - 1]
+  std::vector<std::vector<float>> recurrent; // Gated DeltaNet: [num_v_heads, k_head_dim, v_head_dim]
 };
 
 class CpuDecoder {
@@ -30,7 +30,8 @@ class CpuDecoder {
   CpuDecoder(const ModelConfig& config, const ModelWeights& weights, HostCollectives* collectives = nullptr);
 
   CpuSequenceCache new_cache() const;
-  // Runs `batch`; caches[chunk.slot] is the cache of each chunk's sequence and grows by its tokens.
+  // Runs `batch`; caches[chunk.slot] is the cache of each chunk's sequence: a chunk at start 0 empties it
+  // first, any other start must equal its length; it grows by the chunk's tokens.
   ForwardResult forward(const ForwardBatch& batch, std::vector<CpuSequenceCache>& caches) const;
 
   // One sublayer on normed input h [T, D] -> out [T, D] (a shard's partial sum without collectives).
@@ -52,6 +53,7 @@ class CpuDecoder {
   };
 
   std::vector<TokenSpan> spans_of(const ForwardBatch& batch, std::vector<CpuSequenceCache>& caches) const;
+  void begin_runs(const ForwardBatch& batch, std::vector<CpuSequenceCache>& caches) const;
   // out [T, D]: sums the ranks' partial outputs of a row-parallel layer.
   void all_reduce(float* out, int64_t num_tokens) const;
   // x: [T, D] hidden states, updated in place by one layer.
@@ -69,7 +71,7 @@ class CpuDecoder {
   std::vector<LayerParams> params_;
   std::vector<float> final_norm_;
   cpu::Rope rope_;
-  cpu::DeltaNetShape delta_shape_;
+  cpu::GatedDeltaNetShape delta_net_shape_;
 };
 
 }  // namespace uberlm

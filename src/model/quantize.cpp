@@ -233,19 +233,8 @@ QuantizeSummary quantize_checkpoint(const QuantizeOptions& options) {
 
 int quantize_model_at_load(Model& model, const std::vector<std::string>& exclude) {
   const Exclusions exclusions(exclude);
-  std::vector<LinearWeight*> layers = {&model.weights.lm_head};
-  for (LayerWeights& layer : model.weights.layers) {
-    if (layer.kind == LayerKind::FullAttention) {
-      AttentionWeights& a = layer.attention;
-      layers.insert(layers.end(), {&a.q_proj, &a.k_proj, &a.v_proj, &a.o_proj});
-    } else {
-      DeltaNetWeights& d = layer.delta_net;
-      layers.insert(layers.end(), {&d.in_proj_qkv, &d.in_proj_z, &d.in_proj_b, &d.in_proj_a, &d.out_proj});
-    }
-    layers.insert(layers.end(), {&layer.mlp.gate_proj, &layer.mlp.up_proj, &layer.mlp.down_proj});
-  }
   std::vector<LinearWeight*> chosen;
-  for (LinearWeight* layer : layers) {
+  for (LinearWeight* layer : all_linear_layers(model.weights, model.config)) {
     if (!layer->nvfp4 && layer->in_features() % kNvfp4BlockSize == 0 && !exclusions.excludes(layer->name + ".weight")) {
       chosen.push_back(layer);
     }

@@ -143,12 +143,12 @@ TensorParallelShard plan_tensor_parallel_shard(const ModelConfig& c, int size, i
     shard.attention_heads = even_split(c.num_heads, size, rank);
     shard.attention_kv_heads = shared_heads_of(shard.attention_heads, c.num_heads / c.num_kv_heads);
   }
-  if (c.num_layers_of(LayerKind::LinearAttention) > 0) {
-    require_divisible(c.linear_num_value_heads, size, "linear_num_value_heads");
-    require_grouped(c.linear_num_key_heads, size, "linear_num_key_heads");
-    shard.delta_value_heads = even_split(c.linear_num_value_heads, size, rank);
-    shard.delta_key_heads =
-        shared_heads_of(shard.delta_value_heads, c.linear_num_value_heads / c.linear_num_key_heads);
+  if (c.num_layers_of(LayerKind::GatedDeltaNet) > 0) {
+    require_divisible(c.delta_net_num_value_heads, size, "linear_num_value_heads");
+    require_grouped(c.delta_net_num_key_heads, size, "linear_num_key_heads");
+    shard.delta_net_value_heads = even_split(c.delta_net_num_value_heads, size, rank);
+    shard.delta_net_key_heads =
+        shared_heads_of(shard.delta_net_value_heads, c.delta_net_num_value_heads / c.delta_net_num_key_heads);
   }
   require_divisible(c.intermediate_size, size, "intermediate_size");
   shard.mlp_features = even_split(c.intermediate_size, size, rank);
@@ -164,9 +164,9 @@ ModelConfig shard_config(const ModelConfig& config, const TensorParallelShard& s
     local.num_heads = static_cast<int>(shard.attention_heads.size());
     local.num_kv_heads = static_cast<int>(shard.attention_kv_heads.size());
   }
-  if (shard.delta_value_heads.size() > 0) {
-    local.linear_num_value_heads = static_cast<int>(shard.delta_value_heads.size());
-    local.linear_num_key_heads = static_cast<int>(shard.delta_key_heads.size());
+  if (shard.delta_net_value_heads.size() > 0) {
+    local.delta_net_num_value_heads = static_cast<int>(shard.delta_net_value_heads.size());
+    local.delta_net_num_key_heads = static_cast<int>(shard.delta_net_key_heads.size());
   }
   local.intermediate_size = static_cast<int>(shard.mlp_features.size());
   return local;
@@ -181,10 +181,10 @@ ShardedModelWeights shard_model_weights(const ModelWeights& weights, const Model
   w.embed_tokens = weights.embed_tokens;
   w.final_norm = weights.final_norm;
   w.lm_head = slice.linear_rows(weights.lm_head, {shard.vocab_rows}, shard.vocab_shard_rows);
-  const int64_t hd = c.head_dim, dk = c.linear_key_head_dim, dv = c.linear_value_head_dim;
-  const int64_t key_dim = c.linear_key_dim();
+  const int64_t hd = c.head_dim, dk = c.delta_net_key_head_dim, dv = c.delta_net_value_head_dim;
+  const int64_t key_dim = c.delta_net_key_dim();
   const ShardRange heads = shard.attention_heads, kv = shard.attention_kv_heads;
-  const ShardRange keys = shard.delta_key_heads, values = shard.delta_value_heads;
+  const ShardRange keys = shard.delta_net_key_heads, values = shard.delta_net_value_heads;
   const int64_t q_rows_per_head = hd * (c.attn_output_gate ? 2 : 1);
   const ShardRange q_rows{heads.begin * q_rows_per_head, heads.end * q_rows_per_head};
   const ShardRange kv_rows{kv.begin * hd, kv.end * hd};
@@ -207,7 +207,7 @@ ShardedModelWeights shard_model_weights(const ModelWeights& weights, const Model
       local.attention.q_norm = a.q_norm;
       local.attention.k_norm = a.k_norm;
     } else {
-      const DeltaNetWeights& d = layer.delta_net;
+      const GatedDeltaNetWeights& d = layer.delta_net;
       local.delta_net.in_proj_qkv = slice.linear_rows(d.in_proj_qkv, qkv_rows);
       local.delta_net.in_proj_z = slice.linear_rows(d.in_proj_z, {value_features});
       local.delta_net.in_proj_b = slice.linear_rows(d.in_proj_b, {values});

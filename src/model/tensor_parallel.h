@@ -28,7 +28,7 @@ struct ShardRange {
 struct TensorParallelShard {
   int rank = 0, size = 1;
   ShardRange attention_heads, attention_kv_heads;  // empty when the model has no full attention
-  ShardRange delta_key_heads, delta_value_heads;   // empty when the model has no Gated DeltaNet
+  ShardRange delta_net_key_heads, delta_net_value_heads;   // empty when the model has no Gated DeltaNet
   ShardRange mlp_features;                         // intermediate features
   ShardRange vocab_rows;                           // real vocabulary rows of lm_head
   int64_t vocab_shard_rows = 0;                    // ceil(V / N): every rank's lm_head rows, zero-padded

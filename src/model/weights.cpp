@@ -121,33 +121,21 @@ class WeightReader {
   QuantizationFormat declared_;
 };
 
-AttentionWeights load_attention(const WeightReader& reader, const std::string& prefix, const ModelConfig& c) {
-  const int64_t kv_rows = static_cast<int64_t>(c.num_kv_heads) * c.head_dim;
-  AttentionWeights w;
-  w.q_proj = reader.linear(prefix + "q_proj", c.q_proj_rows(), c.hidden_size, c.qkv_bias);
-  w.k_proj = reader.linear(prefix + "k_proj", kv_rows, c.hidden_size, c.qkv_bias);
-  w.v_proj = reader.linear(prefix + "v_proj", kv_rows, c.hidden_size, c.qkv_bias);
-  w.o_proj = reader.linear(prefix + "o_proj", c.hidden_size, static_cast<int64_t>(c.num_heads) * c.head_dim,
-                           c.o_bias);
+// The non-linear tensors of each mixer; the linear layers come from layer_linears.h's list.
+void load_attention_tensors(const WeightReader& reader, const std::string& prefix, const ModelConfig& c,
+                            AttentionWeights& w) {
   if (c.qk_norm) {
     w.q_norm = reader.tensor(prefix + "q_norm.weight", {c.head_dim});
     w.k_norm = reader.tensor(prefix + "k_norm.weight", {c.head_dim});
   }
-  return w;
 }
 
-DeltaNetWeights load_delta_net(const WeightReader& reader, const std::string& prefix, const ModelConfig& c) {
-  DeltaNetWeights w;
-  w.in_proj_qkv = reader.linear(prefix + "in_proj_qkv", c.linear_conv_dim(), c.hidden_size, false);
-  w.in_proj_z = reader.linear(prefix + "in_proj_z", c.linear_value_dim(), c.hidden_size, false);
-  w.in_proj_b = reader.linear(prefix + "in_proj_b", c.linear_num_value_heads, c.hidden_size, false);
-  w.in_proj_a = reader.linear(prefix + "in_proj_a", c.linear_num_value_heads, c.hidden_size, false);
-  w.out_proj = reader.linear(prefix + "out_proj", c.hidden_size, c.linear_value_dim(), false);
-  w.conv1d = reader.tensor(prefix + "conv1d.weight", {c.linear_conv_dim(), 1, c.linear_conv_kernel});
-  w.dt_bias = reader.tensor(prefix + "dt_bias", {c.linear_num_value_heads});
-  w.a_log = reader.tensor(prefix + "A_log", {c.linear_num_value_heads});
-  w.norm = reader.tensor(prefix + "norm.weight", {c.linear_value_head_dim});
-  return w;
+void load_delta_net_tensors(const WeightReader& reader, const std::string& prefix, const ModelConfig& c,
+                            GatedDeltaNetWeights& w) {
+  w.conv1d = reader.tensor(prefix + "conv1d.weight", {c.delta_net_conv_dim(), 1, c.delta_net_conv_kernel});
+  w.dt_bias = reader.tensor(prefix + "dt_bias", {c.delta_net_num_value_heads});
+  w.a_log = reader.tensor(prefix + "A_log", {c.delta_net_num_value_heads});
+  w.norm = reader.tensor(prefix + "norm.weight", {c.delta_net_value_head_dim});
 }
 
 }  // namespace
@@ -211,14 +199,14 @@ ModelWeights load_model_weights(const Checkpoint& checkpoint, const ModelConfig&
     layer.kind = c.layer_kinds[i];
     layer.input_norm = reader.tensor(prefix + "input_layernorm.weight", {c.hidden_size});
     layer.post_attention_norm = reader.tensor(prefix + "post_attention_layernorm.weight", {c.hidden_size});
+    for_each_linear(c, layer, [&](const LinearSpec& spec, LinearWeight& linear) {
+      linear = reader.linear(prefix + std::string(spec.module), spec.out_features, spec.in_features, spec.bias);
+    });
     if (layer.kind == LayerKind::FullAttention) {
-      layer.attention = load_attention(reader, prefix + "self_attn.", c);
+      load_attention_tensors(reader, prefix + "self_attn.", c, layer.attention);
     } else {
-      layer.delta_net = load_delta_net(reader, prefix + "linear_attn.", c);
+      load_delta_net_tensors(reader, prefix + "linear_attn.", c, layer.delta_net);
     }
-    layer.mlp.gate_proj = reader.linear(prefix + "mlp.gate_proj", c.intermediate_size, c.hidden_size, false);
-    layer.mlp.up_proj = reader.linear(prefix + "mlp.up_proj", c.intermediate_size, c.hidden_size, false);
-    layer.mlp.down_proj = reader.linear(prefix + "mlp.down_proj", c.hidden_size, c.intermediate_size, false);
     weights.layers.push_back(std::move(layer));
   }
   return weights;

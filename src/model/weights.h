@@ -9,6 +9,7 @@
 #include "core/tensor.h"
 #include "io/checkpoint.h"
 #include "model/config.h"
+#include "model/layer_linears.h"
 
 namespace uberlm {
 
@@ -35,7 +36,7 @@ struct AttentionWeights {
   TensorView q_norm, k_norm;  // [head_dim] when config.qk_norm
 };
 
-struct DeltaNetWeights {
+struct GatedDeltaNetWeights {
   LinearWeight in_proj_qkv;  // [conv_dim, D], q | k | v
   LinearWeight in_proj_z;    // [value_dim, D]
   LinearWeight in_proj_b;    // [num_v_heads, D]
@@ -55,7 +56,7 @@ struct LayerWeights {
   LayerKind kind;
   TensorView input_norm, post_attention_norm;  // [D]
   AttentionWeights attention;  // when kind == FullAttention
-  DeltaNetWeights delta_net;   // when kind == LinearAttention
+  GatedDeltaNetWeights delta_net;   // when kind == GatedDeltaNet
   MlpWeights mlp;
 };
 
@@ -65,6 +66,17 @@ struct ModelWeights {
   LinearWeight lm_head;     // [V, D]; the embedding itself when tied
   std::vector<LayerWeights> layers;
 };
+
+// Every linear layer of the model (const or not), layer by layer in layer_linears.h's order, then lm_head.
+template <class Weights>
+auto all_linear_layers(Weights& weights, const ModelConfig& config) {
+  std::vector<decltype(&weights.lm_head)> layers;
+  for (auto& layer : weights.layers) {
+    for_each_linear(config, layer, [&](const LinearSpec&, auto& linear) { layers.push_back(&linear); });
+  }
+  layers.push_back(&weights.lm_head);
+  return layers;
+}
 
 // The quantisation a checkpoint declares in config.json's quantization_config or hf_quant_config.json.
 enum class QuantizationFormat { None, ModelOpt, CompressedTensors };

@@ -16,7 +16,6 @@ class CpuBackend : public Backend {
   std::string name() const override { return "cpu"; }
   const ModelConfig& config() const override { return model_.config; }
   int max_slots() const override { return static_cast<int>(caches_.size()); }
-  int64_t cached_length(int slot) const override { return caches_.at(slot).length; }
   void release(int slot) override;
   ForwardResult forward(const ForwardBatch& batch) override;
 

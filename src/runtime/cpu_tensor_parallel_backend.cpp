@@ -67,8 +67,6 @@ CpuTensorParallelBackend::CpuTensorParallelBackend(const Model& model, int max_s
 
 CpuTensorParallelBackend::~CpuTensorParallelBackend() = default;
 
-int64_t CpuTensorParallelBackend::cached_length(int slot) const { return ranks_.front()->caches.at(slot).length; }
-
 void CpuTensorParallelBackend::release(int slot) {
   for (auto& rank : ranks_) rank->caches.at(slot) = rank->decoder->new_cache();
 }

@@ -36,7 +36,6 @@ class CpuTensorParallelBackend : public Backend {
   std::string name() const override { return "cpu"; }
   const ModelConfig& config() const override { return model_.config; }
   int max_slots() const override { return max_slots_; }
-  int64_t cached_length(int slot) const override;
   void release(int slot) override;
   ForwardResult forward(const ForwardBatch& batch) override;
 

@@ -38,9 +38,7 @@ void CudaTensorParallelBackend::build_ranks(int size, const CudaBackendOptions& 
     rank_options.communicator = communicators_[r].get();
     ranks_.push_back(make_rank(shards[r], rank_options));
     // The scheduler's block ids must mean the same on every rank: the others take rank 0's pool size.
-    if (r == 0) {
-      if (const std::optional<KvBlockPool> pool = ranks_.front()->kv_block_pool()) rank_options.num_kv_blocks = pool->num_blocks;
-    }
+    if (r == 0) rank_options.num_kv_blocks = ranks_.front()->kv_block_pool()->num_blocks;
   }
   CUDA_CHECK(cudaSetDevice(0));
   spdlog::info("tensor parallel: {} ranks on GPUs 0..{}", size, size - 1);
@@ -75,25 +73,10 @@ void CudaTensorParallelBackend::on_every_rank(Fn&& fn) {
   }
 }
 
-void CudaTensorParallelBackend::release(int slot) {
-  for (auto& rank : ranks_) rank->release(slot);
-}
-
 ForwardResult CudaTensorParallelBackend::forward(const ForwardBatch& batch) {
   std::vector<ForwardResult> results(ranks_.size());
   on_every_rank([&](int r) { results[r] = ranks_[r]->forward(batch); });
   return std::move(results.front());
-}
-
-int64_t CudaTensorParallelBackend::forward_on_device(const ForwardBatch& batch) {
-  std::vector<int64_t> rows(ranks_.size());
-  on_every_rank([&](int r) { rows[r] = ranks_[r]->forward_on_device(batch); });
-  return rows.front();
-}
-
-std::vector<int32_t> CudaTensorParallelBackend::argmax_tokens() {
-  CUDA_CHECK(cudaSetDevice(0));
-  return ranks_.front()->argmax_tokens();
 }
 
 void CudaTensorParallelBackend::set_profiling(bool enabled) {

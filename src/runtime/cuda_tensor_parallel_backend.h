@@ -28,15 +28,11 @@ class CudaTensorParallelBackend : public GpuBackend {
   std::string name() const override { return "cuda"; }
   const ModelConfig& config() const override { return config_; }
   int max_slots() const override { return ranks_.front()->max_slots(); }
-  int64_t cached_length(int slot) const override { return ranks_.front()->cached_length(slot); }
-  void release(int slot) override;
+  void release(int slot) override {}
   // Rank 0's pool; every rank has as many blocks and receives the same block tables.
   std::optional<KvBlockPool> kv_block_pool() const override { return ranks_.front()->kv_block_pool(); }
   ForwardResult forward(const ForwardBatch& batch) override;
 
-  // Every rank ends with the whole logits on its device; greedy tokens from rank 0's.
-  int64_t forward_on_device(const ForwardBatch& batch) override;
-  std::vector<int32_t> argmax_tokens() override;
   void set_profiling(bool enabled) override;
   std::vector<KernelTime> take_profile() override;  // rank 0's op times (all ranks run the same ops)
   int64_t weight_bytes() const override;            // all ranks'

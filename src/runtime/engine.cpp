@@ -49,7 +49,7 @@ void RequestStream::push(StreamEvent event) {
   ready_.notify_all();
 }
 
-Engine::Engine(Backend& backend, const BpeTokenizer& tokenizer, const EngineConfig& config, Metrics& metrics)
+Engine::Engine(Backend& backend, const BpeTokenizer* tokenizer, const EngineConfig& config, Metrics& metrics)
     : backend_(backend), tokenizer_(tokenizer), config_(config), metrics_(metrics), scheduler_(config.scheduler) {
   if (config.scheduler.num_slots > backend.max_slots()) {
     fail("engine: scheduler wants {} cache slots, backend {} has {}", config.scheduler.num_slots, backend.name(),
@@ -57,15 +57,14 @@ Engine::Engine(Backend& backend, const BpeTokenizer& tokenizer, const EngineConf
   }
   if (config.max_waiting < 0) fail("engine: max_waiting must be >= 0, got {}", config.max_waiting);
   if (std::optional<KvBlockPool> pool = backend.kv_block_pool()) {
-    if (pool->block_size != config.scheduler.block_size || config.scheduler.num_kv_blocks > pool->num_blocks) {
-      fail("engine: scheduler wants {} KV blocks of {} tokens, backend {} has a pool of {} blocks of {}",
-           config.scheduler.num_kv_blocks, config.scheduler.block_size, backend.name(), pool->num_blocks,
-           pool->block_size);
+    if (config.scheduler.num_kv_blocks > pool->num_blocks) {
+      fail("engine: scheduler wants {} KV blocks, backend {} has a pool of {}", config.scheduler.num_kv_blocks,
+           backend.name(), pool->num_blocks);
     }
   }
   metrics_.set(Gauge::KvBlocksTotal, static_cast<double>(scheduler_.blocks().kv_blocks_total()));
   metrics_.set(Gauge::StateSlotsTotal, scheduler_.blocks().slots_total());
-  thread_ = std::thread([this] { loop(); });
+  if (config.loop_thread) thread_ = std::thread([this] { loop(); });
 }
 
 Engine::~Engine() {
@@ -74,7 +73,7 @@ Engine::~Engine() {
     stopping_ = true;
   }
   wake_.notify_all();
-  thread_.join();
+  if (thread_.joinable()) thread_.join();
 }
 
 int Engine::in_flight() const {
@@ -89,7 +88,9 @@ std::shared_ptr<RequestStream> Engine::submit(EngineRequest request) {
   for (int32_t token : request.prompt) {
     if (token < 0 || token >= vocab) fail("prompt token id {} is outside the vocabulary [0, {})", token, vocab);
   }
-  if (request.max_tokens < 1) fail("max_tokens must be at least 1, got {}", request.max_tokens);
+  if (request.max_tokens < (request.score_prompt ? 0 : 1)) {
+    fail("max_tokens must be at least {}, got {}", request.score_prompt ? 0 : 1, request.max_tokens);
+  }
   if (prompt_tokens + request.max_tokens > max_model_len()) {
     fail("this model's maximum context length is {} tokens, but {} were requested ({} in the prompt, {} to generate)",
          max_model_len(), prompt_tokens + request.max_tokens, prompt_tokens, request.max_tokens);
@@ -106,8 +107,11 @@ std::shared_ptr<RequestStream> Engine::submit(EngineRequest request) {
   const uint64_t id = next_id_++;
   auto stream = std::make_shared<RequestStream>(id);
   const auto now = std::chrono::steady_clock::now();
-  incoming_.emplace_back(id, Active{stream, std::move(request), sampler, StreamDecoder(tokenizer_, /*skip_special=*/true),
-                                    "", longest_stop > 0 ? longest_stop - 1 : 0, 0, now, now});
+  Active active{stream, std::move(request), sampler, std::nullopt, "", {}, {}, longest_stop > 0 ? longest_stop - 1 : 0,
+                0, now, now};
+  if (tokenizer_) active.decoder.emplace(*tokenizer_, /*skip_special=*/true);
+  if (active.request.score_prompt) active.prompt_logprobs.assign(active.request.prompt.size(), 0.0);
+  incoming_.emplace_back(id, std::move(active));
   ++in_flight_;
   metrics_.add(Counter::PromptTokens, static_cast<double>(prompt_tokens));
   wake_.notify_one();
@@ -122,6 +126,37 @@ void Engine::cancel(uint64_t id) {
   wake_.notify_one();
 }
 
+void Engine::admit(std::vector<std::pair<uint64_t, Active>>& arrivals, const std::vector<uint64_t>& cancels) {
+  for (auto& [id, active] : arrivals) {
+    scheduler_.add(id, active.request.prompt, active.request.score_prompt);
+    active_.emplace(id, std::move(active));
+  }
+  for (uint64_t id : cancels) {
+    if (active_.count(id)) finish(id, FinishReason::Cancelled);
+  }
+}
+
+bool Engine::has_work() const {
+  std::lock_guard lock(mutex_);
+  return !incoming_.empty() || !cancelled_.empty() || scheduler_.has_work();
+}
+
+EngineStep Engine::run_step() {
+  if (config_.loop_thread) fail("engine: run_step() is for engines without a loop thread");
+  std::vector<std::pair<uint64_t, Active>> arrivals;
+  std::vector<uint64_t> cancels;
+  {
+    std::lock_guard lock(mutex_);
+    arrivals.swap(incoming_);
+    cancels.swap(cancelled_);
+  }
+  admit(arrivals, cancels);
+  EngineStep report;
+  if (scheduler_.has_work()) report = step();
+  update_gauges();
+  return report;
+}
+
 void Engine::loop() {
   while (true) {
     std::vector<std::pair<uint64_t, Active>> arrivals;
@@ -133,13 +168,7 @@ void Engine::loop() {
       arrivals.swap(incoming_);
       cancels.swap(cancelled_);
     }
-    for (auto& [id, active] : arrivals) {
-      scheduler_.add(id, active.request.prompt);
-      active_.emplace(id, std::move(active));
-    }
-    for (uint64_t id : cancels) {
-      if (active_.count(id)) finish(id, FinishReason::Cancelled);
-    }
+    admit(arrivals, cancels);
     if (scheduler_.has_work()) step();
     update_gauges();
   }
@@ -154,23 +183,26 @@ void Engine::loop() {
   for (uint64_t id : remaining) finish(id, FinishReason::Cancelled, "the server is shutting down");
 }
 
-void Engine::step() {
+EngineStep Engine::step() {
   SchedulerOutput out = scheduler_.schedule();
   for (int slot : out.released_slots) backend_.release(slot);
   if (!out.preempted.empty()) metrics_.add(Counter::Preemptions, static_cast<double>(out.preempted.size()));
-  if (out.chunks.empty()) return;
+  EngineStep report{out.num_decode_tokens, out.num_prefill_tokens, 0.0};
+  if (out.chunks.empty()) return report;
 
-  // When every sampled row is greedy the backend picks the tokens itself (the CUDA backend on the GPU,
+  // When every row is a greedy sample the backend picks the tokens itself (the CUDA backend on the GPU,
   // copying ids instead of rows x vocab logits); the same argmax the Sampler takes at temperature 0.
   int64_t sampled_rows = 0;
   bool all_greedy = true;
-  for (const ScheduledChunk& chunk : out.chunks) {
-    if (!chunk.samples) continue;
+  for (size_t c = 0; c < out.chunks.size(); ++c) {
+    all_greedy = all_greedy && out.batch.chunks[c].logits != LogitRows::All;
+    if (!out.chunks[c].samples) continue;
     ++sampled_rows;
-    all_greedy = all_greedy && active_.at(chunk.id).request.sampling.temperature == 0.0f;
+    all_greedy = all_greedy && active_.at(out.chunks[c].id).request.sampling.temperature == 0.0f;
   }
   out.batch.argmax_only = all_greedy;
   ForwardResult result;
+  const auto forward_start = std::chrono::steady_clock::now();
   try {
     result = backend_.forward(out.batch);
     if (all_greedy && static_cast<int64_t>(result.argmax.size()) != sampled_rows) {
@@ -180,21 +212,43 @@ void Engine::step() {
   } catch (const std::exception& error) {
     // The caches of this batch's sequences are in an unknown state: fail them, keep serving the rest.
     for (const ScheduledChunk& chunk : out.chunks) finish(chunk.id, FinishReason::Cancelled, error.what());
-    return;
+    return report;
   }
+  report.forward_seconds = seconds_between(forward_start, std::chrono::steady_clock::now());
   const char* path = out.num_prefill_tokens == 0 ? "decode" : out.num_decode_tokens == 0 ? "prefill" : "mixed";
   const std::string labels = fmt::format("backend=\"{}\",path=\"{}\"", backend_.name(), path);
   metrics_.add(Counter::EngineSteps, 1.0, labels);
   metrics_.add(Counter::StepTokens, static_cast<double>(out.batch.tokens.size()), labels);
 
   const int vocab = backend_.config().vocab_size;
-  int64_t row = 0;
-  for (const ScheduledChunk& chunk : out.chunks) {
-    if (!chunk.samples) continue;
+  int64_t row = 0, greedy_row = 0;
+  for (size_t c = 0; c < out.chunks.size(); ++c) {
+    const ScheduledChunk& chunk = out.chunks[c];
+    const int64_t rows = out.batch.chunks[c].logit_rows();
+    if (rows == 0) continue;
     Active& active = active_.at(chunk.id);
-    const int32_t token = all_greedy ? result.argmax[row] : active.sampler.sample(result.logits.data() + row * vocab, vocab);
-    ++row;
+    if (out.batch.chunks[c].logits == LogitRows::All) score_prompt_rows(chunk, active, result.logits.data() + row * vocab);
+    row += rows;
+    if (!chunk.samples) continue;
+    if (active.request.max_tokens == 0) {
+      finish(chunk.id, FinishReason::Length);
+      continue;
+    }
+    const int32_t token = all_greedy ? result.argmax[greedy_row++]
+                                     : active.sampler.sample(result.logits.data() + (row - 1) * vocab, vocab);
     on_token(chunk.id, active, token);
+  }
+  return report;
+}
+
+// Row i of the chunk holds the logits after token first_token + i: they score the prompt token after it.
+void Engine::score_prompt_rows(const ScheduledChunk& chunk, Active& active, const float* logits) {
+  const int vocab = backend_.config().vocab_size;
+  const std::vector<int32_t>& prompt = active.request.prompt;
+  for (int64_t i = 0; i < chunk.num_tokens; ++i) {
+    const int64_t next = chunk.first_token + i + 1;
+    if (next >= static_cast<int64_t>(prompt.size())) break;
+    active.prompt_logprobs[next] = log_probability(logits + i * vocab, vocab, prompt[next]);
   }
 }
 
@@ -210,7 +264,8 @@ void Engine::on_token(uint64_t id, Active& active, int32_t token) {
   }
   ++active.generated;
   metrics_.add(Counter::GenerationTokens, 1.0);
-  active.pending_text += active.decoder.push(token);
+  active.pending_tokens.push_back(token);
+  if (active.decoder) active.pending_text += active.decoder->push(token);
 
   // Stop strings: the held-back tail plus the new text hold every occurrence that ends in the new text.
   size_t cut = std::string::npos;
@@ -227,9 +282,10 @@ void Engine::on_token(uint64_t id, Active& active, int32_t token) {
   scheduler_.append_token(id, token);
   const size_t ready = active.pending_text.size() > active.hold_back ? active.pending_text.size() - active.hold_back : 0;
   const size_t send = utf8_safe_prefix(active.pending_text, ready);
-  if (send > 0) {
+  if (send > 0 || !active.decoder) {
     StreamEvent event;
     event.text = active.pending_text.substr(0, send);
+    event.tokens.swap(active.pending_tokens);
     active.pending_text.erase(0, send);
     active.stream->push(std::move(event));
   }
@@ -242,7 +298,11 @@ void Engine::finish(uint64_t id, FinishReason reason, const std::string& error) 
   event.finished = true;
   event.finish_reason = reason;
   event.error = error;
-  if (reason != FinishReason::Cancelled) event.text = active.pending_text + active.decoder.flush();
+  if (reason != FinishReason::Cancelled) {
+    event.text = active.pending_text + (active.decoder ? active.decoder->flush() : "");
+    event.tokens = std::move(active.pending_tokens);
+    event.prompt_logprobs = std::move(active.prompt_logprobs);
+  }
   event.prompt_tokens = static_cast<int64_t>(active.request.prompt.size());
   event.completion_tokens = active.generated;
   if (scheduler_.contains(id)) {
@@ -258,6 +318,31 @@ void Engine::finish(uint64_t id, FinishReason reason, const std::string& error) 
   }
   active.stream->push(std::move(event));
   active_.erase(it);
+}
+
+GenerationStats generate(Engine& engine, EngineRequest request, const std::function<void(const StreamEvent&)>& on_event) {
+  GenerationStats stats;
+  stats.prompt_tokens = static_cast<int64_t>(request.prompt.size());
+  const auto start = std::chrono::steady_clock::now();
+  std::optional<std::chrono::steady_clock::time_point> first_token;
+  std::shared_ptr<RequestStream> stream = engine.submit(std::move(request));
+  if (!stream) fail("generate: the engine's queue is full");
+  while (true) {
+    engine.run_step();
+    StreamEvent event;
+    while (stream->next(event, std::chrono::milliseconds(0))) {
+      stats.generated_tokens += static_cast<int64_t>(event.tokens.size());
+      if (!first_token && !event.tokens.empty()) first_token = std::chrono::steady_clock::now();
+      on_event(event);
+      if (!event.finished) continue;
+      if (!event.error.empty()) fail("generate: {}", event.error);
+      const auto end = std::chrono::steady_clock::now();
+      stats.prefill_seconds = seconds_between(start, first_token.value_or(end));
+      stats.decode_seconds = seconds_between(first_token.value_or(end), end);
+      stats.finish_reason = event.finish_reason;
+      return stats;
+    }
+  }
 }
 
 void Engine::update_gauges() {

@@ -1,7 +1,8 @@
 #include "runtime/perplexity.h"
 
-#include <algorithm>
 #include <cmath>
+#include <deque>
+#include <memory>
 
 #include "core/error.h"
 
@@ -11,39 +12,37 @@ double PerplexityResult::perplexity() const {
   return scored_tokens > 0 ? std::exp(total_nll / static_cast<double>(scored_tokens)) : NAN;
 }
 
-double negative_log_likelihood(const float* logits, int vocab_size, int32_t target) {
-  const float max_logit = *std::max_element(logits, logits + vocab_size);
-  double sum = 0.0;
-  for (int i = 0; i < vocab_size; ++i) sum += std::exp(static_cast<double>(logits[i]) - max_logit);
-  return std::log(sum) + max_logit - logits[target];
-}
-
-PerplexityResult evaluate_perplexity(Backend& backend, const std::vector<std::vector<int32_t>>& documents,
+PerplexityResult evaluate_perplexity(Engine& engine, const std::vector<std::vector<int32_t>>& documents,
                                      const std::function<void()>& on_document) {
-  const int vocab = backend.config().vocab_size;
-  const size_t batch_size = static_cast<size_t>(std::max(1, backend.max_slots()));
+  for (size_t i = 0; i < documents.size(); ++i) {
+    if (documents[i].size() < 2) fail("perplexity: document {} has fewer than 2 tokens", i);
+  }
   PerplexityResult result;
-  for (size_t first = 0; first < documents.size(); first += batch_size) {
-    const size_t count = std::min(batch_size, documents.size() - first);
-    ForwardBatch batch;
-    batch.logits_for_every_token = true;
-    for (size_t i = 0; i < count; ++i) {
-      const auto& doc = documents[first + i];
-      if (doc.size() < 2) fail("perplexity: document {} has fewer than 2 tokens", first + i);
-      batch.tokens.insert(batch.tokens.end(), doc.begin(), doc.end());
-      batch.chunks.push_back(SequenceChunk{static_cast<int>(i), static_cast<int64_t>(doc.size()), true, /*block_table=*/{}});
+  std::deque<std::shared_ptr<RequestStream>> scoring;
+  size_t next = 0;
+  while (next < documents.size() || !scoring.empty()) {
+    // Keep the engine's queue full: it refuses (nullptr) once max_num_seqs + max_waiting are in flight.
+    while (next < documents.size()) {
+      EngineRequest request;
+      request.prompt = documents[next];
+      request.max_tokens = 0;
+      request.score_prompt = true;
+      std::shared_ptr<RequestStream> stream = engine.submit(std::move(request));
+      if (!stream) break;
+      scoring.push_back(std::move(stream));
+      ++next;
     }
-    ForwardResult forward = backend.forward(batch);
-    int64_t row = 0;
-    for (size_t i = 0; i < count; ++i) {
-      const auto& doc = documents[first + i];
-      for (size_t t = 0; t + 1 < doc.size(); ++t) {
-        result.total_nll += negative_log_likelihood(&forward.logits[(row + t) * vocab], vocab, doc[t + 1]);
-      }
-      row += static_cast<int64_t>(doc.size());
-      result.scored_tokens += static_cast<int64_t>(doc.size()) - 1;
+    engine.run_step();
+    // Summed in submission order (a fixed order of additions); a later document that finished first waits
+    // in its stream.
+    StreamEvent event;
+    while (!scoring.empty() && scoring.front()->next(event, std::chrono::milliseconds(0))) {
+      if (!event.finished) continue;
+      if (!event.error.empty()) fail("perplexity: document {} failed: {}", result.documents, event.error);
+      for (size_t t = 1; t < event.prompt_logprobs.size(); ++t) result.total_nll -= event.prompt_logprobs[t];
+      result.scored_tokens += static_cast<int64_t>(event.prompt_logprobs.size()) - 1;
       ++result.documents;
-      backend.release(static_cast<int>(i));
+      scoring.pop_front();
       on_document();
     }
   }

@@ -1,12 +1,13 @@
 #pragma once
-// Perplexity of a model on a set of documents: every document is run from an empty cache, and each
-// of its tokens after the first is scored by the logits of the tokens before it.
+// Perplexity of a model on a set of documents, scored through the Engine: each document is a request
+// with score_prompt and nothing to generate, run from an empty cache and batched as the engine
+// schedules it; each of its tokens after the first is scored by the logits of the tokens before it.
 // ppl = exp(sum of -log p(token | prefix) / number of scored tokens).
 #include <cstdint>
 #include <functional>
 #include <vector>
 
-#include "runtime/backend.h"
+#include "runtime/engine.h"
 
 namespace uberlm {
 
@@ -17,11 +18,9 @@ struct PerplexityResult {
   double perplexity() const;
 };
 
-// Documents run in batches of up to backend.max_slots(); on_document is called after each one.
-PerplexityResult evaluate_perplexity(Backend& backend, const std::vector<std::vector<int32_t>>& documents,
+// engine: without a loop thread (EngineConfig::loop_thread = false); on_document is called as each
+// document is scored.
+PerplexityResult evaluate_perplexity(Engine& engine, const std::vector<std::vector<int32_t>>& documents,
                                      const std::function<void()>& on_document);
-
-// -log softmax(logits)[target], in double.
-double negative_log_likelihood(const float* logits, int vocab_size, int32_t target);
 
 }  // namespace uberlm

@@ -23,6 +23,13 @@ std::vector<int32_t> argmax_rows(const std::vector<float>& logits, int64_t rows,
   return out;
 }
 
+double log_probability(const float* logits, int vocab_size, int32_t target) {
+  const float max_logit = *std::max_element(logits, logits + vocab_size);
+  double sum = 0.0;
+  for (int i = 0; i < vocab_size; ++i) sum += std::exp(static_cast<double>(logits[i]) - max_logit);
+  return static_cast<double>(logits[target]) - max_logit - std::log(sum);
+}
+
 Sampler::Sampler(const SamplingParams& params) : params_(params), rng_(params.seed) {
   if (!(params.temperature >= 0.0f) || !std::isfinite(params.temperature)) {
     fail("sampling: temperature must be a finite number >= 0, got {}", params.temperature);

@@ -25,6 +25,8 @@ class Sampler {
 };
 
 int argmax(const float* values, int count);
+// log softmax(logits)[target] over one row of vocab_size logits, in double.
+double log_probability(const float* logits, int vocab_size, int32_t target);
 // argmax of each row of logits [rows, vocab].
 std::vector<int32_t> argmax_rows(const std::vector<float>& logits, int64_t rows, int vocab);
 

@@ -6,9 +6,7 @@
 
 namespace uberlm {
 
-BlockManager::BlockManager(int64_t num_kv_blocks, int block_size, int num_slots)
-    : num_kv_blocks_(num_kv_blocks), block_size_(block_size), num_slots_(num_slots) {
-  if (block_size <= 0) fail("scheduler: block_size must be positive, got {}", block_size);
+BlockManager::BlockManager(int64_t num_kv_blocks, int num_slots) : num_kv_blocks_(num_kv_blocks), num_slots_(num_slots) {
   if (num_kv_blocks < 0 || num_slots <= 0) {
     fail("scheduler: need kv blocks >= 0 and slots > 0, got {} and {}", num_kv_blocks, num_slots);
   }
@@ -42,18 +40,18 @@ std::optional<int> BlockManager::take_slot() {
 void BlockManager::free_slot(int slot) { free_slots_.push_back(slot); }
 
 Scheduler::Scheduler(const SchedulerConfig& config)
-    : config_(config), blocks_(config.num_kv_blocks, config.block_size, config.num_slots) {
+    : config_(config), blocks_(config.num_kv_blocks, config.num_slots) {
   if (config.max_num_seqs <= 0 || config.max_num_batched_tokens <= 0 || config.max_model_len <= 0) {
     fail("scheduler: max_num_seqs, max_num_batched_tokens and max_model_len must be positive");
   }
   // A lone sequence must always fit, or preemption could not guarantee progress.
   if (config.num_kv_blocks < blocks_.blocks_for(config.max_model_len)) {
     fail("scheduler: {} KV blocks of {} tokens cannot hold one sequence of max_model_len {}", config.num_kv_blocks,
-         config.block_size, config.max_model_len);
+         kKvBlockSize, config.max_model_len);
   }
 }
 
-void Scheduler::add(uint64_t id, std::vector<int32_t> prompt) {
+void Scheduler::add(uint64_t id, std::vector<int32_t> prompt, bool score_prompt) {
   if (prompt.empty()) fail("scheduler: sequence {} has an empty prompt", id);
   if (static_cast<int64_t>(prompt.size()) > config_.max_model_len) {
     fail("scheduler: sequence {} prompt of {} tokens exceeds max_model_len {}", id, prompt.size(),
@@ -62,6 +60,8 @@ void Scheduler::add(uint64_t id, std::vector<int32_t> prompt) {
   if (contains(id)) fail("scheduler: sequence {} already queued", id);
   Sequence sequence;
   sequence.id = id;
+  sequence.prompt_length = static_cast<int64_t>(prompt.size());
+  sequence.score_prompt = score_prompt;
   sequence.tokens = std::move(prompt);
   waiting_.push_back(std::move(sequence));
 }
@@ -69,9 +69,14 @@ void Scheduler::add(uint64_t id, std::vector<int32_t> prompt) {
 void Scheduler::emit(Sequence& sequence, int64_t num_tokens, SchedulerOutput& out) {
   const int64_t first = sequence.num_computed;
   const bool samples = first + num_tokens == static_cast<int64_t>(sequence.tokens.size());
+  const bool scores = sequence.score_prompt && first < sequence.prompt_length;
   out.batch.tokens.insert(out.batch.tokens.end(), sequence.tokens.begin() + first,
                           sequence.tokens.begin() + first + num_tokens);
-  out.batch.chunks.push_back(SequenceChunk{sequence.slot, num_tokens, samples, sequence.block_table});
+  out.batch.chunks.push_back(SequenceChunk{.slot = sequence.slot,
+                                           .start = first,
+                                           .num_tokens = num_tokens,
+                                           .logits = scores ? LogitRows::All : samples ? LogitRows::Last : LogitRows::None,
+                                           .block_table = sequence.block_table});
   out.chunks.push_back(ScheduledChunk{sequence.id, first, num_tokens, samples});
   (samples && num_tokens == 1 ? out.num_decode_tokens : out.num_prefill_tokens) += num_tokens;
   sequence.num_computed += num_tokens;

@@ -22,18 +22,17 @@ struct SchedulerConfig {
   int max_num_seqs = 16;
   int64_t max_num_batched_tokens = 512;  // tokens of all chunks of one step
   int64_t max_model_len = 4096;          // prompt + generated, per sequence
-  int block_size = 16;                   // KV tokens per block (full-attention layers)
   int64_t num_kv_blocks = 0;             // must hold at least one max_model_len sequence; at most the backend's pool
   int num_slots = 0;                     // backend cache slots: one per running sequence (its GDN state)
 };
 
-// Paged accounting of the KV cache (blocks of block_size tokens, ids into one pool) and of the cache
+// Paged accounting of the KV cache (blocks of kKvBlockSize tokens, ids into one pool) and of the cache
 // slots holding each running sequence's Gated DeltaNet state. Blocks are taken as a sequence grows.
 class BlockManager {
  public:
-  BlockManager(int64_t num_kv_blocks, int block_size, int num_slots);
+  BlockManager(int64_t num_kv_blocks, int num_slots);
 
-  int64_t blocks_for(int64_t tokens) const { return (tokens + block_size_ - 1) / block_size_; }
+  static int64_t blocks_for(int64_t tokens) { return (tokens + kKvBlockSize - 1) / kKvBlockSize; }
   // Grows `table` to cover `tokens`; false (and `table` unchanged) when the pool is short.
   bool grow(std::vector<int>& table, int64_t tokens);
   void free(std::vector<int>& table);
@@ -47,13 +46,13 @@ class BlockManager {
 
  private:
   int64_t num_kv_blocks_;
-  int block_size_;
   int num_slots_;
   std::vector<int> free_blocks_;  // stack: the most recently freed block is reused first
   std::vector<int> free_slots_;
 };
 
-// One chunk of a step: tokens [first_token, first_token + num_tokens) of sequence `id`.
+// One chunk of a step: tokens [first_token, first_token + num_tokens) of sequence `id`, with the logits
+// rows of its SequenceChunk in the batch.
 struct ScheduledChunk {
   uint64_t id = 0;
   int64_t first_token = 0;
@@ -74,9 +73,10 @@ class Scheduler {
  public:
   explicit Scheduler(const SchedulerConfig& config);
 
-  // Queues a new sequence. Throws Error on an empty prompt, a prompt longer than max_model_len or a
-  // duplicate id.
-  void add(uint64_t id, std::vector<int32_t> prompt);
+  // Queues a new sequence. With score_prompt, every chunk that holds prompt tokens asks for the logits of
+  // all its tokens (prompt logprobs, perplexity), also when recomputed after preemption. Throws Error on an
+  // empty prompt, a prompt longer than max_model_len or a duplicate id.
+  void add(uint64_t id, std::vector<int32_t> prompt, bool score_prompt = false);
   SchedulerOutput schedule();
   // The token sampled for a chunk that `samples`.
   void append_token(uint64_t id, int32_t token);
@@ -96,6 +96,8 @@ class Scheduler {
   struct Sequence {
     uint64_t id = 0;
     std::vector<int32_t> tokens;  // prompt + generated
+    int64_t prompt_length = 0;
+    bool score_prompt = false;
     int64_t num_computed = 0;     // tokens in the caches
     int slot = -1;
     std::vector<int> block_table;

@@ -65,31 +65,32 @@ int32_t argmax_row(const ForwardResult& result, int64_t row, int64_t vocab) {
 int64_t compare_with_cpu(const Model& model, const std::string& label) {
   const int64_t vocab = model.config.vocab_size;
   CpuBackend cpu(model, 3);
-  CudaBackend gpu(model, gpu_test::small_backend_options(3));
+  const CudaBackendOptions options = gpu_test::small_backend_options(3);
+  CudaBackend gpu(model, options);
+  gpu_test::TestSequences sequences(3, options.max_context);
   std::mt19937 rng(std::random_device{}());
   int64_t rows = 0;
 
   ForwardBatch prefill;
   prefill.tokens = random_tokens(rng, 13 + 70 + 1, model.config.vocab_size);
-  prefill.chunks = {{0, 13, true}, {1, 70, true}, {2, 1, true}};
+  prefill.chunks = {sequences.run(0, 13), sequences.run(1, 70), sequences.run(2, 1)};
   rows += expect_logits_close(gpu.forward(prefill), cpu.forward(prefill), vocab, label + " prefill");
 
   for (int step = 0; step < 6; ++step) {
     ForwardBatch decode;
     decode.tokens = random_tokens(rng, 3, model.config.vocab_size);
-    decode.chunks = {{0, 1, true}, {1, 1, true}, {2, 1, true}};
     if (step == 3) {
-      // Slot 1 restarts: new prompt of 9 tokens next to two decode tokens, and every token's logits.
-      cpu.release(1);
-      gpu.release(1);
+      // Slot 1 restarts: new prompt of 9 tokens next to two decode tokens, with every token's logits.
+      sequences.restart(1);
       decode.tokens = random_tokens(rng, 11, model.config.vocab_size);
-      decode.chunks = {{0, 1, true}, {1, 9, true}, {2, 1, true}};
-      decode.logits_for_every_token = true;
+      decode.chunks = {sequences.run(0, 1, LogitRows::All), sequences.run(1, 9, LogitRows::All),
+                       sequences.run(2, 1, LogitRows::All)};
+    } else {
+      decode.chunks = {sequences.run(0, 1), sequences.run(1, 1), sequences.run(2, 1)};
     }
     rows += expect_logits_close(gpu.forward(decode), cpu.forward(decode), vocab,
                                 label + " step " + std::to_string(step));
   }
-  for (int slot = 0; slot < 3; ++slot) EXPECT_EQ(gpu.cached_length(slot), cpu.cached_length(slot)) << label;
   const CudaBackend::Counters counters = gpu.counters();
   EXPECT_GT(counters.gemv_linear_calls, 0) << label;
   EXPECT_GT(counters.gemv_swiglu_calls, 0) << label << ": decode steps must run gate/up with the SwiGLU epilogue";
@@ -117,13 +118,8 @@ TEST(CudaBackend, MatchesCpuWithNvfp4Weights) {
   auto model = Model::load(default_model());
   std::vector<Nvfp4Tensor> quantised;
   std::vector<LinearWeight*> linears;
-  for (LayerWeights& layer : model->weights.layers) {
-    for (LinearWeight* w : {&layer.attention.q_proj, &layer.attention.k_proj, &layer.attention.v_proj,
-                            &layer.attention.o_proj, &layer.delta_net.in_proj_qkv, &layer.delta_net.in_proj_z,
-                            &layer.delta_net.in_proj_b, &layer.delta_net.in_proj_a, &layer.delta_net.out_proj,
-                            &layer.mlp.gate_proj, &layer.mlp.up_proj, &layer.mlp.down_proj}) {
-      if (w->weight.data) linears.push_back(w);
-    }
+  for (LinearWeight* w : all_linear_layers(model->weights, model->config)) {
+    if (w != &model->weights.lm_head) linears.push_back(w);
   }
   quantised.reserve(linears.size());
   for (LinearWeight* w : linears) {
@@ -140,18 +136,18 @@ TEST(CudaBackend, GreedyTokensMatchCpuOnDefaultModel) {
   const auto model = Model::load(default_model());
   const int64_t vocab = model->config.vocab_size;
   CpuBackend cpu(*model, 1);
-  CudaBackend gpu(*model, gpu_test::small_backend_options(1));
+  const CudaBackendOptions options = gpu_test::small_backend_options(1);
+  CudaBackend gpu(*model, options);
+  gpu_test::TestSequences cpu_sequence(1, options.max_context), gpu_sequence(1, options.max_context);
   std::mt19937 rng(1234);
-  ForwardBatch batch;
-  batch.tokens = random_tokens(rng, 24, model->config.vocab_size);
-  batch.chunks = {{0, 24, true}};
+  const std::vector<int32_t> prompt = random_tokens(rng, 24, model->config.vocab_size);
+  ForwardBatch cpu_batch{prompt, {cpu_sequence.run(0, 24)}}, gpu_batch{prompt, {gpu_sequence.run(0, 24)}};
   std::vector<int32_t> cpu_tokens, gpu_tokens;
-  ForwardBatch cpu_batch = batch, gpu_batch = batch;
   for (int step = 0; step < 32; ++step) {
     cpu_tokens.push_back(argmax_row(cpu.forward(cpu_batch), 0, vocab));
     gpu_tokens.push_back(argmax_row(gpu.forward(gpu_batch), 0, vocab));
-    cpu_batch = ForwardBatch{{cpu_tokens.back()}, {{0, 1, true}}, false};
-    gpu_batch = ForwardBatch{{gpu_tokens.back()}, {{0, 1, true}}, false};
+    cpu_batch = ForwardBatch{{cpu_tokens.back()}, {cpu_sequence.run(0, 1)}};
+    gpu_batch = ForwardBatch{{gpu_tokens.back()}, {gpu_sequence.run(0, 1)}};
   }
   EXPECT_EQ(gpu_tokens, cpu_tokens);
 }
@@ -160,19 +156,21 @@ TEST(CudaBackend, GreedyTokensMatchCpuOnDefaultModel) {
 TEST(CudaBackend, GraphReplayEqualsEagerExactly) {
   ASSERT_NO_FATAL_FAILURE(require_gpu());
   const auto model = Model::load(default_model());
-  CudaBackend eager(*model, gpu_test::small_backend_options(4)), graphed(*model, gpu_test::small_backend_options(4));
+  const CudaBackendOptions options = gpu_test::small_backend_options(4);
+  CudaBackend eager(*model, options), graphed(*model, options);
   eager.set_cuda_graphs(false);
   graphed.set_cuda_graphs(true);
+  gpu_test::TestSequences sequences(4, options.max_context);
   std::mt19937 rng(99);
   ForwardBatch prefill;
   prefill.tokens = random_tokens(rng, 4 * 7, model->config.vocab_size);
-  prefill.chunks = {{0, 7, true}, {1, 7, true}, {2, 7, true}, {3, 7, true}};
+  prefill.chunks = {sequences.run(0, 7), sequences.run(1, 7), sequences.run(2, 7), sequences.run(3, 7)};
   EXPECT_EQ(eager.forward(prefill).logits, graphed.forward(prefill).logits);
   for (int step = 0; step < 5; ++step) {
     for (int batch_size : {4, 2}) {
       ForwardBatch decode;
       decode.tokens = random_tokens(rng, batch_size, model->config.vocab_size);
-      for (int s = 0; s < batch_size; ++s) decode.chunks.push_back({s, 1, true});
+      for (int s = 0; s < batch_size; ++s) decode.chunks.push_back(sequences.run(s, 1));
       const ForwardResult a = eager.forward(decode), b = graphed.forward(decode);
       ASSERT_EQ(a.logits.size(), b.logits.size());
       EXPECT_TRUE(a.logits == b.logits) << "step " << step << " batch " << batch_size;
@@ -200,11 +198,13 @@ TEST(CudaBackend, LinearPathFollowsRowCount) {
   const int64_t layers = model->config.num_layers;
   const int64_t linears_per_forward = 7 * layers + 1;  // q, k, v, o, gate, up, down; lm_head
   for (const int64_t tokens : {64, 65}) {
-    CudaBackend gpu(*model, gpu_test::small_backend_options(1));
+    const CudaBackendOptions options = gpu_test::small_backend_options(1);
+    CudaBackend gpu(*model, options);
+    gpu_test::TestSequences sequences(1, options.max_context);
     std::mt19937 rng(5);
     ForwardBatch batch;
     batch.tokens = random_tokens(rng, tokens, model->config.vocab_size);
-    batch.chunks = {{0, tokens, true}};
+    batch.chunks = {sequences.run(0, tokens)};
     gpu.forward(batch);
     const CudaBackend::Counters counters = gpu.counters();
     EXPECT_EQ(counters.gemv_swiglu_calls, 0) << "a bf16 gate with an NVFP4 up runs apart from SwiGLU";

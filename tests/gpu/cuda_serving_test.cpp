@@ -1,6 +1,6 @@
 // The CUDA backend under the server's engine: KV blocks owned by the scheduler (scrambled block tables give
-// the same logits, bit for bit, as the backend's own allocation), bad block tables are errors, the pool
-// sized from a memory fraction, and the Engine loop on the CUDA backend finishing every request through
+// the same logits, bit for bit, as contiguous ones), bad block tables are errors, the pool sized from a
+// memory fraction, and the Engine loop on the CUDA backend finishing every request through
 // preemption. Paths: $UBERLM_DEFAULT_MODEL (else models/default) and $UBERLM_FIXTURE_DIR.
 #include <gtest/gtest.h>
 
@@ -30,11 +30,8 @@ using gpu_test::default_model;
 using gpu_test::random_tokens;
 using gpu_test::require_gpu;
 
-constexpr int kBlockSize = 16;
-
 CudaBackendOptions serving_options(int slots, int64_t blocks) {
   CudaBackendOptions options = gpu_test::small_backend_options(slots, 256);
-  options.scheduler_owns_kv_blocks = true;
   options.num_kv_blocks = blocks;
   return options;
 }
@@ -48,7 +45,7 @@ class ScrambledTables {
   }
   std::vector<int32_t> grow(int slot, int64_t tokens) {
     std::vector<int32_t>& table = tables_.at(slot);
-    while (static_cast<int64_t>(table.size()) * kBlockSize < tokens) {
+    while (static_cast<int64_t>(table.size()) * kKvBlockSize < tokens) {
       table.push_back(free_.back());
       free_.pop_back();
     }
@@ -64,17 +61,14 @@ class ScrambledTables {
   std::vector<int32_t> free_;
 };
 
-TEST(CudaServing, SchedulerOwnedBlocksGiveTheLogitsOfBackendOwnedOnes) {
+TEST(CudaServing, ScrambledBlockTablesGiveTheLogitsOfContiguousOnes) {
   ASSERT_NO_FATAL_FAILURE(require_gpu());
   const auto model = Model::load(default_model());
   const int vocab = model->config.vocab_size;
-  CudaBackendOptions own = serving_options(3, 0);
-  own.scheduler_owns_kv_blocks = false;
-  CudaBackend owned(*model, own);
-  CudaBackend given(*model, serving_options(3, 64));
-  ASSERT_FALSE(owned.kv_block_pool().has_value());
-  ASSERT_EQ(given.kv_block_pool()->num_blocks, 64);
-  ASSERT_EQ(given.kv_block_pool()->block_size, kBlockSize);
+  const CudaBackendOptions options = serving_options(3, 64);
+  CudaBackend contiguous(*model, options), scrambled(*model, options);
+  ASSERT_EQ(scrambled.kv_block_pool()->num_blocks, 64);
+  gpu_test::TestSequences sequences(3, options.max_context);
   std::mt19937 rng(std::random_device{}());
   ScrambledTables tables(64, 3, rng);
 
@@ -87,20 +81,21 @@ TEST(CudaServing, SchedulerOwnedBlocksGiveTheLogitsOfBackendOwnedOnes) {
     ForwardBatch batch;
     ForwardBatch paged;
     if (s == 13) {
-      owned.release(1);
-      given.release(1);
+      sequences.restart(1);
       tables.release(1);
     }
     int64_t total = 0;
     for (int slot = 0; slot < 3; ++slot) {
       const int64_t n = steps[s][slot];
-      batch.chunks.push_back({slot, n, true});
-      paged.chunks.push_back({slot, n, true, tables.grow(slot, given.cached_length(slot) + n)});
+      batch.chunks.push_back(sequences.run(slot, n));
+      SequenceChunk scattered = batch.chunks.back();
+      scattered.block_table = tables.grow(slot, scattered.start + n);
+      paged.chunks.push_back(scattered);
       total += n;
     }
     batch.tokens = paged.tokens = random_tokens(rng, total, vocab);
-    const ForwardResult a = owned.forward(batch);
-    const ForwardResult b = given.forward(paged);
+    const ForwardResult a = contiguous.forward(batch);
+    const ForwardResult b = scrambled.forward(paged);
     ASSERT_EQ(a.rows, b.rows);
     ASSERT_EQ(a.logits.size(), b.logits.size());
     for (size_t i = 0; i < a.logits.size(); ++i) {
@@ -109,24 +104,27 @@ TEST(CudaServing, SchedulerOwnedBlocksGiveTheLogitsOfBackendOwnedOnes) {
     compared += a.rows;
   }
   EXPECT_EQ(compared, 3 * static_cast<int64_t>(steps.size()));
-  EXPECT_GT(given.counters().graph_replays, 0);
+  EXPECT_GT(scrambled.counters().graph_replays, 0);
 }
 
 TEST(CudaServing, BadBlockTablesAreErrors) {
   ASSERT_NO_FATAL_FAILURE(require_gpu());
   const auto model = Model::load(default_model());
   CudaBackend given(*model, serving_options(2, 32));
-  expect_error_containing([&] { given.forward(ForwardBatch{{1, 2, 3}, {{0, 3, true}}}); },
+  auto run = [](int slot, int64_t start, int64_t tokens, std::vector<int32_t> table) {
+    return SequenceChunk{.slot = slot, .start = start, .num_tokens = tokens, .logits = LogitRows::Last,
+                         .block_table = std::move(table)};
+  };
+  expect_error_containing([&] { given.forward(ForwardBatch{{1, 2, 3}, {run(0, 0, 3, {})}}); },
                           {"slot 0 reaches 3 tokens and needs 1 KV blocks, its block table has 0"});
-  expect_error_containing([&] { given.forward(ForwardBatch{std::vector<int32_t>(20, 1), {{0, 20, true, {4}}}}); },
+  expect_error_containing([&] { given.forward(ForwardBatch{std::vector<int32_t>(20, 1), {run(0, 0, 20, {4})}}); },
                           {"needs 2 KV blocks, its block table has 1"});
-  expect_error_containing([&] { given.forward(ForwardBatch{{1}, {{1, 1, true, {32}}}}); },
+  expect_error_containing([&] { given.forward(ForwardBatch{{1}, {run(1, 0, 1, {32})}}); },
                           {"slot 1 block table entry 0 is block 32, the pool has 32"});
-  CudaBackendOptions own = serving_options(2, 0);
-  own.scheduler_owns_kv_blocks = false;
-  CudaBackend owned(*model, own);
-  expect_error_containing([&] { owned.forward(ForwardBatch{{1}, {{0, 1, true, {3}}}}); },
-                          {"slot 0 came with a block table"});
+  expect_error_containing([&] { given.forward(ForwardBatch{{1}, {run(0, 16, 1, {0})}}); },
+                          {"slot 0 reaches 17 tokens and needs 2 KV blocks, its block table has 1"});
+  expect_error_containing([&] { given.forward(ForwardBatch{{1}, {run(0, 256, 1, std::vector<int32_t>(17, 0))}}); },
+                          {"slot 0 runs positions 256..257, max_context is 256"});
   CudaBackendOptions too_small = serving_options(2, 15);
   expect_error_containing([&] { CudaBackend backend(*model, too_small); },
                           {"a KV pool of 15 blocks (240 tokens) cannot hold one sequence of max_context 256"});
@@ -150,7 +148,7 @@ TEST(CudaServing, PoolFromMemoryFractionStaysWithinIt) {
     const double held = static_cast<double>(total - free_after);
     EXPECT_LE(held, fraction * static_cast<double>(total) + (8 << 20)) << backend.memory_summary();
     // Far more than 4 slots x 256 tokens: the pool is what the fraction leaves, not slots x context.
-    EXPECT_GT(blocks * kBlockSize, 100 * 4 * 256) << backend.memory_summary();
+    EXPECT_GT(blocks * kKvBlockSize, 100 * 4 * 256) << backend.memory_summary();
   }
   CudaBackendOptions half = options;
   half.gpu_memory_utilization = fraction / 2;
@@ -166,10 +164,10 @@ TEST(CudaServing, EngineFinishesEveryRequestThroughPreemption) {
   auto tokenizer = BpeTokenizer::load(default_model() / "tokenizer.json");
   CudaBackend backend(*model, serving_options(6, 48));
   EngineConfig config;
-  config.scheduler = SchedulerConfig{6, 64, 256, kBlockSize, 48, 6};
+  config.scheduler = SchedulerConfig{6, 64, 256, 48, 6};
   config.max_waiting = 64;
   Metrics metrics;
-  Engine engine(backend, *tokenizer, config, metrics);
+  Engine engine(backend, tokenizer.get(), config, metrics);
   std::mt19937 rng(7);
   std::vector<std::shared_ptr<RequestStream>> streams;
   constexpr int kRequests = 16;

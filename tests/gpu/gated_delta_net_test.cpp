@@ -30,7 +30,7 @@ class DeltaNetCase {
  public:
   static constexpr int kSlots = 4;
 
-  explicit DeltaNetCase(const cpu::DeltaNetShape& shape)
+  explicit DeltaNetCase(const cpu::GatedDeltaNetShape& shape)
       : shape_(shape),
         dims_{shape.num_k_heads, shape.num_v_heads, shape.k_head_dim, shape.v_head_dim, shape.conv_kernel},
         conv_weight_(random_floats(shape.conv_dim() * shape.conv_kernel, 0.5f)),
@@ -119,10 +119,10 @@ class DeltaNetCase {
   }
 
  private:
-  cuda::DeltaNetWeights weights() const {
+  cuda::GatedDeltaNetParams weights() const {
     return {d_conv_weight_.as<float>(), d_a_log_.as<float>(), d_dt_bias_.as<float>(), d_norm_.as<float>(), 1e-6f};
   }
-  cuda::DeltaNetState device_state() {
+  cuda::GatedDeltaNetState device_state() {
     return {d_ring_.as<float>(), d_recurrent_.as<float>(), d_readers_.as<int32_t>()};
   }
 
@@ -173,8 +173,8 @@ class DeltaNetCase {
     return checked;
   }
 
-  cpu::DeltaNetShape shape_;
-  cuda::DeltaNetDims dims_;
+  cpu::GatedDeltaNetShape shape_;
+  cuda::GatedDeltaNetDims dims_;
   std::vector<float> conv_weight_, a_log_, dt_bias_, norm_;
   int64_t history_, state_size_;
   std::vector<float> conv_, recurrent_;  // reference states: [slots, conv_dim, kernel - 1], [slots, Hv, dk, dv]
@@ -187,11 +187,11 @@ TEST(GpuOps, GatedDeltaNetMatchesCpu) {
   // Key head dims 20 to 256, value head dims from 12 (one column slice) to 512 (a cluster of 8 slices
   // of a multi-token chunk, of 4 in decode), 1 to 3 value heads per key head, conv kernels 2 to 6. The
   // 27B shape is the third.
-  const cpu::DeltaNetShape shapes[] = {{2, 4, 20, 12, 4},  {4, 8, 64, 64, 4},   {16, 48, 128, 128, 4},
+  const cpu::GatedDeltaNetShape shapes[] = {{2, 4, 20, 12, 4},  {4, 8, 64, 64, 4},   {16, 48, 128, 128, 4},
                                        {2, 2, 256, 40, 3}, {1, 2, 32, 512, 2},  {2, 6, 128, 128, 4},
                                        {2, 4, 64, 48, 6}};
   int64_t checked = 0;
-  for (const cpu::DeltaNetShape& shape : shapes) {
+  for (const cpu::GatedDeltaNetShape& shape : shapes) {
     const std::string label = "dk " + std::to_string(shape.k_head_dim) + " dv " + std::to_string(shape.v_head_dim);
     DeltaNetCase layer(shape);
     layer.continue_from(0, 9);
@@ -212,11 +212,11 @@ TEST(GpuOps, GatedDeltaNetMatchesCpu) {
 TEST(GpuOps, GatedDeltaNetRejectsUnsupportedShapes) {
   ASSERT_NO_FATAL_FAILURE(require_gpu());
   const cuda::DeviceChunks one_chunk{nullptr, nullptr, nullptr, nullptr, 1};
-  const cuda::DeltaNetWeights weights{};
-  const cuda::DeltaNetState state{};
-  for (const cuda::DeltaNetDims& dims : {cuda::DeltaNetDims{2, 3, 128, 128, 4}, cuda::DeltaNetDims{1, 1, 320, 128, 4},
-                                         cuda::DeltaNetDims{1, 1, 128, 520, 4}, cuda::DeltaNetDims{1, 1, 128, 128, 9},
-                                         cuda::DeltaNetDims{1, 1, 128, 128, 1}}) {
+  const cuda::GatedDeltaNetParams weights{};
+  const cuda::GatedDeltaNetState state{};
+  for (const cuda::GatedDeltaNetDims& dims : {cuda::GatedDeltaNetDims{2, 3, 128, 128, 4}, cuda::GatedDeltaNetDims{1, 1, 320, 128, 4},
+                                         cuda::GatedDeltaNetDims{1, 1, 128, 520, 4}, cuda::GatedDeltaNetDims{1, 1, 128, 128, 9},
+                                         cuda::GatedDeltaNetDims{1, 1, 128, 128, 1}}) {
     EXPECT_EQ(cuda::launch_gated_delta_net(nullptr, nullptr, nullptr, nullptr, weights, one_chunk, 1, dims, state,
                                            nullptr, 0, nullptr),
               cudaErrorInvalidValue)

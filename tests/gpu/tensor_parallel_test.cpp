@@ -34,34 +34,33 @@ int device_count() {
 // The batches both runs see: a 13-token and a 70-token prompt (the sliced linear path), 70 logits rows of a
 // restarted slot (more than max_logit_rows: logits in pieces), then decode steps of two slots (graphs).
 template <typename Compare>
-void run_same_batches(Backend& a, Backend& b, int vocab, Compare&& compare) {
+void run_same_batches(Backend& a, Backend& b, int vocab, int64_t max_context, Compare&& compare) {
   std::mt19937 rng(2024);
+  gpu_test::TestSequences sequences(2, max_context);
   ForwardBatch prefill;
   prefill.tokens = random_tokens(rng, 13 + 70, vocab);
-  prefill.chunks = {{0, 13, true}, {1, 70, true}};
+  prefill.chunks = {sequences.run(0, 13), sequences.run(1, 70)};
   compare(a.forward(prefill), b.forward(prefill), "prefill");
-  a.release(1);
-  b.release(1);
+  sequences.restart(1);
   ForwardBatch every_token;
   every_token.tokens = random_tokens(rng, 70, vocab);
-  every_token.chunks = {{1, 70, true}};
-  every_token.logits_for_every_token = true;
+  every_token.chunks = {sequences.run(1, 70, LogitRows::All)};
   compare(a.forward(every_token), b.forward(every_token), "every-token logits");
   for (int step = 0; step < 6; ++step) {
     ForwardBatch decode;
     decode.tokens = random_tokens(rng, 2, vocab);
-    decode.chunks = {{0, 1, true}, {1, 1, true}};
+    decode.chunks = {sequences.run(0, 1), sequences.run(1, 1)};
     compare(a.forward(decode), b.forward(decode), "decode step " + std::to_string(step));
   }
-  EXPECT_EQ(a.cached_length(0), b.cached_length(0));
-  EXPECT_EQ(a.cached_length(1), b.cached_length(1));
 }
 
 void expect_single_rank_equals_plain(const Model& model) {
-  CudaBackend plain(model, gpu_test::small_backend_options(2));
-  CudaTensorParallelBackend nccl(model, 1, gpu_test::small_backend_options(2));
-  run_same_batches(plain, nccl, model.config.vocab_size, [](const ForwardResult& a, const ForwardResult& b,
-                                                           const std::string& label) {
+  const CudaBackendOptions options = gpu_test::small_backend_options(2);
+  CudaBackend plain(model, options);
+  CudaTensorParallelBackend nccl(model, 1, options);
+  run_same_batches(plain, nccl, model.config.vocab_size, options.max_context, [](const ForwardResult& a,
+                                                                                 const ForwardResult& b,
+                                                                                 const std::string& label) {
     EXPECT_EQ(a.rows, b.rows) << label;
     EXPECT_TRUE(a.logits == b.logits) << label;
   });
@@ -86,10 +85,12 @@ TEST(TensorParallelNccl, TwoRanksMatchOneGpu) {
   if (device_count() < 2) GTEST_SKIP() << "needs 2 GPUs; " << device_count() << " visible";
   const auto model = Model::load(default_model());
   const int64_t vocab = model->config.vocab_size;
-  CudaBackend single(*model, gpu_test::small_backend_options(2));
-  CudaTensorParallelBackend sharded(*model, 2, gpu_test::small_backend_options(2));
-  run_same_batches(single, sharded, static_cast<int>(vocab), [&](const ForwardResult& a, const ForwardResult& b,
-                                                                const std::string& label) {
+  const CudaBackendOptions options = gpu_test::small_backend_options(2);
+  CudaBackend single(*model, options);
+  CudaTensorParallelBackend sharded(*model, 2, options);
+  run_same_batches(single, sharded, static_cast<int>(vocab), options.max_context, [&](const ForwardResult& a,
+                                                                                      const ForwardResult& b,
+                                                                                      const std::string& label) {
     ASSERT_EQ(a.rows, b.rows) << label;
     for (int64_t r = 0; r < a.rows; ++r) {
       double ref_max = 0, err_max = 0;

@@ -24,7 +24,7 @@ void causal_conv1d_step(const float* input, float* conv_state, const float* weig
 }
 
 void gated_delta_rule_step(float* mixed, const float* a, const float* b, const float* a_log, const float* dt_bias,
-                           const DeltaNetShape& shape, float* state, float* out) {
+                           const GatedDeltaNetShape& shape, float* state, float* out) {
   const int dk = shape.k_head_dim, dv = shape.v_head_dim;
   float* q = mixed;
   float* k = mixed + shape.key_dim();

@@ -5,7 +5,7 @@
 
 namespace uberlm::cpu {
 
-struct DeltaNetShape {
+struct GatedDeltaNetShape {
   int num_k_heads;
   int num_v_heads;
   int k_head_dim;
@@ -28,6 +28,6 @@ void causal_conv1d_step(const float* input, float* conv_state, const float* weig
 // v_head_dim]); modified in place (q, k normalised). a, b: [num_v_heads] projections;
 // a_log, dt_bias: [num_v_heads]; state: [num_v_heads, k_head_dim, v_head_dim]; out: [num_v_heads, v_head_dim].
 void gated_delta_rule_step(float* mixed, const float* a, const float* b, const float* a_log, const float* dt_bias,
-                           const DeltaNetShape& shape, float* state, float* out);
+                           const GatedDeltaNetShape& shape, float* state, float* out);
 
 }  // namespace uberlm::cpu

@@ -14,7 +14,7 @@ float inverse_rms(const float* x, int64_t dim, float eps) {
 }  // namespace
 
 void rms_norm(const float* x, int64_t rows, int64_t dim, const float* weight, NormStyle style, float eps, float* y) {
-  const float offset = style == NormStyle::OnePlusWeight ? 1.0f : 0.0f;
+  const float offset = norm_weight_offset(style);
   for (int64_t r = 0; r < rows; ++r) {
     const float* in = x + r * dim;
     float* out = y + r * dim;

@@ -2,7 +2,7 @@
 // RMS norms of the decoder, fp32. Weights are fp32 copies made at load.
 #include <cstdint>
 
-#include "model/config.h"
+#include "core/norm_style.h"
 
 namespace uberlm::cpu {
 

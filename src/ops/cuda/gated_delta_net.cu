@@ -33,8 +33,8 @@ constexpr int kChunkColumns = 64, kChunkWindow = 16;
 template <int kRows, int kHistory, int kColumns, int kWindow>
 __global__ void __launch_bounds__(kColumns * kRowParts)
     gated_delta_net_kernel(const float* __restrict__ qkv, const float* __restrict__ z, const float* __restrict__ a,
-                           const float* __restrict__ b, DeltaNetWeights weights, DeviceChunks chunks,
-                           DeltaNetDims dims, DeltaNetState state, __nv_bfloat16* out, int64_t out_stride) {
+                           const float* __restrict__ b, GatedDeltaNetParams weights, DeviceChunks chunks,
+                           GatedDeltaNetDims dims, GatedDeltaNetState state, __nv_bfloat16* out, int64_t out_stride) {
   constexpr int kThreads = kColumns * kRowParts, kWarps = kThreads / 32;
   constexpr int kKeyRows = kRows * kRowParts;                 // k_head_dim, rounded up
   constexpr int kStride = 2 * kKeyRows + kColumns;            // staged channels of a token: q | k | v
@@ -259,10 +259,10 @@ __global__ void __launch_bounds__(kColumns * kRowParts)
 
 struct LaunchArgs {
   const float *qkv, *z, *a, *b;
-  DeltaNetWeights weights;
+  GatedDeltaNetParams weights;
   DeviceChunks chunks;
-  DeltaNetDims dims;
-  DeltaNetState state;
+  GatedDeltaNetDims dims;
+  GatedDeltaNetState state;
   void* out;
   int64_t out_stride;
   cudaStream_t stream;
@@ -294,8 +294,8 @@ cudaError_t launch_rows(const LaunchArgs& l, bool decode) {
 }  // namespace
 
 cudaError_t launch_gated_delta_net(const float* qkv, const float* z, const float* a, const float* b,
-                                   const DeltaNetWeights& weights, const DeviceChunks& chunks, int64_t tokens,
-                                   const DeltaNetDims& dims, const DeltaNetState& state, void* out,
+                                   const GatedDeltaNetParams& weights, const DeviceChunks& chunks, int64_t tokens,
+                                   const GatedDeltaNetDims& dims, const GatedDeltaNetState& state, void* out,
                                    int64_t out_stride, cudaStream_t stream) {
   if (chunks.count == 0) return cudaSuccess;
   if (dims.num_k_heads < 1 || dims.num_v_heads % dims.num_k_heads != 0) return cudaErrorInvalidValue;

@@ -15,7 +15,7 @@
 
 namespace uberlm::cuda {
 
-struct DeltaNetDims {
+struct GatedDeltaNetDims {
   int num_k_heads;
   int num_v_heads;
   int k_head_dim;  // at most 256
@@ -36,7 +36,7 @@ struct DeviceChunks {
   int count;
 };
 
-struct DeltaNetWeights {
+struct GatedDeltaNetParams {
   const float* conv1d;  // [conv_dim, conv_kernel]; [:, conv_kernel - 1] multiplies the newest input
   const float* a_log;   // [num_v_heads]
   const float* dt_bias;  // [num_v_heads]
@@ -49,7 +49,7 @@ struct DeltaNetWeights {
 // without touching what another block of the same step reads. recurrent: fp32 [slots, num_v_heads,
 // k_head_dim, v_head_dim]. ring_readers: int32 [slots, num_k_heads], zero between launches (the kernel
 // counts in it and resets it).
-struct DeltaNetState {
+struct GatedDeltaNetState {
   float* conv;
   float* recurrent;
   int32_t* ring_readers;
@@ -63,8 +63,8 @@ struct DeltaNetState {
 // tokens: all chunks' tokens together (== chunks.count in a decode step, which gets its own blocking).
 // Needs v_head_dim <= 512 (one thread-block cluster of at most 8 column slices per head).
 cudaError_t launch_gated_delta_net(const float* qkv, const float* z, const float* a, const float* b,
-                                   const DeltaNetWeights& weights, const DeviceChunks& chunks, int64_t tokens,
-                                   const DeltaNetDims& dims, const DeltaNetState& state, void* out,
+                                   const GatedDeltaNetParams& weights, const DeviceChunks& chunks, int64_t tokens,
+                                   const GatedDeltaNetDims& dims, const GatedDeltaNetState& state, void* out,
                                    int64_t out_stride, cudaStream_t stream);
 
 }  // namespace uberlm::cuda

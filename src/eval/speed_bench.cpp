@@ -1,0 +1,277 @@
+#include "eval/speed_bench.h"
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <memory>
+
+#include "core/error.h"
+#include "model/model.h"
+#include "runtime/engine_stack.h"
+
+#ifdef UBERLM_WITH_CUDA
+#include <cuda_runtime_api.h>
+
+#include "ops/cuda/cuda_check.h"
+#endif
+
+namespace uberlm {
+
+#ifdef UBERLM_WITH_CUDA
+
+namespace {
+
+constexpr uint64_t kSyntheticSeed = 20260101;
+constexpr int kWarmSteps = 3;
+constexpr int kProfileSteps = 5;
+constexpr int kMaxSetupSteps = 100000;
+
+double median(std::vector<double> values) {
+  std::sort(values.begin(), values.end());
+  return values[values.size() / 2];
+}
+
+double now_seconds() {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
+
+// Device-to-device copy of 1 GiB, bytes read plus bytes written over the median time of 20 copies.
+double copy_bandwidth_gbps() {
+  const size_t bytes = size_t{1} << 30;
+  void *src = nullptr, *dst = nullptr;
+  CUDA_CHECK(cudaMalloc(&src, bytes));
+  CUDA_CHECK(cudaMalloc(&dst, bytes));
+  CUDA_CHECK(cudaMemset(src, 0x5a, bytes));
+  cudaEvent_t start, stop;
+  CUDA_CHECK(cudaEventCreate(&start));
+  CUDA_CHECK(cudaEventCreate(&stop));
+  std::vector<double> seconds;
+  for (int i = 0; i < 23; ++i) {
+    CUDA_CHECK(cudaEventRecord(start));
+    CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice));
+    CUDA_CHECK(cudaEventRecord(stop));
+    CUDA_CHECK(cudaEventSynchronize(stop));
+    float ms = 0;
+    CUDA_CHECK(cudaEventElapsedTime(&ms, start, stop));
+    if (i >= 3) seconds.push_back(ms / 1e3);
+  }
+  cudaEventDestroy(start);
+  cudaEventDestroy(stop);
+  CUDA_CHECK(cudaFree(src));
+  CUDA_CHECK(cudaFree(dst));
+  return 2.0 * static_cast<double>(bytes) / median(seconds) / 1e9;
+}
+
+std::vector<int32_t> synthetic_prompt(int64_t length, int salt, int vocab) {
+  std::vector<int32_t> tokens(length);
+  for (int64_t i = 0; i < length; ++i) tokens[i] = static_cast<int32_t>((salt * 7919 + i * 104729 + 13) % vocab);
+  return tokens;
+}
+
+nlohmann::json profile_json(const std::vector<KernelTime>& times, int steps) {
+  nlohmann::json out = nlohmann::json::array();
+  for (const KernelTime& t : times) {
+    out.push_back({{"op", t.op}, {"us_per_step", t.microseconds / steps}, {"launches_per_step", t.launches / steps}});
+  }
+  return out;
+}
+
+// `batch` greedy sequences of `context` prompt tokens each, run through their prefill and kWarmSteps decode
+// steps (the batch size's graph captured): the engine is then in the steady decode state a server is in.
+class DecodingBatch {
+ public:
+  DecodingBatch(Engine& engine, int batch, int context, int max_tokens, int vocab) : engine_(engine), batch_(batch) {
+    for (int s = 0; s < batch; ++s) {
+      EngineRequest request;
+      request.prompt = synthetic_prompt(context, s, vocab);
+      request.max_tokens = max_tokens;
+      std::shared_ptr<RequestStream> stream = engine.submit(std::move(request));
+      if (!stream) fail("bench: the engine refused sequence {} of {}", s, batch);
+      ids_.push_back(stream->id());
+    }
+    int warm = 0;
+    for (int step = 0; warm < kWarmSteps; ++step) {
+      if (step == kMaxSetupSteps) fail("bench: {} sequences did not all reach decode in {} steps", batch, step);
+      warm += is_full_decode(engine.run_step());
+    }
+  }
+  ~DecodingBatch() {
+    for (uint64_t id : ids_) engine_.cancel(id);
+    engine_.run_step();
+  }
+  bool is_full_decode(const EngineStep& step) const { return step.decode_tokens == batch_ && step.prefill_tokens == 0; }
+
+ private:
+  Engine& engine_;
+  int batch_;
+  std::vector<uint64_t> ids_;
+};
+
+struct DecodeResult {
+  double seconds_per_step;
+  int64_t context;  // the sequences' mean cached length over the timed steps
+};
+
+DecodeResult time_decode(Engine& engine, int batch, int context, int steps, int vocab) {
+  DecodingBatch sequences(engine, batch, context, kWarmSteps + steps + 1, vocab);
+  std::vector<double> step_seconds;
+  for (int step = 0; step < steps; ++step) {
+    const double start = now_seconds();
+    const EngineStep ran = engine.run_step();
+    step_seconds.push_back(now_seconds() - start);
+    if (!sequences.is_full_decode(ran)) fail("bench: a timed step ran {} decode and {} prefill tokens, expected {} and 0",
+                                             ran.decode_tokens, ran.prefill_tokens, batch);
+  }
+  return {median(step_seconds), context + kWarmSteps + steps / 2 + 1};
+}
+
+// The engine step that prefills a `length`-token prompt (the request then samples one token and ends).
+double time_prefill(Engine& engine, int length, int salt, int vocab) {
+  EngineRequest request;
+  request.prompt = synthetic_prompt(length, salt, vocab);
+  request.max_tokens = 1;
+  std::shared_ptr<RequestStream> stream = engine.submit(std::move(request));
+  if (!stream) fail("bench: the engine refused the prefill request");
+  const double start = now_seconds();
+  const EngineStep ran = engine.run_step();
+  const double seconds = now_seconds() - start;
+  if (ran.prefill_tokens != length) fail("bench: the prefill step ran {} of {} prompt tokens", ran.prefill_tokens, length);
+  StreamEvent event;
+  if (!stream->next(event, std::chrono::milliseconds(0)) || !event.finished || !event.error.empty()) {
+    fail("bench: the prefill request did not end with its first token ({})", event.error);
+  }
+  return seconds;
+}
+
+}  // namespace
+
+nlohmann::json run_speed_bench(const SpeedBenchOptions& options) {
+  if (!cuda_device_present()) fail("bench: no CUDA device is visible");
+  if (options.weights != "nvfp4" && options.weights != "bf16") fail("bench: --weights {}: nvfp4 or bf16", options.weights);
+  cudaDeviceProp props{};
+  CUDA_CHECK(cudaGetDeviceProperties(&props, 0));
+  const double copy_gbps = copy_bandwidth_gbps();
+  std::printf("GPU %s: copy bandwidth %.0f GB/s (read + write)\n", props.name, copy_gbps);
+
+  const int max_batch = *std::max_element(options.batches.begin(), options.batches.end());
+  const int max_prefill = options.prefill.empty() ? 0 : *std::max_element(options.prefill.begin(), options.prefill.end());
+  EngineStackOptions stack_options;
+  stack_options.device = "cuda";
+  stack_options.tensor_parallel = options.tensor_parallel;
+  stack_options.max_num_seqs = max_batch;
+  stack_options.max_model_len = std::max(max_prefill, options.context) + kWarmSteps + options.steps + 16;
+  stack_options.max_num_batched_tokens = std::max({max_prefill, options.context, 64});
+  stack_options.kv_cache_tokens = static_cast<int64_t>(max_batch) * stack_options.max_model_len;
+  stack_options.loop_thread = false;
+
+  std::unique_ptr<Model> model;
+  std::unique_ptr<EngineStack> stack;
+  std::string shape_name = options.shape_name;
+  if (!options.model.empty()) {
+    model = Model::load(options.model);
+    stack = std::make_unique<EngineStack>(*model, nullptr, stack_options);
+    shape_name = options.model;
+  } else {
+    const SyntheticFormat format = options.weights == "nvfp4" ? SyntheticFormat::Nvfp4 : SyntheticFormat::Bf16;
+    stack = std::make_unique<EngineStack>(options.shape, format, kSyntheticSeed, nullptr, stack_options);
+  }
+  GpuBackend& backend = *stack->gpu_backend();
+  Engine& engine = stack->engine();
+  // With tensor parallelism every GPU streams its own shard: the roofline is the GPUs' copy bandwidth together.
+  const double roofline_gbps = copy_gbps * options.tensor_parallel;
+  const ModelConfig& config = backend.config();
+  const int vocab = config.vocab_size;
+  const int64_t weight_bytes = backend.weight_bytes();
+  std::printf("shape %s (%s weights, lm_head bf16): %d layers, hidden %d; linear weights %.2f GB; %s\n",
+              shape_name.c_str(), options.model.empty() ? options.weights.c_str() : "checkpoint", config.num_layers,
+              config.hidden_size, weight_bytes / 1e9, backend.memory_summary().c_str());
+
+  nlohmann::json report;
+  report["gpu"] = props.name;
+  report["command"] = options.command;
+  report["shape"] = shape_name;
+  report["weights"] = options.model.empty() ? options.weights : "checkpoint";
+  report["copy_gbps"] = copy_gbps;
+  report["tensor_parallel"] = options.tensor_parallel;
+  report["roofline_gbps"] = roofline_gbps;
+  report["weight_bytes"] = weight_bytes;
+  report["context_before_decode"] = options.context;
+  report["timing"] = "engine steps (schedule, forward, greedy sampling on the device), median";
+
+  std::printf("\n%6s %10s %11s %14s %14s %9s %9s\n", "batch", "ms/step", "tok/s", "MB/step", "MB/token", "GB/s",
+              "roofline");
+  for (int batch : options.batches) {
+    const DecodeResult decode = time_decode(engine, batch, options.context, options.steps, vocab);
+    const double step = decode.seconds_per_step;
+    const double step_bytes = static_cast<double>(weight_bytes) +
+                              static_cast<double>(batch) * static_cast<double>(backend.cache_bytes_per_token(decode.context));
+    const double gbps = step_bytes / step / 1e9;
+    std::printf("%6d %10.3f %11.1f %14.1f %14.1f %9.0f %8.1f%%\n", batch, step * 1e3, batch / step, step_bytes / 1e6,
+                step_bytes / batch / 1e6, gbps, 100 * gbps / roofline_gbps);
+    report["decode"].push_back({{"batch", batch},
+                                {"ms_per_step", step * 1e3},
+                                {"ms_per_token", step * 1e3 / batch},
+                                {"tokens_per_s", batch / step},
+                                {"bytes_per_step", step_bytes},
+                                {"bytes_per_token", step_bytes / batch},
+                                {"achieved_gbps", gbps},
+                                {"roofline_fraction", gbps / roofline_gbps}});
+  }
+
+  std::printf("\n%8s %10s %11s\n", "prefill", "ms", "tok/s");
+  for (int length : options.prefill) {
+    std::vector<double> seconds;
+    for (int rep = 0; rep < 3; ++rep) seconds.push_back(time_prefill(engine, length, rep, vocab));
+    const double t = median(seconds);
+    std::printf("%8d %10.2f %11.1f\n", length, t * 1e3, length / t);
+    report["prefill"].push_back({{"tokens", length}, {"ms", t * 1e3}, {"tokens_per_s", length / t}});
+  }
+
+  // Profiling pass: eager forwards with CUDA events around each op class.
+  std::printf("\nper-op GPU time (profiling pass, eager, events around each op class), us per step:\n");
+  for (int batch : {1, 8, max_batch}) {
+    if (batch > max_batch || (batch == max_batch && max_batch <= 8)) continue;
+    DecodingBatch sequences(engine, batch, options.context, kWarmSteps + kProfileSteps + 1, vocab);
+    backend.set_profiling(true);
+    for (int step = 0; step < kProfileSteps; ++step) engine.run_step();
+    backend.set_profiling(false);
+    const std::vector<KernelTime> times = backend.take_profile();
+    double total = 0;
+    for (const KernelTime& t : times) total += t.microseconds / kProfileSteps;
+    std::printf("  decode batch %d (sum %.0f us):\n", batch, total);
+    for (const KernelTime& t : times) {
+      std::printf("    %-24s %10.1f us %6lld launches\n", t.op.c_str(), t.microseconds / kProfileSteps,
+                  static_cast<long long>(t.launches / kProfileSteps));
+    }
+    report["kernels"]["decode_batch_" + std::to_string(batch)] = profile_json(times, kProfileSteps);
+  }
+  for (int length : options.prefill) {
+    backend.set_profiling(true);
+    time_prefill(engine, length, 0, vocab);
+    backend.set_profiling(false);
+    const std::vector<KernelTime> times = backend.take_profile();
+    std::printf("  prefill %d:\n", length);
+    for (const KernelTime& t : times) std::printf("    %-24s %10.1f us\n", t.op.c_str(), t.microseconds);
+    report["kernels"]["prefill_" + std::to_string(length)] = profile_json(times, 1);
+  }
+  const GpuBackend::Counters counters = backend.counters();
+  report["counters"] = {{"gemv_linear_calls", counters.gemv_linear_calls},
+                        {"gemm_bf16_linear_calls", counters.gemm_bf16_linear_calls},
+                        {"gemm_nvfp4_linear_calls", counters.gemm_nvfp4_linear_calls},
+                        {"gemv_swiglu_calls", counters.gemv_swiglu_calls},
+                        {"graph_captures", counters.graph_captures},
+                        {"graph_replays", counters.graph_replays}};
+  std::printf("\nlinear calls: GEMV %lld (gate/up with SwiGLU epilogue %lld), cuBLAS bf16 %lld, cuBLAS NVFP4 "
+              "(dequantised) %lld; graph captures %lld, replays %lld\n",
+              static_cast<long long>(counters.gemv_linear_calls), static_cast<long long>(counters.gemv_swiglu_calls),
+              static_cast<long long>(counters.gemm_bf16_linear_calls),
+              static_cast<long long>(counters.gemm_nvfp4_linear_calls), static_cast<long long>(counters.graph_captures),
+              static_cast<long long>(counters.graph_replays));
+  return report;
+}
+
+#else
+nlohmann::json run_speed_bench(const SpeedBenchOptions&) { fail("bench: this binary was built without CUDA"); }
+#endif
+
+}  // namespace uberlm

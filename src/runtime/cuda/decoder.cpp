@@ -1,0 +1,185 @@
+#include "runtime/cuda/decoder.h"
+
+#include "ops/cuda/activation.h"
+#include "ops/cuda/attention_decode.h"
+#include "ops/cuda/cuda_check.h"
+#include "ops/cuda/embedding.h"
+#include "ops/cuda/gated_delta_net.h"
+#include "ops/cuda/gemv.h"
+#include "ops/cuda/kv_cache.h"
+#include "ops/cuda/rms_norm.h"
+#include "ops/cuda/rope.h"
+#include "runtime/backend.h"
+#include "runtime/nccl_communicator.h"
+
+namespace uberlm::gpu {
+
+namespace {
+
+int64_t padded_k(int64_t k) { return round_up(k, cuda::kGemvKMultiple); }
+
+// After a row-parallel linear layer (o_proj, out_proj, down_proj): the ranks' partial sums.
+void reduce_partial_sums(const GpuDecoder& d, int64_t tokens) {
+  if (d.communicator) d.communicator->all_reduce_sum(d.buffers.sublayer_out, tokens * d.config.hidden_size, d.stream);
+}
+
+cuda::PagedKvLayout kv_layout(const GpuDecoder& d) {
+  return {kKvBlockSize, static_cast<int>(d.limits.max_blocks_per_slot()), d.config.num_kv_heads, d.config.head_dim};
+}
+
+}  // namespace
+
+void embed(const GpuDecoder& d, int64_t tokens) {
+  OpScope op(d.profiler, "embedding");
+  CUDA_CHECK(cuda::launch_embedding(d.model.embed_tokens, d.buffers.meta.tokens, tokens, d.config.hidden_size,
+                                    d.buffers.x, d.stream));
+}
+
+void add_rms_norm(const GpuDecoder& d, const float* delta, const float* weight, int64_t tokens) {
+  OpScope op(d.profiler, "rms_norm");
+  const ModelConfig& c = d.config;
+  CUDA_CHECK(cuda::launch_add_rms_norm(d.buffers.x, delta, nullptr, tokens, c.hidden_size, weight,
+                                       norm_weight_offset(c.norm_style), c.rms_norm_eps, d.buffers.h,
+                                       padded_k(c.hidden_size), d.stream));
+}
+
+void attention(const GpuDecoder& d, int layer, const StepShape& step) {
+  const ModelConfig& c = d.config;
+  const DeviceAttention& w = d.model.layers[layer].attention;
+  const LayerCaches& cache = d.caches.layers[layer];
+  const AttentionBuffers& b = d.buffers.attention;
+  const StepMetadata& meta = d.buffers.meta;
+  const int64_t T = step.tokens;
+  {
+    OpScope op(d.profiler, "attention_qkv_proj");
+    d.linears.group({{&w.q_proj, b.q_proj}, {&w.k_proj, b.k}, {&w.v_proj, b.v}}, d.buffers.h, T);
+  }
+  {
+    OpScope op(d.profiler, "qk_norm_rope_kv_append");
+    const cuda::AttentionPrepShape shape{c.num_heads, c.num_kv_heads, c.head_dim, c.rotary_dim, c.attn_output_gate,
+                                         c.qk_norm, norm_weight_offset(c.norm_style), c.rms_norm_eps};
+    const cuda::KvCacheWrite cache_write{b.v, meta.slots, meta.block_tables, kv_layout(d), cache.key_cache,
+                                         cache.value_cache};
+    CUDA_CHECK(cuda::launch_qk_norm_rope(b.q_proj, b.k, meta.positions, T, shape, d.model.inv_freq, w.q_norm, w.k_norm,
+                                         b.query, cache_write, d.stream));
+  }
+  {
+    OpScope op(d.profiler, "attention");
+    const int64_t q_width = static_cast<int64_t>(c.num_heads) * c.head_dim;
+    const int splits = cuda::attention_splits(T, c.num_kv_heads, d.limits.max_context);
+    // The gate of head h follows its query in q_proj's row: head stride 2 * head_dim.
+    const cuda::AttentionOutput output{c.attn_output_gate ? b.q_proj + c.head_dim : nullptr, c.q_proj_rows(),
+                                       2 * static_cast<int64_t>(c.head_dim), b.o_proj_in, padded_k(q_width)};
+    CUDA_CHECK(cuda::launch_attention_decode(b.query, meta.slots, meta.positions, T, c.num_heads, meta.block_tables,
+                                             kv_layout(d), cache.key_cache, cache.value_cache, splits,
+                                             d.buffers.attention_workspace, output, d.stream));
+  }
+  OpScope op(d.profiler, "attention_o_proj");
+  d.linears.linear(w.o_proj, b.o_proj_in, T, d.buffers.sublayer_out);
+  reduce_partial_sums(d, T);
+}
+
+void gated_delta_net(const GpuDecoder& d, int layer, const StepShape& step) {
+  const ModelConfig& c = d.config;
+  const DeviceGatedDeltaNet& w = d.model.layers[layer].delta_net;
+  const LayerCaches& cache = d.caches.layers[layer];
+  const DeltaNetBuffers& b = d.buffers.delta_net;
+  const StepMetadata& meta = d.buffers.meta;
+  const int64_t T = step.tokens;
+  {
+    OpScope op(d.profiler, "delta_net_in_proj");
+    d.linears.group({{&w.in_proj_qkv, b.qkv}, {&w.in_proj_z, b.z}, {&w.in_proj_b, b.b}, {&w.in_proj_a, b.a}},
+                    d.buffers.h, T);
+  }
+  {
+    OpScope op(d.profiler, "gated_delta_net");
+    const cuda::GatedDeltaNetDims dims{c.delta_net_num_key_heads, c.delta_net_num_value_heads, c.delta_net_key_head_dim,
+                                       c.delta_net_value_head_dim, c.delta_net_conv_kernel};
+    const cuda::DeviceChunks chunks{meta.chunk_first, meta.chunk_length, meta.chunk_slot, meta.chunk_start,
+                                    static_cast<int>(step.chunks)};
+    const cuda::GatedDeltaNetParams params{w.conv1d, w.a_log, w.dt_bias, w.norm, c.rms_norm_eps};
+    const cuda::GatedDeltaNetState state{cache.conv_state, cache.recurrent_state, d.caches.conv_ring_readers};
+    CUDA_CHECK(cuda::launch_gated_delta_net(b.qkv, b.z, b.a, b.b, params, chunks, T, dims, state, b.out_proj_in,
+                                            padded_k(dims.value_dim()), d.stream));
+  }
+  OpScope op(d.profiler, "delta_net_out_proj");
+  d.linears.linear(w.out_proj, b.out_proj_in, T, d.buffers.sublayer_out);
+  reduce_partial_sums(d, T);
+}
+
+// gate/up with SwiGLU in the GEMV's epilogue where the pair allows it (LinearRunner::fuses_swiglu), with
+// the bits of the unfused projections and launch_swiglu, which run otherwise.
+void mlp(const GpuDecoder& d, int layer, int64_t tokens) {
+  const DeviceMlp& w = d.model.layers[layer].mlp;
+  const MlpBuffers& b = d.buffers.mlp;
+  const int64_t inter = d.config.intermediate_size;
+  if (d.linears.fuses_swiglu(w.gate_proj, w.up_proj, tokens)) {
+    OpScope op(d.profiler, "mlp_gate_up_swiglu");
+    d.linears.gate_up_swiglu(w.gate_proj, w.up_proj, d.buffers.h, tokens, b.down_proj_in, padded_k(inter));
+  } else {
+    {
+      OpScope op(d.profiler, "mlp_gate_up_proj");
+      d.linears.group({{&w.gate_proj, b.gate}, {&w.up_proj, b.up}}, d.buffers.h, tokens);
+    }
+    OpScope op(d.profiler, "swiglu");
+    CUDA_CHECK(cuda::launch_swiglu(b.gate, b.up, tokens, inter, b.down_proj_in, padded_k(inter), d.stream));
+  }
+  OpScope op(d.profiler, "mlp_down_proj");
+  d.linears.linear(w.down_proj, b.down_proj_in, tokens, d.buffers.sublayer_out);
+  reduce_partial_sums(d, tokens);
+}
+
+void decoder_layer(const GpuDecoder& d, int layer, const StepShape& step, const float* pending) {
+  const DeviceLayer& w = d.model.layers[layer];
+  add_rms_norm(d, pending, w.input_norm, step.tokens);
+  if (w.kind == LayerKind::FullAttention) attention(d, layer, step);
+  else gated_delta_net(d, layer, step);
+  add_rms_norm(d, d.buffers.sublayer_out, w.post_attention_norm, step.tokens);
+  mlp(d, layer, step.tokens);
+}
+
+void logits(const GpuDecoder& d, int64_t rows) {
+  const ModelConfig& c = d.config;
+  const StepBuffers& b = d.buffers;
+  {
+    OpScope op(d.profiler, "final_norm");
+    CUDA_CHECK(cuda::launch_add_rms_norm(b.x, nullptr, b.meta.logit_rows, rows, c.hidden_size, d.model.final_norm,
+                                         norm_weight_offset(c.norm_style), c.rms_norm_eps, b.final_in,
+                                         padded_k(c.hidden_size), d.stream));
+  }
+  OpScope op(d.profiler, "lm_head");
+  if (!d.communicator) {
+    d.linears.linear(d.model.lm_head, b.final_in, rows, b.logits);
+    return;
+  }
+  const int64_t slice = d.model.lm_head.out;
+  d.linears.linear(d.model.lm_head, b.final_in, rows, b.shard_logits);
+  const NcclCommunicator& comm = *d.communicator;
+  comm.all_gather(b.shard_logits, b.gathered_logits, rows * slice, d.stream);
+  // Rank r's [rows, slice] block holds vocabulary columns r * slice.. (the last one's padding dropped).
+  const int64_t vocab = c.vocab_size;
+  for (int r = 0; r < comm.size(); ++r) {
+    const int64_t begin = r * slice;
+    const int64_t width = std::min(vocab, begin + slice) - begin;
+    if (width <= 0 || rows == 0) continue;
+    CUDA_CHECK(cudaMemcpy2DAsync(b.logits + begin, vocab * sizeof(float), b.gathered_logits + r * rows * slice,
+                                 slice * sizeof(float), width * sizeof(float), rows, cudaMemcpyDeviceToDevice,
+                                 d.stream));
+  }
+}
+
+void decoder_step(const GpuDecoder& d, const StepShape& step) {
+  embed(d, step.tokens);
+  const float* pending = nullptr;
+  for (int layer = 0; layer < d.config.num_layers; ++layer) {
+    decoder_layer(d, layer, step, pending);
+    pending = d.buffers.sublayer_out;
+  }
+  if (pending) {
+    OpScope op(d.profiler, "residual_add");
+    CUDA_CHECK(cuda::launch_add_inplace(d.buffers.x, pending, step.tokens * d.config.hidden_size, d.stream));
+  }
+  if (step.rows > 0) logits(d, step.rows);
+}
+
+}  // namespace uberlm::gpu

@@ -1,0 +1,66 @@
+#pragma once
+// The GPU decoder: the sublayers of CpuDecoder (model/decoder_cpu.cpp, after spec/qwen3_5.md) as free
+// functions over the device model, caches and step buffers, so the two read side by side and a fused
+// kernel can be checked against the sublayer functions it replaces. Each function queues its kernels on
+// the decoder's stream; none synchronises. Per layer:
+//   h = RMSNorm1(x)                      (the previous sublayer's output added to x in the same kernel)
+//   sublayer_out = attention(h) or gated_delta_net(h)
+//   h = RMSNorm2(x += sublayer_out)
+//   sublayer_out = mlp(h)
+#include <cuda_runtime_api.h>
+
+#include <cstdint>
+
+#include "model/config.h"
+#include "runtime/cuda/device_model.h"
+#include "runtime/cuda/linear.h"
+#include "runtime/cuda/step_buffers.h"
+#include "runtime/cuda/step_runner.h"
+
+namespace uberlm {
+class NcclCommunicator;
+}
+
+namespace uberlm::gpu {
+
+// One forward's extent: its tokens, its chunks (StepBuffers::meta), its logits rows.
+struct StepShape {
+  int64_t tokens = 0;
+  int64_t chunks = 0;
+  int64_t rows = 0;
+};
+
+// What the sublayer functions read and write.
+struct GpuDecoder {
+  const ModelConfig& config;
+  const DeviceModel& model;
+  const DeviceCaches& caches;
+  const StepBuffers& buffers;
+  const StepLimits& limits;
+  LinearRunner& linears;
+  OpProfiler& profiler;
+  // Tensor parallelism: o_proj, out_proj and down_proj outputs are all-reduced, lm_head's vocabulary
+  // slices all-gathered. Null on one GPU.
+  const NcclCommunicator* communicator;
+  cudaStream_t stream;
+};
+
+// x [T, D] = embed_tokens[tokens].
+void embed(const GpuDecoder& d, int64_t tokens);
+// h [T, D] (bf16) = RMSNorm(x += delta) with `weight`; delta may be null.
+void add_rms_norm(const GpuDecoder& d, const float* delta, const float* weight, int64_t tokens);
+// sublayer_out [T, D] = o_proj(attention(q, k, v) * sigmoid(gate)); keys and values appended to the layer's
+// KV pool at each token's position.
+void attention(const GpuDecoder& d, int layer, const StepShape& step);
+// sublayer_out [T, D] = out_proj(GatedRMSNorm(delta_rule(conv1d(in_proj_qkv(h))), z)); states updated.
+void gated_delta_net(const GpuDecoder& d, int layer, const StepShape& step);
+// sublayer_out [T, D] = down_proj(silu(gate_proj(h)) * up_proj(h)).
+void mlp(const GpuDecoder& d, int layer, int64_t tokens);
+// One decoder layer; `pending` is the previous layer's MLP output, not yet added to x.
+void decoder_layer(const GpuDecoder& d, int layer, const StepShape& step, const float* pending);
+// logits [rows, V] = lm_head(RMSNorm(x[meta.logit_rows])) for `rows` rows.
+void logits(const GpuDecoder& d, int64_t rows);
+// The whole step: embedding, every layer, the residual stream's last add, then logits of step.rows rows.
+void decoder_step(const GpuDecoder& d, const StepShape& step);
+
+}  // namespace uberlm::gpu

@@ -1,0 +1,58 @@
+#pragma once
+// Device memory, planned once at load: the model's weights in one allocation; the caches, the step buffers
+// and the prefill GEMM's scratch in another; the step metadata's pinned host mirror. A plan that does not
+// fit is an Error naming the numbers, before anything is allocated.
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "model/config.h"
+#include "runtime/cuda/device_model.h"
+#include "runtime/cuda/step_buffers.h"
+
+namespace uberlm::gpu {
+
+struct MemoryPlanRequest {
+  std::vector<LinearFormat> formats;  // every linear layer's format, all_linear_layers order
+  int64_t lm_head_rows = 0;           // V, or this rank's vocabulary slice
+  int ranks = 1;                      // tensor-parallel ranks
+  StepLimits limits;
+  bool large_m = false;               // forwards can exceed kGemvMaxM rows: plan the cuBLAS path
+  // KV pool size, the first rule that applies: num_kv_blocks blocks; every block that fits in
+  // gpu_memory_utilization (0, 1] of the GPU's total memory after weights, states, activations and what
+  // other processes hold (vLLM's option); max_slots x max_context tokens.
+  int64_t num_kv_blocks = 0;
+  double gpu_memory_utilization = 0;
+};
+
+class DeviceMemory {
+ public:
+  DeviceMemory(const ModelConfig& config, const MemoryPlanRequest& request);
+  ~DeviceMemory();
+  DeviceMemory(const DeviceMemory&) = delete;
+  DeviceMemory& operator=(const DeviceMemory&) = delete;
+
+  DeviceModel model;
+  DeviceCaches caches;
+  StepBuffers buffers;
+  uint16_t* gemm_scratch = nullptr;  // bf16 [largest NVFP4 layer], with large_m
+  int64_t gemm_scratch_elements = 0;
+  uint8_t* gemm_workspace = nullptr;
+  int32_t* meta_host = nullptr;      // pinned, StepMetadata::count(limits) entries
+  StepMetadata host_meta{};          // StepMetadata::at(meta_host)
+
+  std::string summary() const;
+
+ private:
+  // Planning passes (arenas at base 0) set this object's pointers to offsets; the placing pass overwrites them.
+  int64_t plan_kv_blocks(int64_t weight_bytes, int64_t free_bytes, int64_t total_bytes);
+  void layout_runtime(Arena& arena, int64_t num_kv_blocks);
+
+  const ModelConfig& config_;
+  MemoryPlanRequest request_;
+  void* weight_memory_ = nullptr;
+  void* runtime_memory_ = nullptr;
+  int64_t weight_bytes_ = 0, runtime_bytes_ = 0, kv_bytes_ = 0, state_bytes_ = 0;
+};
+
+}  // namespace uberlm::gpu

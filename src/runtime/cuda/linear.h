@@ -1,0 +1,57 @@
+#pragma once
+// Linear layers on the path the row count decides: the small-M GEMV (ops/cuda/gemv.h) up to kGemvMaxM rows,
+// cuBLAS above (ops/cuda/gemm.h), NVFP4 weights then dequantised into a scratch buffer planned at load.
+// Every call is counted by path.
+#include <cuda_runtime_api.h>
+
+#include <cstdint>
+#include <initializer_list>
+#include <memory>
+
+#include "ops/cuda/gemm.h"
+#include "runtime/cuda/device_model.h"
+
+namespace uberlm::gpu {
+
+struct LinearCounters {
+  int64_t gemv_linear_calls = 0;        // linear layers over at most kGemvMaxM rows
+  int64_t gemm_bf16_linear_calls = 0;   // over more rows, bf16 weights
+  int64_t gemm_nvfp4_linear_calls = 0;  // over more rows, NVFP4 weights dequantised into the scratch buffer
+  int64_t gemv_swiglu_calls = 0;        // MLP gate/up GEMVs that wrote SwiGLU from their epilogue
+};
+
+class LinearRunner {
+ public:
+  // large_m: forwards can have more than kGemvMaxM rows, so cuBLAS is needed. Its handle takes device
+  // memory of its own: make the runner before measuring free memory.
+  LinearRunner(cudaStream_t stream, bool large_m);
+  bool large_m() const { return gemm_ != nullptr; }
+  // The large-M path's bf16 scratch (elements: the largest NVFP4 layer) and cuBLAS workspace.
+  void set_gemm_memory(uint16_t* scratch, int64_t scratch_elements, uint8_t* workspace);
+
+  // y [rows, w.out] fp32 = x [rows, w.in_padded] bf16 . W^T (+ bias).
+  void linear(const DeviceLinear& w, const uint16_t* x, int64_t rows, float* y);
+  // Linear layers that read the same activations, in one GEMV launch when they can share one (up to
+  // kGemvMaxTargets weights of one format at most kGemvMaxM rows), else each on its own.
+  struct Output {
+    const DeviceLinear* weight;
+    float* y;
+  };
+  void group(std::initializer_list<Output> outputs, const uint16_t* x, int64_t rows);
+  // gate/up with SwiGLU in the GEMV's epilogue: out bf16 [rows, out_stride] = silu(x.G^T) * (x.U^T), the
+  // bits of group() followed by launch_swiglu. Only when fuses_swiglu().
+  bool fuses_swiglu(const DeviceLinear& gate, const DeviceLinear& up, int64_t rows) const;
+  void gate_up_swiglu(const DeviceLinear& gate, const DeviceLinear& up, const uint16_t* x, int64_t rows,
+                      uint16_t* out, int64_t out_stride);
+
+  const LinearCounters& counters() const { return counters_; }
+
+ private:
+  cudaStream_t stream_;
+  std::unique_ptr<cuda::Gemm> gemm_;
+  uint16_t* gemm_scratch_ = nullptr;
+  int64_t gemm_scratch_elements_ = 0;
+  LinearCounters counters_;
+};
+
+}  // namespace uberlm::gpu

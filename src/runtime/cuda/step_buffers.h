@@ -1,0 +1,99 @@
+#pragma once
+// What a forward reads and writes on the GPU besides the weights, planned once at load for the largest
+// step (StepLimits) and placed in one runtime allocation:
+//   DeviceCaches  the sequences' state: the paged KV pool of every full-attention layer (blocks handed out
+//                 by the scheduler) and every Gated DeltaNet layer's conv and recurrent state per slot;
+//   StepBuffers   one step's activations and metadata, rewritten by every forward.
+// Activation rows that feed a linear layer are bf16, padded along K to kGemvKMultiple with zeros (the
+// allocation is zeroed at load and no kernel writes a row's padding).
+#include <cstdint>
+#include <vector>
+
+#include "model/config.h"
+#include "ops/cuda/sampling.h"
+#include "runtime/cuda/arena.h"
+
+namespace uberlm::gpu {
+
+struct StepLimits {
+  int64_t max_tokens = 0;      // T: tokens of one forward
+  int64_t max_logit_rows = 0;  // R: logits rows computed at once
+  int max_slots = 0;
+  int64_t max_context = 0;     // tokens per sequence
+  int64_t max_blocks_per_slot() const;
+};
+
+// Per-step metadata, int32 arrays in one region: the device copy and its pinned host mirror share this
+// layout, so one copy per step moves it all.
+struct StepMetadata {
+  int32_t *tokens, *positions, *slots;                              // [T] per token
+  int32_t *chunk_first, *chunk_length, *chunk_slot, *chunk_start;   // [T] per chunk (at most one per token)
+  int32_t* logit_rows;                                              // [R] the token row of each logits row
+  int32_t* block_tables;                                            // [slots, max_blocks_per_slot]
+
+  static int64_t count(const StepLimits& limits);
+  static StepMetadata at(int32_t* base, const StepLimits& limits);
+};
+
+// The sublayers' intermediate tensors. The three share one scratch region: a layer runs one mixer and
+// then its MLP, and each reads only its own.
+struct AttentionBuffers {
+  float* q_proj;        // [T, q_proj_rows]: per head the query, then the gate when gated
+  float* k;             // [T, KV * head_dim]
+  float* v;             // [T, KV * head_dim]
+  float* query;         // [T, H * head_dim], normalised and rotated
+  uint16_t* o_proj_in;  // bf16 [T, H * head_dim padded]: gated attention output
+};
+struct DeltaNetBuffers {
+  float* qkv;             // [T, conv_dim]
+  float* z;               // [T, value_dim]
+  float* b;               // [T, num_v_heads]
+  float* a;               // [T, num_v_heads]
+  uint16_t* out_proj_in;  // bf16 [T, value_dim padded]: the gated norm's output
+};
+struct MlpBuffers {
+  float* gate;             // [T, I] (the unfused path only)
+  float* up;               // [T, I]
+  uint16_t* down_proj_in;  // bf16 [T, I padded]: silu(gate) * up
+};
+
+struct StepBuffers {
+  float* x = nullptr;             // [T, D] residual stream
+  uint16_t* h = nullptr;          // bf16 [T, D padded]: the normed input of the next linear layers
+  float* sublayer_out = nullptr;  // [T, D]: a mixer's or the MLP's output, added to x by the next norm
+  AttentionBuffers attention{};
+  DeltaNetBuffers delta_net{};
+  MlpBuffers mlp{};
+  float* attention_workspace = nullptr;  // the split attention's partial sums
+  uint16_t* final_in = nullptr;   // bf16 [R, D padded]
+  float* logits = nullptr;        // [R, V]
+  // Tensor parallelism: this rank's lm_head slice [R, lm_head_rows], gathered from every rank into
+  // [ranks, R, lm_head_rows] and laid out as logits.
+  float* shard_logits = nullptr;
+  float* gathered_logits = nullptr;
+  int32_t* argmax = nullptr;                       // [R]
+  cuda::ArgmaxScratch* argmax_scratch = nullptr;   // [R], zero between launches
+  StepMetadata meta{};
+};
+
+struct LayerCaches {
+  uint16_t *key_cache = nullptr, *value_cache = nullptr;  // full attention: bf16 [blocks, block_size, KV, head_dim]
+  float* conv_state = nullptr;       // Gated DeltaNet: [slots, kernel, conv_dim], a ring by position
+  float* recurrent_state = nullptr;  // Gated DeltaNet: [slots, Hv, dk, dv]
+};
+struct DeviceCaches {
+  std::vector<LayerCaches> layers;
+  int32_t* conv_ring_readers = nullptr;  // [slots, Hk], zero between Gated DeltaNet launches (all layers share it)
+  int64_t num_kv_blocks = 0;
+};
+
+// Places the step buffers for `limits` (tensor-parallel ranks: the gathered logits; lm_head_rows: this
+// rank's vocabulary slice).
+void layout_step_buffers(Arena& arena, const ModelConfig& config, const StepLimits& limits, int ranks,
+                         int64_t lm_head_rows, StepBuffers& buffers);
+// Places the KV pool of num_kv_blocks blocks per full-attention layer and the Gated DeltaNet states.
+void layout_caches(Arena& arena, const ModelConfig& config, int64_t num_kv_blocks, int max_slots, DeviceCaches& caches);
+// Bytes of one KV block in every full-attention layer's key and value pools.
+int64_t kv_block_bytes(const ModelConfig& config);
+
+}  // namespace uberlm::gpu

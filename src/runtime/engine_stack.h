@@ -1,0 +1,60 @@
+#pragma once
+// Everything a command needs to generate with a model: its backend, an engine (and scheduler) sized to
+// it, and their metrics. The CLI fills EngineStackOptions from its flags; serve, run, eval and bench all
+// assemble their runtime here.
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "model/model.h"
+#include "runtime/backend.h"
+#include "runtime/cuda_backend.h"
+#include "runtime/engine.h"
+#include "runtime/metrics.h"
+#include "tokenizer/bpe_tokenizer.h"
+
+namespace uberlm {
+
+struct EngineStackOptions {
+  std::string device = "auto";  // cpu, cuda, or auto (cuda when a GPU is present)
+  int tensor_parallel = 1;
+  int max_num_seqs = 16;
+  int64_t max_model_len = 0;    // prompt + generated tokens per sequence; 0: the model's context, at most 8192
+  int64_t max_num_batched_tokens = 512;
+  // KV cache capacity; 0: on the CPU every sequence at full length, on CUDA what gpu_memory_utilization leaves.
+  int64_t kv_cache_tokens = 0;
+  double gpu_memory_utilization = 0.9;
+  int max_waiting = 256;
+  bool loop_thread = true;  // false: the caller steps the engine (one-shot tools)
+};
+
+// The default context of a model: its max_position_embeddings (4096 when unknown), at most 8192.
+int64_t default_max_model_len(const ModelConfig& config);
+
+class EngineStack {
+ public:
+  // tokenizer may be null (ids only); the model and tokenizer must outlive the stack.
+  EngineStack(const Model& model, const BpeTokenizer* tokenizer, const EngineStackOptions& options);
+#ifdef UBERLM_WITH_CUDA
+  // Random weights of `shape` made on the GPU (load tests and benchmarks without a checkpoint).
+  EngineStack(const ModelConfig& shape, SyntheticFormat format, uint64_t seed, const BpeTokenizer* tokenizer,
+              const EngineStackOptions& options);
+  GpuBackend* gpu_backend() const;  // null for the CPU backend
+#endif
+  ~EngineStack();
+
+  Backend& backend() const { return *backend_; }
+  Engine& engine() const { return *engine_; }
+  Metrics& metrics() { return metrics_; }
+  const EngineConfig& config() const { return config_; }
+
+ private:
+  void start_engine(const BpeTokenizer* tokenizer, const EngineStackOptions& options);
+
+  std::unique_ptr<Backend> backend_;
+  Metrics metrics_;
+  EngineConfig config_;
+  std::unique_ptr<Engine> engine_;
+};
+
+}  // namespace uberlm
