@@ -73,7 +73,7 @@ CudaBackend::Impl::Impl(const ModelConfig& model_config, const CudaBackendOption
   gpu::MemoryPlanRequest request;
   request.formats = formats;
   request.lm_head_rows = (config.vocab_size + ranks - 1) / ranks;
-  request.ranks = ranks;
+  request.gathering_ranks = options.communicator ? ranks : 0;
   request.limits = limits;
   request.large_m = large_m;
   request.num_kv_blocks = options.num_kv_blocks;

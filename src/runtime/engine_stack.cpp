@@ -16,7 +16,8 @@ CudaBackendOptions cuda_options(const EngineStackOptions& options, int64_t max_m
   cuda.max_slots = options.max_num_seqs;
   cuda.max_context = max_model_len;
   cuda.max_batch_tokens = options.max_num_batched_tokens;
-  cuda.max_logit_rows = std::min<int64_t>(options.max_num_seqs, options.max_num_batched_tokens);
+  // Every sequence's row in one piece; scored prompts (LogitRows::All) in pieces of up to 64 rows.
+  cuda.max_logit_rows = std::max<int64_t>(options.max_num_seqs, std::min<int64_t>(64, options.max_num_batched_tokens));
   cuda.num_kv_blocks = options.kv_cache_tokens > 0 ? kv_blocks_for(options.kv_cache_tokens) : 0;
   cuda.gpu_memory_utilization = options.gpu_memory_utilization;
   return cuda;

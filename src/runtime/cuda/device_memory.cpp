@@ -21,7 +21,7 @@ double gib(int64_t bytes) { return static_cast<double>(bytes) / (1 << 30); }
 }  // namespace
 
 void DeviceMemory::layout_runtime(Arena& arena, int64_t num_kv_blocks) {
-  layout_step_buffers(arena, config_, request_.limits, request_.ranks, request_.lm_head_rows, buffers);
+  layout_step_buffers(arena, config_, request_.limits, request_.gathering_ranks, request_.lm_head_rows, buffers);
   if (request_.large_m) {
     gemm_scratch_elements = 0;
     for (const DeviceLinear* w : all_linear_layers(model, config_)) {

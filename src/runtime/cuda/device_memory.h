@@ -15,7 +15,7 @@ namespace uberlm::gpu {
 struct MemoryPlanRequest {
   std::vector<LinearFormat> formats;  // every linear layer's format, all_linear_layers order
   int64_t lm_head_rows = 0;           // V, or this rank's vocabulary slice
-  int ranks = 1;                      // tensor-parallel ranks
+  int gathering_ranks = 0;            // with a tensor-parallel communicator (even of one rank) its size, else 0
   StepLimits limits;
   bool large_m = false;               // forwards can exceed kGemvMaxM rows: plan the cuBLAS path
   // KV pool size, the first rule that applies: num_kv_blocks blocks; every block that fits in

@@ -9,7 +9,9 @@ namespace uberlm::gpu {
 namespace {
 int64_t padded_k(int64_t k) { return round_up(std::max<int64_t>(k, 1), cuda::kGemvKMultiple); }
 
-// The sublayer buffers, each placed from the same scratch base; returns the bytes the largest needs.
+// The sublayers' fp32 intermediates, each placed from the same scratch base; returns the bytes the largest
+// needs. (Their bf16 linear-layer inputs have regions of their own: a row's K padding must stay zero, and
+// another sublayer's fp32 values written over it would not be.)
 int64_t layout_sublayer_scratch(uintptr_t base, const ModelConfig& c, int64_t T, StepBuffers& b) {
   const int64_t q_width = static_cast<int64_t>(c.num_heads) * c.head_dim;
   const int64_t kv_width = static_cast<int64_t>(c.num_kv_heads) * c.head_dim;
@@ -18,15 +20,12 @@ int64_t layout_sublayer_scratch(uintptr_t base, const ModelConfig& c, int64_t T,
   b.attention.k = attention.take<float>(T * kv_width);
   b.attention.v = attention.take<float>(T * kv_width);
   b.attention.query = attention.take<float>(T * q_width);
-  b.attention.o_proj_in = attention.take<uint16_t>(T * padded_k(q_width));
   b.delta_net.qkv = delta_net.take<float>(T * c.delta_net_conv_dim());
   b.delta_net.z = delta_net.take<float>(T * c.delta_net_value_dim());
   b.delta_net.b = delta_net.take<float>(T * c.delta_net_num_value_heads);
   b.delta_net.a = delta_net.take<float>(T * c.delta_net_num_value_heads);
-  b.delta_net.out_proj_in = delta_net.take<uint16_t>(T * padded_k(c.delta_net_value_dim()));
   b.mlp.gate = mlp.take<float>(T * c.intermediate_size);
   b.mlp.up = mlp.take<float>(T * c.intermediate_size);
-  b.mlp.down_proj_in = mlp.take<uint16_t>(T * padded_k(c.intermediate_size));
   return std::max({attention.used(), delta_net.used(), mlp.used()});
 }
 }  // namespace
@@ -52,15 +51,18 @@ StepMetadata StepMetadata::at(int32_t* base, const StepLimits& limits) {
   return m;
 }
 
-void layout_step_buffers(Arena& arena, const ModelConfig& c, const StepLimits& limits, int ranks, int64_t lm_head_rows,
-                         StepBuffers& b) {
+void layout_step_buffers(Arena& arena, const ModelConfig& c, const StepLimits& limits, int gathering_ranks,
+                         int64_t lm_head_rows, StepBuffers& b) {
   const int64_t T = limits.max_tokens, R = limits.max_logit_rows, dim = c.hidden_size;
   b.x = arena.take<float>(T * dim);
   b.h = arena.take<uint16_t>(T * padded_k(dim));
   b.sublayer_out = arena.take<float>(T * dim);
-  // One region for the three sublayers' buffers: measured at base 0, then placed.
+  // One region for the three sublayers' fp32 intermediates: measured at base 0, then placed.
   uint8_t* scratch = arena.take<uint8_t>(layout_sublayer_scratch(0, c, T, b));
   layout_sublayer_scratch(reinterpret_cast<uintptr_t>(scratch), c, T, b);
+  b.attention.o_proj_in = arena.take<uint16_t>(T * padded_k(static_cast<int64_t>(c.num_heads) * c.head_dim));
+  b.delta_net.out_proj_in = arena.take<uint16_t>(T * padded_k(c.delta_net_value_dim()));
+  b.mlp.down_proj_in = arena.take<uint16_t>(T * padded_k(c.intermediate_size));
   int64_t workspace = 1;
   for (int64_t t = 1; t <= T && c.num_kv_heads > 0; ++t) {
     const int splits = cuda::attention_splits(t, c.num_kv_heads, limits.max_context);
@@ -69,9 +71,9 @@ void layout_step_buffers(Arena& arena, const ModelConfig& c, const StepLimits& l
   b.attention_workspace = arena.take<float>(workspace);
   b.final_in = arena.take<uint16_t>(R * padded_k(dim));
   b.logits = arena.take<float>(R * c.vocab_size);
-  if (ranks > 1) {
+  if (gathering_ranks > 0) {
     b.shard_logits = arena.take<float>(R * lm_head_rows);
-    b.gathered_logits = arena.take<float>(ranks * R * lm_head_rows);
+    b.gathered_logits = arena.take<float>(gathering_ranks * R * lm_head_rows);
   }
   b.argmax = arena.take<int32_t>(R);
   b.argmax_scratch = arena.take<cuda::ArgmaxScratch>(R);

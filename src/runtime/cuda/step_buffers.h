@@ -35,8 +35,9 @@ struct StepMetadata {
   static StepMetadata at(int32_t* base, const StepLimits& limits);
 };
 
-// The sublayers' intermediate tensors. The three share one scratch region: a layer runs one mixer and
-// then its MLP, and each reads only its own.
+// The sublayers' intermediate tensors. Their fp32 ones share one scratch region (a layer runs one mixer and
+// then its MLP, and each reads only its own); the bf16 inputs of linear layers, whose K padding must stay
+// zero, each have their own.
 struct AttentionBuffers {
   float* q_proj;        // [T, q_proj_rows]: per head the query, then the gate when gated
   float* k;             // [T, KV * head_dim]
@@ -87,9 +88,9 @@ struct DeviceCaches {
   int64_t num_kv_blocks = 0;
 };
 
-// Places the step buffers for `limits` (tensor-parallel ranks: the gathered logits; lm_head_rows: this
-// rank's vocabulary slice).
-void layout_step_buffers(Arena& arena, const ModelConfig& config, const StepLimits& limits, int ranks,
+// Places the step buffers for `limits`. gathering_ranks: with a tensor-parallel communicator (even of one
+// rank) its size, whose lm_head slices of lm_head_rows rows are gathered into the logits; else 0.
+void layout_step_buffers(Arena& arena, const ModelConfig& config, const StepLimits& limits, int gathering_ranks,
                          int64_t lm_head_rows, StepBuffers& buffers);
 // Places the KV pool of num_kv_blocks blocks per full-attention layer and the Gated DeltaNet states.
 void layout_caches(Arena& arena, const ModelConfig& config, int64_t num_kv_blocks, int max_slots, DeviceCaches& caches);
