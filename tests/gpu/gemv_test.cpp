@@ -18,7 +18,7 @@
 #include "ops/cuda/activation.h"
 #include "ops/cuda/device_buffer.h"
 #include "ops/cuda/gemv.h"
-#include "gpu_test_util.h"
+#include "fused_kernel_harness.h"
 
 namespace uberlm {
 namespace {
@@ -37,6 +37,9 @@ constexpr double kF32Tolerance = 1e-3;
 // bf16 output adds one rounding of 2^-9 relative to each element.
 constexpr double kBf16ElementTolerance = 1.0 / 256;
 
+using gpu_test::check_fused_kernel;
+using gpu_test::FusedCase;
+using gpu_test::FusedOutput;
 using gpu_test::require_gpu;
 
 std::vector<uint16_t> random_bf16(std::mt19937& rng, int64_t count, float stddev) {
@@ -436,34 +439,40 @@ int64_t expect_swiglu_matches(const SwigluCase& c, const std::vector<uint16_t>& 
   return c.m * c.n;
 }
 
-// The default path at every M = 1..64 (all token-group counts, partial groups) for odd row counts and
-// K not a multiple of the 128-wide chunk, plus the 27B-like K at a few M (the long-K tuning at 17408):
-// CPU reference within tolerance, and the unfused GPU path (two-target GEMV + launch_swiglu) bit for bit.
-TEST(GpuGemv, SwigluEpilogueMatchesCpuAndUnfusedPath) {
+// The fused gate/up + SwiGLU GEMV (ops/cuda/fused/gemv_gate_up_swiglu.cu) through the fused-kernel harness:
+// the default path at every M = 1..64 (all token-group counts, partial groups) for odd row counts and K not
+// a multiple of the 128-wide chunk, plus the 27B-like K at a few M (the long-K tuning at 17408), bit for bit
+// against the unfused GPU path it replaces (two-target GEMV + launch_swiglu), and within tolerance of the
+// CPU reference.
+TEST(FusedKernels, GateUpSwigluGemvMatchesTheUnfusedOps) {
   ASSERT_NO_FATAL_FAILURE(require_gpu());
-  std::mt19937 rng(20261126);
-  struct Case {
+  auto rng = std::make_shared<std::mt19937>(20261126);
+  struct Shape {
     int64_t n, k;
     std::vector<int64_t> ms;
   };
   std::vector<int64_t> every_m;
   for (int64_t m = 1; m <= cuda::kGemvMaxM; ++m) every_m.push_back(m);
-  const Case cases[] = {{37, 160, every_m}, {200, 2080, {1, 2, 7, 8, 9, 16, 17, 31, 33, 64}},
-                        {1000, 5120, {1, 8, 13, 64}}, {48, 17408, {1, 5, 64}}};
-  int64_t checked = 0;
-  for (const Case& shape : cases) {
+  const Shape shapes[] = {{37, 160, every_m}, {200, 2080, {1, 2, 7, 8, 9, 16, 17, 31, 33, 64}},
+                          {1000, 5120, {1, 8, 13, 64}}, {48, 17408, {1, 5, 64}}};
+  std::vector<FusedCase> cases;
+  for (const Shape& shape : shapes) {
     for (int64_t m : shape.ms) {
       for (bool nvfp4 : {true, false}) {
-        const SwigluCase c = make_swiglu_case(rng, nvfp4, shape.n, shape.k, m);
         const std::string label = std::string(nvfp4 ? "nvfp4" : "bf16") + " N=" + std::to_string(shape.n) +
                                   " K=" + std::to_string(shape.k) + " M=" + std::to_string(m);
-        const std::vector<uint16_t> fused = c.fused(std::nullopt), unfused = c.unfused(std::nullopt);
-        checked += expect_swiglu_matches(c, fused, c.reference(), label);
-        EXPECT_TRUE(fused == unfused) << label << ": fused SwiGLU differs from GEMV + launch_swiglu";
+        cases.push_back({label, [rng, nvfp4, shape, m, label]() -> std::vector<FusedOutput> {
+                           const SwigluCase c = make_swiglu_case(*rng, nvfp4, shape.n, shape.k, m);
+                           const std::vector<uint16_t> fused = c.fused(std::nullopt), unfused = c.unfused(std::nullopt);
+                           expect_swiglu_matches(c, fused, c.reference(), label);
+                           // Bit patterns as numbers: the rows' poisoned padding (NaN) must match too.
+                           return {{"out bits", std::vector<float>(fused.begin(), fused.end()),
+                                    std::vector<float>(unfused.begin(), unfused.end()), 0.0}};
+                         }});
       }
     }
   }
-  EXPECT_GT(checked, 0) << "no case ran";
+  check_fused_kernel("gemv_gate_up_swiglu", cases);
 }
 
 // Every compiled paired tuning against the CPU reference, and the paired variant of every plain tuning

@@ -14,13 +14,4 @@ cudaError_t launch_gemv_bf16(const Bf16GemvTarget* targets, int count, int64_t k
                                                                    tuning, stream);
 }
 
-cudaError_t launch_gemv_bf16_swiglu(const void* gate, const void* up, int64_t n, int64_t k, const void* x, int m,
-                                    void* out, int64_t out_stride, const GemvTuning& tuning, cudaStream_t stream) {
-  GemvSegments<Bf16Format> segments{};
-  segments.add({static_cast<const __nv_bfloat16*>(gate), k, 1.0f}, n, nullptr);
-  segments.add({static_cast<const __nv_bfloat16*>(up), k, 1.0f}, n, nullptr);
-  return launch_gemv<Bf16Format, GemvShape<2, 2>, GemvShape<1, 2>>(
-      segments, x, m, k, GemvSwigluEpilogue{static_cast<__nv_bfloat16*>(out), out_stride}, tuning, stream);
-}
-
 }  // namespace uberlm::cuda::detail

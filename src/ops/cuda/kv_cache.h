@@ -1,7 +1,7 @@
 #pragma once
 // Paged KV cache on the GPU: each sequence slot owns a list of fixed-size blocks (its block table row);
 // a layer's keys and values live in bf16 pools [num_blocks, block_size, num_kv_heads, head_dim]. Tokens are
-// appended by launch_qk_norm_rope (rope.h) and read by launch_attention_decode.
+// appended by launch_qk_norm_rope_kv_append (fused/qk_norm_rope_kv_append.h) and read by launch_attention_decode.
 #include <cuda_runtime_api.h>
 
 #include <cstdint>

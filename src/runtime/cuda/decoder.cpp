@@ -4,11 +4,11 @@
 #include "ops/cuda/attention_decode.h"
 #include "ops/cuda/cuda_check.h"
 #include "ops/cuda/embedding.h"
-#include "ops/cuda/gated_delta_net.h"
+#include "ops/cuda/fused/gated_delta_net_layer.h"
 #include "ops/cuda/gemv.h"
 #include "ops/cuda/kv_cache.h"
 #include "ops/cuda/rms_norm.h"
-#include "ops/cuda/rope.h"
+#include "ops/cuda/fused/qk_norm_rope_kv_append.h"
 #include "runtime/backend.h"
 #include "runtime/nccl_communicator.h"
 
@@ -60,7 +60,7 @@ void attention(const GpuDecoder& d, int layer, const StepShape& step) {
                                          c.qk_norm, norm_weight_offset(c.norm_style), c.rms_norm_eps};
     const cuda::KvCacheWrite cache_write{b.v, meta.slots, meta.block_tables, kv_layout(d), cache.key_cache,
                                          cache.value_cache};
-    CUDA_CHECK(cuda::launch_qk_norm_rope(b.q_proj, b.k, meta.positions, T, shape, d.model.inv_freq, w.q_norm, w.k_norm,
+    CUDA_CHECK(cuda::launch_qk_norm_rope_kv_append(b.q_proj, b.k, meta.positions, T, shape, d.model.inv_freq, w.q_norm, w.k_norm,
                                          b.query, cache_write, d.stream));
   }
   {
@@ -99,7 +99,7 @@ void gated_delta_net(const GpuDecoder& d, int layer, const StepShape& step) {
                                     static_cast<int>(step.chunks)};
     const cuda::GatedDeltaNetParams params{w.conv1d, w.a_log, w.dt_bias, w.norm, c.rms_norm_eps};
     const cuda::GatedDeltaNetState state{cache.conv_state, cache.recurrent_state, d.caches.conv_ring_readers};
-    CUDA_CHECK(cuda::launch_gated_delta_net(b.qkv, b.z, b.a, b.b, params, chunks, T, dims, state, b.out_proj_in,
+    CUDA_CHECK(cuda::launch_gated_delta_net_layer(b.qkv, b.z, b.a, b.b, params, chunks, T, dims, state, b.out_proj_in,
                                             padded_k(dims.value_dim()), d.stream));
   }
   OpScope op(d.profiler, "delta_net_out_proj");

@@ -1,14 +1,15 @@
-// The fused Gated DeltaNet kernel (conv1d, delta rule, gated norm) against the CPU per-token reference
-// (ops/cpu/gated_delta_net.h, cpu::gated_rms_norm) over forwards of several sequences that continue from
-// the kernel's own states: new ones, continuing ones, decode tokens and multi-token chunks.
+// The fused Gated DeltaNet layer kernel (conv1d, l2 norms, delta rule, gated norm) against the unfused CPU ops
+// it replaces (ops/cpu/gated_delta_net.h's per-token steps, cpu::gated_rms_norm) over forwards of several
+// sequences that continue from the kernel's own states: new ones, continuing ones, decode tokens and
+// multi-token chunks; outputs and states compared.
 #include <gtest/gtest.h>
 
 #include <algorithm>
 
-#include "gpu_test_util.h"
+#include "fused_kernel_harness.h"
 #include "ops/cpu/gated_delta_net.h"
 #include "ops/cpu/norm.h"
-#include "ops/cuda/gated_delta_net.h"
+#include "ops/cuda/fused/gated_delta_net_layer.h"
 
 namespace uberlm {
 namespace {
@@ -64,8 +65,8 @@ class DeltaNetCase {
     upload_states();
   }
 
-  // One launch over `chunks` on fresh random inputs, then the reference; compares outputs and states.
-  int64_t run(const std::vector<Chunk>& chunks, const std::string& label) {
+  // One launch over `chunks` on fresh random inputs, then the reference; their outputs and states.
+  std::vector<FusedOutput> run(const std::vector<Chunk>& chunks, const std::string& label) {
     const int64_t conv_dim = shape_.conv_dim(), value_dim = shape_.value_dim(), hv = shape_.num_v_heads;
     std::vector<int32_t> first, length, slot, start;
     int64_t tokens = 0;
@@ -85,7 +86,7 @@ class DeltaNetCase {
     DeviceBuffer d_out = poisoned<uint16_t>(tokens * out_stride);
     const cuda::DeviceChunks device_chunks{d_first.as<int32_t>(), d_length.as<int32_t>(), d_slot.as<int32_t>(),
                                            d_start.as<int32_t>(), static_cast<int>(chunks.size())};
-    sync_and_check(cuda::launch_gated_delta_net(d_qkv.as<float>(), d_z.as<float>(), d_a.as<float>(), d_b.as<float>(),
+    sync_and_check(cuda::launch_gated_delta_net_layer(d_qkv.as<float>(), d_z.as<float>(), d_a.as<float>(), d_b.as<float>(),
                                                 weights(), device_chunks, tokens, dims_, device_state(),
                                                 d_out.data(), out_stride, nullptr));
 
@@ -113,9 +114,9 @@ class DeltaNetCase {
     for (int64_t t = 0; t < tokens; ++t) {
       std::copy_n(out.begin() + t * out_stride, value_dim, got.begin() + t * value_dim);
     }
-    int64_t checked = expect_close(got, ref, kOutTolerance, label + " output");
-    checked += compare_states(label);
-    return checked;
+    std::vector<FusedOutput> outputs = {{label + " output", got, ref, kOutTolerance}};
+    for (FusedOutput& state : states(label)) outputs.push_back(std::move(state));
+    return outputs;
   }
 
  private:
@@ -146,7 +147,7 @@ class DeltaNetCase {
     d_recurrent_ = upload(recurrent_);
   }
 
-  int64_t compare_states(const std::string& label) {
+  std::vector<FusedOutput> states(const std::string& label) {
     const std::vector<float> ring = d_ring_.download<float>(), recurrent = d_recurrent_.download<float>();
     const int history = shape_.conv_kernel - 1;
     std::vector<float> ring_got, ring_ref, recurrent_got, recurrent_ref;
@@ -165,12 +166,11 @@ class DeltaNetCase {
       recurrent_ref.insert(recurrent_ref.end(), recurrent_.begin() + slot * state_size_,
                            recurrent_.begin() + (slot + 1) * state_size_);
     }
-    int64_t checked = expect_close(ring_got, ring_ref, 0.0, label + " conv ring");
-    checked += expect_close(recurrent_got, recurrent_ref, kStateTolerance, label + " recurrent state");
     const std::vector<int32_t> readers = d_readers_.download<int32_t>();
     EXPECT_TRUE(std::all_of(readers.begin(), readers.end(), [](int32_t n) { return n == 0; }))
         << label << ": ring_readers not reset";
-    return checked;
+    return {{label + " conv ring", ring_got, ring_ref, 0.0},
+            {label + " recurrent state", recurrent_got, recurrent_ref, kStateTolerance}};
   }
 
   cpu::GatedDeltaNetShape shape_;
@@ -182,34 +182,44 @@ class DeltaNetCase {
   DeviceBuffer d_conv_weight_, d_a_log_, d_dt_bias_, d_norm_, d_ring_, d_recurrent_, d_readers_;
 };
 
-TEST(GpuOps, GatedDeltaNetMatchesCpu) {
+// Five launches on one layer: new and continuing sequences, decode steps (their own blocking), restarts.
+std::vector<FusedOutput> run_sequence_of_launches(const cpu::GatedDeltaNetShape& shape) {
+  DeltaNetCase layer(shape);
+  layer.continue_from(0, 9);
+  layer.continue_from(1, 1);  // shorter than the conv's history
+  std::vector<FusedOutput> outputs;
+  auto launch = [&](const std::vector<Chunk>& chunks, const std::string& label) {
+    for (FusedOutput& out : layer.run(chunks, label)) outputs.push_back(std::move(out));
+  };
+  // A new 40-token prefill (three windows), a 5-token chunk continuing (it overwrites ring entries that
+  // other blocks read), a decode token.
+  launch({{2, 0, 40}, {0, 9, 5}, {1, 1, 1}}, "prefill");
+  // Decode (its own blocking): every slot one token, slot 3 a new sequence.
+  launch({{0, 14, 1}, {1, 2, 1}, {2, 40, 1}, {3, 0, 1}}, "decode 1");
+  launch({{3, 1, 1}, {2, 41, 1}, {0, 15, 1}, {1, 3, 1}}, "decode 2");
+  // Two-token chunk, a restart of slot 3 over a window and a token, decode.
+  launch({{1, 4, 2}, {3, 0, 17}, {0, 16, 1}}, "mixed");
+  launch({{0, 17, 1}}, "decode 3");
+  return outputs;
+}
+
+TEST(FusedKernels, GatedDeltaNetLayerMatchesTheUnfusedOps) {
   ASSERT_NO_FATAL_FAILURE(require_gpu());
   // Key head dims 20 to 256, value head dims from 12 (one column slice) to 512 (a cluster of 8 slices
   // of a multi-token chunk, of 4 in decode), 1 to 3 value heads per key head, conv kernels 2 to 6. The
   // 27B shape is the third.
-  const cpu::GatedDeltaNetShape shapes[] = {{2, 4, 20, 12, 4},  {4, 8, 64, 64, 4},   {16, 48, 128, 128, 4},
-                                       {2, 2, 256, 40, 3}, {1, 2, 32, 512, 2},  {2, 6, 128, 128, 4},
-                                       {2, 4, 64, 48, 6}};
-  int64_t checked = 0;
+  const cpu::GatedDeltaNetShape shapes[] = {{2, 4, 20, 12, 4},  {4, 8, 64, 64, 4},  {16, 48, 128, 128, 4},
+                                            {2, 2, 256, 40, 3}, {1, 2, 32, 512, 2}, {2, 6, 128, 128, 4},
+                                            {2, 4, 64, 48, 6}};
+  std::vector<FusedCase> cases;
   for (const cpu::GatedDeltaNetShape& shape : shapes) {
-    const std::string label = "dk " + std::to_string(shape.k_head_dim) + " dv " + std::to_string(shape.v_head_dim);
-    DeltaNetCase layer(shape);
-    layer.continue_from(0, 9);
-    layer.continue_from(1, 1);  // shorter than the conv's history
-    // A new 40-token prefill (three windows), a 5-token chunk continuing (it overwrites ring entries that
-    // other blocks read), a decode token.
-    checked += layer.run({{2, 0, 40}, {0, 9, 5}, {1, 1, 1}}, label + " prefill");
-    // Decode (its own blocking): every slot one token, slot 3 a new sequence.
-    checked += layer.run({{0, 14, 1}, {1, 2, 1}, {2, 40, 1}, {3, 0, 1}}, label + " decode 1");
-    checked += layer.run({{3, 1, 1}, {2, 41, 1}, {0, 15, 1}, {1, 3, 1}}, label + " decode 2");
-    // Two-token chunk, a restart of slot 3 over a window and a token, decode.
-    checked += layer.run({{1, 4, 2}, {3, 0, 17}, {0, 16, 1}}, label + " mixed");
-    checked += layer.run({{0, 17, 1}}, label + " decode 3");
+    cases.push_back({"dk " + std::to_string(shape.k_head_dim) + " dv " + std::to_string(shape.v_head_dim),
+                     [shape] { return run_sequence_of_launches(shape); }});
   }
-  EXPECT_GT(checked, 0);
+  check_fused_kernel("gated_delta_net_layer", cases);
 }
 
-TEST(GpuOps, GatedDeltaNetRejectsUnsupportedShapes) {
+TEST(FusedKernels, GatedDeltaNetLayerRejectsUnsupportedShapes) {
   ASSERT_NO_FATAL_FAILURE(require_gpu());
   const cuda::DeviceChunks one_chunk{nullptr, nullptr, nullptr, nullptr, 1};
   const cuda::GatedDeltaNetParams weights{};
@@ -217,7 +227,7 @@ TEST(GpuOps, GatedDeltaNetRejectsUnsupportedShapes) {
   for (const cuda::GatedDeltaNetDims& dims : {cuda::GatedDeltaNetDims{2, 3, 128, 128, 4}, cuda::GatedDeltaNetDims{1, 1, 320, 128, 4},
                                          cuda::GatedDeltaNetDims{1, 1, 128, 520, 4}, cuda::GatedDeltaNetDims{1, 1, 128, 128, 9},
                                          cuda::GatedDeltaNetDims{1, 1, 128, 128, 1}}) {
-    EXPECT_EQ(cuda::launch_gated_delta_net(nullptr, nullptr, nullptr, nullptr, weights, one_chunk, 1, dims, state,
+    EXPECT_EQ(cuda::launch_gated_delta_net_layer(nullptr, nullptr, nullptr, nullptr, weights, one_chunk, 1, dims, state,
                                            nullptr, 0, nullptr),
               cudaErrorInvalidValue)
         << dims.num_k_heads << " " << dims.num_v_heads << " " << dims.k_head_dim << " " << dims.v_head_dim << " "

@@ -1,5 +1,5 @@
 #pragma once
-// Gated DeltaNet (linear attention) on the GPU, after ops/cpu/gated_delta_net.h and cpu::gated_rms_norm:
+// The fused Gated DeltaNet layer kernel, after ops/cpu/gated_delta_net.h and cpu::gated_rms_norm:
 // everything between a layer's input and output projections (causal conv1d, the recurrent delta rule with
 // an fp32 state per sequence slot, the gated RMSNorm) in one kernel. A chunk's tokens run in order inside
 // it (prefill and decode alike); chunks run in parallel.
@@ -62,7 +62,7 @@ struct GatedDeltaNetState {
 // apart) = norm * o * rsqrt(mean(o^2) + norm_eps) * silu(z), the RMS over the head's v_head_dim values.
 // tokens: all chunks' tokens together (== chunks.count in a decode step, which gets its own blocking).
 // Needs v_head_dim <= 512 (one thread-block cluster of at most 8 column slices per head).
-cudaError_t launch_gated_delta_net(const float* qkv, const float* z, const float* a, const float* b,
+cudaError_t launch_gated_delta_net_layer(const float* qkv, const float* z, const float* a, const float* b,
                                    const GatedDeltaNetParams& weights, const DeviceChunks& chunks, int64_t tokens,
                                    const GatedDeltaNetDims& dims, const GatedDeltaNetState& state, void* out,
                                    int64_t out_stride, cudaStream_t stream);

@@ -1,6 +1,6 @@
 #include "ops/cuda/kv_cache.cuh"
-#include "ops/cuda/rope.cuh"
-#include "ops/cuda/rope.h"
+#include "ops/cuda/fused/qk_norm_rope_kv_append.cuh"
+#include "ops/cuda/fused/qk_norm_rope_kv_append.h"
 
 namespace uberlm::cuda {
 
@@ -60,7 +60,7 @@ __global__ void qk_norm_rope_kernel(const float* q_proj, float* k, const int32_t
 }
 }  // namespace
 
-cudaError_t launch_qk_norm_rope(const float* q_proj, float* k, const int32_t* positions, int64_t num_tokens,
+cudaError_t launch_qk_norm_rope_kv_append(const float* q_proj, float* k, const int32_t* positions, int64_t num_tokens,
                                 const AttentionPrepShape& shape, const float* inv_freq, const float* q_norm,
                                 const float* k_norm, float* query, const KvCacheWrite& cache, cudaStream_t stream) {
   if (cache.layout.num_kv_heads != shape.num_kv_heads || cache.layout.head_dim != shape.head_dim) {

@@ -1,7 +1,7 @@
 #include <cooperative_groups.h>
 #include <cuda_pipeline.h>
 
-#include "ops/cuda/gated_delta_net.h"
+#include "ops/cuda/fused/gated_delta_net_layer.h"
 #include "ops/cuda/kernel_util.cuh"
 #include "ops/cuda/rms_norm.cuh"
 
@@ -293,7 +293,7 @@ cudaError_t launch_rows(const LaunchArgs& l, bool decode) {
 }
 }  // namespace
 
-cudaError_t launch_gated_delta_net(const float* qkv, const float* z, const float* a, const float* b,
+cudaError_t launch_gated_delta_net_layer(const float* qkv, const float* z, const float* a, const float* b,
                                    const GatedDeltaNetParams& weights, const DeviceChunks& chunks, int64_t tokens,
                                    const GatedDeltaNetDims& dims, const GatedDeltaNetState& state, void* out,
                                    int64_t out_stride, cudaStream_t stream) {
