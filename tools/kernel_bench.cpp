@@ -192,7 +192,8 @@ int run(int argc, char** argv) {
         const double ms = time_median_ms(iters, [&](int i) {
           const int c = i % copies;
           if (nvfp4) {
-            const Nvfp4Weight w{shape.n, shape.k, packed[c].as<uint8_t>(), scales[c].as<uint8_t>(), 1.0f / 4096};
+            const Nvfp4Weight w{shape.n, shape.k, packed[c].as<uint8_t>(), scales[c].as<uint8_t>(), 1.0f / 4096, 0.0f,
+                                Nvfp4CodeOrder::GemvTiled};  // random codes: random in any order
             cuda::gemv_nvfp4_tuned(w, x.data(), m, y.data(), DType::BF16, tuning, nullptr);
           } else {
             cuda::gemv_bf16_tuned(packed[c].data(), shape.n, shape.k, x.data(), m, y.data(), DType::BF16, tuning,
@@ -227,7 +228,8 @@ int run(int argc, char** argv) {
       scales.emplace_back(host_scales);
     }
     const auto weight = [&](int i) {
-      return Nvfp4Weight{n, k, packed[i].as<uint8_t>(), scales[i].as<uint8_t>(), 1.0f / 4096};
+      return Nvfp4Weight{n, k, packed[i].as<uint8_t>(), scales[i].as<uint8_t>(), 1.0f / 4096, 0.0f,
+                         Nvfp4CodeOrder::GemvTiled};  // random codes: random in any order
     };
     for (int64_t m : kTokenCounts) {
       std::vector<uint8_t> host_x(m * k * 2);

@@ -10,6 +10,11 @@ namespace uberlm {
 
 inline constexpr int64_t kNvfp4BlockSize = 16;
 
+// How the codes of each row are ordered: as the checkpoint stores them (byte j holds element 2j in the low
+// nibble, 2j+1 in the high), or in the GPU GEMV's tiled order (ops/cuda/nvfp4_gemv_layout.h), into which
+// the CUDA backend repacks them once at load.
+enum class Nvfp4CodeOrder { Checkpoint, GemvTiled };
+
 // A non-owning view; the pointers may be host or device memory.
 struct Nvfp4Weight {
   int64_t rows = 0;  // N, output features
@@ -21,6 +26,7 @@ struct Nvfp4Weight {
   // dequantiser then divides by it, as compressed-tensors does, so its values equal theirs bit for bit;
   // kernels may use global_scale (within one fp32 rounding of it).
   float global_divisor = 0.0f;
+  Nvfp4CodeOrder code_order = Nvfp4CodeOrder::Checkpoint;
 };
 
 // An owning host tensor, as made by quantize_nvfp4.

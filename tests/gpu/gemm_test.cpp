@@ -25,7 +25,9 @@ namespace {
 using gpu_test::poisoned;
 using gpu_test::require_gpu;
 using gpu_test::rng;
+using gpu_test::DeviceNvfp4;
 using gpu_test::upload;
+using gpu_test::upload_nvfp4;
 
 // The GEMM multiplies exact products (bf16 activations times bf16 weights, or the dequantised NVFP4
 // weights, which are exact in bf16) and accumulates in fp32 in another order than the CPU; the global
@@ -65,14 +67,6 @@ Nvfp4Tensor quantised_gaussian(int64_t n, int64_t k) {
 // bf16 activations [m, k] (never zero) and their fp32 values.
 std::vector<uint16_t> random_activations(int64_t m, int64_t k) { return gpu_test::to_bf16(gpu_test::random_floats(m * k)); }
 
-struct DeviceNvfp4 {
-  DeviceBuffer packed, scales;
-  Nvfp4Weight view(const Nvfp4Tensor& host) const {
-    return {host.rows, host.cols, packed.as<uint8_t>(), scales.as<uint8_t>(), host.global_scale};
-  }
-};
-DeviceNvfp4 upload_nvfp4(const Nvfp4Tensor& t) { return {upload(t.packed), upload(t.scales)}; }
-
 class GpuGemm : public ::testing::Test {
  protected:
   void SetUp() override {
@@ -106,7 +100,7 @@ TEST_F(GpuGemm, DequantizeNvfp4MatchesCpuBitForBit) {
       const std::vector<float> cpu = dequantize_nvfp4(host.view());
       const DeviceNvfp4 device = upload_nvfp4(host);
       DeviceBuffer out = poisoned<uint16_t>(shape.n * shape.k);
-      gpu_test::sync_and_check(cuda::launch_dequantize_nvfp4_bf16(device.view(host), out.data(), stream_));
+      gpu_test::sync_and_check(cuda::launch_dequantize_nvfp4_bf16(device.view(), out.data(), stream_));
       const std::vector<float> gpu = gpu_test::from_bf16(out.download<uint16_t>());
       ASSERT_EQ(gpu.size(), cpu.size());
       int64_t differ = 0;
@@ -134,7 +128,7 @@ TEST_F(GpuGemm, Nvfp4MatchesCpuReference) {
       const DeviceBuffer x_device = upload(x);
       const std::vector<float> got = run(
           [&](float* y) {
-            gemm_->nvfp4(device.view(host), scratch.data(), shape.n * shape.k + 64, x_device.data(), m, y);
+            gemm_->nvfp4(device.view(), scratch.data(), shape.n * shape.k + 64, x_device.data(), m, y);
           },
           m, shape.n);
       checked += gpu_test::expect_close(got, ref, kTolerance,
@@ -170,7 +164,7 @@ TEST_F(GpuGemm, RejectsASmallScratchBuffer) {
   const Nvfp4Tensor host = random_nvfp4(64, 64, 1.0f);
   const DeviceNvfp4 device = upload_nvfp4(host);
   DeviceBuffer scratch(64 * 64 * 2), x(65 * 64 * 2), y(65 * 64 * 4);
-  EXPECT_THROW(gemm_->nvfp4(device.view(host), scratch.data(), 64 * 64 - 1, x.data(), 65, y.as<float>()), Error);
+  EXPECT_THROW(gemm_->nvfp4(device.view(), scratch.data(), 64 * 64 - 1, x.data(), 65, y.as<float>()), Error);
 }
 
 }  // namespace

@@ -148,8 +148,9 @@ TEST(GpuGemv, Nvfp4MatchesCpuReference) {
         std::vector<float> ref(m * shape.n);
         cpu::linear_nvfp4(to_float(x).data(), m, w.view(), ref.data());
 
-        DeviceBuffer packed(w.packed), scales(w.scales), x_dev(x);
-        const Nvfp4Weight w_dev{w.rows, w.cols, packed.as<uint8_t>(), scales.as<uint8_t>(), w.global_scale};
+        const gpu_test::DeviceNvfp4 w_device = gpu_test::upload_nvfp4(w);
+        DeviceBuffer x_dev(x);
+        const Nvfp4Weight w_dev = w_device.view();
         const std::string label = "nvfp4 N=" + std::to_string(shape.n) + " K=" + std::to_string(shape.k) +
                                   " M=" + std::to_string(m) + (raw_codes ? " raw codes" : " quantised");
         checked += check_against_reference(ref, m, shape.n, label, [&](void* y, DType dtype) {
@@ -173,7 +174,8 @@ TEST(GpuGemv, MultiTargetLaunchMatchesCpuReference) {
     DeviceBuffer x_dev(x);
     std::vector<Nvfp4Tensor> weights;
     std::vector<std::vector<float>> refs;
-    std::vector<DeviceBuffer> packed, scales, bf16_weights, outputs;
+    std::vector<gpu_test::DeviceNvfp4> nvfp4_weights;
+    std::vector<DeviceBuffer> bf16_weights, outputs;
     std::vector<cuda::Nvfp4GemvTarget> nvfp4_targets;
     std::vector<cuda::Bf16GemvTarget> bf16_targets;
     std::vector<std::vector<float>> bf16_refs;
@@ -181,15 +183,13 @@ TEST(GpuGemv, MultiTargetLaunchMatchesCpuReference) {
       weights.push_back(random_nvfp4(rng, n, k, false));
       refs.emplace_back(m * n);
       cpu::linear_nvfp4(to_float(x).data(), m, weights.back().view(), refs.back().data());
-      packed.emplace_back(weights.back().packed);
-      scales.emplace_back(weights.back().scales);
+      nvfp4_weights.push_back(gpu_test::upload_nvfp4(weights.back()));
       const std::vector<uint16_t> w16 = random_bf16(rng, n * k, 0.05f);
       bf16_refs.push_back(bf16_reference(x, m, w16, n, k));
       bf16_weights.emplace_back(w16);
     }
     for (size_t i = 0; i < std::size(rows); ++i) {
-      const Nvfp4Weight w{rows[i], k, packed[i].as<uint8_t>(), scales[i].as<uint8_t>(), weights[i].global_scale};
-      nvfp4_targets.push_back({w, nullptr});
+      nvfp4_targets.push_back({nvfp4_weights[i].view(), nullptr});
       bf16_targets.push_back({bf16_weights[i].data(), rows[i], nullptr});
     }
     for (int count = 1; count <= cuda::kGemvMaxTargets; ++count) {
@@ -268,8 +268,9 @@ TEST(GpuGemv, EveryTuningMatchesCpuReference) {
         }
       }
 
-      DeviceBuffer packed(w.packed), scales(w.scales), x_dev(x), wb_dev(wb);
-      const Nvfp4Weight w_dev{w.rows, w.cols, packed.as<uint8_t>(), scales.as<uint8_t>(), w.global_scale};
+      const gpu_test::DeviceNvfp4 w_device = gpu_test::upload_nvfp4(w);
+      DeviceBuffer x_dev(x), wb_dev(wb);
+      const Nvfp4Weight w_dev = w_device.view();
       const std::string shape_label =
           " N=" + std::to_string(shape.n) + " K=" + std::to_string(shape.k) + " M=" + std::to_string(m);
       for (const cuda::GemvTuning& tuning : cuda::gemv_nvfp4_tunings()) {
@@ -302,8 +303,9 @@ TEST(GpuGemv, OutputsAreDeterministic) {
   const Nvfp4Tensor w = random_nvfp4(rng, 1000, 5120, false);
   for (int64_t m : {1, 8, 64}) {
     const std::vector<uint16_t> x = random_bf16(rng, m * w.cols, 1.0f);
-    DeviceBuffer packed(w.packed), scales(w.scales), x_dev(x), y(m * w.rows * sizeof(float));
-    const Nvfp4Weight w_dev{w.rows, w.cols, packed.as<uint8_t>(), scales.as<uint8_t>(), w.global_scale};
+    const gpu_test::DeviceNvfp4 w_device = gpu_test::upload_nvfp4(w);
+    DeviceBuffer x_dev(x), y(m * w.rows * sizeof(float));
+    const Nvfp4Weight w_dev = w_device.view();
     cuda::gemv_nvfp4(w_dev, x_dev.data(), m, y.data(), DType::F32, nullptr);
     const std::vector<float> first = y.download<float>();
     for (int repeat = 0; repeat < 5; ++repeat) {
@@ -322,12 +324,11 @@ struct SwigluCase {
   Nvfp4Tensor gate_q, up_q;                    // nvfp4
   std::vector<uint16_t> gate_b, up_b;          // bf16
   std::vector<uint16_t> x;
-  DeviceBuffer gate_packed, gate_scales, up_packed, up_scales, gate_dev, up_dev, x_dev;
+  gpu_test::DeviceNvfp4 gate_nvfp4, up_nvfp4;
+  DeviceBuffer gate_dev, up_dev, x_dev;
 
-  Nvfp4Weight gate_weight() const {
-    return {n, k, gate_packed.as<uint8_t>(), gate_scales.as<uint8_t>(), gate_q.global_scale};
-  }
-  Nvfp4Weight up_weight() const { return {n, k, up_packed.as<uint8_t>(), up_scales.as<uint8_t>(), up_q.global_scale}; }
+  Nvfp4Weight gate_weight() const { return gate_nvfp4.view(); }
+  Nvfp4Weight up_weight() const { return up_nvfp4.view(); }
 
   // silu(gate) * up in fp32 of the CPU GEMVs (fp32 out of the NVFP4 reference, double sums for bf16), not
   // rounded to bf16: the GPU's one rounding is within half a bf16 ulp of it.
@@ -397,10 +398,8 @@ SwigluCase make_swiglu_case(std::mt19937& rng, bool nvfp4, int64_t n, int64_t k,
     c.gate_q = random_nvfp4(rng, n, k, m % 2 == 1);
     c.up_q = random_nvfp4(rng, n, k, false);
     c.up_q.global_scale *= 3.0f;  // the two weights' own global scales must both be applied
-    c.gate_packed = DeviceBuffer(c.gate_q.packed);
-    c.gate_scales = DeviceBuffer(c.gate_q.scales);
-    c.up_packed = DeviceBuffer(c.up_q.packed);
-    c.up_scales = DeviceBuffer(c.up_q.scales);
+    c.gate_nvfp4 = gpu_test::upload_nvfp4(c.gate_q);
+    c.up_nvfp4 = gpu_test::upload_nvfp4(c.up_q);
   } else {
     c.gate_b = random_bf16(rng, n * k, 0.05f);
     c.up_b = random_bf16(rng, n * k, 0.05f);
@@ -514,9 +513,12 @@ TEST(GpuGemv, EveryPairedTuningMatchesCpuAndUnfusedPath) {
 TEST(GpuGemv, UnsupportedShapesAreRejected) {
   ASSERT_NO_FATAL_FAILURE(require_gpu());
   DeviceBuffer packed(64 * 48 / 2), scales(64 * 48 / 16), x(64 * 48 * 2 + 16), y(64 * 64 * 4);
-  const Nvfp4Weight k48{64, 48, packed.as<uint8_t>(), scales.as<uint8_t>(), 1.0f};
+  constexpr Nvfp4CodeOrder kTiled = Nvfp4CodeOrder::GemvTiled;
+  const Nvfp4Weight k48{64, 48, packed.as<uint8_t>(), scales.as<uint8_t>(), 1.0f, 0.0f, kTiled};
   EXPECT_THROW(cuda::gemv_nvfp4(k48, x.data(), 1, y.data(), DType::F32, nullptr), Error);  // K % 32 != 0
-  const Nvfp4Weight k32{64, 32, packed.as<uint8_t>(), scales.as<uint8_t>(), 1.0f};
+  const Nvfp4Weight k32{64, 32, packed.as<uint8_t>(), scales.as<uint8_t>(), 1.0f, 0.0f, kTiled};
+  const Nvfp4Weight checkpoint_order{64, 32, packed.as<uint8_t>(), scales.as<uint8_t>(), 1.0f};
+  EXPECT_THROW(cuda::gemv_nvfp4(checkpoint_order, x.data(), 1, y.data(), DType::F32, nullptr), Error);
   EXPECT_THROW(cuda::gemv_nvfp4(k32, x.data(), 0, y.data(), DType::F32, nullptr), Error);
   EXPECT_THROW(cuda::gemv_nvfp4(k32, x.data(), 65, y.data(), DType::F32, nullptr), Error);
   EXPECT_THROW(cuda::gemv_nvfp4(k32, x.as<uint8_t>() + 2, 1, y.data(), DType::F32, nullptr), Error);
@@ -526,7 +528,7 @@ TEST(GpuGemv, UnsupportedShapesAreRejected) {
   EXPECT_THROW(cuda::gemv_nvfp4_tuned(k32, x.data(), 1, y.data(), DType::F32, {9, 4, 1, 1}, nullptr), Error);
   EXPECT_THROW(cuda::gemv_nvfp4_tuned(k32, x.data(), 1, y.data(), DType::F32, {4, 3, 1, 1}, nullptr), Error);
   EXPECT_THROW(cuda::gemv_nvfp4_tuned(k32, x.data(), 1, y.data(), DType::F32, {4, 4, 1, 3}, nullptr), Error);
-  const Nvfp4Weight rows32{32, 32, packed.as<uint8_t>(), scales.as<uint8_t>(), 1.0f};
+  const Nvfp4Weight rows32{32, 32, packed.as<uint8_t>(), scales.as<uint8_t>(), 1.0f, 0.0f, kTiled};
   EXPECT_THROW(cuda::gemv_nvfp4_swiglu(k32, rows32, x.data(), 1, y.data(), 64, nullptr), Error);  // unequal shapes
   EXPECT_THROW(cuda::gemv_nvfp4_swiglu(k32, k32, x.data(), 1, y.data(), 63, nullptr), Error);     // stride < N
   EXPECT_THROW(cuda::gemv_nvfp4_swiglu(k32, k32, x.data(), 65, y.data(), 64, nullptr), Error);

@@ -10,6 +10,8 @@
 #include <vector>
 
 #include "core/dtype.h"
+#include "core/nvfp4.h"
+#include "ops/cuda/nvfp4_gemv_layout.h"
 #include "ops/cuda/cuda_check.h"
 #include "ops/cuda/device_buffer.h"
 
@@ -69,6 +71,20 @@ DeviceBuffer poisoned(int64_t count) {
 inline void sync_and_check(cudaError_t launch_status) {
   CUDA_CHECK(launch_status);
   CUDA_CHECK(cudaDeviceSynchronize());
+}
+
+// An NVFP4 weight on the device as the CUDA backend holds it: the codes tiled for the GEMV.
+struct DeviceNvfp4 {
+  DeviceBuffer packed, scales;
+  int64_t rows = 0, cols = 0;
+  float global_scale = 0;
+  Nvfp4Weight view() const {
+    return {rows, cols, packed.as<uint8_t>(), scales.as<uint8_t>(), global_scale, 0.0f, Nvfp4CodeOrder::GemvTiled};
+  }
+};
+inline DeviceNvfp4 upload_nvfp4(const Nvfp4Tensor& t) {
+  return {DeviceBuffer(cuda::tile_nvfp4_codes_for_gemv(t.packed.data(), t.rows, t.cols)), DeviceBuffer(t.scales),
+          t.rows, t.cols, t.global_scale};
 }
 
 // max |got - ref| / max |ref| must be <= tolerance; every element finite. Returns the elements checked.

@@ -11,8 +11,8 @@
 
 namespace uberlm::cuda {
 
-// weight: device NVFP4 [N, K] (packed 8-byte aligned); out: device bf16 [N, K], 32-byte aligned. The
-// caller checks shapes and pointers (gemm.cpp); returns the launch status.
+// weight: device NVFP4 [N, K], codes in the GEMV's tiled order (packed 8-byte aligned); out: device bf16
+// [N, K], 32-byte aligned. The caller checks shapes and pointers (gemm.cpp); returns the launch status.
 cudaError_t launch_dequantize_nvfp4_bf16(const Nvfp4Weight& weight, void* out, cudaStream_t stream);
 
 }  // namespace uberlm::cuda

@@ -71,6 +71,9 @@ void Gemm::nvfp4(const Nvfp4Weight& weight, void* scratch, int64_t scratch_eleme
                  float* y) {
   check_gemm_arguments("gemm_nvfp4", weight.rows, weight.cols, x, m, y);
   if (weight.cols % kNvfp4BlockSize != 0) fail("gemm_nvfp4: K = {} is not a multiple of 16", weight.cols);
+  if (weight.code_order != Nvfp4CodeOrder::GemvTiled) {
+    fail("gemm_nvfp4: codes must be in the GEMV's tiled order (tile_nvfp4_codes_for_gemv)");
+  }
   if (weight.packed == nullptr || !aligned(weight.packed, 8) || weight.scales == nullptr) {
     fail("gemm_nvfp4: packed weights must be an 8-byte aligned device pointer, scales non-null");
   }

@@ -62,6 +62,10 @@ void check_nvfp4_weight(std::string_view op, const Nvfp4Weight& weight) {
     fail("{}: packed weights must be 16-byte aligned and scales 2-byte aligned device pointers", op);
   }
   if (!std::isfinite(weight.global_scale)) fail("{}: global scale {} is not finite", op, weight.global_scale);
+  if (weight.code_order != Nvfp4CodeOrder::GemvTiled) {
+    fail("{}: codes must be in the GEMV's tiled order (tile_nvfp4_codes_for_gemv, done by the CUDA backend at load)",
+         op);
+  }
 }
 
 // Every plain shape's two-row-tile variant is compiled for the paired launch (gemv_paired_tuning).

@@ -2,9 +2,10 @@
 // NVFP4 weight format for the small-M GEMM of gemv_tile.cuh (W4A16: weights dequantised in registers,
 // bf16 activations, fp32 accumulation on tensor cores).
 //
-// One lane's chunk is 16 bytes of a row (32 E2M1 codes) and the two E4M3 scales of those 32 k-values.
-// e2m1 * e4m3 has at most 6 significant bits, so it is exact in bf16: the products fed to the tensor
-// cores are the exact dequantised weights up to the global multiplier, applied once to the fp32 sum.
+// One lane's chunk is 16 bytes of a row (32 E2M1 codes, in the tiled order of nvfp4_gemv_layout.h) and the
+// two E4M3 scales of those 32 k-values. e2m1 * e4m3 has at most 6 significant bits, so it is exact in
+// bf16: the products fed to the tensor cores are the exact dequantised weights up to the global
+// multiplier, applied once to the fp32 sum.
 #include <cuda_bf16.h>
 #include <cuda_fp8.h>
 
@@ -15,12 +16,20 @@
 
 namespace uberlm::cuda {
 
-// bf16 bits of e2m1(code) * 2^-126 in each 16-bit half, from the code held in bits [15:12] of that
-// half: the sign stays at bit 15 and the 3 magnitude bits (exponent 2, mantissa 1) move to bits [8:6],
-// the low exponent bits and top mantissa bit of bf16. Code 1 (0.5) becomes the subnormal 2^-127,
-// which bf16 arithmetic keeps (there is no flush-to-zero mode for bf16).
-__device__ __forceinline__ uint32_t e2m1_pair_to_bf16x2_scaled(uint32_t bits) {
-  return (bits & 0x80008000u) | ((bits >> 6) & 0x01C001C0u);
+__device__ __forceinline__ uint32_t rotate_left(uint32_t x, int n) { return __funnelshift_l(x, x, n); }
+
+// Pair p of a tiled word (nvfp4_gemv_layout.h) as bf16 bits of e2m1(code) * 2^-126 in each half: the
+// sign at bit 15 and the 3 magnitude bits (exponent 2, mantissa 1) at bits [8:6], the low exponent bits
+// and top mantissa bit of bf16. Code 1 (0.5) becomes the subnormal 2^-127, which bf16 arithmetic keeps
+// (there is no flush-to-zero mode for bf16). p is a constant after unrolling: 1, 2, 4 and 4 ops.
+__device__ __forceinline__ uint32_t nvfp4_gemv_pair(uint32_t word, int p) {
+  constexpr uint32_t kBoth = 0x81C081C0u, kMagnitudes = 0x01C001C0u, kSigns = 0x80008000u;
+  switch (p) {
+    case 0: return word & kBoth;
+    case 1: return rotate_left(word, 3) & kBoth;
+    case 2: return (rotate_left(word, 6) & kMagnitudes) | (rotate_left(word, 1) & kSigns);
+    default: return (rotate_left(word, 13) & kMagnitudes) | (rotate_left(word, 2) & kSigns);
+  }
 }
 
 // Both E4M3 scales of a chunk as bf16 pairs {s, s} * 2^119; with the 2^-126 above each product is
@@ -94,31 +103,28 @@ struct Nvfp4Format {
     return prepared;
   }
 
-  // Word w of the chunk holds elements e0..e7 = k + 8w + 0..7. Shifting it left by 4p puts e(3-p) and
-  // e(7-p) at the top of the two halves, so pair p is (e(3-p), e(7-p)). mma j = 2w + h takes pairs 2h
-  // (k slots 2tig, 2tig+1) and 2h + 1 (slots 2tig+8, 2tig+9).
+  // Word w of the chunk holds k-values k + 8w .. k + 8w + 7 as pairs 0..3 of (k + 8w + 2p, +1). mma j
+  // takes k-values k + 4j .. k + 4j + 3: pairs 2(j % 2) (k slots 2tig, 2tig+1) and 2(j % 2) + 1 (slots
+  // 2tig+8, 2tig+9) of word j / 2.
   __device__ __forceinline__ static void mma_operands(const Chunk& chunk, const Prepared& prepared, int j,
                                                       uint32_t& lo, uint32_t& hi) {
     const int w = j / 2, p = 2 * (j % 2);
     const uint32_t word = w == 0 ? chunk.codes.x : w == 1 ? chunk.codes.y : w == 2 ? chunk.codes.z : chunk.codes.w;
     const uint32_t scale = w < 2 ? prepared.scale0 : prepared.scale1;  // block of 16 = words 0-1, 2-3
-    lo = bf16x2_mul(e2m1_pair_to_bf16x2_scaled(word << (4 * p)), scale);
-    hi = bf16x2_mul(e2m1_pair_to_bf16x2_scaled(word << (4 * (p + 1))), scale);
+    lo = bf16x2_mul(nvfp4_gemv_pair(word, p), scale);
+    hi = bf16x2_mul(nvfp4_gemv_pair(word, p + 1), scale);
   }
 
-  // Activations x0..x7 of word w sit in x[4w .. 4w+3] as pairs (x0,x1), (x2,x3), (x4,x5), (x6,x7);
-  // mma 2w takes (x3,x7) and (x2,x6), mma 2w+1 takes (x1,x5) and (x0,x4), matching mma_operands.
+  // The activations in natural order are the B operands: mma j takes words 2j (k + 4j, +1) and 2j + 1.
   __device__ __forceinline__ static void activation_pairs(const uint32_t (&x)[16], int j, uint32_t& lo,
                                                           uint32_t& hi) {
-    const int w = j / 2;
-    const uint32_t first = (j % 2 == 0) ? x[4 * w + 1] : x[4 * w];
-    const uint32_t second = (j % 2 == 0) ? x[4 * w + 3] : x[4 * w + 2];
-    lo = __byte_perm(first, second, 0x7632);  // high halves: (x3, x7) or (x1, x5)
-    hi = __byte_perm(first, second, 0x5410);  // low halves: (x2, x6) or (x0, x4)
+    lo = x[2 * j];
+    hi = x[2 * j + 1];
   }
 };
 
-// The kernels' view of a weight: the global scale times 2^7 undoes the 2^-7 of the bf16 products.
+// The kernels' view of a weight (codes in the tiled order): the global scale times 2^7 undoes the 2^-7 of
+// the bf16 products.
 inline Nvfp4Format nvfp4_format(const Nvfp4Weight& w) { return {w.packed, w.scales, w.cols, w.global_scale * 128.0f}; }
 
 }  // namespace uberlm::cuda

@@ -13,8 +13,8 @@
 // streams rows g and g + 8 of each tile, k-values [32 tig, 32 tig + 32) of every 128-wide k-chunk: one
 // 16-byte load per row for NVFP4 (four for bf16), coalesced across the four lanes of a row. Those 32
 // k-values feed 8 mma ops. Which k sits in which mma slot does not matter for a dot product as long as
-// A and B agree, so each format picks the slot order that is cheapest to unpack and permutes the
-// activations to match. Each dequantised weight fragment is reused for every token group of 8, so the
+// A and B agree: the slots take natural k order, the activations as loaded, and NVFP4 codes are tiled at
+// load (nvfp4_gemv_layout.h) so that they unpack into that order cheaply. Each dequantised weight fragment is reused for every token group of 8, so the
 // weights are read from memory once whatever M is.
 //
 // A format provides:

@@ -8,6 +8,7 @@
 #include "core/error.h"
 #include "ops/cuda/cuda_check.h"
 #include "ops/cuda/gemv.h"
+#include "ops/cuda/nvfp4_gemv_layout.h"
 #include "ops/cuda/random_fill.h"
 
 namespace uberlm::gpu {
@@ -37,13 +38,14 @@ void upload_f32(float* dst, const TensorView& tensor) {
   CUDA_CHECK(cudaMemcpy(dst, values.data(), values.size() * sizeof(float), cudaMemcpyHostToDevice));
 }
 
-// NVFP4 rows padded from K to K_p with zero codes and zero scales.
+// NVFP4 rows padded from K to K_p with zero codes and zero scales, the codes tiled for the GEMV.
 void upload_nvfp4(DeviceLinear& dst, const Nvfp4Weight& w) {
   std::vector<uint8_t> packed(dst.out * dst.in_padded / 2, 0), scales(dst.out * dst.in_padded / 16, 0);
   for (int64_t r = 0; r < dst.out; ++r) {
     std::memcpy(packed.data() + r * dst.in_padded / 2, w.packed + r * w.cols / 2, w.cols / 2);
     std::memcpy(scales.data() + r * dst.in_padded / 16, w.scales + r * w.cols / 16, w.cols / 16);
   }
+  packed = cuda::tile_nvfp4_codes_for_gemv(packed.data(), dst.out, dst.in_padded);
   CUDA_CHECK(cudaMemcpy(dst.packed, packed.data(), packed.size(), cudaMemcpyHostToDevice));
   CUDA_CHECK(cudaMemcpy(dst.scales, scales.data(), scales.size(), cudaMemcpyHostToDevice));
   dst.global_scale = w.global_scale;

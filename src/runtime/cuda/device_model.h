@@ -29,7 +29,10 @@ struct DeviceLinear {
   float* bias = nullptr;
 
   int64_t bytes() const { return nvfp4 ? out * in_padded / 2 + out * in_padded / 16 : out * in_padded * 2; }
-  Nvfp4Weight nvfp4_view() const { return {out, in_padded, packed, scales, global_scale}; }
+  // Codes in the GEMV's tiled order (upload repacks them; random ones are random in any order).
+  Nvfp4Weight nvfp4_view() const {
+    return {out, in_padded, packed, scales, global_scale, 0.0f, Nvfp4CodeOrder::GemvTiled};
+  }
 };
 
 struct DeviceAttention {

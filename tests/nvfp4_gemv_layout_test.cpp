@@ -1,0 +1,73 @@
+// The GPU GEMV's tiled NVFP4 code order (ops/cuda/nvfp4_gemv_layout.h), checked on the CPU: tiling is a
+// bit permutation that untiling undoes, and the kernel's unpack (one rotate and mask per pair, emulated
+// here with the same constants as gemv_nvfp4.cuh) gives every code's sign and magnitude at bf16's bits.
+#include <gtest/gtest.h>
+
+#include <cstring>
+#include <random>
+#include <set>
+
+#include "core/error.h"
+#include "ops/cuda/nvfp4_gemv_layout.h"
+
+namespace uberlm {
+namespace {
+
+uint32_t rotate_left(uint32_t x, int n) { return n == 0 ? x : (x << n) | (x >> (32 - n)); }
+
+// The kernel's nvfp4_gemv_pair (gemv_nvfp4.cuh) on the host.
+uint32_t unpack_pair(uint32_t word, int p) {
+  constexpr uint32_t kBoth = 0x81C081C0u, kMagnitudes = 0x01C001C0u, kSigns = 0x80008000u;
+  switch (p) {
+    case 0: return word & kBoth;
+    case 1: return rotate_left(word, 3) & kBoth;
+    case 2: return (rotate_left(word, 6) & kMagnitudes) | (rotate_left(word, 1) & kSigns);
+    default: return (rotate_left(word, 13) & kMagnitudes) | (rotate_left(word, 2) & kSigns);
+  }
+}
+
+TEST(Nvfp4GemvLayout, EveryWordBitHoldsOneCodeBit) {
+  std::set<int> bits;
+  for (const auto& code : cuda::kNvfp4GemvBit) {
+    for (int bit : code) bits.insert(bit);
+  }
+  EXPECT_EQ(bits.size(), 32u);
+  EXPECT_EQ(*bits.begin(), 0);
+  EXPECT_EQ(*bits.rbegin(), 31);
+}
+
+TEST(Nvfp4GemvLayout, TilingRoundTripsAndUnpacksToNaturalPairs) {
+  std::mt19937 rng(77);
+  const int64_t rows = 5, cols = 96;
+  std::vector<uint8_t> packed(rows * cols / 2);
+  for (auto& b : packed) b = static_cast<uint8_t>(rng());
+  const std::vector<uint8_t> tiled = cuda::tile_nvfp4_codes_for_gemv(packed.data(), rows, cols);
+  EXPECT_EQ(cuda::untile_nvfp4_codes(tiled.data(), rows, cols), packed);
+  int64_t checked = 0;
+  for (int64_t r = 0; r < rows; ++r) {
+    for (int64_t k = 0; k < cols; k += 2) {
+      // Codes k and k + 1 are pair p of word w of their 32-code group.
+      const int64_t group = (r * cols + k) / 32, in_group = k % 32, w = in_group / 8, p = in_group % 8 / 2;
+      uint32_t word;
+      std::memcpy(&word, tiled.data() + group * 16 + w * 4, 4);
+      const uint32_t pair = unpack_pair(word, static_cast<int>(p));
+      for (int half = 0; half < 2; ++half) {
+        const uint32_t code = (packed[(r * cols + k + half) / 2] >> (4 * half)) & 0xF;
+        const uint32_t bits = pair >> (16 * half);
+        EXPECT_EQ((bits >> 15) & 1, code >> 3) << "sign of code " << k + half << " row " << r;
+        EXPECT_EQ((bits >> 6) & 7, code & 7) << "magnitude of code " << k + half << " row " << r;
+        EXPECT_EQ(bits & 0x7E3F, 0u) << "stray bits of code " << k + half << " row " << r;
+        ++checked;
+      }
+    }
+  }
+  EXPECT_EQ(checked, rows * cols);
+}
+
+TEST(Nvfp4GemvLayout, RowsNotAMultipleOf32CodesAreRejected) {
+  std::vector<uint8_t> packed(8);
+  EXPECT_THROW(cuda::tile_nvfp4_codes_for_gemv(packed.data(), 1, 16), Error);
+}
+
+}  // namespace
+}  // namespace uberlm
