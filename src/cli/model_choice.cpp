@@ -12,6 +12,13 @@ std::string default_model_dir() {
   return UBERLM_DEFAULT_MODEL;
 }
 
+void add_tuning_options(CLI::App& cmd, std::string& tuning_table, bool& strict) {
+  cmd.add_option("--tuning-table", tuning_table,
+                 "CUDA: the GEMV winners table of `uberlm tune` (default: this GPU's in the user cache; none: built-in "
+                 "tunings)");
+  cmd.add_flag("--strict", strict, "Any fallback from the fast path (a GEMV launch the tuning table lacks) is an error");
+}
+
 ModelConfig shape_config(const std::string& name) {
   if (name == "default") return load_model_config(default_model_dir());
   if (std::optional<ModelConfig> shape = named_model_shape(name)) return *shape;

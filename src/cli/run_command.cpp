@@ -29,6 +29,8 @@ struct RunOptions {
   std::string quantize;  // "nvfp4": quantise the bf16 linear layers at load
   std::string device = "auto";
   int tensor_parallel = 1;
+  std::string tuning_table;
+  bool strict = false;
 };
 
 // The tokenizer and prompt conventions of a model: a directory's tokenizer.json, or a GGUF file's
@@ -79,6 +81,8 @@ void run(const RunOptions& options) {
                                                   static_cast<int64_t>(request.prompt.size()) + options.max_tokens);
   stack_options.kv_cache_tokens = stack_options.max_model_len;
   stack_options.loop_thread = false;
+  stack_options.tuning_table = options.tuning_table;
+  stack_options.strict = options.strict;
   EngineStack stack(*model, &tokenizer, stack_options);
 
   if (!options.chat) std::fputs(options.prompt.c_str(), stdout);
@@ -115,6 +119,7 @@ void add_run_command(CLI::App& app) {
   cmd->add_option("--tensor-parallel", options->tensor_parallel,
                   "Shard the model over N GPUs (NCCL), or N CPU rank threads with --device cpu")
       ->check(CLI::Range(1, 64))->capture_default_str();
+  add_tuning_options(*cmd, options->tuning_table, options->strict);
   cmd->callback([options] { run(*options); });
 }
 

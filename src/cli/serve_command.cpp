@@ -40,6 +40,8 @@ struct ServeOptions {
   int max_waiting = 256;
   std::string api_key;
   int tensor_parallel = 1;
+  std::string tuning_table;
+  bool strict = false;
 };
 
 OpenAiServer* g_server = nullptr;
@@ -58,6 +60,8 @@ EngineStackOptions stack_options(const ServeOptions& options) {
   stack.kv_cache_tokens = options.kv_cache_tokens;
   stack.gpu_memory_utilization = options.gpu_memory_utilization;
   stack.max_waiting = options.max_waiting;
+  stack.tuning_table = options.tuning_table;
+  stack.strict = options.strict;
   return stack;
 }
 
@@ -148,6 +152,7 @@ void add_serve_command(CLI::App& app) {
   cmd->add_option("--tensor-parallel", options->tensor_parallel,
                   "Shard the model over N GPUs (NCCL), or N CPU rank threads with --device cpu")
       ->check(CLI::Range(1, 64))->capture_default_str();
+  add_tuning_options(*cmd, options->tuning_table, options->strict);
   cmd->callback([options] { serve(*options); });
 }
 

@@ -7,6 +7,7 @@
 
 #include "core/error.h"
 #include "model/model.h"
+#include "eval/decoding_batch.h"
 #include "runtime/engine_stack.h"
 
 #ifdef UBERLM_WITH_CUDA
@@ -22,11 +23,7 @@ namespace uberlm {
 namespace {
 
 constexpr uint64_t kSyntheticSeed = 20260101;
-constexpr int kWarmSteps = 3;
 constexpr int kProfileSteps = 5;
-constexpr int kMaxSetupSteps = 100000;
-// Room for the decode steps of sequences admitted early while later ones still prefill.
-constexpr int kSetupTokens = 64;
 
 double median(std::vector<double> values) {
   std::sort(values.begin(), values.end());
@@ -64,12 +61,6 @@ double copy_bandwidth_gbps() {
   return 2.0 * static_cast<double>(bytes) / median(seconds) / 1e9;
 }
 
-std::vector<int32_t> synthetic_prompt(int64_t length, int salt, int vocab) {
-  std::vector<int32_t> tokens(length);
-  for (int64_t i = 0; i < length; ++i) tokens[i] = static_cast<int32_t>((salt * 7919 + i * 104729 + 13) % vocab);
-  return tokens;
-}
-
 nlohmann::json profile_json(const std::vector<KernelTime>& times, int steps) {
   nlohmann::json out = nlohmann::json::array();
   for (const KernelTime& t : times) {
@@ -77,37 +68,6 @@ nlohmann::json profile_json(const std::vector<KernelTime>& times, int steps) {
   }
   return out;
 }
-
-// `batch` greedy sequences of `context` prompt tokens each, run through their prefill and kWarmSteps decode
-// steps (the batch size's graph captured): the engine is then in the steady decode state a server is in.
-class DecodingBatch {
- public:
-  DecodingBatch(Engine& engine, int batch, int context, int max_tokens, int vocab) : engine_(engine), batch_(batch) {
-    for (int s = 0; s < batch; ++s) {
-      EngineRequest request;
-      request.prompt = synthetic_prompt(context, s, vocab);
-      request.max_tokens = max_tokens;
-      std::shared_ptr<RequestStream> stream = engine.submit(std::move(request));
-      if (!stream) fail("bench: the engine refused sequence {} of {}", s, batch);
-      ids_.push_back(stream->id());
-    }
-    int warm = 0;
-    for (int step = 0; warm < kWarmSteps; ++step) {
-      if (step == kMaxSetupSteps) fail("bench: {} sequences did not all reach decode in {} steps", batch, step);
-      warm += is_full_decode(engine.run_step());
-    }
-  }
-  ~DecodingBatch() {
-    for (uint64_t id : ids_) engine_.cancel(id);
-    engine_.run_step();
-  }
-  bool is_full_decode(const EngineStep& step) const { return step.decode_tokens == batch_ && step.prefill_tokens == 0; }
-
- private:
-  Engine& engine_;
-  int batch_;
-  std::vector<uint64_t> ids_;
-};
 
 struct DecodeResult {
   double seconds_per_step;
@@ -165,6 +125,8 @@ nlohmann::json run_speed_bench(const SpeedBenchOptions& options) {
   stack_options.max_num_batched_tokens = std::max({max_prefill, options.context, 64});
   stack_options.kv_cache_tokens = static_cast<int64_t>(max_batch) * stack_options.max_model_len;
   stack_options.loop_thread = false;
+  stack_options.tuning_table = options.tuning_table;
+  stack_options.strict = options.strict;
 
   std::unique_ptr<Model> model;
   std::unique_ptr<EngineStack> stack;
@@ -261,9 +223,13 @@ nlohmann::json run_speed_bench(const SpeedBenchOptions& options) {
                         {"gemm_bf16_linear_calls", counters.gemm_bf16_linear_calls},
                         {"gemm_nvfp4_linear_calls", counters.gemm_nvfp4_linear_calls},
                         {"gemv_swiglu_calls", counters.gemv_swiglu_calls},
+                        {"tuning_table_hits", counters.tuning_table_hits},
+                        {"tuning_table_misses", counters.tuning_table_misses},
                         {"graph_captures", counters.graph_captures},
                         {"graph_replays", counters.graph_replays}};
-  std::printf("\nlinear calls: GEMV %lld (gate/up with SwiGLU epilogue %lld), cuBLAS bf16 %lld, cuBLAS NVFP4 "
+  std::printf("\nGEMV tunings: %lld launches from the table, %lld on the built-in tuning (cells the table lacks)\n",
+              static_cast<long long>(counters.tuning_table_hits), static_cast<long long>(counters.tuning_table_misses));
+  std::printf("linear calls: GEMV %lld (gate/up with SwiGLU epilogue %lld), cuBLAS bf16 %lld, cuBLAS NVFP4 "
               "(dequantised) %lld; graph captures %lld, replays %lld\n",
               static_cast<long long>(counters.gemv_linear_calls), static_cast<long long>(counters.gemv_swiglu_calls),
               static_cast<long long>(counters.gemm_bf16_linear_calls),

@@ -24,6 +24,8 @@ struct SpeedBenchOptions {
   int context = 128;        // tokens in each sequence before the timed decode steps
   int steps = 24;           // timed decode steps per batch
   int tensor_parallel = 1;  // > 1: the model sharded over that many GPUs through NCCL
+  std::string tuning_table; // CudaBackendOptions::tuning_table
+  bool strict = false;
   std::string command;      // the command line, recorded in the report
 };
 

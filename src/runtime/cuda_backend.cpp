@@ -4,6 +4,8 @@
 #include <cuda_runtime_api.h>
 
 #include <algorithm>
+#include <cstdlib>
+#include <filesystem>
 
 #include <spdlog/spdlog.h>
 
@@ -14,6 +16,7 @@
 #include "ops/cuda/sampling.h"
 #include "runtime/cuda/decoder.h"
 #include "runtime/cuda/device_memory.h"
+#include "runtime/cuda/gemv_tuning_table.h"
 #include "runtime/nccl_communicator.h"
 #include "runtime/sampler.h"
 #endif
@@ -31,11 +34,49 @@ bool cuda_device_present() {
 
 #ifdef UBERLM_WITH_CUDA
 
+namespace {
+
+bool strict_from_environment() {
+  const char* strict = std::getenv("UBERLM_STRICT");
+  return strict && std::string(strict) == "1";
+}
+
+// The options' table file, else this GPU's at the default place; null when there is none (logged, or an
+// Error in strict mode).
+std::unique_ptr<gpu::GemvTuningTable> load_tuning_table(const CudaBackendOptions& options) {
+  if (options.tuning_table == "none") {
+    if (options.strict) fail("strict: --tuning-table none leaves every GEMV on its built-in tuning");
+    return nullptr;
+  }
+  const gpu::GpuIdentity gpu = gpu::GpuIdentity::current();
+  const std::filesystem::path path =
+      options.tuning_table.empty() ? gpu::default_tuning_table_path(gpu) : std::filesystem::path(options.tuning_table);
+  if (options.tuning_table.empty() && !std::filesystem::exists(path)) {
+    if (options.strict) fail("strict: no GEMV tuning table for {} at {} (run `uberlm tune`)", gpu.name, path.string());
+    spdlog::warn("cuda backend: no GEMV tuning table for {} at {}: built-in tunings (`uberlm tune` makes one)", gpu.name,
+                 path.string());
+    return nullptr;
+  }
+  auto table = std::make_unique<gpu::GemvTuningTable>(gpu::GemvTuningTable::load(path));
+  if (table->gpu.name != gpu.name || table->gpu.sm_count != gpu.sm_count) {
+    const std::string message = fmt::format("the GEMV tuning table {} is for {} ({} SMs), this GPU is {} ({} SMs)",
+                                            path.string(), table->gpu.name, table->gpu.sm_count, gpu.name, gpu.sm_count);
+    if (options.strict) fail("strict: {}", message);
+    spdlog::warn("cuda backend: {}: built-in tunings", message);
+    return nullptr;
+  }
+  spdlog::info("cuda backend: GEMV tuning table {} ({} cells, {})", path.string(), table->cells.size(), table->date);
+  return table;
+}
+
+}  // namespace
+
 struct CudaBackend::Impl {
   ModelConfig config;
   CudaBackendOptions options;
   gpu::StepLimits limits;
   cudaStream_t stream = nullptr;
+  std::unique_ptr<gpu::GemvTuningTable> tuning_table;  // null: none for this GPU
   std::unique_ptr<gpu::LinearRunner> linears;
   std::unique_ptr<gpu::DeviceMemory> memory;
   std::unique_ptr<gpu::OpProfiler> profiler;
@@ -61,6 +102,7 @@ struct CudaBackend::Impl {
 CudaBackend::Impl::Impl(const ModelConfig& model_config, const CudaBackendOptions& backend_options,
                         const std::vector<gpu::LinearFormat>& formats)
     : config(model_config), options(backend_options) {
+  options.strict = options.strict || strict_from_environment();
   if (config.head_dim > cuda::kAttentionMaxHeadDim) {
     fail("CudaBackend: head_dim {} exceeds the attention kernel's {}", config.head_dim, cuda::kAttentionMaxHeadDim);
   }
@@ -68,7 +110,8 @@ CudaBackend::Impl::Impl(const ModelConfig& model_config, const CudaBackendOption
   graphs_enabled = options.cuda_graphs;
   CUDA_CHECK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
   const bool large_m = std::max(options.max_batch_tokens, options.max_logit_rows) > cuda::kGemvMaxM;
-  linears = std::make_unique<gpu::LinearRunner>(stream, large_m);
+  tuning_table = load_tuning_table(options);
+  linears = std::make_unique<gpu::LinearRunner>(stream, large_m, tuning_table.get(), options.strict);
   const int ranks = options.communicator ? options.communicator->size() : 1;
   gpu::MemoryPlanRequest request;
   request.formats = formats;
@@ -248,11 +291,17 @@ int64_t CudaBackend::cache_bytes_per_token(int64_t context) const {
 
 GpuBackend::Counters CudaBackend::counters() const {
   const gpu::LinearCounters& linear = impl_->linears->counters();
-  return {linear.gemv_linear_calls, linear.gemm_bf16_linear_calls, linear.gemm_nvfp4_linear_calls,
-          linear.gemv_swiglu_calls, impl_->graphs->captures(), impl_->graphs->replays()};
+  return {linear.gemv_linear_calls, linear.gemm_bf16_linear_calls,  linear.gemm_nvfp4_linear_calls,
+          linear.gemv_swiglu_calls, linear.tuning_table_hits,       linear.tuning_table_misses,
+          impl_->graphs->captures(), impl_->graphs->replays()};
 }
 
 std::string CudaBackend::memory_summary() const { return impl_->memory->summary(); }
+
+std::vector<gpu::GemvCell> CudaBackend::gemv_cells() const {
+  const std::set<gpu::GemvCell>& seen = impl_->linears->cells_seen();
+  return {seen.begin(), seen.end()};
+}
 
 #endif  // UBERLM_WITH_CUDA
 

@@ -14,7 +14,10 @@
 
 #include "model/model.h"
 #include "runtime/backend.h"
-#include "runtime/cuda/step_runner.h"
+#include "runtime/kernel_time.h"
+#ifdef UBERLM_WITH_CUDA
+#include "runtime/cuda/gemv_tuning_table.h"
+#endif
 
 namespace uberlm {
 
@@ -31,6 +34,11 @@ struct CudaBackendOptions {
   // other processes hold (vLLM's option); max_slots x max_context tokens.
   int64_t num_kv_blocks = 0;
   double gpu_memory_utilization = 0;
+  // The GEMV winners table (`uberlm tune`): this file; when empty this GPU's file at the default place
+  // (runtime/cuda/gemv_tuning_table.h) if there is one; "none": no table. strict: any fallback (a launch
+  // the table lacks, no table, a table of another GPU) is an Error; UBERLM_STRICT=1 sets it too.
+  std::string tuning_table;
+  bool strict = false;
   // Tensor parallelism: this rank's communicator; the config and weights are then the rank's shard
   // (model/tensor_parallel.h), o_proj/out_proj/down_proj outputs are all-reduced and lm_head's vocabulary
   // slices all-gathered, inside the decode graphs too. The caller keeps it alive and current on its device.
@@ -61,11 +69,15 @@ class GpuBackend : public Backend {
     int64_t gemm_bf16_linear_calls = 0;   // over more rows, bf16 weights
     int64_t gemm_nvfp4_linear_calls = 0;  // over more rows, NVFP4 weights dequantised into the scratch buffer
     int64_t gemv_swiglu_calls = 0;        // MLP gate/up GEMVs that wrote SwiGLU from their epilogue
+    int64_t tuning_table_hits = 0;        // GEMV launches tuned by the table
+    int64_t tuning_table_misses = 0;      // GEMV launches on the built-in tuning (a cell the table lacks)
     int64_t graph_captures = 0;
     int64_t graph_replays = 0;
   };
   virtual Counters counters() const = 0;
   virtual std::string memory_summary() const = 0;
+  // Every GEMV launch shape the forwards so far have made (rank 0's with tensor parallelism).
+  virtual std::vector<gpu::GemvCell> gemv_cells() const = 0;
 };
 
 class CudaBackend : public GpuBackend {
@@ -91,6 +103,7 @@ class CudaBackend : public GpuBackend {
   int64_t cache_bytes_per_token(int64_t context) const override;
   Counters counters() const override;
   std::string memory_summary() const override;
+  std::vector<gpu::GemvCell> gemv_cells() const override;
 
  private:
   struct Impl;

@@ -39,6 +39,7 @@ class CudaTensorParallelBackend : public GpuBackend {
   int64_t cache_bytes_per_token(int64_t context) const override;  // all ranks'
   Counters counters() const override;               // rank 0's
   std::string memory_summary() const override;      // rank 0's, per GPU
+  std::vector<gpu::GemvCell> gemv_cells() const override { return ranks_.front()->gemv_cells(); }
 
   int size() const { return static_cast<int>(ranks_.size()); }
   CudaBackend& rank(int r) { return *ranks_.at(r); }

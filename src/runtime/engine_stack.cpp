@@ -20,6 +20,8 @@ CudaBackendOptions cuda_options(const EngineStackOptions& options, int64_t max_m
   cuda.max_logit_rows = std::max<int64_t>(options.max_num_seqs, std::min<int64_t>(64, options.max_num_batched_tokens));
   cuda.num_kv_blocks = options.kv_cache_tokens > 0 ? kv_blocks_for(options.kv_cache_tokens) : 0;
   cuda.gpu_memory_utilization = options.gpu_memory_utilization;
+  cuda.tuning_table = options.tuning_table;
+  cuda.strict = options.strict;
   return cuda;
 }
 

@@ -26,6 +26,9 @@ struct EngineStackOptions {
   double gpu_memory_utilization = 0.9;
   int max_waiting = 256;
   bool loop_thread = true;  // false: the caller steps the engine (one-shot tools)
+  // CUDA: the GEMV tuning table (CudaBackendOptions::tuning_table) and strict mode (no fallback).
+  std::string tuning_table;
+  bool strict = false;
 };
 
 // The default context of a model: its max_position_embeddings (4096 when unknown), at most 8192.

@@ -3,6 +3,7 @@
 #include "ops/cuda/gemv.h"
 
 #include <cmath>
+#include <cstdio>
 #include <string_view>
 
 #include "core/error.h"
@@ -182,6 +183,32 @@ void gemv_bf16_multi(const Bf16GemvTarget* targets, int count, int64_t k, const 
   int64_t rows = 0;
   for (int i = 0; i < count; ++i) rows += targets[i].n;
   launch_bf16_checked(targets, count, k, x, m, y_dtype, gemv_bf16_default_tuning(m, rows, k), stream);
+}
+
+void gemv_nvfp4_multi_tuned(const Nvfp4GemvTarget* targets, int count, const void* x, int64_t m, DType y_dtype,
+                            const GemvTuning& tuning, cudaStream_t stream) {
+  launch_nvfp4_checked(targets, count, x, m, y_dtype, tuning, stream);
+}
+
+void gemv_bf16_multi_tuned(const Bf16GemvTarget* targets, int count, int64_t k, const void* x, int64_t m, DType y_dtype,
+                           const GemvTuning& tuning, cudaStream_t stream) {
+  launch_bf16_checked(targets, count, k, x, m, y_dtype, tuning, stream);
+}
+
+std::string gemv_tuning_name(const GemvTuning& t) {
+  return "w" + std::to_string(t.warps) + "_d" + std::to_string(t.depth) + "_r" + std::to_string(t.row_tiles) + "_k" +
+         std::to_string(t.k_split) + (t.async_copy ? "_async" : "");
+}
+
+std::optional<GemvTuning> parse_gemv_tuning(const std::string& name) {
+  GemvTuning t;
+  char suffix[8] = {0};
+  const int fields = std::sscanf(name.c_str(), "w%d_d%d_r%d_k%d%7s", &t.warps, &t.depth, &t.row_tiles, &t.k_split, suffix);
+  if (fields < 4) return std::nullopt;
+  t.async_copy = std::string(suffix) == "_async";
+  if (fields == 5 && !t.async_copy) return std::nullopt;
+  if (gemv_tuning_name(t) != name) return std::nullopt;
+  return t;
 }
 
 void gemv_nvfp4_tuned(const Nvfp4Weight& weight, const void* x, int64_t m, void* y, DType y_dtype,

@@ -5,6 +5,8 @@
 #include <cuda_runtime_api.h>
 
 #include <cstdint>
+#include <optional>
+#include <string>
 #include <vector>
 
 #include "core/dtype.h"
@@ -79,7 +81,15 @@ std::vector<GemvTuning> gemv_nvfp4_tunings();
 std::vector<GemvTuning> gemv_bf16_tunings();
 std::vector<GemvTuning> gemv_nvfp4_paired_tunings();
 std::vector<GemvTuning> gemv_bf16_paired_tunings();
-// As gemv_nvfp4 / gemv_bf16 / the _swiglu calls with an explicit tuning from the lists above (others throw).
+// A tuning's name, e.g. "w4_d2_r2_k4" or "w4_d4_r2_k4_async", and back (nullopt for a malformed name).
+std::string gemv_tuning_name(const GemvTuning& tuning);
+std::optional<GemvTuning> parse_gemv_tuning(const std::string& name);
+// As gemv_nvfp4 / gemv_bf16 / the _multi / the _swiglu calls with an explicit tuning from the lists above
+// (others throw).
+void gemv_nvfp4_multi_tuned(const Nvfp4GemvTarget* targets, int count, const void* x, int64_t m, DType y_dtype,
+                            const GemvTuning& tuning, cudaStream_t stream);
+void gemv_bf16_multi_tuned(const Bf16GemvTarget* targets, int count, int64_t k, const void* x, int64_t m, DType y_dtype,
+                           const GemvTuning& tuning, cudaStream_t stream);
 void gemv_nvfp4_tuned(const Nvfp4Weight& weight, const void* x, int64_t m, void* y, DType y_dtype,
                       const GemvTuning& tuning, cudaStream_t stream);
 void gemv_bf16_tuned(const void* weight, int64_t n, int64_t k, const void* x, int64_t m, void* y, DType y_dtype,

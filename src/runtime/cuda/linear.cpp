@@ -2,6 +2,8 @@
 
 #include <vector>
 
+#include <spdlog/spdlog.h>
+
 #include "core/error.h"
 #include "ops/cuda/activation.h"
 #include "ops/cuda/cuda_check.h"
@@ -9,8 +11,30 @@
 
 namespace uberlm::gpu {
 
-LinearRunner::LinearRunner(cudaStream_t stream, bool large_m)
-    : stream_(stream), gemm_(large_m ? std::make_unique<cuda::Gemm>(stream) : nullptr) {}
+LinearRunner::LinearRunner(cudaStream_t stream, bool large_m, const GemvTuningTable* table, bool strict)
+    : stream_(stream), table_(table), strict_(strict), gemm_(large_m ? std::make_unique<cuda::Gemm>(stream) : nullptr) {}
+
+cuda::GemvTuning LinearRunner::tuning_for(GemvKernel kernel, int64_t n, int64_t k, int64_t rows) {
+  cells_seen_.insert(GemvCell{kernel, n, k, gemv_m_bucket(rows)});
+  if (table_) {
+    if (const std::optional<cuda::GemvTuning> tuning = table_->find(kernel, n, k, rows)) {
+      ++counters_.tuning_table_hits;
+      return *tuning;
+    }
+  }
+  ++counters_.tuning_table_misses;
+  const GemvCell cell{kernel, n, k, gemv_m_bucket(rows)};
+  const cuda::GemvTuning fallback = built_in_tuning(kernel, n, k, rows);
+  if (strict_) {
+    fail("strict: no GEMV tuning-table cell for {} N={} K={} M<={} ({}; `uberlm tune` measures it)",
+         gemv_kernel_name(kernel), n, k, cell.m, table_ ? "the table lacks it" : "no table is loaded");
+  }
+  if (logged_misses_.insert(cell).second) {
+    spdlog::warn("gemv: no tuning-table cell for {} N={} K={} M<={}; the built-in {} runs (uberlm tune measures it)",
+                 gemv_kernel_name(kernel), n, k, cell.m, cuda::gemv_tuning_name(fallback));
+  }
+  return fallback;
+}
 
 void LinearRunner::set_gemm_memory(uint16_t* scratch, int64_t scratch_elements, uint8_t* workspace) {
   gemm_scratch_ = scratch;
@@ -22,8 +46,13 @@ void LinearRunner::linear(const DeviceLinear& w, const uint16_t* x, int64_t rows
   if (rows == 0) return;
   if (rows <= cuda::kGemvMaxM) {
     ++counters_.gemv_linear_calls;
-    if (w.nvfp4) cuda::gemv_nvfp4(w.nvfp4_view(), x, rows, y, DType::F32, stream_);
-    else cuda::gemv_bf16(w.bf16, w.out, w.in_padded, x, rows, y, DType::F32, stream_);
+    if (w.nvfp4) {
+      cuda::gemv_nvfp4_tuned(w.nvfp4_view(), x, rows, y, DType::F32,
+                             tuning_for(GemvKernel::Nvfp4, w.out, w.in_padded, rows), stream_);
+    } else {
+      cuda::gemv_bf16_tuned(w.bf16, w.out, w.in_padded, x, rows, y, DType::F32,
+                            tuning_for(GemvKernel::Bf16, w.out, w.in_padded, rows), stream_);
+    }
   } else {
     if (!gemm_) fail("CudaBackend: {} rows for {} exceed the GEMV's {} and no cuBLAS path was planned", rows, w.name,
                      cuda::kGemvMaxM);
@@ -54,10 +83,15 @@ void LinearRunner::group(std::initializer_list<Output> outputs, const uint16_t* 
     else bf16_targets.push_back({o.weight->bf16, o.weight->out, o.y});
   }
   const int count = static_cast<int>(outputs.size());
+  const int64_t k = outputs.begin()->weight->in_padded;
+  int64_t total_rows = 0;
+  for (const Output& o : outputs) total_rows += o.weight->out;
   if (nvfp4) {
-    cuda::gemv_nvfp4_multi(nvfp4_targets.data(), count, x, rows, DType::F32, stream_);
+    cuda::gemv_nvfp4_multi_tuned(nvfp4_targets.data(), count, x, rows, DType::F32,
+                                 tuning_for(GemvKernel::Nvfp4, total_rows, k, rows), stream_);
   } else {
-    cuda::gemv_bf16_multi(bf16_targets.data(), count, outputs.begin()->weight->in_padded, x, rows, DType::F32, stream_);
+    cuda::gemv_bf16_multi_tuned(bf16_targets.data(), count, k, x, rows, DType::F32,
+                                tuning_for(GemvKernel::Bf16, total_rows, k, rows), stream_);
   }
   for (const Output& o : outputs) {
     if (o.weight->bias) CUDA_CHECK(cuda::launch_add_bias(o.y, o.weight->bias, rows, o.weight->out, stream_));
@@ -74,9 +108,11 @@ void LinearRunner::gate_up_swiglu(const DeviceLinear& gate, const DeviceLinear& 
   counters_.gemv_linear_calls += 2;
   ++counters_.gemv_swiglu_calls;
   if (gate.nvfp4) {
-    cuda::gemv_nvfp4_swiglu(gate.nvfp4_view(), up.nvfp4_view(), x, rows, out, out_stride, stream_);
+    cuda::gemv_nvfp4_swiglu_tuned(gate.nvfp4_view(), up.nvfp4_view(), x, rows, out, out_stride,
+                                  tuning_for(GemvKernel::Nvfp4Swiglu, gate.out, gate.in_padded, rows), stream_);
   } else {
-    cuda::gemv_bf16_swiglu(gate.bf16, up.bf16, gate.out, gate.in_padded, x, rows, out, out_stride, stream_);
+    cuda::gemv_bf16_swiglu_tuned(gate.bf16, up.bf16, gate.out, gate.in_padded, x, rows, out, out_stride,
+                                 tuning_for(GemvKernel::Bf16Swiglu, gate.out, gate.in_padded, rows), stream_);
   }
 }
 

@@ -1,15 +1,19 @@
 #pragma once
 // Linear layers on the path the row count decides: the small-M GEMV (ops/cuda/gemv.h) up to kGemvMaxM rows,
 // cuBLAS above (ops/cuda/gemm.h), NVFP4 weights then dequantised into a scratch buffer planned at load.
-// Every call is counted by path.
+// Every call is counted by path. A GEMV launch takes its tuning from this GPU's winners table
+// (gemv_tuning_table.h); a launch the table lacks takes the built-in tuning, counted as a miss, logged
+// once per cell, and refused in strict mode.
 #include <cuda_runtime_api.h>
 
 #include <cstdint>
 #include <initializer_list>
 #include <memory>
+#include <set>
 
 #include "ops/cuda/gemm.h"
 #include "runtime/cuda/device_model.h"
+#include "runtime/cuda/gemv_tuning_table.h"
 
 namespace uberlm::gpu {
 
@@ -18,13 +22,16 @@ struct LinearCounters {
   int64_t gemm_bf16_linear_calls = 0;   // over more rows, bf16 weights
   int64_t gemm_nvfp4_linear_calls = 0;  // over more rows, NVFP4 weights dequantised into the scratch buffer
   int64_t gemv_swiglu_calls = 0;        // MLP gate/up GEMVs that wrote SwiGLU from their epilogue
+  int64_t tuning_table_hits = 0;        // GEMV launches whose tuning came from the table
+  int64_t tuning_table_misses = 0;      // GEMV launches that took the built-in tuning
 };
 
 class LinearRunner {
  public:
   // large_m: forwards can have more than kGemvMaxM rows, so cuBLAS is needed. Its handle takes device
   // memory of its own: make the runner before measuring free memory.
-  LinearRunner(cudaStream_t stream, bool large_m);
+  // table: this GPU's winners (null: none, every launch a miss); strict: a miss is an Error.
+  LinearRunner(cudaStream_t stream, bool large_m, const GemvTuningTable* table, bool strict);
   bool large_m() const { return gemm_ != nullptr; }
   // The large-M path's bf16 scratch (elements: the largest NVFP4 layer) and cuBLAS workspace.
   void set_gemm_memory(uint16_t* scratch, int64_t scratch_elements, uint8_t* workspace);
@@ -45,9 +52,17 @@ class LinearRunner {
                       uint16_t* out, int64_t out_stride);
 
   const LinearCounters& counters() const { return counters_; }
+  // Every GEMV launch shape this runner has tuned (what `uberlm tune` measures for a model).
+  const std::set<GemvCell>& cells_seen() const { return cells_seen_; }
 
  private:
+  cuda::GemvTuning tuning_for(GemvKernel kernel, int64_t n, int64_t k, int64_t rows);
+
   cudaStream_t stream_;
+  const GemvTuningTable* table_;
+  bool strict_;
+  std::set<GemvCell> logged_misses_;
+  std::set<GemvCell> cells_seen_;
   std::unique_ptr<cuda::Gemm> gemm_;
   uint16_t* gemm_scratch_ = nullptr;
   int64_t gemm_scratch_elements_ = 0;

@@ -10,16 +10,7 @@
 #include <string>
 #include <vector>
 
-namespace uberlm {
-
-// GPU time of one op class in a profiling pass.
-struct KernelTime {
-  std::string op;
-  double microseconds = 0;
-  int64_t launches = 0;
-};
-
-}  // namespace uberlm
+#include "runtime/kernel_time.h"
 
 namespace uberlm::gpu {
 

@@ -1,0 +1,83 @@
+// The GEMV winners table's file (runtime/cuda/gemv_tuning_table.h), checked without a GPU: what `uberlm tune`
+// writes loads back cell for cell, batch sizes fall into their buckets, tuning names round-trip, and a bad
+// file is an error naming the file and the field.
+#ifdef UBERLM_WITH_CUDA
+#include <gtest/gtest.h>
+
+#include <filesystem>
+#include <fstream>
+#include <unistd.h>
+
+#include "core/error.h"
+#include "expect_error.h"
+#include "runtime/cuda/gemv_tuning_table.h"
+
+namespace uberlm {
+namespace {
+
+namespace fs = std::filesystem;
+
+fs::path scratch_file(const std::string& name) {
+  return fs::temp_directory_path() / ("uberlm_tuning_" + name + "_" + std::to_string(::getpid()) + ".json");
+}
+
+TEST(GemvTuningTable, SavedTableLoadsBackAndAnswersByBucket) {
+  gpu::GemvTuningTable table;
+  table.gpu = {"NVIDIA H200", 132, 13000, 13000};
+  table.copy_gbps = 4250;
+  const cuda::GemvTuning winner{8, 4, 2, 8, true}, built_in{4, 2, 2, 4, false};
+  table.cells[{gpu::GemvKernel::Nvfp4, 16480, 5120, 8}] = {winner, 15.0, built_in, 16.0};
+  table.cells[{gpu::GemvKernel::Bf16Swiglu, 17408, 5120, 1}] = {built_in, 27.0, built_in, 27.0};
+  const fs::path path = scratch_file("roundtrip");
+  table.save(path);
+  const gpu::GemvTuningTable loaded = gpu::GemvTuningTable::load(path);
+  fs::remove(path);
+  EXPECT_EQ(loaded.gpu.name, "NVIDIA H200");
+  EXPECT_EQ(loaded.gpu.sm_count, 132);
+  ASSERT_EQ(loaded.cells.size(), 2u);
+  for (int64_t m : {5, 6, 7, 8}) {
+    const auto found = loaded.find(gpu::GemvKernel::Nvfp4, 16480, 5120, m);
+    ASSERT_TRUE(found.has_value()) << m;
+    EXPECT_EQ(cuda::gemv_tuning_name(*found), "w8_d4_r2_k8_async");
+  }
+  EXPECT_FALSE(loaded.find(gpu::GemvKernel::Nvfp4, 16480, 5120, 4).has_value());   // bucket 4: not tuned
+  EXPECT_FALSE(loaded.find(gpu::GemvKernel::Nvfp4, 16480, 5120, 9).has_value());   // bucket 16
+  EXPECT_FALSE(loaded.find(gpu::GemvKernel::Bf16, 17408, 5120, 1).has_value());    // another kernel
+}
+
+TEST(GemvTuningTable, BucketsAndTuningNames) {
+  EXPECT_EQ(gpu::gemv_m_bucket(1), 1);
+  EXPECT_EQ(gpu::gemv_m_bucket(3), 4);
+  EXPECT_EQ(gpu::gemv_m_bucket(33), 64);
+  EXPECT_THROW(gpu::gemv_m_bucket(65), Error);
+  for (const std::string name : {"w4_d2_r2_k4", "w8_d8_r1_k8_async", "w2_d1_r2_k1"}) {
+    const auto tuning = cuda::parse_gemv_tuning(name);
+    ASSERT_TRUE(tuning.has_value()) << name;
+    EXPECT_EQ(cuda::gemv_tuning_name(*tuning), name);
+  }
+  for (const std::string name : {"w4_d2_r2", "w4_d2_r2_k4_sync", "x4_d2_r2_k4", "w4_d2_r2_k4 "}) {
+    EXPECT_FALSE(cuda::parse_gemv_tuning(name).has_value()) << name;
+  }
+}
+
+TEST(GemvTuningTable, BadFilesNameTheFileAndTheField) {
+  const fs::path path = scratch_file("bad");
+  auto write = [&](const std::string& text) { std::ofstream(path) << text; };
+  write("{\"gpu\": \"X\", \"sm_count\": 1, \"cells\": [{\"kernel\": \"gemv_nvfp4\", \"n\": 64, \"k\": 64, \"m\": 3, "
+        "\"winner\": \"w4_d2_r2_k4\", \"default\": \"w4_d2_r2_k4\"}]}");
+  expect_error_containing([&] { gpu::GemvTuningTable::load(path); }, {path.string(), "cells[0]", "m bucket"});
+  write("{\"gpu\": \"X\", \"sm_count\": 1, \"cells\": [{\"kernel\": \"gemv_fp8\", \"n\": 64, \"k\": 64, \"m\": 4, "
+        "\"winner\": \"w4_d2_r2_k4\", \"default\": \"w4_d2_r2_k4\"}]}");
+  expect_error_containing([&] { gpu::GemvTuningTable::load(path); }, {"cells[0]", "unknown kernel 'gemv_fp8'"});
+  write("{\"gpu\": \"X\", \"sm_count\": 1, \"cells\": [{\"kernel\": \"gemv_nvfp4\", \"n\": 64, \"k\": 64, \"m\": 4, "
+        "\"winner\": \"fast\", \"default\": \"w4_d2_r2_k4\"}]}");
+  expect_error_containing([&] { gpu::GemvTuningTable::load(path); }, {"cells[0].winner", "'fast' is not a tuning name"});
+  write("{\"gpu\": \"X\"");
+  expect_error_containing([&] { gpu::GemvTuningTable::load(path); }, {path.string(), "invalid JSON"});
+  fs::remove(path);
+  expect_error_containing([&] { gpu::GemvTuningTable::load(path); }, {"cannot open"});
+}
+
+}  // namespace
+}  // namespace uberlm
+#endif
