@@ -35,7 +35,8 @@ std::vector<GemvCell> decode_gemv_cells(const GemvTuneOptions& options) {
   stack_options.device = "cuda";
   stack_options.max_num_seqs = cuda::kGemvMaxM;
   stack_options.max_model_len = kContext + kSetupTokens + kWarmSteps + 1;
-  stack_options.max_num_batched_tokens = cuda::kGemvMaxM;  // prefill chunks stay on the GEMV too
+  // Every prompt in one step (on cuBLAS, not a GEMV cell), so that all sequences then decode together.
+  stack_options.max_num_batched_tokens = cuda::kGemvMaxM * kContext;
   stack_options.kv_cache_tokens = static_cast<int64_t>(cuda::kGemvMaxM) * stack_options.max_model_len;
   stack_options.tuning_table = "none";
   stack_options.loop_thread = false;
