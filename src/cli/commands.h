@@ -13,6 +13,7 @@ void add_bench_command(CLI::App& app);
 void add_quantize_command(CLI::App& app);
 void add_serve_command(CLI::App& app);
 void add_tune_command(CLI::App& app);
+void add_check_command(CLI::App& app);
 // --tuning-table and --strict, the CUDA backend's GEMV tuning choices, on a command.
 void add_tuning_options(CLI::App& cmd, std::string& tuning_table, bool& strict);
 // Registers `gsm8k` under the `eval` subcommand.

@@ -16,6 +16,7 @@ int main(int argc, char** argv) {
   uberlm::cli::add_quantize_command(app);
   uberlm::cli::add_serve_command(app);
   uberlm::cli::add_tune_command(app);
+  uberlm::cli::add_check_command(app);
   CLI::App* eval = app.add_subcommand("eval", "Score a model: perplexity (ppl) or GSM8K accuracy through a server (gsm8k)");
   eval->require_subcommand(1);
   uberlm::cli::add_eval_ppl_command(*eval);

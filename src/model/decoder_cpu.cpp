@@ -122,7 +122,8 @@ void CpuDecoder::mixer(int layer, const float* h, int64_t num_tokens, const std:
   }
 }
 
-ForwardResult CpuDecoder::forward(const ForwardBatch& batch, std::vector<CpuSequenceCache>& caches) const {
+ForwardResult CpuDecoder::forward(const ForwardBatch& batch, std::vector<CpuSequenceCache>& caches,
+                                  ForwardSnapshot* snapshot) const {
   const int64_t num_tokens = static_cast<int64_t>(batch.tokens.size());
   const int64_t dim = config_.hidden_size;
   begin_runs(batch, caches);
@@ -137,8 +138,12 @@ ForwardResult CpuDecoder::forward(const ForwardBatch& batch, std::vector<CpuSequ
                                                          token * dim * dtype_size(weights_.embed_tokens.dtype)};
     to_f32(row, x.data() + t * dim);
   }
-  for (int layer = 0; layer < config_.num_layers; ++layer) run_layer(layer, x.data(), num_tokens, spans);
+  if (snapshot) snapshot->layers.assign(config_.num_layers, LayerSnapshot{});
+  for (int layer = 0; layer < config_.num_layers; ++layer) {
+    run_layer(layer, x.data(), num_tokens, spans, snapshot ? &snapshot->layers[layer] : nullptr);
+  }
   for (TokenSpan& span : spans) span.cache->length += span.num_tokens;
+  if (snapshot && !batch.chunks.empty()) snapshot_caches(batch.chunks.front(), *spans.front().cache, *snapshot);
 
   // Rows that produce logits (LogitRows): each chunk's last token, every token, or none.
   std::vector<int64_t> rows;
@@ -165,7 +170,26 @@ ForwardResult CpuDecoder::forward(const ForwardBatch& batch, std::vector<CpuSequ
   return result;
 }
 
-void CpuDecoder::run_layer(int layer, float* x, int64_t num_tokens, const std::vector<TokenSpan>& spans) const {
+void CpuDecoder::snapshot_caches(const SequenceChunk& chunk, const CpuSequenceCache& cache,
+                                 ForwardSnapshot& snapshot) const {
+  const int64_t kv_width = static_cast<int64_t>(config_.num_kv_heads) * config_.head_dim;
+  for (int layer = 0; layer < config_.num_layers; ++layer) {
+    LayerSnapshot& s = snapshot.layers[layer];
+    if (config_.layer_kinds[layer] == LayerKind::FullAttention) {
+      const auto rows = [&](const std::vector<float>& all) {
+        return std::vector<float>(all.begin() + chunk.start * kv_width, all.begin() + (chunk.start + chunk.num_tokens) * kv_width);
+      };
+      s.keys = rows(cache.keys[layer]);
+      s.values = rows(cache.values[layer]);
+    } else {
+      s.conv_state = cache.conv[layer];
+      s.recurrent_state = cache.recurrent[layer];
+    }
+  }
+}
+
+void CpuDecoder::run_layer(int layer, float* x, int64_t num_tokens, const std::vector<TokenSpan>& spans,
+                           LayerSnapshot* snapshot) const {
   const int64_t dim = config_.hidden_size;
   const LayerParams& p = params_[layer];
   std::vector<float> h(num_tokens * dim), mixed(num_tokens * dim);
@@ -173,10 +197,12 @@ void CpuDecoder::run_layer(int layer, float* x, int64_t num_tokens, const std::v
   cpu::rms_norm(x, num_tokens, dim, p.input_norm.data(), config_.norm_style, config_.rms_norm_eps, h.data());
   mixer(layer, h.data(), num_tokens, spans, mixed.data());
   for (int64_t i = 0; i < num_tokens * dim; ++i) x[i] += mixed[i];
+  if (snapshot) snapshot->after_mixer.assign(x, x + num_tokens * dim);
   // out = h + MLP(RMSNorm2(h))
   cpu::rms_norm(x, num_tokens, dim, p.post_attention_norm.data(), config_.norm_style, config_.rms_norm_eps, h.data());
   mlp(layer, h.data(), num_tokens, mixed.data());
   for (int64_t i = 0; i < num_tokens * dim; ++i) x[i] += mixed[i];
+  if (snapshot) snapshot->after_mlp.assign(x, x + num_tokens * dim);
 }
 
 void CpuDecoder::full_attention(int layer, const float* h, int64_t num_tokens, const std::vector<TokenSpan>& spans,

@@ -32,7 +32,9 @@ class CpuDecoder {
   CpuSequenceCache new_cache() const;
   // Runs `batch`; caches[chunk.slot] is the cache of each chunk's sequence: a chunk at start 0 empties it
   // first, any other start must equal its length; it grows by the chunk's tokens.
-  ForwardResult forward(const ForwardBatch& batch, std::vector<CpuSequenceCache>& caches) const;
+  // With `snapshot`, also records every layer's residual stream and the first chunk's caches written.
+  ForwardResult forward(const ForwardBatch& batch, std::vector<CpuSequenceCache>& caches,
+                        ForwardSnapshot* snapshot = nullptr) const;
 
   // One sublayer on normed input h [T, D] -> out [T, D] (a shard's partial sum without collectives).
   // mixer appends the batch's keys, values and states to the caches but leaves their lengths.
@@ -57,7 +59,10 @@ class CpuDecoder {
   // out [T, D]: sums the ranks' partial outputs of a row-parallel layer.
   void all_reduce(float* out, int64_t num_tokens) const;
   // x: [T, D] hidden states, updated in place by one layer.
-  void run_layer(int layer, float* x, int64_t num_tokens, const std::vector<TokenSpan>& spans) const;
+  void run_layer(int layer, float* x, int64_t num_tokens, const std::vector<TokenSpan>& spans,
+                 LayerSnapshot* snapshot) const;
+  // The first chunk's caches this forward wrote (after the forward: the cache's length includes them).
+  void snapshot_caches(const SequenceChunk& chunk, const CpuSequenceCache& cache, ForwardSnapshot& snapshot) const;
   // h: [T, D] normed input -> out: [T, D] mixer output.
   void mixer(int layer, const float* h, int64_t num_tokens, const std::vector<TokenSpan>& spans, float* out) const;
   void full_attention(int layer, const float* h, int64_t num_tokens, const std::vector<TokenSpan>& spans,

@@ -50,4 +50,19 @@ struct ForwardResult {
   std::vector<int32_t> argmax;  // [rows] with argmax_only: the smallest id of each row's maximum
 };
 
+// What an observed forward leaves per layer (`uberlm check`): the residual stream after the mixer and after
+// the MLP for every token, and the caches of the batch's first chunk's sequence that this forward wrote.
+// Values a backend keeps in bf16 (the GPU's KV cache) are given as the fp32 values of those bf16 numbers.
+struct LayerSnapshot {
+  std::vector<float> after_mixer;      // [T, D]: x + mixer(RMSNorm1(x))
+  std::vector<float> after_mlp;        // [T, D]: the layer's output
+  std::vector<float> keys, values;     // full attention: the chunk's new positions [n, KV * head_dim]
+  std::vector<float> conv_state;       // Gated DeltaNet: the last kernel - 1 conv inputs [conv_dim, kernel - 1]
+  std::vector<float> recurrent_state;  // Gated DeltaNet: [Hv, dk, dv]
+};
+
+struct ForwardSnapshot {
+  std::vector<LayerSnapshot> layers;
+};
+
 }  // namespace uberlm

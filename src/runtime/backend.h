@@ -38,6 +38,8 @@ class Backend {
   // backend keeps its own caches per slot.
   virtual std::optional<KvBlockPool> kv_block_pool() const { return std::nullopt; }
   virtual ForwardResult forward(const ForwardBatch& batch) = 0;
+  // forward() that also records every layer's outputs and the first chunk's caches (`uberlm check`).
+  virtual ForwardResult forward_observed(const ForwardBatch& batch, ForwardSnapshot& snapshot);
 };
 
 }  // namespace uberlm

@@ -18,8 +18,11 @@ class CpuBackend : public Backend {
   int max_slots() const override { return static_cast<int>(caches_.size()); }
   void release(int slot) override;
   ForwardResult forward(const ForwardBatch& batch) override;
+  ForwardResult forward_observed(const ForwardBatch& batch, ForwardSnapshot& snapshot) override;
 
  private:
+  ForwardResult run(const ForwardBatch& batch, ForwardSnapshot* snapshot);
+
   const Model& model_;
   CpuDecoder decoder_;
   std::vector<CpuSequenceCache> caches_;

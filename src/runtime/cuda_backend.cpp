@@ -14,6 +14,8 @@
 #include "ops/cuda/cuda_check.h"
 #include "ops/cuda/gemv.h"
 #include "ops/cuda/sampling.h"
+#include "ops/cuda/device_buffer.h"
+#include "runtime/cuda/cache_snapshot.h"
 #include "runtime/cuda/decoder.h"
 #include "runtime/cuda/device_memory.h"
 #include "runtime/cuda/gemv_tuning_table.h"
@@ -82,13 +84,16 @@ struct CudaBackend::Impl {
   std::unique_ptr<gpu::OpProfiler> profiler;
   std::unique_ptr<gpu::StepGraphs> graphs;
   bool graphs_enabled = true;
+  // `uberlm check`: where an observed forward's decoder copies the residual stream (null otherwise).
+  std::unique_ptr<DeviceBuffer> snapshot_buffer;
+  float* residual_snapshots = nullptr;
 
   Impl(const ModelConfig& model_config, const CudaBackendOptions& backend_options,
        const std::vector<gpu::LinearFormat>& formats);
   ~Impl();
   gpu::GpuDecoder decoder() const {
     return {config, memory->model, memory->caches, memory->buffers, limits, *linears, *profiler, options.communicator,
-            stream};
+            stream, residual_snapshots};
   }
   // Writes the batch's metadata (its logits rows row_offset .. row_offset + row_limit) and queues its copy.
   gpu::StepShape prepare(const ForwardBatch& batch, int64_t row_offset, int64_t row_limit);
@@ -200,7 +205,9 @@ void CudaBackend::Impl::run(const gpu::StepShape& step, bool decode_only) {
   const bool use_graph = graphs_enabled && !profiler->enabled() && decode_only && step.tokens > 0 &&
                          step.rows == step.tokens;
   const gpu::GpuDecoder d = decoder();
-  graphs->run(use_graph, step.tokens, [&] { gpu::decoder_step(d, step); });
+  // An observed step's graph has the snapshot copies in it: a graph of its own.
+  const int64_t graph_key = 2 * step.tokens + (residual_snapshots ? 1 : 0);
+  graphs->run(use_graph, graph_key, [&] { gpu::decoder_step(d, step); });
 }
 
 void CudaBackend::Impl::logits_piece(const ForwardBatch& batch, int64_t row0) {
@@ -267,6 +274,35 @@ ForwardResult CudaBackend::forward(const ForwardBatch& batch) {
     if (batch.argmax_only) result.argmax = argmax_rows(result.logits, result.rows, static_cast<int>(vocab));
   }
   if (d.profiler->enabled()) d.profiler->collect();
+  return result;
+}
+
+ForwardResult CudaBackend::forward_observed(const ForwardBatch& batch, ForwardSnapshot& snapshot) {
+  Impl& d = *impl_;
+  if (batch.chunks.empty()) fail("CudaBackend::forward_observed: an empty batch");
+  const int64_t residual = static_cast<int64_t>(batch.tokens.size()) * d.config.hidden_size;
+  const size_t bytes = static_cast<size_t>(2 * d.config.num_layers * residual) * sizeof(float);
+  if (!d.snapshot_buffer || d.snapshot_buffer->bytes() < bytes) {
+    d.snapshot_buffer = std::make_unique<DeviceBuffer>(bytes);
+    d.graphs = std::make_unique<gpu::StepGraphs>(d.stream);  // graphs captured with the old buffer's address
+  }
+  d.residual_snapshots = d.snapshot_buffer->as<float>();
+  ForwardResult result;
+  try {
+    result = forward(batch);
+  } catch (...) {
+    d.residual_snapshots = nullptr;
+    throw;
+  }
+  d.residual_snapshots = nullptr;
+  const std::vector<float> residuals = d.snapshot_buffer->download<float>();
+  snapshot.layers.assign(d.config.num_layers, LayerSnapshot{});
+  for (int layer = 0; layer < d.config.num_layers; ++layer) {
+    const auto at = residuals.begin() + 2 * layer * residual;
+    snapshot.layers[layer].after_mixer.assign(at, at + residual);
+    snapshot.layers[layer].after_mlp.assign(at + residual, at + 2 * residual);
+  }
+  gpu::read_cache_snapshot(d.config, d.memory->caches, batch.chunks.front(), d.stream, snapshot);
   return result;
 }
 

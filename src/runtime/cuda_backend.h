@@ -94,6 +94,9 @@ class CudaBackend : public GpuBackend {
   void release(int slot) override {}  // a run at start 0 begins a slot afresh; nothing is held per slot
   std::optional<KvBlockPool> kv_block_pool() const override;
   ForwardResult forward(const ForwardBatch& batch) override;
+  // Runs as forward() does (through the batch size's graph when it is a decode step, with the snapshot
+  // copies captured in it), then reads the snapshots and the first chunk's caches back.
+  ForwardResult forward_observed(const ForwardBatch& batch, ForwardSnapshot& snapshot) override;
 
   void set_cuda_graphs(bool enabled);
   void set_profiling(bool enabled) override;

@@ -23,6 +23,14 @@ void reduce_partial_sums(const GpuDecoder& d, int64_t tokens) {
   if (d.communicator) d.communicator->all_reduce_sum(d.buffers.sublayer_out, tokens * d.config.hidden_size, d.stream);
 }
 
+// x, the residual stream, into snapshot `which` (0: after the mixer, 1: after the MLP) of `layer`.
+void snapshot_residual(const GpuDecoder& d, int layer, int which, int64_t tokens) {
+  if (!d.residual_snapshots) return;
+  const int64_t size = tokens * d.config.hidden_size;
+  CUDA_CHECK(cudaMemcpyAsync(d.residual_snapshots + (2 * static_cast<int64_t>(layer) + which) * size, d.buffers.x,
+                             size * sizeof(float), cudaMemcpyDeviceToDevice, d.stream));
+}
+
 cuda::PagedKvLayout kv_layout(const GpuDecoder& d) {
   return {kKvBlockSize, static_cast<int>(d.limits.max_blocks_per_slot()), d.config.num_kv_heads, d.config.head_dim};
 }
@@ -132,9 +140,11 @@ void mlp(const GpuDecoder& d, int layer, int64_t tokens) {
 void decoder_layer(const GpuDecoder& d, int layer, const StepShape& step, const float* pending) {
   const DeviceLayer& w = d.model.layers[layer];
   add_rms_norm(d, pending, w.input_norm, step.tokens);
+  if (pending) snapshot_residual(d, layer - 1, 1, step.tokens);
   if (w.kind == LayerKind::FullAttention) attention(d, layer, step);
   else gated_delta_net(d, layer, step);
   add_rms_norm(d, d.buffers.sublayer_out, w.post_attention_norm, step.tokens);
+  snapshot_residual(d, layer, 0, step.tokens);
   mlp(d, layer, step.tokens);
 }
 
@@ -178,6 +188,7 @@ void decoder_step(const GpuDecoder& d, const StepShape& step) {
   if (pending) {
     OpScope op(d.profiler, "residual_add");
     CUDA_CHECK(cuda::launch_add_inplace(d.buffers.x, pending, step.tokens * d.config.hidden_size, d.stream));
+    snapshot_residual(d, d.config.num_layers - 1, 1, step.tokens);
   }
   if (step.rows > 0) logits(d, step.rows);
 }

@@ -43,6 +43,9 @@ struct GpuDecoder {
   // slices all-gathered. Null on one GPU.
   const NcclCommunicator* communicator;
   cudaStream_t stream;
+  // `uberlm check`: when set, fp32 [layers, 2, T, D], the residual stream after each layer's mixer (0) and
+  // MLP (1), copied as the step runs (graph replay included). Null in production.
+  float* residual_snapshots = nullptr;
 };
 
 // x [T, D] = embed_tokens[tokens].
@@ -56,7 +59,8 @@ void attention(const GpuDecoder& d, int layer, const StepShape& step);
 void gated_delta_net(const GpuDecoder& d, int layer, const StepShape& step);
 // sublayer_out [T, D] = down_proj(silu(gate_proj(h)) * up_proj(h)).
 void mlp(const GpuDecoder& d, int layer, int64_t tokens);
-// One decoder layer; `pending` is the previous layer's MLP output, not yet added to x.
+// One decoder layer; `pending` is the previous layer's MLP output, not yet added to x (its add completes the
+// previous layer's residual stream, snapshot there).
 void decoder_layer(const GpuDecoder& d, int layer, const StepShape& step, const float* pending);
 // logits [rows, V] = lm_head(RMSNorm(x[meta.logit_rows])) for `rows` rows.
 void logits(const GpuDecoder& d, int64_t rows);
