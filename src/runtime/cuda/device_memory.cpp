@@ -72,6 +72,10 @@ DeviceMemory::DeviceMemory(const ModelConfig& config, const MemoryPlanRequest& r
   // write it), and the argmax scratch and the conv ring readers start at zero.
   CUDA_CHECK(cudaMemset(runtime_memory_, 0, runtime_bytes_));
   CUDA_CHECK(cudaMemset(weight_memory_, 0, weight_bytes_));
+  // The memsets run on the legacy default stream, which the backend's non-blocking stream does not wait
+  // for: without this, random weight fills and the first forward's kernels could run before the zeros land
+  // (seen on the H200: a second synthetic 27B backend's weights all zero).
+  CUDA_CHECK(cudaDeviceSynchronize());
   const int64_t meta_count = StepMetadata::count(limits);
   CUDA_CHECK(cudaMallocHost(reinterpret_cast<void**>(&meta_host), meta_count * sizeof(int32_t)));
   std::memset(meta_host, 0, meta_count * sizeof(int32_t));
