@@ -51,14 +51,16 @@ std::unique_ptr<gpu::GemvTuningTable> load_tuning_table(const CudaBackendOptions
     return nullptr;
   }
   const gpu::GpuIdentity gpu = gpu::GpuIdentity::current();
-  const std::filesystem::path path =
-      options.tuning_table.empty() ? gpu::default_tuning_table_path(gpu) : std::filesystem::path(options.tuning_table);
-  if (options.tuning_table.empty() && !std::filesystem::exists(path)) {
-    if (options.strict) fail("strict: no GEMV tuning table for {} at {} (run `uberlm tune`)", gpu.name, path.string());
-    spdlog::warn("cuda backend: no GEMV tuning table for {} at {}: built-in tunings (`uberlm tune` makes one)", gpu.name,
-                 path.string());
+  const std::optional<std::filesystem::path> found =
+      options.tuning_table.empty() ? gpu::find_tuning_table(gpu) : std::filesystem::path(options.tuning_table);
+  if (!found) {
+    const std::string where = gpu::default_tuning_table_path(gpu).string();
+    if (options.strict) fail("strict: no GEMV tuning table for {} at {} (run `uberlm tune`)", gpu.name, where);
+    spdlog::warn("cuda backend: no GEMV tuning table for {} at {} or among the shipped ones: built-in tunings "
+                 "(`uberlm tune` makes one)", gpu.name, where);
     return nullptr;
   }
+  const std::filesystem::path path = *found;
   auto table = std::make_unique<gpu::GemvTuningTable>(gpu::GemvTuningTable::load(path));
   if (table->gpu.name != gpu.name || table->gpu.sm_count != gpu.sm_count) {
     const std::string message = fmt::format("the GEMV tuning table {} is for {} ({} SMs), this GPU is {} ({} SMs)",

@@ -127,15 +127,29 @@ void GemvTuningTable::save(const std::filesystem::path& path) const {
   std::filesystem::rename(temporary, path);
 }
 
+namespace {
+std::string table_file_name(const GpuIdentity& gpu) {
+  std::string file;
+  for (char c : gpu.name) file += std::isalnum(static_cast<unsigned char>(c)) ? static_cast<char>(std::tolower(c)) : '-';
+  return file + ".json";
+}
+}  // namespace
+
+std::optional<std::filesystem::path> find_tuning_table(const GpuIdentity& gpu) {
+  for (const std::filesystem::path& path :
+       {default_tuning_table_path(gpu), std::filesystem::path(UBERLM_SHIPPED_TUNE_DIR) / table_file_name(gpu)}) {
+    if (std::filesystem::exists(path)) return path;
+  }
+  return std::nullopt;
+}
+
 std::filesystem::path default_tuning_table_path(const GpuIdentity& gpu) {
   std::filesystem::path base;
   if (const char* dir = std::getenv("UBERLM_CACHE_DIR")) base = dir;
   else if (const char* xdg = std::getenv("XDG_CACHE_HOME")) base = std::filesystem::path(xdg) / "uberlm";
   else if (const char* home = std::getenv("HOME")) base = std::filesystem::path(home) / ".cache" / "uberlm";
   else base = ".uberlm-cache";
-  std::string file;
-  for (char c : gpu.name) file += std::isalnum(static_cast<unsigned char>(c)) ? static_cast<char>(std::tolower(c)) : '-';
-  return base / "tuning" / (file + ".json");
+  return base / "tuning" / table_file_name(gpu);
 }
 
 cuda::GemvTuning built_in_tuning(GemvKernel kernel, int64_t n, int64_t k, int64_t m) {

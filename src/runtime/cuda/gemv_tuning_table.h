@@ -62,9 +62,12 @@ class GemvTuningTable {
   void save(const std::filesystem::path& path) const;  // atomically (a temporary file renamed)
 };
 
-// Where `uberlm tune` writes and the backend looks for the table of `gpu`:
-// $UBERLM_CACHE_DIR, else $XDG_CACHE_HOME/uberlm, else ~/.cache/uberlm; then tuning/<gpu name>.json.
+// Where `uberlm tune` writes the table of `gpu`: $UBERLM_CACHE_DIR, else $XDG_CACHE_HOME/uberlm, else
+// ~/.cache/uberlm; then tuning/<gpu name>.json.
 std::filesystem::path default_tuning_table_path(const GpuIdentity& gpu);
+// Where the backend looks for it: that file, else the table shipped with uberlm for that GPU (tune/ in the
+// source tree, e.g. tune/nvidia-h200.json); nullopt when neither exists.
+std::optional<std::filesystem::path> find_tuning_table(const GpuIdentity& gpu);
 
 // The built-in tuning of a launch (before any table).
 cuda::GemvTuning built_in_tuning(GemvKernel kernel, int64_t n, int64_t k, int64_t m);
