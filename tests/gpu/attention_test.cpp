@@ -37,6 +37,23 @@ std::vector<uint16_t> paged_pool(const std::vector<float>& values, const std::ve
   return pool;
 }
 
+// A paged KV layout of 16-token blocks for `slots` sequences of up to max_len tokens, every slot's blocks
+// scattered over the pool in a random order.
+struct PagedCache {
+  cuda::PagedKvLayout layout;
+  int num_blocks;
+  std::vector<int32_t> tables;
+};
+
+PagedCache paged_cache(int slots, int max_len, int kv_heads, int head_dim) {
+  const int block_size = 16, max_blocks = (max_len + block_size - 1) / block_size;
+  PagedCache cache{{block_size, max_blocks, kv_heads, head_dim}, slots * max_blocks, {}};
+  cache.tables.resize(cache.num_blocks);
+  std::iota(cache.tables.begin(), cache.tables.end(), 0);
+  std::shuffle(cache.tables.begin(), cache.tables.end(), rng());
+  return cache;
+}
+
 TEST(GpuOps, PagedAttentionMatchesCpu) {
   ASSERT_NO_FATAL_FAILURE(require_gpu());
   struct Case {
@@ -46,14 +63,12 @@ TEST(GpuOps, PagedAttentionMatchesCpu) {
   const std::vector<int> lengths = {1, 37, 300};
   int64_t checked = 0;
   for (const Case& c : cases) {
-    const int block_size = 16, max_len = 300;
-    const int max_blocks = (max_len + block_size - 1) / block_size;
-    const int slots = static_cast<int>(lengths.size()), num_blocks = slots * max_blocks;
-    const cuda::PagedKvLayout layout{block_size, max_blocks, c.kv_heads, c.head_dim};
+    const int slots = static_cast<int>(lengths.size());
+    const PagedCache cache = paged_cache(slots, 300, c.kv_heads, c.head_dim);
+    const cuda::PagedKvLayout& layout = cache.layout;
+    const int num_blocks = cache.num_blocks;
+    const std::vector<int32_t>& tables = cache.tables;
     const int64_t kv_width = static_cast<int64_t>(c.kv_heads) * c.head_dim, q_width = static_cast<int64_t>(c.heads) * c.head_dim;
-    std::vector<int32_t> tables(num_blocks);
-    std::iota(tables.begin(), tables.end(), 0);
-    std::shuffle(tables.begin(), tables.end(), rng());
 
     // Every token of every sequence in the cache.
     std::vector<int32_t> token_slots, token_positions;
@@ -142,13 +157,12 @@ TEST(GpuOps, PrefillAttentionMatchesCpu) {
   int64_t checked = 0;
   for (const Case& c : cases) {
     ASSERT_TRUE(cuda::attention_prefill_supports(c.head_dim));
-    const int block_size = 16, max_len = 320, slots = 4;
-    const int max_blocks = (max_len + block_size - 1) / block_size, num_blocks = slots * max_blocks;
-    const cuda::PagedKvLayout layout{block_size, max_blocks, c.kv_heads, c.head_dim};
+    const int slots = 4;
+    const PagedCache cache = paged_cache(slots, 320, c.kv_heads, c.head_dim);
+    const cuda::PagedKvLayout& layout = cache.layout;
+    const int num_blocks = cache.num_blocks;
+    const std::vector<int32_t>& tables = cache.tables;
     const int64_t kv_width = static_cast<int64_t>(c.kv_heads) * c.head_dim, q_width = static_cast<int64_t>(c.heads) * c.head_dim;
-    std::vector<int32_t> tables(num_blocks);
-    std::iota(tables.begin(), tables.end(), 0);
-    std::shuffle(tables.begin(), tables.end(), rng());
 
     // Keys and values of every cached position up to each chunk's end; later positions stay NaN.
     std::vector<int32_t> cached_slots, cached_positions;
