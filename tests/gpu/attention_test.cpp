@@ -138,9 +138,10 @@ TEST(GpuOps, PagedAttentionMatchesCpu) {
 
 // The prefill kernel rounds queries and softmax weights to bf16 for the tensor cores; the reference gets
 // the same bf16 queries, so what differs is the weights' rounding (relative 2^-9 each, averaged over the
-// keys), fp32 sums in another order and the output's bf16 rounding. Measured on the H200: at most
-// 2.0e-3 of the largest output over these cases; 1/256 (the decode kernel's bound) holds it.
-constexpr double kPrefillTolerance = 1.0 / 256;
+// keys), fp32 sums in another order and the output's bf16 rounding. Measured on the H200 (2026-12-03):
+// 2.5e-3 to 3.2e-3 of the largest output over these eight cases; 5e-3 leaves room for other random
+// draws, while a wrong mask, scale or tile boundary is off by O(1).
+constexpr double kPrefillTolerance = 5e-3;
 
 TEST(GpuOps, PrefillAttentionMatchesCpu) {
   ASSERT_NO_FATAL_FAILURE(require_gpu());
