@@ -120,7 +120,7 @@ TEST(ChatTemplate, ChatMlWritesEveryTurnAndTheGenerationPrompt) {
             "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n"
             "<|im_start|>assistant\nHello<|im_end|>\n<|im_start|>tool\n{}<|im_end|>\n<|im_start|>assistant\n");
   inputs.add_generation_prompt = false;
-  inputs.messages.erase(0, 3);
+  inputs.messages = JsonValue::parse(R"([{"role": "tool", "content": "{}"}])");
   EXPECT_EQ(chatml.render(inputs), "<|im_start|>tool\n{}<|im_end|>\n");
   EXPECT_FALSE(chatml.writes_reasoning());
   EXPECT_FALSE(chatml.renders_tools());

@@ -575,7 +575,8 @@ class TemplateParser {
 
  private:
   // Appends nodes until a statement named in `stops` (returned, its parser left in parser_) or the end ("").
-  std::string parse_body(std::vector<Node>& out, std::initializer_list<std::string_view> stops) {
+  // opened_line: where the block being read began, for the error when its end tag is missing.
+  std::string parse_body(std::vector<Node>& out, std::initializer_list<std::string_view> stops, int opened_line = 0) {
     while (at_ < segments_.size()) {
       const Segment& segment = segments_[at_++];
       last_line_ = segment.line;
@@ -598,7 +599,7 @@ class TemplateParser {
       out.push_back(statement(tag, segment.line));
     }
     if (stops.size() > 0) {
-      syntax_error(last_line_, fmt::format("the template ends inside a block: '{}' is missing", *(stops.end() - 1)));
+      syntax_error(opened_line, fmt::format("the block opened here is not closed: '{}' is missing", *(stops.end() - 1)));
     }
     return "";
   }
@@ -615,7 +616,7 @@ class TemplateParser {
     if (tag == "generation") {  // transformers' marker of assistant text: renders its body
       parser_->expect_end();
       Node body = make_node(Node::Kind::Sequence, line);
-      parse_body(body.body, {"endgeneration"});
+      parse_body(body.body, {"endgeneration"}, line);
       parser_->expect_end();
       return body;
     }
@@ -628,7 +629,7 @@ class TemplateParser {
     branch.condition = parser_->expression();
     parser_->expect_end();
     while (true) {
-      const std::string stop = parse_body(branch.body, {"elif", "else", "endif"});
+      const std::string stop = parse_body(branch.body, {"elif", "else", "endif"}, line);
       node.body.push_back(std::move(branch));
       branch = make_node(Node::Kind::Sequence, last_line_);
       if (stop == "endif") break;
@@ -638,7 +639,7 @@ class TemplateParser {
         parser_->expect_end();
         node.body.push_back(std::move(branch));
         branch = make_node(Node::Kind::Sequence, last_line_);
-        parse_body(node.body.back().body, {"endif"});
+        parse_body(node.body.back().body, {"endif"}, line);
         break;
       }
       parser_->expect_end();
@@ -657,9 +658,9 @@ class TemplateParser {
     if (parser_->accept_name("if")) node.condition = parser_->logical_or();
     if (parser_->accept_name("recursive")) syntax_error(line, "recursive for loops are not supported");
     parser_->expect_end();
-    if (parse_body(node.body, {"else", "endfor"}) == "else") {
+    if (parse_body(node.body, {"else", "endfor"}, line) == "else") {
       parser_->expect_end();
-      parse_body(node.else_body, {"endfor"});
+      parse_body(node.else_body, {"endfor"}, line);
     }
     parser_->expect_end();
     return node;
@@ -687,7 +688,7 @@ class TemplateParser {
     }
     parser_->expect_operator(")");
     parser_->expect_end();
-    parse_body(node.body, {"endmacro"});
+    parse_body(node.body, {"endmacro"}, line);
     parser_->expect_end();
     return node;
   }

@@ -90,7 +90,7 @@ bool truthy(const Value& value) {
   switch (json.type()) {
     case JsonValue::value_t::null: return false;
     case JsonValue::value_t::boolean: return json.get<bool>();
-    case JsonValue::value_t::string:
+    case JsonValue::value_t::string: return !json.get_ref<const std::string&>().empty();  // json::empty() is false for strings
     case JsonValue::value_t::array:
     case JsonValue::value_t::object: return !json.empty();
     case JsonValue::value_t::number_float: return json.get<double>() != 0.0;
@@ -206,13 +206,19 @@ JsonValue python_split(const std::string& text, const Value* separator, int64_t 
   return parts;
 }
 
+// str.upper() / str.lower(): utf8proc's simple case mapping, plus the one full mapping Python applies
+// that text commonly meets (German sharp s upper-cases to "SS").
 std::string map_case(const std::string& text, bool upper) {
-  std::u32string code_points = utf8_decode(text);
-  for (char32_t& c : code_points) {
-    c = static_cast<char32_t>(upper ? utf8proc_toupper(static_cast<utf8proc_int32_t>(c))
-                                    : utf8proc_tolower(static_cast<utf8proc_int32_t>(c)));
+  std::u32string mapped;
+  for (const char32_t c : utf8_decode(text)) {
+    if (upper && c == U'\u00DF') {
+      mapped += U"SS";
+      continue;
+    }
+    mapped += static_cast<char32_t>(upper ? utf8proc_toupper(static_cast<utf8proc_int32_t>(c))
+                                          : utf8proc_tolower(static_cast<utf8proc_int32_t>(c)));
   }
-  return utf8_encode(code_points);
+  return utf8_encode(mapped);
 }
 
 std::string replace_all(const std::string& text, const std::string& from, const std::string& to, int64_t count) {
