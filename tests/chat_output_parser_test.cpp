@@ -100,6 +100,12 @@ TEST(ToolCallParser, ReadsJsonCalls) {
   EXPECT_EQ(call->arguments, "{}");
 }
 
+TEST(ToolCallParser, InvalidUtf8InArgumentsBecomesReplacementCharacters) {
+  const auto call = parse_tool_call("<function=search><parameter=query>a\xC2</parameter></function>", kTools);
+  ASSERT_TRUE(call);
+  EXPECT_EQ(call->arguments, "{\"query\":\"a\xEF\xBF\xBD\"}");
+}
+
 TEST(ToolCallParser, MalformedCallsAreRejected) {
   for (const char* block : {
            "",

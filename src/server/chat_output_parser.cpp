@@ -17,6 +17,12 @@ constexpr std::string_view kParameterClose = "</parameter>";
 
 bool is_space(char c) { return c == ' ' || c == '\n' || c == '\t' || c == '\r'; }
 
+// Compact JSON text of a call's arguments. Replies are valid UTF-8 (the engine's decoder sees to that);
+// should a byte not be, it becomes U+FFFD rather than an exception.
+std::string arguments_text(const JsonValue& arguments) {
+  return arguments.dump(-1, ' ', false, JsonValue::error_handler_t::replace);
+}
+
 std::string_view trim(std::string_view text) {
   while (!text.empty() && is_space(text.front())) text.remove_prefix(1);
   while (!text.empty() && is_space(text.back())) text.remove_suffix(1);
@@ -85,7 +91,7 @@ std::optional<ParsedToolCall> parse_xml_call(std::string_view text, const JsonVa
     text = trim(text);
     if (text.substr(0, kFunctionClose.size()) == kFunctionClose) {
       if (!trim(text.substr(kFunctionClose.size())).empty()) return std::nullopt;
-      return ParsedToolCall{name, arguments.dump()};
+      return ParsedToolCall{name, arguments_text(arguments)};
     }
     if (text.substr(0, kParameterOpen.size()) != kParameterOpen) return std::nullopt;
     text.remove_prefix(kParameterOpen.size());
@@ -110,7 +116,7 @@ std::optional<ParsedToolCall> parse_json_call(std::string_view text) {
   JsonValue arguments = call.contains("arguments") ? call["arguments"] : call.value("parameters", JsonValue::object());
   if (arguments.is_string()) arguments = JsonValue::parse(arguments.get<std::string>(), nullptr, /*allow_exceptions=*/false);
   if (!arguments.is_object()) return std::nullopt;
-  return ParsedToolCall{name, arguments.dump()};
+  return ParsedToolCall{name, arguments_text(arguments)};
 }
 
 }  // namespace
