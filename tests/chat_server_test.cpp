@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 #include <httplib.h>
 
+#include <chrono>
 #include <filesystem>
 #include <fstream>
 #include <mutex>
@@ -102,6 +103,12 @@ class ChatServer : public ::testing::Test {
     server_ = std::make_unique<OpenAiServer>(*engine_, *tokenizer_, *chat_template_, metrics_, server_config);
     port_ = server_->bind();
     thread_ = std::thread([this] { server_->serve(); });
+    // stop() before the thread is listening would be missed and leave serve() running: wait for it.
+    httplib::Client client("127.0.0.1", port_);
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+    while (!client.Get("/health") && std::chrono::steady_clock::now() < deadline) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    }
   }
   void stop() {
     server_->stop();
@@ -332,13 +339,18 @@ TEST_F(ChatServer, BadChatRequestsAreClientErrorsNamingTheField) {
   }
 }
 
-TEST_F(ChatServer, ToolsNeedATemplateThatRendersThem) {
+TEST_F(ChatServer, ToolsAndToolCallsNeedATemplateThatRendersThem) {
   stop();
   start("");  // ChatML
   model_says("hi");
   const auto [status, reply] = post(request(kUserTurn, {{"tools", json::array({kWeatherTool})}}));
   EXPECT_EQ(status, 400);
   EXPECT_EQ(reply["error"]["param"], "tools") << reply.dump();
+  const auto [calls_status, calls] = post(request(json::parse(R"([{"role": "user", "content": "hi"},
+      {"role": "assistant", "tool_calls": [{"type": "function", "function": {"name": "f", "arguments": "{}"}}]},
+      {"role": "tool", "content": "42"}])")));
+  EXPECT_EQ(calls_status, 400);
+  EXPECT_EQ(calls["error"]["param"], "messages[1].tool_calls") << calls.dump();
   const auto [plain_status, plain] = post(request(kUserTurn));
   EXPECT_EQ(plain_status, 200) << plain.dump();
   EXPECT_EQ(plain["choices"][0]["message"]["content"], "hi");

@@ -124,6 +124,7 @@ TEST(ChatTemplate, ChatMlWritesEveryTurnAndTheGenerationPrompt) {
   EXPECT_EQ(chatml.render(inputs), "<|im_start|>tool\n{}<|im_end|>\n");
   EXPECT_FALSE(chatml.writes_reasoning());
   EXPECT_FALSE(chatml.renders_tools());
+  EXPECT_FALSE(chatml.renders_tool_calls());
 }
 
 class ChatTemplateFolder : public ::testing::Test {
@@ -206,6 +207,7 @@ TEST(ChatTemplate, QwenTemplatesWriteReasoningAndRenderTools) {
     const ChatTemplate chat(read_file(templates_dir() / name), name);
     EXPECT_TRUE(chat.writes_reasoning()) << name;
     EXPECT_TRUE(chat.renders_tools()) << name;
+    EXPECT_TRUE(chat.renders_tool_calls()) << name;
   }
   EXPECT_FALSE(ChatTemplate(read_file(templates_dir() / "smollm2.jinja"), "smollm2").renders_tools());
 }

@@ -100,6 +100,12 @@ json tool_call_json(const Reply& reply, const ParsedToolCall& call, size_t index
 std::string render_chat(const ChatTemplate& chat_template, const ChatCompletionRequest& request, ChatFormat& format) {
   ChatTemplateInputs inputs;
   inputs.messages = request.messages;
+  for (size_t i = 0; i < request.messages.size(); ++i) {
+    if (request.messages[i].contains("tool_calls") && !chat_template.renders_tool_calls()) {
+      bad_request(fmt::format("messages[{}].tool_calls", i),
+                  fmt::format("this model's chat template ({}) does not render tool calls", chat_template.origin()));
+    }
+  }
   if (request.tools.is_array() && request.tool_choice == ToolChoice::Auto) {
     if (!chat_template.renders_tools()) {
       bad_request("tools", fmt::format("this model's chat template ({}) does not render tools", chat_template.origin()));

@@ -66,7 +66,8 @@ JsonValue alias_reasoning_fields(const JsonValue& messages) {
 ChatTemplate::ChatTemplate(std::string source, std::string origin, JsonValue special_tokens)
     : template_(source), origin_(std::move(origin)), special_tokens_(std::move(special_tokens)),
       writes_reasoning_(source.find("</think>") != std::string::npos),
-      renders_tools_(source.find("tools") != std::string::npos) {}
+      renders_tools_(source.find("tools") != std::string::npos),
+      renders_tool_calls_(source.find("tool_calls") != std::string::npos) {}
 
 ChatTemplate ChatTemplate::chatml() { return ChatTemplate(kChatMl, "ChatML"); }
 
@@ -104,6 +105,7 @@ ChatTemplate ChatTemplate::load(const std::filesystem::path& folder, const std::
       if (tool_use_source) {
         chat.tool_use_template_.emplace(*tool_use_source);
         chat.renders_tools_ = true;
+        chat.renders_tool_calls_ = chat.renders_tool_calls_ || tool_use_source->find("tool_calls") != std::string::npos;
       }
       return chat;
     }

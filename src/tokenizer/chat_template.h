@@ -40,8 +40,10 @@ class ChatTemplate {
   const std::string& origin() const { return origin_; }
   // The template writes <think> ... </think> blocks: replies may hold reasoning to split out.
   bool writes_reasoning() const { return writes_reasoning_; }
-  // The template reads `tools`: a request's tool schemas reach the model.
+  // The template's text names `tools` / `tool_calls`: a request's tool schemas, and the calls of earlier
+  // assistant turns, reach the model (ChatML and SmolLM2's template drop them).
   bool renders_tools() const { return renders_tools_; }
+  bool renders_tool_calls() const { return renders_tool_calls_; }
 
  private:
   JinjaTemplate template_;
@@ -50,6 +52,7 @@ class ChatTemplate {
   JsonValue special_tokens_;
   bool writes_reasoning_ = false;
   bool renders_tools_ = false;
+  bool renders_tool_calls_ = false;
 };
 
 }  // namespace uberlm
