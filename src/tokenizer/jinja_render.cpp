@@ -135,7 +135,7 @@ bool values_equal(const Value& a, const Value& b) {
   return a.macro == b.macro && a.name == b.name;
 }
 
-std::u32string_view::size_type code_point_count(const std::string& text) { return utf8_decode(text).size(); }
+size_t code_point_count(const std::string& text) { return utf8_decode(text).size(); }
 
 // Python's slice.indices(): the positions a[start:stop:step] visits.
 std::vector<int64_t> slice_positions(int64_t length, std::optional<int64_t> start, std::optional<int64_t> stop,
