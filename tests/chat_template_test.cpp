@@ -102,6 +102,14 @@ TEST(ChatTemplate, SyntaxErrorsNameTheLine) {
   expect_error_containing([] { ChatTemplate("{{ 'open }}", "t"); }, {"line 1"});
   expect_error_containing([] { ChatTemplate("{% for a in b %}{% endif %}", "t"); }, {"endif"});
   expect_error_containing([] { ChatTemplate("{{ a < b < c }}", "t"); }, {"chained"});
+  expect_error_containing([] { ChatTemplate("{{ " + std::string(100, '(') + "1" + std::string(100, ')') + " }}", "t"); },
+                          {"nested deeper than"});
+  std::string nots;
+  for (int i = 0; i < 1000; ++i) nots += "not ";
+  expect_error_containing([&] { ChatTemplate("{{ " + nots + "x }}", "t"); }, {"nested deeper than"});
+  std::string deep_blocks;
+  for (int i = 0; i < 100; ++i) deep_blocks += "{% if true %}";
+  expect_error_containing([&] { ChatTemplate(deep_blocks, "t"); }, {"nested deeper than"});
 }
 
 TEST(ChatTemplate, RenderErrorsNameTheLine) {
@@ -109,6 +117,13 @@ TEST(ChatTemplate, RenderErrorsNameTheLine) {
   expect_error_containing([&] { chat.render({}); }, {"line 2", "frobnicate"});
   const ChatTemplate deep("{% macro f(n) %}{{ f(n) }}{% endmacro %}{{ f(1) }}", "t");
   expect_error_containing([&] { deep.render({}); }, {"recurses"});
+  // Python's integers are unbounded; here a result beyond 64 bits is an error, never a wrong number.
+  for (const char* overflow : {"{{ 2 ** 63 }}", "{{ 9223372036854775807 + 1 }}", "{{ -(-9223372036854775807 - 1) }}",
+                               "{{ 4294967296 * 4294967296 }}", "{{ (-9223372036854775807 - 1) // -1 }}"}) {
+    expect_error_containing([&] { ChatTemplate(overflow, "t").render({}); }, {"integer overflow"});
+  }
+  expect_error_containing([] { ChatTemplate("{{ 99999999999999999999 }}", "t"); }, {"does not fit in 64 bits"});
+  expect_error_containing([] { ChatTemplate("{{ 'ab' * 100000000 }}", "t").render({}); }, {"repetition"});
 }
 
 TEST(ChatTemplate, ChatMlWritesEveryTurnAndTheGenerationPrompt) {

@@ -3,6 +3,8 @@
 // descent parser follows jinja2's grammar and operator precedence (jinja2/parser.py).
 #include <algorithm>
 #include <cctype>
+#include <charconv>
+#include <cstdlib>
 #include <optional>
 #include <string_view>
 
@@ -16,6 +18,24 @@ namespace {
 [[noreturn]] void syntax_error(int line, const std::string& message) {
   throw TemplateError(fmt::format("chat template line {}: {}", line, message));
 }
+
+// Real templates nest a handful of levels; the limit keeps parsing and rendering (both recursive) far
+// from the end of the stack.
+constexpr int kMaxNesting = 64;
+
+// Counts one level of nesting for as long as it lives.
+class NestingGuard {
+ public:
+  NestingGuard(int& depth, int line) : depth_(depth) {
+    if (++depth_ > kMaxNesting) syntax_error(line, fmt::format("nested deeper than {} levels", kMaxNesting));
+  }
+  ~NestingGuard() { --depth_; }
+  NestingGuard(const NestingGuard&) = delete;
+  NestingGuard& operator=(const NestingGuard&) = delete;
+
+ private:
+  int& depth_;
+};
 
 // ---- Lexer: text and tags ------------------------------------------------------------------------
 
@@ -150,7 +170,9 @@ std::string unescape(std::string_view body, int line) {
         syntax_error(line, "bad \\x, \\u or \\U escape in a string");
       }
       i += digits;
-      append_code_point(out, static_cast<char32_t>(std::stoul(code, nullptr, 16)));
+      const unsigned long code_point = std::stoul(code, nullptr, 16);
+      if (code_point > 0x10FFFF) syntax_error(line, fmt::format("\\U{} is not a Unicode character", code));
+      append_code_point(out, static_cast<char32_t>(code_point));
     };
     switch (c) {
       case 'n': out += '\n'; break;
@@ -218,7 +240,15 @@ std::vector<Token> tokenize(const std::string& text, int line) {
       std::string digits = text.substr(i, end - i);
       digits.erase(std::remove(digits.begin(), digits.end(), '_'), digits.end());
       Token token{Token::Kind::Number, digits, {}};
-      token.number = is_float ? JsonValue(std::stod(digits)) : JsonValue(std::stoll(digits));
+      if (is_float) {
+        token.number = std::strtod(digits.c_str(), nullptr);  // as Python: too large is inf
+      } else {
+        int64_t value = 0;
+        if (std::from_chars(digits.data(), digits.data() + digits.size(), value).ec != std::errc()) {
+          syntax_error(line, fmt::format("integer literal {} does not fit in 64 bits", digits));
+        }
+        token.number = value;
+      }
       tokens.push_back(std::move(token));
       i = end;
     } else if (c == '\'' || c == '"') {
@@ -290,6 +320,7 @@ class ExprParser {
 
   // x if c else y
   std::unique_ptr<Expr> expression() {
+    const NestingGuard guard(depth_, line_);
     auto value = logical_or();
     if (!accept_name("if")) return value;
     auto conditional = make(Expr::Kind::Conditional, line_);
@@ -321,6 +352,7 @@ class ExprParser {
 
   std::unique_ptr<Expr> logical_not() {
     if (!accept_name("not")) return comparison();
+    const NestingGuard guard(depth_, line_);
     auto node = make(Expr::Kind::Unary, line_, "not");
     node->items.push_back(logical_not());
     return node;
@@ -380,6 +412,7 @@ class ExprParser {
   }
 
   std::unique_ptr<Expr> unary(bool with_filters) {
+    const NestingGuard guard(depth_, line_);
     std::unique_ptr<Expr> node;
     if (is_operator("-") || is_operator("+")) {
       node = make(Expr::Kind::Unary, line_, tokens_[at_++].text);
@@ -551,6 +584,7 @@ class ExprParser {
   std::vector<Token> tokens_;
   size_t at_ = 0;
   int line_;
+  int depth_ = 0;
 };
 
 // ---- Parser: statements -----------------------------------------------------------------------------
@@ -605,6 +639,7 @@ class TemplateParser {
   }
 
   Node statement(const std::string& tag, int line) {
+    const NestingGuard guard(depth_, line);
     if (tag == "if") return if_statement(line);
     if (tag == "for") return for_statement(line);
     if (tag == "set") return set_statement(line);
@@ -697,6 +732,7 @@ class TemplateParser {
   size_t at_ = 0;
   int last_line_ = 1;
   std::unique_ptr<ExprParser> parser_;
+  int depth_ = 0;
 };
 
 }  // namespace

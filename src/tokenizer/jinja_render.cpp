@@ -19,7 +19,8 @@ namespace uberlm {
 namespace jinja {
 namespace {
 
-constexpr int kMaxMacroDepth = 64;
+constexpr int kMaxMacroDepth = 16;  // macro calls in progress; with kMaxNesting, bounds the stack
+constexpr int64_t kMaxRepeatedBytes = int64_t{1} << 26;  // 'x' * n: a prompt is never this long
 
 [[noreturn]] void render_error(int line, const std::string& message) {
   throw TemplateError(fmt::format("chat template line {}: {}", line, message));
@@ -511,7 +512,10 @@ class Renderer {
     }
     if (expr.name == "+") return operand;
     const JsonValue& number = operand.json();
-    return number.is_number_float() ? Value::of(-number.get<double>()) : Value::of(-as_int(number));
+    if (number.is_number_float()) return Value::of(-number.get<double>());
+    int64_t negated = 0;
+    if (__builtin_sub_overflow(int64_t{0}, as_int(number), &negated)) render_error(expr.line, "integer overflow in unary -");
+    return Value::of(negated);
   }
 
   Value binary(const Expr& expr, Scope& scope) {
@@ -549,8 +553,13 @@ class Renderer {
       return Value::of(std::move(joined));
     }
     if (op == "*" && a.is_string() && is_integral(b)) {
+      const std::string& text = a.get_ref<const std::string&>();
+      const int64_t times = std::max<int64_t>(as_int(b), 0);
+      if (!text.empty() && times > kMaxRepeatedBytes / static_cast<int64_t>(text.size())) {
+        render_error(expr.line, fmt::format("string repetition beyond {} bytes", kMaxRepeatedBytes));
+      }
       std::string repeated;
-      for (int64_t i = 0; i < as_int(b); ++i) repeated += a.get_ref<const std::string&>();
+      for (int64_t i = 0; i < times; ++i) repeated += text;
       return Value::of(std::move(repeated));
     }
     if (!is_numeric(a) || !is_numeric(b)) type_error();
@@ -564,18 +573,33 @@ class Renderer {
       return Value::of(as_double(a) / as_double(b));
     }
     if (integers) {
+      // Python's integers are unbounded, these are 64-bit: a result that does not fit is an error.
       const int64_t x = as_int(a), y = as_int(b);
-      if (op == "+") return Value::of(x + y);
-      if (op == "-") return Value::of(x - y);
-      if (op == "*") return Value::of(x * y);
+      int64_t result = 0;
+      const auto checked = [&](bool overflowed) {
+        if (overflowed) render_error(line, fmt::format("integer overflow in {} {} {}", x, op, y));
+        return Value::of(result);
+      };
+      if (op == "+") return checked(__builtin_add_overflow(x, y, &result));
+      if (op == "-") return checked(__builtin_sub_overflow(x, y, &result));
+      if (op == "*") return checked(__builtin_mul_overflow(x, y, &result));
       if ((op == "//" || op == "%") && y == 0) render_error(line, "integer division or modulo by zero");
-      const int64_t floor_quotient = x / y - ((x % y != 0 && ((x < 0) != (y < 0))) ? 1 : 0);
-      if (op == "//") return Value::of(floor_quotient);
-      if (op == "%") return Value::of(x - floor_quotient * y);
+      if ((op == "//" || op == "%") && y == -1) {  // x // -1 overflows for the smallest x; x % -1 is 0
+        return op == "%" ? Value::of(int64_t{0}) : checked(__builtin_sub_overflow(int64_t{0}, x, &result));
+      }
+      if (op == "//" || op == "%") {
+        const int64_t floor_quotient = x / y - ((x % y != 0 && ((x < 0) != (y < 0))) ? 1 : 0);
+        return Value::of(op == "//" ? floor_quotient : x - floor_quotient * y);
+      }
       if (op == "**" && y >= 0) {
-        int64_t power = 1;
-        for (int64_t i = 0; i < y; ++i) power *= x;
-        return Value::of(power);
+        result = 1;
+        int64_t base = x;
+        bool overflowed = false;
+        for (int64_t exponent = y; exponent > 0 && !overflowed; exponent >>= 1) {  // by squaring
+          if (exponent & 1) overflowed = __builtin_mul_overflow(result, base, &result);
+          if (exponent > 1 && !overflowed) overflowed = __builtin_mul_overflow(base, base, &base);
+        }
+        return checked(overflowed);
       }
     }
     const double x = as_double(a), y = as_double(b);
