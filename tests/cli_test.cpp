@@ -1,13 +1,19 @@
 // The `uberlm` binary end to end on the default model: `inspect` lists every tensor, `run` generates
-// text and reports its speed, and bad input is a clear error with a non-zero exit.
+// text and reports its speed, `run --chat` renders the prompt with a chat template, and bad input is a
+// clear error with a non-zero exit.
 #include <gtest/gtest.h>
 
 #include <array>
 #include <cstdio>
+#include <filesystem>
+#include <fstream>
 #include <memory>
 #include <string>
 
+#include <fmt/format.h>
+
 #include "io/checkpoint.h"
+#include "tokenizer/bpe_tokenizer.h"
 
 namespace uberlm {
 namespace {
@@ -48,6 +54,28 @@ TEST(Cli, RunContinuesThePromptAndReportsSpeed) {
   EXPECT_EQ(result.output.rfind("Natalia sold clips to", 0), 0u) << result.output;
   EXPECT_GT(result.output.size(), std::string("Natalia sold clips to").size() + 40) << result.output;
   EXPECT_NE(result.output.find("tok/s decode"), std::string::npos) << result.output;
+}
+
+TEST(Cli, RunChatUsesChatMlWithoutATemplateOrTheGivenTemplateFile) {
+  // The default model ships no chat template: ChatML, and the log says so.
+  CommandResult chatml = run_uberlm("run --model " + kDefaultModel + " --chat --prompt 'Natalia sold clips' --max-tokens 4");
+  ASSERT_EQ(chatml.exit_code, 0) << chatml.output;
+  EXPECT_NE(chatml.output.find("rendered as ChatML"), std::string::npos) << chatml.output;
+
+  const std::filesystem::path file = std::filesystem::temp_directory_path() / "uberlm_cli_test_template.jinja";
+  std::ofstream(file) << "Q: {{ messages[0].content }}\nA:";
+  CommandResult custom = run_uberlm("run --model " + kDefaultModel + " --chat --chat-template " + file.string() +
+                                    " --prompt 'Natalia sold clips' --max-tokens 4");
+  std::filesystem::remove(file);
+  ASSERT_EQ(custom.exit_code, 0) << custom.output;
+  EXPECT_EQ(custom.output.find("ChatML"), std::string::npos) << custom.output;
+  const auto tokenizer = BpeTokenizer::load(kDefaultModel + "/tokenizer.json");
+  const size_t prompt_tokens = tokenizer->encode("Q: Natalia sold clips\nA:").size();
+  EXPECT_NE(custom.output.find(fmt::format("prompt {} tokens", prompt_tokens)), std::string::npos) << custom.output;
+
+  CommandResult without_chat = run_uberlm("run --model " + kDefaultModel + " --chat-template x.jinja --prompt hi");
+  EXPECT_NE(without_chat.exit_code, 0);
+  EXPECT_NE(without_chat.output.find("--chat-template needs --chat"), std::string::npos) << without_chat.output;
 }
 
 TEST(Cli, MissingModelIsAClearError) {

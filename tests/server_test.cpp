@@ -67,7 +67,7 @@ class TestServer {
     server_config.model_name = kModelName;
     server_config.api_key = options.api_key;
     server_config.stop_token_ids = model_->stop_token_ids;
-    server_ = std::make_unique<OpenAiServer>(*engine_, *tokenizer_, metrics_, server_config);
+    server_ = std::make_unique<OpenAiServer>(*engine_, *tokenizer_, chat_template_, metrics_, server_config);
     port_ = server_->bind();
     thread_ = std::thread([this] { server_->serve(); });
   }
@@ -87,6 +87,7 @@ class TestServer {
  private:
   std::unique_ptr<Model> model_;
   std::unique_ptr<BpeTokenizer> tokenizer_;
+  ChatTemplate chat_template_ = ChatTemplate::chatml();
   std::unique_ptr<CpuBackend> backend_;
   Metrics metrics_;
   std::unique_ptr<Engine> engine_;

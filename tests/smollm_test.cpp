@@ -15,7 +15,7 @@
 #include "model/model.h"
 #include "runtime/cpu_backend.h"
 #include "runtime/sampler.h"
-#include "tokenizer/chat.h"
+#include "tokenizer/chat_template.h"
 #include "tokenizer/gguf_tokenizer.h"
 #include "batch_util.h"
 #include "oracle_reference.h"
@@ -94,9 +94,12 @@ TEST(SmolLM2Gguf, TokenizerAndChatPromptMatch) {
   }
   EXPECT_GT(digit_cases, 0);
 
-  const auto system = chatml_default_system_prompt(gguf.chat_template);
-  ASSERT_TRUE(system.has_value());
-  const std::string chat = render_chatml({{"system", *system}, {"user", ref.at("question")}}, true);
+  // The file's own template gives transformers' prompt; it is the SmolLM2 template of tests/data/chat_templates.
+  std::ifstream committed(fs::path(UBERLM_SOURCE_DIR) / "tests" / "data" / "chat_templates" / "smollm2.jinja", std::ios::binary);
+  EXPECT_EQ(gguf.chat_template, std::string(std::istreambuf_iterator<char>(committed), {}));
+  ChatTemplateInputs inputs;
+  inputs.messages = JsonValue::array({{{"role", "user"}, {"content", ref.at("question").get<std::string>()}}});
+  const std::string chat = ChatTemplate(gguf.chat_template, "gguf").render(inputs);
   EXPECT_EQ(chat, ref.at("chat_text").get<std::string>());
   auto file = SafetensorsFile::open(fixture_dir() / "reference.safetensors");
   const std::vector<int32_t> prompt = read_int32_tensor(*file, "prompt_ids");

@@ -1,8 +1,10 @@
 // `uberlm run`: generate text from a prompt and stream it to stdout.
 #include <algorithm>
 #include <cstdio>
+#include <fstream>
 
 #include <fmt/format.h>
+#include <spdlog/spdlog.h>
 
 #include "cli/commands.h"
 #include "model/gguf_model.h"
@@ -10,7 +12,7 @@
 #include "model/quantize.h"
 #include "runtime/engine_stack.h"
 #include "tokenizer/bpe_tokenizer.h"
-#include "tokenizer/chat.h"
+#include "tokenizer/chat_template.h"
 #include "tokenizer/gguf_tokenizer.h"
 
 namespace uberlm::cli {
@@ -21,6 +23,7 @@ struct RunOptions {
   std::string model = default_model_dir();
   std::string prompt;
   bool chat = false;
+  std::string chat_template;  // a Jinja file overriding the model's template
   int max_tokens = 128;
   float temperature = 0.0f;
   float top_p = 1.0f;
@@ -33,38 +36,60 @@ struct RunOptions {
   bool strict = false;
 };
 
-// The tokenizer and prompt conventions of a model: a directory's tokenizer.json, or a GGUF file's
-// metadata (its BOS rule and the default system message its ChatML template writes).
+// The tokenizer and prompt conventions of a model: a directory's tokenizer.json and chat template, or a
+// GGUF file's metadata (its BOS rule and its tokenizer.chat_template).
 struct PromptFormat {
   std::unique_ptr<BpeTokenizer> tokenizer;
-  std::optional<int> bos_id;  // prepended to the prompt when set
-  std::optional<std::string> default_system_prompt;
+  std::optional<int> bos_id;  // prepended to a plain prompt when set; a chat template writes its own
+  std::optional<ChatTemplate> chat_template;
 };
 
-PromptFormat load_prompt_format(const std::filesystem::path& model_path) {
+ChatTemplate gguf_chat_template(const GgufTokenizer& gguf, const std::filesystem::path& model_path,
+                                const std::string& override_file) {
+  JsonValue special_tokens = JsonValue::object();
+  if (gguf.bos_id) special_tokens["bos_token"] = std::string(gguf.tokenizer->token_text(*gguf.bos_id));
+  if (gguf.eos_id) special_tokens["eos_token"] = std::string(gguf.tokenizer->token_text(*gguf.eos_id));
+  if (!override_file.empty()) {
+    std::ifstream file(override_file, std::ios::binary);
+    if (!file) fail("cannot read the chat template {}", override_file);
+    return ChatTemplate(std::string(std::istreambuf_iterator<char>(file), {}), override_file, special_tokens);
+  }
+  if (gguf.chat_template.empty()) {
+    spdlog::warn("{}: no tokenizer.chat_template: chats are rendered as ChatML", model_path.string());
+    return ChatTemplate::chatml();
+  }
+  return ChatTemplate(gguf.chat_template, model_path.string() + " tokenizer.chat_template", special_tokens);
+}
+
+PromptFormat load_prompt_format(const std::filesystem::path& model_path, bool chat, const std::string& override_file) {
   PromptFormat format;
   if (!is_gguf_path(model_path)) {
     format.tokenizer = BpeTokenizer::load(model_path / "tokenizer.json");
+    if (chat) format.chat_template = ChatTemplate::load(model_path, override_file);
     return format;
   }
   GgufTokenizer gguf = load_gguf_tokenizer(*GgufFile::open(model_path));
+  if (chat) format.chat_template = gguf_chat_template(gguf, model_path, override_file);
   format.tokenizer = std::move(gguf.tokenizer);
   if (gguf.add_bos) format.bos_id = gguf.bos_id;
-  format.default_system_prompt = chatml_default_system_prompt(gguf.chat_template);
   return format;
+}
+
+std::string chat_prompt(const ChatTemplate& chat_template, const std::string& user_text) {
+  ChatTemplateInputs inputs;
+  inputs.messages = JsonValue::array({{{"role", "user"}, {"content", user_text}}});
+  return chat_template.render(inputs);
 }
 
 void run(const RunOptions& options) {
   auto model = Model::load(options.model);
   if (options.quantize == "nvfp4") quantize_model_at_load(*model);
-  PromptFormat format = load_prompt_format(options.model);
+  if (!options.chat_template.empty() && !options.chat) fail("run: --chat-template needs --chat");
+  PromptFormat format = load_prompt_format(options.model, options.chat, options.chat_template);
   const BpeTokenizer& tokenizer = *format.tokenizer;
-  std::vector<ChatMessage> messages;
-  if (format.default_system_prompt) messages.push_back({"system", *format.default_system_prompt});
-  messages.push_back({"user", options.prompt});
-  const std::string text = options.chat ? render_chatml(messages, /*add_generation_prompt=*/true) : options.prompt;
+  const std::string text = options.chat ? chat_prompt(*format.chat_template, options.prompt) : options.prompt;
   EngineRequest request;
-  if (format.bos_id) request.prompt.push_back(*format.bos_id);
+  if (format.bos_id && !options.chat) request.prompt.push_back(*format.bos_id);
   for (int id : tokenizer.encode(text)) request.prompt.push_back(id);
   request.max_tokens = options.max_tokens;
   request.sampling = {options.temperature, options.top_k, options.top_p, options.seed};
@@ -107,7 +132,8 @@ void add_run_command(CLI::App& app) {
   CLI::App* cmd = app.add_subcommand("run", "Generate text from a prompt");
   cmd->add_option("--model", options->model, "Checkpoint directory or .gguf file")->capture_default_str();
   cmd->add_option("--prompt", options->prompt, "Prompt text")->required();
-  cmd->add_flag("--chat", options->chat, "Wrap the prompt as a ChatML user turn");
+  cmd->add_flag("--chat", options->chat, "Render the prompt as a user turn with the model's chat template");
+  cmd->add_option("--chat-template", options->chat_template, "With --chat: a Jinja chat template file to use instead of the model's");
   cmd->add_option("--max-tokens", options->max_tokens, "Tokens to generate")->check(CLI::Range(1, 1 << 20));
   cmd->add_option("--temperature", options->temperature, "0 = greedy")->check(CLI::Range(0.0f, 100.0f));
   cmd->add_option("--top-p", options->top_p, "Nucleus sampling mass")->check(CLI::Range(0.0f, 1.0f));

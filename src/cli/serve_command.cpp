@@ -17,6 +17,7 @@
 #include "runtime/engine_stack.h"
 #include "server/openai_server.h"
 #include "tokenizer/bpe_tokenizer.h"
+#include "tokenizer/chat_template.h"
 
 namespace uberlm::cli {
 
@@ -27,6 +28,7 @@ struct ServeOptions {
   std::string shape;             // synthetic weights of this shape instead of --model (CUDA only)
   std::string weights = "nvfp4";  // with --shape: linear layers in nvfp4 or bf16
   std::string tokenizer;         // with --shape: a folder with tokenizer.json
+  std::string chat_template;     // a Jinja file overriding the model's chat template
   uint64_t seed = 1;             // with --shape: the random weights' seed
   std::string served_model_name;
   std::string host = "127.0.0.1";
@@ -80,6 +82,8 @@ void serve(const ServeOptions& options) {
     stop_token_ids = model->stop_token_ids;
   }
   const std::unique_ptr<BpeTokenizer> tokenizer = BpeTokenizer::load(tokenizer_dir / "tokenizer.json");
+  const ChatTemplate chat_template = ChatTemplate::load(tokenizer_dir, options.chat_template);
+  spdlog::info("chat template: {}", chat_template.origin());
   if (model) {
     stack = std::make_unique<EngineStack>(*model, tokenizer.get(), stack_options(options));
   } else {
@@ -102,7 +106,7 @@ void serve(const ServeOptions& options) {
   server_config.model_name = name;
   server_config.api_key = options.api_key;
   server_config.stop_token_ids = stop_token_ids;
-  OpenAiServer server(stack->engine(), *tokenizer, stack->metrics(), server_config);
+  OpenAiServer server(stack->engine(), *tokenizer, chat_template, stack->metrics(), server_config);
   const int port = server.bind();
   g_server = &server;
   std::signal(SIGINT, request_stop);
@@ -128,6 +132,8 @@ void add_serve_command(CLI::App& app) {
       ->check(CLI::IsMember({"nvfp4", "bf16"}))->capture_default_str();
   cmd->add_option("--tokenizer", options->tokenizer,
                   "Folder with tokenizer.json (default: --model's); with --shape, ids it lacks decode to no text");
+  cmd->add_option("--chat-template", options->chat_template,
+                  "A Jinja chat template file to use instead of the model's (chat_template.jinja or tokenizer_config.json)");
   cmd->add_option("--seed", options->seed, "With --shape: seed of the random weights")->capture_default_str();
   cmd->add_option("--device", options->device, "cpu, cuda, or auto (cuda when a GPU is present)")
       ->check(CLI::IsMember({"cpu", "cuda", "auto"}))->capture_default_str();

@@ -11,9 +11,9 @@
 
 #include <nlohmann/json.hpp>
 
+#include "server/chat_output_parser.h"
 #include "server/connection_watch.h"
 #include "server/request_parser.h"
-#include "tokenizer/chat.h"
 
 namespace uberlm {
 
@@ -59,6 +59,13 @@ json usage_json(const StreamEvent& final) {
           {"total_tokens", final.prompt_tokens + final.completion_tokens}};
 }
 
+// How to read a chat reply: what its template and its request ask of the output parser.
+struct ChatFormat {
+  ChatOutputOptions output;
+  bool reasoning_field = false;  // the reply carries reasoning_content: the template writes <think> blocks
+  bool parallel_tool_calls = true;
+};
+
 // What a handler needs to relay an accepted request's events.
 struct Reply {
   bool chat = false;
@@ -66,6 +73,8 @@ struct Reply {
   std::string id;
   std::string model;
   int64_t created = 0;
+  std::string call_id_prefix;  // tool call i of this reply is call_id_prefix + i
+  ChatFormat format;
 };
 
 json chunk_json(const Reply& reply, const json& choice) {
@@ -84,12 +93,95 @@ json choice_json(const Reply& reply, const std::string& text, const json& finish
   return {{"index", 0}, {"delta", delta}, {"logprobs", nullptr}, {"finish_reason", finish_reason}};
 }
 
+json delta_choice(json delta) {
+  return {{"index", 0}, {"delta", std::move(delta)}, {"logprobs", nullptr}, {"finish_reason", nullptr}};
+}
+
+json tool_call_json(const Reply& reply, const ParsedToolCall& call, size_t index) {
+  return {{"id", reply.call_id_prefix + std::to_string(index)},
+          {"type", "function"},
+          {"function", {{"name", call.name}, {"arguments", call.arguments}}}};
+}
+
+// The prompt of a chat request, rendered with the model's template, and how to read the reply.
+// Throws ApiError: tools for a template that ignores them, or a conversation the template rejects.
+std::string render_chat(const ChatTemplate& chat_template, const ChatCompletionRequest& request, ChatFormat& format) {
+  ChatTemplateInputs inputs;
+  inputs.messages = request.messages;
+  for (size_t i = 0; i < request.messages.size(); ++i) {
+    if (request.messages[i].contains("tool_calls") && !chat_template.renders_tool_calls()) {
+      bad_request(fmt::format("messages[{}].tool_calls", i),
+                  fmt::format("this model's chat template ({}) does not render tool calls", chat_template.origin()));
+    }
+  }
+  if (request.tools.is_array() && request.tool_choice == ToolChoice::Auto) {
+    if (!chat_template.renders_tools()) {
+      bad_request("tools", fmt::format("this model's chat template ({}) does not render tools", chat_template.origin()));
+    }
+    inputs.tools = request.tools;
+  }
+  inputs.add_generation_prompt = request.add_generation_prompt;
+  inputs.kwargs = request.chat_template_kwargs;
+  std::string prompt;
+  try {
+    prompt = chat_template.render(inputs);
+  } catch (const TemplateError& error) {
+    bad_request("messages", error.what());
+  }
+  format.reasoning_field = chat_template.writes_reasoning();
+  format.output.reasoning = format.reasoning_field;
+  format.output.starts_in_reasoning = format.reasoning_field && prompt_opens_reasoning(prompt);
+  format.output.tools = inputs.tools;
+  format.parallel_tool_calls = request.parallel_tool_calls;
+  return prompt;
+}
+
+void append(ChatOutputDelta& into, ChatOutputDelta&& more) {
+  into.reasoning += more.reasoning;
+  into.content += more.content;
+  for (ParsedToolCall& call : more.tool_calls) into.tool_calls.push_back(std::move(call));
+}
+
+// OpenAI's finish_reason: "tool_calls" when the model stopped after calling tools.
+std::string chat_finish_reason(FinishReason reason, size_t tool_calls) {
+  return tool_calls > 0 && reason == FinishReason::Stop ? "tool_calls" : finish_reason_name(reason);
+}
+
+json chat_message_json(const Reply& reply, ChatOutputDelta output) {
+  if (!reply.format.parallel_tool_calls && output.tool_calls.size() > 1) output.tool_calls.resize(1);
+  json message = {{"role", "assistant"},
+                  {"content", output.content.empty() && !output.tool_calls.empty() ? json(nullptr) : json(output.content)}};
+  if (reply.format.reasoning_field) message["reasoning_content"] = output.reasoning.empty() ? json(nullptr) : json(output.reasoning);
+  if (!output.tool_calls.empty()) {
+    json calls = json::array();
+    for (size_t i = 0; i < output.tool_calls.size(); ++i) calls.push_back(tool_call_json(reply, output.tool_calls[i], i));
+    message["tool_calls"] = std::move(calls);
+  }
+  return message;
+}
+
+// The stream choices of one piece of a chat reply, in order: reasoning, content, then each tool call
+// whole (id, name and arguments in one delta). tool_calls_sent counts the calls streamed so far.
+std::vector<json> chat_delta_choices(const Reply& reply, const ChatOutputDelta& delta, size_t& tool_calls_sent) {
+  std::vector<json> choices;
+  if (!delta.reasoning.empty()) choices.push_back(delta_choice({{"reasoning_content", delta.reasoning}}));
+  if (!delta.content.empty()) choices.push_back(delta_choice({{"content", delta.content}}));
+  for (const ParsedToolCall& call : delta.tool_calls) {
+    if (!reply.format.parallel_tool_calls && tool_calls_sent > 0) break;
+    json streamed = tool_call_json(reply, call, tool_calls_sent);
+    streamed["index"] = tool_calls_sent++;
+    choices.push_back(delta_choice({{"tool_calls", json::array({std::move(streamed)})}}));
+  }
+  return choices;
+}
+
 std::string sse(const json& data) { return "data: " + json_text(data) + "\n\n"; }
 
 }  // namespace
 
-OpenAiServer::OpenAiServer(Engine& engine, const BpeTokenizer& tokenizer, Metrics& metrics, ServerConfig config)
-    : engine_(engine), tokenizer_(tokenizer), metrics_(metrics), config_(std::move(config)),
+OpenAiServer::OpenAiServer(Engine& engine, const BpeTokenizer& tokenizer, const ChatTemplate& chat_template,
+                           Metrics& metrics, ServerConfig config)
+    : engine_(engine), tokenizer_(tokenizer), chat_template_(chat_template), metrics_(metrics), config_(std::move(config)),
       http_(std::make_unique<httplib::Server>()) {
   // A client that disconnects mid-response must not kill the process: writes then fail with EPIPE.
   std::signal(SIGPIPE, SIG_IGN);
@@ -164,13 +256,12 @@ void OpenAiServer::add_routes() {
       const int64_t max_len = engine_.max_model_len();
       EngineRequest request;
       GenerationOptions options;
+      ChatFormat chat_format;
       try {
         if (chat) {
           ChatCompletionRequest parsed = parse_chat_completion_request(req.body, config_.model_name, max_len);
           options = parsed.options;
-          for (int id : tokenizer_.encode(render_chatml(parsed.messages, /*add_generation_prompt=*/true))) {
-            request.prompt.push_back(id);
-          }
+          for (int id : tokenizer_.encode(render_chat(chat_template_, parsed, chat_format))) request.prompt.push_back(id);
         } else {
           CompletionRequest parsed = parse_completion_request(req.body, config_.model_name, max_len);
           options = parsed.options;
@@ -215,7 +306,8 @@ void OpenAiServer::add_routes() {
         return;
       }
       Reply reply{chat, options.include_usage, fmt::format("{}-{}", chat ? "chatcmpl" : "cmpl", stream->id()),
-                  config_.model_name, static_cast<int64_t>(std::time(nullptr))};
+                  config_.model_name, static_cast<int64_t>(std::time(nullptr)), fmt::format("call_{}_", stream->id()),
+                  chat_format};
       auto watch = std::make_shared<ConnectionWatch>(req.local_port, req.remote_port);
 
       if (!options.stream) {
@@ -236,12 +328,17 @@ void OpenAiServer::add_routes() {
           send_error(res, 500, "server_error", event.error);
           return;
         }
-        const char* finish = finish_reason_name(event.finish_reason);
-        json choice = chat ? json{{"index", 0},
-                                  {"message", {{"role", "assistant"}, {"content", text}}},
-                                  {"logprobs", nullptr},
-                                  {"finish_reason", finish}}
-                           : json{{"index", 0}, {"text", text}, {"logprobs", nullptr}, {"finish_reason", finish}};
+        json choice;
+        if (chat) {
+          ChatOutputParser parser(reply.format.output);
+          ChatOutputDelta output = parser.feed(text);
+          append(output, parser.finish());
+          const std::string finish = chat_finish_reason(event.finish_reason, output.tool_calls.size());
+          choice = {{"index", 0}, {"message", chat_message_json(reply, std::move(output))}, {"logprobs", nullptr},
+                    {"finish_reason", finish}};
+        } else {
+          choice = {{"index", 0}, {"text", text}, {"logprobs", nullptr}, {"finish_reason", finish_reason_name(event.finish_reason)}};
+        }
         json body = {{"id", reply.id},
                      {"object", chat ? "chat.completion" : "text_completion"},
                      {"created", reply.created},
@@ -255,8 +352,11 @@ void OpenAiServer::add_routes() {
       struct StreamState {
         bool started = false;
         bool finished = false;
+        std::unique_ptr<ChatOutputParser> parser;  // chat only
+        size_t tool_calls_sent = 0;
       };
       auto state = std::make_shared<StreamState>();
+      if (chat) state->parser = std::make_unique<ChatOutputParser>(reply.format.output);
       res.set_header("Cache-Control", "no-cache");
       res.set_chunked_content_provider(
           "text/event-stream",
@@ -276,7 +376,13 @@ void OpenAiServer::add_routes() {
               engine_.cancel(stream->id());
               return false;
             }
-            if (!event.text.empty() && !write(sse(chunk_json(reply, choice_json(reply, event.text, nullptr, false))))) {
+            if (reply.chat) {
+              ChatOutputDelta delta = state->parser->feed(event.text);
+              if (event.finished) append(delta, state->parser->finish());
+              for (const json& choice : chat_delta_choices(reply, delta, state->tool_calls_sent)) {
+                if (!write(sse(chunk_json(reply, choice)))) return false;
+              }
+            } else if (!event.text.empty() && !write(sse(chunk_json(reply, choice_json(reply, event.text, nullptr, false))))) {
               return false;
             }
             if (!event.finished) return true;
@@ -285,10 +391,9 @@ void OpenAiServer::add_routes() {
               json error = {{"error", {{"message", event.error}, {"type", "server_error"}, {"code", 500}}}};
               if (!write(sse(error))) return false;
             } else {
-              if (!write(sse(chunk_json(reply, choice_json(reply, "", finish_reason_name(event.finish_reason),
-                                                           false))))) {
-                return false;
-              }
+              const std::string finish = reply.chat ? chat_finish_reason(event.finish_reason, state->tool_calls_sent)
+                                                    : finish_reason_name(event.finish_reason);
+              if (!write(sse(chunk_json(reply, choice_json(reply, "", finish, false))))) return false;
               if (reply.include_usage) {
                 json usage = chunk_json(reply, nullptr);
                 usage["choices"] = json::array();

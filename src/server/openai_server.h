@@ -1,8 +1,10 @@
 #pragma once
 // The OpenAI-compatible HTTP front end over an Engine: /v1/completions, /v1/chat/completions
 // (JSON or SSE streaming, with usage), /v1/models, /health and /metrics (Prometheus). HTTP threads
-// parse and tokenize, submit to the engine and relay its events; a client that goes away cancels
-// its sequence. With an API key, /v1/* needs "Authorization: Bearer <key>".
+// parse, render chats with the model's chat template and tokenize, submit to the engine and relay its
+// events; a chat reply's <think> text comes back as reasoning_content and its tool calls as tool_calls
+// (server/chat_output_parser.h). A client that goes away cancels its sequence. With an API key, /v1/*
+// needs "Authorization: Bearer <key>".
 #include <memory>
 #include <string>
 #include <vector>
@@ -10,6 +12,7 @@
 #include "runtime/engine.h"
 #include "runtime/metrics.h"
 #include "tokenizer/bpe_tokenizer.h"
+#include "tokenizer/chat_template.h"
 
 namespace httplib {
 class Server;
@@ -28,7 +31,8 @@ struct ServerConfig {
 
 class OpenAiServer {
  public:
-  OpenAiServer(Engine& engine, const BpeTokenizer& tokenizer, Metrics& metrics, ServerConfig config);
+  OpenAiServer(Engine& engine, const BpeTokenizer& tokenizer, const ChatTemplate& chat_template, Metrics& metrics,
+               ServerConfig config);
   ~OpenAiServer();
   // Binds the listening socket; returns the port. Throws Error when the address is taken.
   int bind();
@@ -41,6 +45,7 @@ class OpenAiServer {
 
   Engine& engine_;
   const BpeTokenizer& tokenizer_;
+  const ChatTemplate& chat_template_;
   Metrics& metrics_;
   ServerConfig config_;
   std::unique_ptr<httplib::Server> http_;

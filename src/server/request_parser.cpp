@@ -7,7 +7,8 @@
 
 namespace uberlm {
 
-using json = nlohmann::json;
+// Ordered: a tool schema reaches the chat template with its keys in the order the client sent them.
+using json = nlohmann::ordered_json;
 
 void bad_request(const std::string& param, const std::string& message) {
   throw ApiError(400, "invalid_request_error", message, param);
@@ -116,7 +117,7 @@ GenerationOptions parse_options(const json& root, int64_t max_model_len, bool ch
     if (!stream_options->is_object()) bad_request("stream_options", "'stream_options' must be an object");
     options.include_usage = optional_bool(*stream_options, "include_usage");
   }
-  for (const char* unsupported : {"logprobs", "top_logprobs", "tools", "suffix", "best_of"}) {
+  for (const char* unsupported : {"logprobs", "top_logprobs", "suffix", "best_of"}) {
     const json* value = field(root, unsupported);
     if (value != nullptr && !(value->is_boolean() && !value->get<bool>())) {
       bad_request(unsupported, fmt::format("'{}' is not supported", unsupported));
@@ -142,6 +143,91 @@ std::string message_content(const json& message, size_t index) {
     text += part_text->get<std::string>();
   }
   return text;
+}
+
+std::string required_string(const json& object, const char* key, const std::string& param) {
+  const json* value = field(object, key);
+  if (value == nullptr || !value->is_string() || value->get_ref<const std::string&>().empty()) {
+    bad_request(param, fmt::format("'{}' must be a non-empty string", param));
+  }
+  return value->get<std::string>();
+}
+
+// An assistant message's tool call as the chat template reads it: function.arguments as an object.
+json tool_call(const json& call, const std::string& param) {
+  if (!call.is_object()) bad_request(param, fmt::format("'{}' must be an object", param));
+  const json* function = field(call, "function");
+  if (function == nullptr || !function->is_object()) bad_request(param + ".function", "each tool call needs a 'function' object");
+  json normalized = {{"type", "function"}};
+  if (const json* id = field(call, "id")) {
+    if (!id->is_string()) bad_request(param + ".id", fmt::format("'{}.id' must be a string", param));
+    normalized = {{"id", *id}, {"type", "function"}};
+  }
+  json arguments = json::object();
+  const std::string arguments_param = param + ".function.arguments";
+  if (const json* given = field(*function, "arguments")) {
+    arguments = given->is_string() ? json::parse(given->get<std::string>(), nullptr, /*allow_exceptions=*/false) : *given;
+    if (!arguments.is_object()) bad_request(arguments_param, fmt::format("'{}' must be a JSON object (or its text)", arguments_param));
+  }
+  normalized["function"] = {{"name", required_string(*function, "name", param + ".function.name")}, {"arguments", arguments}};
+  return normalized;
+}
+
+json chat_message(const json& message, size_t index) {
+  const std::string param = fmt::format("messages[{}]", index);
+  if (!message.is_object()) bad_request(param, "each message must be an object");
+  const json* role = field(message, "role");
+  if (role == nullptr || !role->is_string()) bad_request(param + ".role", "each message needs a string 'role'");
+  const std::string name = role->get<std::string>();
+  if (name != "system" && name != "user" && name != "assistant" && name != "tool") {
+    bad_request(param + ".role", fmt::format("unknown role '{}' (system, user, assistant or tool)", name));
+  }
+  json out = {{"role", name}, {"content", message_content(message, index)}};
+  for (const char* key : {"name", "tool_call_id", "reasoning_content", "reasoning"}) {
+    if (const json* value = field(message, key)) {
+      if (!value->is_string()) bad_request(fmt::format("{}.{}", param, key), fmt::format("'{}.{}' must be a string", param, key));
+      out[key] = *value;
+    }
+  }
+  if (const json* calls = field(message, "tool_calls")) {
+    const std::string calls_param = param + ".tool_calls";
+    if (name != "assistant") bad_request(calls_param, "only assistant messages carry tool_calls");
+    if (!calls->is_array()) bad_request(calls_param, fmt::format("'{}' must be an array", calls_param));
+    json normalized = json::array();
+    for (size_t i = 0; i < calls->size(); ++i) normalized.push_back(tool_call((*calls)[i], fmt::format("{}[{}]", calls_param, i)));
+    if (!normalized.empty()) out["tool_calls"] = std::move(normalized);
+  }
+  return out;
+}
+
+json tools_of(const json& root) {
+  const json* tools = field(root, "tools");
+  if (tools == nullptr) return nullptr;
+  if (!tools->is_array()) bad_request("tools", "'tools' must be an array");
+  for (size_t i = 0; i < tools->size(); ++i) {
+    const std::string param = fmt::format("tools[{}]", i);
+    const json& tool = (*tools)[i];
+    const json* type = tool.is_object() ? field(tool, "type") : nullptr;
+    if (type == nullptr || *type != "function") bad_request(param + ".type", "each tool must be {\"type\": \"function\", \"function\": {...}}");
+    const json* function = field(tool, "function");
+    if (function == nullptr || !function->is_object()) bad_request(param + ".function", fmt::format("'{}.function' must be an object", param));
+    required_string(*function, "name", param + ".function.name");
+    const json* parameters = field(*function, "parameters");
+    if (parameters != nullptr && !parameters->is_object()) {
+      bad_request(param + ".function.parameters", fmt::format("'{}.function.parameters' must be a JSON schema object", param));
+    }
+  }
+  return tools->empty() ? json(nullptr) : *tools;
+}
+
+ToolChoice tool_choice_of(const json& root) {
+  const json* choice = field(root, "tool_choice");
+  if (choice == nullptr || *choice == "auto") return ToolChoice::Auto;
+  if (*choice == "none") return ToolChoice::None;
+  if (*choice == "required" || choice->is_object()) {
+    bad_request("tool_choice", "only tool_choice 'auto' and 'none' are supported: forcing a call needs constrained decoding");
+  }
+  bad_request("tool_choice", "'tool_choice' must be 'auto', 'none', 'required' or {\"type\": \"function\", ...}");
 }
 
 }  // namespace
@@ -182,19 +268,25 @@ ChatCompletionRequest parse_chat_completion_request(std::string_view body, const
   if (messages == nullptr) bad_request("messages", "'messages' is required");
   if (!messages->is_array()) bad_request("messages", "'messages' must be an array");
   if (messages->empty()) bad_request("messages", "'messages' must not be empty");
-  for (size_t i = 0; i < messages->size(); ++i) {
-    const json& message = (*messages)[i];
-    if (!message.is_object()) bad_request(fmt::format("messages[{}]", i), "each message must be an object");
-    const json* role = field(message, "role");
-    if (role == nullptr || !role->is_string()) {
-      bad_request(fmt::format("messages[{}].role", i), "each message needs a string 'role'");
+  for (size_t i = 0; i < messages->size(); ++i) request.messages.push_back(chat_message((*messages)[i], i));
+  request.tools = tools_of(root);
+  request.tool_choice = tool_choice_of(root);
+  if (const json* parallel = field(root, "parallel_tool_calls")) {
+    if (!parallel->is_boolean()) bad_request("parallel_tool_calls", "'parallel_tool_calls' must be a boolean");
+    request.parallel_tool_calls = parallel->get<bool>();
+  }
+  if (const json* add_generation_prompt = field(root, "add_generation_prompt")) {
+    if (!add_generation_prompt->is_boolean()) bad_request("add_generation_prompt", "'add_generation_prompt' must be a boolean");
+    request.add_generation_prompt = add_generation_prompt->get<bool>();
+  }
+  if (const json* kwargs = field(root, "chat_template_kwargs")) {
+    if (!kwargs->is_object()) bad_request("chat_template_kwargs", "'chat_template_kwargs' must be an object");
+    for (const char* reserved : {"messages", "tools", "add_generation_prompt", "documents"}) {
+      if (kwargs->contains(reserved)) {
+        bad_request("chat_template_kwargs", fmt::format("'chat_template_kwargs' must not set '{}': it is the request's own", reserved));
+      }
     }
-    const std::string name = role->get<std::string>();
-    if (name != "system" && name != "user" && name != "assistant" && name != "tool") {
-      bad_request(fmt::format("messages[{}].role", i),
-                  fmt::format("unknown role '{}' (system, user, assistant or tool)", name));
-    }
-    request.messages.push_back(ChatMessage{name, message_content(message, i)});
+    request.chat_template_kwargs = *kwargs;
   }
   request.options = parse_options(root, max_model_len, true);
   return request;

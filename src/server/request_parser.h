@@ -9,7 +9,7 @@
 #include <vector>
 
 #include "core/error.h"
-#include "tokenizer/chat.h"
+#include "tokenizer/python_format.h"
 
 namespace uberlm {
 
@@ -42,9 +42,21 @@ struct CompletionRequest {
   GenerationOptions options;
 };
 
+enum class ToolChoice {
+  Auto,  // the model may call the request's tools
+  None,  // it may not: tools are neither rendered nor parsed
+};
+
 struct ChatCompletionRequest {
   std::string model;
-  std::vector<ChatMessage> messages;
+  // What the chat template reads (tokenizer/chat_template.h): messages with string content ("" for none)
+  // and tool_calls whose function.arguments are objects (clients send them as JSON text); tools as sent.
+  JsonValue messages = JsonValue::array();
+  JsonValue tools;  // null or a non-empty array of {"type": "function", "function": {"name", ...}}
+  ToolChoice tool_choice = ToolChoice::Auto;
+  bool parallel_tool_calls = true;  // false: at most one tool call is returned
+  bool add_generation_prompt = true;
+  JsonValue chat_template_kwargs = JsonValue::object();
   GenerationOptions options;
 };
 

@@ -88,26 +88,4 @@ GgufTokenizer load_gguf_tokenizer(const GgufFile& gguf) {
   return result;
 }
 
-std::optional<std::string> chatml_default_system_prompt(std::string_view chat_template) {
-  // The default is written only under a test for a missing system message; its text is the literal
-  // between "<|im_start|>system" + newline and "<|im_end|>". Jinja string literals may spell the
-  // newline as the escape \n or as a raw newline.
-  if (chat_template.find("!= 'system'") == std::string_view::npos &&
-      chat_template.find("!= \"system\"") == std::string_view::npos) {
-    return std::nullopt;
-  }
-  for (const std::string_view opener : {"<|im_start|>system\\n", "<|im_start|>system\n"}) {
-    const size_t start = chat_template.find(opener);
-    if (start == std::string_view::npos) continue;
-    const size_t begin = start + opener.size();
-    const size_t end = chat_template.find("<|im_end|>", begin);
-    if (end == std::string_view::npos) return std::nullopt;
-    const std::string_view text = chat_template.substr(begin, end - begin);
-    // A template that fills the system turn from a variable ("{{ ... }}") has no literal default.
-    if (text.find("{{") != std::string_view::npos || text.find('\'') != std::string_view::npos) return std::nullopt;
-    return std::string(text);
-  }
-  return std::nullopt;
-}
-
 }  // namespace uberlm

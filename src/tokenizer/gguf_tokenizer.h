@@ -23,9 +23,4 @@ struct GgufTokenizer {
 // token/type arrays of different lengths, a special id outside the vocabulary, a bad merge).
 GgufTokenizer load_gguf_tokenizer(const GgufFile& gguf);
 
-// The system message a ChatML Jinja template writes when the conversation has none (SmolLM2's:
-// "{% if loop.first and messages[0]['role'] != 'system' %}{{ '<|im_start|>system\n...<|im_end|>\n' }}"),
-// read from the template's literal text; nullopt when the template has no such default.
-std::optional<std::string> chatml_default_system_prompt(std::string_view chat_template);
-
 }  // namespace uberlm

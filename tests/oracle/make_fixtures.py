@@ -19,8 +19,10 @@ PARTS = [p.stem for p in sorted(HERE.glob("fixtures_*.py"))]
 
 
 def source_digest(part: str) -> str:
+    # A part's data folder, tests/data/<part>/ (the chat templates), is one of its inputs too.
+    data = sorted((HERE.parent / "data" / part.removeprefix("fixtures_")).glob("*"))
     digest = hashlib.sha256()
-    for path in [HERE / f"{part}.py", HERE / "make_fixtures.py", *sorted(HERE.glob("common*.py")), LOCK]:
+    for path in [HERE / f"{part}.py", HERE / "make_fixtures.py", *sorted(HERE.glob("common*.py")), LOCK, *data]:
         digest.update(path.read_bytes())
     return digest.hexdigest()
 

@@ -1,7 +1,11 @@
 """The official `openai` Python client against `uberlm serve` (the binary, on loopback, CPU backend,
-the tiny chat checkpoint from fixtures_serving.py): chat, completion and streaming.
+the tiny chat checkpoint from fixtures_serving.py): chat, completion and streaming; and, with the Qwen3.5
+chat template (--chat-template), reasoning_content, tools and chat_template_kwargs. The checkpoint's
+weights are random, so what it says is arbitrary: these tests check the API's shape and that streaming
+gives what the whole reply gives; tests/chat_server_test.cpp checks the parsing of chosen replies.
 Run by CTest: UBERLM_BINARY and UBERLM_SERVING_MODEL name the binary and the checkpoint."""
 import os
+import pathlib
 import re
 import subprocess
 import time
@@ -12,11 +16,17 @@ import pytest
 MODEL = "tiny"
 
 
-@pytest.fixture(scope="module")
-def server():
+QWEN3_5_TEMPLATE = pathlib.Path(__file__).resolve().parents[1] / "data" / "chat_templates" / "qwen3_5.jinja"
+WEATHER_TOOL = {"type": "function", "function": {
+    "name": "get_weather", "description": "Weather in a city",
+    "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}
+
+
+def start_server(*extra_arguments, max_model_len=512):
     process = subprocess.Popen(
         [os.environ["UBERLM_BINARY"], "serve", "--model", os.environ["UBERLM_SERVING_MODEL"], "--port", "0",
-         "--device", "cpu", "--served-model-name", MODEL, "--max-num-seqs", "4", "--max-model-len", "512", "--api-key", "sesame"],
+         "--device", "cpu", "--served-model-name", MODEL, "--max-num-seqs", "4", "--max-model-len", str(max_model_len),
+         "--api-key", "sesame", *extra_arguments],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     port = None
     deadline = time.monotonic() + 30
@@ -30,7 +40,22 @@ def server():
     if port is None:
         process.kill()
         pytest.fail("uberlm serve did not report its port within 30 s")
-    yield f"http://127.0.0.1:{port}/v1"
+    return process, f"http://127.0.0.1:{port}/v1"
+
+
+@pytest.fixture(scope="module")
+def server():
+    process, url = start_server()
+    yield url
+    process.terminate()
+    process.wait(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def qwen3_5_client():
+    # Its tool instructions make prompts of about 600 tokens for this model's small vocabulary.
+    process, url = start_server("--chat-template", str(QWEN3_5_TEMPLATE), max_model_len=2048)
+    yield openai.OpenAI(base_url=url, api_key="sesame", timeout=30, max_retries=0)
     process.terminate()
     process.wait(timeout=10)
 
@@ -96,3 +121,52 @@ def test_errors_are_openai_errors(server, client):
         client.completions.create(model="gpt-9", prompt="hi", max_tokens=4)
     with pytest.raises(openai.AuthenticationError):
         openai.OpenAI(base_url=server, api_key="wrong", max_retries=0).models.list()
+
+
+def streamed_reply(chunks):
+    """Reasoning, content, tool calls and finish_reason gathered from a chat stream."""
+    reasoning, content, calls, finish = [], [], [], None
+    for chunk in chunks:
+        for choice in chunk.choices:
+            reasoning.append(getattr(choice.delta, "reasoning_content", None) or "")
+            content.append(choice.delta.content or "")
+            calls.extend(choice.delta.tool_calls or [])
+            finish = choice.finish_reason or finish
+    return "".join(reasoning), "".join(content), calls, finish
+
+
+def test_reasoning_content_streamed_and_whole(qwen3_5_client):
+    messages = [{"role": "system", "content": "Think first."}, {"role": "user", "content": "What is 2+2?"}]
+    whole = qwen3_5_client.chat.completions.create(model=MODEL, messages=messages, max_tokens=16, temperature=0)
+    message = whole.choices[0].message
+    # The Qwen3.5 template ends the prompt inside <think>: the reply starts as reasoning.
+    assert message.reasoning_content
+    assert "<think>" not in message.reasoning_content and "</think>" not in message.reasoning_content
+    reasoning, content, calls, finish = streamed_reply(qwen3_5_client.chat.completions.create(
+        model=MODEL, messages=messages, max_tokens=16, temperature=0, stream=True))
+    assert reasoning == message.reasoning_content
+    assert content == (message.content or "")
+    assert calls == [] and finish == whole.choices[0].finish_reason
+
+
+def test_tools_and_chat_template_kwargs(qwen3_5_client):
+    messages = [{"role": "user", "content": "Weather in Paris?"},
+                {"role": "assistant", "content": None, "tool_calls": [
+                    {"id": "call_1", "type": "function",
+                     "function": {"name": "get_weather", "arguments": "{\"city\": \"Paris\"}"}}]},
+                {"role": "tool", "tool_call_id": "call_1", "content": "sunny"}]
+    arguments = dict(model=MODEL, messages=messages, tools=[WEATHER_TOOL], max_tokens=16, temperature=0,
+                     extra_body={"chat_template_kwargs": {"enable_thinking": False}})
+    whole = qwen3_5_client.chat.completions.create(**arguments)
+    choice = whole.choices[0]
+    assert choice.finish_reason in ("stop", "length", "tool_calls")
+    # Thinking off: the template closed the think block in the prompt, so nothing is reasoning.
+    assert choice.message.reasoning_content is None
+    reasoning, content, calls, finish = streamed_reply(qwen3_5_client.chat.completions.create(**arguments, stream=True))
+    assert reasoning == "" and content == (choice.message.content or "")
+    assert len(calls) == len(choice.message.tool_calls or []) and finish == choice.finish_reason
+    with pytest.raises(openai.BadRequestError, match="constrained decoding"):
+        qwen3_5_client.chat.completions.create(model=MODEL, messages=messages, tools=[WEATHER_TOOL], tool_choice="required",
+                                               max_tokens=4)
+    with pytest.raises(openai.BadRequestError, match="No user query found"):
+        qwen3_5_client.chat.completions.create(model=MODEL, messages=[{"role": "system", "content": "x"}], max_tokens=4)
