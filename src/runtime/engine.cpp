@@ -84,21 +84,34 @@ int Engine::in_flight() const {
 std::shared_ptr<RequestStream> Engine::submit(EngineRequest request) {
   const int vocab = backend_.config().vocab_size;
   const int64_t prompt_tokens = static_cast<int64_t>(request.prompt.size());
-  if (prompt_tokens == 0) fail("the prompt is empty");
+  if (prompt_tokens == 0) throw RequestFieldError("prompt", "the prompt is empty");
   for (int32_t token : request.prompt) {
-    if (token < 0 || token >= vocab) fail("prompt token id {} is outside the vocabulary [0, {})", token, vocab);
+    if (token < 0 || token >= vocab) {
+      throw RequestFieldError("prompt",
+                              fmt::format("prompt token id {} is outside the vocabulary [0, {})", token, vocab));
+    }
+  }
+  for (const auto& [token, bias] : request.sampling.logit_bias) {
+    if (token < 0 || token >= vocab) {
+      throw RequestFieldError("logit_bias",
+                              fmt::format("logit_bias token id {} is outside the vocabulary [0, {})", token, vocab));
+    }
   }
   if (request.max_tokens < (request.score_prompt ? 0 : 1)) {
-    fail("max_tokens must be at least {}, got {}", request.score_prompt ? 0 : 1, request.max_tokens);
+    throw RequestFieldError("max_tokens", fmt::format("max_tokens must be at least {}, got {}",
+                                                      request.score_prompt ? 0 : 1, request.max_tokens));
   }
   if (prompt_tokens + request.max_tokens > max_model_len()) {
-    fail("this model's maximum context length is {} tokens, but {} were requested ({} in the prompt, {} to generate)",
-         max_model_len(), prompt_tokens + request.max_tokens, prompt_tokens, request.max_tokens);
+    throw RequestFieldError(
+        "max_tokens",
+        fmt::format("this model's maximum context length is {} tokens, but {} were requested ({} in the prompt, {} "
+                    "to generate)",
+                    max_model_len(), prompt_tokens + request.max_tokens, prompt_tokens, request.max_tokens));
   }
-  Sampler sampler(request.sampling);
+  Sampler sampler(request.sampling, request.prompt);
   size_t longest_stop = 0;
   for (const std::string& stop : request.stop_strings) {
-    if (stop.empty()) fail("stop strings must not be empty");
+    if (stop.empty()) throw RequestFieldError("stop", "stop strings must not be empty");
     longest_stop = std::max(longest_stop, stop.size());
   }
 
@@ -190,15 +203,16 @@ EngineStep Engine::step() {
   EngineStep report{out.num_decode_tokens, out.num_prefill_tokens, 0.0};
   if (out.chunks.empty()) return report;
 
-  // When every row is a greedy sample the backend picks the tokens itself (the CUDA backend on the GPU,
-  // copying ids instead of rows x vocab logits); the same argmax the Sampler takes at temperature 0.
+  // When every row is a greedy sample of the model's own logits (no bias, no penalties) the backend picks
+  // the tokens itself (the CUDA backend on the GPU, copying ids instead of rows x vocab logits); the same
+  // argmax the Sampler takes at temperature 0.
   int64_t sampled_rows = 0;
   bool all_greedy = true;
   for (size_t c = 0; c < out.chunks.size(); ++c) {
     all_greedy = all_greedy && out.batch.chunks[c].logits != LogitRows::All;
     if (!out.chunks[c].samples) continue;
     ++sampled_rows;
-    all_greedy = all_greedy && active_.at(out.chunks[c].id).request.sampling.temperature == 0.0f;
+    all_greedy = all_greedy && active_.at(out.chunks[c].id).request.sampling.is_plain_greedy();
   }
   out.batch.argmax_only = all_greedy;
   ForwardResult result;

@@ -90,8 +90,8 @@ class Engine {
   Engine(const Engine&) = delete;
   Engine& operator=(const Engine&) = delete;
 
-  // nullptr when the queue is full. Throws Error on a request the scheduler cannot take (empty prompt,
-  // prompt + max_tokens over max_model_len, token ids outside the vocabulary, bad sampling params).
+  // nullptr when the queue is full. Throws RequestFieldError, naming the field, on a request it cannot take
+  // (empty prompt, prompt + max_tokens over max_model_len, token ids outside the vocabulary, bad sampling params).
   std::shared_ptr<RequestStream> submit(EngineRequest request);
   // Without a loop thread: admits what was submitted and cancelled, then runs one step if there is work.
   EngineStep run_step();

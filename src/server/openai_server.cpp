@@ -11,6 +11,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "server/api_key.h"
 #include "server/connection_watch.h"
 #include "server/request_parser.h"
 #include "tokenizer/chat.h"
@@ -39,12 +40,6 @@ void send_error(httplib::Response& res, int status, const std::string& type, con
   res.set_content(json_text(body), "application/json");
 }
 
-bool equal_in_constant_time(const std::string& a, const std::string& b) {
-  unsigned char diff = a.size() == b.size() ? 0 : 1;
-  for (size_t i = 0; i < a.size(); ++i) diff |= static_cast<unsigned char>(a[i] ^ b[i % std::max<size_t>(b.size(), 1)]);
-  return diff == 0;
-}
-
 json usage_json(const StreamEvent& final) {
   return {{"prompt_tokens", final.prompt_tokens},
           {"completion_tokens", final.completion_tokens},
@@ -55,6 +50,7 @@ json usage_json(const StreamEvent& final) {
 struct Reply {
   bool chat = false;
   bool include_usage = false;
+  std::string echo;  // completions with echo: the prompt's text, sent before the generated text
   std::string id;
   std::string model;
   int64_t created = 0;
@@ -113,8 +109,9 @@ void OpenAiServer::stop() { http_->stop(); }
 
 void OpenAiServer::add_routes() {
   http_->set_pre_routing_handler([this](const httplib::Request& req, httplib::Response& res) {
-    if (config_.api_key.empty() || req.path.rfind("/v1/", 0) != 0) return httplib::Server::HandlerResponse::Unhandled;
-    if (equal_in_constant_time(req.get_header_value("Authorization"), "Bearer " + config_.api_key)) {
+    const bool protected_path = req.path.rfind("/v1/", 0) == 0 || req.path == "/metrics";
+    if (config_.api_key.empty() || !protected_path) return httplib::Server::HandlerResponse::Unhandled;
+    if (bearer_key_matches(req.get_header_value("Authorization"), config_.api_key)) {
       return httplib::Server::HandlerResponse::Unhandled;
     }
     metrics_.add(Counter::RejectedRequests, 1.0, R"(reason="unauthorized")");
@@ -156,6 +153,7 @@ void OpenAiServer::add_routes() {
       const int64_t max_len = engine_.max_model_len();
       EngineRequest request;
       GenerationOptions options;
+      std::string echo;
       try {
         std::string prompt_param = "prompt";
         if (chat) {
@@ -172,6 +170,7 @@ void OpenAiServer::add_routes() {
           if (parsed.prompt_text) {
             for (int id : tokenizer_.encode(*parsed.prompt_text)) request.prompt.push_back(id);
           }
+          if (parsed.echo) echo = parsed.prompt_text ? *parsed.prompt_text : tokenizer_.decode(parsed.prompt_ids);
         }
         const int64_t prompt_tokens = static_cast<int64_t>(request.prompt.size());
         if (prompt_tokens == 0) bad_request(prompt_param, "the prompt is empty");
@@ -187,8 +186,15 @@ void OpenAiServer::add_routes() {
                                                 max_len, prompt_tokens + request.max_tokens, prompt_tokens,
                                                 request.max_tokens));
         }
-        request.sampling = SamplingParams{options.temperature, options.top_k, options.top_p,
-                                          options.seed.value_or(std::random_device{}())};
+        request.sampling = SamplingParams{.temperature = options.temperature,
+                                          .top_k = options.top_k,
+                                          .top_p = options.top_p,
+                                          .seed = options.seed.value_or(std::random_device{}()),
+                                          .min_p = options.min_p,
+                                          .presence_penalty = options.presence_penalty,
+                                          .frequency_penalty = options.frequency_penalty,
+                                          .repetition_penalty = options.repetition_penalty,
+                                          .logit_bias = options.logit_bias};
         request.stop_strings = options.stop;
         request.stop_token_ids = config_.stop_token_ids;
         if (chat) {
@@ -207,6 +213,10 @@ void OpenAiServer::add_routes() {
       std::shared_ptr<RequestStream> stream;
       try {
         stream = engine_.submit(request);
+      } catch (const RequestFieldError& error) {
+        metrics_.add(Counter::RejectedRequests, 1.0, R"(reason="invalid")");
+        send_error(res, 400, "invalid_request_error", error.what(), error.field);
+        return;
       } catch (const Error& error) {
         metrics_.add(Counter::RejectedRequests, 1.0, R"(reason="invalid")");
         send_error(res, 400, "invalid_request_error", error.what());
@@ -217,12 +227,12 @@ void OpenAiServer::add_routes() {
         send_error(res, 503, "server_overloaded", "the server is at capacity (too many queued requests); retry later");
         return;
       }
-      Reply reply{chat, options.include_usage, fmt::format("{}-{}", chat ? "chatcmpl" : "cmpl", stream->id()),
+      Reply reply{chat, options.include_usage, echo, fmt::format("{}-{}", chat ? "chatcmpl" : "cmpl", stream->id()),
                   config_.model_name, static_cast<int64_t>(std::time(nullptr))};
       auto watch = std::make_shared<ConnectionWatch>(req.local_port, req.remote_port);
 
       if (!options.stream) {
-        std::string text;
+        std::string text = reply.echo;
         StreamEvent event;
         while (true) {
           if (!stream->next(event, kPollInterval)) {
@@ -272,6 +282,9 @@ void OpenAiServer::add_routes() {
             if (!state->started) {
               state->started = true;
               if (reply.chat && !write(sse(chunk_json(reply, choice_json(reply, "", nullptr, true))))) return false;
+              if (!reply.echo.empty() && !write(sse(chunk_json(reply, choice_json(reply, reply.echo, nullptr, false))))) {
+                return false;
+              }
             }
             StreamEvent event;
             if (!stream->next(event, kPollInterval)) {

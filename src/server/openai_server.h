@@ -2,7 +2,8 @@
 // The OpenAI-compatible HTTP front end over an Engine: /v1/completions, /v1/chat/completions
 // (JSON or SSE streaming, with usage), /v1/models, /health and /metrics (Prometheus). HTTP threads
 // parse and tokenize, submit to the engine and relay its events; a client that goes away cancels
-// its sequence. With an API key, /v1/* needs "Authorization: Bearer <key>".
+// its sequence. With an API key, /v1/* and /metrics need "Authorization: Bearer <key>" (/health stays open
+// for probes).
 #include <memory>
 #include <string>
 #include <vector>
@@ -21,7 +22,7 @@ struct ServerConfig {
   std::string host = "127.0.0.1";
   int port = 8000;  // 0: any free port
   std::string model_name;
-  std::string api_key;  // empty: no authentication
+  std::string api_key;  // empty: no authentication; else it guards /v1/* and /metrics
   int http_threads = 96;
   std::vector<int> stop_token_ids;  // the model's end-of-sequence ids
 };

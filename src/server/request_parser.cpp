@@ -1,6 +1,8 @@
 #include "server/request_parser.h"
 
+#include <algorithm>
 #include <cmath>
+#include <iterator>
 #include <limits>
 
 #include <nlohmann/json.hpp>
@@ -16,6 +18,42 @@ void bad_request(const std::string& param, const std::string& message) {
 namespace {
 
 constexpr size_t kMaxStopStrings = 16;
+
+// Every field an endpoint implements; any other is refused by name rather than ignored.
+constexpr std::string_view kSharedFields[] = {
+    "model", "max_tokens", "temperature", "top_p", "top_k", "min_p", "presence_penalty", "frequency_penalty",
+    "repetition_penalty", "logit_bias", "seed", "n", "stop", "stream", "stream_options", "user"};
+constexpr std::string_view kCompletionFields[] = {"prompt", "echo"};
+constexpr std::string_view kChatFields[] = {"messages", "max_completion_tokens"};
+
+// OpenAI fields this server does not implement, accepted only at the value that asks for nothing
+// (null, or the value given here).
+struct NeutralValue {
+  std::string_view field;
+  const char* value;  // JSON text
+};
+constexpr NeutralValue kNeutralValues[] = {
+    {"logprobs", "false"}, {"top_logprobs", "0"}, {"best_of", "1"},   {"suffix", "\"\""},
+    {"tools", "[]"},       {"tool_choice", "\"none\""},           {"response_format", R"({"type": "text"})"}};
+
+template <size_t N>
+bool listed(const std::string_view (&fields)[N], std::string_view key) {
+  return std::find(std::begin(fields), std::end(fields), key) != std::end(fields);
+}
+
+void refuse_unimplemented_fields(const json& root, bool chat) {
+  for (const auto& [key, value] : root.items()) {
+    if (listed(kSharedFields, key) || (chat ? listed(kChatFields, key) : listed(kCompletionFields, key))) continue;
+    auto neutral = std::find_if(std::begin(kNeutralValues), std::end(kNeutralValues),
+                                [&](const NeutralValue& n) { return n.field == key; });
+    if (neutral == std::end(kNeutralValues)) {
+      bad_request(key, fmt::format("'{}' is not a parameter of {}", key, chat ? "/v1/chat/completions" : "/v1/completions"));
+    }
+    if (!value.is_null() && value != json::parse(neutral->value)) {
+      bad_request(key, fmt::format("'{}' is not supported (only {} is accepted)", key, neutral->value));
+    }
+  }
+}
 
 json parse_object(std::string_view body) {
   json root;
@@ -37,6 +75,10 @@ const json* field(const json& root, const char* key) {
 std::optional<int64_t> optional_int(const json& root, const char* key, int64_t min, int64_t max) {
   const json* value = field(root, key);
   if (value == nullptr) return std::nullopt;
+  if (value->is_number_float() && std::isfinite(value->get<double>()) && std::trunc(value->get<double>()) == value->get<double>()) {
+    // An integer beyond 64 bits reaches us as a double.
+    bad_request(key, fmt::format("'{}' must be between {} and {}, got {}", key, min, max, value->dump()));
+  }
   if (!value->is_number_integer()) bad_request(key, fmt::format("'{}' must be an integer", key));
   // nlohmann stores every non-negative integer as unsigned: compare in the type it holds.
   const bool in_range = value->is_number_unsigned()
@@ -60,6 +102,27 @@ float optional_float(const json& root, const char* key, float fallback, float mi
                                  value->dump()));
   }
   return static_cast<float>(number);
+}
+
+// {"<token id>": bias, ...}: canonical decimal ids (so no two keys name one token), biases in [-100, 100].
+std::vector<std::pair<int32_t, float>> parse_logit_bias(const json& root) {
+  std::vector<std::pair<int32_t, float>> biases;
+  const json* value = field(root, "logit_bias");
+  if (value == nullptr) return biases;
+  if (!value->is_object()) bad_request("logit_bias", "'logit_bias' must be an object of token id -> bias");
+  for (const auto& [key, bias] : value->items()) {
+    const bool canonical = !key.empty() && key.size() <= 10 && std::all_of(key.begin(), key.end(), [](char c) { return c >= '0' && c <= '9'; }) &&
+                           (key == "0" || key[0] != '0') && std::stoll(key) <= std::numeric_limits<int32_t>::max();
+    if (!canonical) {
+      bad_request("logit_bias", fmt::format("'logit_bias' keys must be token ids (decimal integers), got '{}'", key));
+    }
+    if (!bias.is_number() || !(bias.get<double>() >= -100.0 && bias.get<double>() <= 100.0)) {
+      bad_request("logit_bias", fmt::format("'logit_bias' of token {} must be a number in [-100, 100], got {}", key,
+                                            bias.is_structured() ? bias.type_name() : bias.dump()));
+    }
+    biases.emplace_back(static_cast<int32_t>(std::stol(key)), bias.get<float>());
+  }
+  return biases;
 }
 
 bool optional_bool(const json& root, const char* key) {
@@ -89,6 +152,12 @@ GenerationOptions parse_options(const json& root, int64_t max_model_len, bool ch
   options.top_p = optional_float(root, "top_p", 1.0f, 0.0f, 1.0f, true);
   const int64_t top_k = optional_int(root, "top_k", -1, std::numeric_limits<int32_t>::max()).value_or(0);
   options.top_k = top_k < 0 ? 0 : static_cast<int>(top_k);
+  options.min_p = optional_float(root, "min_p", 0.0f, 0.0f, 1.0f, false);
+  options.presence_penalty = optional_float(root, "presence_penalty", 0.0f, -2.0f, 2.0f, false);
+  options.frequency_penalty = optional_float(root, "frequency_penalty", 0.0f, -2.0f, 2.0f, false);
+  options.repetition_penalty =
+      optional_float(root, "repetition_penalty", 1.0f, 0.0f, std::numeric_limits<float>::max(), true);
+  options.logit_bias = parse_logit_bias(root);
   if (auto seed = optional_int(root, "seed", std::numeric_limits<int64_t>::min(), std::numeric_limits<int64_t>::max())) {
     options.seed = static_cast<uint64_t>(*seed);
   }
@@ -114,13 +183,15 @@ GenerationOptions parse_options(const json& root, int64_t max_model_len, bool ch
   options.stream = optional_bool(root, "stream");
   if (const json* stream_options = field(root, "stream_options")) {
     if (!stream_options->is_object()) bad_request("stream_options", "'stream_options' must be an object");
+    for (const auto& [key, value] : stream_options->items()) {
+      if (key != "include_usage") {
+        bad_request("stream_options." + key, fmt::format("'stream_options.{}' is not supported", key));
+      }
+    }
     options.include_usage = optional_bool(*stream_options, "include_usage");
   }
-  for (const char* unsupported : {"logprobs", "top_logprobs", "tools", "suffix", "best_of"}) {
-    const json* value = field(root, unsupported);
-    if (value != nullptr && !(value->is_boolean() && !value->get<bool>())) {
-      bad_request(unsupported, fmt::format("'{}' is not supported", unsupported));
-    }
+  if (const json* user = field(root, "user"); user != nullptr && !user->is_string()) {
+    bad_request("user", "'user' must be a string");
   }
   return options;
 }
@@ -149,6 +220,7 @@ std::string message_content(const json& message, size_t index) {
 CompletionRequest parse_completion_request(std::string_view body, const std::string& served_model,
                                            int64_t max_model_len) {
   const json root = parse_object(body);
+  refuse_unimplemented_fields(root, false);
   CompletionRequest request;
   request.model = required_model(root, served_model);
   const json* prompt = field(root, "prompt");
@@ -169,6 +241,7 @@ CompletionRequest parse_completion_request(std::string_view body, const std::str
     bad_request("prompt", "'prompt' must be a string, a one-string array or an array of token ids");
   }
   if (request.prompt_text && request.prompt_text->empty()) bad_request("prompt", "'prompt' must not be empty");
+  request.echo = optional_bool(root, "echo");
   request.options = parse_options(root, max_model_len, false);
   return request;
 }
@@ -176,6 +249,7 @@ CompletionRequest parse_completion_request(std::string_view body, const std::str
 ChatCompletionRequest parse_chat_completion_request(std::string_view body, const std::string& served_model,
                                                     int64_t max_model_len) {
   const json root = parse_object(body);
+  refuse_unimplemented_fields(root, true);
   ChatCompletionRequest request;
   request.model = required_model(root, served_model);
   const json* messages = field(root, "messages");
