@@ -288,14 +288,30 @@ EngineRequest request_for(int index, int64_t max_tokens) {
   return request;
 }
 
+// Request `index` with logit_bias and penalties, which make each pick depend on the sequence's own token
+// counts: even ones greedy with frequency and presence penalties (a repeated token drops below the
+// others), odd ones sampled from a seed with a repetition penalty and min-p (which keeps the one-hot
+// token alone until the penalty lowers it).
+EngineRequest penalised_request_for(int index, int64_t max_tokens) {
+  EngineRequest request = request_for(index, max_tokens);
+  request.sampling = index % 2 == 0
+                         ? SamplingParams{.presence_penalty = 0.25f, .frequency_penalty = 1.5f,
+                                          .logit_bias = {{40 + index, 0.5f}}}
+                         : SamplingParams{.temperature = 0.8f, .top_k = 5, .seed = static_cast<uint64_t>(index),
+                                          .min_p = 0.5f, .repetition_penalty = 1.5f};
+  return request;
+}
+
+using RequestMaker = EngineRequest (*)(int index, int64_t max_tokens);
+
 // The text of each of `requests` requests (40 tokens) run alone on a one-slot backend.
-std::vector<std::string> lone_run_texts(const BpeTokenizer& tokenizer, int requests) {
+std::vector<std::string> lone_run_texts(const BpeTokenizer& tokenizer, int requests, RequestMaker make = request_for) {
   FakeBackend backend(tokenizer.vocab_size(), 1);
   Metrics metrics;
   Engine engine(backend, &tokenizer, engine_config(1, 512, 8, 0), metrics);
   std::vector<std::string> texts;
   for (int r = 0; r < requests; ++r) {
-    Collected got = collect(*engine.submit(request_for(r, 40)));
+    Collected got = collect(*engine.submit(make(r, 40)));
     EXPECT_EQ(got.final.finish_reason, FinishReason::Length) << "request " << r;
     EXPECT_EQ(got.final.completion_tokens, 40) << "request " << r;
     texts.push_back(got.text);
@@ -322,6 +338,26 @@ TEST(Engine, BatchedChunkedAndPreemptedOutputsEqualLoneRuns) {
   EXPECT_GT(metrics.value(Counter::EngineSteps, R"(backend="fake",path="mixed")"), 0.0);
   EXPECT_EQ(metrics.value(Counter::GenerationTokens), kRequests * 40.0);
   EXPECT_EQ(engine.in_flight(), 0);
+}
+
+// Penalties count each sequence's own tokens: batched, chunked, preempted and recomputed, every output
+// still equals its lone run, and the penalties did change the outputs.
+TEST(Engine, PenalisedOutputsEqualLoneRunsUnderBatchingAndPreemption) {
+  auto tokenizer = fixture_tokenizer();
+  constexpr int kRequests = 12;
+  const std::vector<std::string> plain = lone_run_texts(*tokenizer, kRequests);
+  const std::vector<std::string> alone = lone_run_texts(*tokenizer, kRequests, penalised_request_for);
+  for (int r = 0; r < kRequests; ++r) EXPECT_NE(alone[r], plain[r]) << "request " << r;
+  FakeBackend backend(tokenizer->vocab_size(), 4);
+  Metrics metrics;
+  Engine engine(backend, tokenizer.get(), engine_config(4, 8, 8, kRequests), metrics);
+  std::vector<std::shared_ptr<RequestStream>> streams;
+  for (int r = kRequests - 1; r >= 0; --r) streams.push_back(engine.submit(penalised_request_for(r, 40)));
+  for (int r = 0; r < kRequests; ++r) {
+    ASSERT_NE(streams[r], nullptr);
+    EXPECT_EQ(collect(*streams[r]).text, alone[kRequests - 1 - r]) << "request " << kRequests - 1 - r;
+  }
+  EXPECT_GT(metrics.value(Counter::Preemptions), 0.0);
 }
 
 // The same traffic on a paged backend: every chunk's block table is what the backend stores and reads
@@ -415,6 +451,15 @@ TEST(Engine, RejectsRequestsItCannotServe) {
   EngineRequest bad_sampling = request_for(1, 4);
   bad_sampling.sampling.top_p = 0.0f;
   EXPECT_THROW(engine.submit(bad_sampling), Error);
+  EngineRequest bad_bias = request_for(1, 4);
+  bad_bias.sampling.logit_bias = {{tokenizer->vocab_size(), 1.0f}};
+  try {
+    engine.submit(bad_bias);
+    ADD_FAILURE() << "a logit_bias id outside the vocabulary was accepted";
+  } catch (const RequestFieldError& error) {
+    EXPECT_EQ(error.field, "logit_bias");
+    EXPECT_NE(std::string(error.what()).find("outside the vocabulary"), std::string::npos) << error.what();
+  }
 }
 
 }  // namespace

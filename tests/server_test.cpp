@@ -23,12 +23,14 @@
 #include "model/model.h"
 #include "runtime/cpu_backend.h"
 #include "runtime/engine.h"
+#include "server/api_key.h"
 #include "server/openai_server.h"
 
 namespace uberlm {
 namespace {
 
 using json = nlohmann::json;
+using namespace std::string_literals;
 constexpr const char* kModelName = "tiny";
 
 std::filesystem::path model_dir() {
@@ -289,6 +291,137 @@ TEST(Server, ApiKeyIsRequiredOnV1) {
   res = client->Get("/health");  // probes need no key
   ASSERT_TRUE(res);
   EXPECT_EQ(res->status, 200);
+}
+
+// The key is compared byte for byte on the whole header value: a NUL byte used to end the comparison.
+TEST(Server, ApiKeyIsComparedByteForByteAndGuardsMetrics) {
+  EXPECT_TRUE(bearer_key_matches("Bearer sesame", "sesame"));
+  for (const std::string& wrong : {"Bearer sesame\0x"s, std::string("Bearer sesam"),
+                                   std::string("Bearer sesamex"), std::string("bearer sesame"), std::string("sesame"),
+                                   std::string("Bearer Sesame"), std::string()}) {
+    EXPECT_FALSE(bearer_key_matches(wrong, "sesame")) << json(wrong).dump();
+  }
+  TestServer server(ServerOptions{.api_key = "sesame"});
+  const std::string get = "GET /v1/models HTTP/1.1\r\nHost: x\r\nConnection: close\r\n";
+  EXPECT_EQ(status_of(raw_exchange(server.port(), get + "Authorization: Bearer sesame\r\n\r\n")), 200);
+  EXPECT_EQ(status_of(raw_exchange(server.port(), get + "Authorization: Bearer sesame\0x\r\n\r\n"s)),
+            401);
+  EXPECT_EQ(status_of(raw_exchange(server.port(), get + "Authorization: Bearer sesame\r\nAuthorization: Bearer x\r\n\r\n")),
+            401);
+  auto client = server.client();
+  auto res = client->Get("/metrics");
+  ASSERT_TRUE(res);
+  EXPECT_EQ(res->status, 401);
+  EXPECT_NE(res->body.find("API key"), std::string::npos) << res->body;
+  res = client->Get("/metrics", {{"Authorization", "Bearer sesame"}});
+  ASSERT_TRUE(res);
+  EXPECT_EQ(res->status, 200);
+  res = client->Get("/health");
+  ASSERT_TRUE(res);
+  EXPECT_EQ(res->status, 200);
+}
+
+struct RefusedField {
+  std::string name;
+  std::string path;
+  json fields;        // added to a valid request
+  std::string param;  // error.param
+  std::string message;  // a substring of error.message
+};
+
+// Every parameter is implemented or refused with a 400 whose error names it; the server serves on.
+TEST(Server, UnimplementedOrBadParametersAreRefusedByName) {
+  TestServer server(ServerOptions{});
+  auto client = server.client();
+  const json completion = {{"model", kModelName}, {"prompt", "a"}, {"max_tokens", 2}};
+  const json chat = {{"model", kModelName}, {"messages", {{{"role", "user"}, {"content", "hi"}}}}, {"max_tokens", 2}};
+  const std::string c = "/v1/completions", ch = "/v1/chat/completions";
+  const std::vector<RefusedField> cases = {
+      {"response_format", ch, {{"response_format", {{"type", "json_object"}}}}, "response_format", "not supported"},
+      {"logprobs", c, {{"logprobs", 2}}, "logprobs", "not supported"},
+      {"chat_logprobs", ch, {{"logprobs", true}}, "logprobs", "not supported"},
+      {"top_logprobs", ch, {{"top_logprobs", 3}}, "top_logprobs", "not supported"},
+      {"best_of", c, {{"best_of", 2}}, "best_of", "not supported"},
+      {"suffix", c, {{"suffix", "x"}}, "suffix", "not supported"},
+      {"tools", ch, {{"tools", {{{"type", "function"}}}}}, "tools", "not supported"},
+      {"unknown", c, {{"frobnicate", 1}}, "frobnicate", "not a parameter of /v1/completions"},
+      {"echo_in_chat", ch, {{"echo", true}}, "echo", "not a parameter of /v1/chat/completions"},
+      {"stream_options", c, {{"stream_options", {{"continuous_usage_stats", true}}}},
+       "stream_options.continuous_usage_stats", "not supported"},
+      {"seed_beyond_64_bits", c, {{"seed", json::parse("1180591620717411303424")}}, "seed", "must be between"},
+      {"seed_type", c, {{"seed", "7"}}, "seed", "must be an integer"},
+      {"min_p", c, {{"min_p", 1.5}}, "min_p", "'min_p' must be in [0, 1]"},
+      {"presence_penalty", c, {{"presence_penalty", 2.5}}, "presence_penalty", "must be in [-2, 2]"},
+      {"frequency_penalty", ch, {{"frequency_penalty", -3}}, "frequency_penalty", "must be in [-2, 2]"},
+      {"repetition_penalty", c, {{"repetition_penalty", 0}}, "repetition_penalty", "must be in (0"},
+      {"logit_bias_type", c, {{"logit_bias", {1, 2}}}, "logit_bias", "must be an object"},
+      {"logit_bias_key", c, {{"logit_bias", {{"01", 1}}}}, "logit_bias", "keys must be token ids"},
+      {"logit_bias_value", c, {{"logit_bias", {{"1", 101}}}}, "logit_bias", "[-100, 100]"},
+      {"logit_bias_outside_vocab", c, {{"logit_bias", {{"999999", 1}}}}, "logit_bias", "outside the vocabulary"},
+      {"prompt_outside_vocab", c, {{"prompt", {1, 999999}}}, "prompt", "outside the vocabulary"},
+      {"echo_type", c, {{"echo", "yes"}}, "echo", "must be a boolean"},
+      {"user_type", ch, {{"user", 5}}, "user", "must be a string"},
+  };
+  for (const RefusedField& refused : cases) {
+    json body = refused.path == c ? completion : chat;
+    body.update(refused.fields);
+    auto res = client->Post(refused.path.c_str(), body.dump(), "application/json");
+    ASSERT_TRUE(res) << refused.name;
+    EXPECT_EQ(res->status, 400) << refused.name << ": " << res->body;
+    json reply = json::parse(res->body, nullptr, false);
+    ASSERT_TRUE(reply.is_object() && reply.contains("error")) << refused.name << ": " << res->body;
+    EXPECT_EQ(reply["error"]["param"], refused.param) << refused.name << ": " << res->body;
+    EXPECT_NE(reply["error"]["message"].get<std::string>().find(refused.message), std::string::npos)
+        << refused.name << ": " << res->body;
+  }
+  // The values that ask for nothing beyond plain generation are accepted.
+  for (const json& neutral : {json{{"logprobs", false}}, json{{"response_format", {{"type", "text"}}}},
+                              json{{"tools", json::array()}}, json{{"user", "u-1"}}, json{{"top_logprobs", nullptr}}}) {
+    json body = chat;
+    body.update(neutral);
+    auto res = client->Post(ch.c_str(), body.dump(), "application/json");
+    ASSERT_TRUE(res);
+    EXPECT_EQ(res->status, 200) << neutral.dump() << ": " << res->body;
+  }
+  auto res = client->Get("/health");
+  ASSERT_TRUE(res);
+  EXPECT_EQ(res->status, 200);
+}
+
+// The sampling parameters reach each request's sampler (their arithmetic is tested in sampler_test.cpp).
+TEST(Server, SamplingParametersAndEchoShapeTheOutput) {
+  TestServer server(ServerOptions{});
+  auto client = server.client();
+  const auto tokenizer = BpeTokenizer::load(model_dir() / "tokenizer.json");
+  const std::vector<int> a = tokenizer->encode("a");
+  ASSERT_EQ(a.size(), 1u);
+  const std::string a_id = std::to_string(a[0]);
+  const json base = {{"model", kModelName}, {"prompt", "Q: count the eggs\nA:"}, {"temperature", 0}};
+  auto text_of = [&](json fields) {
+    json body = base;
+    body.update(fields);
+    std::string error;
+    const std::string text = post_text(*client, "/v1/completions", body, &error);
+    EXPECT_EQ(error, "") << fields.dump();
+    return text;
+  };
+  // A bias of 100 outweighs any logit of the model.
+  EXPECT_EQ(text_of({{"max_tokens", 4}, {"logit_bias", {{a_id, 100}}}}), "aaaa");
+  // Frequency penalty 2 takes 2 off per occurrence: the bias's lead of 100 over the model's other logits
+  // is gone within 100 - (logit spread) / 2 < 100 tokens, so the run of 'a' must end.
+  const std::string penalised = text_of({{"max_tokens", 100}, {"logit_bias", {{a_id, 100}}}, {"frequency_penalty", 2}});
+  EXPECT_NE(penalised, std::string(100, 'a'));
+  EXPECT_EQ(penalised.rfind('a', 0), 0u) << penalised;
+  // A repetition penalty of 1e6 leaves a repeated token's positive logit near 0: 'a' does not come thrice.
+  EXPECT_NE(text_of({{"max_tokens", 3}, {"logit_bias", {{a_id, 100}}}, {"repetition_penalty", 1e6}}), "aaa");
+  // min_p 1 keeps only the most likely token: sampling at temperature 1 gives the greedy text.
+  const std::string greedy = text_of({{"max_tokens", 12}});
+  EXPECT_EQ(text_of({{"max_tokens", 12}, {"temperature", 1}, {"min_p", 1}, {"seed", 3}}), greedy);
+  // echo: the prompt's text, then the same generation; streamed too, and for a token-id prompt.
+  EXPECT_EQ(text_of({{"max_tokens", 12}, {"echo", true}}), base["prompt"].get<std::string>() + greedy);
+  EXPECT_EQ(text_of({{"max_tokens", 12}, {"echo", true}, {"stream", true}}), base["prompt"].get<std::string>() + greedy);
+  const std::vector<int> prompt_ids = tokenizer->encode(base["prompt"].get<std::string>());
+  EXPECT_EQ(text_of({{"max_tokens", 12}, {"echo", true}, {"prompt", prompt_ids}}), base["prompt"].get<std::string>() + greedy);
 }
 
 // Starts a streaming request whose client hangs up when `drop` is set (or after the stream ends).

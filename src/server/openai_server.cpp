@@ -7,6 +7,7 @@
 #include <chrono>
 #include <csignal>
 #include <ctime>
+#include <iterator>
 #include <random>
 
 #include <nlohmann/json.hpp>
@@ -38,6 +39,13 @@ void send_error(httplib::Response& res, int status, const std::string& type, con
                  {"code", status}}}};
   res.status = status;
   res.set_content(json_text(body), "application/json");
+}
+
+// Exactly one Authorization header holding "Bearer <key>". Read from the header map: httplib's
+// get_header_value() returns a C string, which ends at a NUL byte and let "Bearer KEY\0x" pass as the key.
+bool authorized(const httplib::Request& req, const std::string& key) {
+  const auto [first, last] = req.headers.equal_range("Authorization");
+  return first != last && std::next(first) == last && bearer_key_matches(first->second, key);
 }
 
 json usage_json(const StreamEvent& final) {
@@ -111,7 +119,7 @@ void OpenAiServer::add_routes() {
   http_->set_pre_routing_handler([this](const httplib::Request& req, httplib::Response& res) {
     const bool protected_path = req.path.rfind("/v1/", 0) == 0 || req.path == "/metrics";
     if (config_.api_key.empty() || !protected_path) return httplib::Server::HandlerResponse::Unhandled;
-    if (bearer_key_matches(req.get_header_value("Authorization"), config_.api_key)) {
+    if (authorized(req, config_.api_key)) {
       return httplib::Server::HandlerResponse::Unhandled;
     }
     metrics_.add(Counter::RejectedRequests, 1.0, R"(reason="unauthorized")");
