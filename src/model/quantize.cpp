@@ -12,6 +12,7 @@
 #include <nlohmann/json.hpp>
 
 #include "core/error.h"
+#include "core/regular_file.h"
 #include "core/nvfp4.h"
 #include "core/progress_bar.h"
 #include "io/safetensors.h"
@@ -61,6 +62,7 @@ bool should_quantise(const std::string& name, const SafetensorsEntry& entry, con
 }
 
 json read_json(const fs::path& path) {
+  require_regular_file(path);
   std::ifstream stream(path, std::ios::binary);
   if (!stream) fail("{}: cannot open", path.string());
   std::stringstream text;
