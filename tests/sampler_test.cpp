@@ -133,6 +133,23 @@ TEST(Sampler, PenalisedSamplingIsDeterministicPerSeed) {
   EXPECT_NE(draws(42), draws(43));
 }
 
+TEST(Sampler, TokenLogprobsAreTheLogSoftmaxWithTheMostLikelyFirst) {
+  double normaliser = 0.0;
+  for (float logit : kLogits) normaliser += std::exp(static_cast<double>(logit));
+  normaliser = std::log(normaliser);
+  const TokenLogprobs got = token_logprobs(kLogits.data(), 5, 2, 4);
+  EXPECT_EQ(got.token, 2);
+  EXPECT_NEAR(got.logprob, 1.0 - normaliser, 1e-12);
+  const std::vector<int> order = {1, 3, 2, 0};  // ties (1 and 3) by lowest id
+  ASSERT_EQ(got.top.size(), order.size());
+  for (size_t i = 0; i < order.size(); ++i) {
+    EXPECT_EQ(got.top[i].first, order[i]);
+    EXPECT_NEAR(got.top[i].second, kLogits[order[i]] - normaliser, 1e-12);
+  }
+  EXPECT_TRUE(token_logprobs(kLogits.data(), 5, 4, 0).top.empty());
+  EXPECT_EQ(token_logprobs(kLogits.data(), 5, 4, 20).top.size(), 5u);  // at most the vocabulary
+}
+
 TEST(Sampler, PlainGreedyOnlyWithoutBiasOrPenalties) {
   EXPECT_TRUE(SamplingParams{}.is_plain_greedy());
   EXPECT_TRUE((SamplingParams{.top_k = 3, .min_p = 0.5f}.is_plain_greedy()));  // no effect at temperature 0

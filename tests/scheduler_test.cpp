@@ -438,6 +438,42 @@ TEST(Engine, CancelFreesTheSequenceAndAFullQueueRefuses) {
   EXPECT_EQ(metrics.value(Counter::Requests, R"(finish_reason="cancelled")"), 2.0);
 }
 
+// Each generated token comes with its logprob under the fake's one-hot logits (1 for the next token, 0
+// elsewhere): log(e / (e + V - 1)), and the next most likely is the lowest other id at log(1 / (e + V - 1)).
+TEST(Engine, EventsCarryEachTokensLogprobs) {
+  auto tokenizer = fixture_tokenizer();
+  const int vocab = tokenizer->vocab_size();
+  FakeBackend backend(vocab, 1);
+  Metrics metrics;
+  Engine engine(backend, tokenizer.get(), engine_config(1, 64, 8, 1), metrics);
+  EngineRequest request = request_for(5, 12);
+  request.top_logprobs = 2;
+  auto stream = engine.submit(request);
+  ASSERT_NE(stream, nullptr);
+  const double normaliser = std::log(std::exp(1.0) + (vocab - 1));
+  int64_t tokens = 0;
+  StreamEvent event;
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(20);
+  while (!event.finished && std::chrono::steady_clock::now() < deadline) {
+    if (!stream->next(event, std::chrono::milliseconds(100))) continue;
+    ASSERT_EQ(event.logprobs.size(), event.tokens.size());
+    for (size_t i = 0; i < event.tokens.size(); ++i) {
+      const TokenLogprobs& got = event.logprobs[i];
+      EXPECT_EQ(got.token, event.tokens[i]);
+      EXPECT_NEAR(got.logprob, 1.0 - normaliser, 1e-12);
+      ASSERT_EQ(got.top.size(), 2u);
+      EXPECT_EQ(got.top[0], std::make_pair(event.tokens[i], got.logprob));
+      EXPECT_EQ(got.top[1].first, event.tokens[i] == 0 ? 1 : 0);
+      EXPECT_NEAR(got.top[1].second, -normaliser, 1e-12);
+    }
+    tokens += static_cast<int64_t>(event.tokens.size());
+  }
+  ASSERT_TRUE(event.finished);
+  EXPECT_EQ(tokens, 12);
+  request.top_logprobs = 21;
+  expect_error_containing([&] { engine.submit(request); }, {"top_logprobs must be in [0, 20], got 21"});
+}
+
 TEST(Engine, RejectsRequestsItCannotServe) {
   auto tokenizer = fixture_tokenizer();
   FakeBackend backend(tokenizer->vocab_size(), 1);

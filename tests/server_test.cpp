@@ -338,9 +338,12 @@ TEST(Server, UnimplementedOrBadParametersAreRefusedByName) {
   const std::string c = "/v1/completions", ch = "/v1/chat/completions";
   const std::vector<RefusedField> cases = {
       {"response_format", ch, {{"response_format", {{"type", "json_object"}}}}, "response_format", "not supported"},
-      {"logprobs", c, {{"logprobs", 2}}, "logprobs", "not supported"},
-      {"chat_logprobs", ch, {{"logprobs", true}}, "logprobs", "not supported"},
-      {"top_logprobs", ch, {{"top_logprobs", 3}}, "top_logprobs", "not supported"},
+      {"logprobs_range", c, {{"logprobs", 6}}, "logprobs", "'logprobs' must be between 0 and 5"},
+      {"chat_logprobs_type", ch, {{"logprobs", 2}}, "logprobs", "'logprobs' must be a boolean"},
+      {"top_logprobs_alone", ch, {{"top_logprobs", 3}}, "top_logprobs", "needs 'logprobs': true"},
+      {"top_logprobs_range", ch, {{"logprobs", true}, {"top_logprobs", 21}}, "top_logprobs", "between 0 and 20"},
+      {"echo_with_logprobs", c, {{"echo", true}, {"logprobs", 1}}, "echo", "'echo' with 'logprobs'"},
+      {"top_logprobs_in_completions", c, {{"top_logprobs", 1}}, "top_logprobs", "not a parameter of /v1/completions"},
       {"best_of", c, {{"best_of", 2}}, "best_of", "not supported"},
       {"suffix", c, {{"suffix", "x"}}, "suffix", "not supported"},
       {"tools", ch, {{"tools", {{{"type", "function"}}}}}, "tools", "not supported"},
@@ -376,7 +379,8 @@ TEST(Server, UnimplementedOrBadParametersAreRefusedByName) {
   }
   // The values that ask for nothing beyond plain generation are accepted.
   for (const json& neutral : {json{{"logprobs", false}}, json{{"response_format", {{"type", "text"}}}},
-                              json{{"tools", json::array()}}, json{{"user", "u-1"}}, json{{"top_logprobs", nullptr}}}) {
+                              json{{"tools", json::array()}}, json{{"user", "u-1"}}, json{{"top_logprobs", nullptr}},
+                              json{{"best_of", 1}}, json{{"tool_choice", "none"}}}) {
     json body = chat;
     body.update(neutral);
     auto res = client->Post(ch.c_str(), body.dump(), "application/json");
@@ -422,6 +426,110 @@ TEST(Server, SamplingParametersAndEchoShapeTheOutput) {
   EXPECT_EQ(text_of({{"max_tokens", 12}, {"echo", true}, {"stream", true}}), base["prompt"].get<std::string>() + greedy);
   const std::vector<int> prompt_ids = tokenizer->encode(base["prompt"].get<std::string>());
   EXPECT_EQ(text_of({{"max_tokens", 12}, {"echo", true}, {"prompt", prompt_ids}}), base["prompt"].get<std::string>() + greedy);
+}
+
+// Logprobs in OpenAI's shapes, JSON and SSE: a greedy token is the most likely one, and the tokens' texts
+// make up the reply's text.
+TEST(Server, LogprobsComeInOpenAisShapes) {
+  TestServer server(ServerOptions{});
+  auto client = server.client();
+  const json completion = {{"model", kModelName}, {"prompt", "Q: count the eggs\nA:"}, {"temperature", 0},
+                           {"max_tokens", 10}, {"logprobs", 3}};
+  auto res = client->Post("/v1/completions", completion.dump(), "application/json");
+  ASSERT_TRUE(res);
+  ASSERT_EQ(res->status, 200) << res->body;
+  json reply = json::parse(res->body);
+  const json& choice = reply["choices"][0];
+  const json& logprobs = choice["logprobs"];
+  const size_t count = logprobs["tokens"].size();
+  ASSERT_EQ(static_cast<int64_t>(count), reply["usage"]["completion_tokens"].get<int64_t>());
+  std::string joined;
+  for (size_t i = 0; i < count; ++i) {
+    EXPECT_EQ(logprobs["text_offset"][i].get<size_t>(), joined.size()) << i;
+    joined += logprobs["tokens"][i].get<std::string>();
+    const json& top = logprobs["top_logprobs"][i];
+    ASSERT_EQ(top.size(), 3u) << i;
+    double best = -INFINITY;
+    for (const auto& [text, logprob] : top.items()) best = std::max(best, logprob.get<double>());
+    EXPECT_EQ(logprobs["token_logprobs"][i].get<double>(), best) << i;
+    EXPECT_LE(best, 0.0);
+  }
+  EXPECT_EQ(joined, choice["text"].get<std::string>());
+
+  json streamed = completion;
+  streamed["stream"] = true;
+  res = client->Post("/v1/completions", streamed.dump(), "application/json");
+  ASSERT_TRUE(res);
+  std::vector<double> streamed_logprobs;
+  for (size_t at = 0; (at = res->body.find("data: {", at)) != std::string::npos;) {
+    const size_t end = res->body.find("\n\n", at);
+    const json chunk = json::parse(res->body.substr(at + 6, end - at - 6));
+    at = end;
+    const json& chunk_logprobs = chunk["choices"][0]["logprobs"];
+    if (chunk_logprobs.is_null()) continue;
+    for (const json& logprob : chunk_logprobs["token_logprobs"]) streamed_logprobs.push_back(logprob.get<double>());
+  }
+  EXPECT_EQ(streamed_logprobs, logprobs["token_logprobs"].get<std::vector<double>>());
+
+  const json chat = {{"model", kModelName}, {"messages", {{{"role", "user"}, {"content", "Count to five."}}}},
+                     {"temperature", 0}, {"max_tokens", 8}, {"logprobs", true}, {"top_logprobs", 2}};
+  res = client->Post("/v1/chat/completions", chat.dump(), "application/json");
+  ASSERT_TRUE(res);
+  ASSERT_EQ(res->status, 200) << res->body;
+  reply = json::parse(res->body);
+  std::string content;
+  for (const json& entry : reply["choices"][0]["logprobs"]["content"]) {
+    content += entry["token"].get<std::string>();
+    ASSERT_EQ(entry["top_logprobs"].size(), 2u);
+    EXPECT_EQ(entry["top_logprobs"][0]["logprob"], entry["logprob"]);
+    EXPECT_EQ(entry["top_logprobs"][0]["token"], entry["token"]);
+    std::string bytes;
+    for (const json& byte : entry["bytes"]) bytes += static_cast<char>(byte.get<int>());
+    EXPECT_EQ(bytes, entry["token"].get<std::string>());
+  }
+  EXPECT_EQ(content, reply["choices"][0]["message"]["content"].get<std::string>());
+}
+
+// On the real model, a generated token's logprob equals the one the scoring path (score_prompt, as
+// `eval ppl` uses) gives the same token after the same text: both are log softmax of logits that do
+// not depend on the batch, so they agree to double rounding.
+TEST(Server, GeneratedLogprobsEqualTheScoringPaths) {
+  TestServer server(ServerOptions{});
+  const auto tokenizer = BpeTokenizer::load(model_dir() / "tokenizer.json");
+  EngineRequest request;
+  for (int id : tokenizer->encode("Q: Tom has 3 apples and buys 5 more.\nA:")) request.prompt.push_back(id);
+  request.max_tokens = 12;
+  request.sampling = {.temperature = 0.7f, .seed = 11};
+  request.top_logprobs = 0;
+  auto stream = server.engine().submit(request);
+  ASSERT_NE(stream, nullptr);
+  std::vector<int32_t> generated;
+  std::vector<double> logprobs;
+  StreamEvent event;
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+  while (!event.finished && std::chrono::steady_clock::now() < deadline) {
+    if (!stream->next(event, std::chrono::milliseconds(100))) continue;
+    generated.insert(generated.end(), event.tokens.begin(), event.tokens.end());
+    for (const TokenLogprobs& token : event.logprobs) logprobs.push_back(token.logprob);
+  }
+  ASSERT_TRUE(event.finished);
+  ASSERT_FALSE(generated.empty());
+  ASSERT_EQ(logprobs.size(), generated.size());
+
+  EngineRequest scoring;
+  scoring.prompt = request.prompt;
+  scoring.prompt.insert(scoring.prompt.end(), generated.begin(), generated.end());
+  scoring.max_tokens = 0;
+  scoring.score_prompt = true;
+  stream = server.engine().submit(scoring);
+  ASSERT_NE(stream, nullptr);
+  event = StreamEvent{};
+  while (!event.finished && std::chrono::steady_clock::now() < deadline) stream->next(event, std::chrono::milliseconds(100));
+  ASSERT_TRUE(event.finished);
+  ASSERT_EQ(event.prompt_logprobs.size(), scoring.prompt.size());
+  for (size_t i = 0; i < generated.size(); ++i) {
+    EXPECT_NEAR(logprobs[i], event.prompt_logprobs[request.prompt.size() + i], 1e-12) << "token " << i;
+  }
 }
 
 // Starts a streaming request whose client hangs up when `drop` is set (or after the stream ends).

@@ -8,6 +8,8 @@ namespace uberlm {
 
 namespace {
 
+constexpr int kMaxTopLogprobs = 20;  // OpenAI's limit
+
 double seconds_between(std::chrono::steady_clock::time_point from, std::chrono::steady_clock::time_point to) {
   return std::chrono::duration<double>(to - from).count();
 }
@@ -108,6 +110,10 @@ std::shared_ptr<RequestStream> Engine::submit(EngineRequest request) {
                     "to generate)",
                     max_model_len(), prompt_tokens + request.max_tokens, prompt_tokens, request.max_tokens));
   }
+  if (request.top_logprobs < -1 || request.top_logprobs > kMaxTopLogprobs) {
+    throw RequestFieldError("top_logprobs", fmt::format("top_logprobs must be in [0, {}], got {}", kMaxTopLogprobs,
+                                                        request.top_logprobs));
+  }
   Sampler sampler(request.sampling, request.prompt);
   size_t longest_stop = 0;
   for (const std::string& stop : request.stop_strings) {
@@ -120,8 +126,8 @@ std::shared_ptr<RequestStream> Engine::submit(EngineRequest request) {
   const uint64_t id = next_id_++;
   auto stream = std::make_shared<RequestStream>(id);
   const auto now = std::chrono::steady_clock::now();
-  Active active{stream, std::move(request), sampler, std::nullopt, "", {}, {}, longest_stop > 0 ? longest_stop - 1 : 0,
-                0, now, now};
+  Active active{stream, std::move(request), sampler, std::nullopt, "", {}, {}, {},
+                longest_stop > 0 ? longest_stop - 1 : 0, 0, now, now};
   if (tokenizer_) active.decoder.emplace(*tokenizer_, /*skip_special=*/true);
   if (active.request.score_prompt) active.prompt_logprobs.assign(active.request.prompt.size(), 0.0);
   incoming_.emplace_back(id, std::move(active));
@@ -212,7 +218,8 @@ EngineStep Engine::step() {
     all_greedy = all_greedy && out.batch.chunks[c].logits != LogitRows::All;
     if (!out.chunks[c].samples) continue;
     ++sampled_rows;
-    all_greedy = all_greedy && active_.at(out.chunks[c].id).request.sampling.is_plain_greedy();
+    const EngineRequest& request = active_.at(out.chunks[c].id).request;
+    all_greedy = all_greedy && request.sampling.is_plain_greedy() && request.top_logprobs < 0;
   }
   out.batch.argmax_only = all_greedy;
   ForwardResult result;
@@ -248,9 +255,9 @@ EngineStep Engine::step() {
       finish(chunk.id, FinishReason::Length);
       continue;
     }
-    const int32_t token = all_greedy ? result.argmax[greedy_row++]
-                                     : active.sampler.sample(result.logits.data() + (row - 1) * vocab, vocab);
-    on_token(chunk.id, active, token);
+    const float* logits = all_greedy ? nullptr : result.logits.data() + (row - 1) * vocab;
+    const int32_t token = all_greedy ? result.argmax[greedy_row++] : active.sampler.sample(logits, vocab);
+    on_token(chunk.id, active, token, logits);
   }
   return report;
 }
@@ -266,7 +273,7 @@ void Engine::score_prompt_rows(const ScheduledChunk& chunk, Active& active, cons
   }
 }
 
-void Engine::on_token(uint64_t id, Active& active, int32_t token) {
+void Engine::on_token(uint64_t id, Active& active, int32_t token, const float* logits) {
   const auto now = std::chrono::steady_clock::now();
   metrics_.observe(active.generated == 0 ? Histogram::TimeToFirstToken : Histogram::InterTokenLatency,
                    seconds_between(active.generated == 0 ? active.arrival : active.last_token, now));
@@ -279,6 +286,10 @@ void Engine::on_token(uint64_t id, Active& active, int32_t token) {
   ++active.generated;
   metrics_.add(Counter::GenerationTokens, 1.0);
   active.pending_tokens.push_back(token);
+  if (active.request.top_logprobs >= 0) {
+    active.pending_logprobs.push_back(
+        token_logprobs(logits, backend_.config().vocab_size, token, active.request.top_logprobs));
+  }
   if (active.decoder) active.pending_text += active.decoder->push(token);
 
   // Stop strings: the held-back tail plus the new text hold every occurrence that ends in the new text.
@@ -300,6 +311,7 @@ void Engine::on_token(uint64_t id, Active& active, int32_t token) {
     StreamEvent event;
     event.text = active.pending_text.substr(0, send);
     event.tokens.swap(active.pending_tokens);
+    event.logprobs.swap(active.pending_logprobs);
     active.pending_text.erase(0, send);
     active.stream->push(std::move(event));
   }
@@ -315,6 +327,7 @@ void Engine::finish(uint64_t id, FinishReason reason, const std::string& error) 
   if (reason != FinishReason::Cancelled) {
     event.text = active.pending_text + (active.decoder ? active.decoder->flush() : "");
     event.tokens = std::move(active.pending_tokens);
+    event.logprobs = std::move(active.pending_logprobs);
     event.prompt_logprobs = std::move(active.prompt_logprobs);
   }
   event.prompt_tokens = static_cast<int64_t>(active.request.prompt.size());

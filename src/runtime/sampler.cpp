@@ -23,11 +23,33 @@ std::vector<int32_t> argmax_rows(const std::vector<float>& logits, int64_t rows,
   return out;
 }
 
-double log_probability(const float* logits, int vocab_size, int32_t target) {
+namespace {
+
+// max + log sum exp(logits - max), in double: log softmax(logits)[i] = logits[i] - this.
+double log_normaliser(const float* logits, int vocab_size) {
   const float max_logit = *std::max_element(logits, logits + vocab_size);
   double sum = 0.0;
   for (int i = 0; i < vocab_size; ++i) sum += std::exp(static_cast<double>(logits[i]) - max_logit);
-  return static_cast<double>(logits[target]) - max_logit - std::log(sum);
+  return max_logit + std::log(sum);
+}
+
+}  // namespace
+
+double log_probability(const float* logits, int vocab_size, int32_t target) {
+  return static_cast<double>(logits[target]) - log_normaliser(logits, vocab_size);
+}
+
+TokenLogprobs token_logprobs(const float* logits, int vocab_size, int32_t token, int top) {
+  const double normaliser = log_normaliser(logits, vocab_size);
+  TokenLogprobs out{token, static_cast<double>(logits[token]) - normaliser, {}};
+  const int count = std::min(top, vocab_size);
+  if (count <= 0) return out;
+  std::vector<int> order(vocab_size);
+  std::iota(order.begin(), order.end(), 0);
+  std::partial_sort(order.begin(), order.begin() + count, order.end(),
+                    [&](int a, int b) { return logits[a] > logits[b] || (logits[a] == logits[b] && a < b); });
+  for (int i = 0; i < count; ++i) out.top.emplace_back(order[i], static_cast<double>(logits[order[i]]) - normaliser);
+  return out;
 }
 
 namespace {

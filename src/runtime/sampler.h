@@ -48,9 +48,19 @@ class Sampler {
   std::vector<float> adjusted_;                     // scratch row
 };
 
+// A token's log-probability under the model: log softmax of the model's own logits (before logit_bias,
+// penalties and temperature, as vLLM reports by default), with the most likely tokens beside it.
+struct TokenLogprobs {
+  int32_t token = 0;
+  double logprob = 0.0;
+  std::vector<std::pair<int32_t, double>> top;  // (id, logprob), most likely first, ties by lowest id
+};
+
 int argmax(const float* values, int count);
 // log softmax(logits)[target] over one row of vocab_size logits, in double.
 double log_probability(const float* logits, int vocab_size, int32_t target);
+// The logprob of `token` and of the `top` most likely ids (at most vocab_size), over one row of logits.
+TokenLogprobs token_logprobs(const float* logits, int vocab_size, int32_t token, int top);
 // argmax of each row of logits [rows, vocab].
 std::vector<int32_t> argmax_rows(const std::vector<float>& logits, int64_t rows, int vocab);
 

@@ -14,6 +14,7 @@
 
 #include "server/api_key.h"
 #include "server/connection_watch.h"
+#include "server/logprobs_json.h"
 #include "server/request_parser.h"
 #include "tokenizer/chat.h"
 
@@ -59,6 +60,7 @@ struct Reply {
   bool chat = false;
   bool include_usage = false;
   std::string echo;  // completions with echo: the prompt's text, sent before the generated text
+  bool logprobs = false;  // choices carry each generated token's logprobs
   std::string id;
   std::string model;
   int64_t created = 0;
@@ -72,12 +74,20 @@ json chunk_json(const Reply& reply, const json& choice) {
           {"choices", json::array({choice})}};
 }
 
-json choice_json(const Reply& reply, const std::string& text, const json& finish_reason, bool first) {
-  if (!reply.chat) return {{"index", 0}, {"text", text}, {"logprobs", nullptr}, {"finish_reason", finish_reason}};
+json choice_json(const Reply& reply, const std::string& text, const json& finish_reason, bool first,
+                 const json& logprobs = nullptr) {
+  if (!reply.chat) return {{"index", 0}, {"text", text}, {"logprobs", logprobs}, {"finish_reason", finish_reason}};
   json delta = json::object();
   if (first) delta["role"] = "assistant";
   if (!text.empty() || first) delta["content"] = text;
-  return {{"index", 0}, {"delta", delta}, {"logprobs", nullptr}, {"finish_reason", finish_reason}};
+  return {{"index", 0}, {"delta", delta}, {"logprobs", logprobs}, {"finish_reason", finish_reason}};
+}
+
+// A choice's "logprobs" for `tokens` (null unless the request asked); text_offset counts on from `offset`.
+json choice_logprobs(const Reply& reply, const BpeTokenizer& tokenizer, const std::vector<TokenLogprobs>& tokens,
+                     size_t& offset) {
+  if (!reply.logprobs) return nullptr;
+  return reply.chat ? chat_logprobs_json(tokens, tokenizer) : completion_logprobs_json(tokens, tokenizer, offset);
 }
 
 std::string sse(const json& data) { return "data: " + json_text(data) + "\n\n"; }
@@ -204,6 +214,7 @@ void OpenAiServer::add_routes() {
                                           .repetition_penalty = options.repetition_penalty,
                                           .logit_bias = options.logit_bias};
         request.stop_strings = options.stop;
+        request.top_logprobs = options.top_logprobs;
         request.stop_token_ids = config_.stop_token_ids;
         if (chat) {
           if (auto im_end = tokenizer_.token_id("<|im_end|>")) request.stop_token_ids.push_back(*im_end);
@@ -235,12 +246,18 @@ void OpenAiServer::add_routes() {
         send_error(res, 503, "server_overloaded", "the server is at capacity (too many queued requests); retry later");
         return;
       }
-      Reply reply{chat, options.include_usage, echo, fmt::format("{}-{}", chat ? "chatcmpl" : "cmpl", stream->id()),
-                  config_.model_name, static_cast<int64_t>(std::time(nullptr))};
+      Reply reply{chat,
+                  options.include_usage,
+                  echo,
+                  options.top_logprobs >= 0,
+                  fmt::format("{}-{}", chat ? "chatcmpl" : "cmpl", stream->id()),
+                  config_.model_name,
+                  static_cast<int64_t>(std::time(nullptr))};
       auto watch = std::make_shared<ConnectionWatch>(req.local_port, req.remote_port);
 
       if (!options.stream) {
         std::string text = reply.echo;
+        std::vector<TokenLogprobs> logprobs;
         StreamEvent event;
         while (true) {
           if (!stream->next(event, kPollInterval)) {
@@ -251,6 +268,7 @@ void OpenAiServer::add_routes() {
             continue;
           }
           text += event.text;
+          logprobs.insert(logprobs.end(), event.logprobs.begin(), event.logprobs.end());
           if (event.finished) break;
         }
         if (!event.error.empty()) {
@@ -258,11 +276,13 @@ void OpenAiServer::add_routes() {
           return;
         }
         const char* finish = finish_reason_name(event.finish_reason);
+        size_t text_offset = 0;
+        const json logprobs_json = choice_logprobs(reply, tokenizer_, logprobs, text_offset);
         json choice = chat ? json{{"index", 0},
                                   {"message", {{"role", "assistant"}, {"content", text}}},
-                                  {"logprobs", nullptr},
+                                  {"logprobs", logprobs_json},
                                   {"finish_reason", finish}}
-                           : json{{"index", 0}, {"text", text}, {"logprobs", nullptr}, {"finish_reason", finish}};
+                           : json{{"index", 0}, {"text", text}, {"logprobs", logprobs_json}, {"finish_reason", finish}};
         json body = {{"id", reply.id},
                      {"object", chat ? "chat.completion" : "text_completion"},
                      {"created", reply.created},
@@ -276,6 +296,7 @@ void OpenAiServer::add_routes() {
       struct StreamState {
         bool started = false;
         bool finished = false;
+        size_t text_offset = 0;  // of the next token, for completions' logprobs
       };
       auto state = std::make_shared<StreamState>();
       res.set_header("Cache-Control", "no-cache");
@@ -300,8 +321,9 @@ void OpenAiServer::add_routes() {
               engine_.cancel(stream->id());
               return false;
             }
-            if (!event.text.empty() && !write(sse(chunk_json(reply, choice_json(reply, event.text, nullptr, false))))) {
-              return false;
+            if (!event.text.empty() || !event.logprobs.empty()) {
+              const json logprobs = choice_logprobs(reply, tokenizer_, event.logprobs, state->text_offset);
+              if (!write(sse(chunk_json(reply, choice_json(reply, event.text, nullptr, false, logprobs))))) return false;
             }
             if (!event.finished) return true;
             state->finished = true;

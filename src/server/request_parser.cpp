@@ -22,9 +22,11 @@ constexpr size_t kMaxStopStrings = 16;
 // Every field an endpoint implements; any other is refused by name rather than ignored.
 constexpr std::string_view kSharedFields[] = {
     "model", "max_tokens", "temperature", "top_p", "top_k", "min_p", "presence_penalty", "frequency_penalty",
-    "repetition_penalty", "logit_bias", "seed", "n", "stop", "stream", "stream_options", "user"};
+    "repetition_penalty", "logit_bias", "seed", "n", "stop", "stream", "stream_options", "user", "logprobs"};
 constexpr std::string_view kCompletionFields[] = {"prompt", "echo"};
-constexpr std::string_view kChatFields[] = {"messages", "max_completion_tokens"};
+constexpr std::string_view kChatFields[] = {"messages", "max_completion_tokens", "top_logprobs"};
+constexpr int64_t kMaxCompletionLogprobs = 5;  // OpenAI's limits
+constexpr int64_t kMaxChatTopLogprobs = 20;
 
 // OpenAI fields this server does not implement, accepted only at the value that asks for nothing
 // (null, or the value given here).
@@ -32,9 +34,11 @@ struct NeutralValue {
   std::string_view field;
   const char* value;  // JSON text
 };
-constexpr NeutralValue kNeutralValues[] = {
-    {"logprobs", "false"}, {"top_logprobs", "0"}, {"best_of", "1"},   {"suffix", "\"\""},
-    {"tools", "[]"},       {"tool_choice", "\"none\""},           {"response_format", R"({"type": "text"})"}};
+constexpr NeutralValue kNeutralValues[] = {{"best_of", "1"},
+                                           {"suffix", "\"\""},
+                                           {"tools", "[]"},
+                                           {"tool_choice", "\"none\""},
+                                           {"response_format", R"({"type": "text"})"}};
 
 template <size_t N>
 bool listed(const std::string_view (&fields)[N], std::string_view key) {
@@ -144,6 +148,21 @@ std::string required_model(const json& root, const std::string& served_model) {
   return model;
 }
 
+// /v1/completions: "logprobs": N, the N most likely tokens beside each generated one (false: none).
+int completion_top_logprobs(const json& root) {
+  const json* logprobs = field(root, "logprobs");
+  if (logprobs != nullptr && logprobs->is_boolean() && !logprobs->get<bool>()) return -1;
+  return static_cast<int>(optional_int(root, "logprobs", 0, kMaxCompletionLogprobs).value_or(-1));
+}
+
+// /v1/chat/completions: "logprobs": true, with "top_logprobs": N alternatives (default 0).
+int chat_top_logprobs(const json& root) {
+  const bool logprobs = optional_bool(root, "logprobs");
+  const std::optional<int64_t> top = optional_int(root, "top_logprobs", 0, kMaxChatTopLogprobs);
+  if (top && !logprobs) bad_request("top_logprobs", "'top_logprobs' needs 'logprobs': true");
+  return logprobs ? static_cast<int>(top.value_or(0)) : -1;
+}
+
 GenerationOptions parse_options(const json& root, int64_t max_model_len, bool chat) {
   GenerationOptions options;
   options.max_tokens = optional_int(root, "max_tokens", 1, max_model_len);
@@ -193,6 +212,7 @@ GenerationOptions parse_options(const json& root, int64_t max_model_len, bool ch
   if (const json* user = field(root, "user"); user != nullptr && !user->is_string()) {
     bad_request("user", "'user' must be a string");
   }
+  options.top_logprobs = chat ? chat_top_logprobs(root) : completion_top_logprobs(root);
   return options;
 }
 
@@ -243,6 +263,8 @@ CompletionRequest parse_completion_request(std::string_view body, const std::str
   if (request.prompt_text && request.prompt_text->empty()) bad_request("prompt", "'prompt' must not be empty");
   request.echo = optional_bool(root, "echo");
   request.options = parse_options(root, max_model_len, false);
+  // Prompt tokens' logprobs are not computed with their alternatives.
+  if (request.echo && request.options.top_logprobs >= 0) bad_request("echo", "'echo' with 'logprobs' is not supported");
   return request;
 }
 

@@ -40,6 +40,7 @@ struct GenerationOptions {
   std::vector<std::string> stop;
   bool stream = false;
   bool include_usage = false;  // stream_options.include_usage
+  int top_logprobs = -1;       // >= 0: return each token's logprob and this many alternatives
 };
 
 struct CompletionRequest {

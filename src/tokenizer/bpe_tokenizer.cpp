@@ -292,7 +292,7 @@ class ByteLevelStep final : public PreTokenizerStep {
 constexpr uint64_t kMaxTokenId = (1u << 22) - 1;
 
 // An id as written: read unsigned, so an id past 2^31 is reported as written, not wrapped to a negative one.
-int token_id(const json& value, const std::string& where, const std::string& token) {
+int parse_token_id(const json& value, const std::string& where, const std::string& token) {
   if (!value.is_number_integer()) fail("{}: token '{}' has id {}, not an integer", where, token, value.dump());
   if (!value.is_number_unsigned()) fail("{}: token '{}' has negative id {}", where, token, value.dump());
   if (value.get<uint64_t>() > kMaxTokenId) {
@@ -419,7 +419,7 @@ void BpeTokenizer::parse_model(const json& model) {
   int max_id = -1;
   vocab_.reserve(vocab.size());
   for (const auto& [token, id_json] : vocab.items()) {
-    const int id = token_id(id_json, where, token);
+    const int id = parse_token_id(id_json, where, token);
     vocab_.emplace(token, id);
     max_id = std::max(max_id, id);
   }
@@ -473,7 +473,7 @@ void BpeTokenizer::parse_added_tokens(const json& tokens) {
   for (const json& entry : tokens) {
     AddedToken token;
     token.content = require(entry, "content", where).get<std::string>();
-    token.id = token_id(require(entry, "id", where), where, token.content);
+    token.id = parse_token_id(require(entry, "id", where), where, token.content);
     if (token.content.empty()) fail("{}: token {} has empty content", where, token.id);
     token.special = flag(entry, "special", false);
     token.normalized = flag(entry, "normalized", !token.special);
