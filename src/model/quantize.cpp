@@ -143,7 +143,9 @@ std::vector<std::string> remove_stale_partial_folders(const fs::path& absolute_o
     const std::string name = item.path().filename();
     if (!item.is_directory() || name.rfind(prefix, 0) != 0) continue;
     const std::string pid_text = name.substr(prefix.size());
-    if (pid_text.empty() || pid_text.size() > 9 || !std::all_of(pid_text.begin(), pid_text.end(), [](char c) { return c >= '0' && c <= '9'; })) continue;
+    const bool is_pid = !pid_text.empty() && pid_text.size() <= 9 &&
+                        std::all_of(pid_text.begin(), pid_text.end(), [](char c) { return c >= '0' && c <= '9'; });
+    if (!is_pid) continue;
     if (process_runs(static_cast<pid_t>(std::stol(pid_text)))) continue;
     fs::remove_all(item.path());
     removed.push_back(item.path().string());

@@ -51,7 +51,8 @@ void refuse_unimplemented_fields(const json& root, bool chat) {
     auto neutral = std::find_if(std::begin(kNeutralValues), std::end(kNeutralValues),
                                 [&](const NeutralValue& n) { return n.field == key; });
     if (neutral == std::end(kNeutralValues)) {
-      bad_request(key, fmt::format("'{}' is not a parameter of {}", key, chat ? "/v1/chat/completions" : "/v1/completions"));
+      bad_request(key,
+                  fmt::format("'{}' is not a parameter of {}", key, chat ? "/v1/chat/completions" : "/v1/completions"));
     }
     if (!value.is_null() && value != json::parse(neutral->value)) {
       bad_request(key, fmt::format("'{}' is not supported (only {} is accepted)", key, neutral->value));
@@ -79,8 +80,8 @@ const json* field(const json& root, const char* key) {
 std::optional<int64_t> optional_int(const json& root, const char* key, int64_t min, int64_t max) {
   const json* value = field(root, key);
   if (value == nullptr) return std::nullopt;
-  if (value->is_number_float() && std::isfinite(value->get<double>()) && std::trunc(value->get<double>()) == value->get<double>()) {
-    // An integer beyond 64 bits reaches us as a double.
+  // An integer beyond 64 bits reaches us as a double: it is out of range, not a non-integer.
+  if (value->is_number_float() && std::fabs(value->get<double>()) >= 0x1p63) {
     bad_request(key, fmt::format("'{}' must be between {} and {}, got {}", key, min, max, value->dump()));
   }
   if (!value->is_number_integer()) bad_request(key, fmt::format("'{}' must be an integer", key));
@@ -115,8 +116,10 @@ std::vector<std::pair<int32_t, float>> parse_logit_bias(const json& root) {
   if (value == nullptr) return biases;
   if (!value->is_object()) bad_request("logit_bias", "'logit_bias' must be an object of token id -> bias");
   for (const auto& [key, bias] : value->items()) {
-    const bool canonical = !key.empty() && key.size() <= 10 && std::all_of(key.begin(), key.end(), [](char c) { return c >= '0' && c <= '9'; }) &&
-                           (key == "0" || key[0] != '0') && std::stoll(key) <= std::numeric_limits<int32_t>::max();
+    const bool digits = !key.empty() && key.size() <= 10 &&
+                        std::all_of(key.begin(), key.end(), [](char c) { return c >= '0' && c <= '9'; });
+    const bool canonical =
+        digits && (key == "0" || key[0] != '0') && std::stoll(key) <= std::numeric_limits<int32_t>::max();
     if (!canonical) {
       bad_request("logit_bias", fmt::format("'logit_bias' keys must be token ids (decimal integers), got '{}'", key));
     }
