@@ -157,7 +157,7 @@ TEST(Sampler, PlainGreedyOnlyWithoutBiasOrPenalties) {
   EXPECT_FALSE(SamplingParams{.presence_penalty = 0.1f}.is_plain_greedy());
   EXPECT_FALSE(SamplingParams{.frequency_penalty = -0.1f}.is_plain_greedy());
   EXPECT_FALSE(SamplingParams{.repetition_penalty = 1.1f}.is_plain_greedy());
-  EXPECT_FALSE(SamplingParams{.logit_bias = {{0, 0.0f}}}.is_plain_greedy());
+  EXPECT_FALSE((SamplingParams{.logit_bias = {{0, 0.0f}}}.is_plain_greedy()));
 }
 
 // Each bad value is refused with the request field that carries it.
