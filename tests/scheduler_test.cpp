@@ -290,15 +290,16 @@ EngineRequest request_for(int index, int64_t max_tokens) {
 
 // Request `index` with logit_bias and penalties, which make each pick depend on the sequence's own token
 // counts: even ones greedy with frequency and presence penalties (a repeated token drops below the
-// others), odd ones sampled from a seed with a repetition penalty and min-p (which keeps the one-hot
-// token alone until the penalty lowers it).
+// others), odd ones sampled from a seed with a repetition penalty and min-p: at temperature 0.8 a 0 logit
+// is e^(-1/0.8) = 0.29 of the one-hot token's 1 (below min_p 0.3: it stays alone), but e^(-(1/1.5)/0.8) =
+// 0.43 of a repeated token's 1/1.5, so after a repeat the top 5 are drawn from.
 EngineRequest penalised_request_for(int index, int64_t max_tokens) {
   EngineRequest request = request_for(index, max_tokens);
   request.sampling = index % 2 == 0
                          ? SamplingParams{.presence_penalty = 0.25f, .frequency_penalty = 1.5f,
                                           .logit_bias = {{40 + index, 0.5f}}}
                          : SamplingParams{.temperature = 0.8f, .top_k = 5, .seed = static_cast<uint64_t>(index),
-                                          .min_p = 0.5f, .repetition_penalty = 1.5f};
+                                          .min_p = 0.3f, .repetition_penalty = 1.5f};
   return request;
 }
 

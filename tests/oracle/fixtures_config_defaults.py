@@ -14,7 +14,7 @@ QWEN3_5_TEXT = {
     "model_type": "qwen3_5_text", "hidden_size": 64, "num_hidden_layers": 4, "intermediate_size": 96,
     "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 32, "vocab_size": 128, "rms_norm_eps": 1e-5,
     "max_position_embeddings": 1024, "tie_word_embeddings": True, "attention_bias": True, "full_attention_interval": 2,
-    "linear_num_key_heads": 2, "linear_num_value_heads": 4, "linear_key_head_dim": 16, "linear_value_head_dim": 8,
+    "linear_num_key_heads": 2, "linear_num_value_heads": 32, "linear_key_head_dim": 16, "linear_value_head_dim": 8,
     "linear_conv_kernel_dim": 3,
     "rope_parameters": {"rope_type": "default", "rope_theta": 500000.0, "partial_rotary_factor": 0.5},
 }
