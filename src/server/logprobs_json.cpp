@@ -34,7 +34,7 @@ json completion_logprobs_json(const std::vector<TokenLogprobs>& tokens, const Bp
     for (const auto& [id, logprob] : token.top) top[token_text(tokenizer, id)] = logprob;
     out["top_logprobs"].push_back(top);
     out["text_offset"].push_back(offset);
-    offset += tokenizer.token_bytes(token.token).size();
+    offset += text.size();
   }
   return out;
 }

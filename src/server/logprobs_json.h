@@ -12,7 +12,8 @@
 
 namespace uberlm {
 
-// text_offset counts on from `offset` (the text already sent), which it advances past these tokens.
+// text_offset: where each token's text begins in the concatenation of the tokens' texts (the reply's text
+// whenever no token ends inside a UTF-8 sequence), counting on from `offset`, which it advances.
 nlohmann::json completion_logprobs_json(const std::vector<TokenLogprobs>& tokens, const BpeTokenizer& tokenizer,
                                         size_t& offset);
 nlohmann::json chat_logprobs_json(const std::vector<TokenLogprobs>& tokens, const BpeTokenizer& tokenizer);
