@@ -351,7 +351,8 @@ TEST(Server, UnimplementedOrBadParametersAreRefusedByName) {
       {"echo_in_chat", ch, {{"echo", true}}, "echo", "not a parameter of /v1/chat/completions"},
       {"stream_options", c, {{"stream_options", {{"continuous_usage_stats", true}}}},
        "stream_options.continuous_usage_stats", "not supported"},
-      {"seed_beyond_64_bits", c, {{"seed", json::parse("1180591620717411303424")}}, "seed", "must be between"},
+      {"seed_beyond_64_bits", c, {{"seed", json::parse("1180591620717411303424")}}, "seed", "'seed' is out of range"},
+      {"seed_below_64_bits", c, {{"seed", json::parse("-9223372036854775809")}}, "seed", "'seed' is out of range"},
       {"seed_type", c, {{"seed", "7"}}, "seed", "must be an integer"},
       {"min_p", c, {{"min_p", 1.5}}, "min_p", "'min_p' must be in [0, 1]"},
       {"presence_penalty", c, {{"presence_penalty", 2.5}}, "presence_penalty", "must be in [-2, 2]"},
@@ -380,7 +381,8 @@ TEST(Server, UnimplementedOrBadParametersAreRefusedByName) {
   // The values that ask for nothing beyond plain generation are accepted.
   for (const json& neutral : {json{{"logprobs", false}}, json{{"response_format", {{"type", "text"}}}},
                               json{{"tools", json::array()}}, json{{"user", "u-1"}}, json{{"top_logprobs", nullptr}},
-                              json{{"best_of", 1}}, json{{"tool_choice", "none"}}}) {
+                              json{{"best_of", 1}}, json{{"tool_choice", "none"}},
+                              json{{"seed", 18446744073709551615ULL}}, json{{"seed", -9223372036854775807LL - 1}}}) {
     json body = chat;
     body.update(neutral);
     auto res = client->Post(ch.c_str(), body.dump(), "application/json");

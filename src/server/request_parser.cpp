@@ -77,13 +77,17 @@ const json* field(const json& root, const char* key) {
   return it == root.end() || it->is_null() ? nullptr : &*it;
 }
 
+// An integer beyond 64 bits reaches us as a double: it is out of range, not a non-integer.
+void refuse_beyond_64_bits(const json& value, const char* key, const std::string& range) {
+  if (value.is_number_float() && std::fabs(value.get<double>()) >= 0x1p63) {
+    bad_request(key, fmt::format("'{}' is out of range: it must be {}, got {}", key, range, value.dump()));
+  }
+}
+
 std::optional<int64_t> optional_int(const json& root, const char* key, int64_t min, int64_t max) {
   const json* value = field(root, key);
   if (value == nullptr) return std::nullopt;
-  // An integer beyond 64 bits reaches us as a double: it is out of range, not a non-integer.
-  if (value->is_number_float() && std::fabs(value->get<double>()) >= 0x1p63) {
-    bad_request(key, fmt::format("'{}' must be between {} and {}, got {}", key, min, max, value->dump()));
-  }
+  refuse_beyond_64_bits(*value, key, fmt::format("between {} and {}", min, max));
   if (!value->is_number_integer()) bad_request(key, fmt::format("'{}' must be an integer", key));
   // nlohmann stores every non-negative integer as unsigned: compare in the type it holds.
   const bool in_range = value->is_number_unsigned()
@@ -107,6 +111,15 @@ float optional_float(const json& root, const char* key, float fallback, float mi
                                  value->dump()));
   }
   return static_cast<float>(number);
+}
+
+// Any 64-bit integer, signed or unsigned: either names a generator state.
+std::optional<uint64_t> optional_seed(const json& root) {
+  const json* value = field(root, "seed");
+  if (value == nullptr) return std::nullopt;
+  refuse_beyond_64_bits(*value, "seed", "a 64-bit integer");
+  if (!value->is_number_integer()) bad_request("seed", "'seed' must be an integer");
+  return value->is_number_unsigned() ? value->get<uint64_t>() : static_cast<uint64_t>(value->get<int64_t>());
 }
 
 // {"<token id>": bias, ...}: canonical decimal ids (so no two keys name one token), biases in [-100, 100].
@@ -180,9 +193,7 @@ GenerationOptions parse_options(const json& root, int64_t max_model_len, bool ch
   options.repetition_penalty =
       optional_float(root, "repetition_penalty", 1.0f, 0.0f, std::numeric_limits<float>::max(), true);
   options.logit_bias = parse_logit_bias(root);
-  if (auto seed = optional_int(root, "seed", std::numeric_limits<int64_t>::min(), std::numeric_limits<int64_t>::max())) {
-    options.seed = static_cast<uint64_t>(*seed);
-  }
+  options.seed = optional_seed(root);
   if (auto n = optional_int(root, "n", 1, std::numeric_limits<int32_t>::max()); n && *n != 1) {
     bad_request("n", "only n = 1 is supported");
   }
