@@ -493,7 +493,7 @@ TEST(Engine, RejectsRequestsItCannotServe) {
   try {
     engine.submit(bad_bias);
     ADD_FAILURE() << "a logit_bias id outside the vocabulary was accepted";
-  } catch (const RequestFieldError& error) {
+  } catch (const RequestError& error) {
     EXPECT_EQ(error.field, "logit_bias");
     EXPECT_NE(std::string(error.what()).find("outside the vocabulary"), std::string::npos) << error.what();
   }

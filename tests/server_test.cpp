@@ -210,6 +210,28 @@ TEST(Server, BadInputsGetTheirStatusAndMessage) {
   EXPECT_EQ(error, "");
 }
 
+// The engine checks a request's limits (the one place); the server names the OpenAI parameter at fault.
+TEST(Server, EngineLimitErrorsNameTheParameter) {
+  TestServer server(ServerOptions{.max_model_len = 64});
+  auto client = server.client();
+  const std::string long_prompt = json(std::string(2000, 'x') + " y z").dump();
+  const std::vector<std::pair<std::string, std::string>> cases = {
+      {"/v1/completions", R"({"model": "tiny", "prompt": "a b c", "max_tokens": 63})"},
+      {"/v1/completions", R"({"model": "tiny", "max_tokens": 1, "prompt": )" + long_prompt + "}"},
+      {"/v1/completions", R"({"model": "tiny", "prompt": [1, 999999]})"},
+      {"/v1/chat/completions", R"({"model": "tiny", "messages": [{"role": "user", "content": )" + long_prompt + "}]}"},
+  };
+  const std::vector<std::string> params = {"max_tokens", "prompt", "prompt", "messages"};
+  for (size_t i = 0; i < cases.size(); ++i) {
+    auto res = client->Post(cases[i].first.c_str(), cases[i].second, "application/json");
+    ASSERT_TRUE(res) << i;
+    EXPECT_EQ(res->status, 400) << i << ": " << res->body;
+    const json body = json::parse(res->body, nullptr, false);
+    ASSERT_TRUE(body.is_object() && body.contains("error")) << i << ": " << res->body;
+    EXPECT_EQ(body["error"]["param"], params[i]) << i << ": " << res->body;
+  }
+}
+
 // Sends `bytes` as they are on a fresh connection and returns everything the server answers until it
 // closes the connection or 10 s pass (HTTP clients normalise what this test must send raw).
 std::string raw_exchange(int port, const std::string& bytes) {

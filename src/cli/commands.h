@@ -1,7 +1,6 @@
 #pragma once
 // Each subcommand registers its options and its action on the top-level CLI11 app.
 #include <CLI/CLI.hpp>
-#include <nlohmann/json.hpp>
 
 #include "model/config.h"
 
@@ -20,9 +19,6 @@ void add_tuning_options(CLI::App& cmd, std::string& tuning_table, bool& strict);
 void add_eval_gsm8k_command(CLI::App& eval);
 // Registers `ppl` under the `eval` subcommand.
 void add_eval_ppl_command(CLI::App& eval);
-
-// A GSM8K JSONL row as one document: its "text", or question and answer in the training layout.
-std::string gsm8k_document_text(const nlohmann::json& row, const std::string& path, int line_number);
 
 // The model used when --model is not given: $UBERLM_MODEL, else the default model shipped in the repo.
 std::string default_model_dir();

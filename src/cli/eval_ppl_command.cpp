@@ -113,15 +113,6 @@ void run_ppl(const PplOptions& options) {
 
 }  // namespace
 
-std::string gsm8k_document_text(const nlohmann::json& row, const std::string& path, int line_number) {
-  if (row.contains("text") && row["text"].is_string()) return row["text"].get<std::string>();
-  if (!row.contains("question") || !row["question"].is_string() || !row.contains("answer") ||
-      !row["answer"].is_string()) {
-    fail("{} line {}: expected string fields 'text', or 'question' and 'answer'", path, line_number);
-  }
-  return gsm8k_document(row["question"].get<std::string>(), row["answer"].get<std::string>());
-}
-
 void add_eval_ppl_command(CLI::App& eval) {
   auto options = std::make_shared<PplOptions>();
   CLI::App* cmd = eval.add_subcommand("ppl", "Perplexity on a JSONL (question/answer or text) or plain-text file");

@@ -13,14 +13,6 @@ class Error : public std::runtime_error {
   explicit Error(const std::string& message) : std::runtime_error(message) {}
 };
 
-// A request field the engine cannot honour (a token id outside the vocabulary, a sampling value out of
-// range); `field` is its name in the request, which the server reports as the error's "param".
-class RequestFieldError : public Error {
- public:
-  RequestFieldError(std::string field, const std::string& message) : Error(message), field(std::move(field)) {}
-  std::string field;
-};
-
 template <typename... Args>
 [[noreturn]] void fail(fmt::format_string<Args...> format, Args&&... args) {
   throw Error(fmt::format(format, std::forward<Args>(args)...));

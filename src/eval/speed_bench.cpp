@@ -225,6 +225,8 @@ nlohmann::json run_speed_bench(const SpeedBenchOptions& options) {
                         {"gemv_swiglu_calls", counters.gemv_swiglu_calls},
                         {"tuning_table_hits", counters.tuning_table_hits},
                         {"tuning_table_misses", counters.tuning_table_misses},
+                        {"prefill_attention_calls", counters.prefill_attention_calls},
+                        {"prefill_attention_fallbacks", counters.prefill_attention_fallbacks},
                         {"graph_captures", counters.graph_captures},
                         {"graph_replays", counters.graph_replays}};
   std::printf("\nGEMV tunings: %lld launches from the table, %lld on the built-in tuning (cells the table lacks)\n",

@@ -11,6 +11,7 @@
 
 #include "core/error.h"
 #include "ops/cuda/attention_decode.h"
+#include "ops/cuda/attention_prefill.h"
 #include "ops/cuda/cuda_check.h"
 #include "ops/cuda/gemv.h"
 #include "ops/cuda/sampling.h"
@@ -86,6 +87,7 @@ struct CudaBackend::Impl {
   std::unique_ptr<gpu::OpProfiler> profiler;
   std::unique_ptr<gpu::StepGraphs> graphs;
   bool graphs_enabled = true;
+  mutable gpu::DecoderCounters decoder_counters;
   // `uberlm check`: where an observed forward's decoder copies the residual stream (null otherwise).
   std::unique_ptr<DeviceBuffer> snapshot_buffer;
   float* residual_snapshots = nullptr;
@@ -94,8 +96,8 @@ struct CudaBackend::Impl {
        const std::vector<gpu::LinearFormat>& formats);
   ~Impl();
   gpu::GpuDecoder decoder() const {
-    return {config, memory->model, memory->caches, memory->buffers, limits, *linears, *profiler, options.communicator,
-            stream, residual_snapshots};
+    return {config,   memory->model, memory->caches,       memory->buffers, limits, *linears,
+            *profiler, decoder_counters, options.communicator, stream,         residual_snapshots};
   }
   // Writes the batch's metadata (its logits rows row_offset .. row_offset + row_limit) and queues its copy.
   gpu::StepShape prepare(const ForwardBatch& batch, int64_t row_offset, int64_t row_limit);
@@ -112,6 +114,12 @@ CudaBackend::Impl::Impl(const ModelConfig& model_config, const CudaBackendOption
   options.strict = options.strict || strict_from_environment();
   if (config.head_dim > cuda::kAttentionMaxHeadDim) {
     fail("CudaBackend: head_dim {} exceeds the attention kernel's {}", config.head_dim, cuda::kAttentionMaxHeadDim);
+  }
+  if (!cuda::attention_prefill_supports(config.head_dim)) {
+    const std::string message = fmt::format(
+        "prefill attention: no tensor-core kernel for head_dim {}; prompt rows run the decode kernel", config.head_dim);
+    if (options.strict) fail("strict: {}", message);
+    spdlog::warn("{}", message);
   }
   limits = {options.max_batch_tokens, options.max_logit_rows, options.max_slots, options.max_context};
   graphs_enabled = options.cuda_graphs;
@@ -331,6 +339,7 @@ GpuBackend::Counters CudaBackend::counters() const {
   const gpu::LinearCounters& linear = impl_->linears->counters();
   return {linear.gemv_linear_calls, linear.gemm_bf16_linear_calls,  linear.gemm_nvfp4_linear_calls,
           linear.gemv_swiglu_calls, linear.tuning_table_hits,       linear.tuning_table_misses,
+          impl_->decoder_counters.prefill_attention_calls, impl_->decoder_counters.prefill_attention_fallbacks,
           impl_->graphs->captures(), impl_->graphs->replays()};
 }
 

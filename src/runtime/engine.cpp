@@ -83,41 +83,63 @@ int Engine::in_flight() const {
   return in_flight_;
 }
 
-std::shared_ptr<RequestStream> Engine::submit(EngineRequest request) {
-  const int vocab = backend_.config().vocab_size;
+namespace {
+
+[[noreturn]] void refuse(const char* field, const std::string& message) { throw RequestError(field, message); }
+
+// The request's token budget: max_tokens checked against the context, or the rest of the context.
+int64_t resolve_max_tokens(const EngineRequest& request, int vocab, int64_t max_model_len) {
   const int64_t prompt_tokens = static_cast<int64_t>(request.prompt.size());
-  if (prompt_tokens == 0) throw RequestFieldError("prompt", "the prompt is empty");
+  if (prompt_tokens == 0) refuse("prompt", "the prompt is empty");
   for (int32_t token : request.prompt) {
     if (token < 0 || token >= vocab) {
-      throw RequestFieldError("prompt",
-                              fmt::format("prompt token id {} is outside the vocabulary [0, {})", token, vocab));
+      refuse("prompt", fmt::format("prompt token id {} is outside the vocabulary [0, {})", token, vocab));
     }
   }
+  const int64_t least = request.score_prompt ? 0 : 1;
+  if (prompt_tokens + least > max_model_len) {
+    refuse("prompt", fmt::format("the prompt is {} tokens; max-model-len {} leaves no room to generate", prompt_tokens,
+                                 max_model_len));
+  }
+  const int64_t max_tokens = request.max_tokens.value_or(max_model_len - prompt_tokens);
+  if (max_tokens < least) refuse("max_tokens", fmt::format("max_tokens must be at least {}, got {}", least, max_tokens));
+  if (prompt_tokens + max_tokens > max_model_len) {
+    refuse("max_tokens", fmt::format("this model's maximum context length is {} tokens, but {} were requested ({} in "
+                                     "the prompt, {} to generate)",
+                                     max_model_len, prompt_tokens + max_tokens, prompt_tokens, max_tokens));
+  }
+  return max_tokens;
+}
+
+// The request's Sampler; a logit_bias id outside the vocabulary is refused by name.
+Sampler checked_sampler(const EngineRequest& request, int vocab) {
   for (const auto& [token, bias] : request.sampling.logit_bias) {
     if (token < 0 || token >= vocab) {
-      throw RequestFieldError("logit_bias",
-                              fmt::format("logit_bias token id {} is outside the vocabulary [0, {})", token, vocab));
+      refuse("logit_bias", fmt::format("logit_bias token id {} is outside the vocabulary [0, {})", token, vocab));
     }
   }
-  if (request.max_tokens < (request.score_prompt ? 0 : 1)) {
-    throw RequestFieldError("max_tokens", fmt::format("max_tokens must be at least {}, got {}",
-                                                      request.score_prompt ? 0 : 1, request.max_tokens));
+  try {
+    return Sampler(request.sampling, request.prompt);
+  } catch (const RequestError&) {
+    throw;
+  } catch (const Error& error) {
+    refuse("sampling", error.what());
   }
-  if (prompt_tokens + request.max_tokens > max_model_len()) {
-    throw RequestFieldError(
-        "max_tokens",
-        fmt::format("this model's maximum context length is {} tokens, but {} were requested ({} in the prompt, {} "
-                    "to generate)",
-                    max_model_len(), prompt_tokens + request.max_tokens, prompt_tokens, request.max_tokens));
-  }
+}
+
+}  // namespace
+
+std::shared_ptr<RequestStream> Engine::submit(EngineRequest request) {
+  const int64_t prompt_tokens = static_cast<int64_t>(request.prompt.size());
+  const int64_t max_tokens = resolve_max_tokens(request, backend_.config().vocab_size, max_model_len());
+  Sampler sampler = checked_sampler(request, backend_.config().vocab_size);
   if (request.top_logprobs < -1 || request.top_logprobs > kMaxTopLogprobs) {
-    throw RequestFieldError("top_logprobs", fmt::format("top_logprobs must be in [0, {}], got {}", kMaxTopLogprobs,
-                                                        request.top_logprobs));
+    refuse("top_logprobs",
+           fmt::format("top_logprobs must be in [0, {}], got {}", kMaxTopLogprobs, request.top_logprobs));
   }
-  Sampler sampler(request.sampling, request.prompt);
   size_t longest_stop = 0;
   for (const std::string& stop : request.stop_strings) {
-    if (stop.empty()) throw RequestFieldError("stop", "stop strings must not be empty");
+    if (stop.empty()) refuse("stop_strings", "stop strings must not be empty");
     longest_stop = std::max(longest_stop, stop.size());
   }
 
@@ -127,7 +149,7 @@ std::shared_ptr<RequestStream> Engine::submit(EngineRequest request) {
   auto stream = std::make_shared<RequestStream>(id);
   const auto now = std::chrono::steady_clock::now();
   Active active{stream, std::move(request), sampler, std::nullopt, "", {}, {}, {},
-                longest_stop > 0 ? longest_stop - 1 : 0, 0, now, now};
+                longest_stop > 0 ? longest_stop - 1 : 0, max_tokens, 0, now, now};
   if (tokenizer_) active.decoder.emplace(*tokenizer_, /*skip_special=*/true);
   if (active.request.score_prompt) active.prompt_logprobs.assign(active.request.prompt.size(), 0.0);
   incoming_.emplace_back(id, std::move(active));
@@ -251,7 +273,7 @@ EngineStep Engine::step() {
     if (out.batch.chunks[c].logits == LogitRows::All) score_prompt_rows(chunk, active, result.logits.data() + row * vocab);
     row += rows;
     if (!chunk.samples) continue;
-    if (active.request.max_tokens == 0) {
+    if (active.max_tokens == 0) {
       finish(chunk.id, FinishReason::Length);
       continue;
     }
@@ -300,7 +322,7 @@ void Engine::on_token(uint64_t id, Active& active, int32_t token, const float* l
     finish(id, FinishReason::Stop);
     return;
   }
-  if (active.generated >= active.request.max_tokens) {
+  if (active.generated >= active.max_tokens) {
     finish(id, FinishReason::Length);
     return;
   }

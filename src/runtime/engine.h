@@ -19,6 +19,7 @@
 #include <unordered_map>
 #include <vector>
 
+#include "core/error.h"
 #include "runtime/backend.h"
 #include "runtime/metrics.h"
 #include "runtime/sampler.h"
@@ -35,12 +36,22 @@ struct EngineConfig {
 
 struct EngineRequest {
   std::vector<int32_t> prompt;
-  int64_t max_tokens = 16;  // prompt + max_tokens must fit max_model_len; 0 only with score_prompt
+  // prompt + max_tokens must fit max_model_len; 0 only with score_prompt; unset: up to the context's end.
+  std::optional<int64_t> max_tokens;
   SamplingParams sampling;
   std::vector<int> stop_token_ids;         // end the output, not part of it
   std::vector<std::string> stop_strings;   // end the output at their first occurrence, not part of it
   bool score_prompt = false;               // the final event carries every prompt token's logprob
   int top_logprobs = -1;  // >= 0: events carry each generated token's logprob and this many alternatives
+};
+
+// A request the engine refuses; `field` names the EngineRequest field at fault ("prompt", "max_tokens",
+// "stop_strings", "sampling", "logit_bias" (a sampling id outside the vocabulary), "top_logprobs"), so a
+// front end can name its own parameter.
+class RequestError : public Error {
+ public:
+  RequestError(std::string field, const std::string& message) : Error(message), field(std::move(field)) {}
+  std::string field;
 };
 
 enum class FinishReason { Stop, Length, Cancelled };
@@ -92,8 +103,9 @@ class Engine {
   Engine(const Engine&) = delete;
   Engine& operator=(const Engine&) = delete;
 
-  // nullptr when the queue is full. Throws RequestFieldError, naming the field, on a request it cannot take
-  // (empty prompt, prompt + max_tokens over max_model_len, token ids outside the vocabulary, bad sampling params).
+  // nullptr when the queue is full. Throws RequestError on a request it cannot take (empty prompt, no
+  // room to generate, prompt + max_tokens over max_model_len, token ids outside the vocabulary (prompt or
+  // logit_bias), bad sampling params, top_logprobs or stop strings): the one place a request's limits are checked.
   std::shared_ptr<RequestStream> submit(EngineRequest request);
   // Without a loop thread: admits what was submitted and cancelled, then runs one step if there is work.
   EngineStep run_step();
@@ -115,6 +127,7 @@ class Engine {
     std::vector<TokenLogprobs> pending_logprobs;  // theirs, with top_logprobs >= 0
     std::vector<double> prompt_logprobs;
     size_t hold_back = 0;      // longest stop string - 1
+    int64_t max_tokens = 0;  // request.max_tokens resolved against the context
     int64_t generated = 0;
     std::chrono::steady_clock::time_point arrival, last_token;
   };

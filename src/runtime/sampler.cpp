@@ -57,7 +57,7 @@ namespace {
 // The ranges are OpenAI's (penalties, logit_bias) and vLLM's (min_p, repetition_penalty).
 void check_params(const SamplingParams& params) {
   auto require = [](bool ok, const char* field, const std::string& rule, float value) {
-    if (!ok) throw RequestFieldError(field, fmt::format("'{}' must be {}, got {}", field, rule, value));
+    if (!ok) fail("sampling: '{}' must be {}, got {}", field, rule, value);
   };
   require(std::isfinite(params.temperature) && params.temperature >= 0.0f, "temperature", "a finite number >= 0",
           params.temperature);
@@ -71,7 +71,7 @@ void check_params(const SamplingParams& params) {
   require(std::isfinite(params.repetition_penalty) && params.repetition_penalty > 0.0f, "repetition_penalty",
           "a finite number > 0", params.repetition_penalty);
   for (const auto& [token, bias] : params.logit_bias) {
-    if (token < 0) throw RequestFieldError("logit_bias", fmt::format("'logit_bias' has a negative token id {}", token));
+    if (token < 0) fail("sampling: 'logit_bias' has a negative token id {}", token);
     require(bias >= -100.0f && bias <= 100.0f, "logit_bias", "in [-100, 100]", bias);
   }
 }

@@ -30,7 +30,7 @@ struct SamplingParams {
 
 class Sampler {
  public:
-  // Throws RequestFieldError naming the first parameter out of range. `prompt`: the tokens the
+  // Throws Error naming the first parameter out of range. `prompt`: the tokens the
   // repetition penalty counts besides the output.
   explicit Sampler(const SamplingParams& params, const std::vector<int32_t>& prompt = {});
   // Picks the next token and counts it as output.

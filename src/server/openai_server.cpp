@@ -29,6 +29,14 @@ constexpr size_t kMaxBodyBytes = 16u << 20;
 constexpr int kListenBacklog = 1024;
 constexpr int64_t kDefaultCompletionTokens = 16;  // OpenAI's default for /v1/completions
 
+// The OpenAI parameter behind an EngineRequest field the engine refused.
+std::string request_parameter(const std::string& field, bool chat) {
+  if (field == "prompt") return chat ? "messages" : "prompt";
+  if (field == "stop_strings") return "stop";
+  if (field == "sampling") return "";  // the parser has range-checked each sampling parameter already
+  return field;
+}
+
 // Serialises a reply. Error messages quote what the client sent (a path, a parser's excerpt of the body),
 // which may be invalid UTF-8: such bytes become U+FFFD instead of an exception that kills the process.
 std::string json_text(const json& value) { return value.dump(-1, ' ', false, json::error_handler_t::replace); }
@@ -173,11 +181,9 @@ void OpenAiServer::add_routes() {
       GenerationOptions options;
       std::string echo;
       try {
-        std::string prompt_param = "prompt";
         if (chat) {
           ChatCompletionRequest parsed = parse_chat_completion_request(req.body, config_.model_name, max_len);
           options = parsed.options;
-          prompt_param = "messages";
           for (int id : tokenizer_.encode(render_chatml(parsed.messages, /*add_generation_prompt=*/true))) {
             request.prompt.push_back(id);
           }
@@ -190,20 +196,11 @@ void OpenAiServer::add_routes() {
           }
           if (parsed.echo) echo = parsed.prompt_text ? *parsed.prompt_text : tokenizer_.decode(parsed.prompt_ids);
         }
-        const int64_t prompt_tokens = static_cast<int64_t>(request.prompt.size());
-        if (prompt_tokens == 0) bad_request(prompt_param, "the prompt is empty");
-        if (prompt_tokens >= max_len) {
-          bad_request(prompt_param, fmt::format("the prompt is {} tokens; max-model-len {} leaves no room to generate",
-                                                prompt_tokens, max_len));
-        }
-        request.max_tokens =
-            options.max_tokens.value_or(chat ? max_len - prompt_tokens : std::min(kDefaultCompletionTokens, max_len - prompt_tokens));
-        if (prompt_tokens + request.max_tokens > max_len) {
-          bad_request("max_tokens", fmt::format("this model's maximum context length is {} tokens, but {} were "
-                                                "requested ({} in the prompt, {} to generate)",
-                                                max_len, prompt_tokens + request.max_tokens, prompt_tokens,
-                                                request.max_tokens));
-        }
+        // OpenAI's default for /v1/completions, shortened to the room the prompt leaves; chat: the engine's
+        // default, the rest of the context.
+        request.max_tokens = options.max_tokens;
+        const int64_t room = max_len - static_cast<int64_t>(request.prompt.size());
+        if (!chat && !request.max_tokens && room > 0) request.max_tokens = std::min(kDefaultCompletionTokens, room);
         request.sampling = SamplingParams{.temperature = options.temperature,
                                           .top_k = options.top_k,
                                           .top_p = options.top_p,
@@ -232,13 +229,9 @@ void OpenAiServer::add_routes() {
       std::shared_ptr<RequestStream> stream;
       try {
         stream = engine_.submit(request);
-      } catch (const RequestFieldError& error) {
+      } catch (const RequestError& error) {
         metrics_.add(Counter::RejectedRequests, 1.0, R"(reason="invalid")");
-        send_error(res, 400, "invalid_request_error", error.what(), error.field);
-        return;
-      } catch (const Error& error) {
-        metrics_.add(Counter::RejectedRequests, 1.0, R"(reason="invalid")");
-        send_error(res, 400, "invalid_request_error", error.what());
+        send_error(res, 400, "invalid_request_error", error.what(), request_parameter(error.field, chat));
         return;
       }
       if (!stream) {

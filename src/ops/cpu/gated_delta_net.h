@@ -1,6 +1,7 @@
 #pragma once
-// Gated DeltaNet (linear attention) kernels for one token of one sequence, fp32. A prompt is run
-// token by token through the recurrent rule (the chunked form computes the same function).
+// Gated DeltaNet (linear attention) kernels, fp32: the recurrent rule for one token, which the decoder
+// runs (token by token, so a prompt's split into chunks cannot change its numbers), and the chunked
+// form of the fast prefill kernels, the reference the GPU's chunked kernel is checked against.
 #include <cstdint>
 
 namespace uberlm::cpu {
@@ -29,5 +30,13 @@ void causal_conv1d_step(const float* input, float* conv_state, const float* weig
 // a_log, dt_bias: [num_v_heads]; state: [num_v_heads, k_head_dim, v_head_dim]; out: [num_v_heads, v_head_dim].
 void gated_delta_rule_step(float* mixed, const float* a, const float* b, const float* a_log, const float* dt_bias,
                            const GatedDeltaNetShape& shape, float* state, float* out);
+
+// The gated delta rule for `tokens` consecutive tokens of one sequence, in chunks of `chunk` tokens:
+// the WY / UT-transform form (within a chunk, the updates solve one unit lower-triangular system and
+// the state is read and written once per chunk). Same arguments as gated_delta_rule_step with a token
+// axis in front: mixed [tokens, conv_dim], a, b [tokens, num_v_heads], out [tokens, num_v_heads,
+// v_head_dim]. Equals the step form token by token up to fp32 rounding (tests/gated_delta_net_test.cpp).
+void gated_delta_rule_chunked(float* mixed, const float* a, const float* b, const float* a_log, const float* dt_bias,
+                              const GatedDeltaNetShape& shape, int64_t tokens, int chunk, float* state, float* out);
 
 }  // namespace uberlm::cpu

@@ -37,6 +37,7 @@
 #include <cstdint>
 
 #include "ops/cuda/kernel_util.cuh"
+#include "ops/cuda/mma.cuh"
 
 namespace uberlm::cuda {
 
@@ -45,17 +46,6 @@ inline constexpr int kGemvChunkK = 4 * kGemvLaneK;     // k-values a row's four 
 inline constexpr int kGemvRowsPerTile = 16;            // mma m
 inline constexpr int kGemvTokensPerGroup = 8;          // mma n
 inline constexpr int kGemvMaxTokens = 64;
-
-// D[16 rows x 8 tokens] += A[16 x 16] . B[16 x 8]; fragment layout as in the PTX ISA for m16n8k16:
-// a = {(g, 2tig..), (g+8, 2tig..), (g, 2tig+8..), (g+8, 2tig+8..)}, b = {(2tig.., g), (2tig+8.., g)},
-// d = {(g, 2tig), (g, 2tig+1), (g+8, 2tig), (g+8, 2tig+1)}.
-__device__ __forceinline__ void mma_bf16_m16n8k16(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
-  asm volatile(
-      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
-      "{%0, %1, %2, %3};\n"
-      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
 
 // A 16-byte load that bypasses L1: weights are read once, and letting them stream through L1 would
 // evict the activations, which every warp of the SM re-reads (measured: each chunk then waited for an

@@ -2,6 +2,7 @@
 
 #include "ops/cuda/activation.h"
 #include "ops/cuda/attention_decode.h"
+#include "ops/cuda/attention_prefill.h"
 #include "ops/cuda/cuda_check.h"
 #include "ops/cuda/embedding.h"
 #include "ops/cuda/fused/gated_delta_net_layer.h"
@@ -31,6 +32,11 @@ void snapshot_residual(const GpuDecoder& d, int layer, int which, int64_t tokens
                              size * sizeof(float), cudaMemcpyDeviceToDevice, d.stream));
 }
 
+cuda::DeviceChunks device_chunks(const GpuDecoder& d, const StepShape& step) {
+  const StepMetadata& meta = d.buffers.meta;
+  return {meta.chunk_first, meta.chunk_length, meta.chunk_slot, meta.chunk_start, static_cast<int>(step.chunks)};
+}
+
 cuda::PagedKvLayout kv_layout(const GpuDecoder& d) {
   return {kKvBlockSize, static_cast<int>(d.limits.max_blocks_per_slot()), d.config.num_kv_heads, d.config.head_dim};
 }
@@ -50,6 +56,37 @@ void add_rms_norm(const GpuDecoder& d, const float* delta, const float* weight, 
                                        norm_weight_offset(c.norm_style), c.rms_norm_eps, d.buffers.h,
                                        padded_k(c.hidden_size), d.stream));
 }
+
+namespace {
+
+// The attention of every token over its sequence's cached keys and values, written gated into o_proj's
+// input. Steps with prompt rows take the query-tiled tensor-core kernel; decode steps (one token per
+// sequence) the split kernel, which fills the GPU from a few long sequences.
+void attend(const GpuDecoder& d, const LayerCaches& cache, const StepShape& step) {
+  const ModelConfig& c = d.config;
+  const AttentionBuffers& b = d.buffers.attention;
+  const StepMetadata& meta = d.buffers.meta;
+  const int64_t T = step.tokens;
+  const int64_t q_width = static_cast<int64_t>(c.num_heads) * c.head_dim;
+  // The gate of head h follows its query in q_proj's row: head stride 2 * head_dim.
+  const cuda::AttentionOutput output{c.attn_output_gate ? b.q_proj + c.head_dim : nullptr, c.q_proj_rows(),
+                                     2 * static_cast<int64_t>(c.head_dim), b.o_proj_in, padded_k(q_width)};
+  if (step.tokens > step.chunks && cuda::attention_prefill_supports(c.head_dim)) {
+    OpScope op(d.profiler, "attention_prefill");
+    ++d.counters.prefill_attention_calls;
+    CUDA_CHECK(cuda::launch_attention_prefill(b.query, T, device_chunks(d, step), c.num_heads, meta.block_tables, kv_layout(d),
+                                              cache.key_cache, cache.value_cache, output, d.stream));
+    return;
+  }
+  if (step.tokens > step.chunks) ++d.counters.prefill_attention_fallbacks;
+  OpScope op(d.profiler, "attention");
+  const int splits = cuda::attention_splits(T, c.num_kv_heads, d.limits.max_context);
+  CUDA_CHECK(cuda::launch_attention_decode(b.query, meta.slots, meta.positions, T, c.num_heads, meta.block_tables,
+                                           kv_layout(d), cache.key_cache, cache.value_cache, splits,
+                                           d.buffers.attention_workspace, output, d.stream));
+}
+
+}  // namespace
 
 void attention(const GpuDecoder& d, int layer, const StepShape& step) {
   const ModelConfig& c = d.config;
@@ -71,17 +108,7 @@ void attention(const GpuDecoder& d, int layer, const StepShape& step) {
     CUDA_CHECK(cuda::launch_qk_norm_rope_kv_append(b.q_proj, b.k, meta.positions, T, shape, d.model.inv_freq, w.q_norm, w.k_norm,
                                          b.query, cache_write, d.stream));
   }
-  {
-    OpScope op(d.profiler, "attention");
-    const int64_t q_width = static_cast<int64_t>(c.num_heads) * c.head_dim;
-    const int splits = cuda::attention_splits(T, c.num_kv_heads, d.limits.max_context);
-    // The gate of head h follows its query in q_proj's row: head stride 2 * head_dim.
-    const cuda::AttentionOutput output{c.attn_output_gate ? b.q_proj + c.head_dim : nullptr, c.q_proj_rows(),
-                                       2 * static_cast<int64_t>(c.head_dim), b.o_proj_in, padded_k(q_width)};
-    CUDA_CHECK(cuda::launch_attention_decode(b.query, meta.slots, meta.positions, T, c.num_heads, meta.block_tables,
-                                             kv_layout(d), cache.key_cache, cache.value_cache, splits,
-                                             d.buffers.attention_workspace, output, d.stream));
-  }
+  attend(d, cache, step);
   OpScope op(d.profiler, "attention_o_proj");
   d.linears.linear(w.o_proj, b.o_proj_in, T, d.buffers.sublayer_out);
   reduce_partial_sums(d, T);
@@ -92,7 +119,6 @@ void gated_delta_net(const GpuDecoder& d, int layer, const StepShape& step) {
   const DeviceGatedDeltaNet& w = d.model.layers[layer].delta_net;
   const LayerCaches& cache = d.caches.layers[layer];
   const DeltaNetBuffers& b = d.buffers.delta_net;
-  const StepMetadata& meta = d.buffers.meta;
   const int64_t T = step.tokens;
   {
     OpScope op(d.profiler, "delta_net_in_proj");
@@ -103,11 +129,9 @@ void gated_delta_net(const GpuDecoder& d, int layer, const StepShape& step) {
     OpScope op(d.profiler, "gated_delta_net");
     const cuda::GatedDeltaNetDims dims{c.delta_net_num_key_heads, c.delta_net_num_value_heads, c.delta_net_key_head_dim,
                                        c.delta_net_value_head_dim, c.delta_net_conv_kernel};
-    const cuda::DeviceChunks chunks{meta.chunk_first, meta.chunk_length, meta.chunk_slot, meta.chunk_start,
-                                    static_cast<int>(step.chunks)};
     const cuda::GatedDeltaNetParams params{w.conv1d, w.a_log, w.dt_bias, w.norm, c.rms_norm_eps};
     const cuda::GatedDeltaNetState state{cache.conv_state, cache.recurrent_state, d.caches.conv_ring_readers};
-    CUDA_CHECK(cuda::launch_gated_delta_net_layer(b.qkv, b.z, b.a, b.b, params, chunks, T, dims, state, b.out_proj_in,
+    CUDA_CHECK(cuda::launch_gated_delta_net_layer(b.qkv, b.z, b.a, b.b, params, device_chunks(d, step), T, dims, state, b.out_proj_in,
                                             padded_k(dims.value_dim()), d.stream));
   }
   OpScope op(d.profiler, "delta_net_out_proj");

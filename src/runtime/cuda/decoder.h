@@ -30,6 +30,14 @@ struct StepShape {
   int64_t rows = 0;
 };
 
+// Which kernels the decoder chose. Counted as the host queues them: eager steps count each call, a decode
+// step's graph only when it is captured.
+struct DecoderCounters {
+  int64_t prefill_attention_calls = 0;      // layers whose prompt rows ran the tensor-core prefill kernel
+  int64_t prefill_attention_fallbacks = 0;  // layers whose prompt rows ran the decode kernel instead (a
+                                            // head_dim the prefill kernel lacks; logged once at load)
+};
+
 // What the sublayer functions read and write.
 struct GpuDecoder {
   const ModelConfig& config;
@@ -39,6 +47,7 @@ struct GpuDecoder {
   const StepLimits& limits;
   LinearRunner& linears;
   OpProfiler& profiler;
+  DecoderCounters& counters;
   // Tensor parallelism: o_proj, out_proj and down_proj outputs are all-reduced, lm_head's vocabulary
   // slices all-gathered. Null on one GPU.
   const NcclCommunicator* communicator;

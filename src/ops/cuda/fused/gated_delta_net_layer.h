@@ -7,6 +7,8 @@
 
 #include <cstdint>
 
+#include "ops/cuda/device_chunks.h"
+
 #ifdef __CUDACC__
 #define UBERLM_HOST_DEVICE __host__ __device__
 #else
@@ -24,16 +26,6 @@ struct GatedDeltaNetDims {
   UBERLM_HOST_DEVICE int64_t key_dim() const { return static_cast<int64_t>(num_k_heads) * k_head_dim; }
   UBERLM_HOST_DEVICE int64_t value_dim() const { return static_cast<int64_t>(num_v_heads) * v_head_dim; }
   UBERLM_HOST_DEVICE int64_t conv_dim() const { return 2 * key_dim() + value_dim(); }
-};
-
-// Chunk c holds tokens [first[c], first[c] + length[c]) of slot slot[c], continuing the sequence at
-// start[c]; start[c] == 0 means a new sequence, whose states are taken as zero (nothing is read).
-struct DeviceChunks {
-  const int32_t* first;
-  const int32_t* length;
-  const int32_t* slot;
-  const int32_t* start;
-  int count;
 };
 
 struct GatedDeltaNetParams {
@@ -60,6 +52,7 @@ struct GatedDeltaNetState {
 // q = l2norm(q) / sqrt(dk), k = l2norm(k), beta = sigmoid(b), g = -exp(a_log) softplus(a + dt_bias);
 // S = e^g S; delta = beta (v - S^T k); S += k delta^T; o = S^T q; out (bf16, tokens `out_stride` elements
 // apart) = norm * o * rsqrt(mean(o^2) + norm_eps) * silu(z), the RMS over the head's v_head_dim values.
+// A chunk with start 0 begins a new sequence, whose states are taken as zero (nothing is read).
 // tokens: all chunks' tokens together (== chunks.count in a decode step, which gets its own blocking).
 // Needs v_head_dim <= 512 (one thread-block cluster of at most 8 column slices per head).
 cudaError_t launch_gated_delta_net_layer(const float* qkv, const float* z, const float* a, const float* b,
