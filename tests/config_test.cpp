@@ -220,7 +220,7 @@ TEST(Config, WrongType) {
       {"eos_token_id", 49152, "eos_token_id 49152 is outside the vocabulary [0, 49152)"},
       {"eos_token_id", json::array({0, -1}), "eos_token_id -1 is outside the vocabulary"},
       {"bos_token_id", 4294967296LL, "bos_token_id 4294967296 is outside the vocabulary"},
-      {"pad_token_id", "0", "field 'pad_token_id' must be a token id or a list of token ids"},
+      {"pad_token_id", "0", "pad_token_id must be a token id or a list of token ids, got \"0\""},
       {"use_sliding_window", true, "use_sliding_window = true is not supported"},
       {"mlp_bias", true, "mlp_bias = true is not supported"},
   };

@@ -202,20 +202,24 @@ void check_unsupported_features(const FieldReader& fields) {
   }
 }
 
-// bos/eos/pad token ids (an int, a list of ints for eos, or null) must name tokens of the vocabulary.
+// A token id or a list of them (null: none), each inside [0, vocab_size); `where` names the file and field.
+std::vector<int> token_ids(const json& value, const std::string& where, int vocab_size) {
+  std::vector<int> ids;
+  if (value.is_null()) return ids;
+  for (const json& id : value.is_array() ? value : json::array({value})) {
+    if (!id.is_number_integer()) fail("{} must be a token id or a list of token ids, got {}", where, describe(value));
+    if (!id.is_number_unsigned() || id.get<uint64_t>() >= static_cast<uint64_t>(vocab_size)) {
+      fail("{} {} is outside the vocabulary [0, {})", where, id.dump(), vocab_size);
+    }
+    ids.push_back(id.get<int>());
+  }
+  return ids;
+}
+
+// bos/eos/pad token ids must name tokens of the vocabulary.
 void check_special_token_ids(const FieldReader& fields, int vocab_size) {
   for (const char* key : {"bos_token_id", "eos_token_id", "pad_token_id"}) {
-    if (!fields.has(key)) continue;
-    const json& value = fields.at(key);
-    const json ids = value.is_array() ? value : json::array({value});
-    for (const json& id : ids) {
-      if (!id.is_number_integer()) {
-        fail("{}: field '{}' must be a token id or a list of token ids, got {}", fields.source(), key, describe(value));
-      }
-      if (!id.is_number_unsigned() || id.get<uint64_t>() >= static_cast<uint64_t>(vocab_size)) {
-        fail("{}: {} {} is outside the vocabulary [0, {})", fields.source(), key, id.dump(), vocab_size);
-      }
-    }
+    if (fields.has(key)) token_ids(fields.at(key), fields.source() + ": " + key, vocab_size);
   }
 }
 
@@ -295,17 +299,6 @@ std::string read_text_file(const std::filesystem::path& path) {
   return buffer.str();
 }
 
-// eos_token_id: an id or a list of ids, each inside the vocabulary; `where` names the file and field.
-void append_token_ids(const json& value, const std::string& where, int vocab_size, std::vector<int>& ids) {
-  if (value.is_null()) return;
-  for (const json& item : value.is_array() ? value : json::array({value})) {
-    if (!item.is_number_integer()) fail("{} must be a token id or a list of token ids, got {}", where, describe(value));
-    if (!item.is_number_unsigned() || item.get<uint64_t>() >= static_cast<uint64_t>(vocab_size)) {
-      fail("{} {} is outside the vocabulary [0, {})", where, item.dump(), vocab_size);
-    }
-    ids.push_back(item.get<int>());
-  }
-}
 }  // namespace
 
 ModelConfig load_model_config(const std::filesystem::path& model_dir) {
@@ -325,11 +318,10 @@ std::vector<int> load_stop_token_ids(const std::filesystem::path& model_dir, int
       fail("{}: invalid JSON: {}", path.string(), error.what());
     }
     if (root.contains("eos_token_id")) {
-      append_token_ids(root["eos_token_id"], path.string() + ": eos_token_id", vocab_size, ids);
+      ids = token_ids(root["eos_token_id"], path.string() + ": eos_token_id", vocab_size);
     }
     if (ids.empty() && root.contains("text_config") && root["text_config"].contains("eos_token_id")) {
-      append_token_ids(root["text_config"]["eos_token_id"], path.string() + ": text_config: eos_token_id", vocab_size,
-                       ids);
+      ids = token_ids(root["text_config"]["eos_token_id"], path.string() + ": text_config: eos_token_id", vocab_size);
     }
     if (!ids.empty()) break;
   }
