@@ -46,7 +46,9 @@ bool listed(const std::string_view (&fields)[N], std::string_view key) {
 }
 
 void refuse_unimplemented_fields(const json& root, bool chat) {
-  for (const auto& [key, value] : root.items()) {
+  for (const auto& item : root.items()) {
+    const std::string& key = item.key();  // a named variable: clang 14 cannot capture a structured binding
+    const json& value = item.value();
     if (listed(kSharedFields, key) || (chat ? listed(kChatFields, key) : listed(kCompletionFields, key))) continue;
     auto neutral = std::find_if(std::begin(kNeutralValues), std::end(kNeutralValues),
                                 [&](const NeutralValue& n) { return n.field == key; });
