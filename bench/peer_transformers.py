@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Peer figure for `uberlm bench`: HF transformers' Qwen3_5ForCausalLM with random bf16 weights at the same
-shape on the same GPU, eager PyTorch (whatever kernels this transformers install picks; without the
-flash-linear-attention package its Gated DeltaNet runs the torch fallback).
+shape on the same GPU, eager PyTorch (whatever kernels this transformers install picks: with the
+flash-linear-attention package importable, e.g. its pure-Python wheels fla-core, flash-linear-attention and
+einops on PYTHONPATH, its Triton chunked delta rule; without it the torch fallback). The report names which.
 
 Measures decode tokens/s at each batch (after a prompt of --context tokens, median over --steps steps) and
 prefill of each length. When the full depth does not fit in GPU memory, it halves the layer count until it
@@ -10,6 +11,7 @@ does and reports the layers it ran (and tokens/s scaled to the full depth, linea
     python3 bench/peer_transformers.py --shape qwen3.5-27b --json OUT.json
 """
 import argparse
+import importlib.metadata
 import json
 import statistics
 import time
@@ -81,6 +83,12 @@ def prefill_tokens_per_s(model, length: int, vocab: int) -> dict:
     return {"tokens": length, "ms": 1e3 * t, "tokens_per_s": length / t}
 
 
+def flash_linear_attention_version():
+    """The flash-linear-attention version transformers' Gated DeltaNet uses, or None (the torch fallback)."""
+    from transformers.utils.import_utils import is_flash_linear_attention_available
+    return importlib.metadata.version("flash-linear-attention") if is_flash_linear_attention_available() else None
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shape", default="qwen3.5-27b", choices=sorted(SHAPES))
@@ -106,7 +114,8 @@ def main():
     vocab = model.config.vocab_size
     scale = layers / full_layers  # tokens/s at full depth ~ measured * layers / full_layers (linear in depth)
     report = {"peer": "transformers Qwen3_5ForCausalLM, random bf16 weights, eager", "transformers": transformers.__version__,
-              "torch": torch.__version__, "gpu": torch.cuda.get_device_name(0), "shape": args.shape,
+              "torch": torch.__version__, "flash_linear_attention": flash_linear_attention_version(),
+              "gpu": torch.cuda.get_device_name(0), "shape": args.shape,
               "layers_run": layers, "layers_full": full_layers, "decode": [], "prefill": []}
     for batch in [int(b) for b in args.batches.split(",") if b]:
         try:

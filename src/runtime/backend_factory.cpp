@@ -7,12 +7,15 @@
 
 namespace uberlm {
 
+bool runs_on_cuda(const std::string& device) {
+  if (device != "cpu" && device != "cuda" && device != "auto") fail("--device {}: expected cpu, cuda or auto", device);
+  return device == "cuda" || (device == "auto" && cuda_device_present());
+}
+
 std::unique_ptr<Backend> make_backend(const Model& model, const std::string& device, const CudaBackendOptions& options,
                                       int tensor_parallel) {
-  if (device != "cpu" && device != "cuda" && device != "auto") fail("--device {}: expected cpu, cuda or auto", device);
   if (tensor_parallel < 1) fail("--tensor-parallel {}: expected at least 1", tensor_parallel);
-  const bool use_cuda = device == "cuda" || (device == "auto" && cuda_device_present());
-  if (!use_cuda) {
+  if (!runs_on_cuda(device)) {
     if (tensor_parallel > 1) return std::make_unique<CpuTensorParallelBackend>(model, options.max_slots, tensor_parallel);
     return std::make_unique<CpuBackend>(model, options.max_slots);
   }

@@ -10,6 +10,9 @@
 
 namespace uberlm {
 
+// Whether --device `device` ("cpu", "cuda" or "auto": cuda when cuda_device_present()) runs on a GPU.
+bool runs_on_cuda(const std::string& device);
+
 // device: "cpu", "cuda" or "auto" (cuda when cuda_device_present()). The CPU backend takes
 // options.max_slots; the CUDA backend all of options. tensor_parallel > 1: the model sharded over that many
 // GPUs (CudaTensorParallelBackend, each rank with options), or over as many CPU rank threads

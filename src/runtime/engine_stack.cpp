@@ -11,6 +11,14 @@ namespace {
 
 int64_t kv_blocks_for(int64_t tokens) { return (tokens + kKvBlockSize - 1) / kKvBlockSize; }
 
+// The options with the step token budget resolved for the backend `device` picks.
+EngineStackOptions resolved(EngineStackOptions options) {
+  if (options.max_num_batched_tokens == 0) {
+    options.max_num_batched_tokens = runs_on_cuda(options.device) ? kCudaDefaultStepTokens : kCpuDefaultStepTokens;
+  }
+  return options;
+}
+
 CudaBackendOptions cuda_options(const EngineStackOptions& options, int64_t max_model_len) {
   CudaBackendOptions cuda;
   cuda.max_slots = options.max_num_seqs;
@@ -36,7 +44,8 @@ int64_t default_max_model_len(const ModelConfig& config) {
   return std::min<int64_t>(context, 8192);
 }
 
-EngineStack::EngineStack(const Model& model, const BpeTokenizer* tokenizer, const EngineStackOptions& options) {
+EngineStack::EngineStack(const Model& model, const BpeTokenizer* tokenizer, const EngineStackOptions& requested) {
+  const EngineStackOptions options = resolved(requested);
   config_.scheduler.max_model_len = max_model_len_of(options, model.config);
   backend_ = make_backend(model, options.device, cuda_options(options, config_.scheduler.max_model_len),
                           options.tensor_parallel);
@@ -45,7 +54,8 @@ EngineStack::EngineStack(const Model& model, const BpeTokenizer* tokenizer, cons
 
 #ifdef UBERLM_WITH_CUDA
 EngineStack::EngineStack(const ModelConfig& shape, SyntheticFormat format, uint64_t seed, const BpeTokenizer* tokenizer,
-                         const EngineStackOptions& options) {
+                         const EngineStackOptions& requested) {
+  const EngineStackOptions options = resolved(requested);
   if (options.device == "cpu") fail("synthetic weights are made on the GPU; use --device cuda");
   config_.scheduler.max_model_len = max_model_len_of(options, shape);
   backend_ = make_synthetic_backend(shape, format, cuda_options(options, config_.scheduler.max_model_len), seed,

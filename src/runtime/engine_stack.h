@@ -20,7 +20,8 @@ struct EngineStackOptions {
   int tensor_parallel = 1;
   int max_num_seqs = 16;
   int64_t max_model_len = 0;    // prompt + generated tokens per sequence; 0: the model's context, at most 8192
-  int64_t max_num_batched_tokens = 512;
+  // Tokens of one engine step; 0: the backend's default (default_step_tokens).
+  int64_t max_num_batched_tokens = 0;
   // KV cache capacity; 0: on the CPU every sequence at full length, on CUDA what gpu_memory_utilization leaves.
   int64_t kv_cache_tokens = 0;
   double gpu_memory_utilization = 0.9;
@@ -30,6 +31,12 @@ struct EngineStackOptions {
   std::string tuning_table;
   bool strict = false;
 };
+
+// The step token budget a backend runs best with when the options leave it open: on a GPU 2048 (every step
+// dequantises and streams all weights once, so prompts in 2048-token chunks prefill 1.5x faster than in
+// 512-token ones on the 27B shape: bench/notes/prefill.md), on the CPU 512.
+inline constexpr int64_t kCudaDefaultStepTokens = 2048;
+inline constexpr int64_t kCpuDefaultStepTokens = 512;
 
 // The default context of a model: its max_position_embeddings (4096 when unknown), at most 8192.
 int64_t default_max_model_len(const ModelConfig& config);

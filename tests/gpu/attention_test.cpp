@@ -21,20 +21,66 @@ using namespace gpu_test;
 // one bf16 rounding of the output (at most 2^-9 of each value).
 constexpr double kTolerance = 1.0 / 256;
 
+// A paged KV layout of 16-token blocks for `slots` sequences of up to max_len tokens, every slot's blocks
+// scattered over the pool in a random order.
+struct PagedCache {
+  cuda::PagedKvLayout layout;
+  int num_blocks;
+  std::vector<int32_t> tables;
+};
+
+PagedCache paged_cache(int slots, int max_len, int kv_heads, int head_dim) {
+  const int block_size = 16, max_blocks = (max_len + block_size - 1) / block_size;
+  PagedCache cache{{block_size, max_blocks, kv_heads, head_dim}, slots * max_blocks, {}};
+  cache.tables.resize(cache.num_blocks);
+  std::iota(cache.tables.begin(), cache.tables.end(), 0);
+  std::shuffle(cache.tables.begin(), cache.tables.end(), rng());
+  return cache;
+}
+
 // A layer's bf16 key or value pool with token i of `values` ([tokens, KV * head_dim]) at position
 // positions[i] of slot slots[i]; unwritten positions hold NaN.
 std::vector<uint16_t> paged_pool(const std::vector<float>& values, const std::vector<int32_t>& slots,
-                                 const std::vector<int32_t>& positions, const std::vector<int32_t>& tables,
-                                 const cuda::PagedKvLayout& layout, int num_blocks) {
+                                 const std::vector<int32_t>& positions, const PagedCache& cache) {
+  const cuda::PagedKvLayout& layout = cache.layout;
   const int64_t width = static_cast<int64_t>(layout.num_kv_heads) * layout.head_dim;
-  std::vector<uint16_t> pool(static_cast<int64_t>(num_blocks) * layout.block_size * width, 0xffff);
+  std::vector<uint16_t> pool(static_cast<int64_t>(cache.num_blocks) * layout.block_size * width, 0xffff);
   const std::vector<uint16_t> bf16 = to_bf16(values);
   for (size_t i = 0; i < slots.size(); ++i) {
-    const int block = tables[static_cast<int64_t>(slots[i]) * layout.max_blocks_per_slot + positions[i] / layout.block_size];
+    const int block = cache.tables[static_cast<int64_t>(slots[i]) * layout.max_blocks_per_slot + positions[i] / layout.block_size];
     const int64_t row = static_cast<int64_t>(block) * layout.block_size + positions[i] % layout.block_size;
     std::copy_n(bf16.begin() + static_cast<int64_t>(i) * width, width, pool.begin() + row * width);
   }
   return pool;
+}
+
+// Random keys and values ([rows, KV * head_dim]) for positions 0..lengths[s]-1 of every slot s, slot by
+// slot, bf16-rounded as the cache holds them, and the paged pools on the device; later positions are NaN.
+struct CachedSequences {
+  std::vector<float> keys, values;
+  std::vector<int64_t> slot_first;  // the row of each slot's position 0
+  DeviceBuffer tables, key_pool, value_pool;
+};
+
+CachedSequences cached_sequences(const PagedCache& cache, const std::vector<int>& lengths) {
+  std::vector<int32_t> slots, positions;
+  CachedSequences out;
+  for (size_t s = 0; s < lengths.size(); ++s) {
+    out.slot_first.push_back(static_cast<int64_t>(slots.size()));
+    for (int p = 0; p < lengths[s]; ++p) {
+      slots.push_back(static_cast<int32_t>(s));
+      positions.push_back(p);
+    }
+  }
+  const int64_t width = static_cast<int64_t>(cache.layout.num_kv_heads) * cache.layout.head_dim;
+  const std::vector<float> keys = random_floats(static_cast<int64_t>(slots.size()) * width);
+  const std::vector<float> values = random_floats(static_cast<int64_t>(slots.size()) * width);
+  out.keys = bf16_rounded(keys);
+  out.values = bf16_rounded(values);
+  out.tables = upload(cache.tables);
+  out.key_pool = upload(paged_pool(keys, slots, positions, cache));
+  out.value_pool = upload(paged_pool(values, slots, positions, cache));
+  return out;
 }
 
 TEST(GpuOps, PagedAttentionMatchesCpu) {
@@ -46,28 +92,11 @@ TEST(GpuOps, PagedAttentionMatchesCpu) {
   const std::vector<int> lengths = {1, 37, 300};
   int64_t checked = 0;
   for (const Case& c : cases) {
-    const int block_size = 16, max_len = 300;
-    const int max_blocks = (max_len + block_size - 1) / block_size;
-    const int slots = static_cast<int>(lengths.size()), num_blocks = slots * max_blocks;
-    const cuda::PagedKvLayout layout{block_size, max_blocks, c.kv_heads, c.head_dim};
+    const int slots = static_cast<int>(lengths.size());
+    const PagedCache cache = paged_cache(slots, 300, c.kv_heads, c.head_dim);
     const int64_t kv_width = static_cast<int64_t>(c.kv_heads) * c.head_dim, q_width = static_cast<int64_t>(c.heads) * c.head_dim;
-    std::vector<int32_t> tables(num_blocks);
-    std::iota(tables.begin(), tables.end(), 0);
-    std::shuffle(tables.begin(), tables.end(), rng());
 
-    // Every token of every sequence in the cache.
-    std::vector<int32_t> token_slots, token_positions;
-    for (int s = 0; s < slots; ++s) {
-      for (int p = 0; p < lengths[s]; ++p) {
-        token_slots.push_back(s);
-        token_positions.push_back(p);
-      }
-    }
-    const int64_t total = static_cast<int64_t>(token_slots.size());
-    const std::vector<float> keys = random_floats(total * kv_width), values = random_floats(total * kv_width);
-    DeviceBuffer d_tables = upload(tables);
-    DeviceBuffer d_kc = upload(paged_pool(keys, token_slots, token_positions, tables, layout, num_blocks));
-    DeviceBuffer d_vc = upload(paged_pool(values, token_slots, token_positions, tables, layout, num_blocks));
+    const CachedSequences sequences = cached_sequences(cache, lengths);
 
     // Queries: the last token of each sequence (decode) and a few earlier positions (prefill rows).
     std::vector<int32_t> q_slots, q_positions;
@@ -79,14 +108,12 @@ TEST(GpuOps, PagedAttentionMatchesCpu) {
     }
     const int64_t queries = static_cast<int64_t>(q_slots.size());
     const std::vector<float> query = random_floats(queries * q_width);
-    const std::vector<float> keys_bf16 = bf16_rounded(keys), values_bf16 = bf16_rounded(values);
     std::vector<float> ref(queries * q_width);
     const cpu::AttentionShape shape{c.heads, c.kv_heads, c.head_dim};
     for (int64_t i = 0; i < queries; ++i) {
-      int64_t first = 0;  // row of the sequence's position 0 in the appended tokens
-      for (int s = 0; s < q_slots[i]; ++s) first += lengths[s];
-      cpu::attend_one_token(query.data() + i * q_width, keys_bf16.data() + first * kv_width,
-                            values_bf16.data() + first * kv_width, q_positions[i], shape, ref.data() + i * q_width);
+      const int64_t first = sequences.slot_first[q_slots[i]];
+      cpu::attend_one_token(query.data() + i * q_width, sequences.keys.data() + first * kv_width,
+                            sequences.values.data() + first * kv_width, q_positions[i], shape, ref.data() + i * q_width);
     }
     // The gate of head h sits at gates[t * 2 q_width + h * 2 head_dim + head_dim] (q_proj's layout).
     const int64_t gate_stride = 2 * q_width, gate_head_stride = 2 * c.head_dim, out_stride = q_width + 8;
@@ -106,8 +133,8 @@ TEST(GpuOps, PagedAttentionMatchesCpu) {
         const cuda::AttentionOutput output{gated ? d_gates.as<float>() + c.head_dim : nullptr, gate_stride,
                                            gate_head_stride, d_out.data(), out_stride};
         sync_and_check(cuda::launch_attention_decode(d_query.as<float>(), d_qs.as<int32_t>(), d_qp.as<int32_t>(),
-                                                     queries, c.heads, d_tables.as<int32_t>(), layout, d_kc.data(),
-                                                     d_vc.data(), splits, workspace.as<float>(), output, nullptr));
+                                                     queries, c.heads, sequences.tables.as<int32_t>(), cache.layout, sequences.key_pool.data(),
+                                                     sequences.value_pool.data(), splits, workspace.as<float>(), output, nullptr));
         const std::vector<float> out = from_bf16(d_out.download<uint16_t>());
         std::vector<float> got;
         for (int64_t i = 0; i < queries; ++i) got.insert(got.end(), out.begin() + i * out_stride, out.begin() + i * out_stride + q_width);
@@ -123,9 +150,10 @@ TEST(GpuOps, PagedAttentionMatchesCpu) {
 
 // The prefill kernel rounds queries and softmax weights to bf16 for the tensor cores; the reference gets
 // the same bf16 queries, so what differs is the weights' rounding (relative 2^-9 each, averaged over the
-// keys), fp32 sums in another order and the output's bf16 rounding. Measured on the H200: at most
-// 2.0e-3 of the largest output over these cases; 1/256 (the decode kernel's bound) holds it.
-constexpr double kPrefillTolerance = 1.0 / 256;
+// keys), fp32 sums in another order and the output's bf16 rounding. Measured on the H200 (2026-12-03):
+// 2.5e-3 to 3.2e-3 of the largest output over these eight cases; 5e-3 leaves room for other random
+// draws, while a wrong mask, scale or tile boundary is off by O(1).
+constexpr double kPrefillTolerance = 5e-3;
 
 TEST(GpuOps, PrefillAttentionMatchesCpu) {
   ASSERT_NO_FATAL_FAILURE(require_gpu());
@@ -142,29 +170,14 @@ TEST(GpuOps, PrefillAttentionMatchesCpu) {
   int64_t checked = 0;
   for (const Case& c : cases) {
     ASSERT_TRUE(cuda::attention_prefill_supports(c.head_dim));
-    const int block_size = 16, max_len = 320, slots = 4;
-    const int max_blocks = (max_len + block_size - 1) / block_size, num_blocks = slots * max_blocks;
-    const cuda::PagedKvLayout layout{block_size, max_blocks, c.kv_heads, c.head_dim};
+    const int slots = 4;
+    const PagedCache cache = paged_cache(slots, 320, c.kv_heads, c.head_dim);
     const int64_t kv_width = static_cast<int64_t>(c.kv_heads) * c.head_dim, q_width = static_cast<int64_t>(c.heads) * c.head_dim;
-    std::vector<int32_t> tables(num_blocks);
-    std::iota(tables.begin(), tables.end(), 0);
-    std::shuffle(tables.begin(), tables.end(), rng());
 
-    // Keys and values of every cached position up to each chunk's end; later positions stay NaN.
-    std::vector<int32_t> cached_slots, cached_positions;
-    std::vector<int64_t> slot_first(slots, 0);  // row of each slot's position 0 in the cached rows
-    for (const Chunk& chunk : step_chunks) {
-      slot_first[chunk.slot] = static_cast<int64_t>(cached_slots.size());
-      for (int p = 0; p < chunk.start + chunk.length; ++p) {
-        cached_slots.push_back(chunk.slot);
-        cached_positions.push_back(p);
-      }
-    }
-    const int64_t cached = static_cast<int64_t>(cached_slots.size());
-    const std::vector<float> keys = random_floats(cached * kv_width), values = random_floats(cached * kv_width);
-    DeviceBuffer d_tables = upload(tables);
-    DeviceBuffer d_kc = upload(paged_pool(keys, cached_slots, cached_positions, tables, layout, num_blocks));
-    DeviceBuffer d_vc = upload(paged_pool(values, cached_slots, cached_positions, tables, layout, num_blocks));
+    // Keys and values of every cached position up to each chunk's end.
+    std::vector<int> cached_lengths(slots, 0);
+    for (const Chunk& chunk : step_chunks) cached_lengths[chunk.slot] = chunk.start + chunk.length;
+    const CachedSequences sequences = cached_sequences(cache, cached_lengths);
 
     std::vector<int32_t> first, length, slot, start;
     int64_t tokens = 0;
@@ -176,17 +189,16 @@ TEST(GpuOps, PrefillAttentionMatchesCpu) {
       tokens += chunk.length;
     }
     const std::vector<float> query = bf16_rounded(random_floats(tokens * q_width));
-    const std::vector<float> keys_bf16 = bf16_rounded(keys), values_bf16 = bf16_rounded(values);
     const cpu::AttentionShape shape{c.heads, c.kv_heads, c.head_dim};
     const int64_t gate_stride = 2 * q_width, gate_head_stride = 2 * c.head_dim, out_stride = q_width + 8;
     const std::vector<float> gates = random_floats(tokens * gate_stride, 3.0f);
     std::vector<float> ref(tokens * q_width), gated_ref(tokens * q_width);
     for (size_t k = 0; k < step_chunks.size(); ++k) {
-      const int64_t row0 = slot_first[step_chunks[k].slot];
+      const int64_t row0 = sequences.slot_first[step_chunks[k].slot];
       for (int i = 0; i < step_chunks[k].length; ++i) {
         const int64_t t = first[k] + i;
-        cpu::attend_one_token(query.data() + t * q_width, keys_bf16.data() + row0 * kv_width,
-                              values_bf16.data() + row0 * kv_width, step_chunks[k].start + i, shape,
+        cpu::attend_one_token(query.data() + t * q_width, sequences.keys.data() + row0 * kv_width,
+                              sequences.values.data() + row0 * kv_width, step_chunks[k].start + i, shape,
                               ref.data() + t * q_width);
       }
     }
@@ -205,7 +217,7 @@ TEST(GpuOps, PrefillAttentionMatchesCpu) {
       const cuda::AttentionOutput output{gated ? d_gates.as<float>() + c.head_dim : nullptr, gate_stride,
                                          gate_head_stride, d_out.data(), out_stride};
       sync_and_check(cuda::launch_attention_prefill(d_query.as<float>(), tokens, chunks, c.heads,
-                                                    d_tables.as<int32_t>(), layout, d_kc.data(), d_vc.data(), output,
+                                                    sequences.tables.as<int32_t>(), cache.layout, sequences.key_pool.data(), sequences.value_pool.data(), output,
                                                     nullptr));
       const std::vector<float> out = from_bf16(d_out.download<uint16_t>());
       std::vector<float> got;

@@ -1,3 +1,5 @@
+#include <cuda_pipeline.h>
+
 #include <cfloat>
 
 #include "ops/cuda/attention_prefill.h"
@@ -14,12 +16,17 @@ constexpr int kQueryRows = 16 * kWarps;  // a block's query tile: 16 rows (one m
 constexpr int kKeys = 32;                // positions per key/value tile: 4 mma n-tiles of S, 2 mma k-steps of P V
 constexpr float kLog2e = 1.4426950408889634f;
 
+constexpr int kStages = 2;               // key/value tiles in shared memory: the next loads while one is used
+
 // Shared-memory rows are head_dim + 8 bf16 wide: consecutive rows then start 4 banks apart, so the eight
 // rows a fragment load touches hit distinct banks, and every row stays 16-byte aligned for ldmatrix.
+// Layout: the query tile, then per stage the key tile and the value tile.
 template <int kHeadDim>
 struct PrefillTile {
   static constexpr int kStride = kHeadDim + 8;
-  static constexpr size_t kSharedBytes = static_cast<size_t>(kQueryRows + 2 * kKeys) * kStride * 2;
+  static constexpr int kKeyValueElements = 2 * kKeys * kStride;  // one stage
+  static constexpr size_t kSharedBytes =
+      (static_cast<size_t>(kQueryRows) * kStride + static_cast<size_t>(kStages) * kKeyValueElements) * 2;
 };
 
 __device__ __forceinline__ uint32_t load_shared_u32(const __nv_bfloat16* address) {
@@ -138,25 +145,26 @@ __device__ __forceinline__ void accumulate_values(WarpRows<kHeadDim>& rows, cons
   }
 }
 
-// Keys and values of positions [key0, key0 + kKeys) into shared memory; positions past `last` (not
-// necessarily written yet) become zeros, whose weights the mask makes 0.
+// Requests the keys and values of positions [key0, key0 + kKeys) into one stage of shared memory (cp.async,
+// committed as one group); positions past `last` (not necessarily written yet) become zeros, whose
+// weights the mask makes 0.
 template <int kHeadDim>
-__device__ __forceinline__ void load_key_value_tile(const int32_t* block_tables, const PagedKvLayout& layout, int slot,
-                                                    int kv_head, int key0, int last, const __nv_bfloat16* key_cache,
-                                                    const __nv_bfloat16* value_cache, __nv_bfloat16* keys,
-                                                    __nv_bfloat16* values) {
+__device__ __forceinline__ void request_key_value_tile(const int32_t* block_tables, const PagedKvLayout& layout,
+                                                       int slot, int kv_head, int key0, int last,
+                                                       const __nv_bfloat16* key_cache, const __nv_bfloat16* value_cache,
+                                                       __nv_bfloat16* stage) {
   constexpr int kStride = PrefillTile<kHeadDim>::kStride, kVectors = kHeadDim / 8;
+  __nv_bfloat16* keys = stage;
+  __nv_bfloat16* values = stage + kKeys * kStride;
   for (int i = threadIdx.x; i < kKeys * kVectors; i += blockDim.x) {
     const int r = i / kVectors, c = i % kVectors, position = key0 + r;
-    uint4 key = make_uint4(0, 0, 0, 0), value = make_uint4(0, 0, 0, 0);
-    if (position <= last) {
-      const int64_t offset = kv_offset(block_tables, layout, slot, position, kv_head) + c * 8;
-      key = *reinterpret_cast<const uint4*>(key_cache + offset);
-      value = *reinterpret_cast<const uint4*>(value_cache + offset);
-    }
-    *reinterpret_cast<uint4*>(keys + r * kStride + c * 8) = key;
-    *reinterpret_cast<uint4*>(values + r * kStride + c * 8) = value;
+    const bool present = position <= last;
+    const int64_t offset = present ? kv_offset(block_tables, layout, slot, position, kv_head) + c * 8 : 0;
+    const size_t zeros = present ? 0 : 16;  // bytes zero-filled instead of copied
+    __pipeline_memcpy_async(keys + r * kStride + c * 8, key_cache + offset, 16, zeros);
+    __pipeline_memcpy_async(values + r * kStride + c * 8, value_cache + offset, 16, zeros);
   }
+  __pipeline_commit();
 }
 
 // The tile's queries as bf16 into shared memory; rows past the chunk are zeros.
@@ -201,16 +209,16 @@ __device__ __forceinline__ void store_rows(const WarpRows<kHeadDim>& rows, int64
   }
 }
 
-// Grid (query tiles upper bound, query heads); 4 warps of 16 query rows each.
+// Grid (query tiles upper bound, query heads); 4 warps of 16 query rows each; key/value tiles double
+// buffered.
 template <int kHeadDim>
 __global__ void __launch_bounds__(kWarps * 32) attention_prefill_kernel(
     const float* query, DeviceChunks chunks, int num_heads, const int32_t* block_tables, PagedKvLayout layout,
     const __nv_bfloat16* key_cache, const __nv_bfloat16* value_cache, AttentionOutput out) {
-  constexpr int kStride = PrefillTile<kHeadDim>::kStride;
+  using Tile = PrefillTile<kHeadDim>;
   extern __shared__ __align__(16) unsigned char shared_bytes[];
   __nv_bfloat16* q_rows = reinterpret_cast<__nv_bfloat16*>(shared_bytes);
-  __nv_bfloat16* keys = q_rows + kQueryRows * kStride;
-  __nv_bfloat16* values = keys + kKeys * kStride;
+  __nv_bfloat16* stages = q_rows + kQueryRows * Tile::kStride;
   begin_dependent_kernel();
   int chunk = 0, row0 = 0;
   if (!find_query_tile(static_cast<int>(blockIdx.x), chunks, chunk, row0)) return;
@@ -223,6 +231,7 @@ __global__ void __launch_bounds__(kWarps * 32) attention_prefill_kernel(
   const int warp_last = position0 + min(warp_row0 + 15, tile_rows - 1);
   const bool warp_has_rows = warp_row0 < tile_rows;
 
+  request_key_value_tile<kHeadDim>(block_tables, layout, slot, kv_head, 0, last, key_cache, value_cache, stages);
   WarpRows<kHeadDim> rows;
 #pragma unroll
   for (int r = 0; r < 2; ++r) {
@@ -238,15 +247,26 @@ __global__ void __launch_bounds__(kWarps * 32) attention_prefill_kernel(
   }
   load_query_tile<kHeadDim>(query, token0, tile_rows, num_heads, head, q_rows);
   const float scale_log2 = rsqrtf(static_cast<float>(kHeadDim)) * kLog2e;
-  for (int key0 = 0; key0 <= last; key0 += kKeys) {
-    __syncthreads();  // the previous tile's keys and values are no longer read (and the queries are stored)
-    load_key_value_tile<kHeadDim>(block_tables, layout, slot, kv_head, key0, last, key_cache, value_cache, keys, values);
-    __syncthreads();
-    if (!warp_has_rows || key0 > warp_last) continue;
-    float s[kKeys / 8][4];
-    tile_scores<kHeadDim>(q_rows + warp_row0 * kStride, keys, key0, rows.position, scale_log2, s);
-    online_softmax<kHeadDim>(rows, s);
-    accumulate_values<kHeadDim>(rows, s, values);
+  for (int key0 = 0, tile = 0; key0 <= last; key0 += kKeys, ++tile) {
+    // The next tile streams in while this one is used; its stage was last read before the previous
+    // iteration's closing barrier.
+    const bool next = key0 + kKeys <= last;
+    if (next) {
+      request_key_value_tile<kHeadDim>(block_tables, layout, slot, kv_head, key0 + kKeys, last, key_cache,
+                                       value_cache, stages + ((tile + 1) % kStages) * Tile::kKeyValueElements);
+      __pipeline_wait_prior(1);
+    } else {
+      __pipeline_wait_prior(0);
+    }
+    __syncthreads();  // this tile's keys and values (and, the first time, the queries) are in shared memory
+    if (warp_has_rows && key0 <= warp_last) {
+      const __nv_bfloat16* keys = stages + (tile % kStages) * Tile::kKeyValueElements;
+      float s[kKeys / 8][4];
+      tile_scores<kHeadDim>(q_rows + warp_row0 * Tile::kStride, keys, key0, rows.position, scale_log2, s);
+      online_softmax<kHeadDim>(rows, s);
+      accumulate_values<kHeadDim>(rows, s, keys + kKeys * Tile::kStride);
+    }
+    __syncthreads();  // every warp is done with this stage before it is loaded again
   }
   if (warp_has_rows) store_rows<kHeadDim>(rows, token0, warp_row0, tile_rows, head, out);
 }
