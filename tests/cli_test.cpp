@@ -1,7 +1,10 @@
-// The `uberlm` binary end to end on the default model: `inspect` lists every tensor, `run` generates
-// text and reports its speed, `run --chat` renders the prompt with a chat template, and bad input is a
-// clear error with a non-zero exit.
+// The `uberlm` binary end to end on the default model: `inspect` lists every tensor and checks their
+// shapes, `run` generates text and reports its speed, `run --chat` renders the prompt with a chat
+// template, `eval ppl` reports truncation, and bad input (a FIFO in the model folder, a config that
+// disagrees with the tensors) is a clear error with a non-zero exit.
 #include <gtest/gtest.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include <array>
 #include <cstdio>
@@ -9,6 +12,10 @@
 #include <fstream>
 #include <memory>
 #include <string>
+#include <vector>
+
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
 
 #include <fmt/format.h>
 
@@ -23,8 +30,9 @@ struct CommandResult {
   std::string output;  // stdout and stderr together
 };
 
+// Bounded: a command that hangs (as one reading a FIFO once did) is killed after 120 s, exit code 124.
 CommandResult run_uberlm(const std::string& arguments) {
-  const std::string command = std::string(UBERLM_BINARY) + " " + arguments + " 2>&1";
+  const std::string command = "timeout 120 " + std::string(UBERLM_BINARY) + " " + arguments + " 2>&1";
   std::unique_ptr<FILE, int (*)(FILE*)> pipe(popen(command.c_str(), "r"), pclose);
   std::string output;
   std::array<char, 4096> buffer;
@@ -46,6 +54,77 @@ TEST(Cli, InspectListsEveryTensorOfTheDefaultModel) {
   }
   EXPECT_NE(result.output.find("qwen3_5_text"), std::string::npos);
   EXPECT_NE(result.output.find("LLLALLLA"), std::string::npos) << "layer kinds line";
+}
+
+// A model folder whose files link to the default model's, except those the test writes itself.
+class ModelFolder {
+ public:
+  explicit ModelFolder(const std::string& name)
+      : path_(std::filesystem::temp_directory_path() / fmt::format("uberlm_cli_{}_{}", name, ::getpid())) {
+    std::filesystem::remove_all(path_);
+    std::filesystem::create_directories(path_);
+    for (const auto& item : std::filesystem::directory_iterator(kDefaultModel)) {
+      std::filesystem::create_symlink(std::filesystem::absolute(item.path()), path_ / item.path().filename());
+    }
+  }
+  ~ModelFolder() { std::filesystem::remove_all(path_); }
+  void make_fifo(const std::string& file) {
+    std::filesystem::remove(path_ / file);
+    ASSERT_EQ(::mkfifo((path_ / file).c_str(), 0600), 0);
+  }
+  void write(const std::string& file, const std::string& content) {
+    std::filesystem::remove(path_ / file);
+    std::ofstream(path_ / file) << content;
+  }
+  std::string path() const { return path_.string(); }
+
+ private:
+  std::filesystem::path path_;
+};
+
+// A FIFO where a checkpoint file should be is an error naming it, not a hang (issue 19).
+TEST(Cli, AFifoInTheModelFolderIsAnErrorNamingIt) {
+  const std::vector<std::pair<std::string, std::string>> cases = {
+      {"model-00002-of-00003.safetensors", "inspect"},
+      {"model-00002-of-00003.safetensors", "run --prompt hi --max-tokens 1"},
+      {"config.json", "inspect"},
+      {"model.safetensors.index.json", "inspect"},
+      {"generation_config.json", "run --prompt hi --max-tokens 1"},
+      {"tokenizer.json", "run --prompt hi --max-tokens 1"},
+  };
+  for (const auto& [file, command] : cases) {
+    ModelFolder folder("fifo");
+    folder.make_fifo(file);
+    const CommandResult result = run_uberlm(command + " --model " + folder.path());
+    EXPECT_NE(result.exit_code, 0) << file << ", " << command << ": " << result.output;
+    EXPECT_NE(result.exit_code, 124) << file << ", " << command << " hung";
+    EXPECT_NE(result.output.find(file + ": not a regular file"), std::string::npos)
+        << file << ", " << command << ": " << result.output;
+  }
+}
+
+// inspect makes the load-time check: a config whose sizes disagree with the tensors is an error naming one.
+TEST(Cli, InspectChecksTensorShapesAgainstTheConfig) {
+  ModelFolder folder("shapes");
+  std::ifstream config_file(kDefaultModel + "/config.json");
+  nlohmann::json config = nlohmann::json::parse(config_file);
+  config["intermediate_size"] = config["intermediate_size"].get<int>() + 16;
+  folder.write("config.json", config.dump());
+  const CommandResult result = run_uberlm("inspect --model " + folder.path());
+  EXPECT_NE(result.exit_code, 0) << result.output;
+  EXPECT_NE(result.output.find("tensors,"), std::string::npos) << "the listing comes first: " << result.output;
+  EXPECT_NE(result.output.find("mlp."), std::string::npos) << result.output;
+  EXPECT_NE(result.output.find("has shape"), std::string::npos) << result.output;
+  EXPECT_NE(result.output.find("expected"), std::string::npos) << result.output;
+}
+
+// eval ppl says when it cuts a document to --max-tokens-per-document, and counts the cut ones.
+TEST(Cli, EvalPplSaysWhenItTruncates) {
+  const CommandResult result = run_uberlm("eval ppl --model " + kDefaultModel + " --limit 2 --max-tokens-per-document 16");
+  ASSERT_EQ(result.exit_code, 0) << result.output;
+  EXPECT_NE(result.output.find("document 0 is"), std::string::npos) << result.output;
+  EXPECT_NE(result.output.find("scoring its first 16 (--max-tokens-per-document)"), std::string::npos) << result.output;
+  EXPECT_NE(result.output.find("\"truncated_documents\": 2"), std::string::npos) << result.output;
 }
 
 TEST(Cli, RunContinuesThePromptAndReportsSpeed) {

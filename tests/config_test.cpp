@@ -3,6 +3,10 @@
 #include "model/config.h"
 
 #include <gtest/gtest.h>
+#include <unistd.h>
+
+#include <filesystem>
+#include <fstream>
 
 #include <nlohmann/json.hpp>
 
@@ -184,15 +188,9 @@ TEST(Config, MissingRequiredField) {
     config.erase(field);
     expect_config_error(config.dump(), {fmt::format("missing required field '{}'", field)});
   }
-  for (const char* field : {"linear_num_key_heads", "linear_num_value_heads", "linear_key_head_dim",
-                            "linear_value_head_dim", "linear_conv_kernel_dim"}) {
-    json config = {{"model_type", "qwen3_5"}, {"text_config", qwen3_5_text_config()}};
-    config["text_config"].erase(field);
-    expect_config_error(config.dump(), {"text_config", fmt::format("missing required field '{}'", field)});
-  }
-  json interval = qwen3_5_text_config();
-  interval.erase("layer_types");
-  expect_config_error(interval.dump(), {"missing required field 'full_attention_interval'"});
+  json nested = {{"model_type", "qwen3_5"}, {"text_config", qwen3_5_text_config()}};
+  nested["text_config"].erase("vocab_size");
+  expect_config_error(nested.dump(), {"text_config", "missing required field 'vocab_size'"});
   expect_config_error(R"({"model_type": "qwen3_5"})", {"'text_config'"});
 }
 
@@ -213,7 +211,18 @@ TEST(Config, WrongType) {
       {"rope_scaling", json::array({1}), "field 'rope_scaling' must be an object"},
       {"hidden_act", "gelu", "hidden_act 'gelu' is not supported"},
       {"num_key_value_heads", 2, "must be a multiple of num_key_value_heads (2)"},
-      {"num_attention_heads", 0, "must be positive"},
+      {"num_attention_heads", 0, "field 'num_attention_heads' must be positive, got 0"},
+      {"intermediate_size", 0, "field 'intermediate_size' must be positive, got 0"},
+      {"head_dim", 0, "field 'head_dim' must be positive, got 0"},
+      {"max_position_embeddings", 0, "field 'max_position_embeddings' must be positive"},
+      {"rope_theta", -1, "field 'rope_theta' must be a positive finite number, got -1"},
+      {"rms_norm_eps", 0, "field 'rms_norm_eps' must be a positive finite number, got 0"},
+      {"eos_token_id", 49152, "eos_token_id 49152 is outside the vocabulary [0, 49152)"},
+      {"eos_token_id", json::array({0, -1}), "eos_token_id -1 is outside the vocabulary"},
+      {"bos_token_id", 4294967296LL, "bos_token_id 4294967296 is outside the vocabulary"},
+      {"pad_token_id", "0", "pad_token_id must be a token id or a list of token ids, got \"0\""},
+      {"use_sliding_window", true, "use_sliding_window = true is not supported"},
+      {"mlp_bias", true, "mlp_bias = true is not supported"},
   };
   for (const auto& c : cases) {
     SCOPED_TRACE(c.field);
@@ -224,6 +233,64 @@ TEST(Config, WrongType) {
   json yarn = llama_config();
   yarn["rope_scaling"] = {{"rope_type", "yarn"}, {"factor", 4.0}};
   expect_config_error(yarn.dump(), {"rope type 'yarn' is not supported"});
+}
+
+TEST(Config, SpecialTokenIdsOfTheNestedTextConfigAreChecked) {
+  json text = qwen3_5_text_config();
+  text["eos_token_id"] = 248320;
+  expect_config_error(json{{"model_type", "qwen3_5"}, {"text_config", text}}.dump(),
+                      {"text_config", "eos_token_id 248320 is outside the vocabulary [0, 248320)"});
+  json config = {{"model_type", "qwen3_5"}, {"text_config", qwen3_5_text_config()}, {"bos_token_id", -5}};
+  expect_config_error(config.dump(), {"bos_token_id -5 is outside the vocabulary"});
+}
+
+// Every field the parser defaults, left out of a small config of each model type, gives what
+// transformers builds from the same config (tests/oracle/fixtures_config_defaults.py).
+TEST(Config, DefaultsAreTransformersDefaults) {
+  const auto path = std::filesystem::path(UBERLM_FIXTURE_DIR) / "config_defaults" / "cases.json";
+  std::ifstream file(path);
+  ASSERT_TRUE(file) << "missing fixture " << path;
+  const json cases = json::parse(file);
+  ASSERT_GE(cases.size(), 30u);
+  for (const json& c : cases) {
+    const json& want = c["transformers"];
+    SCOPED_TRACE(fmt::format("{} without {}", c["model_type"].get<std::string>(), c["dropped"].get<std::string>()));
+    ModelConfig config;
+    ASSERT_NO_THROW(config = parse(c["config"]));
+    EXPECT_EQ(config.head_dim, want["head_dim"]);
+    EXPECT_EQ(config.num_kv_heads, want["num_key_value_heads"]);
+    EXPECT_EQ(config.rotary_dim, want["rotary_dim"]);
+    EXPECT_EQ(config.attn_output_gate, want["attn_output_gate"]);
+    EXPECT_EQ(config.rope_theta, want["rope_theta"].get<float>());
+    EXPECT_EQ(config.rms_norm_eps, want["rms_norm_eps"].get<float>());
+    EXPECT_EQ(config.qkv_bias, want["qkv_bias"]);
+    EXPECT_EQ(config.o_bias, want["o_bias"]);
+    EXPECT_EQ(config.tie_word_embeddings, want["tie_word_embeddings"]);
+    EXPECT_EQ(config.max_position_embeddings, want["max_position_embeddings"]);
+    std::vector<std::string> kinds;
+    for (LayerKind kind : config.layer_kinds) kinds.push_back(layer_kind_name(kind));
+    EXPECT_EQ(kinds, want["layer_kinds"].get<std::vector<std::string>>());
+    if (want.contains("linear_num_key_heads")) {
+      EXPECT_EQ(config.delta_net_num_key_heads, want["linear_num_key_heads"]);
+      EXPECT_EQ(config.delta_net_num_value_heads, want["linear_num_value_heads"]);
+      EXPECT_EQ(config.delta_net_key_head_dim, want["linear_key_head_dim"]);
+      EXPECT_EQ(config.delta_net_value_head_dim, want["linear_value_head_dim"]);
+      EXPECT_EQ(config.delta_net_conv_kernel, want["linear_conv_kernel_dim"]);
+    }
+  }
+}
+
+// generation_config.json's eos ids are stop tokens: each must be inside the vocabulary.
+TEST(Config, StopTokenIdsOutsideTheVocabularyAreErrors) {
+  const auto dir = std::filesystem::temp_directory_path() / fmt::format("uberlm-stop-ids-{}", ::getpid());
+  std::filesystem::create_directories(dir);
+  std::ofstream(dir / "generation_config.json") << R"({"eos_token_id": [2, 4096]})";
+  expect_error_containing([&] { load_stop_token_ids(dir, 4096); },
+                          {"generation_config.json: eos_token_id 4096 is outside the vocabulary [0, 4096)"});
+  EXPECT_EQ(load_stop_token_ids(dir, 4097), (std::vector<int>{2, 4096}));
+  std::ofstream(dir / "generation_config.json") << R"({"eos_token_id": ["2"]})";
+  expect_error_containing([&] { load_stop_token_ids(dir, 4096); }, {"must be a token id or a list of token ids"});
+  std::filesystem::remove_all(dir);
 }
 
 TEST(Config, BadLayerTypes) {

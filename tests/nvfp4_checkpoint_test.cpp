@@ -3,6 +3,7 @@
 // layouts (and a mixed one) load and match transformers run on the package-dequantised weights; the
 // `quantize` writer, `--quantize nvfp4` at load, and the loader's errors.
 #include <gtest/gtest.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -15,6 +16,7 @@
 #include <map>
 #include <sstream>
 
+#include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
 #include "core/error.h"
@@ -273,6 +275,27 @@ TEST(Nvfp4Quantize, NonFiniteWeightFailsAndLeavesNoFolder) {
     EXPECT_NE(std::string(error.what()).find("model.layers.2.mlp.up_proj.weight"), std::string::npos) << error.what();
   }
   for (const auto& item : fs::directory_iterator(scratch.path())) EXPECT_EQ(item.path().filename(), "bad");
+}
+
+// A quantize killed outright leaves `.out.partial.PID` behind. The next run removes it once that PID no
+// longer runs, and leaves alone the folder of a PID that runs (another quantize, writing now).
+TEST(Nvfp4Quantize, RemovesPartialFoldersOfKilledRuns) {
+  ScratchDir scratch("stale");
+  const pid_t finished = ::fork();
+  if (finished == 0) ::_exit(0);
+  ASSERT_EQ(::waitpid(finished, nullptr, 0), finished);
+  const fs::path stale = scratch.path() / fmt::format(".out.partial.{}", finished);
+  const fs::path running = scratch.path() / fmt::format(".out.partial.{}", ::getppid());
+  for (const fs::path& folder : {stale, running}) {
+    fs::create_directories(folder);
+    std::ofstream(folder / "model.safetensors") << "half a shard";
+  }
+  const QuantizeSummary summary = quantize_checkpoint(QuantizeOptions{model_fixture("bf16"), scratch.path() / "out"});
+  ASSERT_EQ(summary.removed_stale_folders.size(), 1u);
+  EXPECT_EQ(fs::path(summary.removed_stale_folders[0]).filename(), stale.filename());
+  EXPECT_FALSE(fs::exists(stale));
+  EXPECT_TRUE(fs::exists(running / "model.safetensors"));
+  EXPECT_TRUE(fs::exists(scratch.path() / "out" / "hf_quant_config.json"));
 }
 
 TEST(Nvfp4Quantize, AtLoadEqualsTheWrittenCheckpoint) {

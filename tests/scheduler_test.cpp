@@ -288,14 +288,31 @@ EngineRequest request_for(int index, int64_t max_tokens) {
   return request;
 }
 
+// Request `index` with logit_bias and penalties, which make each pick depend on the sequence's own token
+// counts: even ones greedy with frequency and presence penalties (a repeated token drops below the
+// others), odd ones sampled from a seed with a repetition penalty and min-p: at temperature 0.8 a 0 logit
+// is e^(-1/0.8) = 0.29 of the one-hot token's 1 (below min_p 0.3: it stays alone), but e^(-(1/1.5)/0.8) =
+// 0.43 of a repeated token's 1/1.5, so after a repeat the top 5 are drawn from.
+EngineRequest penalised_request_for(int index, int64_t max_tokens) {
+  EngineRequest request = request_for(index, max_tokens);
+  request.sampling = index % 2 == 0
+                         ? SamplingParams{.presence_penalty = 0.25f, .frequency_penalty = 1.5f,
+                                          .logit_bias = {{40 + index, 0.5f}}}
+                         : SamplingParams{.temperature = 0.8f, .top_k = 5, .seed = static_cast<uint64_t>(index),
+                                          .min_p = 0.3f, .repetition_penalty = 1.5f};
+  return request;
+}
+
+using RequestMaker = EngineRequest (*)(int index, int64_t max_tokens);
+
 // The text of each of `requests` requests (40 tokens) run alone on a one-slot backend.
-std::vector<std::string> lone_run_texts(const BpeTokenizer& tokenizer, int requests) {
+std::vector<std::string> lone_run_texts(const BpeTokenizer& tokenizer, int requests, RequestMaker make = request_for) {
   FakeBackend backend(tokenizer.vocab_size(), 1);
   Metrics metrics;
   Engine engine(backend, &tokenizer, engine_config(1, 512, 8, 0), metrics);
   std::vector<std::string> texts;
   for (int r = 0; r < requests; ++r) {
-    Collected got = collect(*engine.submit(request_for(r, 40)));
+    Collected got = collect(*engine.submit(make(r, 40)));
     EXPECT_EQ(got.final.finish_reason, FinishReason::Length) << "request " << r;
     EXPECT_EQ(got.final.completion_tokens, 40) << "request " << r;
     texts.push_back(got.text);
@@ -322,6 +339,26 @@ TEST(Engine, BatchedChunkedAndPreemptedOutputsEqualLoneRuns) {
   EXPECT_GT(metrics.value(Counter::EngineSteps, R"(backend="fake",path="mixed")"), 0.0);
   EXPECT_EQ(metrics.value(Counter::GenerationTokens), kRequests * 40.0);
   EXPECT_EQ(engine.in_flight(), 0);
+}
+
+// Penalties count each sequence's own tokens: batched, chunked, preempted and recomputed, every output
+// still equals its lone run, and the penalties did change the outputs.
+TEST(Engine, PenalisedOutputsEqualLoneRunsUnderBatchingAndPreemption) {
+  auto tokenizer = fixture_tokenizer();
+  constexpr int kRequests = 12;
+  const std::vector<std::string> plain = lone_run_texts(*tokenizer, kRequests);
+  const std::vector<std::string> alone = lone_run_texts(*tokenizer, kRequests, penalised_request_for);
+  for (int r = 0; r < kRequests; ++r) EXPECT_NE(alone[r], plain[r]) << "request " << r;
+  FakeBackend backend(tokenizer->vocab_size(), 4);
+  Metrics metrics;
+  Engine engine(backend, tokenizer.get(), engine_config(4, 8, 8, kRequests), metrics);
+  std::vector<std::shared_ptr<RequestStream>> streams;
+  for (int r = kRequests - 1; r >= 0; --r) streams.push_back(engine.submit(penalised_request_for(r, 40)));
+  for (int r = 0; r < kRequests; ++r) {
+    ASSERT_NE(streams[r], nullptr);
+    EXPECT_EQ(collect(*streams[r]).text, alone[kRequests - 1 - r]) << "request " << kRequests - 1 - r;
+  }
+  EXPECT_GT(metrics.value(Counter::Preemptions), 0.0);
 }
 
 // The same traffic on a paged backend: every chunk's block table is what the backend stores and reads
@@ -402,6 +439,42 @@ TEST(Engine, CancelFreesTheSequenceAndAFullQueueRefuses) {
   EXPECT_EQ(metrics.value(Counter::Requests, R"(finish_reason="cancelled")"), 2.0);
 }
 
+// Each generated token comes with its logprob under the fake's one-hot logits (1 for the next token, 0
+// elsewhere): log(e / (e + V - 1)), and the next most likely is the lowest other id at log(1 / (e + V - 1)).
+TEST(Engine, EventsCarryEachTokensLogprobs) {
+  auto tokenizer = fixture_tokenizer();
+  const int vocab = tokenizer->vocab_size();
+  FakeBackend backend(vocab, 1);
+  Metrics metrics;
+  Engine engine(backend, tokenizer.get(), engine_config(1, 64, 8, 1), metrics);
+  EngineRequest request = request_for(5, 12);
+  request.top_logprobs = 2;
+  auto stream = engine.submit(request);
+  ASSERT_NE(stream, nullptr);
+  const double normaliser = std::log(std::exp(1.0) + (vocab - 1));
+  int64_t tokens = 0;
+  StreamEvent event;
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(20);
+  while (!event.finished && std::chrono::steady_clock::now() < deadline) {
+    if (!stream->next(event, std::chrono::milliseconds(100))) continue;
+    ASSERT_EQ(event.logprobs.size(), event.tokens.size());
+    for (size_t i = 0; i < event.tokens.size(); ++i) {
+      const TokenLogprobs& got = event.logprobs[i];
+      EXPECT_EQ(got.token, event.tokens[i]);
+      EXPECT_NEAR(got.logprob, 1.0 - normaliser, 1e-12);
+      ASSERT_EQ(got.top.size(), 2u);
+      EXPECT_EQ(got.top[0], std::make_pair(event.tokens[i], got.logprob));
+      EXPECT_EQ(got.top[1].first, event.tokens[i] == 0 ? 1 : 0);
+      EXPECT_NEAR(got.top[1].second, -normaliser, 1e-12);
+    }
+    tokens += static_cast<int64_t>(event.tokens.size());
+  }
+  ASSERT_TRUE(event.finished);
+  EXPECT_EQ(tokens, 12);
+  request.top_logprobs = 21;
+  expect_error_containing([&] { engine.submit(request); }, {"top_logprobs must be in [0, 20], got 21"});
+}
+
 TEST(Engine, RejectsRequestsItCannotServe) {
   auto tokenizer = fixture_tokenizer();
   FakeBackend backend(tokenizer->vocab_size(), 1);
@@ -415,6 +488,15 @@ TEST(Engine, RejectsRequestsItCannotServe) {
   EngineRequest bad_sampling = request_for(1, 4);
   bad_sampling.sampling.top_p = 0.0f;
   EXPECT_THROW(engine.submit(bad_sampling), Error);
+  EngineRequest bad_bias = request_for(1, 4);
+  bad_bias.sampling.logit_bias = {{tokenizer->vocab_size(), 1.0f}};
+  try {
+    engine.submit(bad_bias);
+    ADD_FAILURE() << "a logit_bias id outside the vocabulary was accepted";
+  } catch (const RequestError& error) {
+    EXPECT_EQ(error.field, "logit_bias");
+    EXPECT_NE(std::string(error.what()).find("outside the vocabulary"), std::string::npos) << error.what();
+  }
 }
 
 }  // namespace

@@ -23,12 +23,14 @@
 #include "model/model.h"
 #include "runtime/cpu_backend.h"
 #include "runtime/engine.h"
+#include "server/api_key.h"
 #include "server/openai_server.h"
 
 namespace uberlm {
 namespace {
 
 using json = nlohmann::json;
+using namespace std::string_literals;
 constexpr const char* kModelName = "tiny";
 
 std::filesystem::path model_dir() {
@@ -312,6 +314,247 @@ TEST(Server, ApiKeyIsRequiredOnV1) {
   res = client->Get("/health");  // probes need no key
   ASSERT_TRUE(res);
   EXPECT_EQ(res->status, 200);
+}
+
+// The key is compared byte for byte on the whole header value: a NUL byte used to end the comparison.
+TEST(Server, ApiKeyIsComparedByteForByteAndGuardsMetrics) {
+  EXPECT_TRUE(bearer_key_matches("Bearer sesame", "sesame"));
+  for (const std::string& wrong : {"Bearer sesame\0x"s, std::string("Bearer sesam"),
+                                   std::string("Bearer sesamex"), std::string("bearer sesame"), std::string("sesame"),
+                                   std::string("Bearer Sesame"), std::string()}) {
+    EXPECT_FALSE(bearer_key_matches(wrong, "sesame")) << json(wrong).dump();
+  }
+  TestServer server(ServerOptions{.api_key = "sesame"});
+  const std::string get = "GET /v1/models HTTP/1.1\r\nHost: x\r\nConnection: close\r\n";
+  EXPECT_EQ(status_of(raw_exchange(server.port(), get + "Authorization: Bearer sesame\r\n\r\n")), 200);
+  EXPECT_EQ(status_of(raw_exchange(server.port(), get + "Authorization: Bearer sesame\0x\r\n\r\n"s)),
+            401);
+  EXPECT_EQ(status_of(raw_exchange(server.port(), get + "Authorization: Bearer sesame\r\nAuthorization: Bearer x\r\n\r\n")),
+            401);
+  auto client = server.client();
+  auto res = client->Get("/metrics");
+  ASSERT_TRUE(res);
+  EXPECT_EQ(res->status, 401);
+  EXPECT_NE(res->body.find("API key"), std::string::npos) << res->body;
+  res = client->Get("/metrics", {{"Authorization", "Bearer sesame"}});
+  ASSERT_TRUE(res);
+  EXPECT_EQ(res->status, 200);
+  res = client->Get("/health");
+  ASSERT_TRUE(res);
+  EXPECT_EQ(res->status, 200);
+}
+
+struct RefusedField {
+  std::string name;
+  std::string path;
+  json fields;        // added to a valid request
+  std::string param;  // error.param
+  std::string message;  // a substring of error.message
+};
+
+// Every parameter is implemented or refused with a 400 whose error names it; the server serves on.
+TEST(Server, UnimplementedOrBadParametersAreRefusedByName) {
+  TestServer server(ServerOptions{});
+  auto client = server.client();
+  const json completion = {{"model", kModelName}, {"prompt", "a"}, {"max_tokens", 2}};
+  const json chat = {{"model", kModelName}, {"messages", {{{"role", "user"}, {"content", "hi"}}}}, {"max_tokens", 2}};
+  const std::string c = "/v1/completions", ch = "/v1/chat/completions";
+  const std::vector<RefusedField> cases = {
+      {"response_format", ch, {{"response_format", {{"type", "json_object"}}}}, "response_format", "not supported"},
+      {"logprobs_range", c, {{"logprobs", 6}}, "logprobs", "'logprobs' must be between 0 and 5"},
+      {"chat_logprobs_type", ch, {{"logprobs", 2}}, "logprobs", "'logprobs' must be a boolean"},
+      {"top_logprobs_alone", ch, {{"top_logprobs", 3}}, "top_logprobs", "needs 'logprobs': true"},
+      {"top_logprobs_range", ch, {{"logprobs", true}, {"top_logprobs", 21}}, "top_logprobs", "between 0 and 20"},
+      {"echo_with_logprobs", c, {{"echo", true}, {"logprobs", 1}}, "echo", "'echo' with 'logprobs'"},
+      {"top_logprobs_in_completions", c, {{"top_logprobs", 1}}, "top_logprobs", "not a parameter of /v1/completions"},
+      {"best_of", c, {{"best_of", 2}}, "best_of", "not supported"},
+      {"suffix", c, {{"suffix", "x"}}, "suffix", "not supported"},
+      {"tools", ch, {{"tools", {{{"type", "function"}}}}}, "tools", "not supported"},
+      {"unknown", c, {{"frobnicate", 1}}, "frobnicate", "not a parameter of /v1/completions"},
+      {"echo_in_chat", ch, {{"echo", true}}, "echo", "not a parameter of /v1/chat/completions"},
+      {"stream_options", c, {{"stream_options", {{"continuous_usage_stats", true}}}},
+       "stream_options.continuous_usage_stats", "not supported"},
+      {"seed_beyond_64_bits", c, {{"seed", json::parse("1180591620717411303424")}}, "seed", "'seed' is out of range"},
+      {"seed_below_64_bits", c, {{"seed", json::parse("-9223372036854775809")}}, "seed", "'seed' is out of range"},
+      {"seed_type", c, {{"seed", "7"}}, "seed", "must be an integer"},
+      {"min_p", c, {{"min_p", 1.5}}, "min_p", "'min_p' must be in [0, 1]"},
+      {"presence_penalty", c, {{"presence_penalty", 2.5}}, "presence_penalty", "must be in [-2, 2]"},
+      {"frequency_penalty", ch, {{"frequency_penalty", -3}}, "frequency_penalty", "must be in [-2, 2]"},
+      {"repetition_penalty", c, {{"repetition_penalty", 0}}, "repetition_penalty", "must be in (0"},
+      {"logit_bias_type", c, {{"logit_bias", {1, 2}}}, "logit_bias", "must be an object"},
+      {"logit_bias_key", c, {{"logit_bias", {{"01", 1}}}}, "logit_bias", "keys must be token ids"},
+      {"logit_bias_value", c, {{"logit_bias", {{"1", 101}}}}, "logit_bias", "[-100, 100]"},
+      {"logit_bias_outside_vocab", c, {{"logit_bias", {{"999999", 1}}}}, "logit_bias", "outside the vocabulary"},
+      {"prompt_outside_vocab", c, {{"prompt", {1, 999999}}}, "prompt", "outside the vocabulary"},
+      {"echo_type", c, {{"echo", "yes"}}, "echo", "must be a boolean"},
+      {"user_type", ch, {{"user", 5}}, "user", "must be a string"},
+  };
+  for (const RefusedField& refused : cases) {
+    json body = refused.path == c ? completion : chat;
+    body.update(refused.fields);
+    auto res = client->Post(refused.path.c_str(), body.dump(), "application/json");
+    ASSERT_TRUE(res) << refused.name;
+    EXPECT_EQ(res->status, 400) << refused.name << ": " << res->body;
+    json reply = json::parse(res->body, nullptr, false);
+    ASSERT_TRUE(reply.is_object() && reply.contains("error")) << refused.name << ": " << res->body;
+    EXPECT_EQ(reply["error"]["param"], refused.param) << refused.name << ": " << res->body;
+    EXPECT_NE(reply["error"]["message"].get<std::string>().find(refused.message), std::string::npos)
+        << refused.name << ": " << res->body;
+  }
+  // The values that ask for nothing beyond plain generation are accepted.
+  for (const json& neutral : {json{{"logprobs", false}}, json{{"response_format", {{"type", "text"}}}},
+                              json{{"tools", json::array()}}, json{{"user", "u-1"}}, json{{"top_logprobs", nullptr}},
+                              json{{"best_of", 1}}, json{{"tool_choice", "none"}},
+                              json{{"seed", 18446744073709551615ULL}}, json{{"seed", -9223372036854775807LL - 1}}}) {
+    json body = chat;
+    body.update(neutral);
+    auto res = client->Post(ch.c_str(), body.dump(), "application/json");
+    ASSERT_TRUE(res);
+    EXPECT_EQ(res->status, 200) << neutral.dump() << ": " << res->body;
+  }
+  auto res = client->Get("/health");
+  ASSERT_TRUE(res);
+  EXPECT_EQ(res->status, 200);
+}
+
+// The sampling parameters reach each request's sampler (their arithmetic is tested in sampler_test.cpp).
+TEST(Server, SamplingParametersAndEchoShapeTheOutput) {
+  TestServer server(ServerOptions{});
+  auto client = server.client();
+  const auto tokenizer = BpeTokenizer::load(model_dir() / "tokenizer.json");
+  const std::vector<int> a = tokenizer->encode("a");
+  ASSERT_EQ(a.size(), 1u);
+  const std::string a_id = std::to_string(a[0]);
+  const json base = {{"model", kModelName}, {"prompt", "Q: count the eggs\nA:"}, {"temperature", 0}};
+  auto text_of = [&](json fields) {
+    json body = base;
+    body.update(fields);
+    std::string error;
+    const std::string text = post_text(*client, "/v1/completions", body, &error);
+    EXPECT_EQ(error, "") << fields.dump();
+    return text;
+  };
+  // A bias of 100 outweighs any logit of the model.
+  EXPECT_EQ(text_of({{"max_tokens", 4}, {"logit_bias", {{a_id, 100}}}}), "aaaa");
+  // Frequency penalty 2 takes 2 off per occurrence: the bias's lead of 100 over the model's other logits
+  // is gone within 100 - (logit spread) / 2 < 100 tokens, so the run of 'a' must end.
+  const std::string penalised = text_of({{"max_tokens", 100}, {"logit_bias", {{a_id, 100}}}, {"frequency_penalty", 2}});
+  EXPECT_NE(penalised, std::string(100, 'a'));
+  EXPECT_EQ(penalised.rfind('a', 0), 0u) << penalised;
+  // A repetition penalty of 1e6 leaves a repeated token's positive logit near 0: 'a' does not come thrice.
+  EXPECT_NE(text_of({{"max_tokens", 3}, {"logit_bias", {{a_id, 100}}}, {"repetition_penalty", 1e6}}), "aaa");
+  // min_p 1 keeps only the most likely token: sampling at temperature 1 gives the greedy text.
+  const std::string greedy = text_of({{"max_tokens", 12}});
+  EXPECT_EQ(text_of({{"max_tokens", 12}, {"temperature", 1}, {"min_p", 1}, {"seed", 3}}), greedy);
+  // echo: the prompt's text, then the same generation; streamed too, and for a token-id prompt.
+  EXPECT_EQ(text_of({{"max_tokens", 12}, {"echo", true}}), base["prompt"].get<std::string>() + greedy);
+  EXPECT_EQ(text_of({{"max_tokens", 12}, {"echo", true}, {"stream", true}}), base["prompt"].get<std::string>() + greedy);
+  const std::vector<int> prompt_ids = tokenizer->encode(base["prompt"].get<std::string>());
+  EXPECT_EQ(text_of({{"max_tokens", 12}, {"echo", true}, {"prompt", prompt_ids}}), base["prompt"].get<std::string>() + greedy);
+}
+
+// Logprobs in OpenAI's shapes, JSON and SSE: a greedy token is the most likely one, and the tokens' texts
+// make up the reply's text.
+TEST(Server, LogprobsComeInOpenAisShapes) {
+  TestServer server(ServerOptions{});
+  auto client = server.client();
+  const json completion = {{"model", kModelName}, {"prompt", "Q: count the eggs\nA:"}, {"temperature", 0},
+                           {"max_tokens", 10}, {"logprobs", 3}};
+  auto res = client->Post("/v1/completions", completion.dump(), "application/json");
+  ASSERT_TRUE(res);
+  ASSERT_EQ(res->status, 200) << res->body;
+  json reply = json::parse(res->body);
+  const json& choice = reply["choices"][0];
+  const json& logprobs = choice["logprobs"];
+  const size_t count = logprobs["tokens"].size();
+  ASSERT_EQ(static_cast<int64_t>(count), reply["usage"]["completion_tokens"].get<int64_t>());
+  std::string joined;
+  for (size_t i = 0; i < count; ++i) {
+    EXPECT_EQ(logprobs["text_offset"][i].get<size_t>(), joined.size()) << i;
+    joined += logprobs["tokens"][i].get<std::string>();
+    const json& top = logprobs["top_logprobs"][i];
+    ASSERT_EQ(top.size(), 3u) << i;
+    double best = -INFINITY;
+    for (const auto& [text, logprob] : top.items()) best = std::max(best, logprob.get<double>());
+    EXPECT_EQ(logprobs["token_logprobs"][i].get<double>(), best) << i;
+    EXPECT_LE(best, 0.0);
+  }
+  EXPECT_EQ(joined, choice["text"].get<std::string>());
+
+  json streamed = completion;
+  streamed["stream"] = true;
+  res = client->Post("/v1/completions", streamed.dump(), "application/json");
+  ASSERT_TRUE(res);
+  std::vector<double> streamed_logprobs;
+  for (size_t at = 0; (at = res->body.find("data: {", at)) != std::string::npos;) {
+    const size_t end = res->body.find("\n\n", at);
+    const json chunk = json::parse(res->body.substr(at + 6, end - at - 6));
+    at = end;
+    const json& chunk_logprobs = chunk["choices"][0]["logprobs"];
+    if (chunk_logprobs.is_null()) continue;
+    for (const json& logprob : chunk_logprobs["token_logprobs"]) streamed_logprobs.push_back(logprob.get<double>());
+  }
+  EXPECT_EQ(streamed_logprobs, logprobs["token_logprobs"].get<std::vector<double>>());
+
+  const json chat = {{"model", kModelName}, {"messages", {{{"role", "user"}, {"content", "Count to five."}}}},
+                     {"temperature", 0}, {"max_tokens", 8}, {"logprobs", true}, {"top_logprobs", 2}};
+  res = client->Post("/v1/chat/completions", chat.dump(), "application/json");
+  ASSERT_TRUE(res);
+  ASSERT_EQ(res->status, 200) << res->body;
+  reply = json::parse(res->body);
+  std::string content;
+  for (const json& entry : reply["choices"][0]["logprobs"]["content"]) {
+    content += entry["token"].get<std::string>();
+    ASSERT_EQ(entry["top_logprobs"].size(), 2u);
+    EXPECT_EQ(entry["top_logprobs"][0]["logprob"], entry["logprob"]);
+    EXPECT_EQ(entry["top_logprobs"][0]["token"], entry["token"]);
+    std::string bytes;
+    for (const json& byte : entry["bytes"]) bytes += static_cast<char>(byte.get<int>());
+    EXPECT_EQ(bytes, entry["token"].get<std::string>());
+  }
+  EXPECT_EQ(content, reply["choices"][0]["message"]["content"].get<std::string>());
+}
+
+// On the real model, a generated token's logprob equals the one the scoring path (score_prompt, as
+// `eval ppl` uses) gives the same token after the same text: both are log softmax of logits that do
+// not depend on the batch, so they agree to double rounding.
+TEST(Server, GeneratedLogprobsEqualTheScoringPaths) {
+  TestServer server(ServerOptions{});
+  const auto tokenizer = BpeTokenizer::load(model_dir() / "tokenizer.json");
+  EngineRequest request;
+  for (int id : tokenizer->encode("Q: Tom has 3 apples and buys 5 more.\nA:")) request.prompt.push_back(id);
+  request.max_tokens = 12;
+  request.sampling = {.temperature = 0.7f, .seed = 11};
+  request.top_logprobs = 0;
+  auto stream = server.engine().submit(request);
+  ASSERT_NE(stream, nullptr);
+  std::vector<int32_t> generated;
+  std::vector<double> logprobs;
+  StreamEvent event;
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+  while (!event.finished && std::chrono::steady_clock::now() < deadline) {
+    if (!stream->next(event, std::chrono::milliseconds(100))) continue;
+    generated.insert(generated.end(), event.tokens.begin(), event.tokens.end());
+    for (const TokenLogprobs& token : event.logprobs) logprobs.push_back(token.logprob);
+  }
+  ASSERT_TRUE(event.finished);
+  ASSERT_FALSE(generated.empty());
+  ASSERT_EQ(logprobs.size(), generated.size());
+
+  EngineRequest scoring;
+  scoring.prompt = request.prompt;
+  scoring.prompt.insert(scoring.prompt.end(), generated.begin(), generated.end());
+  scoring.max_tokens = 0;
+  scoring.score_prompt = true;
+  stream = server.engine().submit(scoring);
+  ASSERT_NE(stream, nullptr);
+  event = StreamEvent{};
+  while (!event.finished && std::chrono::steady_clock::now() < deadline) stream->next(event, std::chrono::milliseconds(100));
+  ASSERT_TRUE(event.finished);
+  ASSERT_EQ(event.prompt_logprobs.size(), scoring.prompt.size());
+  for (size_t i = 0; i < generated.size(); ++i) {
+    EXPECT_NEAR(logprobs[i], event.prompt_logprobs[request.prompt.size() + i], 1e-12) << "token " << i;
+  }
 }
 
 // Starts a streaming request whose client hangs up when `drop` is set (or after the stream ends).

@@ -264,5 +264,22 @@ TEST_F(TokenizerBadFile, ErrorsNameTheFileAndTheComponent) {
   expect_error(write("bad_regex.json", config.dump()), {"regex", "(unclosed"});
 }
 
+// Ids are read unsigned and bounded: 2^31 + 5 is reported as written (it once wrapped to a negative id),
+// and an id that would make the id -> token table huge is refused.
+TEST_F(TokenizerBadFile, TokenIdsAreReportedAsWrittenAndBounded) {
+  nlohmann::json config = valid();
+  config["added_tokens"][0]["id"] = 2147483653ULL;
+  expect_error(write("added_id_past_2_31.json", config.dump()), {"added_tokens", "has id 2147483653, above the largest"});
+  config = valid();
+  config["added_tokens"][0]["id"] = -3;
+  expect_error(write("added_id_negative.json", config.dump()), {"added_tokens", "negative id -3"});
+  config = valid();
+  config["model"]["vocab"]["a"] = 1 << 22;
+  expect_error(write("vocab_id_huge.json", config.dump()), {"model", "has id 4194304, above the largest"});
+  config = valid();
+  config["model"]["vocab"]["a"] = "7";
+  expect_error(write("vocab_id_string.json", config.dump()), {"model", "not an integer"});
+}
+
 }  // namespace
 }  // namespace uberlm

@@ -3,6 +3,7 @@
 
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
+#include <spdlog/spdlog.h>
 
 #include "cli/commands.h"
 #include "core/error.h"
@@ -61,10 +62,21 @@ void run_ppl(const PplOptions& options) {
   std::vector<std::string> texts = read_documents(options.data);
   if (options.limit > 0 && static_cast<size_t>(options.limit) < texts.size()) texts.resize(options.limit);
   std::vector<std::vector<int32_t>> documents;
-  for (const std::string& text : texts) {
-    std::vector<int> ids = tokenizer->encode(text, /*parse_special=*/false);
-    if (ids.size() > static_cast<size_t>(options.max_tokens_per_document)) ids.resize(options.max_tokens_per_document);
-    if (ids.size() >= 2) documents.emplace_back(ids.begin(), ids.end());
+  int64_t truncated = 0, skipped = 0;
+  for (size_t d = 0; d < texts.size(); ++d) {
+    std::vector<int> ids = tokenizer->encode(texts[d], /*parse_special=*/false);
+    if (ids.size() > static_cast<size_t>(options.max_tokens_per_document)) {
+      spdlog::warn("eval ppl: document {} is {} tokens; scoring its first {} (--max-tokens-per-document)", d,
+                   ids.size(), options.max_tokens_per_document);
+      ids.resize(options.max_tokens_per_document);
+      ++truncated;
+    }
+    if (ids.size() < 2) {
+      spdlog::warn("eval ppl: document {} is {} token(s), too short to score; skipped", d, ids.size());
+      ++skipped;
+      continue;
+    }
+    documents.emplace_back(ids.begin(), ids.end());
   }
   EngineStackOptions stack_options;
   stack_options.device = options.device;
@@ -84,6 +96,9 @@ void run_ppl(const PplOptions& options) {
                            {"data", options.data},
                            {"backend", stack.backend().name()},
                            {"documents", result.documents},
+                           {"truncated_documents", truncated},
+                           {"skipped_documents", skipped},
+                           {"max_tokens_per_document", options.max_tokens_per_document},
                            {"scored_tokens", result.scored_tokens},
                            {"mean_nll", result.total_nll / static_cast<double>(result.scored_tokens)},
                            {"perplexity", result.perplexity()},

@@ -1,4 +1,5 @@
-// `uberlm inspect`: the config, the layer kinds and every tensor of a checkpoint.
+// `uberlm inspect`: the config, the layer kinds and every tensor of a checkpoint, then the check that
+// every tensor the config implies is there with its shape (the check `run` and `serve` make at load).
 #include <cstdio>
 
 #include <fmt/format.h>
@@ -6,6 +7,7 @@
 #include "cli/commands.h"
 #include "io/checkpoint.h"
 #include "model/config.h"
+#include "model/weights.h"
 
 namespace uberlm::cli {
 
@@ -46,6 +48,9 @@ void inspect(const std::string& dir) {
     total += view.nbytes();
   }
   fmt::print("{} tensors, {:.2f} MiB\n", checkpoint->names().size(), total / 1048576.0);
+  std::fflush(stdout);  // the listing stays ahead of a shape error on stderr
+  load_model_weights(*checkpoint, config);
+  fmt::print("every tensor the config implies is present with its shape\n");
 }
 
 }  // namespace

@@ -23,6 +23,9 @@ void add_quantize_command(CLI::App& app) {
     if (*no_default_exclusions) run.exclude.clear();
     run.exclude.insert(run.exclude.end(), extra_exclusions->begin(), extra_exclusions->end());
     const QuantizeSummary summary = quantize_checkpoint(run);
+    for (const std::string& folder : summary.removed_stale_folders) {
+      fmt::print("removed {}, left by an earlier quantize that was killed\n", folder);
+    }
     fmt::print("quantised {} tensors to NVFP4, kept {}; tensor data {:.1f} MiB -> {:.1f} MiB; wrote {}\n",
                summary.quantised_tensors, summary.kept_tensors, summary.bytes_in / 1048576.0,
                summary.bytes_out / 1048576.0, run.out_dir.string());

@@ -92,7 +92,8 @@ void run(const RunOptions& options) {
   if (format.bos_id && !options.chat) request.prompt.push_back(*format.bos_id);
   for (int id : tokenizer.encode(text)) request.prompt.push_back(id);
   request.max_tokens = options.max_tokens;
-  request.sampling = {options.temperature, options.top_k, options.top_p, options.seed};
+  request.sampling = {
+      .temperature = options.temperature, .top_k = options.top_k, .top_p = options.top_p, .seed = options.seed};
   request.stop_token_ids = model->stop_token_ids;
   if (options.chat) {
     if (auto im_end = tokenizer.token_id("<|im_end|>")) request.stop_token_ids.push_back(*im_end);

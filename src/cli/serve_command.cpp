@@ -154,7 +154,7 @@ void add_serve_command(CLI::App& app) {
       ->check(CLI::Range(int64_t{1}, int64_t{1} << 32));
   cmd->add_option("--max-waiting", options->max_waiting, "Queued requests beyond max-num-seqs before 503")
       ->check(CLI::Range(0, 1 << 20))->capture_default_str();
-  cmd->add_option("--api-key", options->api_key, "Require 'Authorization: Bearer KEY' on /v1/*");
+  cmd->add_option("--api-key", options->api_key, "Require 'Authorization: Bearer KEY' on /v1/* and /metrics");
   cmd->add_option("--tensor-parallel", options->tensor_parallel,
                   "Shard the model over N GPUs (NCCL), or N CPU rank threads with --device cpu")
       ->check(CLI::Range(1, 64))->capture_default_str();

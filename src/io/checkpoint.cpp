@@ -9,6 +9,7 @@
 #include <nlohmann/json.hpp>
 
 #include "core/error.h"
+#include "core/regular_file.h"
 
 namespace uberlm {
 
@@ -23,6 +24,7 @@ constexpr const char* kIndexFile = "model.safetensors.index.json";
 // weight_map of model.safetensors.index.json: original tensor name -> shard file name.
 std::map<std::string, std::string> read_weight_map(const fs::path& index_path) {
   const std::string index = index_path.string();
+  require_regular_file(index_path);
   std::ifstream stream(index_path, std::ios::binary);
   if (!stream) fail("checkpoint index {}: cannot open", index);
   std::stringstream text;

@@ -279,7 +279,8 @@ GgufHeader parse_gguf(const uint8_t* bytes, uint64_t size, const std::string& fi
 
 std::unique_ptr<GgufFile> GgufFile::open(const std::filesystem::path& path) {
   const std::string file = path.string();
-  int fd = ::open(file.c_str(), O_RDONLY | O_CLOEXEC);
+  // O_NONBLOCK: opening a FIFO for reading would otherwise wait for a writer; the S_ISREG check below refuses it.
+  int fd = ::open(file.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
   if (fd < 0) fail("gguf {}: cannot open: {}", file, std::strerror(errno));
   struct stat info;
   if (::fstat(fd, &info) != 0) {

@@ -179,7 +179,8 @@ SafetensorsHeader parse_safetensors_header(std::string_view text, uint64_t data_
 
 std::unique_ptr<SafetensorsFile> SafetensorsFile::open(const std::filesystem::path& path) {
   const std::string file = path.string();
-  int fd = ::open(file.c_str(), O_RDONLY | O_CLOEXEC);
+  // O_NONBLOCK: opening a FIFO for reading would otherwise wait for a writer; the S_ISREG check below refuses it.
+  int fd = ::open(file.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
   if (fd < 0) fail("safetensors {}: cannot open: {}", file, std::strerror(errno));
   struct stat info;
   if (::fstat(fd, &info) != 0) {

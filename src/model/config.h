@@ -57,7 +57,8 @@ ModelConfig parse_model_config(const std::string& text, const std::string& sourc
 ModelConfig load_model_config(const std::filesystem::path& model_dir);
 
 // Stop token ids from generation_config.json (eos_token_id, int or list), falling back to the
-// config's eos_token_id. Empty when neither names one.
-std::vector<int> load_stop_token_ids(const std::filesystem::path& model_dir);
+// config's eos_token_id. Empty when neither names one; throws Error naming the file for an id outside
+// [0, vocab_size).
+std::vector<int> load_stop_token_ids(const std::filesystem::path& model_dir, int vocab_size);
 
 }  // namespace uberlm

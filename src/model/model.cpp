@@ -11,7 +11,7 @@ std::unique_ptr<Model> Model::load(const std::filesystem::path& path) {
   model->config = load_model_config(path);
   model->checkpoint = Checkpoint::open(path);
   model->weights = load_model_weights(*model->checkpoint, model->config);
-  model->stop_token_ids = load_stop_token_ids(path);
+  model->stop_token_ids = load_stop_token_ids(path, model->config.vocab_size);
   return model;
 }
 

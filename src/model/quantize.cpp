@@ -1,7 +1,10 @@
 #include "model/quantize.h"
 
+#include <signal.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <cerrno>
 #include <fstream>
 #include <map>
 #include <regex>
@@ -14,6 +17,7 @@
 #include "core/error.h"
 #include "core/nvfp4.h"
 #include "core/progress_bar.h"
+#include "core/regular_file.h"
 #include "io/safetensors.h"
 
 namespace uberlm {
@@ -61,6 +65,7 @@ bool should_quantise(const std::string& name, const SafetensorsEntry& entry, con
 }
 
 json read_json(const fs::path& path) {
+  require_regular_file(path);
   std::ifstream stream(path, std::ios::binary);
   if (!stream) fail("{}: cannot open", path.string());
   std::stringstream text;
@@ -122,6 +127,32 @@ class TemporaryFolder {
   bool committed_ = false;
 };
 
+// The temporary folder of a run writing `absolute_out`: `.NAME.partial.PID` beside it.
+std::string partial_folder_prefix(const fs::path& absolute_out) {
+  return fmt::format(".{}.partial.", absolute_out.filename().string());
+}
+
+bool process_runs(pid_t pid) { return ::kill(pid, 0) == 0 || errno == EPERM; }
+
+// A run killed outright (SIGKILL, power loss) leaves its partial folder behind. Those whose PID no longer
+// runs are removed; one whose PID runs may be another quantize writing now and is left alone.
+std::vector<std::string> remove_stale_partial_folders(const fs::path& absolute_out) {
+  const std::string prefix = partial_folder_prefix(absolute_out);
+  std::vector<std::string> removed;
+  for (const auto& item : fs::directory_iterator(absolute_out.parent_path())) {
+    const std::string name = item.path().filename();
+    if (!item.is_directory() || name.rfind(prefix, 0) != 0) continue;
+    const std::string pid_text = name.substr(prefix.size());
+    const bool is_pid = !pid_text.empty() && pid_text.size() <= 9 &&
+                        std::all_of(pid_text.begin(), pid_text.end(), [](char c) { return c >= '0' && c <= '9'; });
+    if (!is_pid) continue;
+    if (process_runs(static_cast<pid_t>(std::stol(pid_text)))) continue;
+    fs::remove_all(item.path());
+    removed.push_back(item.path().string());
+  }
+  return removed;
+}
+
 // One shard's output tensors, with the buffers that hold the quantised data.
 struct ShardOutput {
   std::vector<SafetensorsWriteEntry> entries;
@@ -154,9 +185,9 @@ QuantizeSummary quantize_checkpoint(const QuantizeOptions& options) {
   }
 
   const fs::path absolute_out = fs::absolute(out).lexically_normal();
-  TemporaryFolder temporary(absolute_out.parent_path() /
-                            fmt::format(".{}.partial.{}", absolute_out.filename().string(), ::getpid()));
   QuantizeSummary summary;
+  summary.removed_stale_folders = remove_stale_partial_folders(absolute_out);
+  TemporaryFolder temporary(absolute_out.parent_path() / (partial_folder_prefix(absolute_out) + std::to_string(::getpid())));
   json weight_map = json::object();
   std::vector<std::string> kept_modules;
   ProgressBar progress("quantize", total_tensors);

@@ -24,14 +24,17 @@ struct QuantizeOptions {
 struct QuantizeSummary {
   int quantised_tensors = 0, kept_tensors = 0;
   uint64_t bytes_in = 0, bytes_out = 0;  // tensor data only
+  std::vector<std::string> removed_stale_folders;  // partial folders of earlier runs killed mid-write
 };
 
 // Writes the NVFP4 checkpoint (ModelOpt layout: X.weight U8 [N, K/2], X.weight_scale F8_E4M3 [N, K/16],
 // X.weight_scale_2 F32 scalar) with the other tensors copied, the shard layout and index kept, the
 // non-weight files (tokenizer, generation_config, ...) copied, and config.json's quantization_config plus
 // hf_quant_config.json written. Everything goes to a temporary folder beside out_dir, renamed at the end,
-// so out_dir never holds half a checkpoint. Throws Error when out_dir exists (unless force), when a
-// tensor holds NaN or Inf (naming it), or when a regex is invalid.
+// so out_dir never holds half a checkpoint; the folder is removed on failure, and partial folders of
+// earlier runs that were killed (`.NAME.partial.PID`, PID no longer running) are removed first. Throws
+// Error when out_dir exists (unless force), when a tensor holds NaN or Inf (naming it), or when a regex
+// is invalid.
 QuantizeSummary quantize_checkpoint(const QuantizeOptions& options);
 
 // `--quantize nvfp4`: replaces every dense linear layer of a loaded model whose canonical weight name

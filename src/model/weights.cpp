@@ -8,6 +8,7 @@
 #include <nlohmann/json.hpp>
 
 #include "core/error.h"
+#include "core/regular_file.h"
 
 namespace uberlm {
 
@@ -17,6 +18,7 @@ using nlohmann::json;
 
 // The JSON object in `path`, or null when the file does not exist.
 json read_json_if_present(const std::filesystem::path& path) {
+  require_regular_file(path);
   std::ifstream stream(path, std::ios::binary);
   if (!stream) return nullptr;
   std::stringstream text;

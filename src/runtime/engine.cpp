@@ -8,6 +8,8 @@ namespace uberlm {
 
 namespace {
 
+constexpr int kMaxTopLogprobs = 20;  // OpenAI's limit
+
 double seconds_between(std::chrono::steady_clock::time_point from, std::chrono::steady_clock::time_point to) {
   return std::chrono::duration<double>(to - from).count();
 }
@@ -109,9 +111,15 @@ int64_t resolve_max_tokens(const EngineRequest& request, int vocab, int64_t max_
   return max_tokens;
 }
 
-Sampler checked_sampler(const SamplingParams& params) {
+// The request's Sampler; a logit_bias id outside the vocabulary is refused by name.
+Sampler checked_sampler(const EngineRequest& request, int vocab) {
+  for (const auto& [token, bias] : request.sampling.logit_bias) {
+    if (token < 0 || token >= vocab) {
+      refuse("logit_bias", fmt::format("logit_bias token id {} is outside the vocabulary [0, {})", token, vocab));
+    }
+  }
   try {
-    return Sampler(params);
+    return Sampler(request.sampling, request.prompt);
   } catch (const RequestError&) {
     throw;
   } catch (const Error& error) {
@@ -124,7 +132,11 @@ Sampler checked_sampler(const SamplingParams& params) {
 std::shared_ptr<RequestStream> Engine::submit(EngineRequest request) {
   const int64_t prompt_tokens = static_cast<int64_t>(request.prompt.size());
   const int64_t max_tokens = resolve_max_tokens(request, backend_.config().vocab_size, max_model_len());
-  Sampler sampler = checked_sampler(request.sampling);
+  Sampler sampler = checked_sampler(request, backend_.config().vocab_size);
+  if (request.top_logprobs < -1 || request.top_logprobs > kMaxTopLogprobs) {
+    refuse("top_logprobs",
+           fmt::format("top_logprobs must be in [0, {}], got {}", kMaxTopLogprobs, request.top_logprobs));
+  }
   size_t longest_stop = 0;
   for (const std::string& stop : request.stop_strings) {
     if (stop.empty()) refuse("stop_strings", "stop strings must not be empty");
@@ -136,8 +148,8 @@ std::shared_ptr<RequestStream> Engine::submit(EngineRequest request) {
   const uint64_t id = next_id_++;
   auto stream = std::make_shared<RequestStream>(id);
   const auto now = std::chrono::steady_clock::now();
-  Active active{stream, std::move(request), sampler, std::nullopt, "", {}, {}, longest_stop > 0 ? longest_stop - 1 : 0,
-                max_tokens, 0, now, now};
+  Active active{stream, std::move(request), sampler, std::nullopt, "", {}, {}, {},
+                longest_stop > 0 ? longest_stop - 1 : 0, max_tokens, 0, now, now};
   if (tokenizer_) active.decoder.emplace(*tokenizer_, /*skip_special=*/true);
   if (active.request.score_prompt) active.prompt_logprobs.assign(active.request.prompt.size(), 0.0);
   incoming_.emplace_back(id, std::move(active));
@@ -219,15 +231,17 @@ EngineStep Engine::step() {
   EngineStep report{out.num_decode_tokens, out.num_prefill_tokens, 0.0};
   if (out.chunks.empty()) return report;
 
-  // When every row is a greedy sample the backend picks the tokens itself (the CUDA backend on the GPU,
-  // copying ids instead of rows x vocab logits); the same argmax the Sampler takes at temperature 0.
+  // When every row is a greedy sample of the model's own logits (no bias, no penalties) the backend picks
+  // the tokens itself (the CUDA backend on the GPU, copying ids instead of rows x vocab logits); the same
+  // argmax the Sampler takes at temperature 0.
   int64_t sampled_rows = 0;
   bool all_greedy = true;
   for (size_t c = 0; c < out.chunks.size(); ++c) {
     all_greedy = all_greedy && out.batch.chunks[c].logits != LogitRows::All;
     if (!out.chunks[c].samples) continue;
     ++sampled_rows;
-    all_greedy = all_greedy && active_.at(out.chunks[c].id).request.sampling.temperature == 0.0f;
+    const EngineRequest& request = active_.at(out.chunks[c].id).request;
+    all_greedy = all_greedy && request.sampling.is_plain_greedy() && request.top_logprobs < 0;
   }
   out.batch.argmax_only = all_greedy;
   ForwardResult result;
@@ -263,9 +277,9 @@ EngineStep Engine::step() {
       finish(chunk.id, FinishReason::Length);
       continue;
     }
-    const int32_t token = all_greedy ? result.argmax[greedy_row++]
-                                     : active.sampler.sample(result.logits.data() + (row - 1) * vocab, vocab);
-    on_token(chunk.id, active, token);
+    const float* logits = all_greedy ? nullptr : result.logits.data() + (row - 1) * vocab;
+    const int32_t token = all_greedy ? result.argmax[greedy_row++] : active.sampler.sample(logits, vocab);
+    on_token(chunk.id, active, token, logits);
   }
   return report;
 }
@@ -281,7 +295,7 @@ void Engine::score_prompt_rows(const ScheduledChunk& chunk, Active& active, cons
   }
 }
 
-void Engine::on_token(uint64_t id, Active& active, int32_t token) {
+void Engine::on_token(uint64_t id, Active& active, int32_t token, const float* logits) {
   const auto now = std::chrono::steady_clock::now();
   metrics_.observe(active.generated == 0 ? Histogram::TimeToFirstToken : Histogram::InterTokenLatency,
                    seconds_between(active.generated == 0 ? active.arrival : active.last_token, now));
@@ -294,6 +308,10 @@ void Engine::on_token(uint64_t id, Active& active, int32_t token) {
   ++active.generated;
   metrics_.add(Counter::GenerationTokens, 1.0);
   active.pending_tokens.push_back(token);
+  if (active.request.top_logprobs >= 0) {
+    active.pending_logprobs.push_back(
+        token_logprobs(logits, backend_.config().vocab_size, token, active.request.top_logprobs));
+  }
   if (active.decoder) active.pending_text += active.decoder->push(token);
 
   // Stop strings: the held-back tail plus the new text hold every occurrence that ends in the new text.
@@ -315,6 +333,7 @@ void Engine::on_token(uint64_t id, Active& active, int32_t token) {
     StreamEvent event;
     event.text = active.pending_text.substr(0, send);
     event.tokens.swap(active.pending_tokens);
+    event.logprobs.swap(active.pending_logprobs);
     active.pending_text.erase(0, send);
     active.stream->push(std::move(event));
   }
@@ -330,6 +349,7 @@ void Engine::finish(uint64_t id, FinishReason reason, const std::string& error) 
   if (reason != FinishReason::Cancelled) {
     event.text = active.pending_text + (active.decoder ? active.decoder->flush() : "");
     event.tokens = std::move(active.pending_tokens);
+    event.logprobs = std::move(active.pending_logprobs);
     event.prompt_logprobs = std::move(active.prompt_logprobs);
   }
   event.prompt_tokens = static_cast<int64_t>(active.request.prompt.size());

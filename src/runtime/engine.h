@@ -42,10 +42,12 @@ struct EngineRequest {
   std::vector<int> stop_token_ids;         // end the output, not part of it
   std::vector<std::string> stop_strings;   // end the output at their first occurrence, not part of it
   bool score_prompt = false;               // the final event carries every prompt token's logprob
+  int top_logprobs = -1;  // >= 0: events carry each generated token's logprob and this many alternatives
 };
 
 // A request the engine refuses; `field` names the EngineRequest field at fault ("prompt", "max_tokens",
-// "stop_strings", "sampling"), so a front end can name its own parameter.
+// "stop_strings", "sampling", "logit_bias" (a sampling id outside the vocabulary), "top_logprobs"), so a
+// front end can name its own parameter.
 class RequestError : public Error {
  public:
   RequestError(std::string field, const std::string& message) : Error(message), field(std::move(field)) {}
@@ -60,6 +62,7 @@ const char* finish_reason_name(FinishReason reason);
 struct StreamEvent {
   std::string text;
   std::vector<int32_t> tokens;  // the generated ids since the last event (stop tokens excluded)
+  std::vector<TokenLogprobs> logprobs;  // with top_logprobs >= 0: one per entry of tokens
   bool finished = false;
   FinishReason finish_reason = FinishReason::Length;
   std::string error;  // set when the engine failed the request (finish_reason Cancelled)
@@ -101,8 +104,8 @@ class Engine {
   Engine& operator=(const Engine&) = delete;
 
   // nullptr when the queue is full. Throws RequestError on a request it cannot take (empty prompt, no
-  // room to generate, prompt + max_tokens over max_model_len, token ids outside the vocabulary, bad
-  // sampling params or stop strings): the one place a request's limits are checked.
+  // room to generate, prompt + max_tokens over max_model_len, token ids outside the vocabulary (prompt or
+  // logit_bias), bad sampling params, top_logprobs or stop strings): the one place a request's limits are checked.
   std::shared_ptr<RequestStream> submit(EngineRequest request);
   // Without a loop thread: admits what was submitted and cancelled, then runs one step if there is work.
   EngineStep run_step();
@@ -121,6 +124,7 @@ class Engine {
     std::optional<StreamDecoder> decoder;  // absent without a tokenizer
     std::string pending_text;  // decoded, not yet sent: held back while it could begin a stop string
     std::vector<int32_t> pending_tokens;  // generated ids not yet sent
+    std::vector<TokenLogprobs> pending_logprobs;  // theirs, with top_logprobs >= 0
     std::vector<double> prompt_logprobs;
     size_t hold_back = 0;      // longest stop string - 1
     int64_t max_tokens = 0;  // request.max_tokens resolved against the context
@@ -133,7 +137,8 @@ class Engine {
   void admit(std::vector<std::pair<uint64_t, Active>>& arrivals, const std::vector<uint64_t>& cancels);
   EngineStep step();
   void score_prompt_rows(const ScheduledChunk& chunk, Active& active, const float* logits);
-  void on_token(uint64_t id, Active& active, int32_t token);
+  // logits: the row the token was sampled from (null when the backend took the argmax).
+  void on_token(uint64_t id, Active& active, int32_t token, const float* logits);
   void finish(uint64_t id, FinishReason reason, const std::string& error = "");
   void update_gauges();
 

@@ -7,12 +7,15 @@
 #include <chrono>
 #include <csignal>
 #include <ctime>
+#include <iterator>
 #include <random>
 
 #include <nlohmann/json.hpp>
 
+#include "server/api_key.h"
 #include "server/chat_output_parser.h"
 #include "server/connection_watch.h"
+#include "server/logprobs_json.h"
 #include "server/request_parser.h"
 
 namespace uberlm {
@@ -47,10 +50,11 @@ void send_error(httplib::Response& res, int status, const std::string& type, con
   res.set_content(json_text(body), "application/json");
 }
 
-bool equal_in_constant_time(const std::string& a, const std::string& b) {
-  unsigned char diff = a.size() == b.size() ? 0 : 1;
-  for (size_t i = 0; i < a.size(); ++i) diff |= static_cast<unsigned char>(a[i] ^ b[i % std::max<size_t>(b.size(), 1)]);
-  return diff == 0;
+// Exactly one Authorization header holding "Bearer <key>". Read from the header map: httplib's
+// get_header_value() returns a C string, which ends at a NUL byte and let "Bearer KEY\0x" pass as the key.
+bool authorized(const httplib::Request& req, const std::string& key) {
+  const auto [first, last] = req.headers.equal_range("Authorization");
+  return first != last && std::next(first) == last && bearer_key_matches(first->second, key);
 }
 
 json usage_json(const StreamEvent& final) {
@@ -70,6 +74,8 @@ struct ChatFormat {
 struct Reply {
   bool chat = false;
   bool include_usage = false;
+  std::string echo;  // completions with echo: the prompt's text, sent before the generated text
+  bool logprobs = false;  // choices carry each generated token's logprobs
   std::string id;
   std::string model;
   int64_t created = 0;
@@ -85,12 +91,20 @@ json chunk_json(const Reply& reply, const json& choice) {
           {"choices", json::array({choice})}};
 }
 
-json choice_json(const Reply& reply, const std::string& text, const json& finish_reason, bool first) {
-  if (!reply.chat) return {{"index", 0}, {"text", text}, {"logprobs", nullptr}, {"finish_reason", finish_reason}};
+json choice_json(const Reply& reply, const std::string& text, const json& finish_reason, bool first,
+                 const json& logprobs = nullptr) {
+  if (!reply.chat) return {{"index", 0}, {"text", text}, {"logprobs", logprobs}, {"finish_reason", finish_reason}};
   json delta = json::object();
   if (first) delta["role"] = "assistant";
   if (!text.empty() || first) delta["content"] = text;
-  return {{"index", 0}, {"delta", delta}, {"logprobs", nullptr}, {"finish_reason", finish_reason}};
+  return {{"index", 0}, {"delta", delta}, {"logprobs", logprobs}, {"finish_reason", finish_reason}};
+}
+
+// A choice's "logprobs" for `tokens` (null unless the request asked); text_offset counts on from `offset`.
+json choice_logprobs(const Reply& reply, const BpeTokenizer& tokenizer, const std::vector<TokenLogprobs>& tokens,
+                     size_t& offset) {
+  if (!reply.logprobs) return nullptr;
+  return reply.chat ? chat_logprobs_json(tokens, tokenizer) : completion_logprobs_json(tokens, tokenizer, offset);
 }
 
 json delta_choice(json delta) {
@@ -213,8 +227,9 @@ void OpenAiServer::stop() { http_->stop(); }
 
 void OpenAiServer::add_routes() {
   http_->set_pre_routing_handler([this](const httplib::Request& req, httplib::Response& res) {
-    if (config_.api_key.empty() || req.path.rfind("/v1/", 0) != 0) return httplib::Server::HandlerResponse::Unhandled;
-    if (equal_in_constant_time(req.get_header_value("Authorization"), "Bearer " + config_.api_key)) {
+    const bool protected_path = req.path.rfind("/v1/", 0) == 0 || req.path == "/metrics";
+    if (config_.api_key.empty() || !protected_path) return httplib::Server::HandlerResponse::Unhandled;
+    if (authorized(req, config_.api_key)) {
       return httplib::Server::HandlerResponse::Unhandled;
     }
     metrics_.add(Counter::RejectedRequests, 1.0, R"(reason="unauthorized")");
@@ -257,6 +272,7 @@ void OpenAiServer::add_routes() {
       EngineRequest request;
       GenerationOptions options;
       ChatFormat chat_format;
+      std::string echo;
       try {
         if (chat) {
           ChatCompletionRequest parsed = parse_chat_completion_request(req.body, config_.model_name, max_len);
@@ -269,15 +285,24 @@ void OpenAiServer::add_routes() {
           if (parsed.prompt_text) {
             for (int id : tokenizer_.encode(*parsed.prompt_text)) request.prompt.push_back(id);
           }
+          if (parsed.echo) echo = parsed.prompt_text ? *parsed.prompt_text : tokenizer_.decode(parsed.prompt_ids);
         }
         // OpenAI's default for /v1/completions, shortened to the room the prompt leaves; chat: the engine's
         // default, the rest of the context.
         request.max_tokens = options.max_tokens;
         const int64_t room = max_len - static_cast<int64_t>(request.prompt.size());
         if (!chat && !request.max_tokens && room > 0) request.max_tokens = std::min(kDefaultCompletionTokens, room);
-        request.sampling = SamplingParams{options.temperature, options.top_k, options.top_p,
-                                          options.seed.value_or(std::random_device{}())};
+        request.sampling = SamplingParams{.temperature = options.temperature,
+                                          .top_k = options.top_k,
+                                          .top_p = options.top_p,
+                                          .seed = options.seed.value_or(std::random_device{}()),
+                                          .min_p = options.min_p,
+                                          .presence_penalty = options.presence_penalty,
+                                          .frequency_penalty = options.frequency_penalty,
+                                          .repetition_penalty = options.repetition_penalty,
+                                          .logit_bias = options.logit_bias};
         request.stop_strings = options.stop;
+        request.top_logprobs = options.top_logprobs;
         request.stop_token_ids = config_.stop_token_ids;
         if (chat) {
           if (auto im_end = tokenizer_.token_id("<|im_end|>")) request.stop_token_ids.push_back(*im_end);
@@ -305,13 +330,20 @@ void OpenAiServer::add_routes() {
         send_error(res, 503, "server_overloaded", "the server is at capacity (too many queued requests); retry later");
         return;
       }
-      Reply reply{chat, options.include_usage, fmt::format("{}-{}", chat ? "chatcmpl" : "cmpl", stream->id()),
-                  config_.model_name, static_cast<int64_t>(std::time(nullptr)), fmt::format("call_{}_", stream->id()),
+      Reply reply{chat,
+                  options.include_usage,
+                  echo,
+                  options.top_logprobs >= 0,
+                  fmt::format("{}-{}", chat ? "chatcmpl" : "cmpl", stream->id()),
+                  config_.model_name,
+                  static_cast<int64_t>(std::time(nullptr)),
+                  fmt::format("call_{}_", stream->id()),
                   chat_format};
       auto watch = std::make_shared<ConnectionWatch>(req.local_port, req.remote_port);
 
       if (!options.stream) {
-        std::string text;
+        std::string text = reply.echo;
+        std::vector<TokenLogprobs> logprobs;
         StreamEvent event;
         while (true) {
           if (!stream->next(event, kPollInterval)) {
@@ -322,22 +354,26 @@ void OpenAiServer::add_routes() {
             continue;
           }
           text += event.text;
+          logprobs.insert(logprobs.end(), event.logprobs.begin(), event.logprobs.end());
           if (event.finished) break;
         }
         if (!event.error.empty()) {
           send_error(res, 500, "server_error", event.error);
           return;
         }
+        size_t text_offset = 0;
+        const json logprobs_json = choice_logprobs(reply, tokenizer_, logprobs, text_offset);
         json choice;
         if (chat) {
           ChatOutputParser parser(reply.format.output);
           ChatOutputDelta output = parser.feed(text);
           append(output, parser.finish());
           const std::string finish = chat_finish_reason(event.finish_reason, output.tool_calls.size());
-          choice = {{"index", 0}, {"message", chat_message_json(reply, std::move(output))}, {"logprobs", nullptr},
+          choice = {{"index", 0}, {"message", chat_message_json(reply, std::move(output))}, {"logprobs", logprobs_json},
                     {"finish_reason", finish}};
         } else {
-          choice = {{"index", 0}, {"text", text}, {"logprobs", nullptr}, {"finish_reason", finish_reason_name(event.finish_reason)}};
+          choice = {{"index", 0}, {"text", text}, {"logprobs", logprobs_json},
+                    {"finish_reason", finish_reason_name(event.finish_reason)}};
         }
         json body = {{"id", reply.id},
                      {"object", chat ? "chat.completion" : "text_completion"},
@@ -354,6 +390,7 @@ void OpenAiServer::add_routes() {
         bool finished = false;
         std::unique_ptr<ChatOutputParser> parser;  // chat only
         size_t tool_calls_sent = 0;
+        size_t text_offset = 0;  // of the next token, for completions' logprobs
       };
       auto state = std::make_shared<StreamState>();
       if (chat) state->parser = std::make_unique<ChatOutputParser>(reply.format.output);
@@ -369,6 +406,9 @@ void OpenAiServer::add_routes() {
             if (!state->started) {
               state->started = true;
               if (reply.chat && !write(sse(chunk_json(reply, choice_json(reply, "", nullptr, true))))) return false;
+              if (!reply.echo.empty() && !write(sse(chunk_json(reply, choice_json(reply, reply.echo, nullptr, false))))) {
+                return false;
+              }
             }
             StreamEvent event;
             if (!stream->next(event, kPollInterval)) {
@@ -379,11 +419,19 @@ void OpenAiServer::add_routes() {
             if (reply.chat) {
               ChatOutputDelta delta = state->parser->feed(event.text);
               if (event.finished) append(delta, state->parser->finish());
-              for (const json& choice : chat_delta_choices(reply, delta, state->tool_calls_sent)) {
+              std::vector<json> choices = chat_delta_choices(reply, delta, state->tool_calls_sent);
+              if (reply.logprobs && !event.logprobs.empty()) {
+                // The event's tokens' logprobs ride on its first piece, or on an empty delta while the parser
+                // holds the text back (a possible <think> or <tool_call> marker).
+                if (choices.empty()) choices.push_back(delta_choice(json::object()));
+                choices.front()["logprobs"] = choice_logprobs(reply, tokenizer_, event.logprobs, state->text_offset);
+              }
+              for (const json& choice : choices) {
                 if (!write(sse(chunk_json(reply, choice)))) return false;
               }
-            } else if (!event.text.empty() && !write(sse(chunk_json(reply, choice_json(reply, event.text, nullptr, false))))) {
-              return false;
+            } else if (!event.text.empty() || !event.logprobs.empty()) {
+              const json logprobs = choice_logprobs(reply, tokenizer_, event.logprobs, state->text_offset);
+              if (!write(sse(chunk_json(reply, choice_json(reply, event.text, nullptr, false, logprobs))))) return false;
             }
             if (!event.finished) return true;
             state->finished = true;

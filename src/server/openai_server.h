@@ -3,8 +3,8 @@
 // (JSON or SSE streaming, with usage), /v1/models, /health and /metrics (Prometheus). HTTP threads
 // parse, render chats with the model's chat template and tokenize, submit to the engine and relay its
 // events; a chat reply's <think> text comes back as reasoning_content and its tool calls as tool_calls
-// (server/chat_output_parser.h). A client that goes away cancels its sequence. With an API key, /v1/*
-// needs "Authorization: Bearer <key>".
+// (server/chat_output_parser.h). A client that goes away cancels its sequence. With an API key, /v1/* and
+// /metrics need "Authorization: Bearer <key>" (/health stays open for probes).
 #include <memory>
 #include <string>
 #include <vector>
@@ -24,7 +24,7 @@ struct ServerConfig {
   std::string host = "127.0.0.1";
   int port = 8000;  // 0: any free port
   std::string model_name;
-  std::string api_key;  // empty: no authentication
+  std::string api_key;  // empty: no authentication; else it guards /v1/* and /metrics
   int http_threads = 96;
   std::vector<int> stop_token_ids;  // the model's end-of-sequence ids
 };

@@ -1,6 +1,8 @@
 #include "server/request_parser.h"
 
+#include <algorithm>
 #include <cmath>
+#include <iterator>
 #include <limits>
 
 #include <nlohmann/json.hpp>
@@ -17,6 +19,51 @@ void bad_request(const std::string& param, const std::string& message) {
 namespace {
 
 constexpr size_t kMaxStopStrings = 16;
+
+// Every field an endpoint implements; any other is refused by name rather than ignored.
+constexpr std::string_view kSharedFields[] = {
+    "model", "max_tokens", "temperature", "top_p", "top_k", "min_p", "presence_penalty", "frequency_penalty",
+    "repetition_penalty", "logit_bias", "seed", "n", "stop", "stream", "stream_options", "user", "logprobs"};
+constexpr std::string_view kCompletionFields[] = {"prompt", "echo"};
+constexpr std::string_view kChatFields[] = {"messages",    "max_completion_tokens", "top_logprobs",
+                                           "tools",       "tool_choice",           "parallel_tool_calls",
+                                           "add_generation_prompt", "chat_template_kwargs"};
+constexpr int64_t kMaxCompletionLogprobs = 5;  // OpenAI's limits
+constexpr int64_t kMaxChatTopLogprobs = 20;
+
+// OpenAI fields this server does not implement (on /v1/completions: tools, which chat implements),
+// accepted only at the value that asks for nothing (null, or the value given here).
+struct NeutralValue {
+  std::string_view field;
+  const char* value;  // JSON text
+};
+constexpr NeutralValue kNeutralValues[] = {{"best_of", "1"},
+                                           {"suffix", "\"\""},
+                                           {"tools", "[]"},
+                                           {"tool_choice", "\"none\""},
+                                           {"response_format", R"({"type": "text"})"}};
+
+template <size_t N>
+bool listed(const std::string_view (&fields)[N], std::string_view key) {
+  return std::find(std::begin(fields), std::end(fields), key) != std::end(fields);
+}
+
+void refuse_unimplemented_fields(const json& root, bool chat) {
+  for (const auto& item : root.items()) {
+    const std::string& key = item.key();  // a named variable: clang 14 cannot capture a structured binding
+    const json& value = item.value();
+    if (listed(kSharedFields, key) || (chat ? listed(kChatFields, key) : listed(kCompletionFields, key))) continue;
+    auto neutral = std::find_if(std::begin(kNeutralValues), std::end(kNeutralValues),
+                                [&](const NeutralValue& n) { return n.field == key; });
+    if (neutral == std::end(kNeutralValues)) {
+      bad_request(key,
+                  fmt::format("'{}' is not a parameter of {}", key, chat ? "/v1/chat/completions" : "/v1/completions"));
+    }
+    if (!value.is_null() && value != json::parse(neutral->value)) {
+      bad_request(key, fmt::format("'{}' is not supported (only {} is accepted)", key, neutral->value));
+    }
+  }
+}
 
 json parse_object(std::string_view body) {
   json root;
@@ -35,9 +82,17 @@ const json* field(const json& root, const char* key) {
   return it == root.end() || it->is_null() ? nullptr : &*it;
 }
 
+// An integer beyond 64 bits reaches us as a double: it is out of range, not a non-integer.
+void refuse_beyond_64_bits(const json& value, const char* key, const std::string& range) {
+  if (value.is_number_float() && std::fabs(value.get<double>()) >= 0x1p63) {
+    bad_request(key, fmt::format("'{}' is out of range: it must be {}, got {}", key, range, value.dump()));
+  }
+}
+
 std::optional<int64_t> optional_int(const json& root, const char* key, int64_t min, int64_t max) {
   const json* value = field(root, key);
   if (value == nullptr) return std::nullopt;
+  refuse_beyond_64_bits(*value, key, fmt::format("between {} and {}", min, max));
   if (!value->is_number_integer()) bad_request(key, fmt::format("'{}' must be an integer", key));
   // nlohmann stores every non-negative integer as unsigned: compare in the type it holds.
   const bool in_range = value->is_number_unsigned()
@@ -63,6 +118,38 @@ float optional_float(const json& root, const char* key, float fallback, float mi
   return static_cast<float>(number);
 }
 
+// Any 64-bit integer, signed or unsigned: either names a generator state.
+std::optional<uint64_t> optional_seed(const json& root) {
+  const json* value = field(root, "seed");
+  if (value == nullptr) return std::nullopt;
+  refuse_beyond_64_bits(*value, "seed", "a 64-bit integer");
+  if (!value->is_number_integer()) bad_request("seed", "'seed' must be an integer");
+  return value->is_number_unsigned() ? value->get<uint64_t>() : static_cast<uint64_t>(value->get<int64_t>());
+}
+
+// {"<token id>": bias, ...}: canonical decimal ids (so no two keys name one token), biases in [-100, 100].
+std::vector<std::pair<int32_t, float>> parse_logit_bias(const json& root) {
+  std::vector<std::pair<int32_t, float>> biases;
+  const json* value = field(root, "logit_bias");
+  if (value == nullptr) return biases;
+  if (!value->is_object()) bad_request("logit_bias", "'logit_bias' must be an object of token id -> bias");
+  for (const auto& [key, bias] : value->items()) {
+    const bool digits = !key.empty() && key.size() <= 10 &&
+                        std::all_of(key.begin(), key.end(), [](char c) { return c >= '0' && c <= '9'; });
+    const bool canonical =
+        digits && (key == "0" || key[0] != '0') && std::stoll(key) <= std::numeric_limits<int32_t>::max();
+    if (!canonical) {
+      bad_request("logit_bias", fmt::format("'logit_bias' keys must be token ids (decimal integers), got '{}'", key));
+    }
+    if (!bias.is_number() || !(bias.get<double>() >= -100.0 && bias.get<double>() <= 100.0)) {
+      bad_request("logit_bias", fmt::format("'logit_bias' of token {} must be a number in [-100, 100], got {}", key,
+                                            bias.is_structured() ? bias.type_name() : bias.dump()));
+    }
+    biases.emplace_back(static_cast<int32_t>(std::stol(key)), bias.get<float>());
+  }
+  return biases;
+}
+
 bool optional_bool(const json& root, const char* key) {
   const json* value = field(root, key);
   if (value == nullptr) return false;
@@ -82,6 +169,21 @@ std::string required_model(const json& root, const std::string& served_model) {
   return model;
 }
 
+// /v1/completions: "logprobs": N, the N most likely tokens beside each generated one (false: none).
+int completion_top_logprobs(const json& root) {
+  const json* logprobs = field(root, "logprobs");
+  if (logprobs != nullptr && logprobs->is_boolean() && !logprobs->get<bool>()) return -1;
+  return static_cast<int>(optional_int(root, "logprobs", 0, kMaxCompletionLogprobs).value_or(-1));
+}
+
+// /v1/chat/completions: "logprobs": true, with "top_logprobs": N alternatives (default 0).
+int chat_top_logprobs(const json& root) {
+  const bool logprobs = optional_bool(root, "logprobs");
+  const std::optional<int64_t> top = optional_int(root, "top_logprobs", 0, kMaxChatTopLogprobs);
+  if (top && !logprobs) bad_request("top_logprobs", "'top_logprobs' needs 'logprobs': true");
+  return logprobs ? static_cast<int>(top.value_or(0)) : -1;
+}
+
 GenerationOptions parse_options(const json& root, int64_t max_model_len, bool chat) {
   GenerationOptions options;
   options.max_tokens = optional_int(root, "max_tokens", 1, max_model_len);
@@ -90,9 +192,13 @@ GenerationOptions parse_options(const json& root, int64_t max_model_len, bool ch
   options.top_p = optional_float(root, "top_p", 1.0f, 0.0f, 1.0f, true);
   const int64_t top_k = optional_int(root, "top_k", -1, std::numeric_limits<int32_t>::max()).value_or(0);
   options.top_k = top_k < 0 ? 0 : static_cast<int>(top_k);
-  if (auto seed = optional_int(root, "seed", std::numeric_limits<int64_t>::min(), std::numeric_limits<int64_t>::max())) {
-    options.seed = static_cast<uint64_t>(*seed);
-  }
+  options.min_p = optional_float(root, "min_p", 0.0f, 0.0f, 1.0f, false);
+  options.presence_penalty = optional_float(root, "presence_penalty", 0.0f, -2.0f, 2.0f, false);
+  options.frequency_penalty = optional_float(root, "frequency_penalty", 0.0f, -2.0f, 2.0f, false);
+  options.repetition_penalty =
+      optional_float(root, "repetition_penalty", 1.0f, 0.0f, std::numeric_limits<float>::max(), true);
+  options.logit_bias = parse_logit_bias(root);
+  options.seed = optional_seed(root);
   if (auto n = optional_int(root, "n", 1, std::numeric_limits<int32_t>::max()); n && *n != 1) {
     bad_request("n", "only n = 1 is supported");
   }
@@ -115,14 +221,17 @@ GenerationOptions parse_options(const json& root, int64_t max_model_len, bool ch
   options.stream = optional_bool(root, "stream");
   if (const json* stream_options = field(root, "stream_options")) {
     if (!stream_options->is_object()) bad_request("stream_options", "'stream_options' must be an object");
+    for (const auto& [key, value] : stream_options->items()) {
+      if (key != "include_usage") {
+        bad_request("stream_options." + key, fmt::format("'stream_options.{}' is not supported", key));
+      }
+    }
     options.include_usage = optional_bool(*stream_options, "include_usage");
   }
-  for (const char* unsupported : {"logprobs", "top_logprobs", "suffix", "best_of"}) {
-    const json* value = field(root, unsupported);
-    if (value != nullptr && !(value->is_boolean() && !value->get<bool>())) {
-      bad_request(unsupported, fmt::format("'{}' is not supported", unsupported));
-    }
+  if (const json* user = field(root, "user"); user != nullptr && !user->is_string()) {
+    bad_request("user", "'user' must be a string");
   }
+  options.top_logprobs = chat ? chat_top_logprobs(root) : completion_top_logprobs(root);
   return options;
 }
 
@@ -235,6 +344,7 @@ ToolChoice tool_choice_of(const json& root) {
 CompletionRequest parse_completion_request(std::string_view body, const std::string& served_model,
                                            int64_t max_model_len) {
   const json root = parse_object(body);
+  refuse_unimplemented_fields(root, false);
   CompletionRequest request;
   request.model = required_model(root, served_model);
   const json* prompt = field(root, "prompt");
@@ -255,13 +365,17 @@ CompletionRequest parse_completion_request(std::string_view body, const std::str
     bad_request("prompt", "'prompt' must be a string, a one-string array or an array of token ids");
   }
   if (request.prompt_text && request.prompt_text->empty()) bad_request("prompt", "'prompt' must not be empty");
+  request.echo = optional_bool(root, "echo");
   request.options = parse_options(root, max_model_len, false);
+  // Prompt tokens' logprobs are not computed with their alternatives.
+  if (request.echo && request.options.top_logprobs >= 0) bad_request("echo", "'echo' with 'logprobs' is not supported");
   return request;
 }
 
 ChatCompletionRequest parse_chat_completion_request(std::string_view body, const std::string& served_model,
                                                     int64_t max_model_len) {
   const json root = parse_object(body);
+  refuse_unimplemented_fields(root, true);
   ChatCompletionRequest request;
   request.model = required_model(root, served_model);
   const json* messages = field(root, "messages");

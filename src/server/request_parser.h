@@ -1,11 +1,13 @@
 #pragma once
 // OpenAI request bodies -> plain structs, with every field checked. A bad request throws ApiError
-// carrying the HTTP status and an OpenAI-style message naming the field. No tokenizer or engine
-// here: this is what the fuzz target exercises.
+// carrying the HTTP status and an OpenAI-style message naming the field; so does every field this
+// server does not implement, so that no parameter is silently ignored. No tokenizer or engine here:
+// this is what the fuzz target exercises.
 #include <cstdint>
 #include <optional>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 #include "core/error.h"
@@ -29,16 +31,23 @@ struct GenerationOptions {
   float temperature = 1.0f;
   float top_p = 1.0f;
   int top_k = 0;  // 0: off (-1 is accepted as off too, as in vLLM)
+  float min_p = 0.0f;
+  float presence_penalty = 0.0f;
+  float frequency_penalty = 0.0f;
+  float repetition_penalty = 1.0f;
+  std::vector<std::pair<int32_t, float>> logit_bias;  // ids checked against the vocabulary by the engine
   std::optional<uint64_t> seed;
   std::vector<std::string> stop;
   bool stream = false;
   bool include_usage = false;  // stream_options.include_usage
+  int top_logprobs = -1;       // >= 0: return each token's logprob and this many alternatives
 };
 
 struct CompletionRequest {
   std::string model;
   std::optional<std::string> prompt_text;
   std::vector<int32_t> prompt_ids;  // when the prompt is given as token ids
+  bool echo = false;                // the reply's text begins with the prompt's
   GenerationOptions options;
 };
 

@@ -11,6 +11,7 @@
 #include <utf8proc.h>
 
 #include "core/error.h"
+#include "core/regular_file.h"
 
 namespace uberlm {
 
@@ -286,6 +287,20 @@ class ByteLevelStep final : public PreTokenizerStep {
   std::unique_ptr<Pcre2Regex> gpt2_regex_;
 };
 
+// Ids index the id -> token table, so they are bounded: a corrupt id must not make that table take gigabytes.
+// 2^22 is 16 times the largest vocabulary shipped (262,144 ids).
+constexpr uint64_t kMaxTokenId = (1u << 22) - 1;
+
+// An id as written: read unsigned, so an id past 2^31 is reported as written, not wrapped to a negative one.
+int parse_token_id(const json& value, const std::string& where, const std::string& token) {
+  if (!value.is_number_integer()) fail("{}: token '{}' has id {}, not an integer", where, token, value.dump());
+  if (!value.is_number_unsigned()) fail("{}: token '{}' has negative id {}", where, token, value.dump());
+  if (value.get<uint64_t>() > kMaxTokenId) {
+    fail("{}: token '{}' has id {}, above the largest supported id {}", where, token, value.dump(), kMaxTokenId);
+  }
+  return static_cast<int>(value.get<uint64_t>());
+}
+
 }  // namespace
 
 // ---- Loading ------------------------------------------------------------------------------------
@@ -311,6 +326,7 @@ std::unique_ptr<BpeTokenizer> BpeTokenizer::load(const std::filesystem::path& to
   std::unique_ptr<BpeTokenizer> tokenizer(new BpeTokenizer());
   tokenizer->file_ = tokenizer_json.string();
   const std::string& file = tokenizer->file_;
+  require_regular_file(tokenizer_json);
   std::ifstream stream(tokenizer_json, std::ios::binary);
   if (!stream) fail("{}: cannot open tokenizer file", file);
   json config;
@@ -403,8 +419,7 @@ void BpeTokenizer::parse_model(const json& model) {
   int max_id = -1;
   vocab_.reserve(vocab.size());
   for (const auto& [token, id_json] : vocab.items()) {
-    const int id = id_json.get<int>();
-    if (id < 0) fail("{}: token '{}' has negative id {}", where, token, id);
+    const int id = parse_token_id(id_json, where, token);
     vocab_.emplace(token, id);
     max_id = std::max(max_id, id);
   }
@@ -458,8 +473,7 @@ void BpeTokenizer::parse_added_tokens(const json& tokens) {
   for (const json& entry : tokens) {
     AddedToken token;
     token.content = require(entry, "content", where).get<std::string>();
-    token.id = require(entry, "id", where).get<int>();
-    if (token.id < 0) fail("{}: '{}' has negative id {}", where, token.content, token.id);
+    token.id = parse_token_id(require(entry, "id", where), where, token.content);
     if (token.content.empty()) fail("{}: token {} has empty content", where, token.id);
     token.special = flag(entry, "special", false);
     token.normalized = flag(entry, "normalized", !token.special);

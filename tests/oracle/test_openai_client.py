@@ -1,8 +1,9 @@
 """The official `openai` Python client against `uberlm serve` (the binary, on loopback, CPU backend,
-the tiny chat checkpoint from fixtures_serving.py): chat, completion and streaming; and, with the Qwen3.5
-chat template (--chat-template), reasoning_content, tools and chat_template_kwargs. The checkpoint's
-weights are random, so what it says is arbitrary: these tests check the API's shape and that streaming
-gives what the whole reply gives; tests/chat_server_test.cpp checks the parsing of chosen replies.
+the tiny chat checkpoint from fixtures_serving.py): chat, completion and streaming, the sampling
+parameters, logprobs and echo, and parameters refused by name; and, with the Qwen3.5 chat template
+(--chat-template), reasoning_content, tools and chat_template_kwargs. The checkpoint's weights are random,
+so what it says is arbitrary: these tests check the API's shape and that streaming gives what the whole
+reply gives; tests/chat_server_test.cpp checks the parsing of chosen replies.
 Run by CTest: UBERLM_BINARY and UBERLM_SERVING_MODEL name the binary and the checkpoint."""
 import os
 import pathlib
@@ -12,6 +13,7 @@ import time
 
 import openai
 import pytest
+from tokenizers import Tokenizer
 
 MODEL = "tiny"
 
@@ -170,3 +172,43 @@ def test_tools_and_chat_template_kwargs(qwen3_5_client):
                                                max_tokens=4)
     with pytest.raises(openai.BadRequestError, match="No user query found"):
         qwen3_5_client.chat.completions.create(model=MODEL, messages=[{"role": "system", "content": "x"}], max_tokens=4)
+
+
+def test_sampling_parameters_logprobs_and_echo(client):
+    prompt = "Q: Tom has 3 apples and buys 5 more. How many apples?\nA:"
+    tokenizer = Tokenizer.from_file(os.path.join(os.environ["UBERLM_SERVING_MODEL"], "tokenizer.json"))
+    [a_id] = tokenizer.encode("a", add_special_tokens=False).ids
+    plain = client.completions.create(model=MODEL, prompt=prompt, max_tokens=8, temperature=0)
+    # The client's own types parse the logprobs; a greedy token is the most likely one.
+    scored = client.completions.create(model=MODEL, prompt=prompt, max_tokens=8, temperature=0, logprobs=2)
+    logprobs = scored.choices[0].logprobs
+    assert scored.choices[0].text == plain.choices[0].text
+    assert len(logprobs.tokens) == len(logprobs.token_logprobs) == scored.usage.completion_tokens
+    for chosen, top in zip(logprobs.token_logprobs, logprobs.top_logprobs):
+        assert len(top) == 2 and chosen == max(top.values())
+    echoed = client.completions.create(model=MODEL, prompt=prompt, max_tokens=8, temperature=0, echo=True)
+    assert echoed.choices[0].text == prompt + plain.choices[0].text
+    chat = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "Count to five."}],
+                                          max_tokens=6, temperature=0, logprobs=True, top_logprobs=3)
+    for entry in chat.choices[0].logprobs.content:
+        assert len(entry.top_logprobs) == 3 and entry.top_logprobs[0].logprob == entry.logprob
+    # logit_bias (OpenAI's) and min_p / repetition_penalty (vLLM's, through extra_body) are applied.
+    a = client.completions.create(model=MODEL, prompt=prompt, max_tokens=3, temperature=0, logit_bias={str(a_id): 100})
+    assert a.usage.completion_tokens == 3 and a.choices[0].text == "aaa"
+    assert client.completions.create(model=MODEL, prompt=prompt, max_tokens=8, temperature=1, seed=3,
+                                     extra_body={"min_p": 1.0}).choices[0].text == plain.choices[0].text
+    assert client.completions.create(model=MODEL, prompt=prompt, max_tokens=3, temperature=0, logit_bias={str(a_id): 100},
+                                     extra_body={"repetition_penalty": 1e6}).choices[0].text != "aaa"
+
+
+def test_unsupported_parameters_are_refused_by_name(client):
+    with pytest.raises(openai.BadRequestError) as refused:
+        client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}], max_tokens=4,
+                                       response_format={"type": "json_object"})
+    assert refused.value.param == "response_format"
+    with pytest.raises(openai.BadRequestError) as refused:
+        client.completions.create(model=MODEL, prompt="hi", max_tokens=4, extra_body={"guided_json": {}})
+    assert refused.value.param == "guided_json"
+    with pytest.raises(openai.BadRequestError) as refused:
+        client.completions.create(model=MODEL, prompt="hi", max_tokens=4, logit_bias={"999999": 1})
+    assert refused.value.param == "logit_bias"
