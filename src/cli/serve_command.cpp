@@ -95,7 +95,7 @@ void serve(const ServeOptions& options) {
                  options.seed, stack->gpu_backend()->memory_summary());
     if (name.empty()) name = options.shape;
 #else
-    fail("serve --shape: this binary was built without CUDA");
+    fail("serve --shape: synthetic weights are made on the GPU, and this binary was built without CUDA");
 #endif
   }
   if (name.empty()) name = "default";
