@@ -3,37 +3,21 @@ outputs alone, all at once and shuffled are identical, with long prompts prefill
 while the others decode. Run by CTest: UBERLM_BINARY and UBERLM_DEFAULT_MODEL name the binary and model."""
 import os
 import pathlib
-import re
 import subprocess
 import sys
-import time
 
 import pytest
+from uberlm_serve import start_serve, stop_serve
 
 PROBE = pathlib.Path(__file__).resolve().parents[2] / "bench" / "batch_invariance_probe.py"
 
 
 @pytest.fixture(scope="module")
 def server_url():
-    process = subprocess.Popen(
-        [os.environ["UBERLM_BINARY"], "serve", "--model", os.environ["UBERLM_DEFAULT_MODEL"], "--port", "0",
-         "--device", "cpu", "--max-num-seqs", "8", "--max-num-batched-tokens", "64"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    port = None
-    deadline = time.monotonic() + 30
-    while port is None and time.monotonic() < deadline:
-        line = process.stdout.readline()
-        if not line:
-            break
-        match = re.search(r"http://127\.0\.0\.1:(\d+)", line)
-        if match:
-            port = int(match.group(1))
-    if port is None:
-        process.kill()
-        pytest.fail("uberlm serve did not report its port within 30 s")
-    yield f"http://127.0.0.1:{port}"
-    process.terminate()
-    process.wait(timeout=10)
+    process, url = start_serve("--model", os.environ["UBERLM_DEFAULT_MODEL"], "--device", "cpu", "--max-num-seqs", "8",
+                               "--max-num-batched-tokens", "64")
+    yield url
+    stop_serve(process)
 
 
 def test_outputs_do_not_depend_on_the_batch(server_url, tmp_path):

@@ -7,13 +7,11 @@ reply gives; tests/chat_server_test.cpp checks the parsing of chosen replies.
 Run by CTest: UBERLM_BINARY and UBERLM_SERVING_MODEL name the binary and the checkpoint."""
 import os
 import pathlib
-import re
-import subprocess
-import time
 
 import openai
 import pytest
 from tokenizers import Tokenizer
+from uberlm_serve import start_serve, stop_serve
 
 MODEL = "tiny"
 
@@ -25,32 +23,17 @@ WEATHER_TOOL = {"type": "function", "function": {
 
 
 def start_server(*extra_arguments, max_model_len=512):
-    process = subprocess.Popen(
-        [os.environ["UBERLM_BINARY"], "serve", "--model", os.environ["UBERLM_SERVING_MODEL"], "--port", "0",
-         "--device", "cpu", "--served-model-name", MODEL, "--max-num-seqs", "4", "--max-model-len", str(max_model_len),
-         "--api-key", "sesame", *extra_arguments],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    port = None
-    deadline = time.monotonic() + 30
-    while port is None and time.monotonic() < deadline:
-        line = process.stdout.readline()
-        if not line:
-            break
-        match = re.search(r"http://127\.0\.0\.1:(\d+)", line)
-        if match:
-            port = int(match.group(1))
-    if port is None:
-        process.kill()
-        pytest.fail("uberlm serve did not report its port within 30 s")
-    return process, f"http://127.0.0.1:{port}/v1"
+    process, url = start_serve("--model", os.environ["UBERLM_SERVING_MODEL"], "--device", "cpu", "--served-model-name",
+                               MODEL, "--max-num-seqs", "4", "--max-model-len", str(max_model_len), "--api-key",
+                               "sesame", *extra_arguments)
+    return process, url + "/v1"
 
 
 @pytest.fixture(scope="module")
 def server():
     process, url = start_server()
     yield url
-    process.terminate()
-    process.wait(timeout=10)
+    stop_serve(process)
 
 
 @pytest.fixture(scope="module")
@@ -58,8 +41,7 @@ def qwen3_5_client():
     # Its tool instructions make prompts of about 600 tokens for this model's small vocabulary.
     process, url = start_server("--chat-template", str(QWEN3_5_TEMPLATE), max_model_len=2048)
     yield openai.OpenAI(base_url=url, api_key="sesame", timeout=30, max_retries=0)
-    process.terminate()
-    process.wait(timeout=10)
+    stop_serve(process)
 
 
 @pytest.fixture
