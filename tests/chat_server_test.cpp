@@ -15,6 +15,7 @@
 #include "core/error.h"
 #include "runtime/engine.h"
 #include "server/openai_server.h"
+#include "sse_events.h"
 
 namespace uberlm {
 namespace {
@@ -150,22 +151,10 @@ class ChatServer : public ::testing::Test {
     client.set_read_timeout(60);
     auto res = client.Post("/v1/chat/completions", body.dump(), "application/json");
     EXPECT_TRUE(res && res->status == 200) << (res ? res->body : "no response");
-    std::vector<json> chunks;
-    if (!res) return chunks;
-    size_t at = 0;
-    bool done = false;
-    while ((at = res->body.find("data: ", at)) != std::string::npos) {
-      const size_t end = res->body.find("\n\n", at);
-      const std::string data = res->body.substr(at + 6, end - at - 6);
-      at = end;
-      if (data == "[DONE]") {
-        done = true;
-        break;
-      }
-      chunks.push_back(json::parse(data));
-    }
-    EXPECT_TRUE(done) << res->body;
-    return chunks;
+    if (!res) return {};
+    const SseEvents events = sse_events(res->body);
+    EXPECT_TRUE(events.done) << res->body;
+    return events.chunks;
   }
 
   std::unique_ptr<BpeTokenizer> tokenizer_;

@@ -25,6 +25,7 @@
 #include "runtime/engine.h"
 #include "server/api_key.h"
 #include "server/openai_server.h"
+#include "sse_events.h"
 
 namespace uberlm {
 namespace {
@@ -126,23 +127,14 @@ std::string post_text(httplib::Client& client, const std::string& path, const js
                 : reply["choices"][0]["text"].get<std::string>();
   }
   std::string text;
-  size_t at = 0;
-  bool done = false;
-  while ((at = res->body.find("data: ", at)) != std::string::npos) {
-    const size_t end = res->body.find("\n\n", at);
-    const std::string data = res->body.substr(at + 6, end - at - 6);
-    at = end;
-    if (data == "[DONE]") {
-      done = true;
-      break;
-    }
-    json chunk = json::parse(data);
+  const SseEvents events = sse_events(res->body);
+  for (const auto& chunk : events.chunks) {
     if (chunk["choices"].empty()) continue;
-    const json& choice = chunk["choices"][0];
+    const auto& choice = chunk["choices"][0];
     if (chat && choice["delta"].contains("content")) text += choice["delta"]["content"].get<std::string>();
     if (!chat) text += choice["text"].get<std::string>();
   }
-  if (!done) *error = "stream without [DONE]";
+  if (!events.done) *error = "stream without [DONE]";
   return text;
 }
 
