@@ -15,6 +15,10 @@ using namespace gpu_test;
 
 // fp32 throughout; cosf/sinf and the norm's sums differ from the CPU's by a few ulps.
 constexpr double kTolerance = 2e-5;
+// The cached key is that fp32 key rounded to bf16: a few-ulp fp32 difference can carry an element across a
+// bf16 rounding boundary, one bf16 ulp (2^-8 of the element) apart. Seen on the H200: 2.5e-4 of the
+// largest key in one of ~40 runs; a wrong rotation or norm is off by O(1).
+constexpr double kCachedKeyTolerance = 1.0 / 256;
 
 struct Shape {
   int heads, kv_heads, head_dim, rotary_dim;
@@ -84,7 +88,7 @@ std::vector<FusedOutput> run_case(const Shape& c) {
     cached_values.insert(cached_values.end(), value_cache.begin() + row * kv_width,
                          value_cache.begin() + (row + 1) * kv_width);
   }
-  outputs.push_back({"cached key", cached_keys, bf16_rounded(k), kTolerance});
+  outputs.push_back({"cached key", cached_keys, bf16_rounded(k), kCachedKeyTolerance});
   outputs.push_back({"cached value", cached_values, bf16_rounded(v), 0.0});
   return outputs;
 }
