@@ -120,8 +120,6 @@ Sampler checked_sampler(const EngineRequest& request, int vocab) {
   }
   try {
     return Sampler(request.sampling, request.prompt);
-  } catch (const RequestError&) {
-    throw;
   } catch (const Error& error) {
     refuse("sampling", error.what());
   }
