@@ -11,6 +11,7 @@
 #include <gtest/gtest.h>
 
 #include "expect_error.h"
+#include "temp_path.h"
 #include "tokenizer/chat_template.h"
 
 namespace uberlm {
@@ -145,7 +146,7 @@ TEST(ChatTemplate, ChatMlWritesEveryTurnAndTheGenerationPrompt) {
 class ChatTemplateFolder : public ::testing::Test {
  protected:
   void SetUp() override {
-    folder_ = fs::temp_directory_path() / fmt::format("uberlm_chat_template_{}", ::testing::UnitTest::GetInstance()->random_seed());
+    folder_ = process_temp_path("uberlm_chat_template");
     fs::remove_all(folder_);
     fs::create_directories(folder_);
   }

@@ -17,9 +17,8 @@
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
-#include <fmt/format.h>
-
 #include "io/checkpoint.h"
+#include "temp_path.h"
 #include "tokenizer/bpe_tokenizer.h"
 
 namespace uberlm {
@@ -141,7 +140,7 @@ TEST(Cli, RunChatUsesChatMlWithoutATemplateOrTheGivenTemplateFile) {
   ASSERT_EQ(chatml.exit_code, 0) << chatml.output;
   EXPECT_NE(chatml.output.find("rendered as ChatML"), std::string::npos) << chatml.output;
 
-  const std::filesystem::path file = std::filesystem::temp_directory_path() / "uberlm_cli_test_template.jinja";
+  const std::filesystem::path file = process_temp_path("uberlm_cli_test_template.jinja");
   std::ofstream(file) << "Q: {{ messages[0].content }}\nA:";
   CommandResult custom = run_uberlm("run --model " + kDefaultModel + " --chat --chat-template " + file.string() +
                                     " --prompt 'Natalia sold clips' --max-tokens 4");

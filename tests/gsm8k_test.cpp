@@ -9,6 +9,7 @@
 #include <memory>
 
 #include "eval/gsm8k.h"
+#include "temp_path.h"
 
 namespace uberlm {
 namespace {
@@ -57,7 +58,7 @@ TEST(Gsm8k, RunScoresEachAnswerAndCountsFailures) {
 }
 
 TEST(Gsm8k, SanityPresetRunsInProcessOnTheDefaultModel) {
-  const std::filesystem::path report_path = std::filesystem::temp_directory_path() / "uberlm_gsm8k_sanity.json";
+  const std::filesystem::path report_path = process_temp_path("uberlm_gsm8k_sanity.json");
   const std::string command = std::string(UBERLM_BINARY) + " eval gsm8k --preset sanity --device cpu --max-tokens 48 --json " +
                               report_path.string() + " 2>&1";
   std::unique_ptr<FILE, int (*)(FILE*)> pipe(popen(command.c_str(), "r"), pclose);
