@@ -40,6 +40,30 @@ double time_median_ms(int iters, Launch launch) {
   return median_of(ms);
 }
 
+// Median milliseconds per launch of `launch(i)` run `batch` times in a row between two events (so the
+// launches follow each other as in a decode step's graph, and dependent launches overlap their
+// prologue with the previous launch's tail), over `batches` batches after 10 warm-up launches.
+template <class Launch>
+double time_back_to_back_ms(int batches, int batch, Launch launch) {
+  for (int i = 0; i < 10; ++i) launch(i);
+  std::vector<cudaEvent_t> events(batches + 1);
+  for (auto& e : events) CUDA_CHECK(cudaEventCreate(&e));
+  CUDA_CHECK(cudaEventRecord(events[0], nullptr));
+  for (int b = 0; b < batches; ++b) {
+    for (int i = 0; i < batch; ++i) launch(b * batch + i);
+    CUDA_CHECK(cudaEventRecord(events[b + 1], nullptr));
+  }
+  CUDA_CHECK(cudaDeviceSynchronize());
+  std::vector<double> ms(batches);
+  for (int b = 0; b < batches; ++b) {
+    float elapsed = 0;
+    CUDA_CHECK(cudaEventElapsedTime(&elapsed, events[b], events[b + 1]));
+    ms[b] = elapsed / batch;
+  }
+  for (auto& e : events) CUDA_CHECK(cudaEventDestroy(e));
+  return median_of(ms);
+}
+
 // Deterministic pseudo-random bytes (xorshift64*).
 inline void fill_pseudo_random(std::vector<uint8_t>& out, uint64_t seed) {
   uint64_t state = seed * 0x9E3779B97F4A7C15ull + 1;
