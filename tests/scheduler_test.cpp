@@ -2,11 +2,13 @@
 // backend: the scheduler's plain data is checked without a model.
 #include <gtest/gtest.h>
 
+#include <array>
 #include <atomic>
 #include <filesystem>
 #include <map>
 #include <string>
 #include <thread>
+#include <tuple>
 #include <vector>
 
 #include "core/error.h"
@@ -183,13 +185,21 @@ TEST(Scheduler, RemovingFreesBlocksAndSlots) {
 // With a pool it is paged like the CUDA backend: tokens are stored only in the blocks each chunk's
 // block table names and the history is read back through the table, so blocks shared by two live
 // sequences, or a table that misses a position, change the output.
+// A prefix snapshot is the slot's history and length (a dropped one has length -1, so a run continuing
+// from it throws).
 class FakeBackend : public Backend {
  public:
-  FakeBackend(int vocab, int slots, std::optional<KvBlockPool> pool = std::nullopt)
-      : history_(slots), lengths_(slots, 0), pool_(pool) {
+  FakeBackend(int vocab, int slots, std::optional<KvBlockPool> pool = std::nullopt, int prefix_snapshots = 0)
+      : history_(slots), lengths_(slots, 0), pool_(pool), snapshots_(prefix_snapshots, {{}, -1}) {
     config_.vocab_size = vocab;
     if (pool_) stored_.assign(pool_->num_blocks * kKvBlockSize, -1);
   }
+  int max_prefix_snapshots() const override { return static_cast<int>(snapshots_.size()); }
+  void save_prefix(int slot, int snapshot) override { snapshots_.at(snapshot) = {history_.at(slot), lengths_.at(slot)}; }
+  void restore_prefix(int snapshot, int slot) override {
+    std::tie(history_.at(slot), lengths_.at(slot)) = snapshots_.at(snapshot);
+  }
+  void drop_prefix(int snapshot) override { snapshots_.at(snapshot) = {{}, -1}; }
   std::string name() const override { return "fake"; }
   const ModelConfig& config() const override { return config_; }
   int max_slots() const override { return static_cast<int>(history_.size()); }
@@ -249,6 +259,7 @@ class FakeBackend : public Backend {
   std::vector<int64_t> lengths_;
   std::optional<KvBlockPool> pool_;
   std::vector<int32_t> stored_;  // token ids by pool position
+  std::vector<std::pair<std::vector<int32_t>, int64_t>> snapshots_;
 };
 
 std::unique_ptr<BpeTokenizer> fixture_tokenizer() {
@@ -257,8 +268,10 @@ std::unique_ptr<BpeTokenizer> fixture_tokenizer() {
   return BpeTokenizer::load(path);
 }
 
-EngineConfig engine_config(int max_seqs, int64_t budget, int64_t blocks, int max_waiting) {
-  return EngineConfig{config(max_seqs, budget, 128, blocks, max_seqs), max_waiting};
+EngineConfig engine_config(int max_seqs, int64_t budget, int64_t blocks, int max_waiting, int prefix_snapshots = 0) {
+  SchedulerConfig scheduler = config(max_seqs, budget, 128, blocks, max_seqs);
+  scheduler.prefix_snapshots = prefix_snapshots;
+  return EngineConfig{scheduler, max_waiting};
 }
 
 struct Collected {
@@ -300,6 +313,18 @@ EngineRequest penalised_request_for(int index, int64_t max_tokens) {
                                           .logit_bias = {{40 + index, 0.5f}}}
                          : SamplingParams{.temperature = 0.8f, .top_k = 5, .seed = static_cast<uint64_t>(index),
                                           .min_p = 0.3f, .repetition_penalty = 1.5f};
+  return request;
+}
+
+// Requests whose prompts share prefixes: one of 16, 33 or 50 common tokens (a block boundary, one past
+// it, and mid-block), then a few of their own; every fourth repeats an earlier prompt exactly.
+EngineRequest shared_prefix_request_for(int index, int64_t max_tokens) {
+  if (index % 4 == 3) return shared_prefix_request_for(index - 2, max_tokens);
+  EngineRequest request;
+  const int common = std::array{16, 33, 50}[index % 3];
+  for (int i = 0; i < common; ++i) request.prompt.push_back(30 + (i * 7 + index % 3) % 90);
+  for (int i = 0; i < 1 + index % 5; ++i) request.prompt.push_back(30 + (index * 11 + i * 5) % 90);
+  request.max_tokens = max_tokens;
   return request;
 }
 
@@ -379,6 +404,150 @@ TEST(Engine, PagedBackendReadsThroughTheSchedulersBlockTables) {
     EXPECT_EQ(got.text, alone[r]) << "request " << r;
   }
   EXPECT_GT(metrics.value(Counter::Preemptions), 0.0);
+}
+
+// Prefix caching on both kinds of fake backend, with few snapshots (evictions) and a small pool
+// (preemptions): sequences start from cached prefixes, and every output equals its lone run.
+struct PrefixCachingCase {
+  std::string name;
+  bool paged;
+  int prefix_snapshots;
+  int64_t blocks;
+};
+
+class EnginePrefixCaching : public ::testing::TestWithParam<PrefixCachingCase> {};
+
+TEST_P(EnginePrefixCaching, HitsGiveTheLoneRunsOutputs) {
+  const PrefixCachingCase& c = GetParam();
+  auto tokenizer = fixture_tokenizer();
+  constexpr int kRequests = 16;
+  const std::vector<std::string> alone = lone_run_texts(*tokenizer, kRequests, shared_prefix_request_for);
+  FakeBackend backend(tokenizer->vocab_size(), 4, c.paged ? std::optional(KvBlockPool{c.blocks}) : std::nullopt,
+                      c.prefix_snapshots);
+  Metrics metrics;
+  Engine engine(backend, tokenizer.get(), engine_config(4, 24, c.blocks, kRequests, c.prefix_snapshots), metrics);
+  std::vector<std::shared_ptr<RequestStream>> streams;
+  for (int r = 0; r < kRequests; ++r) streams.push_back(engine.submit(shared_prefix_request_for(r, 40)));
+  for (int r = 0; r < kRequests; ++r) {
+    ASSERT_NE(streams[r], nullptr);
+    const Collected got = collect(*streams[r]);
+    EXPECT_TRUE(got.final.error.empty()) << "request " << r << ": " << got.final.error;
+    EXPECT_EQ(got.text, alone[r]) << "request " << r;
+  }
+  EXPECT_GT(metrics.value(Counter::PrefixCacheHitTokens), 0.0);
+  EXPECT_GT(metrics.value(Counter::PrefixCacheQueriedTokens), metrics.value(Counter::PrefixCacheHitTokens));
+  EXPECT_LE(metrics.value(Gauge::PrefixCacheEntries), c.prefix_snapshots);
+  if (c.blocks < 24) EXPECT_GT(metrics.value(Counter::Preemptions), 0.0);
+}
+
+INSTANTIATE_TEST_SUITE_P(Backends, EnginePrefixCaching,
+                         ::testing::Values(PrefixCachingCase{"host_caches", false, 8, 64},
+                                           PrefixCachingCase{"paged", true, 8, 64},
+                                           PrefixCachingCase{"paged_two_snapshots", true, 2, 64},
+                                           PrefixCachingCase{"paged_small_pool", true, 8, 12}),
+                         [](const auto& info) { return info.param.name; });
+
+// The index alone: the longest entry that leaves a token to compute wins, lookups refresh an entry,
+// the least recently used goes first, an entry of the same tokens is handed back, and one of other
+// tokens with the same length is no match.
+TEST(PrefixCache, LongestPrefixLeastRecentFirstAndExactTokens) {
+  const auto tokens = [](int length, int32_t first) {
+    std::vector<int32_t> out(length);
+    for (int i = 0; i < length; ++i) out[i] = first + i;
+    return out;
+  };
+  PrefixCache cache(3);
+  const auto entry = [&](int length, int32_t first) {
+    return PrefixEntry{tokens(length, first), {}, *cache.take_snapshot()};
+  };
+  EXPECT_FALSE(cache.insert(entry(16, 0)).has_value());
+  EXPECT_FALSE(cache.insert(entry(32, 0)).has_value());
+  EXPECT_FALSE(cache.insert(entry(16, 1000)).has_value());
+  EXPECT_FALSE(cache.take_snapshot().has_value());
+  const std::vector<int32_t> prompt = tokens(40, 0);
+  ASSERT_NE(cache.longest_prefix(prompt, 39), nullptr);
+  EXPECT_EQ(cache.longest_prefix(prompt, 39)->tokens.size(), 32u);
+  EXPECT_EQ(cache.longest_prefix(prompt, 31)->tokens.size(), 16u);  // 32 would leave no token to compute
+  EXPECT_EQ(cache.longest_prefix(tokens(40, 1), 39), nullptr);     // same lengths, other tokens
+  EXPECT_TRUE(cache.contains(prompt, 32));
+  EXPECT_FALSE(cache.contains(tokens(32, 5), 32));
+  // Use order now (most recent first): 16 of 0, 32 of 0, 16 of 1000.
+  std::optional<PrefixEntry> first_out = cache.evict_least_recent();
+  ASSERT_TRUE(first_out.has_value());
+  EXPECT_EQ(first_out->tokens, tokens(16, 1000));
+  cache.give_back_snapshot(first_out->snapshot);
+  std::optional<PrefixEntry> duplicate = cache.insert(entry(32, 0));
+  ASSERT_TRUE(duplicate.has_value());
+  cache.give_back_snapshot(duplicate->snapshot);
+  EXPECT_EQ(cache.evict_least_recent()->tokens, tokens(32, 0));
+  EXPECT_EQ(cache.evict_least_recent()->tokens, tokens(16, 0));
+  EXPECT_FALSE(cache.evict_least_recent().has_value());
+  EXPECT_EQ(cache.size(), 0);
+}
+
+// The scheduler's side: a prompt's prefill is cut at its save point, the saved prefix's blocks outlive
+// the sequence, a later prompt with that prefix starts after it on the same blocks, and a cached prefix
+// is evicted (its snapshot dropped) before a running sequence would be preempted.
+TEST(Scheduler, CachedPrefixIsSavedSharedAndEvictedFirst) {
+  SchedulerConfig c = config(2, 64, 96, 6, 2);
+  c.prefix_snapshots = 2;
+  Scheduler scheduler(c);
+  std::vector<int32_t> prompt(40);
+  for (int i = 0; i < 40; ++i) prompt[i] = 100 + i;
+  scheduler.add(1, prompt);
+  SchedulerOutput first = scheduler.schedule();
+  ASSERT_EQ(first.chunks.size(), 1u);
+  EXPECT_EQ(first.chunks[0].num_tokens, 32);  // cut at the save point: the last block boundary before token 39
+  ASSERT_EQ(first.prefix_saves.size(), 1u);
+  EXPECT_EQ(first.prefix_saves[0].slot, first.batch.chunks[0].slot);
+  const int snapshot = first.prefix_saves[0].snapshot;
+  SchedulerOutput second = scheduler.schedule();
+  ASSERT_EQ(second.chunks.size(), 1u);
+  EXPECT_EQ(second.chunks[0].first_token, 32);
+  EXPECT_TRUE(second.chunks[0].samples);
+  EXPECT_TRUE(second.prefix_saves.empty());
+  const std::vector<int32_t> shared_blocks(first.batch.chunks[0].block_table.begin(),
+                                           first.batch.chunks[0].block_table.begin() + 2);
+  scheduler.remove(1);
+  EXPECT_EQ(scheduler.num_cached_prefixes(), 1);
+  EXPECT_EQ(scheduler.blocks().kv_blocks_used(), 2);  // the entry's two blocks
+
+  std::vector<int32_t> longer = prompt;
+  longer.insert(longer.end(), {7, 8, 9});
+  scheduler.add(2, longer);
+  SchedulerOutput hit = scheduler.schedule();
+  ASSERT_EQ(hit.chunks.size(), 1u);
+  EXPECT_EQ(hit.chunks[0].first_token, 32);
+  EXPECT_EQ(hit.chunks[0].num_tokens, 11);
+  EXPECT_EQ(hit.prefix_hit_tokens, 32);
+  EXPECT_EQ(hit.prefix_queried_tokens, 43);
+  ASSERT_EQ(hit.prefix_restores.size(), 1u);
+  EXPECT_EQ(hit.prefix_restores[0].snapshot, snapshot);
+  EXPECT_EQ(hit.prefix_restores[0].slot, hit.batch.chunks[0].slot);
+  const std::vector<int32_t>& table = hit.batch.chunks[0].block_table;
+  ASSERT_GE(table.size(), 3u);
+  EXPECT_EQ(std::vector<int32_t>(table.begin(), table.begin() + 2), shared_blocks);
+  EXPECT_EQ(scheduler.blocks().kv_blocks_used(), 3);  // two shared, one of its own
+
+  scheduler.remove(2);
+  EXPECT_EQ(scheduler.blocks().kv_blocks_used(), 2);  // the entry's
+
+  // 80 tokens of other content: 64 first (four blocks, the rest of the pool) with their prefix saved,
+  // then 16 that need a fifth block: the older cached prefix is evicted for it, nothing is preempted.
+  scheduler.add(3, std::vector<int32_t>(80, 5));
+  SchedulerOutput own = scheduler.schedule();
+  ASSERT_EQ(own.chunks.size(), 1u);
+  EXPECT_EQ(own.chunks[0].num_tokens, 64);
+  EXPECT_EQ(own.prefix_saves.size(), 1u);
+  EXPECT_TRUE(own.dropped_snapshots.empty());
+  SchedulerOutput evicting = scheduler.schedule();
+  ASSERT_EQ(evicting.chunks.size(), 1u);
+  EXPECT_TRUE(evicting.chunks[0].samples);
+  EXPECT_TRUE(evicting.preempted.empty());
+  EXPECT_EQ(evicting.dropped_snapshots, std::vector<int>{snapshot});
+  EXPECT_EQ(scheduler.num_cached_prefixes(), 1);  // sequence 3's
+  scheduler.remove(3);
+  EXPECT_EQ(scheduler.blocks().kv_blocks_used(), 4);  // sequence 3's prefix
 }
 
 TEST(Engine, RefusesASchedulerPoolLargerThanTheBackends) {

@@ -44,6 +44,8 @@ struct ServeOptions {
   int tensor_parallel = 1;
   std::string tuning_table;
   bool strict = false;
+  bool enable_prefix_caching = false;
+  int prefix_cache_snapshots = 64;
 };
 
 OpenAiServer* g_server = nullptr;
@@ -64,6 +66,8 @@ EngineStackOptions stack_options(const ServeOptions& options) {
   stack.max_waiting = options.max_waiting;
   stack.tuning_table = options.tuning_table;
   stack.strict = options.strict;
+  stack.enable_prefix_caching = options.enable_prefix_caching;
+  stack.prefix_cache_snapshots = options.prefix_cache_snapshots;
   return stack;
 }
 
@@ -154,6 +158,11 @@ void add_serve_command(CLI::App& app) {
       ->check(CLI::Range(int64_t{1}, int64_t{1} << 32));
   cmd->add_option("--max-waiting", options->max_waiting, "Queued requests beyond max-num-seqs before 503")
       ->check(CLI::Range(0, 1 << 20))->capture_default_str();
+  cmd->add_flag("--enable-prefix-caching", options->enable_prefix_caching,
+               "Reuse the KV blocks and Gated DeltaNet states of earlier prompts' prefixes (CPU backend)");
+  cmd->add_option("--prefix-cache-snapshots", options->prefix_cache_snapshots,
+                  "With --enable-prefix-caching: cached prefixes kept at most (each holds the model's recurrent states)")
+      ->check(CLI::Range(1, 1 << 20))->capture_default_str();
   cmd->add_option("--api-key", options->api_key, "Require 'Authorization: Bearer KEY' on /v1/* and /metrics");
   cmd->add_option("--tensor-parallel", options->tensor_parallel,
                   "Shard the model over N GPUs (NCCL), or N CPU rank threads with --device cpu")

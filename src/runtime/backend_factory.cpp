@@ -17,7 +17,7 @@ std::unique_ptr<Backend> make_backend(const Model& model, const std::string& dev
   if (tensor_parallel < 1) fail("--tensor-parallel {}: expected at least 1", tensor_parallel);
   if (!runs_on_cuda(device)) {
     if (tensor_parallel > 1) return std::make_unique<CpuTensorParallelBackend>(model, options.max_slots, tensor_parallel);
-    return std::make_unique<CpuBackend>(model, options.max_slots);
+    return std::make_unique<CpuBackend>(model, options.max_slots, options.prefix_snapshots);
   }
 #ifdef UBERLM_WITH_CUDA
   if (!cuda_device_present()) fail("--device cuda: no CUDA device is visible");

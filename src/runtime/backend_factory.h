@@ -14,7 +14,7 @@ namespace uberlm {
 bool runs_on_cuda(const std::string& device);
 
 // device: "cpu", "cuda" or "auto" (cuda when cuda_device_present()). The CPU backend takes
-// options.max_slots; the CUDA backend all of options. tensor_parallel > 1: the model sharded over that many
+// options.max_slots and options.prefix_snapshots; the CUDA backend all of options. tensor_parallel > 1: the model sharded over that many
 // GPUs (CudaTensorParallelBackend, each rank with options), or over as many CPU rank threads
 // (CpuTensorParallelBackend).
 std::unique_ptr<Backend> make_backend(const Model& model, const std::string& device, const CudaBackendOptions& options,

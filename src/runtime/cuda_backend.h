@@ -25,6 +25,7 @@ class NcclCommunicator;
 
 struct CudaBackendOptions {
   int max_slots = 1;
+  int prefix_snapshots = 0;          // prefix caching's snapshot ids (the CPU backend; the CUDA ones keep none yet)
   int64_t max_context = 4096;       // tokens per sequence
   int64_t max_batch_tokens = 512;   // tokens of one forward
   int64_t max_logit_rows = 64;      // logits rows computed at once (more are done in pieces)

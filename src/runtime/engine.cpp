@@ -64,7 +64,12 @@ Engine::Engine(Backend& backend, const BpeTokenizer* tokenizer, const EngineConf
            backend.name(), pool->num_blocks);
     }
   }
+  if (config.scheduler.prefix_snapshots > backend.max_prefix_snapshots()) {
+    fail("engine: prefix caching wants {} snapshots, backend {} keeps {}", config.scheduler.prefix_snapshots,
+         backend.name(), backend.max_prefix_snapshots());
+  }
   metrics_.set(Gauge::KvBlocksTotal, static_cast<double>(scheduler_.blocks().kv_blocks_total()));
+  metrics_.set(Gauge::PrefixCacheSnapshotsTotal, config.scheduler.prefix_snapshots);
   metrics_.set(Gauge::StateSlotsTotal, scheduler_.blocks().slots_total());
   if (config.loop_thread) thread_ = std::thread([this] { loop(); });
 }
@@ -245,16 +250,25 @@ EngineStep Engine::step() {
   ForwardResult result;
   const auto forward_start = std::chrono::steady_clock::now();
   try {
+    for (const SchedulerOutput::PrefixRestore& restore : out.prefix_restores) {
+      backend_.restore_prefix(restore.snapshot, restore.slot);
+    }
+    for (int snapshot : out.dropped_snapshots) backend_.drop_prefix(snapshot);
     result = backend_.forward(out.batch);
     if (all_greedy && static_cast<int64_t>(result.argmax.size()) != sampled_rows) {
       fail("backend {} returned {} argmax rows for {} sampled sequences", backend_.name(), result.argmax.size(),
            sampled_rows);
     }
+    // Before sampling, which may finish a sequence and empty its slot.
+    for (const SchedulerOutput::PrefixSave& save : out.prefix_saves) backend_.save_prefix(save.slot, save.snapshot);
   } catch (const std::exception& error) {
     // The caches of this batch's sequences are in an unknown state: fail them, keep serving the rest.
+    scheduler_.abandon_prefix_saves();
     for (const ScheduledChunk& chunk : out.chunks) finish(chunk.id, FinishReason::Cancelled, error.what());
     return report;
   }
+  metrics_.add(Counter::PrefixCacheQueriedTokens, static_cast<double>(out.prefix_queried_tokens));
+  metrics_.add(Counter::PrefixCacheHitTokens, static_cast<double>(out.prefix_hit_tokens));
   report.forward_seconds = seconds_between(forward_start, std::chrono::steady_clock::now());
   const char* path = out.num_prefill_tokens == 0 ? "decode" : out.num_decode_tokens == 0 ? "prefill" : "mixed";
   const std::string labels = fmt::format("backend=\"{}\",path=\"{}\"", backend_.name(), path);
@@ -401,6 +415,7 @@ void Engine::update_gauges() {
                blocks.kv_blocks_total() > 0 ? static_cast<double>(blocks.kv_blocks_used()) / blocks.kv_blocks_total() : 0.0);
   metrics_.set(Gauge::StateSlotsUsed, blocks.slots_used());
   metrics_.set(Gauge::StateSlotsUsage, static_cast<double>(blocks.slots_used()) / blocks.slots_total());
+  metrics_.set(Gauge::PrefixCacheEntries, static_cast<double>(scheduler_.num_cached_prefixes()));
 }
 
 }  // namespace uberlm

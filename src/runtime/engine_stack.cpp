@@ -2,6 +2,8 @@
 
 #include <algorithm>
 
+#include <spdlog/spdlog.h>
+
 #include "core/error.h"
 #include "runtime/backend_factory.h"
 
@@ -22,6 +24,7 @@ EngineStackOptions resolved(EngineStackOptions options) {
 CudaBackendOptions cuda_options(const EngineStackOptions& options, int64_t max_model_len) {
   CudaBackendOptions cuda;
   cuda.max_slots = options.max_num_seqs;
+  cuda.prefix_snapshots = options.enable_prefix_caching ? options.prefix_cache_snapshots : 0;
   cuda.max_context = max_model_len;
   cuda.max_batch_tokens = options.max_num_batched_tokens;
   // Every sequence's row in one piece; scored prompts (LogitRows::All) in pieces of up to 64 rows.
@@ -31,6 +34,19 @@ CudaBackendOptions cuda_options(const EngineStackOptions& options, int64_t max_m
   cuda.tuning_table = options.tuning_table;
   cuda.strict = options.strict;
   return cuda;
+}
+
+// The snapshots prefix caching gets: those asked for, or none (logged; an error with strict) when the
+// backend keeps none.
+int prefix_snapshots_for(const Backend& backend, const EngineStackOptions& options) {
+  if (!options.enable_prefix_caching) return 0;
+  if (backend.max_prefix_snapshots() == 0) {
+    if (options.strict) fail("--enable-prefix-caching: backend {} keeps no prefix snapshots yet (--strict)", backend.name());
+    spdlog::warn("--enable-prefix-caching: backend {} keeps no prefix snapshots yet; running without prefix caching",
+                 backend.name());
+    return 0;
+  }
+  return std::min(options.prefix_cache_snapshots, backend.max_prefix_snapshots());
 }
 
 int64_t max_model_len_of(const EngineStackOptions& options, const ModelConfig& config) {
@@ -81,6 +97,7 @@ void EngineStack::start_engine(const BpeTokenizer* tokenizer, const EngineStackO
     scheduler.num_kv_blocks = kv_blocks_for(options.kv_cache_tokens > 0 ? options.kv_cache_tokens
                                                                          : options.max_num_seqs * scheduler.max_model_len);
   }
+  scheduler.prefix_snapshots = prefix_snapshots_for(*backend_, options);
   config_.max_waiting = options.max_waiting;
   config_.loop_thread = options.loop_thread;
   if (tokenizer && tokenizer->vocab_size() > backend_->config().vocab_size) {

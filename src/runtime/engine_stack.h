@@ -30,6 +30,10 @@ struct EngineStackOptions {
   // CUDA: the GEMV tuning table (CudaBackendOptions::tuning_table) and strict mode (no fallback).
   std::string tuning_table;
   bool strict = false;
+  // Prefix caching (runtime/prefix_cache.h) with up to this many cached prefixes. A backend that keeps
+  // no snapshots runs without it, logged, or refuses to start with strict.
+  bool enable_prefix_caching = false;
+  int prefix_cache_snapshots = 64;
 };
 
 // The step token budget a backend runs best with when the options leave it open: on a GPU 2048 (every step

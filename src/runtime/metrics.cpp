@@ -19,6 +19,8 @@ constexpr std::array<MetricName, static_cast<size_t>(Counter::kCount)> kCounterN
     {"uberlm_preemptions_total", "Sequences preempted (caches freed, recomputed later)"},
     {"uberlm_engine_steps_total", "Engine steps by backend and path (decode only, prefill only, mixed)"},
     {"uberlm_step_tokens_total", "Tokens run through the backend, by backend and path"},
+    {"uberlm_prefix_cache_queried_tokens_total", "Tokens of admitted sequences that looked up a cached prefix"},
+    {"uberlm_prefix_cache_hit_tokens_total", "Tokens whose prefill a cached prefix skipped"},
 }};
 
 constexpr std::array<MetricName, static_cast<size_t>(Gauge::kCount)> kGaugeNames{{
@@ -30,6 +32,8 @@ constexpr std::array<MetricName, static_cast<size_t>(Gauge::kCount)> kGaugeNames
     {"uberlm_state_cache_usage_ratio", "Fraction of Gated DeltaNet state slots in use"},
     {"uberlm_state_cache_slots_used", "Gated DeltaNet state slots in use"},
     {"uberlm_state_cache_slots_total", "Gated DeltaNet state slots"},
+    {"uberlm_prefix_cache_entries", "Cached prefixes (KV blocks and a state snapshot each)"},
+    {"uberlm_prefix_cache_snapshots_total", "State snapshots prefix caching may hold (0: prefix caching is off)"},
 }};
 
 constexpr std::array<MetricName, static_cast<size_t>(Histogram::kCount)> kHistogramNames{{

@@ -18,6 +18,8 @@ enum class Counter {
   Preemptions,
   EngineSteps,        // labels backend, path: decode | prefill | mixed
   StepTokens,         // labels backend, path: tokens through the forward, per path
+  PrefixCacheQueriedTokens,  // tokens of admitted sequences that looked up a cached prefix
+  PrefixCacheHitTokens,      // of those, tokens a cached prefix skipped
   kCount,
 };
 
@@ -30,6 +32,8 @@ enum class Gauge {
   StateSlotsUsage,    // fraction of Gated DeltaNet state slots in use
   StateSlotsUsed,
   StateSlotsTotal,
+  PrefixCacheEntries,
+  PrefixCacheSnapshotsTotal,  // 0: prefix caching is off
   kCount,
 };
 

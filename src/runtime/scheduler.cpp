@@ -6,7 +6,8 @@
 
 namespace uberlm {
 
-BlockManager::BlockManager(int64_t num_kv_blocks, int num_slots) : num_kv_blocks_(num_kv_blocks), num_slots_(num_slots) {
+BlockManager::BlockManager(int64_t num_kv_blocks, int num_slots)
+    : num_kv_blocks_(num_kv_blocks), num_slots_(num_slots), holders_(std::max<int64_t>(num_kv_blocks, 0), 0) {
   if (num_kv_blocks < 0 || num_slots <= 0) {
     fail("scheduler: need kv blocks >= 0 and slots > 0, got {} and {}", num_kv_blocks, num_slots);
   }
@@ -20,13 +21,24 @@ bool BlockManager::grow(std::vector<int>& table, int64_t tokens) {
   if (needed > static_cast<int64_t>(free_blocks_.size())) return false;
   for (int64_t i = 0; i < needed; ++i) {
     table.push_back(free_blocks_.back());
+    holders_[free_blocks_.back()] = 1;
     free_blocks_.pop_back();
   }
   return true;
 }
 
+void BlockManager::retain(const std::vector<int>& blocks) {
+  for (int block : blocks) {
+    if (holders_.at(block) == 0) fail("scheduler: block {} is free; only blocks in use can be shared", block);
+    ++holders_[block];
+  }
+}
+
 void BlockManager::free(std::vector<int>& table) {
-  for (auto it = table.rbegin(); it != table.rend(); ++it) free_blocks_.push_back(*it);
+  for (auto it = table.rbegin(); it != table.rend(); ++it) {
+    if (holders_.at(*it) == 0) fail("scheduler: block {} freed twice", *it);
+    if (--holders_[*it] == 0) free_blocks_.push_back(*it);
+  }
   table.clear();
 }
 
@@ -40,7 +52,7 @@ std::optional<int> BlockManager::take_slot() {
 void BlockManager::free_slot(int slot) { free_slots_.push_back(slot); }
 
 Scheduler::Scheduler(const SchedulerConfig& config)
-    : config_(config), blocks_(config.num_kv_blocks, config.num_slots) {
+    : config_(config), blocks_(config.num_kv_blocks, config.num_slots), prefix_cache_(config.prefix_snapshots) {
   if (config.max_num_seqs <= 0 || config.max_num_batched_tokens <= 0 || config.max_model_len <= 0) {
     fail("scheduler: max_num_seqs, max_num_batched_tokens and max_model_len must be positive");
   }
@@ -94,6 +106,7 @@ void Scheduler::preempt(Sequence& sequence, SchedulerOutput& out) {
 
 SchedulerOutput Scheduler::schedule() {
   SchedulerOutput out;
+  publish_saved_prefixes(out);
   int64_t budget = config_.max_num_batched_tokens;
   bool preempted_any = false;
 
@@ -101,10 +114,10 @@ SchedulerOutput Scheduler::schedule() {
   for (size_t i = 0; i < running_.size() && budget > 0;) {
     Sequence& sequence = running_[i];
     const int64_t missing = static_cast<int64_t>(sequence.tokens.size()) - sequence.num_computed;
-    const int64_t count = std::min(missing, budget);
+    const int64_t count = cut_at_save_point(sequence, std::min(missing, budget));
     if (count <= 0) fail("scheduler: sequence {} is waiting for a sampled token", sequence.id);
     bool self_preempted = false;
-    while (!blocks_.grow(sequence.block_table, sequence.num_computed + count)) {
+    while (!grow_evicting(sequence.block_table, sequence.num_computed + count, out)) {
       // Free the newest running sequence; if that is this one, it waits for the others to finish.
       Sequence victim = std::move(running_.back());
       running_.pop_back();
@@ -118,24 +131,118 @@ SchedulerOutput Scheduler::schedule() {
     }
     if (self_preempted) break;
     emit(sequence, count, out);
+    save_prefix_if_due(sequence, out);
     budget -= count;
     ++i;
   }
 
   // Then admissions, first come first served; none in a step that had to preempt.
   while (!preempted_any && budget > 0 && !waiting_.empty() &&
-         static_cast<int>(running_.size()) < config_.max_num_seqs) {
-    Sequence& sequence = waiting_.front();
-    const int64_t count = std::min(static_cast<int64_t>(sequence.tokens.size()), budget);
-    if (blocks_.slots_used() == blocks_.slots_total()) break;
-    if (!blocks_.grow(sequence.block_table, count)) break;
-    sequence.slot = *blocks_.take_slot();
-    running_.push_back(std::move(sequence));
-    waiting_.pop_front();
-    emit(running_.back(), count, out);
-    budget -= count;
+         static_cast<int>(running_.size()) < config_.max_num_seqs && blocks_.slots_used() < blocks_.slots_total()) {
+    const int64_t before = static_cast<int64_t>(out.batch.tokens.size());
+    if (!admit_front(budget, out)) break;
+    budget -= static_cast<int64_t>(out.batch.tokens.size()) - before;
   }
   return out;
+}
+
+bool Scheduler::grow_evicting(std::vector<int>& table, int64_t tokens, SchedulerOutput& out) {
+  while (!blocks_.grow(table, tokens)) {
+    if (!evict_prefix(out)) return false;
+  }
+  return true;
+}
+
+bool Scheduler::admit_front(int64_t budget, SchedulerOutput& out) {
+  Sequence& sequence = waiting_.front();
+  const int64_t length = static_cast<int64_t>(sequence.tokens.size());
+  std::optional<int> restored_snapshot;
+  // A scored prompt needs every prompt row's logits, so it computes them all.
+  if (caches_prefixes() && !sequence.score_prompt) {
+    out.prefix_queried_tokens += length;
+    // At least the last token is computed: its logits give the next token.
+    if (const PrefixEntry* entry = prefix_cache_.longest_prefix(sequence.tokens, length - 1)) {
+      sequence.block_table = entry->blocks;
+      blocks_.retain(sequence.block_table);
+      sequence.num_computed = static_cast<int64_t>(entry->tokens.size());
+      restored_snapshot = entry->snapshot;
+    }
+  }
+  const int64_t count = cut_at_save_point(sequence, std::min(length - sequence.num_computed, budget));
+  if (!grow_evicting(sequence.block_table, sequence.num_computed + count, out)) {
+    blocks_.free(sequence.block_table);
+    sequence.num_computed = 0;
+    return false;
+  }
+  if (restored_snapshot) out.prefix_hit_tokens += sequence.num_computed;
+  sequence.slot = *blocks_.take_slot();
+  if (restored_snapshot) out.prefix_restores.push_back({*restored_snapshot, sequence.slot});
+  running_.push_back(std::move(sequence));
+  waiting_.pop_front();
+  emit(running_.back(), count, out);
+  save_prefix_if_due(running_.back(), out);
+  return true;
+}
+
+void Scheduler::publish_saved_prefixes(SchedulerOutput& out) {
+  for (PrefixEntry& entry : saving_prefixes_) {
+    if (std::optional<PrefixEntry> duplicate = prefix_cache_.insert(std::move(entry))) free_prefix(*duplicate, out);
+  }
+  saving_prefixes_.clear();
+}
+
+void Scheduler::abandon_prefix_saves() {
+  for (PrefixEntry& entry : saving_prefixes_) {
+    blocks_.free(entry.blocks);
+    prefix_cache_.give_back_snapshot(entry.snapshot);
+  }
+  saving_prefixes_.clear();
+}
+
+int64_t Scheduler::prefix_save_point(const Sequence& sequence) const {
+  if (!caches_prefixes()) return 0;
+  return (static_cast<int64_t>(sequence.tokens.size()) - 1) / kKvBlockSize * kKvBlockSize;
+}
+
+bool Scheduler::prefix_cached_or_saving(const Sequence& sequence, int64_t length) const {
+  if (prefix_cache_.contains(sequence.tokens, length)) return true;
+  return std::any_of(saving_prefixes_.begin(), saving_prefixes_.end(), [&](const PrefixEntry& saving) {
+    return static_cast<int64_t>(saving.tokens.size()) == length &&
+           std::equal(saving.tokens.begin(), saving.tokens.end(), sequence.tokens.begin());
+  });
+}
+
+int64_t Scheduler::cut_at_save_point(const Sequence& sequence, int64_t count) const {
+  const int64_t point = prefix_save_point(sequence);
+  const bool passes = sequence.num_computed < point && point < sequence.num_computed + count;
+  return passes && !prefix_cached_or_saving(sequence, point) ? point - sequence.num_computed : count;
+}
+
+void Scheduler::save_prefix_if_due(const Sequence& sequence, SchedulerOutput& out) {
+  const int64_t point = prefix_save_point(sequence);
+  if (point == 0 || sequence.num_computed != point || prefix_cached_or_saving(sequence, point)) return;
+  std::optional<int> snapshot = prefix_cache_.take_snapshot();
+  while (!snapshot && evict_prefix(out)) snapshot = prefix_cache_.take_snapshot();
+  if (!snapshot) return;  // every snapshot id is being saved this step
+  PrefixEntry entry{std::vector<int32_t>(sequence.tokens.begin(), sequence.tokens.begin() + point),
+                    std::vector<int>(sequence.block_table.begin(), sequence.block_table.begin() + point / kKvBlockSize),
+                    *snapshot};
+  blocks_.retain(entry.blocks);
+  out.prefix_saves.push_back({sequence.slot, *snapshot});
+  saving_prefixes_.push_back(std::move(entry));
+}
+
+bool Scheduler::evict_prefix(SchedulerOutput& out) {
+  std::optional<PrefixEntry> entry = prefix_cache_.evict_least_recent();
+  if (!entry) return false;
+  free_prefix(*entry, out);
+  return true;
+}
+
+void Scheduler::free_prefix(PrefixEntry& entry, SchedulerOutput& out) {
+  blocks_.free(entry.blocks);
+  prefix_cache_.give_back_snapshot(entry.snapshot);
+  out.dropped_snapshots.push_back(entry.snapshot);
 }
 
 void Scheduler::append_token(uint64_t id, int32_t token) {

@@ -9,12 +9,18 @@
 // back to the front of the queue to be recomputed later (its generated tokens are kept).
 // Each chunk of a step carries its sequence's block table: a backend with a paged KV pool
 // (Backend::kv_block_pool) stores and reads the sequence's keys and values in exactly those blocks.
+// With prefix caching (prefix_cache.h), a prefill chunk that would pass the sequence's save point (the
+// last block boundary before its last token) ends there, so the backend's caches after that chunk are
+// the prefix's: the step asks for them to be saved. An admitted sequence starts from the longest cached
+// prefix of its tokens, sharing its blocks (reference counts in BlockManager). Cached prefixes are
+// evicted, least recently used first, before any running sequence is preempted.
 #include <cstdint>
 #include <deque>
 #include <optional>
 #include <vector>
 
 #include "runtime/backend.h"
+#include "runtime/prefix_cache.h"
 
 namespace uberlm {
 
@@ -24,10 +30,13 @@ struct SchedulerConfig {
   int64_t max_model_len = 4096;          // prompt + generated, per sequence
   int64_t num_kv_blocks = 0;             // must hold at least one max_model_len sequence; at most the backend's pool
   int num_slots = 0;                     // backend cache slots: one per running sequence (its GDN state)
+  int prefix_snapshots = 0;              // prefix caching: the backend's snapshot ids (0: no prefix caching)
 };
 
 // Paged accounting of the KV cache (blocks of kKvBlockSize tokens, ids into one pool) and of the cache
-// slots holding each running sequence's Gated DeltaNet state. Blocks are taken as a sequence grows.
+// slots holding each running sequence's Gated DeltaNet state. Blocks are taken as a sequence grows; a
+// block of a cached prefix has several holders (the cache entry, the sequences sharing it) and goes
+// back to the pool when the last one frees it.
 class BlockManager {
  public:
   BlockManager(int64_t num_kv_blocks, int num_slots);
@@ -35,6 +44,9 @@ class BlockManager {
   static int64_t blocks_for(int64_t tokens) { return (tokens + kKvBlockSize - 1) / kKvBlockSize; }
   // Grows `table` to cover `tokens`; false (and `table` unchanged) when the pool is short.
   bool grow(std::vector<int>& table, int64_t tokens);
+  // One more holder of blocks in use.
+  void retain(const std::vector<int>& blocks);
+  // Drops the table's hold on its blocks and empties it.
   void free(std::vector<int>& table);
   std::optional<int> take_slot();
   void free_slot(int slot);
@@ -48,6 +60,7 @@ class BlockManager {
   int64_t num_kv_blocks_;
   int num_slots_;
   std::vector<int> free_blocks_;  // stack: the most recently freed block is reused first
+  std::vector<int> holders_;      // per block
   std::vector<int> free_slots_;
 };
 
@@ -67,6 +80,21 @@ struct SchedulerOutput {
   std::vector<uint64_t> preempted;
   int64_t num_decode_tokens = 0;       // tokens of single-token chunks that sample
   int64_t num_prefill_tokens = 0;      // every other token (prompts, recomputation after preemption)
+
+  // Prefix caching, in the order the engine carries it out: restores, drops, the forward, saves.
+  struct PrefixRestore {
+    int snapshot;
+    int slot;  // an admitted sequence's slot: it starts from the snapshot
+  };
+  struct PrefixSave {
+    int slot;  // its chunk in this batch ends at the prefix's end
+    int snapshot;
+  };
+  std::vector<PrefixRestore> prefix_restores;
+  std::vector<int> dropped_snapshots;  // evicted entries'
+  std::vector<PrefixSave> prefix_saves;
+  int64_t prefix_queried_tokens = 0;   // tokens of the admitted sequences that looked up a prefix
+  int64_t prefix_hit_tokens = 0;       // of those, tokens a cached prefix skipped
 };
 
 class Scheduler {
@@ -82,6 +110,8 @@ class Scheduler {
   void append_token(uint64_t id, int32_t token);
   // Forgets a finished or cancelled sequence; returns its slot, which the caller must empty.
   std::optional<int> remove(uint64_t id);
+  // The last schedule()'s forward failed: its prefix saves never happened.
+  void abandon_prefix_saves();
 
   bool has_work() const { return !running_.empty() || !waiting_.empty(); }
   bool contains(uint64_t id) const;
@@ -90,6 +120,7 @@ class Scheduler {
   int num_waiting() const { return static_cast<int>(waiting_.size()); }
   int64_t num_preemptions() const { return num_preemptions_; }
   const BlockManager& blocks() const { return blocks_; }
+  int64_t num_cached_prefixes() const { return prefix_cache_.size(); }
   const SchedulerConfig& config() const { return config_; }
 
  private:
@@ -105,6 +136,27 @@ class Scheduler {
 
   void preempt(Sequence& sequence, SchedulerOutput& out);
   void emit(Sequence& sequence, int64_t num_tokens, SchedulerOutput& out);
+  // Admits the front of the queue with a chunk of at most `budget` tokens, starting it from a cached
+  // prefix when there is one; false (the sequence still waiting, nothing held) when blocks are short.
+  bool admit_front(int64_t budget, SchedulerOutput& out);
+  // Grows the table, evicting cached prefixes while blocks are short; false when that is not enough.
+  bool grow_evicting(std::vector<int>& table, int64_t tokens, SchedulerOutput& out);
+
+  // Prefix caching.
+  bool caches_prefixes() const { return prefix_cache_.enabled(); }
+  // The entries the last step's forward saved become visible to lookups.
+  void publish_saved_prefixes(SchedulerOutput& out);
+  // The prefix length saved for the sequence: its last block boundary before its last token (0 with
+  // caching off). Only tokens before it are ever cached, so a lookup always leaves a token to compute.
+  int64_t prefix_save_point(const Sequence& sequence) const;
+  bool prefix_cached_or_saving(const Sequence& sequence, int64_t length) const;
+  // A chunk of `count` tokens from the sequence's next one, cut to end at its save point.
+  int64_t cut_at_save_point(const Sequence& sequence, int64_t count) const;
+  // After emit(): asks for the sequence's prefix to be saved when its chunk ended at the save point.
+  void save_prefix_if_due(const Sequence& sequence, SchedulerOutput& out);
+  // Frees the least recently used entry; false when none is cached.
+  bool evict_prefix(SchedulerOutput& out);
+  void free_prefix(PrefixEntry& entry, SchedulerOutput& out);
   Sequence* find(uint64_t id);
   const Sequence* find(uint64_t id) const;
 
@@ -113,6 +165,8 @@ class Scheduler {
   std::deque<Sequence> waiting_;
   std::vector<Sequence> running_;  // admission order: the back is preempted first
   int64_t num_preemptions_ = 0;
+  PrefixCache prefix_cache_;
+  std::vector<PrefixEntry> saving_prefixes_;  // asked for by the last schedule(), published by the next
 };
 
 }  // namespace uberlm

@@ -1,0 +1,129 @@
+// Prefix caching on the reference backend with the default model (a Qwen3.5 hybrid: the Gated DeltaNet
+// states come from snapshots, the attention keys and values from the cached copy): every request's
+// tokens and logprobs equal its run alone without the cache, bit for bit, while prompts that share
+// prefixes hit, cached prefixes are evicted (two snapshots for many prefixes) and sequences are
+// preempted (a KV pool of 11 blocks, one more than a sequence of max_model_len needs).
+#include <gtest/gtest.h>
+
+#include <array>
+#include <filesystem>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "model/model.h"
+#include "runtime/cpu_backend.h"
+#include "runtime/engine.h"
+
+namespace uberlm {
+namespace {
+
+constexpr int kRequests = 12;
+constexpr int64_t kMaxModelLen = 160;
+
+const Model& default_model() {
+  static const std::unique_ptr<Model> model = Model::load(std::filesystem::path(UBERLM_SOURCE_DIR) / "models" / "default");
+  return *model;
+}
+
+// Prompts of 20, 40 or 70 common tokens (mid-block, a block boundary plus eight, and past four blocks)
+// and a few of their own; every fourth repeats an earlier one. Even requests are greedy, odd ones
+// sampled from their own seed; all report logprobs with two alternatives.
+EngineRequest request_for(int index) {
+  if (index % 4 == 3) return request_for(index - 2);
+  EngineRequest request;
+  const int common = std::array{20, 40, 70}[index % 3];
+  for (int i = 0; i < common; ++i) request.prompt.push_back(200 + (i * 37 + index % 3) % 3000);
+  for (int i = 0; i < 1 + index % 6; ++i) request.prompt.push_back(300 + (index * 101 + i * 7) % 3000);
+  request.max_tokens = 24;
+  if (index % 2 == 1) request.sampling = SamplingParams{.temperature = 0.9f, .seed = static_cast<uint64_t>(index)};
+  request.top_logprobs = 2;
+  return request;
+}
+
+struct Output {
+  std::vector<int32_t> tokens;
+  std::vector<double> logprobs;  // each token's, then its alternatives'
+  bool operator==(const Output&) const = default;
+};
+
+EngineConfig engine_config(int max_num_seqs, int64_t kv_blocks, int prefix_snapshots) {
+  EngineConfig config;
+  config.scheduler = SchedulerConfig{.max_num_seqs = max_num_seqs,
+                                     .max_num_batched_tokens = 48,
+                                     .max_model_len = kMaxModelLen,
+                                     .num_kv_blocks = kv_blocks,
+                                     .num_slots = max_num_seqs,
+                                     .prefix_snapshots = prefix_snapshots};
+  config.max_waiting = kRequests;
+  config.loop_thread = false;
+  return config;
+}
+
+// Submits requests [first, last) at once and steps the engine until they are all finished.
+std::vector<Output> run(Engine& engine, int first, int last) {
+  std::vector<std::shared_ptr<RequestStream>> streams;
+  for (int r = first; r < last; ++r) streams.push_back(engine.submit(request_for(r)));
+  std::vector<Output> outputs(streams.size());
+  std::vector<bool> finished(streams.size(), false);
+  while (engine.has_work()) {
+    engine.run_step();
+    for (size_t i = 0; i < streams.size(); ++i) {
+      StreamEvent event;
+      while (streams[i]->next(event, std::chrono::milliseconds(0))) {
+        EXPECT_TRUE(event.error.empty()) << "request " << first + i << ": " << event.error;
+        outputs[i].tokens.insert(outputs[i].tokens.end(), event.tokens.begin(), event.tokens.end());
+        for (const TokenLogprobs& logprobs : event.logprobs) {
+          outputs[i].logprobs.push_back(logprobs.logprob);
+          for (const auto& [id, logprob] : logprobs.top) outputs[i].logprobs.push_back(logprob);
+        }
+        finished[i] = finished[i] || event.finished;
+      }
+    }
+  }
+  for (size_t i = 0; i < streams.size(); ++i) EXPECT_TRUE(finished[i]) << "request " << first + i;
+  return outputs;
+}
+
+std::vector<Output> lone_runs() {
+  CpuBackend backend(default_model(), 1);
+  Metrics metrics;
+  Engine engine(backend, nullptr, engine_config(1, kMaxModelLen / 16, 0), metrics);
+  std::vector<Output> outputs;
+  for (int r = 0; r < kRequests; ++r) outputs.push_back(run(engine, r, r + 1)[0]);
+  return outputs;
+}
+
+struct CachingCase {
+  std::string name;
+  int prefix_snapshots;
+  int64_t kv_blocks;
+};
+
+class PrefixCaching : public ::testing::TestWithParam<CachingCase> {};
+
+TEST_P(PrefixCaching, OutputsEqualLoneRunsWithoutTheCache) {
+  static const std::vector<Output> alone = lone_runs();
+  const CachingCase& c = GetParam();
+  CpuBackend backend(default_model(), 4, c.prefix_snapshots);
+  Metrics metrics;
+  Engine engine(backend, nullptr, engine_config(4, c.kv_blocks, c.prefix_snapshots), metrics);
+  // In two waves, so the second finds the first's prefixes cached.
+  std::vector<Output> cached = run(engine, 0, kRequests / 2);
+  const std::vector<Output> second = run(engine, kRequests / 2, kRequests);
+  cached.insert(cached.end(), second.begin(), second.end());
+  for (int r = 0; r < kRequests; ++r) {
+    EXPECT_EQ(cached[r].tokens.size(), 24u) << "request " << r;
+    EXPECT_TRUE(cached[r] == alone[r]) << "request " << r;
+  }
+  EXPECT_GT(metrics.value(Counter::PrefixCacheHitTokens), 0.0);
+  if (c.kv_blocks < 20) EXPECT_GT(metrics.value(Counter::Preemptions), 0.0);
+}
+
+INSTANTIATE_TEST_SUITE_P(DefaultModel, PrefixCaching,
+                         ::testing::Values(CachingCase{"roomy", 16, 4 * kMaxModelLen / 16},
+                                           CachingCase{"two_snapshots_small_pool", 2, 11}),
+                         [](const auto& info) { return info.param.name; });
+
+}  // namespace
+}  // namespace uberlm
