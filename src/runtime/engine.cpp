@@ -232,7 +232,17 @@ EngineStep Engine::step() {
   for (int slot : out.released_slots) backend_.release(slot);
   if (!out.preempted.empty()) metrics_.add(Counter::Preemptions, static_cast<double>(out.preempted.size()));
   EngineStep report{out.num_decode_tokens, out.num_prefill_tokens, 0.0};
-  if (out.chunks.empty()) return report;
+  // Restores before drops: a snapshot restored this step may also have been evicted by it.
+  const auto restore_then_drop_prefixes = [&] {
+    for (const SchedulerOutput::PrefixRestore& restore : out.prefix_restores) {
+      backend_.restore_prefix(restore.snapshot, restore.slot);
+    }
+    for (int snapshot : out.dropped_snapshots) backend_.drop_prefix(snapshot);
+  };
+  if (out.chunks.empty()) {
+    restore_then_drop_prefixes();  // evictions of a step that only preempted
+    return report;
+  }
 
   // When every row is a greedy sample of the model's own logits (no bias, no penalties) the backend picks
   // the tokens itself (the CUDA backend on the GPU, copying ids instead of rows x vocab logits); the same
@@ -250,10 +260,7 @@ EngineStep Engine::step() {
   ForwardResult result;
   const auto forward_start = std::chrono::steady_clock::now();
   try {
-    for (const SchedulerOutput::PrefixRestore& restore : out.prefix_restores) {
-      backend_.restore_prefix(restore.snapshot, restore.slot);
-    }
-    for (int snapshot : out.dropped_snapshots) backend_.drop_prefix(snapshot);
+    restore_then_drop_prefixes();
     result = backend_.forward(out.batch);
     if (all_greedy && static_cast<int64_t>(result.argmax.size()) != sampled_rows) {
       fail("backend {} returned {} argmax rows for {} sampled sequences", backend_.name(), result.argmax.size(),
