@@ -345,6 +345,19 @@ std::vector<std::string> lone_run_texts(const BpeTokenizer& tokenizer, int reque
   return texts;
 }
 
+// Submits requests 0..alone.size()-1 (40 tokens each) at once and expects each output to equal its lone
+// run, with no error.
+void expect_lone_run_outputs(Engine& engine, RequestMaker make, const std::vector<std::string>& alone) {
+  std::vector<std::shared_ptr<RequestStream>> streams;
+  for (size_t r = 0; r < alone.size(); ++r) streams.push_back(engine.submit(make(static_cast<int>(r), 40)));
+  for (size_t r = 0; r < alone.size(); ++r) {
+    ASSERT_NE(streams[r], nullptr);
+    const Collected got = collect(*streams[r]);
+    EXPECT_TRUE(got.final.error.empty()) << "request " << r << ": " << got.final.error;
+    EXPECT_EQ(got.text, alone[r]) << "request " << r;
+  }
+}
+
 TEST(Engine, BatchedChunkedAndPreemptedOutputsEqualLoneRuns) {
   auto tokenizer = fixture_tokenizer();
   constexpr int kRequests = 12;
@@ -354,12 +367,7 @@ TEST(Engine, BatchedChunkedAndPreemptedOutputsEqualLoneRuns) {
   FakeBackend backend(tokenizer->vocab_size(), 4);
   Metrics metrics;
   Engine engine(backend, tokenizer.get(), engine_config(4, 8, 8, kRequests), metrics);
-  std::vector<std::shared_ptr<RequestStream>> streams;
-  for (int r = 0; r < kRequests; ++r) streams.push_back(engine.submit(request_for(r, 40)));
-  for (int r = 0; r < kRequests; ++r) {
-    ASSERT_NE(streams[r], nullptr);
-    EXPECT_EQ(collect(*streams[r]).text, alone[r]) << "request " << r;
-  }
+  expect_lone_run_outputs(engine, request_for, alone);
   EXPECT_GT(metrics.value(Counter::Preemptions), 0.0);
   EXPECT_GT(metrics.value(Counter::EngineSteps, R"(backend="fake",path="mixed")"), 0.0);
   EXPECT_EQ(metrics.value(Counter::GenerationTokens), kRequests * 40.0);
@@ -395,14 +403,7 @@ TEST(Engine, PagedBackendReadsThroughTheSchedulersBlockTables) {
   FakeBackend backend(tokenizer->vocab_size(), 4, KvBlockPool{8});
   Metrics metrics;
   Engine engine(backend, tokenizer.get(), engine_config(4, 8, 8, kRequests), metrics);
-  std::vector<std::shared_ptr<RequestStream>> streams;
-  for (int r = 0; r < kRequests; ++r) streams.push_back(engine.submit(request_for(r, 40)));
-  for (int r = 0; r < kRequests; ++r) {
-    ASSERT_NE(streams[r], nullptr);
-    const Collected got = collect(*streams[r]);
-    EXPECT_TRUE(got.final.error.empty()) << "request " << r << ": " << got.final.error;
-    EXPECT_EQ(got.text, alone[r]) << "request " << r;
-  }
+  expect_lone_run_outputs(engine, request_for, alone);
   EXPECT_GT(metrics.value(Counter::Preemptions), 0.0);
 }
 
@@ -426,14 +427,7 @@ TEST_P(EnginePrefixCaching, HitsGiveTheLoneRunsOutputs) {
                       c.prefix_snapshots);
   Metrics metrics;
   Engine engine(backend, tokenizer.get(), engine_config(4, 24, c.blocks, kRequests, c.prefix_snapshots), metrics);
-  std::vector<std::shared_ptr<RequestStream>> streams;
-  for (int r = 0; r < kRequests; ++r) streams.push_back(engine.submit(shared_prefix_request_for(r, 40)));
-  for (int r = 0; r < kRequests; ++r) {
-    ASSERT_NE(streams[r], nullptr);
-    const Collected got = collect(*streams[r]);
-    EXPECT_TRUE(got.final.error.empty()) << "request " << r << ": " << got.final.error;
-    EXPECT_EQ(got.text, alone[r]) << "request " << r;
-  }
+  expect_lone_run_outputs(engine, shared_prefix_request_for, alone);
   EXPECT_GT(metrics.value(Counter::PrefixCacheHitTokens), 0.0);
   EXPECT_GT(metrics.value(Counter::PrefixCacheQueriedTokens), metrics.value(Counter::PrefixCacheHitTokens));
   EXPECT_LE(metrics.value(Gauge::PrefixCacheEntries), c.prefix_snapshots);

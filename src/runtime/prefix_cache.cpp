@@ -17,9 +17,8 @@ uint64_t hash_step(uint64_t hash, int32_t token) {
 
 }  // namespace
 
-PrefixCache::PrefixCache(int num_snapshots) : num_snapshots_(num_snapshots) {
+PrefixCache::PrefixCache(int num_snapshots) : snapshots_(num_snapshots) {
   if (num_snapshots < 0) fail("prefix cache: {} snapshots; need >= 0", num_snapshots);
-  for (int s = num_snapshots - 1; s >= 0; --s) free_snapshots_.push_back(s);
 }
 
 uint64_t PrefixCache::hash_of(const std::vector<int32_t>& tokens, int64_t length) {
@@ -62,15 +61,6 @@ const PrefixEntry* PrefixCache::longest_prefix(const std::vector<int32_t>& token
 bool PrefixCache::contains(const std::vector<int32_t>& tokens, int64_t length) const {
   return find(tokens, length, hash_of(tokens, length)) != entries_.end();
 }
-
-std::optional<int> PrefixCache::take_snapshot() {
-  if (free_snapshots_.empty()) return std::nullopt;
-  const int snapshot = free_snapshots_.back();
-  free_snapshots_.pop_back();
-  return snapshot;
-}
-
-void PrefixCache::give_back_snapshot(int snapshot) { free_snapshots_.push_back(snapshot); }
 
 std::optional<PrefixEntry> PrefixCache::insert(PrefixEntry entry) {
   const int64_t length = static_cast<int64_t>(entry.tokens.size());

@@ -17,6 +17,8 @@
 #include <unordered_map>
 #include <vector>
 
+#include "runtime/id_pool.h"
+
 namespace uberlm {
 
 struct PrefixEntry {
@@ -30,13 +32,13 @@ class PrefixCache {
   // num_snapshots: snapshot ids 0..num_snapshots-1 the backend can hold; 0 turns caching off.
   explicit PrefixCache(int num_snapshots);
 
-  bool enabled() const { return num_snapshots_ > 0; }
+  bool enabled() const { return snapshots_.total() > 0; }
   // The longest entry whose tokens are a prefix of tokens[0, limit); marks it the most recently used.
   const PrefixEntry* longest_prefix(const std::vector<int32_t>& tokens, int64_t limit);
   bool contains(const std::vector<int32_t>& tokens, int64_t length) const;
   // A snapshot id nobody holds, or nullopt when every one is taken (evict, then ask again).
-  std::optional<int> take_snapshot();
-  void give_back_snapshot(int snapshot);
+  std::optional<int> take_snapshot() { return snapshots_.take(); }
+  void give_back_snapshot(int snapshot) { snapshots_.give_back(snapshot); }
   // Adds an entry made with take_snapshot() as the most recently used. An entry of the same tokens is
   // already there: returns the new one unchanged for the caller to free, else nullopt.
   std::optional<PrefixEntry> insert(PrefixEntry entry);
@@ -50,8 +52,7 @@ class PrefixCache {
   static uint64_t hash_of(const std::vector<int32_t>& tokens, int64_t length);
   std::list<PrefixEntry>::const_iterator find(const std::vector<int32_t>& tokens, int64_t length, uint64_t hash) const;
 
-  int num_snapshots_;
-  std::vector<int> free_snapshots_;
+  IdPool snapshots_;
   std::list<PrefixEntry> entries_;  // most recently used first
   std::unordered_multimap<uint64_t, std::list<PrefixEntry>::iterator> by_hash_;
 };

@@ -7,12 +7,11 @@
 namespace uberlm {
 
 BlockManager::BlockManager(int64_t num_kv_blocks, int num_slots)
-    : num_kv_blocks_(num_kv_blocks), num_slots_(num_slots), holders_(std::max<int64_t>(num_kv_blocks, 0), 0) {
+    : num_kv_blocks_(num_kv_blocks), holders_(std::max<int64_t>(num_kv_blocks, 0), 0), slots_(std::max(num_slots, 0)) {
   if (num_kv_blocks < 0 || num_slots <= 0) {
     fail("scheduler: need kv blocks >= 0 and slots > 0, got {} and {}", num_kv_blocks, num_slots);
   }
   for (int64_t b = num_kv_blocks - 1; b >= 0; --b) free_blocks_.push_back(static_cast<int>(b));
-  for (int s = num_slots - 1; s >= 0; --s) free_slots_.push_back(s);
 }
 
 bool BlockManager::grow(std::vector<int>& table, int64_t tokens) {
@@ -41,15 +40,6 @@ void BlockManager::free(std::vector<int>& table) {
   }
   table.clear();
 }
-
-std::optional<int> BlockManager::take_slot() {
-  if (free_slots_.empty()) return std::nullopt;
-  const int slot = free_slots_.back();
-  free_slots_.pop_back();
-  return slot;
-}
-
-void BlockManager::free_slot(int slot) { free_slots_.push_back(slot); }
 
 Scheduler::Scheduler(const SchedulerConfig& config)
     : config_(config), blocks_(config.num_kv_blocks, config.num_slots), prefix_cache_(config.prefix_snapshots) {

@@ -20,6 +20,7 @@
 #include <vector>
 
 #include "runtime/backend.h"
+#include "runtime/id_pool.h"
 #include "runtime/prefix_cache.h"
 
 namespace uberlm {
@@ -48,20 +49,19 @@ class BlockManager {
   void retain(const std::vector<int>& blocks);
   // Drops the table's hold on its blocks and empties it.
   void free(std::vector<int>& table);
-  std::optional<int> take_slot();
-  void free_slot(int slot);
+  std::optional<int> take_slot() { return slots_.take(); }
+  void free_slot(int slot) { slots_.give_back(slot); }
 
   int64_t kv_blocks_used() const { return num_kv_blocks_ - static_cast<int64_t>(free_blocks_.size()); }
   int64_t kv_blocks_total() const { return num_kv_blocks_; }
-  int slots_used() const { return num_slots_ - static_cast<int>(free_slots_.size()); }
-  int slots_total() const { return num_slots_; }
+  int slots_used() const { return slots_.used(); }
+  int slots_total() const { return slots_.total(); }
 
  private:
   int64_t num_kv_blocks_;
-  int num_slots_;
   std::vector<int> free_blocks_;  // stack: the most recently freed block is reused first
   std::vector<int> holders_;      // per block
-  std::vector<int> free_slots_;
+  IdPool slots_;
 };
 
 // One chunk of a step: tokens [first_token, first_token + num_tokens) of sequence `id`, with the logits
