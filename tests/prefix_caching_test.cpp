@@ -2,7 +2,8 @@
 // states come from snapshots, the attention keys and values from the cached copy): every request's
 // tokens and logprobs equal its run alone without the cache, bit for bit, while prompts that share
 // prefixes hit, cached prefixes are evicted (two snapshots for many prefixes) and sequences are
-// preempted (a KV pool of 11 blocks, one more than a sequence of max_model_len needs).
+// preempted (a KV pool of 11 blocks, one more than a sequence of max_model_len needs); also on the
+// tensor-parallel CPU backend (every rank's caches snapshotted).
 #include <gtest/gtest.h>
 
 #include <array>
@@ -13,6 +14,7 @@
 
 #include "model/model.h"
 #include "runtime/cpu_backend.h"
+#include "runtime/cpu_tensor_parallel_backend.h"
 #include "runtime/engine.h"
 
 namespace uberlm {
@@ -85,10 +87,16 @@ std::vector<Output> run(Engine& engine, int first, int last) {
   return outputs;
 }
 
-std::vector<Output> lone_runs() {
-  CpuBackend backend(default_model(), 1);
+// The CPU backend, or its tensor-parallel form over `ranks` rank threads.
+std::unique_ptr<Backend> cpu_backend(int ranks, int slots, int prefix_snapshots) {
+  if (ranks == 1) return std::make_unique<CpuBackend>(default_model(), slots, prefix_snapshots);
+  return std::make_unique<CpuTensorParallelBackend>(default_model(), slots, ranks, prefix_snapshots);
+}
+
+std::vector<Output> lone_runs(int ranks) {
+  const std::unique_ptr<Backend> backend = cpu_backend(ranks, 1, 0);
   Metrics metrics;
-  Engine engine(backend, nullptr, engine_config(1, kMaxModelLen / 16, 0), metrics);
+  Engine engine(*backend, nullptr, engine_config(1, kMaxModelLen / 16, 0), metrics);
   std::vector<Output> outputs;
   for (int r = 0; r < kRequests; ++r) outputs.push_back(run(engine, r, r + 1)[0]);
   return outputs;
@@ -98,16 +106,17 @@ struct CachingCase {
   std::string name;
   int prefix_snapshots;
   int64_t kv_blocks;
+  int ranks = 1;
 };
 
 class PrefixCaching : public ::testing::TestWithParam<CachingCase> {};
 
 TEST_P(PrefixCaching, OutputsEqualLoneRunsWithoutTheCache) {
-  static const std::vector<Output> alone = lone_runs();
   const CachingCase& c = GetParam();
-  CpuBackend backend(default_model(), 4, c.prefix_snapshots);
+  const std::vector<Output> alone = lone_runs(c.ranks);
+  const std::unique_ptr<Backend> backend = cpu_backend(c.ranks, 4, c.prefix_snapshots);
   Metrics metrics;
-  Engine engine(backend, nullptr, engine_config(4, c.kv_blocks, c.prefix_snapshots), metrics);
+  Engine engine(*backend, nullptr, engine_config(4, c.kv_blocks, c.prefix_snapshots), metrics);
   // In two waves, so the second finds the first's prefixes cached.
   std::vector<Output> cached = run(engine, 0, kRequests / 2);
   const std::vector<Output> second = run(engine, kRequests / 2, kRequests);
@@ -122,7 +131,8 @@ TEST_P(PrefixCaching, OutputsEqualLoneRunsWithoutTheCache) {
 
 INSTANTIATE_TEST_SUITE_P(DefaultModel, PrefixCaching,
                          ::testing::Values(CachingCase{"roomy", 16, 4 * kMaxModelLen / 16},
-                                           CachingCase{"two_snapshots_small_pool", 2, 11}),
+                                           CachingCase{"two_snapshots_small_pool", 2, 11},
+                                           CachingCase{"tensor_parallel_2", 16, 4 * kMaxModelLen / 16, 2}),
                          [](const auto& info) { return info.param.name; });
 
 }  // namespace

@@ -16,7 +16,9 @@ std::unique_ptr<Backend> make_backend(const Model& model, const std::string& dev
                                       int tensor_parallel) {
   if (tensor_parallel < 1) fail("--tensor-parallel {}: expected at least 1", tensor_parallel);
   if (!runs_on_cuda(device)) {
-    if (tensor_parallel > 1) return std::make_unique<CpuTensorParallelBackend>(model, options.max_slots, tensor_parallel);
+    if (tensor_parallel > 1) {
+      return std::make_unique<CpuTensorParallelBackend>(model, options.max_slots, tensor_parallel, options.prefix_snapshots);
+    }
     return std::make_unique<CpuBackend>(model, options.max_slots, options.prefix_snapshots);
   }
 #ifdef UBERLM_WITH_CUDA

@@ -1,12 +1,12 @@
 #pragma once
-// The CPU backend: the reference decoder with per-slot caches held in host memory. A prefix snapshot is a
-// copy of a slot's whole cache (keys and values included: there is no paged pool to share them from).
+// The CPU backend: the reference decoder with per-slot caches held in host memory (CpuCacheSlots).
 #include <memory>
 #include <vector>
 
 #include "model/decoder_cpu.h"
 #include "model/model.h"
 #include "runtime/backend.h"
+#include "runtime/cpu_cache_slots.h"
 
 namespace uberlm {
 
@@ -16,13 +16,13 @@ class CpuBackend : public Backend {
 
   std::string name() const override { return "cpu"; }
   const ModelConfig& config() const override { return model_.config; }
-  int max_slots() const override { return static_cast<int>(caches_.size()); }
-  void release(int slot) override;
+  int max_slots() const override { return slots_.slots(); }
+  void release(int slot) override { slots_.release(slot); }
   ForwardResult forward(const ForwardBatch& batch) override;
-  int max_prefix_snapshots() const override { return static_cast<int>(snapshots_.size()); }
-  void save_prefix(int slot, int snapshot) override;
-  void restore_prefix(int snapshot, int slot) override;
-  void drop_prefix(int snapshot) override;
+  int max_prefix_snapshots() const override { return slots_.prefix_snapshots(); }
+  void save_prefix(int slot, int snapshot) override { slots_.save(slot, snapshot); }
+  void restore_prefix(int snapshot, int slot) override { slots_.restore(snapshot, slot); }
+  void drop_prefix(int snapshot) override { slots_.drop(snapshot); }
   ForwardResult forward_observed(const ForwardBatch& batch, ForwardSnapshot& snapshot) override;
 
  private:
@@ -30,8 +30,7 @@ class CpuBackend : public Backend {
 
   const Model& model_;
   CpuDecoder decoder_;
-  std::vector<CpuSequenceCache> caches_;
-  std::vector<CpuSequenceCache> snapshots_;
+  CpuCacheSlots slots_;
 };
 
 }  // namespace uberlm

@@ -52,7 +52,7 @@ InProcessGroup::~InProcessGroup() = default;
 
 HostCollectives& InProcessGroup::member(int rank) { return *members_.at(rank); }
 
-CpuTensorParallelBackend::CpuTensorParallelBackend(const Model& model, int max_slots, int size)
+CpuTensorParallelBackend::CpuTensorParallelBackend(const Model& model, int max_slots, int size, int max_prefix_snapshots)
     : model_(model), max_slots_(max_slots), group_(size) {
   for (int r = 0; r < size; ++r) {
     auto rank = std::make_unique<Rank>();
@@ -60,7 +60,7 @@ CpuTensorParallelBackend::CpuTensorParallelBackend(const Model& model, int max_s
     rank->config = shard_config(model.config, rank->shard);
     rank->weights = shard_model_weights(model.weights, model.config, rank->shard);
     rank->decoder = std::make_unique<CpuDecoder>(rank->config, rank->weights.weights, &group_.member(r));
-    for (int slot = 0; slot < max_slots; ++slot) rank->caches.push_back(rank->decoder->new_cache());
+    rank->slots = std::make_unique<CpuCacheSlots>(*rank->decoder, max_slots, max_prefix_snapshots);
     ranks_.push_back(std::move(rank));
   }
 }
@@ -68,7 +68,19 @@ CpuTensorParallelBackend::CpuTensorParallelBackend(const Model& model, int max_s
 CpuTensorParallelBackend::~CpuTensorParallelBackend() = default;
 
 void CpuTensorParallelBackend::release(int slot) {
-  for (auto& rank : ranks_) rank->caches.at(slot) = rank->decoder->new_cache();
+  for (auto& rank : ranks_) rank->slots->release(slot);
+}
+
+void CpuTensorParallelBackend::save_prefix(int slot, int snapshot) {
+  for (auto& rank : ranks_) rank->slots->save(slot, snapshot);
+}
+
+void CpuTensorParallelBackend::restore_prefix(int snapshot, int slot) {
+  for (auto& rank : ranks_) rank->slots->restore(snapshot, slot);
+}
+
+void CpuTensorParallelBackend::drop_prefix(int snapshot) {
+  for (auto& rank : ranks_) rank->slots->drop(snapshot);
 }
 
 ForwardResult CpuTensorParallelBackend::forward(const ForwardBatch& batch) {
@@ -78,7 +90,7 @@ ForwardResult CpuTensorParallelBackend::forward(const ForwardBatch& batch) {
   std::vector<std::exception_ptr> errors(ranks_.size());
   auto run_rank = [&](size_t r) {
     try {
-      results[r] = ranks_[r]->decoder->forward(batch, ranks_[r]->caches);
+      results[r] = ranks_[r]->decoder->forward(batch, ranks_[r]->slots->caches());
     } catch (...) {
       errors[r] = std::current_exception();
     }

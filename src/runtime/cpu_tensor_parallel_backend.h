@@ -10,6 +10,7 @@
 #include "model/model.h"
 #include "model/tensor_parallel.h"
 #include "runtime/backend.h"
+#include "runtime/cpu_cache_slots.h"
 
 namespace uberlm {
 
@@ -30,7 +31,7 @@ class InProcessGroup {
 class CpuTensorParallelBackend : public Backend {
  public:
   // Throws Error naming the config field when the model does not shard over `size` ranks.
-  CpuTensorParallelBackend(const Model& model, int max_slots, int size);
+  CpuTensorParallelBackend(const Model& model, int max_slots, int size, int max_prefix_snapshots = 0);
   ~CpuTensorParallelBackend() override;
 
   std::string name() const override { return "cpu"; }
@@ -38,6 +39,11 @@ class CpuTensorParallelBackend : public Backend {
   int max_slots() const override { return max_slots_; }
   void release(int slot) override;
   ForwardResult forward(const ForwardBatch& batch) override;
+  // A snapshot is every rank's copy of its slot's cache.
+  int max_prefix_snapshots() const override { return ranks_.front()->slots->prefix_snapshots(); }
+  void save_prefix(int slot, int snapshot) override;
+  void restore_prefix(int snapshot, int slot) override;
+  void drop_prefix(int snapshot) override;
 
  private:
   struct Rank {
@@ -45,7 +51,7 @@ class CpuTensorParallelBackend : public Backend {
     ModelConfig config;
     ShardedModelWeights weights;
     std::unique_ptr<CpuDecoder> decoder;
-    std::vector<CpuSequenceCache> caches;
+    std::unique_ptr<CpuCacheSlots> slots;
   };
   const Model& model_;
   int max_slots_;
