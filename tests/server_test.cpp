@@ -65,8 +65,8 @@ class TestServer {
     backend_ = std::make_unique<CpuBackend>(*model_, options.max_num_seqs);
     engine_ = std::make_unique<Engine>(*backend_, tokenizer_.get(), config, metrics_);
     ServerConfig server_config;
-    server_config.host = "127.0.0.1";
-    server_config.port = 0;
+    server_config.http.host = "127.0.0.1";
+    server_config.http.port = 0;
     server_config.model_name = kModelName;
     server_config.api_key = options.api_key;
     server_config.stop_token_ids = model_->stop_token_ids;
