@@ -35,7 +35,7 @@ struct HttpLimits {
 using RequestHead = boost::beast::http::request_header<>;
 
 // The HttpError for an error of Beast's parser (431 for a head past the limit, 413 for a body past it,
-// 400 naming the part for malformed framing).
+// 505 for a version other than 1.0 and 1.1, 400 naming the part for malformed framing).
 HttpError parse_error(const boost::system::error_code& error, const HttpLimits& limits);
 
 // The framing checks Beast does not make. Beast already refuses conflicting Content-Length values and

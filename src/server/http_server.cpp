@@ -289,6 +289,9 @@ class Session final : public HttpReply, public std::enable_shared_from_this<Sess
       }
       route_ = &find_route();
       coding_ = content_coding(head);
+      // Address space for the whole limit: a chunked body grown by doubling would copy nearly the limit
+      // into twice it. Pages never written stay out of memory.
+      if (parser_->chunked()) parser_->get().body().reserve(server_.config.limits.max_body_bytes);
     } catch (const HttpError& refusal) {
       return refuse(refusal);
     }
