@@ -34,6 +34,7 @@ namespace uberlm {
 namespace {
 
 using json = nlohmann::json;
+using namespace std::string_literals;
 using Clock = std::chrono::steady_clock;
 constexpr size_t kBodyLimit = HttpLimits{}.max_body_bytes;
 
@@ -280,6 +281,7 @@ TEST_F(HostileClientTest, EveryBadRequestGetsItsStatusAndNamesThePartAndTheServe
       {"HTTP/1.2 in the request line", "GET /health HTTP/1.2\r\nHost: x\r\n\r\n", 505, "version"},
       {"HTTP/2.0 in the request line", "GET /health HTTP/2.0\r\nHost: x\r\n\r\n", 505, "version"},
       {"malformed version", "GET /health HTTX/1.1\r\nHost: x\r\n\r\n", 505, "version"},
+      {"NUL in a header value", "GET /health HTTP/1.1\r\nHost: x\r\nX-A: a\0b\r\n\r\n"s, 400, "headers"},
       {"no Host", "GET /health HTTP/1.1\r\n\r\n", 400, "Host"},
       {"two Hosts", "GET /health HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", 400, "Host"},
       {"repeated equal Content-Length",

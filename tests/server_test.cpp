@@ -319,8 +319,9 @@ TEST(Server, ApiKeyIsComparedByteForByteAndGuardsMetrics) {
   TestServer server(ServerOptions{.api_key = "sesame"});
   const std::string get = "GET /v1/models HTTP/1.1\r\nHost: x\r\nConnection: close\r\n";
   EXPECT_EQ(status_of(raw_exchange(server.port(), get + "Authorization: Bearer sesame\r\n\r\n")), 200);
+  // A NUL byte in a header value is malformed HTTP (RFC 9110 5.5): refused before the key is compared.
   EXPECT_EQ(status_of(raw_exchange(server.port(), get + "Authorization: Bearer sesame\0x\r\n\r\n"s)),
-            401);
+            400);
   EXPECT_EQ(status_of(raw_exchange(server.port(), get + "Authorization: Bearer sesame\r\nAuthorization: Bearer x\r\n\r\n")),
             401);
   auto client = server.client();

@@ -98,6 +98,14 @@ HttpError parse_error(const boost::system::error_code& error, const HttpLimits& 
   if (error == http::error::bad_chunk || error == http::error::bad_chunk_extension) {
     return HttpError(400, "malformed chunk in the chunked body", "body");
   }
+  if (error == http::error::bad_field) return HttpError(400, "malformed header name", "headers");
+  if (error == http::error::bad_value) {
+    return HttpError(400, "a header value holds a control byte (NUL, or CR or LF alone)", "headers");
+  }
+  if (error == http::error::bad_line_ending) {
+    return HttpError(400, "a line of the request head does not end in CRLF", "headers");
+  }
+  if (error == http::error::bad_obs_fold) return HttpError(400, "a header is folded over lines (obs-fold)", "headers");
   if (error == http::error::partial_message || error == http::error::end_of_stream) {
     return HttpError(400, "the connection ended inside the request", "body");
   }
