@@ -99,7 +99,7 @@ class ChatServer : public ::testing::Test {
     config.scheduler.num_kv_blocks = 2 * 4096 / 16;
     engine_ = std::make_unique<Engine>(*backend_, tokenizer_.get(), config, metrics_);
     ServerConfig server_config;
-    server_config.port = 0;
+    server_config.http.port = 0;
     server_config.model_name = "tiny";
     server_ = std::make_unique<OpenAiServer>(*engine_, *tokenizer_, *chat_template_, metrics_, server_config);
     port_ = server_->bind();

@@ -65,8 +65,8 @@ class TestServer {
     backend_ = std::make_unique<CpuBackend>(*model_, options.max_num_seqs);
     engine_ = std::make_unique<Engine>(*backend_, tokenizer_.get(), config, metrics_);
     ServerConfig server_config;
-    server_config.host = "127.0.0.1";
-    server_config.port = 0;
+    server_config.http.host = "127.0.0.1";
+    server_config.http.port = 0;
     server_config.model_name = kModelName;
     server_config.api_key = options.api_key;
     server_config.stop_token_ids = model_->stop_token_ids;
@@ -319,8 +319,9 @@ TEST(Server, ApiKeyIsComparedByteForByteAndGuardsMetrics) {
   TestServer server(ServerOptions{.api_key = "sesame"});
   const std::string get = "GET /v1/models HTTP/1.1\r\nHost: x\r\nConnection: close\r\n";
   EXPECT_EQ(status_of(raw_exchange(server.port(), get + "Authorization: Bearer sesame\r\n\r\n")), 200);
+  // A NUL byte in a header value is malformed HTTP (RFC 9110 5.5): refused before the key is compared.
   EXPECT_EQ(status_of(raw_exchange(server.port(), get + "Authorization: Bearer sesame\0x\r\n\r\n"s)),
-            401);
+            400);
   EXPECT_EQ(status_of(raw_exchange(server.port(), get + "Authorization: Bearer sesame\r\nAuthorization: Bearer x\r\n\r\n")),
             401);
   auto client = server.client();

@@ -283,3 +283,23 @@ TEST_F(TokenizerBadFile, TokenIdsAreReportedAsWrittenAndBounded) {
 
 }  // namespace
 }  // namespace uberlm
+
+namespace uberlm {
+namespace {
+
+// The bound a server checks prompts against before tokenising them never exceeds the real count.
+TEST(TokenizerMinTokens, IsALowerBoundOnTheEncodedLength) {
+  const auto tokenizer = BpeTokenizer::load(std::filesystem::path(UBERLM_SOURCE_DIR) / "models/default/tokenizer.json");
+  const std::string long_word(100'000, 'a');
+  for (const std::string text : {std::string("Hello, world!"), std::string("<|im_start|>user\nhi<|im_end|>"),
+                                 std::string("caf\xc3\xa9 \xe2\x82\xac 12345 \n\n  tabs\t"), long_word}) {
+    SCOPED_TRACE(text.substr(0, 40));
+    const size_t bound = tokenizer->min_tokens(text);
+    EXPECT_GT(bound, 0u);
+    EXPECT_LE(bound, tokenizer->encode(text).size());
+  }
+  EXPECT_GT(tokenizer->min_tokens(long_word), 1000u);
+}
+
+}  // namespace
+}  // namespace uberlm

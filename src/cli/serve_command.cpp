@@ -40,6 +40,7 @@ struct ServeOptions {
   int64_t max_num_batched_tokens = 0;
   int64_t kv_cache_tokens = 0;
   int max_waiting = 256;
+  int max_connections = 1024;
   std::string api_key;
   int tensor_parallel = 1;
   std::string tuning_table;
@@ -105,8 +106,9 @@ void serve(const ServeOptions& options) {
   if (name.empty()) name = "default";
 
   ServerConfig server_config;
-  server_config.host = options.host;
-  server_config.port = options.port;
+  server_config.http.host = options.host;
+  server_config.http.port = options.port;
+  server_config.http.max_connections = options.max_connections;
   server_config.model_name = name;
   server_config.api_key = options.api_key;
   server_config.stop_token_ids = stop_token_ids;
@@ -159,9 +161,12 @@ void add_serve_command(CLI::App& app) {
   cmd->add_option("--max-waiting", options->max_waiting, "Queued requests beyond max-num-seqs before 503")
       ->check(CLI::Range(0, 1 << 20))->capture_default_str();
   cmd->add_flag("--enable-prefix-caching", options->enable_prefix_caching,
-               "Reuse the KV blocks and Gated DeltaNet states of earlier prompts' prefixes (CPU backend)");
+               "Reuse the KV blocks and Gated DeltaNet states of earlier prompts' prefixes (CPU backends)");
   cmd->add_option("--prefix-cache-snapshots", options->prefix_cache_snapshots,
                   "With --enable-prefix-caching: cached prefixes kept at most (each holds the model's recurrent states)")
+      ->check(CLI::Range(1, 1 << 20))->capture_default_str();
+  cmd->add_option("--max-connections", options->max_connections,
+                  "Open connections beyond which a new one is answered 503 and closed")
       ->check(CLI::Range(1, 1 << 20))->capture_default_str();
   cmd->add_option("--api-key", options->api_key, "Require 'Authorization: Bearer KEY' on /v1/* and /metrics");
   cmd->add_option("--tensor-parallel", options->tensor_parallel,

@@ -1,20 +1,13 @@
 #include "server/openai_server.h"
 
-#include <httplib.h>
-
-#include <sys/socket.h>
-
 #include <chrono>
-#include <csignal>
 #include <ctime>
-#include <iterator>
 #include <random>
 
 #include <nlohmann/json.hpp>
 
 #include "server/api_key.h"
 #include "server/chat_output_parser.h"
-#include "server/connection_watch.h"
 #include "server/logprobs_json.h"
 #include "server/request_parser.h"
 
@@ -25,8 +18,6 @@ using json = nlohmann::json;
 namespace {
 
 constexpr auto kPollInterval = std::chrono::milliseconds(20);
-constexpr size_t kMaxBodyBytes = 16u << 20;
-constexpr int kListenBacklog = 1024;
 constexpr int64_t kDefaultCompletionTokens = 16;  // OpenAI's default for /v1/completions
 
 // The OpenAI parameter behind an EngineRequest field the engine refused.
@@ -37,25 +28,35 @@ std::string request_parameter(const std::string& field, bool chat) {
   return field;
 }
 
-// Serialises a reply. Error messages quote what the client sent (a path, a parser's excerpt of the body),
-// which may be invalid UTF-8: such bytes become U+FFFD instead of an exception that kills the process.
 std::string json_text(const json& value) { return value.dump(-1, ' ', false, json::error_handler_t::replace); }
 
-void send_error(httplib::Response& res, int status, const std::string& type, const std::string& message,
-                const std::string& param = "") {
-  json body = {{"error",
-                {{"message", message}, {"type", type}, {"param", param.empty() ? json(nullptr) : json(param)},
-                 {"code", status}}}};
-  res.status = status;
-  res.set_content(json_text(body), "application/json");
+void send_error(HttpReply& reply, int status, std::string_view type, std::string_view message,
+                std::string_view param = "") {
+  reply.send(status, "application/json", error_body(status, type, message, param));
 }
 
-// Exactly one Authorization header holding "Bearer <key>". Read from the header map: httplib's
-// get_header_value() returns a C string, which ends at a NUL byte and let "Bearer KEY\0x" pass as the key.
-bool authorized(const httplib::Request& req, const std::string& key) {
-  const auto [first, last] = req.headers.equal_range("Authorization");
-  return first != last && std::next(first) == last && bearer_key_matches(first->second, key);
+void send_json(HttpReply& reply, const json& body) { reply.send(200, "application/json", json_text(body)); }
+
+// Exactly one Authorization header holding "Bearer <key>".
+bool authorized(const HttpRequest& request, const std::string& key) {
+  const std::vector<std::string_view> values = request.header_values("Authorization");
+  return values.size() == 1 && bearer_key_matches(values.front(), key);
 }
+
+// Frees a request's sequence unless its stream finished: the client left, a write failed, or something threw.
+class CancelUnlessFinished {
+ public:
+  CancelUnlessFinished(Engine& engine, uint64_t id) : engine_(engine), id_(id) {}
+  ~CancelUnlessFinished() {
+    if (!finished_) engine_.cancel(id_);
+  }
+  void finished() { finished_ = true; }
+
+ private:
+  Engine& engine_;
+  uint64_t id_;
+  bool finished_ = false;
+};
 
 json usage_json(const StreamEvent& final) {
   return {{"prompt_tokens", final.prompt_tokens},
@@ -196,270 +197,218 @@ std::string sse(const json& data) { return "data: " + json_text(data) + "\n\n"; 
 OpenAiServer::OpenAiServer(Engine& engine, const BpeTokenizer& tokenizer, const ChatTemplate& chat_template,
                            Metrics& metrics, ServerConfig config)
     : engine_(engine), tokenizer_(tokenizer), chat_template_(chat_template), metrics_(metrics), config_(std::move(config)),
-      http_(std::make_unique<httplib::Server>()) {
-  // A client that disconnects mid-response must not kill the process: writes then fail with EPIPE.
-  std::signal(SIGPIPE, SIG_IGN);
-  const int threads = config_.http_threads;
-  http_->new_task_queue = [threads] { return new httplib::ThreadPool(static_cast<size_t>(threads)); };
-  http_->set_payload_max_length(kMaxBodyBytes);
-  http_->set_socket_options([this](int socket) {
-    httplib::default_socket_options(socket);
-    listen_socket_ = socket;
-  });
+      http_(config_.http) {
   add_routes();
 }
 
-OpenAiServer::~OpenAiServer() { stop(); }
+OpenAiServer::~OpenAiServer() = default;
 
-int OpenAiServer::bind() {
-  const int port = config_.port == 0 ? http_->bind_to_any_port(config_.host)
-                                     : (http_->bind_to_port(config_.host, config_.port) ? config_.port : -1);
-  if (port < 0) fail("serve: cannot listen on {}:{}", config_.host, config_.port);
-  // cpp-httplib 0.11 listens with a backlog of 5: a burst of clients connecting at once overflows it
-  // and some of them lose their request. listen() again on the bound socket raises the backlog.
-  if (::listen(listen_socket_, kListenBacklog) != 0) fail("serve: listen on {}:{} failed", config_.host, port);
-  return port;
-}
+int OpenAiServer::bind() { return http_.bind(); }
 
-void OpenAiServer::serve() { http_->listen_after_bind(); }
+void OpenAiServer::serve() { http_.serve(); }
 
-void OpenAiServer::stop() { http_->stop(); }
+void OpenAiServer::stop() { http_.stop(); }
 
 void OpenAiServer::add_routes() {
-  http_->set_pre_routing_handler([this](const httplib::Request& req, httplib::Response& res) {
-    const bool protected_path = req.path.rfind("/v1/", 0) == 0 || req.path == "/metrics";
-    if (config_.api_key.empty() || !protected_path) return httplib::Server::HandlerResponse::Unhandled;
-    if (authorized(req, config_.api_key)) {
-      return httplib::Server::HandlerResponse::Unhandled;
-    }
+  http_.set_gate([this](const HttpRequest& request, HttpReply& reply) {
+    const bool protected_path = request.path.rfind("/v1/", 0) == 0 || request.path == "/metrics";
+    if (config_.api_key.empty() || !protected_path || authorized(request, config_.api_key)) return;
     metrics_.add(Counter::RejectedRequests, 1.0, R"(reason="unauthorized")");
-    send_error(res, 401, "authentication_error", "missing or wrong API key: send 'Authorization: Bearer <key>'");
-    return httplib::Server::HandlerResponse::Handled;
+    send_error(reply, 401, "authentication_error", "missing or wrong API key: send 'Authorization: Bearer <key>'");
   });
-  http_->set_error_handler([](const httplib::Request& req, httplib::Response& res) {
-    if (!res.body.empty()) return;
-    send_error(res, res.status, "invalid_request_error",
-               res.status == 404 ? fmt::format("no route for {} {}", req.method, req.path)
-                                 : fmt::format("HTTP {} for {} {}", res.status, req.method, req.path));
+  http_.route("GET", "/health", RunOn::IoThread, false, [](const HttpRequest&, HttpReply& reply) {
+    reply.send(200, "application/json", R"({"status":"ok"})");
   });
-  http_->set_exception_handler([](const httplib::Request&, httplib::Response& res, std::exception_ptr error) {
-    std::string message = "internal error";
-    try {
-      std::rethrow_exception(error);
-    } catch (const std::exception& e) {
-      message = e.what();
-    } catch (...) {
-    }
-    send_error(res, 500, "server_error", message);
+  http_.route("GET", "/metrics", RunOn::IoThread, false, [this](const HttpRequest&, HttpReply& reply) {
+    reply.send(200, "text/plain; version=0.0.4", metrics_.render());
   });
-
-  http_->Get("/health", [](const httplib::Request&, httplib::Response& res) {
-    res.set_content(R"({"status":"ok"})", "application/json");
-  });
-  http_->Get("/metrics", [this](const httplib::Request&, httplib::Response& res) {
-    res.set_content(metrics_.render(), "text/plain; version=0.0.4");
-  });
-  http_->Get("/v1/models", [this](const httplib::Request&, httplib::Response& res) {
+  http_.route("GET", "/v1/models", RunOn::IoThread, false, [this](const HttpRequest&, HttpReply& reply) {
     json model = {{"id", config_.model_name},       {"object", "model"},
                   {"created", std::time(nullptr)},  {"owned_by", "uberlm"},
                   {"max_model_len", engine_.max_model_len()}};
-    res.set_content(json_text(json{{"object", "list"}, {"data", json::array({model})}}), "application/json");
+    send_json(reply, json{{"object", "list"}, {"data", json::array({model})}});
   });
+  http_.route("POST", "/v1/completions", RunOn::Worker, true,
+              [this](const HttpRequest& request, HttpReply& reply) { generate(request, reply, false); });
+  http_.route("POST", "/v1/chat/completions", RunOn::Worker, true,
+              [this](const HttpRequest& request, HttpReply& reply) { generate(request, reply, true); });
+}
 
-  auto generate = [this](bool chat) {
-    return [this, chat](const httplib::Request& req, httplib::Response& res) {
-      const int64_t max_len = engine_.max_model_len();
-      EngineRequest request;
-      GenerationOptions options;
-      ChatFormat chat_format;
-      std::string echo;
-      try {
-        if (chat) {
-          ChatCompletionRequest parsed = parse_chat_completion_request(req.body, config_.model_name, max_len);
-          options = parsed.options;
-          for (int id : tokenizer_.encode(render_chat(chat_template_, parsed, chat_format))) request.prompt.push_back(id);
-        } else {
-          CompletionRequest parsed = parse_completion_request(req.body, config_.model_name, max_len);
-          options = parsed.options;
-          request.prompt = parsed.prompt_ids;
-          if (parsed.prompt_text) {
-            for (int id : tokenizer_.encode(*parsed.prompt_text)) request.prompt.push_back(id);
-          }
-          if (parsed.echo) echo = parsed.prompt_text ? *parsed.prompt_text : tokenizer_.decode(parsed.prompt_ids);
-        }
-        // OpenAI's default for /v1/completions, shortened to the room the prompt leaves; chat: the engine's
-        // default, the rest of the context.
-        request.max_tokens = options.max_tokens;
-        const int64_t room = max_len - static_cast<int64_t>(request.prompt.size());
-        if (!chat && !request.max_tokens && room > 0) request.max_tokens = std::min(kDefaultCompletionTokens, room);
-        request.sampling = SamplingParams{.temperature = options.temperature,
-                                          .top_k = options.top_k,
-                                          .top_p = options.top_p,
-                                          .seed = options.seed.value_or(std::random_device{}()),
-                                          .min_p = options.min_p,
-                                          .presence_penalty = options.presence_penalty,
-                                          .frequency_penalty = options.frequency_penalty,
-                                          .repetition_penalty = options.repetition_penalty,
-                                          .logit_bias = options.logit_bias};
-        request.stop_strings = options.stop;
-        request.top_logprobs = options.top_logprobs;
-        request.stop_token_ids = config_.stop_token_ids;
-        if (chat) {
-          if (auto im_end = tokenizer_.token_id("<|im_end|>")) request.stop_token_ids.push_back(*im_end);
-        }
-      } catch (const ApiError& error) {
-        metrics_.add(Counter::RejectedRequests, 1.0, R"(reason="invalid")");
-        send_error(res, error.status, error.type, error.what(), error.param);
-        return;
-      } catch (const Error& error) {
-        metrics_.add(Counter::RejectedRequests, 1.0, R"(reason="invalid")");
-        send_error(res, 400, "invalid_request_error", error.what());
-        return;
-      }
+// A prompt that cannot fit is refused before BPE runs over all of it: min_tokens() is one linear pass,
+// while a prompt of megabytes takes seconds to tokenise.
+std::vector<int32_t> OpenAiServer::prompt_tokens(std::string_view text, bool chat) const {
+  const int64_t max_len = engine_.max_model_len();
+  const auto least = static_cast<int64_t>(tokenizer_.min_tokens(text));
+  if (least + 1 > max_len) {
+    bad_request(chat ? "messages" : "prompt",
+                fmt::format("the prompt is at least {} tokens; max-model-len {} leaves no room to generate", least,
+                            max_len));
+  }
+  const std::vector<int> ids = tokenizer_.encode(text);
+  return std::vector<int32_t>(ids.begin(), ids.end());
+}
 
-      std::shared_ptr<RequestStream> stream;
-      try {
-        stream = engine_.submit(request);
-      } catch (const RequestError& error) {
-        metrics_.add(Counter::RejectedRequests, 1.0, R"(reason="invalid")");
-        send_error(res, 400, "invalid_request_error", error.what(), request_parameter(error.field, chat));
-        return;
-      }
-      if (!stream) {
-        metrics_.add(Counter::RejectedRequests, 1.0, R"(reason="queue_full")");
-        send_error(res, 503, "server_overloaded", "the server is at capacity (too many queued requests); retry later");
-        return;
-      }
-      Reply reply{chat,
-                  options.include_usage,
-                  echo,
-                  options.top_logprobs >= 0,
-                  fmt::format("{}-{}", chat ? "chatcmpl" : "cmpl", stream->id()),
-                  config_.model_name,
-                  static_cast<int64_t>(std::time(nullptr)),
-                  fmt::format("call_{}_", stream->id()),
-                  chat_format};
-      auto watch = std::make_shared<ConnectionWatch>(req.local_port, req.remote_port);
+void OpenAiServer::generate(const HttpRequest& http_request, HttpReply& http_reply, bool chat) {
+  const int64_t max_len = engine_.max_model_len();
+  EngineRequest request;
+  GenerationOptions options;
+  ChatFormat chat_format;
+  std::string echo;
+  try {
+    if (chat) {
+      ChatCompletionRequest parsed = parse_chat_completion_request(http_request.body, config_.model_name, max_len);
+      options = parsed.options;
+      request.prompt = prompt_tokens(render_chat(chat_template_, parsed, chat_format), true);
+    } else {
+      CompletionRequest parsed = parse_completion_request(http_request.body, config_.model_name, max_len);
+      options = parsed.options;
+      request.prompt = parsed.prompt_text ? prompt_tokens(*parsed.prompt_text, false) : parsed.prompt_ids;
+      if (parsed.echo) echo = parsed.prompt_text ? *parsed.prompt_text : tokenizer_.decode(parsed.prompt_ids);
+    }
+    // OpenAI's default for /v1/completions, shortened to the room the prompt leaves; chat: the engine's
+    // default, the rest of the context.
+    request.max_tokens = options.max_tokens;
+    const int64_t room = max_len - static_cast<int64_t>(request.prompt.size());
+    if (!chat && !request.max_tokens && room > 0) request.max_tokens = std::min(kDefaultCompletionTokens, room);
+    request.sampling = SamplingParams{.temperature = options.temperature,
+                                      .top_k = options.top_k,
+                                      .top_p = options.top_p,
+                                      .seed = options.seed.value_or(std::random_device{}()),
+                                      .min_p = options.min_p,
+                                      .presence_penalty = options.presence_penalty,
+                                      .frequency_penalty = options.frequency_penalty,
+                                      .repetition_penalty = options.repetition_penalty,
+                                      .logit_bias = options.logit_bias};
+    request.stop_strings = options.stop;
+    request.top_logprobs = options.top_logprobs;
+    request.stop_token_ids = config_.stop_token_ids;
+    if (chat) {
+      if (auto im_end = tokenizer_.token_id("<|im_end|>")) request.stop_token_ids.push_back(*im_end);
+    }
+  } catch (const ApiError& error) {
+    metrics_.add(Counter::RejectedRequests, 1.0, R"(reason="invalid")");
+    send_error(http_reply, error.status, error.type, error.what(), error.param);
+    return;
+  } catch (const Error& error) {
+    metrics_.add(Counter::RejectedRequests, 1.0, R"(reason="invalid")");
+    send_error(http_reply, 400, "invalid_request_error", error.what());
+    return;
+  }
 
-      if (!options.stream) {
-        std::string text = reply.echo;
-        std::vector<TokenLogprobs> logprobs;
-        StreamEvent event;
-        while (true) {
-          if (!stream->next(event, kPollInterval)) {
-            if (watch->peer_closed()) {
-              engine_.cancel(stream->id());
-              return;
-            }
-            continue;
-          }
-          text += event.text;
-          logprobs.insert(logprobs.end(), event.logprobs.begin(), event.logprobs.end());
-          if (event.finished) break;
-        }
-        if (!event.error.empty()) {
-          send_error(res, 500, "server_error", event.error);
-          return;
-        }
-        size_t text_offset = 0;
-        const json logprobs_json = choice_logprobs(reply, tokenizer_, logprobs, text_offset);
-        json choice;
-        if (chat) {
-          ChatOutputParser parser(reply.format.output);
-          ChatOutputDelta output = parser.feed(text);
-          append(output, parser.finish());
-          const std::string finish = chat_finish_reason(event.finish_reason, output.tool_calls.size());
-          choice = {{"index", 0}, {"message", chat_message_json(reply, std::move(output))}, {"logprobs", logprobs_json},
-                    {"finish_reason", finish}};
-        } else {
-          choice = {{"index", 0}, {"text", text}, {"logprobs", logprobs_json},
-                    {"finish_reason", finish_reason_name(event.finish_reason)}};
-        }
-        json body = {{"id", reply.id},
-                     {"object", chat ? "chat.completion" : "text_completion"},
-                     {"created", reply.created},
-                     {"model", reply.model},
-                     {"choices", json::array({choice})},
-                     {"usage", usage_json(event)}};
-        res.set_content(json_text(body), "application/json");
-        return;
-      }
+  std::shared_ptr<RequestStream> stream;
+  try {
+    stream = engine_.submit(request);
+  } catch (const RequestError& error) {
+    metrics_.add(Counter::RejectedRequests, 1.0, R"(reason="invalid")");
+    send_error(http_reply, 400, "invalid_request_error", error.what(), request_parameter(error.field, chat));
+    return;
+  }
+  if (!stream) {
+    metrics_.add(Counter::RejectedRequests, 1.0, R"(reason="queue_full")");
+    send_error(http_reply, 503, "server_overloaded", "the server is at capacity (too many queued requests); retry later");
+    return;
+  }
+  CancelUnlessFinished sequence(engine_, stream->id());
+  Reply reply{chat,
+              options.include_usage,
+              echo,
+              options.top_logprobs >= 0,
+              fmt::format("{}-{}", chat ? "chatcmpl" : "cmpl", stream->id()),
+              config_.model_name,
+              static_cast<int64_t>(std::time(nullptr)),
+              fmt::format("call_{}_", stream->id()),
+              chat_format};
 
-      struct StreamState {
-        bool started = false;
-        bool finished = false;
-        std::unique_ptr<ChatOutputParser> parser;  // chat only
-        size_t tool_calls_sent = 0;
-        size_t text_offset = 0;  // of the next token, for completions' logprobs
-      };
-      auto state = std::make_shared<StreamState>();
-      if (chat) state->parser = std::make_unique<ChatOutputParser>(reply.format.output);
-      res.set_header("Cache-Control", "no-cache");
-      res.set_chunked_content_provider(
-          "text/event-stream",
-          [this, stream, watch, state, reply](size_t, httplib::DataSink& sink) {
-            auto write = [&](const std::string& data) {
-              if (sink.write(data.data(), data.size())) return true;
-              engine_.cancel(stream->id());
-              return false;
-            };
-            if (!state->started) {
-              state->started = true;
-              if (reply.chat && !write(sse(chunk_json(reply, choice_json(reply, "", nullptr, true))))) return false;
-              if (!reply.echo.empty() && !write(sse(chunk_json(reply, choice_json(reply, reply.echo, nullptr, false))))) {
-                return false;
-              }
-            }
-            StreamEvent event;
-            if (!stream->next(event, kPollInterval)) {
-              if (!watch->peer_closed()) return true;
-              engine_.cancel(stream->id());
-              return false;
-            }
-            if (reply.chat) {
-              ChatOutputDelta delta = state->parser->feed(event.text);
-              if (event.finished) append(delta, state->parser->finish());
-              std::vector<json> choices = chat_delta_choices(reply, delta, state->tool_calls_sent);
-              if (reply.logprobs && !event.logprobs.empty()) {
-                // The event's tokens' logprobs ride on its first piece, or on an empty delta while the parser
-                // holds the text back (a possible <think> or <tool_call> marker).
-                if (choices.empty()) choices.push_back(delta_choice(json::object()));
-                choices.front()["logprobs"] = choice_logprobs(reply, tokenizer_, event.logprobs, state->text_offset);
-              }
-              for (const json& choice : choices) {
-                if (!write(sse(chunk_json(reply, choice)))) return false;
-              }
-            } else if (!event.text.empty() || !event.logprobs.empty()) {
-              const json logprobs = choice_logprobs(reply, tokenizer_, event.logprobs, state->text_offset);
-              if (!write(sse(chunk_json(reply, choice_json(reply, event.text, nullptr, false, logprobs))))) return false;
-            }
-            if (!event.finished) return true;
-            state->finished = true;
-            if (!event.error.empty()) {
-              json error = {{"error", {{"message", event.error}, {"type", "server_error"}, {"code", 500}}}};
-              if (!write(sse(error))) return false;
-            } else {
-              const std::string finish = reply.chat ? chat_finish_reason(event.finish_reason, state->tool_calls_sent)
-                                                    : finish_reason_name(event.finish_reason);
-              if (!write(sse(chunk_json(reply, choice_json(reply, "", finish, false))))) return false;
-              if (reply.include_usage) {
-                json usage = chunk_json(reply, nullptr);
-                usage["choices"] = json::array();
-                usage["usage"] = usage_json(event);
-                if (!write(sse(usage))) return false;
-              }
-            }
-            if (!write("data: [DONE]\n\n")) return false;
-            sink.done();
-            return true;
-          },
-          [this, stream, state](bool) {
-            if (!state->finished) engine_.cancel(stream->id());
-          });
-    };
-  };
-  http_->Post("/v1/completions", generate(false));
-  http_->Post("/v1/chat/completions", generate(true));
+  if (!options.stream) {
+    std::string text = reply.echo;
+    std::vector<TokenLogprobs> logprobs;
+    StreamEvent event;
+    while (true) {
+      if (!stream->next(event, kPollInterval)) {
+        if (http_reply.client_gone()) return;
+        continue;
+      }
+      text += event.text;
+      logprobs.insert(logprobs.end(), event.logprobs.begin(), event.logprobs.end());
+      if (event.finished) break;
+    }
+    sequence.finished();
+    if (!event.error.empty()) {
+      send_error(http_reply, 500, "server_error", event.error);
+      return;
+    }
+    size_t text_offset = 0;
+    const json logprobs_json = choice_logprobs(reply, tokenizer_, logprobs, text_offset);
+    json choice;
+    if (chat) {
+      ChatOutputParser parser(reply.format.output);
+      ChatOutputDelta output = parser.feed(text);
+      append(output, parser.finish());
+      const std::string finish = chat_finish_reason(event.finish_reason, output.tool_calls.size());
+      choice = {{"index", 0}, {"message", chat_message_json(reply, std::move(output))}, {"logprobs", logprobs_json},
+                {"finish_reason", finish}};
+    } else {
+      choice = {{"index", 0}, {"text", text}, {"logprobs", logprobs_json},
+                {"finish_reason", finish_reason_name(event.finish_reason)}};
+    }
+    send_json(http_reply, {{"id", reply.id},
+                           {"object", chat ? "chat.completion" : "text_completion"},
+                           {"created", reply.created},
+                           {"model", reply.model},
+                           {"choices", json::array({choice})},
+                           {"usage", usage_json(event)}});
+    return;
+  }
+
+  http_reply.set_header("Cache-Control", "no-cache");
+  const auto write = [&](const json& data) { return http_reply.write(sse(data)); };
+  if (!http_reply.start_stream("text/event-stream")) return;
+  if (reply.chat && !write(chunk_json(reply, choice_json(reply, "", nullptr, true)))) return;
+  if (!reply.echo.empty() && !write(chunk_json(reply, choice_json(reply, reply.echo, nullptr, false)))) return;
+  std::unique_ptr<ChatOutputParser> parser;
+  if (chat) parser = std::make_unique<ChatOutputParser>(reply.format.output);
+  size_t tool_calls_sent = 0;
+  size_t text_offset = 0;  // of the next token, for completions' logprobs
+  StreamEvent event;
+  while (true) {
+    if (!stream->next(event, kPollInterval)) {
+      if (http_reply.client_gone()) return;
+      continue;
+    }
+    if (reply.chat) {
+      ChatOutputDelta delta = parser->feed(event.text);
+      if (event.finished) append(delta, parser->finish());
+      std::vector<json> choices = chat_delta_choices(reply, delta, tool_calls_sent);
+      if (reply.logprobs && !event.logprobs.empty()) {
+        // The event's tokens' logprobs ride on its first piece, or on an empty delta while the parser
+        // holds the text back (a possible <think> or <tool_call> marker).
+        if (choices.empty()) choices.push_back(delta_choice(json::object()));
+        choices.front()["logprobs"] = choice_logprobs(reply, tokenizer_, event.logprobs, text_offset);
+      }
+      for (const json& choice : choices) {
+        if (!write(chunk_json(reply, choice))) return;
+      }
+    } else if (!event.text.empty() || !event.logprobs.empty()) {
+      const json logprobs = choice_logprobs(reply, tokenizer_, event.logprobs, text_offset);
+      if (!write(chunk_json(reply, choice_json(reply, event.text, nullptr, false, logprobs)))) return;
+    }
+    if (event.finished) break;
+  }
+  sequence.finished();
+  if (!event.error.empty()) {
+    write({{"error", {{"message", event.error}, {"type", "server_error"}, {"code", 500}}}});
+  } else {
+    const std::string finish = reply.chat ? chat_finish_reason(event.finish_reason, tool_calls_sent)
+                                          : finish_reason_name(event.finish_reason);
+    if (!write(chunk_json(reply, choice_json(reply, "", finish, false)))) return;
+    if (reply.include_usage) {
+      json usage = chunk_json(reply, nullptr);
+      usage["choices"] = json::array();
+      usage["usage"] = usage_json(event);
+      if (!write(usage)) return;
+    }
+  }
+  http_reply.write("data: [DONE]\n\n");
 }
 
 }  // namespace uberlm

@@ -4,28 +4,24 @@
 // parse, render chats with the model's chat template and tokenize, submit to the engine and relay its
 // events; a chat reply's <think> text comes back as reasoning_content and its tool calls as tool_calls
 // (server/chat_output_parser.h). A client that goes away cancels its sequence. With an API key, /v1/* and
-// /metrics need "Authorization: Bearer <key>" (/health stays open for probes).
+// /metrics need "Authorization: Bearer <key>" (/health stays open for probes). HTTP itself (deadlines,
+// limits, framing) is server/http_server.h's.
 #include <memory>
 #include <string>
 #include <vector>
 
 #include "runtime/engine.h"
+#include "server/http_server.h"
 #include "runtime/metrics.h"
 #include "tokenizer/bpe_tokenizer.h"
 #include "tokenizer/chat_template.h"
 
-namespace httplib {
-class Server;
-}
-
 namespace uberlm {
 
 struct ServerConfig {
-  std::string host = "127.0.0.1";
-  int port = 8000;  // 0: any free port
+  HttpServerConfig http;
   std::string model_name;
   std::string api_key;  // empty: no authentication; else it guards /v1/* and /metrics
-  int http_threads = 96;
   std::vector<int> stop_token_ids;  // the model's end-of-sequence ids
 };
 
@@ -42,14 +38,15 @@ class OpenAiServer {
 
  private:
   void add_routes();
+  void generate(const HttpRequest& request, HttpReply& reply, bool chat);
+  std::vector<int32_t> prompt_tokens(std::string_view text, bool chat) const;
 
   Engine& engine_;
   const BpeTokenizer& tokenizer_;
   const ChatTemplate& chat_template_;
   Metrics& metrics_;
   ServerConfig config_;
-  std::unique_ptr<httplib::Server> http_;
-  int listen_socket_ = -1;
+  HttpServer http_;
 };
 
 }  // namespace uberlm

@@ -397,6 +397,11 @@ std::unique_ptr<BpeTokenizer> BpeTokenizer::from_vocabulary(const BpeVocabulary&
 void BpeTokenizer::finish_loading() {
   id_to_bytes_.reserve(id_to_token_.size());
   for (const std::string& token : id_to_token_) id_to_bytes_.push_back(byte_alphabet().decode(token));
+  for (const std::string& bytes : id_to_bytes_) max_token_bytes_ = std::max(max_token_bytes_, bytes.size());
+  byte_alphabet_complete_ = true;
+  for (const std::string& character : byte_alphabet().byte_to_text) {
+    byte_alphabet_complete_ = byte_alphabet_complete_ && vocab_.find(character) != vocab_.end();
+  }
 }
 
 void BpeTokenizer::parse_model(const json& model) {
@@ -645,7 +650,7 @@ void BpeTokenizer::split_added(std::vector<Piece>& pieces, const AddedTokenTrie&
   pieces = std::move(out);
 }
 
-std::vector<int> BpeTokenizer::encode(std::string_view text, bool parse_special) const {
+std::vector<BpeTokenizer::Piece> BpeTokenizer::split_and_normalize(std::string_view text, bool parse_special) const {
   if (const auto bad = first_invalid_utf8(text)) {
     fail("tokenizer encode: input is not valid UTF-8 at byte {}", *bad);
   }
@@ -655,10 +660,24 @@ std::vector<int> BpeTokenizer::encode(std::string_view text, bool parse_special)
     if (piece.added_token < 0) piece.text = normalize(piece.text);
   }
   split_added(pieces, normalized_added_trie_, parse_special);
+  return pieces;
+}
 
+// Byte-level pre-tokenization keeps every byte and a complete alphabet maps each to a token, so a text
+// piece of n bytes takes at least n / max_token_bytes_ tokens; an added token is one.
+size_t BpeTokenizer::min_tokens(std::string_view text, bool parse_special) const {
+  if (!has_byte_level_ || !byte_alphabet_complete_) return 0;
+  size_t tokens = 0;
+  for (const Piece& piece : split_and_normalize(text, parse_special)) {
+    tokens += piece.added_token >= 0 ? 1 : (piece.text.size() + max_token_bytes_ - 1) / max_token_bytes_;
+  }
+  return tokens;
+}
+
+std::vector<int> BpeTokenizer::encode(std::string_view text, bool parse_special) const {
   std::vector<int> ids;
   std::vector<std::string> words, next;
-  for (const Piece& piece : pieces) {
+  for (const Piece& piece : split_and_normalize(text, parse_special)) {
     if (piece.added_token >= 0) {
       ids.push_back(added_tokens_[static_cast<size_t>(piece.added_token)].id);
       continue;

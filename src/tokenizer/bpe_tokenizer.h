@@ -53,6 +53,10 @@ class BpeTokenizer {
   // text must be valid UTF-8. parse_special=false leaves special tokens in the text as plain text
   // (non-special added tokens are still matched), like `tokenizers`' encode_special_tokens=True.
   std::vector<int> encode(std::string_view text, bool parse_special = true) const;
+  // A lower bound on encode(text, parse_special).size() in linear time, without BPE merges: what a
+  // server checks a prompt's length against before tokenising all of it. 0 where no bound is known
+  // (a vocabulary not byte-level, or one lacking some byte's token). Throws as encode() does.
+  size_t min_tokens(std::string_view text, bool parse_special = true) const;
   // Invalid UTF-8 from partial byte tokens becomes U+FFFD per maximal invalid subpart; ids without
   // a token are dropped (both as `tokenizers` does).
   std::string decode(const std::vector<int>& ids, bool skip_special = false) const;
@@ -102,6 +106,8 @@ class BpeTokenizer {
 
   void split_added(std::vector<Piece>& pieces, const AddedTokenTrie& trie, bool parse_special) const;
   std::string normalize(std::string_view text) const;
+  // encode()'s first stage: the text split at added tokens and normalized between them.
+  std::vector<Piece> split_and_normalize(std::string_view text, bool parse_special) const;
   void encode_word(std::string_view word, std::vector<int>& out) const;
   void merge_word(std::string_view word, std::vector<int>& out) const;
 
@@ -109,6 +115,8 @@ class BpeTokenizer {
   std::vector<Normalization> normalizers_;
   std::vector<std::unique_ptr<PreTokenizerStep>> pre_tokenizers_;
   bool has_byte_level_ = false;
+  bool byte_alphabet_complete_ = false;  // every byte's character is a model token
+  size_t max_token_bytes_ = 1;  // of the longest token
 
   TokenIds vocab_;
   std::unordered_map<uint64_t, std::pair<int, int>> merges_;  // (left id, right id) -> (rank, merged id)
