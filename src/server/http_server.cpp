@@ -497,10 +497,16 @@ void HttpServer::Impl::shut_down_connections() {
   error_code ignored;
   acceptor.close(ignored);
   accept_retry.cancel();
-  std::lock_guard lock(sessions_mutex);
-  for (const auto& [key, weak] : sessions) {
-    if (const auto session = weak.lock()) session->shut_down();
+  // Strong references taken under the lock and used after it: the last reference to a session may be one
+  // of these, and its destructor takes the lock.
+  std::vector<std::shared_ptr<Session>> open;
+  {
+    std::lock_guard lock(sessions_mutex);
+    for (const auto& [key, weak] : sessions) {
+      if (auto session = weak.lock()) open.push_back(std::move(session));
+    }
   }
+  for (const auto& session : open) session->shut_down();
 }
 
 HttpServer::HttpServer(HttpServerConfig config) : impl_(std::make_unique<Impl>(std::move(config))) {}
