@@ -62,10 +62,10 @@ EngineConfig engine_config(int max_num_seqs, int64_t kv_blocks, int prefix_snaps
   return config;
 }
 
-// Submits requests [first, last) at once and steps the engine until they are all finished.
-std::vector<Output> run(Engine& engine, int first, int last) {
+// Submits `requests` at once and steps the engine until they are all finished.
+std::vector<Output> run_requests(Engine& engine, const std::vector<EngineRequest>& requests) {
   std::vector<std::shared_ptr<RequestStream>> streams;
-  for (int r = first; r < last; ++r) streams.push_back(engine.submit(request_for(r)));
+  for (const EngineRequest& request : requests) streams.push_back(engine.submit(request));
   std::vector<Output> outputs(streams.size());
   std::vector<bool> finished(streams.size(), false);
   while (engine.has_work()) {
@@ -73,7 +73,7 @@ std::vector<Output> run(Engine& engine, int first, int last) {
     for (size_t i = 0; i < streams.size(); ++i) {
       StreamEvent event;
       while (streams[i]->next(event, std::chrono::milliseconds(0))) {
-        EXPECT_TRUE(event.error.empty()) << "request " << first + i << ": " << event.error;
+        EXPECT_TRUE(event.error.empty()) << "request " << i << ": " << event.error;
         outputs[i].tokens.insert(outputs[i].tokens.end(), event.tokens.begin(), event.tokens.end());
         for (const TokenLogprobs& logprobs : event.logprobs) {
           outputs[i].logprobs.push_back(logprobs.logprob);
@@ -83,8 +83,15 @@ std::vector<Output> run(Engine& engine, int first, int last) {
       }
     }
   }
-  for (size_t i = 0; i < streams.size(); ++i) EXPECT_TRUE(finished[i]) << "request " << first + i;
+  for (size_t i = 0; i < streams.size(); ++i) EXPECT_TRUE(finished[i]) << "request " << i;
   return outputs;
+}
+
+// Requests [first, last) of request_for at once.
+std::vector<Output> run(Engine& engine, int first, int last) {
+  std::vector<EngineRequest> requests;
+  for (int r = first; r < last; ++r) requests.push_back(request_for(r));
+  return run_requests(engine, requests);
 }
 
 // The CPU backend, or its tensor-parallel form over `ranks` rank threads.
@@ -127,6 +134,36 @@ TEST_P(PrefixCaching, OutputsEqualLoneRunsWithoutTheCache) {
   }
   EXPECT_GT(metrics.value(Counter::PrefixCacheHitTokens), 0.0);
   if (c.kv_blocks < 20) EXPECT_GT(metrics.value(Counter::Preemptions), 0.0);
+}
+
+// A second turn: its prompt is the first request's prompt and output and a few tokens more. The first
+// request's caches at the last block boundary it reached while decoding (48 of its 30 + 24 tokens) are
+// cached when it finishes, so the second turn starts there, and its output equals its lone run.
+TEST(PrefixCachingTurns, NextTurnStartsAfterThePreviousReply) {
+  CpuBackend backend(default_model(), 2, 4);
+  Metrics metrics;
+  Engine engine(backend, nullptr, engine_config(2, 4 * kMaxModelLen / 16, 4), metrics);
+  EngineRequest first;
+  for (int i = 0; i < 30; ++i) first.prompt.push_back(500 + i * 13 % 2000);
+  first.max_tokens = 24;
+  const std::vector<int32_t> reply = run_requests(engine, {first})[0].tokens;
+  ASSERT_EQ(reply.size(), 24u);
+  EngineRequest second;
+  second.prompt = first.prompt;
+  second.prompt.insert(second.prompt.end(), reply.begin(), reply.end());
+  second.prompt.insert(second.prompt.end(), {700, 701, 702});
+  second.max_tokens = 16;
+  second.top_logprobs = 2;
+  const double hits_before = metrics.value(Counter::PrefixCacheHitTokens);
+  const Output cached = run_requests(engine, {second})[0];
+  EXPECT_EQ(metrics.value(Counter::PrefixCacheHitTokens) - hits_before, 48.0);
+
+  CpuBackend lone_backend(default_model(), 1);
+  Metrics lone_metrics;
+  Engine lone(lone_backend, nullptr, engine_config(1, kMaxModelLen / 16, 0), lone_metrics);
+  const Output alone = run_requests(lone, {second})[0];
+  EXPECT_EQ(cached.tokens.size(), 16u);
+  EXPECT_TRUE(cached == alone);
 }
 
 INSTANTIATE_TEST_SUITE_P(DefaultModel, PrefixCaching,

@@ -268,6 +268,7 @@ EngineStep Engine::step() {
     }
     // Before sampling, which may finish a sequence and empty its slot.
     for (const SchedulerOutput::PrefixSave& save : out.prefix_saves) backend_.save_prefix(save.slot, save.snapshot);
+    scheduler_.confirm_prefix_saves();
   } catch (const std::exception& error) {
     // The caches of this batch's sequences are in an unknown state: fail them, keep serving the rest.
     scheduler_.abandon_prefix_saves();

@@ -85,6 +85,8 @@ void Scheduler::emit(Sequence& sequence, int64_t num_tokens, SchedulerOutput& ou
 }
 
 void Scheduler::preempt(Sequence& sequence, SchedulerOutput& out) {
+  // Dropped before this step's forward, so a save into the same id in this step is kept.
+  give_back_rolling_snapshot(sequence, out.dropped_snapshots);
   blocks_.free(sequence.block_table);
   blocks_.free_slot(sequence.slot);
   out.released_slots.push_back(sequence.slot);
@@ -96,7 +98,8 @@ void Scheduler::preempt(Sequence& sequence, SchedulerOutput& out) {
 
 SchedulerOutput Scheduler::schedule() {
   SchedulerOutput out;
-  publish_saved_prefixes(out);
+  confirm_prefix_saves();  // a caller that runs no engine saves nothing and confirms nothing
+  out.dropped_snapshots.swap(snapshots_to_drop_);
   int64_t budget = config_.max_num_batched_tokens;
   bool preempted_any = false;
 
@@ -174,11 +177,15 @@ bool Scheduler::admit_front(int64_t budget, SchedulerOutput& out) {
   return true;
 }
 
-void Scheduler::publish_saved_prefixes(SchedulerOutput& out) {
+void Scheduler::confirm_prefix_saves() {
   for (PrefixEntry& entry : saving_prefixes_) {
-    if (std::optional<PrefixEntry> duplicate = prefix_cache_.insert(std::move(entry))) free_prefix(*duplicate, out);
+    if (std::optional<PrefixEntry> duplicate = prefix_cache_.insert(std::move(entry))) free_prefix(*duplicate);
   }
   saving_prefixes_.clear();
+  for (uint64_t id : saving_rolling_) {
+    if (Sequence* sequence = find(id)) sequence->rolling_saved = true;
+  }
+  saving_rolling_.clear();
 }
 
 void Scheduler::abandon_prefix_saves() {
@@ -187,6 +194,44 @@ void Scheduler::abandon_prefix_saves() {
     prefix_cache_.give_back_snapshot(entry.snapshot);
   }
   saving_prefixes_.clear();
+  for (uint64_t id : saving_rolling_) {
+    if (Sequence* sequence = find(id)) give_back_rolling_snapshot(*sequence, snapshots_to_drop_);
+  }
+  saving_rolling_.clear();
+}
+
+void Scheduler::save_rolling_snapshot(Sequence& sequence, SchedulerOutput& out) {
+  if (sequence.rolling_snapshot < 0) {
+    // Only a free id: evicting cached prefixes for it would trade a likely hit for a possible one.
+    const std::optional<int> snapshot = prefix_cache_.take_snapshot();
+    if (!snapshot) return;
+    sequence.rolling_snapshot = *snapshot;
+  }
+  sequence.rolling_length = sequence.num_computed;
+  sequence.rolling_saved = false;
+  out.prefix_saves.push_back({sequence.slot, sequence.rolling_snapshot});
+  saving_rolling_.push_back(sequence.id);
+}
+
+void Scheduler::publish_rolling_snapshot(Sequence& sequence) {
+  if (sequence.rolling_snapshot < 0) return;
+  if (!sequence.rolling_saved) {
+    give_back_rolling_snapshot(sequence, snapshots_to_drop_);
+    return;
+  }
+  const int64_t length = sequence.rolling_length;
+  PrefixEntry entry{std::vector<int32_t>(sequence.tokens.begin(), sequence.tokens.begin() + length),
+                    std::vector<int>(sequence.block_table.begin(), sequence.block_table.begin() + length / kKvBlockSize),
+                    sequence.rolling_snapshot};
+  blocks_.retain(entry.blocks);
+  if (std::optional<PrefixEntry> duplicate = prefix_cache_.insert(std::move(entry))) free_prefix(*duplicate);
+  sequence.rolling_snapshot = -1;
+}
+
+void Scheduler::give_back_rolling_snapshot(Sequence& sequence, std::vector<int>& drops) {
+  if (sequence.rolling_snapshot < 0) return;
+  give_back_snapshot(sequence.rolling_snapshot, drops);
+  sequence.rolling_snapshot = -1;
 }
 
 int64_t Scheduler::prefix_save_point(const Sequence& sequence) const {
@@ -208,9 +253,14 @@ int64_t Scheduler::cut_at_save_point(const Sequence& sequence, int64_t count) co
   return passes && !prefix_cached_or_saving(sequence, point) ? point - sequence.num_computed : count;
 }
 
-void Scheduler::save_prefix_if_due(const Sequence& sequence, SchedulerOutput& out) {
+void Scheduler::save_prefix_if_due(Sequence& sequence, SchedulerOutput& out) {
   const int64_t point = prefix_save_point(sequence);
-  if (point == 0 || sequence.num_computed != point || prefix_cached_or_saving(sequence, point)) return;
+  if (point == 0) return;
+  if (sequence.num_computed > point && sequence.num_computed % kKvBlockSize == 0) {
+    save_rolling_snapshot(sequence, out);
+    return;
+  }
+  if (sequence.num_computed != point || prefix_cached_or_saving(sequence, point)) return;
   std::optional<int> snapshot = prefix_cache_.take_snapshot();
   while (!snapshot && evict_prefix(out)) snapshot = prefix_cache_.take_snapshot();
   if (!snapshot) return;  // every snapshot id is being saved this step
@@ -225,14 +275,19 @@ void Scheduler::save_prefix_if_due(const Sequence& sequence, SchedulerOutput& ou
 bool Scheduler::evict_prefix(SchedulerOutput& out) {
   std::optional<PrefixEntry> entry = prefix_cache_.evict_least_recent();
   if (!entry) return false;
-  free_prefix(*entry, out);
+  blocks_.free(entry->blocks);
+  give_back_snapshot(entry->snapshot, out.dropped_snapshots);
   return true;
 }
 
-void Scheduler::free_prefix(PrefixEntry& entry, SchedulerOutput& out) {
+void Scheduler::free_prefix(PrefixEntry& entry) {
   blocks_.free(entry.blocks);
-  prefix_cache_.give_back_snapshot(entry.snapshot);
-  out.dropped_snapshots.push_back(entry.snapshot);
+  give_back_snapshot(entry.snapshot, snapshots_to_drop_);
+}
+
+void Scheduler::give_back_snapshot(int snapshot, std::vector<int>& drops) {
+  prefix_cache_.give_back_snapshot(snapshot);
+  drops.push_back(snapshot);
 }
 
 void Scheduler::append_token(uint64_t id, int32_t token) {
@@ -256,6 +311,7 @@ std::optional<int> Scheduler::remove(uint64_t id) {
   auto running = std::find_if(running_.begin(), running_.end(), [&](const Sequence& s) { return s.id == id; });
   if (running == running_.end()) fail("scheduler: remove of unknown sequence {}", id);
   const int slot = running->slot;
+  publish_rolling_snapshot(*running);
   blocks_.free(running->block_table);
   blocks_.free_slot(slot);
   running_.erase(running);

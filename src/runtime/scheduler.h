@@ -110,6 +110,9 @@ class Scheduler {
   void append_token(uint64_t id, int32_t token);
   // Forgets a finished or cancelled sequence; returns its slot, which the caller must empty.
   std::optional<int> remove(uint64_t id);
+  // The saves the last schedule() asked for have run (the engine calls it after them; schedule() too, for
+  // callers without an engine): its prefixes become visible to lookups.
+  void confirm_prefix_saves();
   // The last schedule()'s forward failed: its prefix saves never happened.
   void abandon_prefix_saves();
 
@@ -132,6 +135,12 @@ class Scheduler {
     int64_t num_computed = 0;     // tokens in the caches
     int slot = -1;
     std::vector<int> block_table;
+    // Prefix caching while it decodes: a snapshot of its caches at the last block boundary it reached,
+    // published as a cached prefix (its prompt and output so far) when it finishes, so the next turn of
+    // a conversation starts after its reply.
+    int rolling_snapshot = -1;
+    int64_t rolling_length = 0;
+    bool rolling_saved = false;  // the forward that saved it has run
   };
 
   void preempt(Sequence& sequence, SchedulerOutput& out);
@@ -144,19 +153,26 @@ class Scheduler {
 
   // Prefix caching.
   bool caches_prefixes() const { return prefix_cache_.enabled(); }
-  // The entries the last step's forward saved become visible to lookups.
-  void publish_saved_prefixes(SchedulerOutput& out);
   // The prefix length saved for the sequence: its last block boundary before its last token (0 with
   // caching off). Only tokens before it are ever cached, so a lookup always leaves a token to compute.
   int64_t prefix_save_point(const Sequence& sequence) const;
   bool prefix_cached_or_saving(const Sequence& sequence, int64_t length) const;
   // A chunk of `count` tokens from the sequence's next one, cut to end at its save point.
   int64_t cut_at_save_point(const Sequence& sequence, int64_t count) const;
-  // After emit(): asks for the sequence's prefix to be saved when its chunk ended at the save point.
-  void save_prefix_if_due(const Sequence& sequence, SchedulerOutput& out);
-  // Frees the least recently used entry; false when none is cached.
+  // After emit(): asks for the sequence's prefix to be saved when its chunk ended at the save point,
+  // or for its rolling snapshot when it ended at a later block boundary.
+  void save_prefix_if_due(Sequence& sequence, SchedulerOutput& out);
+  void save_rolling_snapshot(Sequence& sequence, SchedulerOutput& out);
+  // A finished sequence's rolling snapshot becomes a cached prefix; a preempted one's is given back.
+  void publish_rolling_snapshot(Sequence& sequence);
+  void give_back_rolling_snapshot(Sequence& sequence, std::vector<int>& drops);
+  // Frees the least recently used entry (its snapshot dropped before this step's forward); false when none
+  // is cached.
   bool evict_prefix(SchedulerOutput& out);
-  void free_prefix(PrefixEntry& entry, SchedulerOutput& out);
+  // Frees an entry outside a schedule() (its snapshot dropped before the next step's forward).
+  void free_prefix(PrefixEntry& entry);
+  // Snapshot ids go back to the pool with a drop that runs before any save into them.
+  void give_back_snapshot(int snapshot, std::vector<int>& drops);
   Sequence* find(uint64_t id);
   const Sequence* find(uint64_t id) const;
 
@@ -167,6 +183,8 @@ class Scheduler {
   int64_t num_preemptions_ = 0;
   PrefixCache prefix_cache_;
   std::vector<PrefixEntry> saving_prefixes_;  // asked for by the last schedule(), published by the next
+  std::vector<uint64_t> saving_rolling_;      // sequences whose rolling snapshot the last schedule() asked for
+  std::vector<int> snapshots_to_drop_;        // given back between steps, dropped in the next step
 };
 
 }  // namespace uberlm
