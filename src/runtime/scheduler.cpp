@@ -179,7 +179,9 @@ bool Scheduler::admit_front(int64_t budget, SchedulerOutput& out) {
 
 void Scheduler::confirm_prefix_saves() {
   for (PrefixEntry& entry : saving_prefixes_) {
-    if (std::optional<PrefixEntry> duplicate = prefix_cache_.insert(std::move(entry))) free_prefix(*duplicate);
+    if (std::optional<PrefixEntry> duplicate = prefix_cache_.insert(std::move(entry))) {
+      free_prefix(*duplicate, snapshots_to_drop_);
+    }
   }
   saving_prefixes_.clear();
   for (uint64_t id : saving_rolling_) {
@@ -189,10 +191,7 @@ void Scheduler::confirm_prefix_saves() {
 }
 
 void Scheduler::abandon_prefix_saves() {
-  for (PrefixEntry& entry : saving_prefixes_) {
-    blocks_.free(entry.blocks);
-    prefix_cache_.give_back_snapshot(entry.snapshot);
-  }
+  for (PrefixEntry& entry : saving_prefixes_) free_prefix(entry, snapshots_to_drop_);
   saving_prefixes_.clear();
   for (uint64_t id : saving_rolling_) {
     if (Sequence* sequence = find(id)) give_back_rolling_snapshot(*sequence, snapshots_to_drop_);
@@ -224,7 +223,9 @@ void Scheduler::publish_rolling_snapshot(Sequence& sequence) {
                     std::vector<int>(sequence.block_table.begin(), sequence.block_table.begin() + length / kKvBlockSize),
                     sequence.rolling_snapshot};
   blocks_.retain(entry.blocks);
-  if (std::optional<PrefixEntry> duplicate = prefix_cache_.insert(std::move(entry))) free_prefix(*duplicate);
+  if (std::optional<PrefixEntry> duplicate = prefix_cache_.insert(std::move(entry))) {
+    free_prefix(*duplicate, snapshots_to_drop_);
+  }
   sequence.rolling_snapshot = -1;
 }
 
@@ -275,14 +276,13 @@ void Scheduler::save_prefix_if_due(Sequence& sequence, SchedulerOutput& out) {
 bool Scheduler::evict_prefix(SchedulerOutput& out) {
   std::optional<PrefixEntry> entry = prefix_cache_.evict_least_recent();
   if (!entry) return false;
-  blocks_.free(entry->blocks);
-  give_back_snapshot(entry->snapshot, out.dropped_snapshots);
+  free_prefix(*entry, out.dropped_snapshots);
   return true;
 }
 
-void Scheduler::free_prefix(PrefixEntry& entry) {
+void Scheduler::free_prefix(PrefixEntry& entry, std::vector<int>& drops) {
   blocks_.free(entry.blocks);
-  give_back_snapshot(entry.snapshot, snapshots_to_drop_);
+  give_back_snapshot(entry.snapshot, drops);
 }
 
 void Scheduler::give_back_snapshot(int snapshot, std::vector<int>& drops) {

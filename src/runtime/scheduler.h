@@ -169,8 +169,9 @@ class Scheduler {
   // Frees the least recently used entry (its snapshot dropped before this step's forward); false when none
   // is cached.
   bool evict_prefix(SchedulerOutput& out);
-  // Frees an entry outside a schedule() (its snapshot dropped before the next step's forward).
-  void free_prefix(PrefixEntry& entry);
+  // Frees an entry's blocks and snapshot; `drops`: out.dropped_snapshots inside a schedule(), else
+  // snapshots_to_drop_ (dropped before the next step's forward).
+  void free_prefix(PrefixEntry& entry, std::vector<int>& drops);
   // Snapshot ids go back to the pool with a drop that runs before any save into them.
   void give_back_snapshot(int snapshot, std::vector<int>& drops);
   Sequence* find(uint64_t id);
