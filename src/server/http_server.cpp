@@ -260,17 +260,22 @@ class Session final : public HttpReply, public std::enable_shared_from_this<Sess
                             [self = shared_from_this()](error_code error, size_t) { self->on_head(error); });
   }
 
-  void on_head(const error_code& error) {
+  // After reading a request's `part` (its "head" or "body"): a passed deadline is answered 408 naming
+  // `param`, a malformed message its 4xx, a closed connection nothing. True when the read failed.
+  bool read_failed(const error_code& error, std::string_view part, std::string_view param,
+                   std::chrono::milliseconds limit) {
     deadline_.cancel();
     if (deadline_passed(error)) {
-      return refuse(HttpError(
-          408, fmt::format("the request head was not complete within {} ms", server_.config.head_timeout.count()),
-          "headers"));
+      refuse(HttpError(408, fmt::format("the request {} was not complete within {} ms", part, limit.count()),
+                       std::string(param)));
+      return true;
     }
-    if (error) {
-      if (is_parse_error(error)) refuse(parse_error(error, server_.config.limits));
-      return;
-    }
+    if (error && is_parse_error(error)) refuse(parse_error(error, server_.config.limits));
+    return static_cast<bool>(error);
+  }
+
+  void on_head(const error_code& error) {
+    if (read_failed(error, "head", "headers", server_.config.head_timeout)) return;
     const RequestHead& head = parser_->get().base();
     version_ = head.version() == 10 ? 10 : 11;
     request_.id = server_.next_request_id();
@@ -324,16 +329,7 @@ class Session final : public HttpReply, public std::enable_shared_from_this<Sess
   }
 
   void on_body(const error_code& error) {
-    deadline_.cancel();
-    if (deadline_passed(error)) {
-      return refuse(HttpError(
-          408, fmt::format("the request body was not complete within {} ms", server_.config.body_timeout.count()),
-          "body"));
-    }
-    if (error) {
-      if (is_parse_error(error)) refuse(parse_error(error, server_.config.limits));
-      return;
-    }
+    if (read_failed(error, "body", "body", server_.config.body_timeout)) return;
     request_.body = std::move(parser_->get().body());
     if (!route_->takes_body && !request_.body.empty()) {
       return refuse(HttpError(400, fmt::format("{} {} takes no body", request_.method, request_.path), "body"));
