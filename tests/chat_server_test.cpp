@@ -12,6 +12,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "batch_util.h"
 #include "core/error.h"
 #include "runtime/engine.h"
 #include "server/openai_server.h"
@@ -52,11 +53,7 @@ class ScriptedBackend : public Backend {
       if (chunk.logits == LogitRows::None) continue;
       const size_t at = said_[chunk.slot]++;
       const int next = at < script_.size() ? script_[at] : script_.back();
-      if (batch.argmax_only) result.argmax.push_back(next);
-      std::vector<float> row(config_.vocab_size, 0.0f);
-      row[next] = 1.0f;
-      result.logits.insert(result.logits.end(), row.begin(), row.end());
-      ++result.rows;
+      append_one_hot_row(result, batch, config_.vocab_size, next);
     }
     return result;
   }

@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "core/error.h"
+#include "batch_util.h"
 #include "expect_error.h"
 #include "runtime/engine.h"
 #include "runtime/scheduler.h"
@@ -230,11 +231,7 @@ class FakeBackend : public Backend {
         for (int64_t p = 0; p < lengths_[chunk.slot]; ++p) history.push_back(stored_.at(pooled(chunk, p)));
       }
       const int next = next_token(history, config_.vocab_size);
-      if (batch.argmax_only) result.argmax.push_back(next);
-      std::vector<float> row(config_.vocab_size, 0.0f);
-      row[next] = 1.0f;
-      result.logits.insert(result.logits.end(), row.begin(), row.end());
-      ++result.rows;
+      append_one_hot_row(result, batch, config_.vocab_size, next);
     }
     return result;
   }
