@@ -161,7 +161,7 @@ void add_serve_command(CLI::App& app) {
   cmd->add_option("--max-waiting", options->max_waiting, "Queued requests beyond max-num-seqs before 503")
       ->check(CLI::Range(0, 1 << 20))->capture_default_str();
   cmd->add_flag("--enable-prefix-caching", options->enable_prefix_caching,
-               "Reuse the KV blocks and Gated DeltaNet states of earlier prompts' prefixes (CPU backends)");
+               "Reuse the KV blocks and Gated DeltaNet states of earlier prompts' prefixes");
   cmd->add_option("--prefix-cache-snapshots", options->prefix_cache_snapshots,
                   "With --enable-prefix-caching: cached prefixes kept at most (each holds the model's recurrent states)")
       ->check(CLI::Range(1, 1 << 20))->capture_default_str();

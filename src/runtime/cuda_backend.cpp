@@ -102,6 +102,8 @@ struct CudaBackend::Impl {
   // Writes the batch's metadata (its logits rows row_offset .. row_offset + row_limit) and queues its copy.
   gpu::StepShape prepare(const ForwardBatch& batch, int64_t row_offset, int64_t row_limit);
   void check_chunk(const SequenceChunk& chunk, std::vector<bool>& seen) const;
+  void check_slot(const char* caller, int slot) const;
+  void check_prefix_snapshot(const char* caller, int snapshot) const;
   // The decoder over the prepared step, through the batch size's graph when it is a decode step.
   void run(const gpu::StepShape& step, bool decode_only);
   // Logits of rows beyond the first piece: the final norm and lm_head again over the next rows.
@@ -136,6 +138,7 @@ CudaBackend::Impl::Impl(const ModelConfig& model_config, const CudaBackendOption
   request.large_m = large_m;
   request.num_kv_blocks = options.num_kv_blocks;
   request.gpu_memory_utilization = options.gpu_memory_utilization;
+  request.prefix_snapshots = options.prefix_snapshots;
   memory = std::make_unique<gpu::DeviceMemory>(config, request);
   linears->set_gemm_memory(memory->gemm_scratch, memory->gemm_scratch_elements, memory->gemm_workspace);
   profiler = std::make_unique<gpu::OpProfiler>(stream);
@@ -151,7 +154,7 @@ CudaBackend::Impl::~Impl() {
 }
 
 void CudaBackend::Impl::check_chunk(const SequenceChunk& chunk, std::vector<bool>& seen) const {
-  if (chunk.slot < 0 || chunk.slot >= options.max_slots) fail("CudaBackend::forward: invalid slot {}", chunk.slot);
+  check_slot("forward", chunk.slot);
   if (seen[chunk.slot]) fail("CudaBackend::forward: slot {} appears twice in one batch", chunk.slot);
   seen[chunk.slot] = true;
   const int64_t end = chunk.start + chunk.num_tokens;
@@ -170,6 +173,17 @@ void CudaBackend::Impl::check_chunk(const SequenceChunk& chunk, std::vector<bool
       fail("CudaBackend::forward: slot {} block table entry {} is block {}, the pool has {}", chunk.slot, b,
            chunk.block_table[b], memory->caches.num_kv_blocks);
     }
+  }
+}
+
+void CudaBackend::Impl::check_slot(const char* caller, int slot) const {
+  if (slot < 0 || slot >= options.max_slots) fail("CudaBackend::{}: invalid slot {}", caller, slot);
+}
+
+void CudaBackend::Impl::check_prefix_snapshot(const char* caller, int snapshot) const {
+  if (snapshot < 0 || snapshot >= memory->caches.prefix_snapshots) {
+    fail("CudaBackend::{}: invalid prefix snapshot {} (the backend keeps {})", caller, snapshot,
+         memory->caches.prefix_snapshots);
   }
 }
 
@@ -286,6 +300,23 @@ ForwardResult CudaBackend::forward(const ForwardBatch& batch) {
   if (d.profiler->enabled()) d.profiler->collect();
   return result;
 }
+
+int CudaBackend::max_prefix_snapshots() const { return impl_->memory->caches.prefix_snapshots; }
+
+void CudaBackend::save_prefix(int slot, int snapshot) {
+  impl_->check_slot("save_prefix", slot);
+  impl_->check_prefix_snapshot("save_prefix", snapshot);
+  gpu::save_prefix_states(impl_->config, impl_->memory->caches, slot, snapshot, impl_->stream);
+}
+
+void CudaBackend::restore_prefix(int snapshot, int slot) {
+  impl_->check_prefix_snapshot("restore_prefix", snapshot);
+  impl_->check_slot("restore_prefix", slot);
+  gpu::restore_prefix_states(impl_->config, impl_->memory->caches, snapshot, slot, impl_->stream);
+}
+
+// A snapshot's memory is planned at load and kept: the id's next save overwrites it.
+void CudaBackend::drop_prefix(int snapshot) { impl_->check_prefix_snapshot("drop_prefix", snapshot); }
 
 ForwardResult CudaBackend::forward_observed(const ForwardBatch& batch, ForwardSnapshot& snapshot) {
   Impl& d = *impl_;

@@ -25,7 +25,7 @@ class NcclCommunicator;
 
 struct CudaBackendOptions {
   int max_slots = 1;
-  int prefix_snapshots = 0;          // prefix caching's snapshot ids (the CPU backend; the CUDA ones keep none yet)
+  int prefix_snapshots = 0;          // prefix caching's snapshot ids (Backend::save_prefix), planned at load
   int64_t max_context = 4096;       // tokens per sequence
   int64_t max_batch_tokens = 512;   // tokens of one forward
   int64_t max_logit_rows = 64;      // logits rows computed at once (more are done in pieces)
@@ -97,6 +97,12 @@ class CudaBackend : public GpuBackend {
   void release(int slot) override {}  // a run at start 0 begins a slot afresh; nothing is held per slot
   std::optional<KvBlockPool> kv_block_pool() const override;
   ForwardResult forward(const ForwardBatch& batch) override;
+  // Snapshots of a slot's Gated DeltaNet states in device memory planned at load, copied device to device
+  // on the stream the forwards run on, so each lands between the forwards queued before and after it.
+  int max_prefix_snapshots() const override;
+  void save_prefix(int slot, int snapshot) override;
+  void restore_prefix(int snapshot, int slot) override;
+  void drop_prefix(int snapshot) override;
   // Runs as forward() does (through the batch size's graph when it is a decode step, with the snapshot
   // copies captured in it), then reads the snapshots and the first chunk's caches back.
   ForwardResult forward_observed(const ForwardBatch& batch, ForwardSnapshot& snapshot) override;

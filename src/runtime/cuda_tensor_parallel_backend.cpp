@@ -79,6 +79,18 @@ ForwardResult CudaTensorParallelBackend::forward(const ForwardBatch& batch) {
   return std::move(results.front());
 }
 
+void CudaTensorParallelBackend::save_prefix(int slot, int snapshot) {
+  on_every_rank([&](int r) { ranks_[r]->save_prefix(slot, snapshot); });
+}
+
+void CudaTensorParallelBackend::restore_prefix(int snapshot, int slot) {
+  on_every_rank([&](int r) { ranks_[r]->restore_prefix(snapshot, slot); });
+}
+
+void CudaTensorParallelBackend::drop_prefix(int snapshot) {
+  on_every_rank([&](int r) { ranks_[r]->drop_prefix(snapshot); });
+}
+
 void CudaTensorParallelBackend::set_profiling(bool enabled) {
   for (auto& rank : ranks_) rank->set_profiling(enabled);
 }

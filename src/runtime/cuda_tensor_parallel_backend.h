@@ -32,6 +32,11 @@ class CudaTensorParallelBackend : public GpuBackend {
   // Rank 0's pool; every rank has as many blocks and receives the same block tables.
   std::optional<KvBlockPool> kv_block_pool() const override { return ranks_.front()->kv_block_pool(); }
   ForwardResult forward(const ForwardBatch& batch) override;
+  // Every rank keeps the snapshots of its own shard of the states, under the same ids.
+  int max_prefix_snapshots() const override { return ranks_.front()->max_prefix_snapshots(); }
+  void save_prefix(int slot, int snapshot) override;
+  void restore_prefix(int snapshot, int slot) override;
+  void drop_prefix(int snapshot) override;
 
   void set_profiling(bool enabled) override;
   std::vector<KernelTime> take_profile() override;  // rank 0's op times (all ranks run the same ops)

@@ -1,24 +1,32 @@
 // The CUDA backend under the server's engine: KV blocks owned by the scheduler (scrambled block tables give
 // the same logits, bit for bit, as contiguous ones), bad block tables are errors, the pool sized from a
-// memory fraction, and the Engine loop on the CUDA backend finishing every request through
-// preemption. Paths: $UBERLM_DEFAULT_MODEL (else models/default) and $UBERLM_FIXTURE_DIR.
+// memory fraction, the Engine loop on the CUDA backend finishing every request through preemption, and
+// prefix caching's state snapshots (copies that touch nothing else, a restored slot continuing bit for bit
+// as the one that saved it, the engine's greedy tokens unchanged by the cache).
+// Paths: $UBERLM_DEFAULT_MODEL (else models/default) and $UBERLM_FIXTURE_DIR.
 #include <gtest/gtest.h>
 
 #include <cuda_runtime_api.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdlib>
+#include <cstring>
 #include <filesystem>
 #include <numeric>
 #include <random>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "../expect_error.h"
 #include "core/error.h"
 #include "model/model.h"
+#include "runtime/cuda/cache_snapshot.h"
+#include "runtime/cuda/step_buffers.h"
 #include "runtime/cuda_backend.h"
 #include "runtime/engine.h"
+#include "runtime/engine_stack.h"
 #include "tokenizer/bpe_tokenizer.h"
 #include "backend_test_util.h"
 #include "gpu_test_util.h"
@@ -191,6 +199,271 @@ TEST(CudaServing, EngineFinishesEveryRequestThroughPreemption) {
   }
   EXPECT_GT(metrics.value(Counter::Preemptions), 0.0);
   EXPECT_EQ(engine.in_flight(), 0);
+}
+
+// The prefix-state copies over a cache layout placed in NaN-poisoned memory: slot 1's states saved to
+// snapshot 2 and restored into slot 0 arrive there exactly; slot 1 changed after the save (on the same
+// stream) leaves the snapshot as saved; and no other byte (other slots and snapshots, KV pools) is written.
+TEST(CudaServing, PrefixStateCopiesMoveOneSlotAndNothingElse) {
+  ASSERT_NO_FATAL_FAILURE(require_gpu());
+  const auto model = Model::load(default_model());
+  const ModelConfig& c = model->config;
+  constexpr int kSlots = 3, kSnapshots = 4;
+  constexpr int64_t kKvBlocks = 2;
+  gpu::DeviceCaches caches;
+  gpu::Arena plan;
+  gpu::layout_caches(plan, c, kKvBlocks, kSlots, kSnapshots, caches);
+  DeviceBuffer memory = gpu_test::poisoned<uint8_t>(plan.used());
+  gpu::Arena placed(reinterpret_cast<uintptr_t>(memory.data()));
+  gpu::layout_caches(placed, c, kKvBlocks, kSlots, kSnapshots, caches);
+  ASSERT_EQ(placed.used(), plan.used());
+
+  const int64_t conv = gpu::conv_state_floats(c), recurrent = gpu::recurrent_state_floats(c);
+  std::vector<uint8_t> expected = memory.download<uint8_t>();
+  const auto offset_of = [&](const float* device) {
+    return reinterpret_cast<uintptr_t>(device) - reinterpret_cast<uintptr_t>(memory.data());
+  };
+  const auto expect_at = [&](const float* device, const std::vector<float>& values) {
+    std::memcpy(expected.data() + offset_of(device), values.data(), values.size() * sizeof(float));
+  };
+  cudaStream_t stream = nullptr;
+  ASSERT_EQ(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking), cudaSuccess);
+  int delta_net_layers = 0;
+  for (int layer = 0; layer < c.num_layers; ++layer) {
+    if (c.layer_kinds[layer] != LayerKind::GatedDeltaNet) continue;
+    ++delta_net_layers;
+    const gpu::LayerCaches& cache = caches.layers[layer];
+    ASSERT_NE(cache.conv_snapshots, nullptr);
+    ASSERT_NE(cache.recurrent_snapshots, nullptr);
+    for (const auto& [states, snapshots, floats] : {std::tuple{cache.conv_state, cache.conv_snapshots, conv},
+                                                    std::tuple{cache.recurrent_state, cache.recurrent_snapshots, recurrent}}) {
+      const std::vector<float> saved = gpu_test::random_floats(floats);
+      ASSERT_EQ(cudaMemcpy(states + 1 * floats, saved.data(), floats * sizeof(float), cudaMemcpyHostToDevice),
+                cudaSuccess);
+      expect_at(snapshots + 2 * floats, saved);
+      expect_at(states + 0 * floats, saved);
+      expect_at(states + 1 * floats, std::vector<float>(floats, 0.0f));
+    }
+  }
+  ASSERT_GT(delta_net_layers, 0);
+  gpu::save_prefix_states(c, caches, 1, 2, stream);
+  for (int layer = 0; layer < c.num_layers; ++layer) {
+    if (c.layer_kinds[layer] != LayerKind::GatedDeltaNet) continue;
+    const gpu::LayerCaches& cache = caches.layers[layer];
+    ASSERT_EQ(cudaMemsetAsync(cache.conv_state + 1 * conv, 0, conv * sizeof(float), stream), cudaSuccess);
+    ASSERT_EQ(cudaMemsetAsync(cache.recurrent_state + 1 * recurrent, 0, recurrent * sizeof(float), stream), cudaSuccess);
+  }
+  gpu::restore_prefix_states(c, caches, 2, 0, stream);
+  ASSERT_EQ(cudaStreamSynchronize(stream), cudaSuccess);
+  ASSERT_EQ(cudaStreamDestroy(stream), cudaSuccess);
+
+  const std::vector<uint8_t> actual = memory.download<uint8_t>();
+  ASSERT_EQ(actual.size(), expected.size());
+  const auto differs = std::mismatch(actual.begin(), actual.end(), expected.begin()).first;
+  EXPECT_EQ(differs, actual.end()) << "first differing byte at offset " << (differs - actual.begin()) << " of "
+                                   << actual.size();
+}
+
+// The greedy continuation of a sequence: its tokens and every step's logits row.
+struct Continuation {
+  std::vector<int32_t> tokens;
+  std::vector<float> logits;
+};
+
+// Slot `slot` over `table` from position `start`: `prompt_tail` in one forward, then `steps` greedy decode steps.
+Continuation continue_greedy(CudaBackend& backend, int slot, int64_t start, const std::vector<int32_t>& prompt_tail,
+                             const std::vector<int32_t>& table, int steps) {
+  Continuation out;
+  std::vector<int32_t> next = prompt_tail;
+  for (int step = 0; step <= steps; ++step) {
+    const int64_t tokens = static_cast<int64_t>(next.size());
+    const ForwardResult result = backend.forward(ForwardBatch{
+        next, {SequenceChunk{.slot = slot, .start = start, .num_tokens = tokens, .logits = LogitRows::Last, .block_table = table}}});
+    start += tokens;
+    out.logits.insert(out.logits.end(), result.logits.begin(), result.logits.end());
+    next = {static_cast<int32_t>(std::max_element(result.logits.begin(), result.logits.end()) - result.logits.begin())};
+    out.tokens.push_back(next.front());
+  }
+  return out;
+}
+
+void expect_same_continuation(const Continuation& restored, const Continuation& reference, const std::string& label) {
+  EXPECT_EQ(restored.tokens, reference.tokens) << label;
+  ASSERT_EQ(restored.logits.size(), reference.logits.size()) << label;
+  for (size_t i = 0; i < reference.logits.size(); ++i) {
+    ASSERT_TRUE(std::isfinite(reference.logits[i])) << label << ": reference logit " << i;
+    ASSERT_EQ(restored.logits[i], reference.logits[i]) << label << ": logit " << i;
+  }
+}
+
+// A 48-token prefix (three KV blocks) run in slot 0 and saved to snapshot 1, then slot 0 moved on. Restored
+// into slot 2, which held another sequence's states (and snapshot 1 another's before the save), over slot
+// 0's prefix blocks and blocks of its own, it continues exactly as a backend without snapshots continues the
+// prefix in one slot: the same forwards (prefix, 5 prompt tokens, 24 decode steps through the batch-1
+// graph), the same greedy tokens and logits bit for bit. Restored again into slot 0, it does so again.
+TEST(CudaServing, RestoredPrefixContinuesAsTheSequenceThatSavedIt) {
+  ASSERT_NO_FATAL_FAILURE(require_gpu());
+  const auto model = Model::load(default_model());
+  const int vocab = model->config.vocab_size;
+  constexpr int kSlots = 3, kDecodeSteps = 24;
+  constexpr int64_t kPrefix = 3 * kKvBlockSize, kBlocksPerSlot = 16;
+  const CudaBackendOptions plain = serving_options(kSlots, kSlots * kBlocksPerSlot);
+  CudaBackendOptions with_snapshots = plain;
+  with_snapshots.prefix_snapshots = 2;
+  CudaBackend reference(*model, plain), cached(*model, with_snapshots);
+  EXPECT_EQ(reference.max_prefix_snapshots(), 0);
+  ASSERT_EQ(cached.max_prefix_snapshots(), 2);
+  const auto own_table = [&](int slot) {
+    std::vector<int32_t> table(kBlocksPerSlot);
+    std::iota(table.begin(), table.end(), static_cast<int32_t>(slot * kBlocksPerSlot));
+    return table;
+  };
+  const auto run = [](CudaBackend& backend, int slot, int64_t start, const std::vector<int32_t>& tokens,
+                      const std::vector<int32_t>& table) {
+    backend.forward(ForwardBatch{tokens, {SequenceChunk{.slot = slot, .start = start, .num_tokens = static_cast<int64_t>(tokens.size()),
+                                                        .logits = LogitRows::Last, .block_table = table}}});
+  };
+  std::mt19937 rng(11);
+  const std::vector<int32_t> prefix = random_tokens(rng, kPrefix, vocab);
+  const std::vector<int32_t> prompt_tail = random_tokens(rng, 5, vocab);
+
+  run(reference, 0, 0, prefix, own_table(0));
+  const Continuation expected = continue_greedy(reference, 0, kPrefix, prompt_tail, own_table(0), kDecodeSteps);
+
+  run(cached, 2, 0, random_tokens(rng, 37, vocab), own_table(2));
+  run(cached, 2, 37, random_tokens(rng, 3, vocab), own_table(2));
+  cached.save_prefix(2, 1);
+  run(cached, 0, 0, prefix, own_table(0));
+  cached.save_prefix(0, 1);
+  run(cached, 0, kPrefix, random_tokens(rng, 7, vocab), own_table(0));
+
+  std::vector<int32_t> shared_table = own_table(0);
+  shared_table.resize(kPrefix / kKvBlockSize);
+  const std::vector<int32_t> slot_2_blocks = own_table(2);
+  shared_table.insert(shared_table.end(), slot_2_blocks.begin() + kPrefix / kKvBlockSize, slot_2_blocks.end());
+  cached.restore_prefix(1, 2);
+  expect_same_continuation(continue_greedy(cached, 2, kPrefix, prompt_tail, shared_table, kDecodeSteps), expected,
+                           "restored into slot 2");
+  cached.restore_prefix(1, 0);
+  expect_same_continuation(continue_greedy(cached, 0, kPrefix, prompt_tail, own_table(0), kDecodeSteps), expected,
+                           "restored into slot 0");
+  EXPECT_GT(cached.counters().graph_replays, 0);
+
+  expect_error_containing([&] { cached.save_prefix(kSlots, 0); }, {"CudaBackend::save_prefix: invalid slot 3"});
+  expect_error_containing([&] { cached.restore_prefix(2, 0); },
+                          {"CudaBackend::restore_prefix: invalid prefix snapshot 2 (the backend keeps 2)"});
+  expect_error_containing([&] { cached.drop_prefix(-1); }, {"CudaBackend::drop_prefix: invalid prefix snapshot -1"});
+  expect_error_containing([&] { reference.save_prefix(0, 0); }, {"invalid prefix snapshot 0 (the backend keeps 0)"});
+}
+
+// Requests [first, last) of `prompts` at once, greedy, stepped until all are finished: their output tokens.
+std::vector<std::vector<int32_t>> greedy_outputs(Engine& engine, const std::vector<std::vector<int32_t>>& prompts,
+                                                 size_t first, size_t last) {
+  std::vector<std::shared_ptr<RequestStream>> streams;
+  for (size_t p = first; p < last; ++p) {
+    EngineRequest request;
+    request.prompt = prompts[p];
+    request.max_tokens = 24;
+    streams.push_back(engine.submit(request));
+    EXPECT_NE(streams.back(), nullptr) << "prompt " << p;
+    if (!streams.back()) return {};
+  }
+  std::vector<std::vector<int32_t>> outputs(streams.size());
+  std::vector<bool> finished(streams.size(), false);
+  while (engine.has_work()) {
+    engine.run_step();
+    for (size_t i = 0; i < streams.size(); ++i) {
+      StreamEvent event;
+      while (streams[i]->next(event, std::chrono::milliseconds(0))) {
+        EXPECT_TRUE(event.error.empty()) << "prompt " << first + i << ": " << event.error;
+        outputs[i].insert(outputs[i].end(), event.tokens.begin(), event.tokens.end());
+        finished[i] = finished[i] || event.finished;
+      }
+    }
+  }
+  for (size_t i = 0; i < streams.size(); ++i) EXPECT_TRUE(finished[i]) << "prompt " << first + i;
+  return outputs;
+}
+
+// The engine as `serve --enable-prefix-caching` assembles it (EngineStack, CUDA backend, 16 snapshots), on
+// the default model, serving GSM8K-shaped prompts that begin with the same one-shot example, in two waves
+// of four: the second wave repeats two first-wave prompts whole and continues the other two as second
+// turns, so each starts from a first-wave prompt's cached prefix (its last block boundary). Every
+// request's greedy tokens equal those of the same waves without prefix caching. Steps of at most 64
+// tokens keep every linear layer on the GEMV in both runs.
+TEST(CudaServing, EnginePrefixCachingKeepsTheGreedyTokens) {
+  ASSERT_NO_FATAL_FAILURE(require_gpu());
+  const auto model = Model::load(default_model());
+  auto tokenizer = BpeTokenizer::load(default_model() / "tokenizer.json");
+  const auto encode = [&](const std::string& text) {
+    const std::vector<int> ids = tokenizer->encode(text);
+    return std::vector<int32_t>(ids.begin(), ids.end());
+  };
+  const auto question = [](const std::string& text) { return "Q: " + text + "\nA: Let me solve this step by step.\n"; };
+  const std::string example =
+      question("Natalia sold clips to 48 of her friends in April, and then she sold half as many clips in May. How "
+               "many clips did Natalia sell altogether in April and May?") +
+      "Natalia sold 48/2 = <<48/2=24>>24 clips in May.\nNatalia sold 48+24 = <<48+24=72>>72 clips altogether in "
+      "April and May.\n#### 72\n\n";
+  const std::vector<std::string> first_wave = {
+      example + question("Weng earns $12 an hour for babysitting. Yesterday, she just did 50 minutes of babysitting. "
+                         "How much did she earn?"),
+      example + question("Betty is saving money for a new wallet which costs $100. She has only half of the money "
+                         "she needs. How much more money does Betty need?"),
+      example + question("James writes a 3-page letter to 2 different friends twice a week. How many pages does he "
+                         "write a year?"),
+      example + question("Mark has a garden with flowers. He planted 10 yellow flowers and 80% more purple ones. "
+                         "How many flowers does Mark have?")};
+  const std::vector<std::string> second_wave = {
+      first_wave[0], first_wave[1],
+      first_wave[2] + "He writes each friend 3*2 = <<3*2=6>>6 pages a week.\n#### 624\n\n" +
+          question("Albert buys 2 large pizzas and 2 small pizzas. A large pizza has 16 slices and a small pizza "
+                   "has 8 slices. How many slices does he eat?"),
+      first_wave[3] + "He planted 10*0.8 = <<10*0.8=8>>8 more purple flowers.\n#### 35\n\n" +
+          question("Ken poured 2 pounds of jelly beans into a box. How much does the box weigh?")};
+  std::vector<std::vector<int32_t>> prompts;
+  for (const std::string& text : first_wave) prompts.push_back(encode(text));
+  for (const std::string& text : second_wave) prompts.push_back(encode(text));
+  ASSERT_GE(encode(example).size(), 3u * kKvBlockSize);
+  // What each first-wave prompt leaves cached (its tokens up to the last block boundary before its last
+  // token), and which the second-wave prompt built on it begins with.
+  int64_t cached_prefix_tokens = 0;
+  for (size_t p = 0; p < 4; ++p) {
+    const int64_t saved = (static_cast<int64_t>(prompts[p].size()) - 1) / kKvBlockSize * kKvBlockSize;
+    ASSERT_GE(prompts[p + 4].size(), static_cast<size_t>(saved));
+    ASSERT_TRUE(std::equal(prompts[p].begin(), prompts[p].begin() + saved, prompts[p + 4].begin())) << "prompt " << p + 4;
+    cached_prefix_tokens += saved;
+  }
+
+  const auto serve_waves = [&](bool prefix_caching, double& hit_tokens) {
+    EngineStackOptions options;
+    options.device = "cuda";
+    options.max_num_seqs = 4;
+    options.max_model_len = 512;
+    options.max_num_batched_tokens = 64;
+    options.kv_cache_tokens = 256 * kKvBlockSize;
+    options.loop_thread = false;
+    options.enable_prefix_caching = prefix_caching;
+    options.prefix_cache_snapshots = 16;
+    EngineStack stack(*model, tokenizer.get(), options);
+    EXPECT_EQ(stack.config().scheduler.prefix_snapshots, prefix_caching ? 16 : 0);
+    std::vector<std::vector<int32_t>> outputs = greedy_outputs(stack.engine(), prompts, 0, 4);
+    const std::vector<std::vector<int32_t>> second = greedy_outputs(stack.engine(), prompts, 4, prompts.size());
+    outputs.insert(outputs.end(), second.begin(), second.end());
+    hit_tokens = stack.metrics().value(Counter::PrefixCacheHitTokens);
+    return outputs;
+  };
+  double hits_without = 0, hits_with = 0;
+  const std::vector<std::vector<int32_t>> without = serve_waves(false, hits_without);
+  const std::vector<std::vector<int32_t>> with = serve_waves(true, hits_with);
+  ASSERT_EQ(with.size(), prompts.size());
+  ASSERT_EQ(without.size(), prompts.size());
+  for (size_t p = 0; p < prompts.size(); ++p) {
+    EXPECT_FALSE(without[p].empty()) << "prompt " << p;
+    EXPECT_EQ(with[p], without[p]) << "prompt " << p;
+  }
+  EXPECT_EQ(hits_without, 0.0);
+  EXPECT_GE(hits_with, static_cast<double>(cached_prefix_tokens));
 }
 
 }  // namespace

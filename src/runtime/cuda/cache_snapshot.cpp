@@ -28,14 +28,33 @@ std::vector<float> kv_row(const uint16_t* pool, const SequenceChunk& chunk, int6
   return row;
 }
 
+enum class PrefixCopy { SlotToSnapshot, SnapshotToSlot };
+
+void copy_prefix_states(const ModelConfig& c, const DeviceCaches& caches, int slot, int snapshot, PrefixCopy direction,
+                        cudaStream_t stream) {
+  const int64_t conv = conv_state_floats(c), recurrent = recurrent_state_floats(c);
+  const auto copy = [&](float* slots, float* snapshots, int64_t floats) {
+    float* in_slot = slots + slot * floats;
+    float* in_snapshot = snapshots + snapshot * floats;
+    const bool saving = direction == PrefixCopy::SlotToSnapshot;
+    CUDA_CHECK(cudaMemcpyAsync(saving ? in_snapshot : in_slot, saving ? in_slot : in_snapshot, floats * sizeof(float),
+                               cudaMemcpyDeviceToDevice, stream));
+  };
+  for (int layer = 0; layer < c.num_layers; ++layer) {
+    if (c.layer_kinds[layer] != LayerKind::GatedDeltaNet) continue;
+    const LayerCaches& cache = caches.layers[layer];
+    copy(cache.conv_state, cache.conv_snapshots, conv);
+    copy(cache.recurrent_state, cache.recurrent_snapshots, recurrent);
+  }
+}
+
 }  // namespace
 
 void read_cache_snapshot(const ModelConfig& c, const DeviceCaches& caches, const SequenceChunk& chunk,
                          cudaStream_t stream, ForwardSnapshot& snapshot) {
   const int64_t kv_width = static_cast<int64_t>(c.num_kv_heads) * c.head_dim;
   const int64_t end = chunk.start + chunk.num_tokens, kernel = c.delta_net_conv_kernel, conv_dim = c.delta_net_conv_dim();
-  const int64_t state = static_cast<int64_t>(c.delta_net_num_value_heads) * c.delta_net_key_head_dim *
-                        c.delta_net_value_head_dim;
+  const int64_t state = recurrent_state_floats(c);
   for (int layer = 0; layer < c.num_layers; ++layer) {
     LayerSnapshot& s = snapshot.layers.at(layer);
     const LayerCaches& cache = caches.layers[layer];
@@ -58,6 +77,15 @@ void read_cache_snapshot(const ModelConfig& c, const DeviceCaches& caches, const
     }
     s.recurrent_state = download(cache.recurrent_state + chunk.slot * state, state, stream);
   }
+}
+
+void save_prefix_states(const ModelConfig& c, const DeviceCaches& caches, int slot, int snapshot, cudaStream_t stream) {
+  copy_prefix_states(c, caches, slot, snapshot, PrefixCopy::SlotToSnapshot, stream);
+}
+
+void restore_prefix_states(const ModelConfig& c, const DeviceCaches& caches, int snapshot, int slot,
+                           cudaStream_t stream) {
+  copy_prefix_states(c, caches, slot, snapshot, PrefixCopy::SnapshotToSlot, stream);
 }
 
 }  // namespace uberlm::gpu

@@ -31,10 +31,12 @@ void DeviceMemory::layout_runtime(Arena& arena, int64_t num_kv_blocks) {
     gemm_workspace = arena.take<uint8_t>(cuda::kGemmWorkspaceBytes);
   }
   const int64_t before_caches = arena.used();
-  layout_caches(arena, config_, num_kv_blocks, request_.limits.max_slots, caches);
+  layout_caches(arena, config_, num_kv_blocks, request_.limits.max_slots, request_.prefix_snapshots, caches);
   const int64_t cache_bytes = arena.used() - before_caches;
   kv_bytes_ = num_kv_blocks * kv_block_bytes(config_);
-  state_bytes_ = cache_bytes - kv_bytes_;
+  snapshot_bytes_ = static_cast<int64_t>(request_.prefix_snapshots) * config_.num_layers_of(LayerKind::GatedDeltaNet) *
+                    (conv_state_floats(config_) + recurrent_state_floats(config_)) * static_cast<int64_t>(sizeof(float));
+  state_bytes_ = cache_bytes - kv_bytes_ - snapshot_bytes_;
 }
 
 DeviceMemory::DeviceMemory(const ModelConfig& config, const MemoryPlanRequest& request)
@@ -43,6 +45,7 @@ DeviceMemory::DeviceMemory(const ModelConfig& config, const MemoryPlanRequest& r
   if (limits.max_slots < 1 || limits.max_tokens < 1 || limits.max_logit_rows < 1 || limits.max_context < 1) {
     fail("CudaBackend: max_slots, max_batch_tokens, max_logit_rows and max_context must be positive");
   }
+  if (request.prefix_snapshots < 0) fail("CudaBackend: prefix_snapshots must be >= 0, got {}", request.prefix_snapshots);
   Arena weight_plan;
   layout_device_model(weight_plan, config, request.formats, request.lm_head_rows, model);
   size_t free_bytes = 0, total_bytes = 0;
@@ -54,10 +57,11 @@ DeviceMemory::DeviceMemory(const ModelConfig& config, const MemoryPlanRequest& r
   const int64_t needed = weight_plan.used() + runtime_plan.used();
   if (needed + kMargin > static_cast<int64_t>(free_bytes)) {
     fail("CudaBackend: the plan needs {:.2f} GiB (weights {:.2f}, KV cache {:.2f} for {} blocks of {} tokens, "
-         "Gated DeltaNet state {:.2f} for {} slots, activations and workspace {:.2f} for {} tokens) plus {:.2f} GiB "
-         "margin, but the GPU has {:.2f} GiB free of {:.2f}",
+         "Gated DeltaNet state {:.2f} for {} slots and {:.2f} for {} prefix snapshots, activations and workspace "
+         "{:.2f} for {} tokens) plus {:.2f} GiB margin, but the GPU has {:.2f} GiB free of {:.2f}",
          gib(needed), gib(weight_plan.used()), gib(kv_bytes_), num_kv_blocks, kKvBlockSize, gib(state_bytes_),
-         limits.max_slots, gib(runtime_plan.used() - kv_bytes_ - state_bytes_), limits.max_tokens, gib(kMargin),
+         limits.max_slots, gib(snapshot_bytes_), request.prefix_snapshots,
+         gib(runtime_plan.used() - kv_bytes_ - state_bytes_ - snapshot_bytes_), limits.max_tokens, gib(kMargin),
          gib(static_cast<int64_t>(free_bytes)), gib(static_cast<int64_t>(total_bytes)));
   }
   weight_bytes_ = weight_plan.used();
@@ -110,7 +114,7 @@ int64_t DeviceMemory::plan_kv_blocks(int64_t weight_bytes, int64_t free_bytes, i
     const int64_t budget = allowed - weight_bytes - without_kv.used() - pools * kArenaAlignment;
     blocks = std::max<int64_t>(budget, 0) / block_bytes;
     spdlog::info("cuda backend: {:.0f}% of {:.2f} GiB ({:.2f} GiB held before load) minus weights {:.2f} GiB and "
-                 "activations/states {:.2f} GiB leaves {:.2f} GiB: {} KV blocks of {} tokens",
+                 "activations/states/prefix snapshots {:.2f} GiB leaves {:.2f} GiB: {} KV blocks of {} tokens",
                  100 * utilization, gib(total_bytes), gib(held_by_others), gib(weight_bytes), gib(without_kv.used()),
                  gib(std::max<int64_t>(budget, 0)), blocks, kKvBlockSize);
   }
@@ -124,11 +128,12 @@ int64_t DeviceMemory::plan_kv_blocks(int64_t weight_bytes, int64_t free_bytes, i
 std::string DeviceMemory::summary() const {
   const StepLimits& limits = request_.limits;
   return fmt::format("weights {:.3f} GiB, KV cache {:.3f} GiB ({} blocks = {} tokens; {} slots of up to {} tokens), "
-                     "Gated DeltaNet state {:.3f} GiB, activations {:.3f} GiB ({} tokens per forward) of which the "
-                     "prefill GEMM's NVFP4 scratch {:.3f} GiB",
+                     "Gated DeltaNet state {:.3f} GiB, prefix snapshots {:.3f} GiB ({}), activations {:.3f} GiB ({} "
+                     "tokens per forward) of which the prefill GEMM's NVFP4 scratch {:.3f} GiB",
                      gib(weight_bytes_), gib(kv_bytes_), caches.num_kv_blocks, caches.num_kv_blocks * kKvBlockSize,
-                     limits.max_slots, limits.max_context, gib(state_bytes_),
-                     gib(runtime_bytes_ - kv_bytes_ - state_bytes_), limits.max_tokens, gib(gemm_scratch_elements * 2));
+                     limits.max_slots, limits.max_context, gib(state_bytes_), gib(snapshot_bytes_),
+                     caches.prefix_snapshots, gib(runtime_bytes_ - kv_bytes_ - state_bytes_ - snapshot_bytes_),
+                     limits.max_tokens, gib(gemm_scratch_elements * 2));
 }
 
 }  // namespace uberlm::gpu

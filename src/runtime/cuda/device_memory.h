@@ -18,9 +18,10 @@ struct MemoryPlanRequest {
   int gathering_ranks = 0;            // with a tensor-parallel communicator (even of one rank) its size, else 0
   StepLimits limits;
   bool large_m = false;               // forwards can exceed kGemvMaxM rows: plan the cuBLAS path
+  int prefix_snapshots = 0;           // prefix caching: snapshots of one slot's Gated DeltaNet states
   // KV pool size, the first rule that applies: num_kv_blocks blocks; every block that fits in
-  // gpu_memory_utilization (0, 1] of the GPU's total memory after weights, states, activations and what
-  // other processes hold (vLLM's option); max_slots x max_context tokens.
+  // gpu_memory_utilization (0, 1] of the GPU's total memory after weights, states (prefix snapshots
+  // included), activations and what other processes hold (vLLM's option); max_slots x max_context tokens.
   int64_t num_kv_blocks = 0;
   double gpu_memory_utilization = 0;
 };
@@ -52,7 +53,7 @@ class DeviceMemory {
   MemoryPlanRequest request_;
   void* weight_memory_ = nullptr;
   void* runtime_memory_ = nullptr;
-  int64_t weight_bytes_ = 0, runtime_bytes_ = 0, kv_bytes_ = 0, state_bytes_ = 0;
+  int64_t weight_bytes_ = 0, runtime_bytes_ = 0, kv_bytes_ = 0, state_bytes_ = 0, snapshot_bytes_ = 0;
 };
 
 }  // namespace uberlm::gpu

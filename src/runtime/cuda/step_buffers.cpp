@@ -85,9 +85,20 @@ int64_t kv_block_bytes(const ModelConfig& c) {
   return pools * kKvBlockSize * c.num_kv_heads * c.head_dim * static_cast<int64_t>(sizeof(uint16_t));
 }
 
-void layout_caches(Arena& arena, const ModelConfig& c, int64_t num_kv_blocks, int max_slots, DeviceCaches& caches) {
+int64_t conv_state_floats(const ModelConfig& c) {
+  return static_cast<int64_t>(c.delta_net_conv_kernel) * c.delta_net_conv_dim();
+}
+
+int64_t recurrent_state_floats(const ModelConfig& c) {
+  return static_cast<int64_t>(c.delta_net_num_value_heads) * c.delta_net_key_head_dim * c.delta_net_value_head_dim;
+}
+
+void layout_caches(Arena& arena, const ModelConfig& c, int64_t num_kv_blocks, int max_slots, int prefix_snapshots,
+                   DeviceCaches& caches) {
   const int64_t kv_width = static_cast<int64_t>(c.num_kv_heads) * c.head_dim;
+  const int64_t conv = conv_state_floats(c), recurrent = recurrent_state_floats(c);
   caches.num_kv_blocks = num_kv_blocks;
+  caches.prefix_snapshots = prefix_snapshots;
   caches.layers.assign(c.num_layers, LayerCaches{});
   for (int i = 0; i < c.num_layers; ++i) {
     LayerCaches& layer = caches.layers[i];
@@ -95,9 +106,12 @@ void layout_caches(Arena& arena, const ModelConfig& c, int64_t num_kv_blocks, in
       layer.key_cache = arena.take<uint16_t>(num_kv_blocks * kKvBlockSize * kv_width);
       layer.value_cache = arena.take<uint16_t>(num_kv_blocks * kKvBlockSize * kv_width);
     } else {
-      layer.conv_state = arena.take<float>(static_cast<int64_t>(max_slots) * c.delta_net_conv_kernel * c.delta_net_conv_dim());
-      layer.recurrent_state = arena.take<float>(static_cast<int64_t>(max_slots) * c.delta_net_num_value_heads *
-                                                c.delta_net_key_head_dim * c.delta_net_value_head_dim);
+      layer.conv_state = arena.take<float>(max_slots * conv);
+      layer.recurrent_state = arena.take<float>(max_slots * recurrent);
+      if (prefix_snapshots > 0) {
+        layer.conv_snapshots = arena.take<float>(prefix_snapshots * conv);
+        layer.recurrent_snapshots = arena.take<float>(prefix_snapshots * recurrent);
+      }
     }
   }
   caches.conv_ring_readers = arena.take<int32_t>(static_cast<int64_t>(max_slots) * std::max(1, c.delta_net_num_key_heads));

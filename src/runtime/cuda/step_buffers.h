@@ -2,7 +2,8 @@
 // What a forward reads and writes on the GPU besides the weights, planned once at load for the largest
 // step (StepLimits) and placed in one runtime allocation:
 //   DeviceCaches  the sequences' state: the paged KV pool of every full-attention layer (blocks handed out
-//                 by the scheduler) and every Gated DeltaNet layer's conv and recurrent state per slot;
+//                 by the scheduler) and every Gated DeltaNet layer's conv and recurrent state per slot, and
+//                 per prefix snapshot when prefix caching is on;
 //   StepBuffers   one step's activations and metadata, rewritten by every forward.
 // Activation rows that feed a linear layer are bf16, padded along K to kGemvKMultiple with zeros (the
 // allocation is zeroed at load and no kernel writes a row's padding).
@@ -81,19 +82,29 @@ struct LayerCaches {
   uint16_t *key_cache = nullptr, *value_cache = nullptr;  // full attention: bf16 [blocks, block_size, KV, head_dim]
   float* conv_state = nullptr;       // Gated DeltaNet: [slots, kernel, conv_dim], a ring by position
   float* recurrent_state = nullptr;  // Gated DeltaNet: [slots, Hv, dk, dv]
+  // Gated DeltaNet, prefix caching (Backend::save_prefix): one slot's two states per snapshot,
+  // [snapshots, kernel, conv_dim] and [snapshots, Hv, dk, dv]; null without prefix caching.
+  float* conv_snapshots = nullptr;
+  float* recurrent_snapshots = nullptr;
 };
 struct DeviceCaches {
   std::vector<LayerCaches> layers;
   int32_t* conv_ring_readers = nullptr;  // [slots, Hk], zero between Gated DeltaNet launches (all layers share it)
   int64_t num_kv_blocks = 0;
+  int prefix_snapshots = 0;
 };
 
 // Places the step buffers for `limits`. gathering_ranks: with a tensor-parallel communicator (even of one
 // rank) its size, whose lm_head slices of lm_head_rows rows are gathered into the logits; else 0.
 void layout_step_buffers(Arena& arena, const ModelConfig& config, const StepLimits& limits, int gathering_ranks,
                          int64_t lm_head_rows, StepBuffers& buffers);
-// Places the KV pool of num_kv_blocks blocks per full-attention layer and the Gated DeltaNet states.
-void layout_caches(Arena& arena, const ModelConfig& config, int64_t num_kv_blocks, int max_slots, DeviceCaches& caches);
+// Floats of one slot's conv ring and of its recurrent state, in each Gated DeltaNet layer.
+int64_t conv_state_floats(const ModelConfig& config);
+int64_t recurrent_state_floats(const ModelConfig& config);
+// Places the KV pool of num_kv_blocks blocks per full-attention layer, and per Gated DeltaNet layer the
+// states of max_slots slots and prefix_snapshots snapshots of them.
+void layout_caches(Arena& arena, const ModelConfig& config, int64_t num_kv_blocks, int max_slots, int prefix_snapshots,
+                   DeviceCaches& caches);
 // Bytes of one KV block in every full-attention layer's key and value pools.
 int64_t kv_block_bytes(const ModelConfig& config);
 
