@@ -25,7 +25,7 @@ TEST(GemvTuningTable, SavedTableLoadsBackAndAnswersByBucket) {
   gpu::GemvTuningTable table;
   table.gpu = {"NVIDIA H200", 132, 13000, 13000};
   table.copy_gbps = 4250;
-  const cuda::GemvTuning winner{8, 4, 2, 8, true}, built_in{4, 2, 2, 4, false};
+  const cuda::GemvTuning winner{8, 4, 2, 8, cuda::GemvPipeline::AsyncCopy}, built_in{4, 2, 2, 4};
   table.cells[{gpu::GemvKernel::Nvfp4, 16480, 5120, 8}] = {winner, 15.0, built_in, 16.0};
   table.cells[{gpu::GemvKernel::Bf16Swiglu, 17408, 5120, 1}] = {built_in, 27.0, built_in, 27.0};
   const fs::path path = scratch_file("roundtrip");
@@ -50,12 +50,12 @@ TEST(GemvTuningTable, BucketsAndTuningNames) {
   EXPECT_EQ(gpu::gemv_m_bucket(3), 4);
   EXPECT_EQ(gpu::gemv_m_bucket(33), 64);
   EXPECT_THROW(gpu::gemv_m_bucket(65), Error);
-  for (const std::string name : {"w4_d2_r2_k4", "w8_d8_r1_k8_async", "w2_d1_r2_k1"}) {
+  for (const std::string name : {"w4_d2_r2_k4", "w8_d8_r1_k8_async", "w2_d1_r2_k1", "w8_d12_r1_k2_stream"}) {
     const auto tuning = cuda::parse_gemv_tuning(name);
     ASSERT_TRUE(tuning.has_value()) << name;
     EXPECT_EQ(cuda::gemv_tuning_name(*tuning), name);
   }
-  for (const std::string name : {"w4_d2_r2", "w4_d2_r2_k4_sync", "x4_d2_r2_k4", "w4_d2_r2_k4 "}) {
+  for (const std::string name : {"w4_d2_r2", "w4_d2_r2_k4_sync", "x4_d2_r2_k4", "w4_d2_r2_k4 ", "w4_d2_r2_k4_streams"}) {
     EXPECT_FALSE(cuda::parse_gemv_tuning(name).has_value()) << name;
   }
 }

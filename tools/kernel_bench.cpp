@@ -1,5 +1,6 @@
 // kernel_bench: device-to-device copy bandwidth (the roofline) and the decode GEMV kernels on the
-// Qwen3.5-27B linear shapes at M = 1, 8, 32, 64. Each launch is timed alone (its own pair of CUDA
+// Qwen3.5-27B linear shapes at M = 1, 8, 32, 64, each shape with a read-only probe of its weight codes
+// (read_probe.h: the ceiling of a kernel of that size; row M = 0). Each launch is timed alone (its own pair of CUDA
 // events, median of many) and back to back (see LaunchTimes), rotating over enough weight copies that
 // L2 cannot hold them.
 // --sweep also times every compiled tuning (warps, pipeline depth, row tiles) of each kernel; --only
@@ -30,6 +31,7 @@
 #include "ops/cuda/device_buffer.h"
 #include "ops/cuda/gemv.h"
 #include "ops/cuda/kernel_timing.h"
+#include "ops/cuda/read_probe.h"
 
 namespace uberlm {
 namespace {
@@ -158,6 +160,16 @@ int run(int argc, char** argv) {
     }
     host_packed = {};
 
+    // What a kernel that only reads this shape's weight codes reaches, alone and back to back.
+    if (std::string("read_probe").find(only) != std::string::npos || shape.name.find(only) != std::string::npos) {
+      DeviceBuffer sink(sizeof(uint32_t));
+      const LaunchTimes times = time_launch(iters, [&](int i) {
+        CUDA_CHECK(cuda::launch_read_probe(packed[i % copies].data(), packed_bytes, sink.as<uint32_t>(), nullptr));
+      });
+      report_row({"read_probe", shape.name, "read_probe", shape.n, shape.k, 0, false, double(packed_bytes), copies},
+                 times, copy_gbps, iters, false, results);
+    }
+
     for (int64_t m : kTokenCounts) {
       std::vector<uint8_t> host_x(m * shape.k * 2);
       cuda::fill_pseudo_random(host_x, m + 17);
@@ -168,6 +180,7 @@ int run(int argc, char** argv) {
       std::vector<cuda::GemvTuning> tunings = {chosen};
       if (sweep) {
         for (const cuda::GemvTuning& t : nvfp4 ? cuda::gemv_nvfp4_tunings() : cuda::gemv_bf16_tunings()) {
+          if (nvfp4 && !cuda::gemv_nvfp4_tuning_applies(t, m, shape.k)) continue;
           if (cuda::gemv_tuning_name(t) != cuda::gemv_tuning_name(chosen)) tunings.push_back(t);
         }
       }
@@ -220,6 +233,7 @@ int run(int argc, char** argv) {
           {"unfused", std::nullopt}, {"fused_" + cuda::gemv_tuning_name(chosen), chosen}};
       if (sweep) {
         for (const cuda::GemvTuning& t : cuda::gemv_nvfp4_paired_tunings()) {
+          if (!cuda::gemv_nvfp4_tuning_applies(t, m, k)) continue;
           if (cuda::gemv_tuning_name(t) != cuda::gemv_tuning_name(chosen)) runs.push_back({"fused_" + cuda::gemv_tuning_name(t), t});
         }
       }

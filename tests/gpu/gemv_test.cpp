@@ -18,6 +18,7 @@
 #include "ops/cuda/activation.h"
 #include "ops/cuda/device_buffer.h"
 #include "ops/cuda/gemv.h"
+#include "../expect_error.h"
 #include "fused_kernel_harness.h"
 
 namespace uberlm {
@@ -274,10 +275,8 @@ TEST(GpuGemv, EveryTuningMatchesCpuReference) {
       const std::string shape_label =
           " N=" + std::to_string(shape.n) + " K=" + std::to_string(shape.k) + " M=" + std::to_string(m);
       for (const cuda::GemvTuning& tuning : cuda::gemv_nvfp4_tunings()) {
-        const std::string label = "nvfp4" + shape_label + " warps=" + std::to_string(tuning.warps) +
-                                  " depth=" + std::to_string(tuning.depth) +
-                                  " row_tiles=" + std::to_string(tuning.row_tiles) +
-                                  " k_split=" + std::to_string(tuning.k_split);
+        if (!cuda::gemv_nvfp4_tuning_applies(tuning, m, shape.k)) continue;  // BulkStreamTuningsMatchCpuReference
+        const std::string label = "nvfp4" + shape_label + " " + cuda::gemv_tuning_name(tuning);
         checked += check_against_reference(ref, m, shape.n, label, [&](void* y, DType dtype) {
           cuda::gemv_nvfp4_tuned(w_dev, x_dev.data(), m, y, dtype, tuning, nullptr);
         });
@@ -490,16 +489,12 @@ TEST(GpuGemv, EveryPairedTuningMatchesCpuAndUnfusedPath) {
         const std::string shape_label = std::string(nvfp4 ? "nvfp4" : "bf16") + " N=" + std::to_string(shape.n) +
                                         " K=" + std::to_string(shape.k) + " M=" + std::to_string(m);
         for (const cuda::GemvTuning& t : nvfp4 ? cuda::gemv_nvfp4_paired_tunings() : cuda::gemv_bf16_paired_tunings()) {
-          const std::string label = shape_label + " paired w" + std::to_string(t.warps) + "_d" +
-                                    std::to_string(t.depth) + "_k" + std::to_string(t.k_split) +
-                                    (t.async_copy ? "_async" : "");
-          checked += expect_swiglu_matches(c, c.fused(t), ref, label);
+          if (!cuda::gemv_nvfp4_tuning_applies(t, m, shape.k)) continue;  // BulkStreamTuningsMatchCpuReference
+          checked += expect_swiglu_matches(c, c.fused(t), ref, shape_label + " paired " + cuda::gemv_tuning_name(t));
         }
         for (const cuda::GemvTuning& t : nvfp4 ? cuda::gemv_nvfp4_tunings() : cuda::gemv_bf16_tunings()) {
-          if (t.row_tiles != 2 && m > 8) continue;
-          const std::string label = shape_label + " plain w" + std::to_string(t.warps) + "_d" +
-                                    std::to_string(t.depth) + "_r" + std::to_string(t.row_tiles) + "_k" +
-                                    std::to_string(t.k_split) + (t.async_copy ? "_async" : "");
+          if ((t.row_tiles != 2 && m > 8) || !cuda::gemv_nvfp4_tuning_applies(t, m, shape.k)) continue;
+          const std::string label = shape_label + " plain " + cuda::gemv_tuning_name(t);
           EXPECT_TRUE(c.fused(cuda::gemv_paired_tuning(t)) == c.unfused(t)) << label << ": fused != unfused";
           ++compared;
         }
@@ -508,6 +503,146 @@ TEST(GpuGemv, EveryPairedTuningMatchesCpuAndUnfusedPath) {
   }
   EXPECT_GT(checked, 0) << "no case ran";
   EXPECT_GT(compared, 0) << "no bit comparison ran";
+}
+
+std::vector<cuda::GemvTuning> stream_tunings(const std::vector<cuda::GemvTuning>& all) {
+  std::vector<cuda::GemvTuning> out;
+  for (const cuda::GemvTuning& t : all) {
+    if (t.pipeline == cuda::GemvPipeline::BulkStream) out.push_back(t);
+  }
+  return out;
+}
+
+// The bulk-stream kernel (gemv_stream.cuh) at every compiled tuning: partial row tiles, a partial last
+// 512-wide stage (K = 2304), stage counts that the cluster ranks split unevenly (K = 2304: 5 stages), more
+// tiles than resident clusters (N = 5120) and fewer (N = 37), one and two token groups; plus, per
+// tuning: the four-target launch (tiles of one cluster spanning targets), run-to-run bits, a token's
+// bits independent of M (batch invariance), and the paired SwiGLU launch against the CPU and, at one
+// token group, bit for bit against the plain stream + launch_swiglu.
+TEST(GpuGemv, BulkStreamTuningsMatchCpuReference) {
+  ASSERT_NO_FATAL_FAILURE(require_gpu());
+  std::mt19937 rng(20261203);
+  constexpr Shape kStreamShapes[] = {{37, 512}, {300, 2304}, {5120, 1024}, {264, 17408}};
+  constexpr int64_t kStreamTokenCounts[] = {1, 3, 8, 9, 16};
+  const std::vector<cuda::GemvTuning> plain = stream_tunings(cuda::gemv_nvfp4_tunings());
+  const std::vector<cuda::GemvTuning> paired = stream_tunings(cuda::gemv_nvfp4_paired_tunings());
+  ASSERT_FALSE(plain.empty());
+  ASSERT_FALSE(paired.empty());
+  int64_t checked = 0;
+  for (const Shape& shape : kStreamShapes) {
+    const Nvfp4Tensor w = random_nvfp4(rng, shape.n, shape.k, shape.n % 2 == 1);
+    const gpu_test::DeviceNvfp4 w_device = gpu_test::upload_nvfp4(w);
+    const Nvfp4Weight w_dev = w_device.view();
+    const std::vector<uint16_t> x_all = random_bf16(rng, 16 * shape.k, 1.0f);
+    DeviceBuffer x_dev(x_all);
+    for (const cuda::GemvTuning& tuning : plain) {
+      const std::string tuning_label = " N=" + std::to_string(shape.n) + " K=" + std::to_string(shape.k) + " " +
+                                       cuda::gemv_tuning_name(tuning);
+      std::vector<float> first_token_at_m1;
+      for (int64_t m : kStreamTokenCounts) {
+        const std::vector<uint16_t> x(x_all.begin(), x_all.begin() + m * shape.k);
+        std::vector<float> ref(m * shape.n);
+        cpu::linear_nvfp4(to_float(x).data(), m, w.view(), ref.data());
+        const std::string label = "stream M=" + std::to_string(m) + tuning_label;
+        checked += check_against_reference(ref, m, shape.n, label, [&](void* y, DType dtype) {
+          cuda::gemv_nvfp4_tuned(w_dev, x_dev.data(), m, y, dtype, tuning, nullptr);
+        });
+        DeviceBuffer y(m * shape.n * sizeof(float));
+        std::vector<float> runs[2];
+        for (std::vector<float>& run : runs) {
+          y.fill_bytes(0xff);
+          cuda::gemv_nvfp4_tuned(w_dev, x_dev.data(), m, y.data(), DType::F32, tuning, nullptr);
+          run = y.download<float>();
+        }
+        EXPECT_EQ(std::memcmp(runs[0].data(), runs[1].data(), runs[0].size() * sizeof(float)), 0)
+            << label << ": two runs differ";
+        const std::vector<float> first_token(runs[0].begin(), runs[0].begin() + shape.n);
+        if (m == 1) first_token_at_m1 = first_token;
+        EXPECT_EQ(std::memcmp(first_token.data(), first_token_at_m1.data(), shape.n * sizeof(float)), 0)
+            << label << ": token 0 differs from its M = 1 result";
+      }
+    }
+  }
+  // Four targets of one K in one launch, odd rows each.
+  {
+    const int64_t k = 2304, m = 5, rows[] = {37, 1000, 16, 250};
+    const std::vector<uint16_t> x = random_bf16(rng, m * k, 1.0f);
+    DeviceBuffer x_dev(x);
+    std::vector<Nvfp4Tensor> weights;
+    std::vector<gpu_test::DeviceNvfp4> device_weights;
+    for (int64_t n : rows) {
+      weights.push_back(random_nvfp4(rng, n, k, false));
+      device_weights.push_back(gpu_test::upload_nvfp4(weights.back()));
+    }
+    for (const cuda::GemvTuning& tuning : plain) {
+      std::vector<DeviceBuffer> outputs;
+      std::vector<cuda::Nvfp4GemvTarget> targets;
+      for (size_t i = 0; i < std::size(rows); ++i) {
+        outputs.emplace_back(m * rows[i] * sizeof(float));
+        outputs.back().fill_bytes(0xff);
+        targets.push_back({device_weights[i].view(), outputs.back().data()});
+      }
+      cuda::gemv_nvfp4_multi_tuned(targets.data(), static_cast<int>(targets.size()), x_dev.data(), m, DType::F32,
+                                   tuning, nullptr);
+      CUDA_CHECK(cudaDeviceSynchronize());
+      for (size_t i = 0; i < std::size(rows); ++i) {
+        std::vector<float> ref(m * rows[i]);
+        cpu::linear_nvfp4(to_float(x).data(), m, weights[i].view(), ref.data());
+        const std::vector<float> got = outputs[i].download<float>();
+        double ref_max = 0, err_max = 0;
+        int64_t unwritten = 0;
+        for (size_t e = 0; e < ref.size(); ++e) {
+          ref_max = std::fmax(ref_max, std::fabs(ref[e]));
+          if (!std::isfinite(got[e])) ++unwritten;
+          else err_max = std::fmax(err_max, std::fabs(got[e] - ref[e]));
+        }
+        const std::string label = "stream 4 targets, target " + std::to_string(i) + " " + cuda::gemv_tuning_name(tuning);
+        EXPECT_EQ(unwritten, 0) << label;
+        EXPECT_LE(err_max / ref_max, kF32Tolerance) << label;
+        checked += static_cast<int64_t>(ref.size());
+      }
+    }
+  }
+  // The paired gate/up launch with SwiGLU.
+  for (int64_t m : {1, 8, 13}) {
+    const SwigluCase c = make_swiglu_case(rng, true, 300, 2304, m);
+    const std::vector<float> ref = c.reference();
+    for (const cuda::GemvTuning& tuning : paired) {
+      const std::string label = "stream swiglu M=" + std::to_string(m) + " " + cuda::gemv_tuning_name(tuning);
+      checked += expect_swiglu_matches(c, c.fused(tuning), ref, label);
+    }
+    if (m > 8) continue;  // two token groups of two parts run one accumulator chain, the plain kernel two
+    for (const cuda::GemvTuning& tuning : plain) {
+      EXPECT_TRUE(c.fused(cuda::gemv_paired_tuning(tuning)) == c.unfused(tuning))
+          << "stream swiglu M=" << m << " " << cuda::gemv_tuning_name(tuning) << ": fused != unfused";
+    }
+  }
+  EXPECT_GT(checked, 0) << "no case ran";
+}
+
+TEST(GpuGemv, BulkStreamRejectsCallsOutsideItsLimits) {
+  ASSERT_NO_FATAL_FAILURE(require_gpu());
+  const cuda::GemvTuning stream{8, 8, 1, 2, cuda::GemvPipeline::BulkStream};
+  DeviceBuffer packed(64 * 512 / 2), scales(64 * 512 / 16), x(17 * 512 * 2), y(17 * 64 * 4);
+  const Nvfp4Weight k512{64, 512, packed.as<uint8_t>(), scales.as<uint8_t>(), 1.0f, 0.0f, Nvfp4CodeOrder::GemvTiled};
+  const Nvfp4Weight k160{64, 160, packed.as<uint8_t>(), scales.as<uint8_t>(), 1.0f, 0.0f, Nvfp4CodeOrder::GemvTiled};
+  const Nvfp4Weight unaligned{64, 256, packed.as<uint8_t>(), scales.as<uint8_t>() + 2, 1.0f, 0.0f,
+                              Nvfp4CodeOrder::GemvTiled};
+  EXPECT_TRUE(cuda::gemv_nvfp4_tuning_applies(stream, 16, 512));
+  EXPECT_FALSE(cuda::gemv_nvfp4_tuning_applies(stream, 17, 512));
+  EXPECT_FALSE(cuda::gemv_nvfp4_tuning_applies(stream, 1, 160));
+  expect_error_containing([&] { cuda::gemv_nvfp4_tuned(k512, x.data(), 17, y.data(), DType::F32, stream, nullptr); },
+                          {"M <= 16"});
+  expect_error_containing([&] { cuda::gemv_nvfp4_tuned(k160, x.data(), 1, y.data(), DType::F32, stream, nullptr); },
+                          {"K a multiple of 256"});
+  expect_error_containing([&] { cuda::gemv_nvfp4_tuned(unaligned, x.data(), 1, y.data(), DType::F32, stream, nullptr); },
+                          {"16-byte aligned"});
+  expect_error_containing([&] { cuda::gemv_nvfp4_tuned(k512, x.data(), 1, y.data(), DType::F32, {8, 8, 1, 3, stream.pipeline},
+                                            nullptr); },
+                          {"clusters of 1, 2 or 4"});
+  expect_error_containing([&] { cuda::gemv_bf16_tuned(x.data(), 8, 512, x.data(), 1, y.data(), DType::F32, stream, nullptr); },
+                          {"no kernel compiled"});
+  CUDA_CHECK(cudaDeviceSynchronize());
 }
 
 TEST(GpuGemv, UnsupportedShapesAreRejected) {

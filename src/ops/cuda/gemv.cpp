@@ -29,32 +29,70 @@ void check_gemv_arguments(std::string_view op, int64_t n, int64_t k, const void*
 }
 constexpr int kMaxWarps = 8;  // blocks of at most 256 threads, which kGemvMaxRegisters (gemv_tile.cuh) assumes
 
+constexpr int kStreamMaxM = 16, kStreamKMultiple = 256, kStreamMaxWarps = 8;  // gemv_stream.cuh's limits
+
+// The block shapes swept for each compiled shape: warps per block and K splits (warps of a block, or
+// blocks of a cluster for the bulk stream).
 template <size_t kCount>
 std::vector<GemvTuning> tunings_of(const GemvTuning (&shapes)[kCount]) {
   std::vector<GemvTuning> out;
   for (const GemvTuning& shape : shapes) {
+    if (shape.pipeline == GemvPipeline::BulkStream) {
+      for (int warps : {4, 8}) {
+        for (int cluster : {1, 2, 4}) out.push_back({warps, shape.depth, shape.row_tiles, cluster, shape.pipeline});
+      }
+      continue;
+    }
     for (int warps : {2, 4, 8}) {
       for (int k_split : {warps / 2, warps}) {
-        out.push_back({warps, shape.depth, shape.row_tiles, k_split, shape.async_copy});
+        out.push_back({warps, shape.depth, shape.row_tiles, k_split, shape.pipeline});
       }
     }
   }
   return out;
 }
 
+const char* pipeline_suffix(GemvPipeline pipeline) {
+  switch (pipeline) {
+    case GemvPipeline::AsyncCopy: return "_async";
+    case GemvPipeline::BulkStream: return "_stream";
+    default: return "";
+  }
+}
+
 template <size_t kCount>
 void check_tuning(std::string_view op, const GemvTuning& tuning, const GemvTuning (&shapes)[kCount]) {
-  if (tuning.warps < 1 || tuning.warps > kMaxWarps || tuning.k_split < 1 || tuning.warps % tuning.k_split != 0) {
+  if (tuning.pipeline == GemvPipeline::BulkStream) {
+    if (tuning.warps < 1 || tuning.warps > kStreamMaxWarps ||
+        (tuning.k_split != 1 && tuning.k_split != 2 && tuning.k_split != 4)) {
+      fail("{}: bulk-stream tuning of {} warps and clusters of {} blocks not supported (1..{} warps, clusters of 1, "
+           "2 or 4)",
+           op, tuning.warps, tuning.k_split, kStreamMaxWarps);
+    }
+  } else if (tuning.warps < 1 || tuning.warps > kMaxWarps || tuning.k_split < 1 || tuning.warps % tuning.k_split != 0) {
     fail("{}: tuning of {} warps per block, {} splitting K, not supported (1..{} warps, a multiple of the split)", op,
          tuning.warps, tuning.k_split, kMaxWarps);
   }
   for (const GemvTuning& shape : shapes) {
-    if (shape.depth == tuning.depth && shape.row_tiles == tuning.row_tiles && shape.async_copy == tuning.async_copy) {
+    if (shape.depth == tuning.depth && shape.row_tiles == tuning.row_tiles && shape.pipeline == tuning.pipeline) {
       return;
     }
   }
   fail("{}: no kernel compiled for pipeline depth {} with {} row tiles{}", op, tuning.depth, tuning.row_tiles,
-       tuning.async_copy ? " and asynchronous copies" : "");
+       pipeline_suffix(tuning.pipeline));
+}
+
+// The bulk stream's limits on the call (gemv_stream.cuh): few tokens, whole 256-wide blocks of K, and
+// 16-byte aligned codes and scales for the bulk copies.
+void check_stream_call(std::string_view op, const GemvTuning& tuning, const Nvfp4Weight& weight, int64_t m) {
+  if (tuning.pipeline != GemvPipeline::BulkStream) return;
+  if (!gemv_nvfp4_tuning_applies(tuning, m, weight.cols)) {
+    fail("{}: the bulk-stream kernel ({}) takes M <= {} and K a multiple of {}, not M = {}, K = {}", op,
+         gemv_tuning_name(tuning), kStreamMaxM, kStreamKMultiple, m, weight.cols);
+  }
+  if (!aligned(weight.packed, 16) || !aligned(weight.scales, 16)) {
+    fail("{}: the bulk-stream kernel needs 16-byte aligned codes and scales", op);
+  }
 }
 
 void check_nvfp4_weight(std::string_view op, const Nvfp4Weight& weight) {
@@ -75,7 +113,7 @@ constexpr bool pairs_compiled(const GemvTuning (&plain)[kPlain], const GemvTunin
   for (const GemvTuning& shape : plain) {
     bool found = false;
     for (const GemvTuning& p : paired) {
-      found = found || (p.depth == shape.depth && p.row_tiles == 2 && p.async_copy == shape.async_copy);
+      found = found || (p.depth == shape.depth && p.row_tiles == 2 && p.pipeline == shape.pipeline);
     }
     if (!found) return false;
   }
@@ -99,9 +137,9 @@ void check_swiglu_arguments(std::string_view op, int64_t gate_n, int64_t gate_k,
 // up to one token group the register pipeline with two row tiles, but 8 warps splitting a long K
 // (mlp_down); beyond it the shared-memory pipeline, which keeps the activation registers free.
 GemvTuning gemv_nvfp4_default_tuning(int64_t m, int64_t /*n*/, int64_t k) {
-  if (m > 8) return {4, 4, 2, 4, true};
-  if (k >= 16384) return {8, 4, 2, 8, true};
-  return {4, 2, 2, 4, false};
+  if (m > 8) return {4, 4, 2, 4, GemvPipeline::AsyncCopy};
+  if (k >= 16384) return {8, 4, 2, 8, GemvPipeline::AsyncCopy};
+  return {4, 2, 2, 4};
 }
 
 GemvTuning gemv_bf16_default_tuning(int64_t m, int64_t /*n*/, int64_t /*k*/) {
@@ -110,7 +148,11 @@ GemvTuning gemv_bf16_default_tuning(int64_t m, int64_t /*n*/, int64_t /*k*/) {
 }
 
 GemvTuning gemv_paired_tuning(const GemvTuning& plain) {
-  return {plain.warps, plain.depth, 2, plain.k_split, plain.async_copy};
+  return {plain.warps, plain.depth, 2, plain.k_split, plain.pipeline};
+}
+
+bool gemv_nvfp4_tuning_applies(const GemvTuning& tuning, int64_t m, int64_t k) {
+  return tuning.pipeline != GemvPipeline::BulkStream || (m <= kStreamMaxM && k % kStreamKMultiple == 0);
 }
 
 std::vector<GemvTuning> gemv_nvfp4_tunings() { return tunings_of(detail::kGemvNvfp4Shapes); }
@@ -146,6 +188,7 @@ void launch_nvfp4_checked(const Nvfp4GemvTarget* targets, int count, const void*
     }
   }
   check_tuning("gemv_nvfp4", tuning, detail::kGemvNvfp4Shapes);
+  for (int i = 0; i < count; ++i) check_stream_call("gemv_nvfp4", tuning, targets[i].weight, m);
   CUDA_CHECK(detail::launch_gemv_nvfp4(targets, count, x, static_cast<int>(m), y_dtype == DType::BF16, tuning, stream));
 }
 
@@ -197,7 +240,7 @@ void gemv_bf16_multi_tuned(const Bf16GemvTarget* targets, int count, int64_t k, 
 
 std::string gemv_tuning_name(const GemvTuning& t) {
   return "w" + std::to_string(t.warps) + "_d" + std::to_string(t.depth) + "_r" + std::to_string(t.row_tiles) + "_k" +
-         std::to_string(t.k_split) + (t.async_copy ? "_async" : "");
+         std::to_string(t.k_split) + pipeline_suffix(t.pipeline);
 }
 
 std::optional<GemvTuning> parse_gemv_tuning(const std::string& name) {
@@ -205,8 +248,10 @@ std::optional<GemvTuning> parse_gemv_tuning(const std::string& name) {
   char suffix[8] = {0};
   const int fields = std::sscanf(name.c_str(), "w%d_d%d_r%d_k%d%7s", &t.warps, &t.depth, &t.row_tiles, &t.k_split, suffix);
   if (fields < 4) return std::nullopt;
-  t.async_copy = std::string(suffix) == "_async";
-  if (fields == 5 && !t.async_copy) return std::nullopt;
+  const std::string_view given(suffix);
+  for (GemvPipeline pipeline : {GemvPipeline::Registers, GemvPipeline::AsyncCopy, GemvPipeline::BulkStream}) {
+    if (given == pipeline_suffix(pipeline)) t.pipeline = pipeline;
+  }
   if (gemv_tuning_name(t) != name) return std::nullopt;
   return t;
 }
@@ -230,6 +275,8 @@ void gemv_nvfp4_swiglu_tuned(const Nvfp4Weight& gate, const Nvfp4Weight& up, con
   check_nvfp4_weight(op, gate);
   check_nvfp4_weight(op, up);
   check_tuning(op, tuning, detail::kGemvNvfp4PairedShapes);
+  check_stream_call(op, tuning, gate, m);
+  check_stream_call(op, tuning, up, m);
   CUDA_CHECK(detail::launch_gemv_nvfp4_swiglu(gate, up, x, static_cast<int>(m), out, out_stride, tuning, stream));
 }
 

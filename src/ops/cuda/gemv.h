@@ -17,18 +17,27 @@ namespace uberlm::cuda {
 inline constexpr int64_t kGemvMaxM = 64;
 inline constexpr int64_t kGemvKMultiple = 32;
 
+// Where a GEMV's weight loads in flight wait: in registers (each lane's own loads), in shared memory
+// filled by cp.async (each warp's own ring, no registers held), or in a block's shared-memory ring filled
+// by the bulk-copy engine (gemv_stream.cuh: NVFP4, M <= 16, K a multiple of 256; Hopper).
+enum class GemvPipeline { Registers, AsyncCopy, BulkStream };
+
 // A launch shape: warps per block, weight loads in flight per row per lane (pipeline depth, in 128-wide
 // k-chunks), 16-row tiles per warp, and how many of the block's warps split K (their partial sums are
-// added in a fixed order); the other factor of warps / k_split takes more rows. With async_copy the
-// loads in flight wait in shared memory (cp.async) instead of registers, so a deep pipeline costs no
-// registers and occupancy.
+// added in a fixed order); the other factor of warps / k_split takes more rows. For BulkStream: warps
+// multiply (one more copies), depth is the ring's stages (512-wide), row_tiles 1 (2 with the paired
+// gate/up), and k_split blocks of a cluster split each tile's K.
 struct GemvTuning {
   int warps = 4;
   int depth = 4;
   int row_tiles = 1;
   int k_split = 4;
-  bool async_copy = false;
+  GemvPipeline pipeline = GemvPipeline::Registers;
 };
+
+// Whether a tuning's kernel can run m tokens of an [n, k] NVFP4 weight (the bulk stream's limits); the
+// launches reject the others with an error naming the limit.
+bool gemv_nvfp4_tuning_applies(const GemvTuning& tuning, int64_t m, int64_t k);
 
 // weight: NVFP4 [N, K] (K < 2^31) (packed 16-byte aligned, scales 2-byte aligned); x: bf16 [m, K], 16-byte
 // aligned; y: [m, N] of y_dtype (F32 or BF16).
@@ -102,15 +111,20 @@ void gemv_bf16_swiglu_tuned(const void* gate, const void* up, int64_t n, int64_t
 namespace detail {
 // The kernel launches (gemv_nvfp4.cu, gemv_bf16.cu), called after gemv.cpp's checks; they return the
 // launch status. Kept apart because nvcc cannot compile fmt, which the error path uses.
-// (depth, row tiles) pairs compiled into the kernels; the launches answer cudaErrorInvalidValue for others.
-inline constexpr GemvTuning kGemvNvfp4Shapes[] = {{0, 4, 1, 0, false}, {0, 8, 1, 0, false}, {0, 2, 2, 0, false},
-                                                  {0, 4, 2, 0, false}, {0, 4, 2, 0, true},  {0, 8, 2, 0, true},
-                                                  {0, 8, 1, 0, true}};
-inline constexpr GemvTuning kGemvBf16Shapes[] = {{0, 2, 1, 0, false}, {0, 1, 2, 0, false}};
+// (depth, row tiles, pipeline) shapes compiled into the kernels; the launches answer cudaErrorInvalidValue for others.
+inline constexpr GemvPipeline kRegisters = GemvPipeline::Registers, kAsync = GemvPipeline::AsyncCopy,
+                               kStream = GemvPipeline::BulkStream;
+inline constexpr GemvTuning kGemvNvfp4Shapes[] = {
+    {0, 4, 1, 0, kRegisters}, {0, 8, 1, 0, kRegisters}, {0, 2, 2, 0, kRegisters}, {0, 4, 2, 0, kRegisters},
+    {0, 4, 2, 0, kAsync},     {0, 8, 2, 0, kAsync},     {0, 8, 1, 0, kAsync},     {0, 8, 1, 0, kStream},
+    {0, 12, 1, 0, kStream}};
+inline constexpr GemvTuning kGemvBf16Shapes[] = {{0, 2, 1, 0, kRegisters}, {0, 1, 2, 0, kRegisters}};
 // The paired (SwiGLU epilogue) kernels: the two-row-tile variant of every shape above (gemv.cpp checks).
-inline constexpr GemvTuning kGemvNvfp4PairedShapes[] = {{0, 2, 2, 0, false}, {0, 4, 2, 0, false}, {0, 8, 2, 0, false},
-                                                        {0, 4, 2, 0, true},  {0, 8, 2, 0, true}};
-inline constexpr GemvTuning kGemvBf16PairedShapes[] = {{0, 2, 2, 0, false}, {0, 1, 2, 0, false}};
+inline constexpr GemvTuning kGemvNvfp4PairedShapes[] = {{0, 2, 2, 0, kRegisters}, {0, 4, 2, 0, kRegisters},
+                                                        {0, 8, 2, 0, kRegisters}, {0, 4, 2, 0, kAsync},
+                                                        {0, 8, 2, 0, kAsync},     {0, 8, 2, 0, kStream},
+                                                        {0, 12, 2, 0, kStream}};
+inline constexpr GemvTuning kGemvBf16PairedShapes[] = {{0, 2, 2, 0, kRegisters}, {0, 1, 2, 0, kRegisters}};
 cudaError_t launch_gemv_nvfp4(const Nvfp4GemvTarget* targets, int count, const void* x, int m, bool y_is_bf16,
                               const GemvTuning& tuning, cudaStream_t stream);
 cudaError_t launch_gemv_bf16(const Bf16GemvTarget* targets, int count, int64_t k, const void* x, int m,

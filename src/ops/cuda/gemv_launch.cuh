@@ -1,21 +1,24 @@
 #pragma once
 // Tile-shape dispatch of the standalone GEMV launches (gemv_nvfp4.cu, gemv_bf16.cu and their _swiglu
-// twins of the paired epilogue): a run-time GemvTuning picks one of the compiled (depth, row tiles)
-// pairs, M picks the token groups, the epilogue (gemv_tile.cuh) is a compile-time choice of the caller.
+// twins of the paired epilogue): a run-time GemvTuning picks one of the compiled (depth, row tiles,
+// pipeline) shapes, M picks the token groups, the epilogue (gemv_tile.cuh) is a compile-time choice of the
+// caller.
 #include <cuda_runtime_api.h>
 
+#include <atomic>
 #include <cstdint>
 
 #include "ops/cuda/gemv.h"
+#include "ops/cuda/gemv_stream.cuh"
 #include "ops/cuda/gemv_tile.cuh"
 
 namespace uberlm::cuda {
 
-// A compiled pipeline depth, row-tile count and pipeline kind (registers or cp.async to shared memory).
-template <int kDepth, int kRowTiles, bool kAsync = false>
+// A compiled pipeline depth, row-tile count and pipeline kind (GemvPipeline).
+template <int kDepth, int kRowTiles, GemvPipeline kPipeline = GemvPipeline::Registers>
 struct GemvShape {
   static constexpr int depth = kDepth, row_tiles = kRowTiles;
-  static constexpr bool async_copy = kAsync;
+  static constexpr GemvPipeline pipeline = kPipeline;
 };
 
 static_assert(kGemvMaxSegments == kGemvMaxTargets);
@@ -52,14 +55,69 @@ cudaError_t launch_gemv_tokens(const GemvSegments<Format>& segments, const void*
   }
 }
 
-// Launches the first of Shapes whose depth and row tiles match `tuning`; cudaErrorInvalidValue if none does.
+// The bulk-stream kernel (gemv_stream.cuh) for M <= 16: a persistent grid of as many clusters as fit at
+// once (at most one per tile), each block `warps` consumer warps and one producer.
+template <int kTokenGroups, int kDepth, class Epilogue>
+cudaError_t launch_gemv_stream_tile(GemvSegments<Nvfp4Format> segments, const void* x, int m, int64_t k,
+                                    const Epilogue& epilogue, int warps, int cluster, cudaStream_t stream) {
+  constexpr int kParts = Epilogue::kPairedTiles ? 2 : 1;
+  const GemvStreamWork work{segments.assign_blocks(kGemvRowsPerTile, Epilogue::kPairedTiles),
+                            static_cast<int>((k + kStreamStageK - 1) / kStreamStageK), cluster, warps};
+  const int smem = gemv_stream_smem_bytes<kTokenGroups, kParts, kDepth>(warps, cluster);
+  const auto kernel = gemv_stream_kernel<kTokenGroups, kParts, kDepth, Epilogue>;
+  cudaError_t status = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
+  if (status != cudaSuccess) return status;
+  const dim3 block((warps + 1) * 32);
+  // Clusters resident at once for this block shape, asked once per shape (warps 1..8, clusters 1, 2, 4).
+  static std::atomic<int> resident_clusters[kStreamMaxWarps + 1][kStreamMaxCluster + 1];
+  int clusters = resident_clusters[warps][cluster].load(std::memory_order_relaxed);
+  if (clusters == 0) {
+    cudaLaunchAttribute shape{};
+    shape.id = cudaLaunchAttributeClusterDimension;
+    shape.val.clusterDim = {static_cast<unsigned>(cluster), 1, 1};
+    cudaLaunchConfig_t config{};
+    config.gridDim = dim3(cluster);
+    config.blockDim = block;
+    config.dynamicSmemBytes = smem;
+    config.attrs = &shape;
+    config.numAttrs = 1;
+    status = cudaOccupancyMaxActiveClusters(&clusters, kernel, &config);
+    if (status != cudaSuccess) return status;
+    if (clusters < 1) return cudaErrorInvalidConfiguration;
+    resident_clusters[warps][cluster].store(clusters, std::memory_order_relaxed);
+  }
+  const dim3 grid((work.tiles < clusters ? work.tiles : clusters) * cluster);
+  const auto* activations = static_cast<const __nv_bfloat16*>(x);
+  if (cluster == 1) return launch_dependent(kernel, grid, block, smem, stream, segments, activations, m, int(k), work, epilogue);
+  return launch_dependent_clusters(kernel, grid, block, dim3(cluster), smem, stream, segments, activations, m, int(k),
+                                   work, epilogue);
+}
+
+template <int kDepth, class Epilogue>
+cudaError_t launch_gemv_stream(const GemvSegments<Nvfp4Format>& segments, const void* x, int m, int64_t k,
+                               const Epilogue& epilogue, int warps, int cluster, cudaStream_t stream) {
+  static_assert(kStreamMaxTokenGroups == 2);
+  if (warps < 1 || warps > kStreamMaxWarps || cluster < 1 || cluster > kStreamMaxCluster) return cudaErrorInvalidValue;
+  switch ((m + kGemvTokensPerGroup - 1) / kGemvTokensPerGroup) {
+    case 1: return launch_gemv_stream_tile<1, kDepth>(segments, x, m, k, epilogue, warps, cluster, stream);
+    case 2: return launch_gemv_stream_tile<2, kDepth>(segments, x, m, k, epilogue, warps, cluster, stream);
+    default: return cudaErrorInvalidValue;
+  }
+}
+
+// Launches the first of Shapes whose depth, row tiles and pipeline match `tuning`; cudaErrorInvalidValue if
+// none does.
 template <class Format, class Shape, class... Shapes, class Epilogue>
 cudaError_t launch_gemv(const GemvSegments<Format>& segments, const void* x, int m, int64_t k, const Epilogue& epilogue,
                         const GemvTuning& tuning, cudaStream_t stream) {
-  if (tuning.depth == Shape::depth && tuning.row_tiles == Shape::row_tiles &&
-      tuning.async_copy == Shape::async_copy) {
-    return launch_gemv_tokens<Format, Shape::row_tiles, Shape::depth, Shape::async_copy>(
-        segments, x, m, k, epilogue, tuning.warps, tuning.k_split, stream);
+  if (tuning.depth == Shape::depth && tuning.row_tiles == Shape::row_tiles && tuning.pipeline == Shape::pipeline) {
+    if constexpr (Shape::pipeline == GemvPipeline::BulkStream) {
+      static_assert(Shape::row_tiles == (Epilogue::kPairedTiles ? 2 : 1), "a stream tile is one part, or two paired");
+      return launch_gemv_stream<Shape::depth>(segments, x, m, k, epilogue, tuning.warps, tuning.k_split, stream);
+    } else {
+      return launch_gemv_tokens<Format, Shape::row_tiles, Shape::depth, Shape::pipeline == GemvPipeline::AsyncCopy>(
+          segments, x, m, k, epilogue, tuning.warps, tuning.k_split, stream);
+    }
   }
   if constexpr (sizeof...(Shapes) > 0) {
     return launch_gemv<Format, Shapes...>(segments, x, m, k, epilogue, tuning, stream);

@@ -406,11 +406,12 @@ struct GemvSegments {
   }
 };
 
-// Epilogues: what gemv_kernel does with a block's sums. Each one says how a warp's row tiles are laid
-// out (kPairedTiles; GemvWarpTiles) and stores, through
-//   store<Format, kTokenGroups, kRowTiles>(sums, segments, segment, block_row0, m)
-// the block's outputs for tokens < m; block_row0 is the block's first row in its segment (in every
-// segment with paired tiles). A new epilogue is one more such struct; the kernel is shared.
+// Epilogues: what gemv_kernel (and gemv_stream_kernel) does with a block's sums. Each one says how a
+// warp's row tiles are laid out (kPairedTiles; GemvWarpTiles) and stores, through
+//   store<Format, kTokenGroups, kRowTiles>(sums, segments, segment, block_row0, m, thread, threads)
+// the block's outputs for tokens < m, output i by thread i % threads; block_row0 is the block's first row
+// in its segment (in every segment with paired tiles), sums has GemvBlockSums' row_groups() and (group,
+// token, r). A new epilogue is one more such struct; the kernels are shared.
 
 // Plain GEMV: a warp's tiles are consecutive rows of its block's segment; y[token, row] = sum *
 // output_multiplier into the segment's output, fp32 or bf16 [M, N].
@@ -418,15 +419,14 @@ struct GemvStoreEpilogue {
   static constexpr bool kPairedTiles = false;
   bool y_is_bf16;
 
-  template <class Format, int kTokenGroups, int kRowTiles>
-  __device__ __forceinline__ void store(const GemvBlockSums<kTokenGroups, kRowTiles>& sums,
-                                        const GemvSegments<Format>& segments, int segment, int64_t block_row0,
-                                        int m) const {
+  template <class Format, int kTokenGroups, int kRowTiles, class Sums>
+  __device__ __forceinline__ void store(const Sums& sums, const GemvSegments<Format>& segments, int segment,
+                                        int64_t block_row0, int m, int thread, int threads) const {
     constexpr int kRows = kRowTiles * kGemvRowsPerTile, kOutputs = kTokenGroups * kGemvTokensPerGroup * kRows;
     const int64_t n_rows = segments.rows[segment];
     const float multiplier = segments.formats[segment].output_multiplier;
     void* const y = segments.outputs[segment];
-    for (int i = threadIdx.x; i < sums.row_groups() * kOutputs; i += blockDim.x) {
+    for (int i = thread; i < sums.row_groups() * kOutputs; i += threads) {
       const int group = i / kOutputs, token = i % kOutputs / kRows, r = i % kRows;
       const int64_t row = block_row0 + static_cast<int64_t>(group) * kRows + r;
       if (token >= m || row >= n_rows) continue;
@@ -452,16 +452,15 @@ struct GemvSwigluEpilogue {
   __nv_bfloat16* out;
   int64_t out_stride;
 
-  template <class Format, int kTokenGroups, int kRowTiles>
-  __device__ __forceinline__ void store(const GemvBlockSums<kTokenGroups, kRowTiles>& sums,
-                                        const GemvSegments<Format>& segments, int /*segment*/, int64_t block_row0,
-                                        int m) const {
+  template <class Format, int kTokenGroups, int kRowTiles, class Sums>
+  __device__ __forceinline__ void store(const Sums& sums, const GemvSegments<Format>& segments, int /*segment*/,
+                                        int64_t block_row0, int m, int thread, int threads) const {
     static_assert(kRowTiles == 2, "paired tiles: tile 0 gate, tile 1 up");
     constexpr int kRows = kGemvRowsPerTile, kOutputs = kTokenGroups * kGemvTokensPerGroup * kRows;
     const int64_t n_rows = segments.rows[0];
     const float gate_multiplier = segments.formats[0].output_multiplier;
     const float up_multiplier = segments.formats[1].output_multiplier;
-    for (int i = threadIdx.x; i < sums.row_groups() * kOutputs; i += blockDim.x) {
+    for (int i = thread; i < sums.row_groups() * kOutputs; i += threads) {
       const int group = i / kOutputs, token = i % kOutputs / kRows, r = i % kRows;
       const int64_t row = block_row0 + static_cast<int64_t>(group) * kRows + r;
       if (token >= m || row >= n_rows) continue;
@@ -526,7 +525,7 @@ __global__ void __maxnreg__((kGemvMaxRegisters<kTokenGroups, kDepth, kAsync>))
   }
   gemv_block_partials<kTokenGroups, kRowTiles>(acc, gemv_partial);
   epilogue.template store<Format, kTokenGroups, kRowTiles>(GemvBlockSums<kTokenGroups, kRowTiles>{gemv_partial, k_split},
-                                                           segments, segment, block_row0, m);
+                                                           segments, segment, block_row0, m, threadIdx.x, blockDim.x);
 }
 
 }  // namespace uberlm::cuda

@@ -14,10 +14,10 @@ cudaError_t launch_gemv_nvfp4_swiglu(const Nvfp4Weight& gate, const Nvfp4Weight&
   GemvSegments<Nvfp4Format> segments{};
   segments.add(nvfp4_format(gate), gate.rows, nullptr);
   segments.add(nvfp4_format(up), up.rows, nullptr);
-  return launch_gemv<Nvfp4Format, GemvShape<2, 2>, GemvShape<4, 2>, GemvShape<8, 2>, GemvShape<4, 2, true>,
-                    GemvShape<8, 2, true>>(segments, x, m, gate.cols,
-                                           GemvSwigluEpilogue{static_cast<__nv_bfloat16*>(out), out_stride}, tuning,
-                                           stream);
+  constexpr GemvPipeline kAsync = GemvPipeline::AsyncCopy, kStream = GemvPipeline::BulkStream;
+  return launch_gemv<Nvfp4Format, GemvShape<2, 2>, GemvShape<4, 2>, GemvShape<8, 2>, GemvShape<4, 2, kAsync>,
+                    GemvShape<8, 2, kAsync>, GemvShape<8, 2, kStream>, GemvShape<12, 2, kStream>>(
+      segments, x, m, gate.cols, GemvSwigluEpilogue{static_cast<__nv_bfloat16*>(out), out_stride}, tuning, stream);
 }
 
 cudaError_t launch_gemv_bf16_swiglu(const void* gate, const void* up, int64_t n, int64_t k, const void* x, int m,

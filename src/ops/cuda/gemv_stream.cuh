@@ -1,0 +1,375 @@
+#pragma once
+// The bulk-stream pipeline of the NVFP4 decode GEMV (M <= 16, Hopper): each block streams its rows'
+// weights through a deep ring of shared-memory stages filled by the bulk-copy engine (cp.async.bulk with
+// mbarrier completion), so the bytes in flight per SM are set by the ring (8-12 stages of 4.6 KB), not
+// by registers or the grid shape. That is what the register and cp.async pipelines of gemv_tile.cuh
+// lacked on the H200: 5-6 warps per SM with ~12 KB in flight, where the copy bandwidth at the loaded
+// latency needs ~32 KB (bench/notes/gemv.md, sessions 4 and 6).
+//
+// Work split. A tile is 16 weight rows (two parts, gate and up, with the paired SwiGLU epilogue). A
+// cluster of `cluster` blocks owns tiles cluster_id, + clusters, ...; block rank r of the cluster streams
+// the stages [r S / cluster, (r + 1) S / cluster) of each of them (S: 512-wide stages of K), so every block
+// of the grid streams the same bytes whatever N is (a 320-tile matrix on 132 SMs would otherwise leave
+// a fifth of them idle in the last wave). In a block one producer warp issues each stage as one bulk
+// copy per row and part (codes and scales), and stage i is multiplied by consumer warp i % warps with
+// the mma fragments of gemv_tile.cuh (gemv_multiply_chunk), read from shared memory. At the end of a
+// tile the consumer warps add their sums in warp order, the other ranks send theirs to rank 0 through
+// distributed shared memory (st.shared::cluster, mbarriers at cluster scope), and rank 0 adds them in
+// rank order and runs the epilogue: a fixed order, so the output is deterministic.
+//
+// Requirements (gemv.cpp checks them): K a multiple of 256 (each row's stage of scales is a whole number
+// of 16-byte copies, and rows start 16-byte aligned), codes and scales 16-byte aligned, M <= 16.
+#include <cuda_bf16.h>
+
+#include <cstdint>
+
+#include "ops/cuda/gemv_nvfp4.cuh"
+#include "ops/cuda/gemv_tile.cuh"
+
+namespace uberlm::cuda {
+
+inline constexpr int kStreamStageK = 512;
+inline constexpr int kStreamStageChunks = kStreamStageK / kGemvChunkK;
+inline constexpr int kStreamKMultiple = 256;
+inline constexpr int kStreamMaxTokenGroups = 2;
+inline constexpr int kStreamMaxWarps = 8;  // consumer warps; one more produces
+inline constexpr int kStreamMaxCluster = 4;
+// A row's codes and scales in a stage, padded so that the lanes of one shared-memory wavefront hit distinct
+// banks: an lds.128 wavefront is rows g, g + 1 (4 lanes each, 64 bytes), 320 bytes apart, so in opposite
+// halves of the 128-byte bank row; the 2-byte scale loads of rows 0..7, 48 bytes apart, land on banks
+// 12 g mod 32, all distinct.
+inline constexpr int kStreamCodeStride = kStreamStageK / 2 + 64;
+inline constexpr int kStreamScaleStride = 48;
+// Tile sums in flight from the other ranks of a cluster to rank 0.
+inline constexpr int kStreamInboxSlots = 2;
+
+__device__ __forceinline__ uint32_t shared_address(const void* pointer) {
+  return static_cast<uint32_t>(__cvta_generic_to_shared(pointer));
+}
+
+__device__ __forceinline__ void mbarrier_init(uint64_t* barrier, uint32_t count) {
+  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(shared_address(barrier)), "r"(count) : "memory");
+}
+
+// Makes the initialised barriers visible to the cluster's other blocks and to the bulk-copy engine.
+__device__ __forceinline__ void fence_mbarrier_init() {
+  asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+}
+
+__device__ __forceinline__ void mbarrier_arrive(uint64_t* barrier) {
+  asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(shared_address(barrier)) : "memory");
+}
+
+__device__ __forceinline__ void mbarrier_arrive_expect_bytes(uint64_t* barrier, uint32_t bytes) {
+  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(shared_address(barrier)), "r"(bytes)
+               : "memory");
+}
+
+// Arrives on the barrier at the same place in the shared memory of cluster block `rank`, releasing this
+// thread's earlier writes (and reads) at cluster scope.
+__device__ __forceinline__ void mbarrier_arrive_in_block(uint64_t* barrier, uint32_t rank) {
+  uint32_t remote;
+  asm volatile("mapa.shared::cluster.u32 %0, %1, %2;\n" : "=r"(remote) : "r"(shared_address(barrier)), "r"(rank));
+  asm volatile("mbarrier.arrive.release.cluster.shared::cluster.b64 _, [%0];\n" ::"r"(remote) : "memory");
+}
+
+// Waits for the phase of `parity` to complete; with kCluster, acquiring what other blocks of the cluster
+// released into it.
+template <bool kCluster>
+__device__ __forceinline__ void mbarrier_wait(uint64_t* barrier, uint32_t parity) {
+  const uint32_t address = shared_address(barrier);
+  uint32_t done = 0;
+  while (!done) {
+    if constexpr (kCluster) {
+      asm volatile(
+          "{\n .reg .pred p;\n mbarrier.try_wait.parity.acquire.cluster.shared::cta.b64 p, [%1], %2;\n"
+          " selp.u32 %0, 1, 0, p;\n}\n"
+          : "=r"(done)
+          : "r"(address), "r"(parity)
+          : "memory");
+    } else {
+      asm volatile(
+          "{\n .reg .pred p;\n mbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\n selp.u32 %0, 1, 0, p;\n}\n"
+          : "=r"(done)
+          : "r"(address), "r"(parity)
+          : "memory");
+    }
+  }
+}
+
+// `bytes` (a multiple of 16, both addresses 16-byte aligned) from global memory into this block's shared
+// memory by the bulk-copy engine; completion counts the bytes on `barrier`.
+__device__ __forceinline__ void bulk_copy_to_shared(void* shared, const void* global, uint32_t bytes,
+                                                    uint64_t* barrier) {
+  asm volatile(
+      "cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];\n" ::"r"(
+          shared_address(shared)),
+      "l"(global), "r"(bytes), "r"(shared_address(barrier))
+      : "memory");
+}
+
+__device__ __forceinline__ void store_in_block(float* local, uint32_t rank, float value) {
+  uint32_t remote;
+  asm volatile("mapa.shared::cluster.u32 %0, %1, %2;\n" : "=r"(remote) : "r"(shared_address(local)), "r"(rank));
+  asm volatile("st.shared::cluster.f32 [%0], %1;\n" ::"r"(remote), "f"(value) : "memory");
+}
+
+__device__ __forceinline__ void cluster_sync() {
+  asm volatile("barrier.cluster.arrive.release.aligned;\nbarrier.cluster.wait.acquire.aligned;\n" ::: "memory");
+}
+
+// The consumer warps' barrier (the producer warp never joins it).
+__device__ __forceinline__ void consumer_sync(int consumer_threads) {
+  asm volatile("bar.sync 1, %0;\n" ::"r"(consumer_threads) : "memory");
+}
+
+template <int kParts>
+struct GemvStreamStage {
+  alignas(16) uint8_t codes[kParts][kGemvRowsPerTile][kStreamCodeStride];
+  alignas(16) uint8_t scales[kParts][kGemvRowsPerTile][kStreamScaleStride];
+};
+
+// Fixed part of a block's shared memory; the per-warp tile sums and the cluster inbox follow it.
+template <int kParts, int kDepth>
+struct GemvStreamShared {
+  GemvStreamStage<kParts> stages[kDepth];
+  uint64_t stage_full[kDepth], stage_empty[kDepth];
+  uint64_t inbox_full[kStreamInboxSlots], inbox_free[kStreamInboxSlots];
+};
+
+// Floats of one tile's sums: parts x 16 rows x tokens.
+template <int kTokenGroups, int kParts>
+inline constexpr int kStreamTileValues = kParts * kGemvRowsPerTile * kTokenGroups * kGemvTokensPerGroup;
+
+template <int kTokenGroups, int kParts, int kDepth>
+constexpr int gemv_stream_smem_bytes(int warps, int cluster) {
+  constexpr int kValueBytes = kStreamTileValues<kTokenGroups, kParts> * static_cast<int>(sizeof(float));
+  return static_cast<int>(sizeof(GemvStreamShared<kParts, kDepth>)) + 2 * warps * kValueBytes +
+         kStreamInboxSlots * (cluster - 1) * kValueBytes;
+}
+
+// What one launch streams (set by the host).
+struct GemvStreamWork {
+  int tiles;     // 16-row tiles over all segments (with paired parts: of one part)
+  int k_stages;  // kStreamStageK-wide stages of K
+  int cluster;   // blocks per cluster, splitting each tile's stages
+  int warps;     // consumer warps per block
+};
+
+// A tile's rows: part p is rows [row0, row0 + 16) of segment `segment` (plain) or of segment p (paired).
+struct GemvStreamTile {
+  int segment;
+  int64_t row0;
+};
+
+template <bool kPaired>
+__device__ __forceinline__ GemvStreamTile gemv_stream_tile(const GemvSegments<Nvfp4Format>& segments, int tile) {
+  if constexpr (kPaired) {
+    return {0, static_cast<int64_t>(tile) * kGemvRowsPerTile};
+  } else {
+    int segment = 0;
+    while (segment + 1 < segments.count && tile >= segments.first_block[segment + 1]) ++segment;
+    return {segment, static_cast<int64_t>(tile - segments.first_block[segment]) * kGemvRowsPerTile};
+  }
+}
+
+// A tile's sums for the epilogue (GemvBlockSums' interface, one row group): the block's consumer warps
+// added in warp order, then the other ranks' block sums in rank order.
+template <int kTokenGroups, int kParts>
+struct GemvStreamTileSums {
+  static constexpr int kRows = kParts * kGemvRowsPerTile, kValues = kStreamTileValues<kTokenGroups, kParts>;
+  const float* warp_sums;
+  int warps;
+  const float* rank_sums;
+  int ranks;
+
+  __device__ __forceinline__ int row_groups() const { return 1; }
+
+  __device__ __forceinline__ float block_sum(int i) const {
+    float sum = 0.0f;
+    for (int w = 0; w < warps; ++w) sum += warp_sums[w * kValues + i];
+    return sum;
+  }
+
+  __device__ __forceinline__ float operator()(int /*group*/, int token, int r) const {
+    const int i = token * kRows + r;
+    float sum = block_sum(i);
+    for (int q = 0; q < ranks; ++q) sum += rank_sums[q * kValues + i];
+    return sum;
+  }
+};
+
+// The producer warp: every stage of this block's tiles, in the order the consumers take them. Lane l
+// copies row l % 16's codes (l < 16) or scales (l >= 16) of every part; rows past N read the last row.
+template <int kParts, int kDepth, bool kPaired>
+__device__ __forceinline__ void gemv_stream_produce(const GemvSegments<Nvfp4Format>& segments, int k_size,
+                                                    const GemvStreamWork& work, int first_tile, int tile_step,
+                                                    int stage_begin, int stage_end,
+                                                    GemvStreamShared<kParts, kDepth>& shared) {
+  const int lane = threadIdx.x % 32, r = lane % kGemvRowsPerTile;
+  const bool copies_codes = lane < kGemvRowsPerTile;
+  int seq = 0;
+  for (int tile = first_tile; tile < work.tiles; tile += tile_step) {
+    const GemvStreamTile t = gemv_stream_tile<kPaired>(segments, tile);
+    const int64_t n_rows = segments.rows[t.segment];
+    const int64_t row = t.row0 + r < n_rows ? t.row0 + r : n_rows - 1;
+    Nvfp4Format::Row rows[kParts];
+#pragma unroll
+    for (int p = 0; p < kParts; ++p) rows[p] = segments.formats[kPaired ? p : t.segment].row(row);
+    for (int s = stage_begin; s < stage_end; ++s, ++seq) {
+      const int slot = seq % kDepth;
+      mbarrier_wait<false>(&shared.stage_empty[slot], ((seq / kDepth) & 1) ^ 1);
+      const int k0 = s * kStreamStageK, stage_k = min(kStreamStageK, k_size - k0);
+      const uint32_t code_bytes = stage_k / 2, scale_bytes = stage_k / 16;
+      if (lane == 0) {
+        mbarrier_arrive_expect_bytes(&shared.stage_full[slot], kParts * kGemvRowsPerTile * (code_bytes + scale_bytes));
+      }
+      __syncwarp();
+      GemvStreamStage<kParts>& stage = shared.stages[slot];
+#pragma unroll
+      for (int p = 0; p < kParts; ++p) {
+        if (copies_codes) {
+          bulk_copy_to_shared(stage.codes[p][r], rows[p].codes + k0 / 2, code_bytes, &shared.stage_full[slot]);
+        } else {
+          bulk_copy_to_shared(stage.scales[p][r], rows[p].scales + k0 / 16, scale_bytes, &shared.stage_full[slot]);
+        }
+      }
+    }
+  }
+}
+
+// One consumer warp's multiply of one stage: chunk c's activations are requested before chunk c - 1 is
+// multiplied (the first before the stage's weights are waited for), the weights come from the stage.
+template <int kTokenGroups, int kParts>
+__device__ __forceinline__ void gemv_stream_multiply_stage(const GemvStreamStage<kParts>& stage, uint64_t* full,
+                                                           uint32_t parity, const __nv_bfloat16* x, int m,
+                                                           int k_size, int k0,
+                                                           GemvAccumulators<kTokenGroups, kParts>& acc) {
+  const int lane = threadIdx.x % 32, g = lane / 4, tig = lane % 4;
+  const int chunks = min(kStreamStageChunks, (k_size - k0) / kGemvChunkK);
+  uint32_t xs[2][kTokenGroups][16];
+  gemv_load_activation_chunk<kTokenGroups>(x, m, k_size, k0 + tig * kGemvLaneK, xs[0]);
+  mbarrier_wait<false>(full, parity);
+#pragma unroll
+  for (int c = 0; c < kStreamStageChunks; ++c) {
+    if (c >= chunks) break;  // warp-uniform
+    if (c + 1 < chunks) {
+      gemv_load_activation_chunk<kTokenGroups>(x, m, k_size, k0 + (c + 1) * kGemvChunkK + tig * kGemvLaneK,
+                                               xs[(c + 1) % 2]);
+    }
+    GemvChunkRows<Nvfp4Format, kParts> raw;
+#pragma unroll
+    for (int p = 0; p < kParts; ++p) {
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        const int row = g + 8 * h, byte = c * (kGemvChunkK / 2) + tig * (kGemvLaneK / 2);
+        raw.rows[p][h].codes = *reinterpret_cast<const uint4*>(&stage.codes[p][row][byte]);
+        raw.rows[p][h].scales =
+            *reinterpret_cast<const uint16_t*>(&stage.scales[p][row][c * (kGemvChunkK / 16) + tig * 2]);
+      }
+    }
+    gemv_multiply_chunk<Nvfp4Format, kTokenGroups, kParts>(raw, xs[c % 2], acc);
+  }
+}
+
+// Writes this warp's accumulators (chains added) to its slice of the tile sums, [token][part row], as
+// gemv_block_partials does.
+template <int kTokenGroups, int kParts>
+__device__ __forceinline__ void gemv_stream_store_warp_sums(const GemvAccumulators<kTokenGroups, kParts>& acc,
+                                                            float* mine) {
+  constexpr int kChains = kGemvAccChains<kTokenGroups, kParts>, kRows = kParts * kGemvRowsPerTile;
+  const int lane = threadIdx.x % 32, g = lane / 4, tig = lane % 4;
+#pragma unroll
+  for (int t = 0; t < kTokenGroups; ++t) {
+#pragma unroll
+    for (int p = 0; p < kParts; ++p) {
+      float d[4];
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        d[e] = acc[0][t][p][e];
+#pragma unroll
+        for (int c = 1; c < kChains; ++c) d[e] += acc[c][t][p][e];
+      }
+      const int token = t * kGemvTokensPerGroup + 2 * tig, row = p * kGemvRowsPerTile + g;
+      mine[token * kRows + row] = d[0];
+      mine[(token + 1) * kRows + row] = d[1];
+      mine[token * kRows + row + 8] = d[2];
+      mine[(token + 1) * kRows + row + 8] = d[3];
+    }
+  }
+}
+
+template <int kTokenGroups, int kParts, int kDepth, class Epilogue>
+__global__ void __launch_bounds__((kStreamMaxWarps + 1) * 32)
+    gemv_stream_kernel(const GemvSegments<Nvfp4Format> segments, const __nv_bfloat16* __restrict__ x, int m, int k_size,
+                       const GemvStreamWork work, const Epilogue epilogue) {
+  static_assert(kParts == (Epilogue::kPairedTiles ? 2 : 1));
+  constexpr int kValues = kStreamTileValues<kTokenGroups, kParts>;
+  using Shared = GemvStreamShared<kParts, kDepth>;
+  extern __shared__ __align__(16) uint8_t gemv_stream_smem[];
+  Shared& shared = *reinterpret_cast<Shared*>(gemv_stream_smem);
+  float* const warp_sums = reinterpret_cast<float*>(gemv_stream_smem + sizeof(Shared));  // [2][warps][kValues]
+  float* const inbox = warp_sums + 2 * work.warps * kValues;  // [kStreamInboxSlots][cluster - 1][kValues]
+  allow_next_kernel();
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, consumer_threads = work.warps * 32;
+  const int rank = static_cast<int>(blockIdx.x) % work.cluster, cluster_id = static_cast<int>(blockIdx.x) / work.cluster;
+  const int clusters = static_cast<int>(gridDim.x) / work.cluster;
+  const int stage_begin = rank * work.k_stages / work.cluster, stage_end = (rank + 1) * work.k_stages / work.cluster;
+  const bool clustered = work.cluster > 1;
+  if (threadIdx.x == 0) {
+    for (int d = 0; d < kDepth; ++d) {
+      mbarrier_init(&shared.stage_full[d], 1);
+      mbarrier_init(&shared.stage_empty[d], 1);  // the one warp that multiplies the stage frees it
+    }
+    for (int j = 0; j < kStreamInboxSlots && clustered; ++j) {
+      mbarrier_init(&shared.inbox_full[j], (work.cluster - 1) * consumer_threads);
+      mbarrier_init(&shared.inbox_free[j], consumer_threads);
+    }
+    fence_mbarrier_init();
+  }
+  if (clustered) cluster_sync();  // the barriers exist before any block of the cluster uses them
+  else __syncthreads();
+
+  if (warp == work.warps) {
+    gemv_stream_produce<kParts, kDepth, Epilogue::kPairedTiles>(segments, k_size, work, cluster_id, clusters,
+                                                                stage_begin, stage_end, shared);
+  } else {
+    wait_for_previous_kernel();  // the activations come from the previous kernel, the outputs may be read by it
+    int seq = 0, iteration = 0;
+    for (int tile = cluster_id; tile < work.tiles; tile += clusters, ++iteration) {
+      GemvAccumulators<kTokenGroups, kParts> acc = {};
+      for (int s = stage_begin; s < stage_end; ++s, ++seq) {
+        if (seq % work.warps != warp) continue;
+        const int slot = seq % kDepth;
+        gemv_stream_multiply_stage<kTokenGroups, kParts>(shared.stages[slot], &shared.stage_full[slot],
+                                                         (seq / kDepth) & 1, x, m, k_size, s * kStreamStageK, acc);
+        __syncwarp();
+        if (lane == 0) mbarrier_arrive(&shared.stage_empty[slot]);
+      }
+      // Two sets of warp sums: a warp may start writing the next tile's while others still read these.
+      float* const sums = warp_sums + (iteration & 1) * work.warps * kValues;
+      gemv_stream_store_warp_sums<kTokenGroups, kParts>(acc, sums + warp * kValues);
+      consumer_sync(consumer_threads);
+      const int slot = iteration % kStreamInboxSlots;
+      const uint32_t parity = (iteration / kStreamInboxSlots) & 1;
+      float* const slot_inbox = inbox + slot * (work.cluster - 1) * kValues;
+      const GemvStreamTileSums<kTokenGroups, kParts> tile_sums{sums, work.warps, slot_inbox, work.cluster - 1};
+      if (rank != 0) {
+        mbarrier_wait<true>(&shared.inbox_free[slot], parity ^ 1);  // rank 0 has read this slot's last tile
+        for (int i = threadIdx.x; i < kValues; i += consumer_threads) {
+          store_in_block(slot_inbox + (rank - 1) * kValues + i, 0, tile_sums.block_sum(i));
+        }
+        mbarrier_arrive_in_block(&shared.inbox_full[slot], 0);
+      } else {
+        if (clustered) mbarrier_wait<true>(&shared.inbox_full[slot], parity);
+        const GemvStreamTile t = gemv_stream_tile<Epilogue::kPairedTiles>(segments, tile);
+        epilogue.template store<Nvfp4Format, kTokenGroups, kParts>(tile_sums, segments, t.segment, t.row0, m,
+                                                                   threadIdx.x, consumer_threads);
+        for (int q = 1; q < work.cluster; ++q) mbarrier_arrive_in_block(&shared.inbox_free[slot], q);
+      }
+    }
+  }
+  if (clustered) cluster_sync();  // no block leaves while another may still write to its shared memory
+}
+
+}  // namespace uberlm::cuda
