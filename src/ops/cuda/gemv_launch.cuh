@@ -11,6 +11,7 @@
 #include "ops/cuda/gemv.h"
 #include "ops/cuda/gemv_stream.cuh"
 #include "ops/cuda/gemv_tile.cuh"
+#include "ops/cuda/tensor_map.h"
 
 namespace uberlm::cuda {
 
@@ -63,6 +64,17 @@ cudaError_t launch_gemv_stream_tile(GemvSegments<Nvfp4Format> segments, const vo
   constexpr int kParts = Epilogue::kPairedTiles ? 2 : 1;
   const GemvStreamWork work{segments.assign_blocks(kGemvRowsPerTile, Epilogue::kPairedTiles),
                             static_cast<int>((k + kStreamStageK - 1) / kStreamStageK), cluster, warps};
+  GemvStreamMaps maps{};
+  for (int i = 0; i < segments.count; ++i) {
+    const Nvfp4Format& w = segments.formats[i];
+    cudaError_t status = encode_byte_tile_map(maps.codes[i], w.packed, k / 2, segments.rows[i], kStreamHalfBytes,
+                                              kGemvRowsPerTile, true);
+    if (status == cudaSuccess) {
+      status = encode_byte_tile_map(maps.scales[i], w.scales, k / 16, segments.rows[i], kStreamScaleBytes,
+                                    kGemvRowsPerTile, false);
+    }
+    if (status != cudaSuccess) return status;
+  }
   const int smem = gemv_stream_smem_bytes<kTokenGroups, kParts, kDepth>(warps, cluster);
   const auto kernel = gemv_stream_kernel<kTokenGroups, kParts, kDepth, Epilogue>;
   cudaError_t status = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
@@ -88,9 +100,11 @@ cudaError_t launch_gemv_stream_tile(GemvSegments<Nvfp4Format> segments, const vo
   }
   const dim3 grid((work.tiles < clusters ? work.tiles : clusters) * cluster);
   const auto* activations = static_cast<const __nv_bfloat16*>(x);
-  if (cluster == 1) return launch_dependent(kernel, grid, block, smem, stream, segments, activations, m, int(k), work, epilogue);
-  return launch_dependent_clusters(kernel, grid, block, dim3(cluster), smem, stream, segments, activations, m, int(k),
-                                   work, epilogue);
+  if (cluster == 1) {
+    return launch_dependent(kernel, grid, block, smem, stream, segments, maps, activations, m, int(k), work, epilogue);
+  }
+  return launch_dependent_clusters(kernel, grid, block, dim3(cluster), smem, stream, segments, maps, activations, m,
+                                   int(k), work, epilogue);
 }
 
 template <int kDepth, class Epilogue>

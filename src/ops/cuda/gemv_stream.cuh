@@ -1,6 +1,6 @@
 #pragma once
 // The bulk-stream pipeline of the NVFP4 decode GEMV (M <= 16, Hopper): each block streams its rows'
-// weights through a deep ring of shared-memory stages filled by the bulk-copy engine (cp.async.bulk with
+// weights through a deep ring of shared-memory stages filled by the tensor-copy engine (TMA boxes with
 // mbarrier completion), so the bytes in flight per SM are set by the ring (8-12 stages of 4.6 KB), not
 // by registers or the grid shape. That is what the register and cp.async pipelines of gemv_tile.cuh
 // lacked on the H200: 5-6 warps per SM with ~12 KB in flight, where the copy bandwidth at the loaded
@@ -10,15 +10,18 @@
 // cluster of `cluster` blocks owns tiles cluster_id, + clusters, ...; block rank r of the cluster streams
 // the stages [r S / cluster, (r + 1) S / cluster) of each of them (S: 512-wide stages of K), so every block
 // of the grid streams the same bytes whatever N is (a 320-tile matrix on 132 SMs would otherwise leave
-// a fifth of them idle in the last wave). In a block one producer warp issues each stage as one bulk
-// copy per row and part (codes and scales), and stage i is multiplied by consumer warp i % warps with
-// the mma fragments of gemv_tile.cuh (gemv_multiply_chunk), read from shared memory. At the end of a
+// a fifth of them idle in the last wave). In a block one producer thread issues each stage as three
+// box copies per part (two 128-byte-wide halves of the 16 rows' codes, and their scales): one copy per
+// row and part (the first version) left the kernel bound by the copy engine's per-request cost, at 17-31%
+// of the copy bandwidth (bench/notes/gemv.md, session 7). Stage i is multiplied by consumer warp
+// i % warps with the mma fragments of gemv_tile.cuh (gemv_multiply_chunk), read from shared memory. At the end of a
 // tile the consumer warps add their sums in warp order, the other ranks send theirs to rank 0 through
 // distributed shared memory (st.shared::cluster, mbarriers at cluster scope), and rank 0 adds them in
 // rank order and runs the epilogue: a fixed order, so the output is deterministic.
 //
-// Requirements (gemv.cpp checks them): K a multiple of 256 (each row's stage of scales is a whole number
-// of 16-byte copies, and rows start 16-byte aligned), codes and scales 16-byte aligned, M <= 16.
+// Requirements (gemv.cpp checks them): K a multiple of 256 (the rows of scales, K/16 bytes, are then a
+// multiple of 16 bytes, as a copy descriptor needs), codes and scales 16-byte aligned, M <= 16.
+#include <cuda.h>
 #include <cuda_bf16.h>
 
 #include <cstdint>
@@ -34,12 +37,10 @@ inline constexpr int kStreamKMultiple = 256;
 inline constexpr int kStreamMaxTokenGroups = 2;
 inline constexpr int kStreamMaxWarps = 8;  // consumer warps; one more produces
 inline constexpr int kStreamMaxCluster = 4;
-// A row's codes and scales in a stage, padded so that the lanes of one shared-memory wavefront hit distinct
-// banks: an lds.128 wavefront is rows g, g + 1 (4 lanes each, 64 bytes), 320 bytes apart, so in opposite
-// halves of the 128-byte bank row; the 2-byte scale loads of rows 0..7, 48 bytes apart, land on banks
-// 12 g mod 32, all distinct.
-inline constexpr int kStreamCodeStride = kStreamStageK / 2 + 64;
-inline constexpr int kStreamScaleStride = 48;
+// A stage's codes arrive as two boxes of 16 rows x 128 bytes, 128-byte swizzled (tensor_map.h); its
+// scales as one box of 16 rows x 32 bytes.
+inline constexpr int kStreamHalfBytes = 128;
+inline constexpr int kStreamScaleBytes = kStreamStageK / 16;
 // Tile sums in flight from the other ranks of a cluster to rank 0.
 inline constexpr int kStreamInboxSlots = 2;
 
@@ -76,7 +77,7 @@ __device__ __forceinline__ void mbarrier_arrive_in_block(uint64_t* barrier, uint
 // Waits for the phase of `parity` to complete; with kCluster, acquiring what other blocks of the cluster
 // released into it.
 template <bool kCluster>
-__device__ __forceinline__ void mbarrier_wait(uint64_t* barrier, uint32_t parity) {
+__device__ __forceinline__ void mbarrier_wait(const uint64_t* barrier, uint32_t parity) {
   const uint32_t address = shared_address(barrier);
   uint32_t done = 0;
   while (!done) {
@@ -97,14 +98,14 @@ __device__ __forceinline__ void mbarrier_wait(uint64_t* barrier, uint32_t parity
   }
 }
 
-// `bytes` (a multiple of 16, both addresses 16-byte aligned) from global memory into this block's shared
-// memory by the bulk-copy engine; completion counts the bytes on `barrier`.
-__device__ __forceinline__ void bulk_copy_to_shared(void* shared, const void* global, uint32_t bytes,
-                                                    uint64_t* barrier) {
+// The box of `map` at (x bytes, y rows) into this block's shared memory by the tensor-copy engine;
+// completion counts the box's bytes (zeros outside the matrix included) on `barrier`.
+__device__ __forceinline__ void tensor_copy_to_shared(void* shared, const CUtensorMap& map, int x, int y,
+                                                      uint64_t* barrier) {
   asm volatile(
-      "cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];\n" ::"r"(
-          shared_address(shared)),
-      "l"(global), "r"(bytes), "r"(shared_address(barrier))
+      "cp.async.bulk.tensor.2d.shared::cluster.global.tile.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3}], [%4];\n" ::
+          "r"(shared_address(shared)),
+      "l"(reinterpret_cast<uint64_t>(&map)), "r"(x), "r"(y), "r"(shared_address(barrier))
       : "memory");
 }
 
@@ -123,16 +124,31 @@ __device__ __forceinline__ void consumer_sync(int consumer_threads) {
   asm volatile("bar.sync 1, %0;\n" ::"r"(consumer_threads) : "memory");
 }
 
-template <int kParts>
-struct GemvStreamStage {
-  alignas(16) uint8_t codes[kParts][kGemvRowsPerTile][kStreamCodeStride];
-  alignas(16) uint8_t scales[kParts][kGemvRowsPerTile][kStreamScaleStride];
+// The copy descriptors of a launch's weights: codes (boxes of 16 rows x 128 bytes, swizzled) and scales
+// (16 rows x 32 bytes) of each segment.
+struct GemvStreamMaps {
+  CUtensorMap codes[kGemvMaxSegments];
+  CUtensorMap scales[kGemvMaxSegments];
 };
 
-// Fixed part of a block's shared memory; the per-warp tile sums and the cluster inbox follow it.
+// The byte of a stage's codes at (line, byte) of a 128-byte-swizzled half: 16-byte chunk c of box line r
+// sits at chunk c ^ (r % 8).
+__device__ __forceinline__ int swizzled_128b(int line, int byte) {
+  return line * kStreamHalfBytes + (byte ^ ((line % 8) << 4));
+}
+
+// The box line (tile row) whose codes fragment row g of a warp's mma reads. A shared-memory wavefront of
+// an lds.128 is fragment rows g, g + 1 reading the same 64 bytes of their lines; lines 8 apart in the
+// swizzle pattern's period would collide, so g, g + 1 take lines whose swizzles differ in bit 2 (0 and 4,
+// 1 and 5, ...), which puts their chunks in opposite halves of the bank row.
+__device__ __forceinline__ int stream_fragment_line(int g) { return (g >> 1) | ((g & 1) << 2); }
+
+// Fixed part of a block's shared memory; the per-warp tile sums and the cluster inbox follow it. Each
+// swizzled box of codes (2 KB) needs 1024-byte alignment, so the stages' codes and scales are apart.
 template <int kParts, int kDepth>
 struct GemvStreamShared {
-  GemvStreamStage<kParts> stages[kDepth];
+  alignas(1024) uint8_t codes[kDepth][kParts][2][kGemvRowsPerTile * kStreamHalfBytes];
+  uint8_t scales[kDepth][kParts][kGemvRowsPerTile][kStreamScaleBytes];
   uint64_t stage_full[kDepth], stage_empty[kDepth];
   uint64_t inbox_full[kStreamInboxSlots], inbox_free[kStreamInboxSlots];
 };
@@ -199,57 +215,48 @@ struct GemvStreamTileSums {
   }
 };
 
-// The producer warp: every stage of this block's tiles, in the order the consumers take them. Lane l
-// copies row l % 16's codes (l < 16) or scales (l >= 16) of every part; rows past N read the last row.
+// The producer (one thread): every stage of this block's tiles, in the order the consumers take them.
+// Rows past N and k-values past K arrive as zeros, which nothing reads into an output.
 template <int kParts, int kDepth, bool kPaired>
-__device__ __forceinline__ void gemv_stream_produce(const GemvSegments<Nvfp4Format>& segments, int k_size,
-                                                    const GemvStreamWork& work, int first_tile, int tile_step,
-                                                    int stage_begin, int stage_end,
+__device__ __forceinline__ void gemv_stream_produce(const GemvSegments<Nvfp4Format>& segments,
+                                                    const GemvStreamMaps& maps, const GemvStreamWork& work,
+                                                    int first_tile, int tile_step, int stage_begin, int stage_end,
                                                     GemvStreamShared<kParts, kDepth>& shared) {
-  const int lane = threadIdx.x % 32, r = lane % kGemvRowsPerTile;
-  const bool copies_codes = lane < kGemvRowsPerTile;
+  constexpr uint32_t kStageBytes = kParts * kGemvRowsPerTile * (2 * kStreamHalfBytes + kStreamScaleBytes);
   int seq = 0;
   for (int tile = first_tile; tile < work.tiles; tile += tile_step) {
     const GemvStreamTile t = gemv_stream_tile<kPaired>(segments, tile);
-    const int64_t n_rows = segments.rows[t.segment];
-    const int64_t row = t.row0 + r < n_rows ? t.row0 + r : n_rows - 1;
-    Nvfp4Format::Row rows[kParts];
-#pragma unroll
-    for (int p = 0; p < kParts; ++p) rows[p] = segments.formats[kPaired ? p : t.segment].row(row);
+    const int row0 = static_cast<int>(t.row0);
     for (int s = stage_begin; s < stage_end; ++s, ++seq) {
       const int slot = seq % kDepth;
       mbarrier_wait<false>(&shared.stage_empty[slot], ((seq / kDepth) & 1) ^ 1);
-      const int k0 = s * kStreamStageK, stage_k = min(kStreamStageK, k_size - k0);
-      const uint32_t code_bytes = stage_k / 2, scale_bytes = stage_k / 16;
-      if (lane == 0) {
-        mbarrier_arrive_expect_bytes(&shared.stage_full[slot], kParts * kGemvRowsPerTile * (code_bytes + scale_bytes));
-      }
-      __syncwarp();
-      GemvStreamStage<kParts>& stage = shared.stages[slot];
+      uint64_t* const full = &shared.stage_full[slot];
+      mbarrier_arrive_expect_bytes(full, kStageBytes);
+      const int code_x = s * (kStreamStageK / 2), scale_x = s * kStreamScaleBytes;
 #pragma unroll
       for (int p = 0; p < kParts; ++p) {
-        if (copies_codes) {
-          bulk_copy_to_shared(stage.codes[p][r], rows[p].codes + k0 / 2, code_bytes, &shared.stage_full[slot]);
-        } else {
-          bulk_copy_to_shared(stage.scales[p][r], rows[p].scales + k0 / 16, scale_bytes, &shared.stage_full[slot]);
-        }
+        const int segment = kPaired ? p : t.segment;
+        tensor_copy_to_shared(shared.codes[slot][p][0], maps.codes[segment], code_x, row0, full);
+        tensor_copy_to_shared(shared.codes[slot][p][1], maps.codes[segment], code_x + kStreamHalfBytes, row0, full);
+        tensor_copy_to_shared(shared.scales[slot][p], maps.scales[segment], scale_x, row0, full);
       }
     }
   }
 }
 
-// One consumer warp's multiply of one stage: chunk c's activations are requested before chunk c - 1 is
-// multiplied (the first before the stage's weights are waited for), the weights come from the stage.
-template <int kTokenGroups, int kParts>
-__device__ __forceinline__ void gemv_stream_multiply_stage(const GemvStreamStage<kParts>& stage, uint64_t* full,
+// One consumer warp's multiply of stage `slot`: chunk c's activations are requested before chunk c - 1
+// is multiplied (the first before the stage's weights are waited for), the weights come from the stage.
+// Fragment row g reads box line stream_fragment_line(g) (+ 8 for the mma's second row half).
+template <int kTokenGroups, int kParts, int kDepth>
+__device__ __forceinline__ void gemv_stream_multiply_stage(const GemvStreamShared<kParts, kDepth>& shared, int slot,
                                                            uint32_t parity, const __nv_bfloat16* x, int m,
                                                            int k_size, int k0,
                                                            GemvAccumulators<kTokenGroups, kParts>& acc) {
-  const int lane = threadIdx.x % 32, g = lane / 4, tig = lane % 4;
+  const int lane = threadIdx.x % 32, g = lane / 4, tig = lane % 4, line = stream_fragment_line(g);
   const int chunks = min(kStreamStageChunks, (k_size - k0) / kGemvChunkK);
   uint32_t xs[2][kTokenGroups][16];
   gemv_load_activation_chunk<kTokenGroups>(x, m, k_size, k0 + tig * kGemvLaneK, xs[0]);
-  mbarrier_wait<false>(full, parity);
+  mbarrier_wait<false>(&shared.stage_full[slot], parity);
 #pragma unroll
   for (int c = 0; c < kStreamStageChunks; ++c) {
     if (c >= chunks) break;  // warp-uniform
@@ -257,15 +264,17 @@ __device__ __forceinline__ void gemv_stream_multiply_stage(const GemvStreamStage
       gemv_load_activation_chunk<kTokenGroups>(x, m, k_size, k0 + (c + 1) * kGemvChunkK + tig * kGemvLaneK,
                                                xs[(c + 1) % 2]);
     }
+    constexpr int kChunkBytes = kGemvChunkK / 2;  // a chunk is half of a 128-byte line
+    const int half = c / 2, byte = (c % 2) * kChunkBytes + tig * (kGemvLaneK / 2);
     GemvChunkRows<Nvfp4Format, kParts> raw;
 #pragma unroll
     for (int p = 0; p < kParts; ++p) {
 #pragma unroll
       for (int h = 0; h < 2; ++h) {
-        const int row = g + 8 * h, byte = c * (kGemvChunkK / 2) + tig * (kGemvLaneK / 2);
-        raw.rows[p][h].codes = *reinterpret_cast<const uint4*>(&stage.codes[p][row][byte]);
-        raw.rows[p][h].scales =
-            *reinterpret_cast<const uint16_t*>(&stage.scales[p][row][c * (kGemvChunkK / 16) + tig * 2]);
+        const int row = line + 8 * h;
+        raw.rows[p][h].codes = *reinterpret_cast<const uint4*>(&shared.codes[slot][p][half][swizzled_128b(row, byte)]);
+        raw.rows[p][h].scales = *reinterpret_cast<const uint16_t*>(
+            &shared.scales[slot][p][row][c * (kGemvChunkK / 16) + tig * 2]);
       }
     }
     gemv_multiply_chunk<Nvfp4Format, kTokenGroups, kParts>(raw, xs[c % 2], acc);
@@ -273,12 +282,12 @@ __device__ __forceinline__ void gemv_stream_multiply_stage(const GemvStreamStage
 }
 
 // Writes this warp's accumulators (chains added) to its slice of the tile sums, [token][part row], as
-// gemv_block_partials does.
+// gemv_block_partials does; fragment row g holds tile row stream_fragment_line(g).
 template <int kTokenGroups, int kParts>
 __device__ __forceinline__ void gemv_stream_store_warp_sums(const GemvAccumulators<kTokenGroups, kParts>& acc,
                                                             float* mine) {
   constexpr int kChains = kGemvAccChains<kTokenGroups, kParts>, kRows = kParts * kGemvRowsPerTile;
-  const int lane = threadIdx.x % 32, g = lane / 4, tig = lane % 4;
+  const int lane = threadIdx.x % 32, line = stream_fragment_line(lane / 4), tig = lane % 4;
 #pragma unroll
   for (int t = 0; t < kTokenGroups; ++t) {
 #pragma unroll
@@ -290,7 +299,7 @@ __device__ __forceinline__ void gemv_stream_store_warp_sums(const GemvAccumulato
 #pragma unroll
         for (int c = 1; c < kChains; ++c) d[e] += acc[c][t][p][e];
       }
-      const int token = t * kGemvTokensPerGroup + 2 * tig, row = p * kGemvRowsPerTile + g;
+      const int token = t * kGemvTokensPerGroup + 2 * tig, row = p * kGemvRowsPerTile + line;
       mine[token * kRows + row] = d[0];
       mine[(token + 1) * kRows + row] = d[1];
       mine[token * kRows + row + 8] = d[2];
@@ -301,12 +310,13 @@ __device__ __forceinline__ void gemv_stream_store_warp_sums(const GemvAccumulato
 
 template <int kTokenGroups, int kParts, int kDepth, class Epilogue>
 __global__ void __launch_bounds__((kStreamMaxWarps + 1) * 32)
-    gemv_stream_kernel(const GemvSegments<Nvfp4Format> segments, const __nv_bfloat16* __restrict__ x, int m, int k_size,
-                       const GemvStreamWork work, const Epilogue epilogue) {
+    gemv_stream_kernel(const GemvSegments<Nvfp4Format> segments, const __grid_constant__ GemvStreamMaps maps,
+                       const __nv_bfloat16* __restrict__ x, int m, int k_size, const GemvStreamWork work,
+                       const Epilogue epilogue) {
   static_assert(kParts == (Epilogue::kPairedTiles ? 2 : 1));
   constexpr int kValues = kStreamTileValues<kTokenGroups, kParts>;
   using Shared = GemvStreamShared<kParts, kDepth>;
-  extern __shared__ __align__(16) uint8_t gemv_stream_smem[];
+  extern __shared__ __align__(1024) uint8_t gemv_stream_smem[];
   Shared& shared = *reinterpret_cast<Shared*>(gemv_stream_smem);
   float* const warp_sums = reinterpret_cast<float*>(gemv_stream_smem + sizeof(Shared));  // [2][warps][kValues]
   float* const inbox = warp_sums + 2 * work.warps * kValues;  // [kStreamInboxSlots][cluster - 1][kValues]
@@ -317,6 +327,7 @@ __global__ void __launch_bounds__((kStreamMaxWarps + 1) * 32)
   const int stage_begin = rank * work.k_stages / work.cluster, stage_end = (rank + 1) * work.k_stages / work.cluster;
   const bool clustered = work.cluster > 1;
   if (threadIdx.x == 0) {
+    if (shared_address(gemv_stream_smem) % 1024 != 0) __trap();  // the swizzled boxes would land misplaced
     for (int d = 0; d < kDepth; ++d) {
       mbarrier_init(&shared.stage_full[d], 1);
       mbarrier_init(&shared.stage_empty[d], 1);  // the one warp that multiplies the stage frees it
@@ -331,8 +342,11 @@ __global__ void __launch_bounds__((kStreamMaxWarps + 1) * 32)
   else __syncthreads();
 
   if (warp == work.warps) {
-    gemv_stream_produce<kParts, kDepth, Epilogue::kPairedTiles>(segments, k_size, work, cluster_id, clusters,
-                                                                stage_begin, stage_end, shared);
+    if (lane == 0) {
+      gemv_stream_produce<kParts, kDepth, Epilogue::kPairedTiles>(segments, maps, work, cluster_id, clusters,
+                                                                  stage_begin, stage_end, shared);
+    }
+    __syncwarp();
   } else {
     wait_for_previous_kernel();  // the activations come from the previous kernel, the outputs may be read by it
     int seq = 0, iteration = 0;
@@ -341,8 +355,8 @@ __global__ void __launch_bounds__((kStreamMaxWarps + 1) * 32)
       for (int s = stage_begin; s < stage_end; ++s, ++seq) {
         if (seq % work.warps != warp) continue;
         const int slot = seq % kDepth;
-        gemv_stream_multiply_stage<kTokenGroups, kParts>(shared.stages[slot], &shared.stage_full[slot],
-                                                         (seq / kDepth) & 1, x, m, k_size, s * kStreamStageK, acc);
+        gemv_stream_multiply_stage<kTokenGroups, kParts, kDepth>(shared, slot, (seq / kDepth) & 1, x, m, k_size,
+                                                                 s * kStreamStageK, acc);
         __syncwarp();
         if (lane == 0) mbarrier_arrive(&shared.stage_empty[slot]);
       }
