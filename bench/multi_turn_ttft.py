@@ -33,7 +33,11 @@ def post(url, path, body, api_key):
 
 def chat_turn(url, model, messages, max_tokens, api_key):
     """Streams one reply; returns (seconds to the first token, the reply's text)."""
-    body = {"model": model, "messages": messages, "max_tokens": max_tokens, "temperature": 0, "stream": True}
+    # logprobs makes the server send a chunk for every token, also one whose text is empty (a token the
+    # tokenizer cannot spell, as random weights of a --shape server make), so the first token is timed
+    # when it is made, not when the first printable one follows.
+    body = {"model": model, "messages": messages, "max_tokens": max_tokens, "temperature": 0, "stream": True,
+            "logprobs": True}
     start = time.perf_counter()
     first = None
     text = ""
@@ -45,7 +49,8 @@ def chat_turn(url, model, messages, max_tokens, api_key):
             choices = json.loads(line[len("data: "):]).get("choices") or [{}]
             delta = choices[0].get("delta", {})
             piece = (delta.get("content") or "") + (delta.get("reasoning_content") or "")
-            if piece and first is None:
+            token_logprobs = (choices[0].get("logprobs") or {}).get("content")
+            if (piece or token_logprobs) and first is None:
                 first = time.perf_counter() - start
             text += delta.get("content") or ""
     return (first if first is not None else time.perf_counter() - start), text
