@@ -601,6 +601,8 @@ TEST(Engine, CancelFreesTheSequenceAndAFullQueueRefuses) {
 
 // Each generated token comes with its logprob under the fake's one-hot logits (1 for the next token, 0
 // elsewhere): log(e / (e + V - 1)), and the next most likely is the lowest other id at log(1 / (e + V - 1)).
+// With logprobs asked, each token is its own event when it is made, although a stop string holds its
+// text back (a streaming client's first token must not wait for printable text).
 TEST(Engine, EventsCarryEachTokensLogprobs) {
   auto tokenizer = fixture_tokenizer();
   const int vocab = tokenizer->vocab_size();
@@ -609,6 +611,7 @@ TEST(Engine, EventsCarryEachTokensLogprobs) {
   Engine engine(backend, tokenizer.get(), engine_config(1, 64, 8, 1), metrics);
   EngineRequest request = request_for(5, 12);
   request.top_logprobs = 2;
+  request.stop_strings = {"\x01 not in the output"};
   auto stream = engine.submit(request);
   ASSERT_NE(stream, nullptr);
   const double normaliser = std::log(std::exp(1.0) + (vocab - 1));
@@ -618,6 +621,7 @@ TEST(Engine, EventsCarryEachTokensLogprobs) {
   while (!event.finished && std::chrono::steady_clock::now() < deadline) {
     if (!stream->next(event, std::chrono::milliseconds(100))) continue;
     ASSERT_EQ(event.logprobs.size(), event.tokens.size());
+    EXPECT_EQ(event.tokens.size(), 1u) << "after " << tokens << " tokens";
     for (size_t i = 0; i < event.tokens.size(); ++i) {
       const TokenLogprobs& got = event.logprobs[i];
       EXPECT_EQ(got.token, event.tokens[i]);

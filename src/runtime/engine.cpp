@@ -349,7 +349,10 @@ void Engine::on_token(uint64_t id, Active& active, int32_t token, const float* l
   scheduler_.append_token(id, token);
   const size_t ready = active.pending_text.size() > active.hold_back ? active.pending_text.size() - active.hold_back : 0;
   const size_t send = utf8_safe_prefix(active.pending_text, ready);
-  if (send > 0 || !active.decoder) {
+  // A request that asked for logprobs gets every token when it is made, also one whose text is empty or
+  // still held back (its logprobs ride on an empty delta), so its client sees the first token as soon as
+  // it exists rather than when the first printable text follows.
+  if (send > 0 || !active.decoder || !active.pending_logprobs.empty()) {
     StreamEvent event;
     event.text = active.pending_text.substr(0, send);
     event.tokens.swap(active.pending_tokens);
