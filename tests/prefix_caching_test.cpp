@@ -12,6 +12,7 @@
 #include <string>
 #include <vector>
 
+#include "engine_run.h"
 #include "model/model.h"
 #include "runtime/cpu_backend.h"
 #include "runtime/cpu_tensor_parallel_backend.h"
@@ -66,24 +67,17 @@ EngineConfig engine_config(int max_num_seqs, int64_t kv_blocks, int prefix_snaps
 std::vector<Output> run_requests(Engine& engine, const std::vector<EngineRequest>& requests) {
   std::vector<std::shared_ptr<RequestStream>> streams;
   for (const EngineRequest& request : requests) streams.push_back(engine.submit(request));
+  const std::vector<std::vector<StreamEvent>> events = step_until_done(engine, streams);
   std::vector<Output> outputs(streams.size());
-  std::vector<bool> finished(streams.size(), false);
-  while (engine.has_work()) {
-    engine.run_step();
-    for (size_t i = 0; i < streams.size(); ++i) {
-      StreamEvent event;
-      while (streams[i]->next(event, std::chrono::milliseconds(0))) {
-        EXPECT_TRUE(event.error.empty()) << "request " << i << ": " << event.error;
-        outputs[i].tokens.insert(outputs[i].tokens.end(), event.tokens.begin(), event.tokens.end());
-        for (const TokenLogprobs& logprobs : event.logprobs) {
-          outputs[i].logprobs.push_back(logprobs.logprob);
-          for (const auto& [id, logprob] : logprobs.top) outputs[i].logprobs.push_back(logprob);
-        }
-        finished[i] = finished[i] || event.finished;
+  for (size_t i = 0; i < streams.size(); ++i) {
+    for (const StreamEvent& event : events[i]) {
+      outputs[i].tokens.insert(outputs[i].tokens.end(), event.tokens.begin(), event.tokens.end());
+      for (const TokenLogprobs& logprobs : event.logprobs) {
+        outputs[i].logprobs.push_back(logprobs.logprob);
+        for (const auto& [id, logprob] : logprobs.top) outputs[i].logprobs.push_back(logprob);
       }
     }
   }
-  for (size_t i = 0; i < streams.size(); ++i) EXPECT_TRUE(finished[i]) << "request " << i;
   return outputs;
 }
 

@@ -19,6 +19,7 @@
 #include <tuple>
 #include <vector>
 
+#include "../engine_run.h"
 #include "../expect_error.h"
 #include "core/error.h"
 #include "model/model.h"
@@ -368,20 +369,11 @@ std::vector<std::vector<int32_t>> greedy_outputs(Engine& engine, const std::vect
     EXPECT_NE(streams.back(), nullptr) << "prompt " << p;
     if (!streams.back()) return {};
   }
+  const std::vector<std::vector<StreamEvent>> events = step_until_done(engine, streams);
   std::vector<std::vector<int32_t>> outputs(streams.size());
-  std::vector<bool> finished(streams.size(), false);
-  while (engine.has_work()) {
-    engine.run_step();
-    for (size_t i = 0; i < streams.size(); ++i) {
-      StreamEvent event;
-      while (streams[i]->next(event, std::chrono::milliseconds(0))) {
-        EXPECT_TRUE(event.error.empty()) << "prompt " << first + i << ": " << event.error;
-        outputs[i].insert(outputs[i].end(), event.tokens.begin(), event.tokens.end());
-        finished[i] = finished[i] || event.finished;
-      }
-    }
+  for (size_t i = 0; i < streams.size(); ++i) {
+    for (const StreamEvent& event : events[i]) outputs[i].insert(outputs[i].end(), event.tokens.begin(), event.tokens.end());
   }
-  for (size_t i = 0; i < streams.size(); ++i) EXPECT_TRUE(finished[i]) << "prompt " << first + i;
   return outputs;
 }
 

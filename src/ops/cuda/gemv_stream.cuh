@@ -281,33 +281,6 @@ __device__ __forceinline__ void gemv_stream_multiply_stage(const GemvStreamShare
   }
 }
 
-// Writes this warp's accumulators (chains added) to its slice of the tile sums, [token][part row], as
-// gemv_block_partials does; fragment row g holds tile row stream_fragment_line(g).
-template <int kTokenGroups, int kParts>
-__device__ __forceinline__ void gemv_stream_store_warp_sums(const GemvAccumulators<kTokenGroups, kParts>& acc,
-                                                            float* mine) {
-  constexpr int kChains = kGemvAccChains<kTokenGroups, kParts>, kRows = kParts * kGemvRowsPerTile;
-  const int lane = threadIdx.x % 32, line = stream_fragment_line(lane / 4), tig = lane % 4;
-#pragma unroll
-  for (int t = 0; t < kTokenGroups; ++t) {
-#pragma unroll
-    for (int p = 0; p < kParts; ++p) {
-      float d[4];
-#pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        d[e] = acc[0][t][p][e];
-#pragma unroll
-        for (int c = 1; c < kChains; ++c) d[e] += acc[c][t][p][e];
-      }
-      const int token = t * kGemvTokensPerGroup + 2 * tig, row = p * kGemvRowsPerTile + line;
-      mine[token * kRows + row] = d[0];
-      mine[(token + 1) * kRows + row] = d[1];
-      mine[token * kRows + row + 8] = d[2];
-      mine[(token + 1) * kRows + row + 8] = d[3];
-    }
-  }
-}
-
 template <int kTokenGroups, int kParts, int kDepth, class Epilogue>
 __global__ void __launch_bounds__((kStreamMaxWarps + 1) * 32)
     gemv_stream_kernel(const GemvSegments<Nvfp4Format> segments, const __grid_constant__ GemvStreamMaps maps,
@@ -362,7 +335,7 @@ __global__ void __launch_bounds__((kStreamMaxWarps + 1) * 32)
       }
       // Two sets of warp sums: a warp may start writing the next tile's while others still read these.
       float* const sums = warp_sums + (iteration & 1) * work.warps * kValues;
-      gemv_stream_store_warp_sums<kTokenGroups, kParts>(acc, sums + warp * kValues);
+      gemv_store_warp_sums<kTokenGroups, kParts>(acc, stream_fragment_line(lane / 4), sums + warp * kValues);
       consumer_sync(consumer_threads);
       const int slot = iteration % kStreamInboxSlots;
       const uint32_t parity = (iteration / kStreamInboxSlots) & 1;

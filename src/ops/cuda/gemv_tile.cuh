@@ -324,16 +324,13 @@ constexpr int gemv_smem_bytes(int warps) {
   }
 }
 
-// The first half of the block reduction: each warp writes its fp32 sums (accumulator chains added) to
-// its slice [token][tile row] of `partial` (gemv_reduce_smem_bytes of shared memory), then the block
-// waits for all of them. GemvBlockSums reads the result.
+// A warp's fp32 sums (accumulator chains added) as [token][tile row] floats at `out`; fragment row g of
+// each row tile (lanes 4g .. 4g + 3) holds tile row `fragment_row` and fragment_row + 8.
 template <int kTokenGroups, int kRowTiles>
-__device__ __forceinline__ void gemv_block_partials(const GemvAccumulators<kTokenGroups, kRowTiles>& acc,
-                                                    float* partial) {
-  constexpr int kChains = kGemvAccChains<kTokenGroups, kRowTiles>;
-  constexpr int kTokens = kTokenGroups * kGemvTokensPerGroup, kRows = kRowTiles * kGemvRowsPerTile;
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, tig = lane % 4;
-  float* mine = partial + warp * kTokens * kRows;
+__device__ __forceinline__ void gemv_store_warp_sums(const GemvAccumulators<kTokenGroups, kRowTiles>& acc,
+                                                     int fragment_row, float* out) {
+  constexpr int kChains = kGemvAccChains<kTokenGroups, kRowTiles>, kRows = kRowTiles * kGemvRowsPerTile;
+  const int tig = threadIdx.x % 4;
 #pragma unroll
   for (int t = 0; t < kTokenGroups; ++t) {
 #pragma unroll
@@ -345,13 +342,24 @@ __device__ __forceinline__ void gemv_block_partials(const GemvAccumulators<kToke
 #pragma unroll
         for (int c = 1; c < kChains; ++c) d[e] += acc[c][t][rt][e];
       }
-      const int token = t * kGemvTokensPerGroup + 2 * tig, row = rt * kGemvRowsPerTile + g;
-      mine[token * kRows + row] = d[0];
-      mine[(token + 1) * kRows + row] = d[1];
-      mine[token * kRows + row + 8] = d[2];
-      mine[(token + 1) * kRows + row + 8] = d[3];
+      const int token = t * kGemvTokensPerGroup + 2 * tig, row = rt * kGemvRowsPerTile + fragment_row;
+      out[token * kRows + row] = d[0];
+      out[(token + 1) * kRows + row] = d[1];
+      out[token * kRows + row + 8] = d[2];
+      out[(token + 1) * kRows + row + 8] = d[3];
     }
   }
+}
+
+// The first half of the block reduction: each warp writes its sums to its slice [token][tile row] of
+// `partial` (gemv_reduce_smem_bytes of shared memory), then the block waits for all of them.
+// GemvBlockSums reads the result.
+template <int kTokenGroups, int kRowTiles>
+__device__ __forceinline__ void gemv_block_partials(const GemvAccumulators<kTokenGroups, kRowTiles>& acc,
+                                                    float* partial) {
+  constexpr int kTokens = kTokenGroups * kGemvTokensPerGroup, kRows = kRowTiles * kGemvRowsPerTile;
+  const int warp = threadIdx.x / 32, g = threadIdx.x % 32 / 4;
+  gemv_store_warp_sums<kTokenGroups, kRowTiles>(acc, g, partial + warp * kTokens * kRows);
   __syncthreads();
 }
 
