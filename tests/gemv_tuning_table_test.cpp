@@ -4,12 +4,14 @@
 #ifdef UBERLM_WITH_CUDA
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <filesystem>
 #include <fstream>
 #include <unistd.h>
 
 #include "core/error.h"
 #include "expect_error.h"
+#include "ops/cuda/gemv.h"
 #include "runtime/cuda/gemv_tuning_table.h"
 
 namespace uberlm {
@@ -76,6 +78,34 @@ TEST(GemvTuningTable, BadFilesNameTheFileAndTheField) {
   expect_error_containing([&] { gpu::GemvTuningTable::load(path); }, {path.string(), "invalid JSON"});
   fs::remove(path);
   expect_error_containing([&] { gpu::GemvTuningTable::load(path); }, {"cannot open"});
+}
+
+// Every table shipped in tune/ loads, and each cell's winner is a tuning this build compiles for its
+// kernel and can run at the cell's K and batch bucket (a renamed or dropped variant fails here, not at
+// a user's first step).
+TEST(GemvTuningTable, ShippedTablesNameCompiledTunings) {
+  const fs::path shipped = fs::path(__FILE__).parent_path().parent_path() / "tune";
+  int tables = 0;
+  for (const fs::directory_entry& entry : fs::directory_iterator(shipped)) {
+    if (entry.path().extension() != ".json") continue;
+    ++tables;
+    const gpu::GemvTuningTable table = gpu::GemvTuningTable::load(entry.path());
+    EXPECT_FALSE(table.cells.empty()) << entry.path();
+    for (const auto& [cell, result] : table.cells) {
+      const bool nvfp4 = cell.kernel == gpu::GemvKernel::Nvfp4 || cell.kernel == gpu::GemvKernel::Nvfp4Swiglu;
+      const bool paired = cell.kernel == gpu::GemvKernel::Nvfp4Swiglu || cell.kernel == gpu::GemvKernel::Bf16Swiglu;
+      const std::vector<cuda::GemvTuning> compiled =
+          nvfp4 ? (paired ? cuda::gemv_nvfp4_paired_tunings() : cuda::gemv_nvfp4_tunings())
+                : (paired ? cuda::gemv_bf16_paired_tunings() : cuda::gemv_bf16_tunings());
+      const std::string name = cuda::gemv_tuning_name(result.winner);
+      const bool found = std::any_of(compiled.begin(), compiled.end(),
+                                     [&](const cuda::GemvTuning& t) { return cuda::gemv_tuning_name(t) == name; });
+      EXPECT_TRUE(found) << entry.path() << ": " << gpu::gemv_kernel_name(cell.kernel) << " " << cell.n << "x"
+                         << cell.k << " M<=" << cell.m << ": " << name;
+      if (nvfp4) EXPECT_TRUE(cuda::gemv_nvfp4_tuning_applies(result.winner, cell.m, cell.k)) << name;
+    }
+  }
+  EXPECT_GT(tables, 0) << shipped;
 }
 
 }  // namespace
