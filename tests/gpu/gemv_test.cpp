@@ -76,6 +76,22 @@ std::vector<float> bf16_reference(const std::vector<uint16_t>& x, int64_t m, con
   return ref;
 }
 
+// An fp32 output against its reference: every element written (the buffer was NaN-poisoned) and
+// max|got - ref| / max|ref| within kF32Tolerance.
+void expect_f32_close(const std::vector<float>& got, const std::vector<float>& ref, const std::string& label) {
+  ASSERT_EQ(got.size(), ref.size()) << label;
+  double ref_max = 0, err_max = 0;
+  int64_t unwritten = 0;
+  for (size_t i = 0; i < ref.size(); ++i) {
+    ref_max = std::fmax(ref_max, std::fabs(ref[i]));
+    if (!std::isfinite(got[i])) ++unwritten;
+    else err_max = std::fmax(err_max, std::fabs(got[i] - ref[i]));
+  }
+  EXPECT_GT(ref_max, 0.0) << label;
+  EXPECT_EQ(unwritten, 0) << label << ": fp32 elements left unwritten or non-finite";
+  EXPECT_LE(err_max / ref_max, kF32Tolerance) << label << ": max|ours-ref|/max|ref| (fp32 out)";
+}
+
 // Runs `launch(y, dtype)` once with fp32 and once with bf16 output on a NaN-poisoned buffer, and compares
 // with ref[m, n]. Returns the number of output elements checked.
 template <class Launch>
@@ -83,21 +99,12 @@ int64_t check_against_reference(const std::vector<float>& ref, int64_t m, int64_
                                  Launch launch) {
   double ref_max = 0;
   for (float v : ref) ref_max = std::fmax(ref_max, std::fabs(v));
-  EXPECT_GT(ref_max, 0.0) << label;
 
   DeviceBuffer y32(m * n * sizeof(float));
   y32.fill_bytes(0xff);  // NaN
   launch(y32.data(), DType::F32);
   CUDA_CHECK(cudaDeviceSynchronize());
-  const std::vector<float> got32 = y32.download<float>();
-  double err_max = 0;
-  int64_t unwritten = 0;
-  for (int64_t i = 0; i < m * n; ++i) {
-    if (!std::isfinite(got32[i])) ++unwritten;
-    else err_max = std::fmax(err_max, std::fabs(got32[i] - ref[i]));
-  }
-  EXPECT_EQ(unwritten, 0) << label << ": fp32 elements left unwritten or non-finite";
-  EXPECT_LE(err_max / ref_max, kF32Tolerance) << label << ": max|ours-ref|/max|ref| (fp32 out)";
+  expect_f32_close(y32.download<float>(), ref, label);
 
   DeviceBuffer y16(m * n * sizeof(uint16_t));
   y16.fill_bytes(0xff);
@@ -205,19 +212,9 @@ TEST(GpuGemv, MultiTargetLaunchMatchesCpuReference) {
         else cuda::gemv_bf16_multi(bf16_targets.data(), count, k, x_dev.data(), m, DType::F32, nullptr);
         CUDA_CHECK(cudaDeviceSynchronize());
         for (int i = 0; i < count; ++i) {
-          const std::vector<float>& ref = nvfp4 ? refs[i] : bf16_refs[i];
-          const std::vector<float> got = outputs[i].download<float>();
-          double ref_max = 0, err_max = 0;
-          int64_t bad = 0;
-          for (size_t e = 0; e < ref.size(); ++e) {
-            ref_max = std::fmax(ref_max, std::fabs(ref[e]));
-            if (!std::isfinite(got[e])) ++bad;
-            else err_max = std::fmax(err_max, std::fabs(got[e] - ref[e]));
-          }
-          const std::string label = std::string(nvfp4 ? "nvfp4" : "bf16") + " M=" + std::to_string(m) +
-                                    " targets=" + std::to_string(count) + " target " + std::to_string(i);
-          EXPECT_EQ(bad, 0) << label << ": elements left unwritten";
-          EXPECT_LE(err_max / ref_max, kF32Tolerance) << label;
+          expect_f32_close(outputs[i].download<float>(), nvfp4 ? refs[i] : bf16_refs[i],
+                           std::string(nvfp4 ? "nvfp4" : "bf16") + " M=" + std::to_string(m) +
+                               " targets=" + std::to_string(count) + " target " + std::to_string(i));
         }
       }
     }
@@ -588,17 +585,8 @@ TEST(GpuGemv, BulkStreamTuningsMatchCpuReference) {
       for (size_t i = 0; i < std::size(rows); ++i) {
         std::vector<float> ref(m * rows[i]);
         cpu::linear_nvfp4(to_float(x).data(), m, weights[i].view(), ref.data());
-        const std::vector<float> got = outputs[i].download<float>();
-        double ref_max = 0, err_max = 0;
-        int64_t unwritten = 0;
-        for (size_t e = 0; e < ref.size(); ++e) {
-          ref_max = std::fmax(ref_max, std::fabs(ref[e]));
-          if (!std::isfinite(got[e])) ++unwritten;
-          else err_max = std::fmax(err_max, std::fabs(got[e] - ref[e]));
-        }
-        const std::string label = "stream 4 targets, target " + std::to_string(i) + " " + cuda::gemv_tuning_name(tuning);
-        EXPECT_EQ(unwritten, 0) << label;
-        EXPECT_LE(err_max / ref_max, kF32Tolerance) << label;
+        expect_f32_close(outputs[i].download<float>(), ref,
+                         "stream 4 targets, target " + std::to_string(i) + " " + cuda::gemv_tuning_name(tuning));
         checked += static_cast<int64_t>(ref.size());
       }
     }
