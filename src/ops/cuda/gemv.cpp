@@ -29,8 +29,6 @@ void check_gemv_arguments(std::string_view op, int64_t n, int64_t k, const void*
 }
 constexpr int kMaxWarps = 8;  // blocks of at most 256 threads, which kGemvMaxRegisters (gemv_tile.cuh) assumes
 
-constexpr int kStreamMaxM = 16, kStreamKMultiple = 256, kStreamMaxWarps = 8;  // gemv_stream.cuh's limits
-
 // The block shapes swept for each compiled shape: warps per block and K splits (warps of a block, or
 // blocks of a cluster for the bulk stream).
 template <size_t kCount>
@@ -63,11 +61,11 @@ const char* pipeline_suffix(GemvPipeline pipeline) {
 template <size_t kCount>
 void check_tuning(std::string_view op, const GemvTuning& tuning, const GemvTuning (&shapes)[kCount]) {
   if (tuning.pipeline == GemvPipeline::BulkStream) {
-    if (tuning.warps < 1 || tuning.warps > kStreamMaxWarps ||
+    if (tuning.warps < 1 || tuning.warps > kGemvStreamMaxWarps ||
         (tuning.k_split != 1 && tuning.k_split != 2 && tuning.k_split != 4)) {
       fail("{}: bulk-stream tuning of {} warps and clusters of {} blocks not supported (1..{} warps, clusters of 1, "
            "2 or 4)",
-           op, tuning.warps, tuning.k_split, kStreamMaxWarps);
+           op, tuning.warps, tuning.k_split, kGemvStreamMaxWarps);
     }
   } else if (tuning.warps < 1 || tuning.warps > kMaxWarps || tuning.k_split < 1 || tuning.warps % tuning.k_split != 0) {
     fail("{}: tuning of {} warps per block, {} splitting K, not supported (1..{} warps, a multiple of the split)", op,
@@ -88,7 +86,7 @@ void check_stream_call(std::string_view op, const GemvTuning& tuning, const Nvfp
   if (tuning.pipeline != GemvPipeline::BulkStream) return;
   if (!gemv_nvfp4_tuning_applies(tuning, m, weight.cols)) {
     fail("{}: the bulk-stream kernel ({}) takes M <= {} and K a multiple of {}, not M = {}, K = {}", op,
-         gemv_tuning_name(tuning), kStreamMaxM, kStreamKMultiple, m, weight.cols);
+         gemv_tuning_name(tuning), kGemvStreamMaxM, kGemvStreamKMultiple, m, weight.cols);
   }
   if (!aligned(weight.packed, 16) || !aligned(weight.scales, 16)) {
     fail("{}: the bulk-stream kernel needs 16-byte aligned codes and scales", op);
@@ -152,7 +150,7 @@ GemvTuning gemv_paired_tuning(const GemvTuning& plain) {
 }
 
 bool gemv_nvfp4_tuning_applies(const GemvTuning& tuning, int64_t m, int64_t k) {
-  return tuning.pipeline != GemvPipeline::BulkStream || (m <= kStreamMaxM && k % kStreamKMultiple == 0);
+  return tuning.pipeline != GemvPipeline::BulkStream || (m <= kGemvStreamMaxM && k % kGemvStreamKMultiple == 0);
 }
 
 std::vector<GemvTuning> gemv_nvfp4_tunings() { return tunings_of(detail::kGemvNvfp4Shapes); }

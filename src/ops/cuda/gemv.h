@@ -35,6 +35,13 @@ struct GemvTuning {
   GemvPipeline pipeline = GemvPipeline::Registers;
 };
 
+// The bulk stream's limits (gemv_stream.cuh): tokens per launch, the multiple of K (a row's scales, K/16
+// bytes, must be whole 16-byte copy rows), consumer warps per block (one more produces), blocks per cluster.
+inline constexpr int64_t kGemvStreamMaxM = 16;
+inline constexpr int64_t kGemvStreamKMultiple = 256;
+inline constexpr int kGemvStreamMaxWarps = 8;
+inline constexpr int kGemvStreamMaxCluster = 4;
+
 // Whether a tuning's kernel can run m tokens of an [n, k] NVFP4 weight (the bulk stream's limits); the
 // launches reject the others with an error naming the limit.
 bool gemv_nvfp4_tuning_applies(const GemvTuning& tuning, int64_t m, int64_t k);

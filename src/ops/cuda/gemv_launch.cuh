@@ -81,7 +81,7 @@ cudaError_t launch_gemv_stream_tile(GemvSegments<Nvfp4Format> segments, const vo
   if (status != cudaSuccess) return status;
   const dim3 block((warps + 1) * 32);
   // Clusters resident at once for this block shape, asked once per shape (warps 1..8, clusters 1, 2, 4).
-  static std::atomic<int> resident_clusters[kStreamMaxWarps + 1][kStreamMaxCluster + 1];
+  static std::atomic<int> resident_clusters[kGemvStreamMaxWarps + 1][kGemvStreamMaxCluster + 1];
   int clusters = resident_clusters[warps][cluster].load(std::memory_order_relaxed);
   if (clusters == 0) {
     cudaLaunchAttribute shape{};
@@ -111,7 +111,9 @@ template <int kDepth, class Epilogue>
 cudaError_t launch_gemv_stream(const GemvSegments<Nvfp4Format>& segments, const void* x, int m, int64_t k,
                                const Epilogue& epilogue, int warps, int cluster, cudaStream_t stream) {
   static_assert(kStreamMaxTokenGroups == 2);
-  if (warps < 1 || warps > kStreamMaxWarps || cluster < 1 || cluster > kStreamMaxCluster) return cudaErrorInvalidValue;
+  if (warps < 1 || warps > kGemvStreamMaxWarps || cluster < 1 || cluster > kGemvStreamMaxCluster) {
+    return cudaErrorInvalidValue;
+  }
   switch ((m + kGemvTokensPerGroup - 1) / kGemvTokensPerGroup) {
     case 1: return launch_gemv_stream_tile<1, kDepth>(segments, x, m, k, epilogue, warps, cluster, stream);
     case 2: return launch_gemv_stream_tile<2, kDepth>(segments, x, m, k, epilogue, warps, cluster, stream);

@@ -26,6 +26,7 @@
 
 #include <cstdint>
 
+#include "ops/cuda/gemv.h"
 #include "ops/cuda/gemv_nvfp4.cuh"
 #include "ops/cuda/gemv_tile.cuh"
 
@@ -33,10 +34,7 @@ namespace uberlm::cuda {
 
 inline constexpr int kStreamStageK = 512;
 inline constexpr int kStreamStageChunks = kStreamStageK / kGemvChunkK;
-inline constexpr int kStreamKMultiple = 256;
-inline constexpr int kStreamMaxTokenGroups = 2;
-inline constexpr int kStreamMaxWarps = 8;  // consumer warps; one more produces
-inline constexpr int kStreamMaxCluster = 4;
+inline constexpr int kStreamMaxTokenGroups = static_cast<int>(kGemvStreamMaxM / kGemvTokensPerGroup);
 // A stage's codes arrive as two boxes of 16 rows x 128 bytes, 128-byte swizzled (tensor_map.h); its
 // scales as one box of 16 rows x 32 bytes.
 inline constexpr int kStreamHalfBytes = 128;
@@ -282,7 +280,7 @@ __device__ __forceinline__ void gemv_stream_multiply_stage(const GemvStreamShare
 }
 
 template <int kTokenGroups, int kParts, int kDepth, class Epilogue>
-__global__ void __launch_bounds__((kStreamMaxWarps + 1) * 32)
+__global__ void __launch_bounds__((kGemvStreamMaxWarps + 1) * 32)
     gemv_stream_kernel(const GemvSegments<Nvfp4Format> segments, const __grid_constant__ GemvStreamMaps maps,
                        const __nv_bfloat16* __restrict__ x, int m, int k_size, const GemvStreamWork work,
                        const Epilogue epilogue) {
