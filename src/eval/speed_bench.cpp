@@ -227,6 +227,8 @@ nlohmann::json run_speed_bench(const SpeedBenchOptions& options) {
                         {"tuning_table_misses", counters.tuning_table_misses},
                         {"prefill_attention_calls", counters.prefill_attention_calls},
                         {"prefill_attention_fallbacks", counters.prefill_attention_fallbacks},
+                        {"chunked_delta_rule_calls", counters.chunked_delta_rule_calls},
+                        {"chunked_delta_rule_fallbacks", counters.chunked_delta_rule_fallbacks},
                         {"graph_captures", counters.graph_captures},
                         {"graph_replays", counters.graph_replays}};
   std::printf("\nGEMV tunings: %lld launches from the table, %lld on the built-in tuning (cells the table lacks)\n",

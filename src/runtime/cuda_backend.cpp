@@ -123,6 +123,15 @@ CudaBackend::Impl::Impl(const ModelConfig& model_config, const CudaBackendOption
     if (options.strict) fail("strict: {}", message);
     spdlog::warn("{}", message);
   }
+  if (config.num_layers_of(LayerKind::GatedDeltaNet) > 0 &&
+      !cuda::gated_delta_net_chunked_supports(gpu::delta_net_dims(config))) {
+    const std::string message = fmt::format(
+        "Gated DeltaNet prefill: no chunked kernel for key/value head dims {}/{} (at most {}); prompt rows run "
+        "the delta rule token by token", config.delta_net_key_head_dim, config.delta_net_value_head_dim,
+        cuda::kMaxChunkedDeltaRuleHeadDim);
+    if (options.strict) fail("strict: {}", message);
+    spdlog::warn("{}", message);
+  }
   limits = {options.max_batch_tokens, options.max_logit_rows, options.max_slots, options.max_context};
   graphs_enabled = options.cuda_graphs;
   CUDA_CHECK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
@@ -371,6 +380,7 @@ GpuBackend::Counters CudaBackend::counters() const {
   return {linear.gemv_linear_calls, linear.gemm_bf16_linear_calls,  linear.gemm_nvfp4_linear_calls,
           linear.gemv_swiglu_calls, linear.tuning_table_hits,       linear.tuning_table_misses,
           impl_->decoder_counters.prefill_attention_calls, impl_->decoder_counters.prefill_attention_fallbacks,
+          impl_->decoder_counters.chunked_delta_rule_calls, impl_->decoder_counters.chunked_delta_rule_fallbacks,
           impl_->graphs->captures(), impl_->graphs->replays()};
 }
 

@@ -74,6 +74,8 @@ class GpuBackend : public Backend {
     int64_t tuning_table_misses = 0;      // GEMV launches on the built-in tuning (a cell the table lacks)
     int64_t prefill_attention_calls = 0;      // layers whose prompt rows ran the tensor-core prefill kernel
     int64_t prefill_attention_fallbacks = 0;  // ... ran the decode kernel (a head_dim without a prefill kernel)
+    int64_t chunked_delta_rule_calls = 0;      // Gated DeltaNet layers whose prompt rows ran the chunked form
+    int64_t chunked_delta_rule_fallbacks = 0;  // ... ran token by token (head dims over the chunked kernel's)
     int64_t graph_captures = 0;
     int64_t graph_replays = 0;
   };

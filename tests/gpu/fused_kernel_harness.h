@@ -5,6 +5,7 @@
 // fails a kernel whose cases compared nothing.
 #include <gtest/gtest.h>
 
+#include <cstdio>
 #include <functional>
 #include <string>
 #include <vector>
@@ -37,6 +38,9 @@ inline void check_fused_kernel(const std::string& kernel, const std::vector<Fuse
         compared += static_cast<int64_t>(out.unfused.size());
       } else {
         compared += expect_close(out.fused, out.unfused, out.tolerance, label);
+        // The measured errors, which the tolerances stated in the tests are set from.
+        std::printf("%s: max|fused-unfused|/max|unfused| = %.3g (tolerance %.3g)\n", label.c_str(),
+                    max_relative_error(out.fused, out.unfused), out.tolerance);
       }
     }
   }

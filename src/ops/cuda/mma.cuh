@@ -28,6 +28,24 @@ __device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&r)[4], const void* 
                : "r"(address));
 }
 
+// D[16 x 8] += A[16 x 8] . B[8 x 8], tf32 in (10-bit mantissa), fp32 accumulate; fragment layout as in the
+// PTX ISA for m16n8k8 .tf32: a = {(g, tig), (g+8, tig), (g, tig+4), (g+8, tig+4)}, b = {(tig, g), (tig+4, g)},
+// d as for m16n8k16.
+__device__ __forceinline__ void mma_tf32_m16n8k8(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+      "{%0, %1, %2, %3};\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+// fp32 rounded to the nearest tf32 (ties away from zero), as an mma operand word.
+__device__ __forceinline__ uint32_t to_tf32(float x) {
+  uint32_t r;
+  asm("cvt.rna.tf32.f32 %0, %1;\n" : "=r"(r) : "f"(x));
+  return r;
+}
+
 // Two fp32 values as one bf16x2 fragment word: `low` in the low half (the lower k index).
 __device__ __forceinline__ uint32_t pack_bf16x2(float low, float high) {
   const __nv_bfloat162 pair = __floats2bfloat162_rn(low, high);

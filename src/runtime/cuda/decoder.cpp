@@ -114,6 +114,11 @@ void attention(const GpuDecoder& d, int layer, const StepShape& step) {
   reduce_partial_sums(d, T);
 }
 
+cuda::GatedDeltaNetDims delta_net_dims(const ModelConfig& c) {
+  return {c.delta_net_num_key_heads, c.delta_net_num_value_heads, c.delta_net_key_head_dim, c.delta_net_value_head_dim,
+          c.delta_net_conv_kernel};
+}
+
 void gated_delta_net(const GpuDecoder& d, int layer, const StepShape& step) {
   const ModelConfig& c = d.config;
   const DeviceGatedDeltaNet& w = d.model.layers[layer].delta_net;
@@ -127,10 +132,16 @@ void gated_delta_net(const GpuDecoder& d, int layer, const StepShape& step) {
   }
   {
     OpScope op(d.profiler, "gated_delta_net");
-    const cuda::GatedDeltaNetDims dims{c.delta_net_num_key_heads, c.delta_net_num_value_heads, c.delta_net_key_head_dim,
-                                       c.delta_net_value_head_dim, c.delta_net_conv_kernel};
+    const cuda::GatedDeltaNetDims dims = delta_net_dims(c);
     const cuda::GatedDeltaNetParams params{w.conv1d, w.a_log, w.dt_bias, w.norm, c.rms_norm_eps};
     const cuda::GatedDeltaNetState state{cache.conv_state, cache.recurrent_state, d.caches.conv_ring_readers};
+    if (step.tokens > step.chunks) {
+      if (cuda::gated_delta_net_layer_runs_chunked(dims, T, static_cast<int>(step.chunks))) {
+        ++d.counters.chunked_delta_rule_calls;
+      } else {
+        ++d.counters.chunked_delta_rule_fallbacks;
+      }
+    }
     CUDA_CHECK(cuda::launch_gated_delta_net_layer(b.qkv, b.z, b.a, b.b, params, device_chunks(d, step), T, dims, state, b.out_proj_in,
                                             padded_k(dims.value_dim()), d.stream));
   }

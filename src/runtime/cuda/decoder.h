@@ -12,6 +12,7 @@
 #include <cstdint>
 
 #include "model/config.h"
+#include "ops/cuda/fused/gated_delta_net_layer.h"
 #include "runtime/cuda/device_model.h"
 #include "runtime/cuda/linear.h"
 #include "runtime/cuda/step_buffers.h"
@@ -36,6 +37,9 @@ struct DecoderCounters {
   int64_t prefill_attention_calls = 0;      // layers whose prompt rows ran the tensor-core prefill kernel
   int64_t prefill_attention_fallbacks = 0;  // layers whose prompt rows ran the decode kernel instead (a
                                             // head_dim the prefill kernel lacks; logged once at load)
+  int64_t chunked_delta_rule_calls = 0;     // Gated DeltaNet layers whose prompt rows ran the chunked form
+  int64_t chunked_delta_rule_fallbacks = 0;  // ... ran the token-by-token form instead (head dims over the
+                                             // chunked kernel's; logged once at load)
 };
 
 // What the sublayer functions read and write.
@@ -66,6 +70,8 @@ void add_rms_norm(const GpuDecoder& d, const float* delta, const float* weight, 
 void attention(const GpuDecoder& d, int layer, const StepShape& step);
 // sublayer_out [T, D] = out_proj(GatedRMSNorm(delta_rule(conv1d(in_proj_qkv(h))), z)); states updated.
 void gated_delta_net(const GpuDecoder& d, int layer, const StepShape& step);
+// A Gated DeltaNet layer's head shape as its kernels take it.
+cuda::GatedDeltaNetDims delta_net_dims(const ModelConfig& c);
 // sublayer_out [T, D] = down_proj(silu(gate_proj(h)) * up_proj(h)).
 void mlp(const GpuDecoder& d, int layer, int64_t tokens);
 // One decoder layer; `pending` is the previous layer's MLP output, not yet added to x (its add completes the

@@ -2,6 +2,7 @@
 #include <cuda_pipeline.h>
 
 #include "ops/cuda/fused/gated_delta_net_layer.h"
+#include "ops/cuda/fused/gated_delta_net_layer_chunked.h"
 #include "ops/cuda/kernel_util.cuh"
 #include "ops/cuda/rms_norm.cuh"
 
@@ -293,6 +294,10 @@ cudaError_t launch_rows(const LaunchArgs& l, bool decode) {
 }
 }  // namespace
 
+bool gated_delta_net_layer_runs_chunked(const GatedDeltaNetDims& dims, int64_t tokens, int chunk_count) {
+  return tokens != chunk_count && gated_delta_net_chunked_supports(dims);
+}
+
 cudaError_t launch_gated_delta_net_layer(const float* qkv, const float* z, const float* a, const float* b,
                                    const GatedDeltaNetParams& weights, const DeviceChunks& chunks, int64_t tokens,
                                    const GatedDeltaNetDims& dims, const GatedDeltaNetState& state, void* out,
@@ -301,6 +306,10 @@ cudaError_t launch_gated_delta_net_layer(const float* qkv, const float* z, const
   if (dims.num_k_heads < 1 || dims.num_v_heads % dims.num_k_heads != 0) return cudaErrorInvalidValue;
   if (dims.conv_kernel < 2 || dims.conv_kernel > kMaxConvKernel) return cudaErrorInvalidValue;
   if (dims.v_head_dim < 1 || dims.v_head_dim > kMaxSlices * kChunkColumns) return cudaErrorInvalidValue;
+  if (gated_delta_net_layer_runs_chunked(dims, tokens, chunks.count)) {
+    return detail::launch_gated_delta_net_layer_chunked(qkv, z, a, b, weights, chunks, dims, state, out, out_stride,
+                                                        stream);
+  }
   const LaunchArgs args{qkv, z, a, b, weights, chunks, dims, state, out, out_stride, stream};
   const bool decode = tokens == chunks.count;
   const int dk = dims.k_head_dim;

@@ -55,9 +55,21 @@ struct GatedDeltaNetState {
 // A chunk with start 0 begins a new sequence, whose states are taken as zero (nothing is read).
 // tokens: all chunks' tokens together (== chunks.count in a decode step, which gets its own blocking).
 // Needs v_head_dim <= 512 (one thread-block cluster of at most 8 column slices per head).
+// Two forms: a decode step (every chunk one token), and steps whose head dims exceed 128, run the
+// recurrent rule token by token (fp32); every other step runs the chunked form
+// (gated_delta_net_layer_chunked.cu: 64 tokens per triangular solve, tf32 tensor-core products), whose
+// results differ from the recurrent form's by tf32 rounding (tests/gpu/fused_gated_delta_net_layer_test.cpp
+// states the bound).
 cudaError_t launch_gated_delta_net_layer(const float* qkv, const float* z, const float* a, const float* b,
                                    const GatedDeltaNetParams& weights, const DeviceChunks& chunks, int64_t tokens,
                                    const GatedDeltaNetDims& dims, const GatedDeltaNetState& state, void* out,
                                    int64_t out_stride, cudaStream_t stream);
+
+// The largest k_head_dim and v_head_dim of the chunked form (its q, k, v and state tiles in shared memory).
+constexpr int kMaxChunkedDeltaRuleHeadDim = 128;
+bool gated_delta_net_chunked_supports(const GatedDeltaNetDims& dims);
+
+// Whether launch_gated_delta_net_layer runs a step of `tokens` tokens in `chunk_count` chunks in the chunked form.
+bool gated_delta_net_layer_runs_chunked(const GatedDeltaNetDims& dims, int64_t tokens, int chunk_count);
 
 }  // namespace uberlm::cuda

@@ -1,0 +1,458 @@
+// The chunked form of the fused Gated DeltaNet layer (gated_delta_net_layer.h) for prefill: within 64 tokens
+// the delta rule's updates solve one unit lower-triangular system (the WY / UT-transform form of
+// ops/cpu/gated_delta_net.h's gated_delta_rule_chunked), so the state is read and written once per 64 tokens
+// and the products run on tensor cores (tf32 in, fp32 accumulate) instead of one token after another.
+#include <cuda_pipeline.h>
+
+#include <algorithm>
+
+#include "ops/cuda/fused/gated_delta_net_layer_chunked.h"
+#include "ops/cuda/kernel_util.cuh"
+#include "ops/cuda/mma.cuh"
+#include "ops/cuda/rms_norm.cuh"
+
+namespace uberlm::cuda::detail {
+
+constexpr int kMaxConvKernel = 8;
+
+namespace {
+
+constexpr int kChunk = 64;  // tokens per triangular solve (fla's chunk size)
+constexpr int kThreads = 256, kWarps = kThreads / 32;
+constexpr int kSolveWarps = 4;  // warps 0-3 solve and update the state; 4-7 make the chunk's outputs
+
+// The chunked form rounds its products to tf32 (2^-11), so SiLU and the decays take the fast intrinsics
+// (relative error ~1e-6) instead of the exact forms the token-by-token kernel matches the CPU with.
+__device__ __forceinline__ float silu_fast(float x) { return __fdividef(x, 1.0f + __expf(-x)); }
+
+// Shared memory of one block, in floats. Row strides are padded so that the fragment loads of the mma
+// operands hit distinct banks: rows read as (row g, column tig) fragments get stride = 4 mod 32, rows
+// read as (row tig, column g) fragments stride = 8 mod 32.
+template <int kDim>
+struct ChunkLayout {
+  static constexpr int kKeyStride = kDim + 4;    // q, k: [kChunk][kKeyStride]
+  static constexpr int kValueStride = kDim + 8;  // v, then the right-hand sides, then the deltas
+  static constexpr int kStateStride = kDim + 8;  // S: [kDim][kStateStride], key rows, value columns
+  static constexpr int kPairStride = kChunk + 4;  // token-by-token matrices: [kChunk][kPairStride]
+  static constexpr int q = 0;
+  static constexpr int k = q + kChunk * kKeyStride;
+  static constexpr int v = k + kChunk * kKeyStride;
+  static constexpr int s = v + kChunk * kValueStride;
+  static constexpr int coupling = s + kDim * kStateStride;  // beta_i e^(G_i - G_p) k_i.k_p, p < i
+  static constexpr int mixing = coupling + kChunk * kPairStride;  // e^(G_i - G_p) q_i.k_p, p <= i
+  static constexpr int log_decay = mixing + kChunk * kPairStride;  // G_i: g summed over the chunk's tokens
+  static constexpr int beta = log_decay + kChunk;
+  static constexpr int raw_a = beta + kChunk;
+  static constexpr int raw_b = raw_a + kChunk;
+  static constexpr int token_decay = raw_b + kChunk;  // e^G_i
+  static constexpr int key_decay = token_decay + kChunk;  // e^(G_last - G_i)
+  static constexpr int floats = key_decay + kChunk;
+  static constexpr size_t bytes = floats * sizeof(float);
+};
+
+// acc[n] += A[16 rows, k] . B[k, 8 columns of tile n] over k_steps x 8 values of k, for the calling warp;
+// a_at(row, k) and b_at(k, column) read the operands (rows and columns relative to the tile).
+template <int kTiles, class AAt, class BAt>
+__device__ __forceinline__ void warp_mma(float (&acc)[kTiles][4], int k_steps, AAt a_at, BAt b_at) {
+  const int lane = threadIdx.x % 32, g = lane / 4, tig = lane % 4;
+  for (int step = 0; step < k_steps; ++step) {
+    const int k0 = step * 8 + tig;
+    const uint32_t a[4] = {to_tf32(a_at(g, k0)), to_tf32(a_at(g + 8, k0)), to_tf32(a_at(g, k0 + 4)),
+                           to_tf32(a_at(g + 8, k0 + 4))};
+#pragma unroll
+    for (int n = 0; n < kTiles; ++n) {
+      mma_tf32_m16n8k8(acc[n], a, to_tf32(b_at(k0, n * 8 + g)), to_tf32(b_at(k0 + 4, n * 8 + g)));
+    }
+  }
+}
+
+// Calls f(row, column, value) for each accumulator of the calling lane (rows of the 16-row tile, columns of
+// its kTiles x 8).
+template <int kTiles, class F>
+__device__ __forceinline__ void for_each_fragment(float (&acc)[kTiles][4], F f) {
+  const int lane = threadIdx.x % 32, g = lane / 4, tig = lane % 4;
+#pragma unroll
+  for (int n = 0; n < kTiles; ++n) {
+#pragma unroll
+    for (int e = 0; e < 4; ++e) f(g + 8 * (e / 2), n * 8 + 2 * tig + e % 2, acc[n][e]);
+  }
+}
+
+template <int kTiles>
+__device__ __forceinline__ void clear(float (&acc)[kTiles][4]) {
+#pragma unroll
+  for (int n = 0; n < kTiles; ++n) acc[n][0] = acc[n][1] = acc[n][2] = acc[n][3] = 0.0f;
+}
+
+// Grid (chunk, value head); the block walks its chunk's tokens 64 at a time. Thread `tid` runs the conv of
+// staged channels tid and tid + 256 (q | k | v of its key and value head, each padded to kDim), keeping
+// their kHistory previous inputs in registers from one 64 tokens to the next.
+template <int kDim, int kHistory>
+__global__ void __launch_bounds__(kThreads, 1)
+    gated_delta_net_chunked_kernel(const float* __restrict__ qkv, const float* __restrict__ z,
+                                   const float* __restrict__ a, const float* __restrict__ b,
+                                   GatedDeltaNetParams weights, DeviceChunks chunks, GatedDeltaNetDims dims,
+                                   GatedDeltaNetState state, __nv_bfloat16* out, int64_t out_stride,
+                                   bool quad_aligned) {
+  using L = ChunkLayout<kDim>;
+  constexpr int kStaged = 3 * kDim, kRounds = (kStaged + kThreads - 1) / kThreads;
+  extern __shared__ float smem[];
+  float *q = smem + L::q, *k = smem + L::k, *v = smem + L::v, *s = smem + L::s;
+  float *coupling = smem + L::coupling, *mixing = smem + L::mixing;
+  float *log_decay = smem + L::log_decay, *beta = smem + L::beta, *raw_a = smem + L::raw_a, *raw_b = smem + L::raw_b;
+  float *token_decay = smem + L::token_decay, *key_decay = smem + L::key_decay;
+  // Where staged channel `local` of token i lives: q, k or v.
+  auto staged = [&](int i, int local) -> float& {
+    if (local < kDim) return q[i * L::kKeyStride + local];
+    if (local < 2 * kDim) return k[i * L::kKeyStride + local - kDim];
+    return v[i * L::kValueStride + local - 2 * kDim];
+  };
+
+  const int c = blockIdx.x, h = blockIdx.y;
+  const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
+  const int dk = dims.k_head_dim, dv = dims.v_head_dim, kernel = dims.conv_kernel, history = kernel - 1;
+  const int heads_per_key = dims.num_v_heads / dims.num_k_heads, key_head = h / heads_per_key;
+  const int64_t conv_dim = dims.conv_dim(), key_dim = dims.key_dim(), value_dim = dims.value_dim();
+  const int hv = dims.num_v_heads;
+
+  int64_t channel[kRounds];  // global conv channel of each staged one, -1 for padding
+  float past_w[kRounds][kHistory], newest_w[kRounds], past[kRounds][kHistory];
+  const int slot = chunks.slot[c];
+  const int64_t first = chunks.first[c], length = chunks.length[c], start = chunks.start[c];
+  float* ring = state.conv + static_cast<int64_t>(slot) * kernel * conv_dim;
+  begin_dependent_kernel();
+#pragma unroll
+  for (int n = 0; n < kRounds; ++n) {
+    const int local = tid + n * kThreads;
+    channel[n] = -1;
+    if (local < kDim) {
+      if (local < dk) channel[n] = static_cast<int64_t>(key_head) * dk + local;
+    } else if (local < 2 * kDim) {
+      if (local - kDim < dk) channel[n] = key_dim + static_cast<int64_t>(key_head) * dk + local - kDim;
+    } else if (local < kStaged && local - 2 * kDim < dv) {
+      channel[n] = 2 * key_dim + static_cast<int64_t>(h) * dv + local - 2 * kDim;
+    }
+    const bool valid = channel[n] >= 0;
+    newest_w[n] = valid ? weights.conv1d[channel[n] * kernel + history] : 0.0f;
+#pragma unroll
+    for (int p = 0; p < kHistory; ++p) {
+      const int back = kHistory - p;
+      const int64_t position = start - back;
+      past_w[n][p] = valid && back <= history ? weights.conv1d[channel[n] * kernel + history - back] : 0.0f;
+      past[n][p] = valid && back <= history && position >= 0 ? ring[(position % kernel) * conv_dim + channel[n]] : 0.0f;
+    }
+  }
+  float* s_head = state.recurrent + (static_cast<int64_t>(slot) * hv + h) * dk * dv;
+  for (int e = tid; e < kDim * kDim; e += kThreads) {
+    const int i = e / kDim, j = e % kDim;
+    s[i * L::kStateStride + j] = start > 0 && i < dk && j < dv ? s_head[static_cast<int64_t>(i) * dv + j] : 0.0f;
+  }
+  const float a_decay = -expf(weights.a_log[h]), dt_bias = weights.dt_bias[h];
+  const float q_scale = 1.0f / sqrtf(static_cast<float>(dk));
+
+  for (int64_t t0 = 0; t0 < length; t0 += kChunk) {
+    const int tokens = static_cast<int>(min(static_cast<int64_t>(kChunk), length - t0));
+    const int64_t row0 = first + t0;
+    // 1. Stage the raw conv inputs and a, b of the chunk's tokens: 16-byte copies of each token's q, k and
+    //    v segments where rows and heads are 16-byte aligned, else a value per copy.
+    if (quad_aligned) {
+      const int key_quads = dk / 4, quads = 2 * key_quads + dv / 4;
+      for (int e = tid; e < tokens * quads; e += kThreads) {
+        const int i = e / quads, quad = e % quads;
+        const float* row = qkv + (row0 + i) * conv_dim;
+        const float* from;
+        float* to;
+        if (quad < key_quads) {
+          from = row + static_cast<int64_t>(key_head) * dk + 4 * quad;
+          to = q + i * L::kKeyStride + 4 * quad;
+        } else if (quad < 2 * key_quads) {
+          from = row + key_dim + static_cast<int64_t>(key_head) * dk + 4 * (quad - key_quads);
+          to = k + i * L::kKeyStride + 4 * (quad - key_quads);
+        } else {
+          from = row + 2 * key_dim + static_cast<int64_t>(h) * dv + 4 * (quad - 2 * key_quads);
+          to = v + i * L::kValueStride + 4 * (quad - 2 * key_quads);
+        }
+        __pipeline_memcpy_async(to, from, 16);
+      }
+    } else {
+      for (int i = 0; i < tokens; ++i) {
+#pragma unroll
+        for (int n = 0; n < kRounds; ++n) {
+          if (channel[n] >= 0) {
+            __pipeline_memcpy_async(&staged(i, tid + n * kThreads), qkv + (row0 + i) * conv_dim + channel[n],
+                                    sizeof(float));
+          }
+        }
+      }
+    }
+    if (tid < tokens) {
+      __pipeline_memcpy_async(&raw_a[tid], a + (row0 + tid) * hv + h, sizeof(float));
+      __pipeline_memcpy_async(&raw_b[tid], b + (row0 + tid) * hv + h, sizeof(float));
+    }
+    __pipeline_commit();
+    __pipeline_wait_prior(0);
+    __syncthreads();  // a thread's conv channels and warp 0's a, b were staged by other threads
+
+    // 2. Causal conv1d + SiLU in place, token after token; padding rows and channels become zero.
+#pragma unroll
+    for (int n = 0; n < kRounds; ++n) {
+      const int local = tid + n * kThreads;
+      if (local >= kStaged) continue;
+#pragma unroll 8
+      for (int i = 0; i < kChunk; ++i) {
+        float x = 0.0f;
+        if (channel[n] >= 0 && i < tokens) {
+          const float input = staged(i, local);
+          float sum = newest_w[n] * input;
+#pragma unroll
+          for (int p = 0; p < kHistory; ++p) sum += past_w[n][p] * past[n][p];
+#pragma unroll
+          for (int p = 0; p + 1 < kHistory; ++p) past[n][p] = past[n][p + 1];
+          past[n][kHistory - 1] = input;
+          x = silu_fast(sum);
+        }
+        staged(i, local) = x;
+      }
+    }
+    if (warp == 0) {
+      // g and beta per token; G = g summed up to each token (an inclusive scan over two halves).
+      float g[2], sum[2];
+#pragma unroll
+      for (int half = 0; half < 2; ++half) {
+        const int i = lane + 32 * half;
+        g[half] = i < tokens ? a_decay * softplusf_exact(raw_a[i] + dt_bias) : 0.0f;
+        beta[i] = i < tokens ? sigmoidf_exact(raw_b[i]) : 0.0f;
+        sum[half] = g[half];
+#pragma unroll
+        for (int offset = 1; offset < 32; offset *= 2) {
+          const float before = __shfl_up_sync(0xffffffffu, sum[half], offset);
+          if (lane >= offset) sum[half] += before;
+        }
+      }
+      const float first_half = __shfl_sync(0xffffffffu, sum[0], 31);
+      sum[1] += first_half;
+      const int last = tokens - 1;
+      const float last_sum = __shfl_sync(0xffffffffu, last < 32 ? sum[0] : sum[1], last % 32);
+#pragma unroll
+      for (int half = 0; half < 2; ++half) {
+        const int i = lane + 32 * half;
+        log_decay[i] = sum[half];
+        token_decay[i] = __expf(sum[half]);
+        key_decay[i] = __expf(last_sum - sum[half]);
+      }
+    }
+    __syncthreads();
+
+    // 3. q = l2norm(q) / sqrt(dk), k = l2norm(k) (eps 1e-6), a warp per token.
+    for (int i = warp; i < tokens; i += kWarps) {
+      float* q_row = q + i * L::kKeyStride;
+      float* k_row = k + i * L::kKeyStride;
+      float q_sq = 0.0f, k_sq = 0.0f;
+      for (int r = lane; r < kDim; r += 32) {
+        q_sq += q_row[r] * q_row[r];
+        k_sq += k_row[r] * k_row[r];
+      }
+      const float q_norm = q_scale / sqrtf(warp_sum(q_sq) + 1e-6f), k_norm = 1.0f / sqrtf(warp_sum(k_sq) + 1e-6f);
+      for (int r = lane; r < kDim; r += 32) {
+        q_row[r] *= q_norm;
+        k_row[r] *= k_norm;
+      }
+    }
+    __syncthreads();
+
+    // 4. The token-pair matrices and the right-hand sides R = beta (v - e^G K S), 16 rows x 64 columns a job.
+    constexpr int kPairJobs = 2 * (kChunk / 16), kStateJobs = (kChunk / 16) * (kDim / 64);
+    for (int job = warp; job < kPairJobs + kStateJobs; job += kWarps) {
+      float acc[8][4];
+      clear(acc);
+      if (job < kPairJobs) {
+        const bool keys = job < kPairJobs / 2;  // k_i.k_p, else q_i.k_p
+        const int row0_tile = 16 * (job % (kChunk / 16));
+        const float* left = (keys ? k : q) + row0_tile * L::kKeyStride;
+        warp_mma(acc, kDim / 8, [&](int r, int x) { return left[r * L::kKeyStride + x]; },
+                 [&](int x, int p) { return k[p * L::kKeyStride + x]; });
+        float* pairs = keys ? coupling : mixing;
+        for_each_fragment(acc, [&](int r, int p, float dot) {
+          const int i = row0_tile + r;
+          const float decay = __expf(log_decay[i] - log_decay[p]);
+          float value = 0.0f;
+          if (keys && p < i) value = beta[i] * decay * dot;
+          if (!keys && p <= i) value = decay * dot;
+          pairs[i * L::kPairStride + p] = value;
+        });
+      } else {
+        const int state_job = job - kPairJobs;
+        const int row0_tile = 16 * (state_job % (kChunk / 16)), col0 = 64 * (state_job / (kChunk / 16));
+        warp_mma(acc, kDim / 8, [&](int r, int x) { return k[(row0_tile + r) * L::kKeyStride + x]; },
+                 [&](int x, int j) { return s[x * L::kStateStride + col0 + j]; });
+        for_each_fragment(acc, [&](int r, int j, float ks) {
+          const int i = row0_tile + r;
+          float& value = v[i * L::kValueStride + col0 + j];
+          value = beta[i] * (value - token_decay[i] * ks);
+        });
+      }
+    }
+    __syncthreads();
+
+    // 5. Warps 0-3: K' = e^(G_last - G_p) k_p, then the deltas D = (I + coupling)^-1 R by forward
+    //    substitution, a lane per value column. Warps 4-7: O = e^G Q S for their 16 tokens, and their
+    //    tokens' z staged into their rows of q (no other warp reads them from here on).
+    constexpr int kOutTiles = kDim / 8;
+    float o[kOutTiles][4];
+    const int out_warp = warp - kSolveWarps, out_row0 = 16 * out_warp;
+    if (warp < kSolveWarps) {
+      for (int e = tid; e < kChunk * kDim; e += kSolveWarps * 32) {
+        const int p = e / kDim;
+        k[p * L::kKeyStride + e % kDim] *= key_decay[p];
+      }
+      // Unrolled over the chunk's rows, the deltas in registers (measured faster than a loop over them
+      // in shared memory).
+      const int j = 32 * warp + lane;
+      if (j < kDim) {
+        float d[kChunk];
+#pragma unroll
+        for (int i = 0; i < kChunk; ++i) {
+          const float* row = coupling + i * L::kPairStride;
+          float partial[4] = {v[i * L::kValueStride + j], 0.0f, 0.0f, 0.0f};
+#pragma unroll
+          for (int p = 0; p < i; ++p) partial[p % 4] -= row[p] * d[p];
+          d[i] = (partial[0] + partial[1]) + (partial[2] + partial[3]);
+        }
+#pragma unroll
+        for (int i = 0; i < kChunk; ++i) v[i * L::kValueStride + j] = d[i];
+      }
+    } else {
+      clear(o);
+      warp_mma(o, kDim / 8, [&](int r, int x) { return q[(out_row0 + r) * L::kKeyStride + x]; },
+               [&](int x, int j) { return s[x * L::kStateStride + j]; });
+      for_each_fragment(o, [&](int r, int, float& value) { value *= token_decay[out_row0 + r]; });
+      __syncwarp();
+      const int rows = min(16, tokens - out_row0), width = quad_aligned ? 4 : 1;
+      for (int r = 0; r < rows; ++r) {
+        const float* from = z + (row0 + out_row0 + r) * value_dim + static_cast<int64_t>(h) * dv;
+        float* to = q + (out_row0 + r) * L::kKeyStride;
+        for (int j = width * lane; j < dv; j += 32 * width) {
+          __pipeline_memcpy_async(to + j, from + j, width * sizeof(float));
+        }
+      }
+      __pipeline_commit();
+    }
+    __syncthreads();
+
+    // 6. Warps 0-3: S = e^(G_last) S + K'^T D. Warps 4-7: O += mixing D, then the gated RMSNorm of each
+    //    token's head and the bf16 output.
+    if (warp < kSolveWarps) {
+      const float chunk_decay = token_decay[tokens - 1];
+      for (int row0_tile = 16 * warp; row0_tile < kDim; row0_tile += 16 * kSolveWarps) {
+        float acc[kOutTiles][4];
+        for_each_fragment(acc, [&](int r, int j, float& value) {
+          value = chunk_decay * s[(row0_tile + r) * L::kStateStride + j];
+        });
+        warp_mma(acc, kChunk / 8, [&](int r, int p) { return k[p * L::kKeyStride + row0_tile + r]; },
+                 [&](int p, int j) { return v[p * L::kValueStride + j]; });
+        for_each_fragment(acc, [&](int r, int j, float value) { s[(row0_tile + r) * L::kStateStride + j] = value; });
+      }
+    } else {
+      warp_mma(o, kChunk / 8, [&](int r, int p) { return mixing[(out_row0 + r) * L::kPairStride + p]; },
+               [&](int p, int j) { return v[p * L::kValueStride + j]; });
+      __pipeline_wait_prior(0);
+      __syncwarp();
+      float squares[2] = {0.0f, 0.0f};  // rows g and g + 8 of the lane
+      for_each_fragment(o, [&](int r, int j, float value) {
+        if (j < dv) squares[r / 8] += value * value;
+      });
+#pragma unroll
+      for (int half = 0; half < 2; ++half) {
+        squares[half] += __shfl_xor_sync(0xffffffffu, squares[half], 1);
+        squares[half] += __shfl_xor_sync(0xffffffffu, squares[half], 2);
+        squares[half] = inverse_rms(squares[half], dv, weights.norm_eps);
+      }
+      for_each_fragment(o, [&](int r, int j, float value) {
+        const int i = out_row0 + r;
+        if (i >= tokens || j >= dv) return;
+        const float gate = q[i * L::kKeyStride + j];
+        out[(row0 + i) * out_stride + static_cast<int64_t>(h) * dv + j] =
+            __float2bfloat16(weights.norm[j] * (value * squares[r / 8]) * silu_fast(gate));
+      });
+    }
+    __syncthreads();  // the next 64 tokens restage every buffer
+  }
+
+  for (int e = tid; e < dk * dv; e += kThreads) {
+    const int i = e / dv, j = e % dv;
+    s_head[e] = s[i * L::kStateStride + j];
+  }
+}
+
+// After the chunked kernel has read every conv ring: each chunk's last conv_kernel - 1 inputs into its
+// slot's ring (entry p % conv_kernel holds position p).
+__global__ void conv_ring_append_kernel(const float* __restrict__ qkv, DeviceChunks chunks, GatedDeltaNetDims dims,
+                                        GatedDeltaNetState state) {
+  const int c = blockIdx.y;
+  const int64_t ch = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x, conv_dim = dims.conv_dim();
+  begin_dependent_kernel();
+  if (ch >= conv_dim) return;
+  const int kernel = dims.conv_kernel, slot = chunks.slot[c];
+  const int64_t first = chunks.first[c], length = chunks.length[c], start = chunks.start[c];
+  float* ring = state.conv + static_cast<int64_t>(slot) * kernel * conv_dim;
+  for (int back = 0; back < kernel - 1; ++back) {
+    const int64_t position = start + length - 1 - back;
+    if (position < start) break;
+    ring[(position % kernel) * conv_dim + ch] = qkv[(first + position - start) * conv_dim + ch];
+  }
+}
+
+template <int kDim, int kHistory>
+cudaError_t launch_chunked(const float* qkv, const float* z, const float* a, const float* b,
+                           const GatedDeltaNetParams& weights, const DeviceChunks& chunks,
+                           const GatedDeltaNetDims& dims, const GatedDeltaNetState& state, void* out,
+                           int64_t out_stride, cudaStream_t stream) {
+  auto* kernel = gated_delta_net_chunked_kernel<kDim, kHistory>;
+  constexpr size_t kBytes = ChunkLayout<kDim>::bytes;
+  static const cudaError_t configured =
+      cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(kBytes));
+  if (configured != cudaSuccess) return configured;
+  const dim3 grid(static_cast<unsigned>(chunks.count), static_cast<unsigned>(dims.num_v_heads));
+  const auto quad_of = [](const void* pointer) { return reinterpret_cast<uintptr_t>(pointer) % 16 == 0; };
+  const bool quad_aligned = quad_of(qkv) && quad_of(z) && dims.k_head_dim % 4 == 0 && dims.v_head_dim % 4 == 0;
+  cudaError_t status = launch_dependent(kernel, grid, dim3(kThreads), kBytes, stream, qkv, z, a, b, weights, chunks,
+                                        dims, state, static_cast<__nv_bfloat16*>(out), out_stride, quad_aligned);
+  if (status != cudaSuccess) return status;
+  const dim3 ring_grid(blocks_for(dims.conv_dim(), 256), static_cast<unsigned>(chunks.count));
+  return launch_dependent(conv_ring_append_kernel, ring_grid, dim3(256), 0, stream, qkv, chunks, dims, state);
+}
+
+template <int kDim>
+cudaError_t launch_dim(const float* qkv, const float* z, const float* a, const float* b,
+                       const GatedDeltaNetParams& weights, const DeviceChunks& chunks, const GatedDeltaNetDims& dims,
+                       const GatedDeltaNetState& state, void* out, int64_t out_stride, cudaStream_t stream) {
+  if (dims.conv_kernel <= 4) {
+    return launch_chunked<kDim, 3>(qkv, z, a, b, weights, chunks, dims, state, out, out_stride, stream);
+  }
+  return launch_chunked<kDim, kMaxConvKernel - 1>(qkv, z, a, b, weights, chunks, dims, state, out, out_stride,
+                                                  stream);
+}
+
+}  // namespace
+
+cudaError_t launch_gated_delta_net_layer_chunked(const float* qkv, const float* z, const float* a, const float* b,
+                                                 const GatedDeltaNetParams& weights, const DeviceChunks& chunks,
+                                                 const GatedDeltaNetDims& dims, const GatedDeltaNetState& state,
+                                                 void* out, int64_t out_stride, cudaStream_t stream) {
+  if (!cuda::gated_delta_net_chunked_supports(dims)) return cudaErrorInvalidValue;
+  if (std::max(dims.k_head_dim, dims.v_head_dim) <= 64) {
+    return launch_dim<64>(qkv, z, a, b, weights, chunks, dims, state, out, out_stride, stream);
+  }
+  return launch_dim<128>(qkv, z, a, b, weights, chunks, dims, state, out, out_stride, stream);
+}
+
+}  // namespace uberlm::cuda::detail
+
+namespace uberlm::cuda {
+
+bool gated_delta_net_chunked_supports(const GatedDeltaNetDims& dims) {
+  return dims.k_head_dim <= kMaxChunkedDeltaRuleHeadDim && dims.v_head_dim <= kMaxChunkedDeltaRuleHeadDim &&
+         dims.conv_kernel >= 2 && dims.conv_kernel <= detail::kMaxConvKernel;
+}
+
+}  // namespace uberlm::cuda
