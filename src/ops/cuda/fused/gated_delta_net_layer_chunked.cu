@@ -260,9 +260,19 @@ __global__ void __launch_bounds__(kThreads, 1)
     }
     __syncthreads();
 
-    // 4. The token-pair matrices and the right-hand sides R = beta (v - e^G K S), 16 rows x 64 columns a job.
+    // 4. The token-pair matrices and the right-hand sides R = beta (v - e^G K S), 16 rows x 64 columns a job,
+    //    on warps 0-3 and the last four jobs on warps 4-7, which also make O = e^G Q S for their 16 tokens
+    //    (kept in registers until step 6): about the same number of mma per warp.
     constexpr int kPairJobs = 2 * (kChunk / 16), kStateJobs = (kChunk / 16) * (kDim / 64);
-    for (int job = warp; job < kPairJobs + kStateJobs; job += kWarps) {
+    constexpr int kJobs = kPairJobs + kStateJobs, kOutJobs = kWarps - kSolveWarps;
+    constexpr int kOutTiles = kDim / 8;
+    float o[kOutTiles][4];
+    const int out_warp = warp - kSolveWarps, out_row0 = 16 * out_warp;
+    const bool out_warps = warp >= kSolveWarps;
+    const int first_job = out_warps ? kJobs - kOutJobs + out_warp : warp;
+    const int job_step = out_warps ? kJobs : kSolveWarps;
+    const int last_job = out_warps ? kJobs : kJobs - kOutJobs;
+    for (int job = first_job; job < last_job; job += job_step) {
       float acc[8][4];
       clear(acc);
       if (job < kPairJobs) {
@@ -292,41 +302,23 @@ __global__ void __launch_bounds__(kThreads, 1)
         });
       }
     }
-    __syncthreads();
-
-    // 5. Warps 0-3: K' = e^(G_last - G_p) k_p, then the deltas D = (I + coupling)^-1 R by forward
-    //    substitution, a lane per value column. Warps 4-7: O = e^G Q S for their 16 tokens, and their
-    //    tokens' z staged into their rows of q (no other warp reads them from here on).
-    constexpr int kOutTiles = kDim / 8;
-    float o[kOutTiles][4];
-    const int out_warp = warp - kSolveWarps, out_row0 = 16 * out_warp;
-    if (warp < kSolveWarps) {
-      for (int e = tid; e < kChunk * kDim; e += kSolveWarps * 32) {
-        const int p = e / kDim;
-        k[p * L::kKeyStride + e % kDim] *= key_decay[p];
-      }
-      // Unrolled over the chunk's rows, the deltas in registers (measured faster than a loop over them
-      // in shared memory).
-      const int j = 32 * warp + lane;
-      if (j < kDim) {
-        float d[kChunk];
-#pragma unroll
-        for (int i = 0; i < kChunk; ++i) {
-          const float* row = coupling + i * L::kPairStride;
-          float partial[4] = {v[i * L::kValueStride + j], 0.0f, 0.0f, 0.0f};
-#pragma unroll
-          for (int p = 0; p < i; ++p) partial[p % 4] -= row[p] * d[p];
-          d[i] = (partial[0] + partial[1]) + (partial[2] + partial[3]);
-        }
-#pragma unroll
-        for (int i = 0; i < kChunk; ++i) v[i * L::kValueStride + j] = d[i];
-      }
-    } else {
+    if (out_warps) {
       clear(o);
       warp_mma(o, kDim / 8, [&](int r, int x) { return q[(out_row0 + r) * L::kKeyStride + x]; },
                [&](int x, int j) { return s[x * L::kStateStride + j]; });
       for_each_fragment(o, [&](int r, int, float& value) { value *= token_decay[out_row0 + r]; });
-      __syncwarp();
+    }
+    __syncthreads();
+
+    // 5. K' = e^(G_last - G_p) k_p; warps 4-7 stage their tokens' z into their rows of q (nobody reads q
+    //    from here on). The deltas D = (I + coupling)^-1 R, blocked: per 16 rows, the earlier rows'
+    //    deltas are taken off on tensor cores (all warps), then the 16-row diagonal block is solved by
+    //    forward substitution, a lane per value column (warps 0-3), the deltas in registers.
+    for (int e = tid; e < kChunk * kDim; e += kThreads) {
+      const int p = e / kDim;
+      k[p * L::kKeyStride + e % kDim] *= key_decay[p];
+    }
+    if (out_warps) {
       const int rows = min(16, tokens - out_row0), width = quad_aligned ? 4 : 1;
       for (int r = 0; r < rows; ++r) {
         const float* from = z + (row0 + out_row0 + r) * value_dim + static_cast<int64_t>(h) * dv;
@@ -337,7 +329,33 @@ __global__ void __launch_bounds__(kThreads, 1)
       }
       __pipeline_commit();
     }
-    __syncthreads();
+    constexpr int kBlockTiles = kDim / 8 / kWarps;  // n-tiles of the off-diagonal update per warp
+    for (int block_row0 = 0; block_row0 < tokens; block_row0 += 16) {
+      if (block_row0 > 0) {
+        float acc[kBlockTiles][4];
+        clear(acc);
+        const int col0 = 8 * kBlockTiles * warp;
+        warp_mma(acc, block_row0 / 8, [&](int r, int p) { return coupling[(block_row0 + r) * L::kPairStride + p]; },
+                 [&](int p, int j) { return v[p * L::kValueStride + col0 + j]; });
+        for_each_fragment(acc, [&](int r, int j, float taken) { v[(block_row0 + r) * L::kValueStride + col0 + j] -= taken; });
+        __syncthreads();
+      }
+      const int j = 32 * warp + lane;
+      if (warp < kSolveWarps && j < kDim) {
+        float d[16];
+#pragma unroll
+        for (int i = 0; i < 16; ++i) {
+          const float* row = coupling + (block_row0 + i) * L::kPairStride + block_row0;
+          float partial[2] = {v[(block_row0 + i) * L::kValueStride + j], 0.0f};
+#pragma unroll
+          for (int p = 0; p < i; ++p) partial[p % 2] -= row[p] * d[p];
+          d[i] = partial[0] + partial[1];
+        }
+#pragma unroll
+        for (int i = 0; i < 16; ++i) v[(block_row0 + i) * L::kValueStride + j] = d[i];
+      }
+      __syncthreads();
+    }
 
     // 6. Warps 0-3: S = e^(G_last) S + K'^T D. Warps 4-7: O += mixing D, then the gated RMSNorm of each
     //    token's head and the bf16 output.
