@@ -18,8 +18,11 @@ constexpr int kMaxConvKernel = 8;
 namespace {
 
 constexpr int kChunk = 64;  // tokens per triangular solve (fla's chunk size)
-constexpr int kThreads = 256, kWarps = kThreads / 32;
-constexpr int kSolveWarps = 4;  // warps 0-3 solve and update the state; 4-7 make the chunk's outputs
+// 16 warps at <= 128 registers: the phases are bound by latencies, which more warps per SM hide (one block
+// per SM, by its shared memory). Warps 0-7 update the state; 8-15 make the chunk's outputs, each a quarter
+// of the 64 tokens and half of the value columns.
+constexpr int kThreads = 512, kWarps = kThreads / 32;
+constexpr int kStateWarps = 8, kOutWarps = kWarps - kStateWarps;
 
 // The chunked form rounds its products to tf32 (2^-11), so SiLU and the decays take the fast intrinsics
 // (relative error ~1e-6) instead of the exact forms the token-by-token kernel matches the CPU with.
@@ -46,7 +49,8 @@ struct ChunkLayout {
   static constexpr int raw_b = raw_a + kChunk;
   static constexpr int token_decay = raw_b + kChunk;  // e^G_i
   static constexpr int key_decay = token_decay + kChunk;  // e^(G_last - G_i)
-  static constexpr int floats = key_decay + kChunk;
+  static constexpr int row_squares = key_decay + kChunk;  // [kChunk][2]: the output's sums of squares per half
+  static constexpr int floats = row_squares + 2 * kChunk;
   static constexpr size_t bytes = floats * sizeof(float);
 };
 
@@ -85,8 +89,8 @@ __device__ __forceinline__ void clear(float (&acc)[kTiles][4]) {
 }
 
 // Grid (chunk, value head); the block walks its chunk's tokens 64 at a time. Thread `tid` runs the conv of
-// staged channels tid and tid + 256 (q | k | v of its key and value head, each padded to kDim), keeping
-// their kHistory previous inputs in registers from one 64 tokens to the next.
+// staged channel tid (q | k | v of its key and value head, each padded to kDim), keeping its kHistory
+// previous inputs in registers from one 64 tokens to the next.
 template <int kDim, int kHistory>
 __global__ void __launch_bounds__(kThreads, 1)
     gated_delta_net_chunked_kernel(const float* __restrict__ qkv, const float* __restrict__ z,
@@ -100,7 +104,7 @@ __global__ void __launch_bounds__(kThreads, 1)
   float *q = smem + L::q, *k = smem + L::k, *v = smem + L::v, *s = smem + L::s;
   float *coupling = smem + L::coupling, *mixing = smem + L::mixing;
   float *log_decay = smem + L::log_decay, *beta = smem + L::beta, *raw_a = smem + L::raw_a, *raw_b = smem + L::raw_b;
-  float *token_decay = smem + L::token_decay, *key_decay = smem + L::key_decay;
+  float *token_decay = smem + L::token_decay, *key_decay = smem + L::key_decay, *row_squares = smem + L::row_squares;
   // Where staged channel `local` of token i lives: q, k or v.
   auto staged = [&](int i, int local) -> float& {
     if (local < kDim) return q[i * L::kKeyStride + local];
@@ -261,18 +265,15 @@ __global__ void __launch_bounds__(kThreads, 1)
     __syncthreads();
 
     // 4. The token-pair matrices and the right-hand sides R = beta (v - e^G K S), 16 rows x 64 columns a job,
-    //    on warps 0-3 and the last four jobs on warps 4-7, which also make O = e^G Q S for their 16 tokens
-    //    (kept in registers until step 6): about the same number of mma per warp.
+    //    a job per warp; warps 8-15 also make O = e^G Q S for their tokens and columns (kept in registers
+    //    until step 6).
     constexpr int kPairJobs = 2 * (kChunk / 16), kStateJobs = (kChunk / 16) * (kDim / 64);
-    constexpr int kJobs = kPairJobs + kStateJobs, kOutJobs = kWarps - kSolveWarps;
-    constexpr int kOutTiles = kDim / 8;
+    constexpr int kOutTiles = kDim / 16;
     float o[kOutTiles][4];
-    const int out_warp = warp - kSolveWarps, out_row0 = 16 * out_warp;
-    const bool out_warps = warp >= kSolveWarps;
-    const int first_job = out_warps ? kJobs - kOutJobs + out_warp : warp;
-    const int job_step = out_warps ? kJobs : kSolveWarps;
-    const int last_job = out_warps ? kJobs : kJobs - kOutJobs;
-    for (int job = first_job; job < last_job; job += job_step) {
+    const int out_warp = warp - kStateWarps;
+    const int out_row0 = 16 * (out_warp / 2), out_col0 = (kDim / 2) * (out_warp % 2);
+    const bool out_warps = warp >= kStateWarps;
+    for (int job = warp; job < kPairJobs + kStateJobs; job += kWarps) {
       float acc[8][4];
       clear(acc);
       if (job < kPairJobs) {
@@ -305,43 +306,49 @@ __global__ void __launch_bounds__(kThreads, 1)
     if (out_warps) {
       clear(o);
       warp_mma(o, kDim / 8, [&](int r, int x) { return q[(out_row0 + r) * L::kKeyStride + x]; },
-               [&](int x, int j) { return s[x * L::kStateStride + j]; });
+               [&](int x, int j) { return s[x * L::kStateStride + out_col0 + j]; });
       for_each_fragment(o, [&](int r, int, float& value) { value *= token_decay[out_row0 + r]; });
     }
     __syncthreads();
 
-    // 5. K' = e^(G_last - G_p) k_p; warps 4-7 stage their tokens' z into their rows of q (nobody reads q
+    // 5. K' = e^(G_last - G_p) k_p; warps 8-15 stage their tokens' z into their part of q (nobody reads q
     //    from here on). The deltas D = (I + coupling)^-1 R, blocked: per 16 rows, the earlier rows'
-    //    deltas are taken off on tensor cores (all warps), then the 16-row diagonal block is solved by
-    //    forward substitution, a lane per value column (warps 0-3), the deltas in registers.
+    //    deltas are taken off on tensor cores (a value-column tile per warp), then the 16-row diagonal
+    //    block is solved by forward substitution, a lane per value column, the deltas in registers.
     for (int e = tid; e < kChunk * kDim; e += kThreads) {
       const int p = e / kDim;
       k[p * L::kKeyStride + e % kDim] *= key_decay[p];
     }
     if (out_warps) {
       const int rows = min(16, tokens - out_row0), width = quad_aligned ? 4 : 1;
+      const int col_end = min(dv, out_col0 + kDim / 2);
       for (int r = 0; r < rows; ++r) {
         const float* from = z + (row0 + out_row0 + r) * value_dim + static_cast<int64_t>(h) * dv;
         float* to = q + (out_row0 + r) * L::kKeyStride;
-        for (int j = width * lane; j < dv; j += 32 * width) {
+        for (int j = out_col0 + width * lane; j < col_end; j += 32 * width) {
           __pipeline_memcpy_async(to + j, from + j, width * sizeof(float));
         }
       }
       __pipeline_commit();
     }
-    constexpr int kBlockTiles = kDim / 8 / kWarps;  // n-tiles of the off-diagonal update per warp
+    static_assert(kDim / 8 <= kWarps, "one 8-column tile per warp in the off-diagonal update");
     for (int block_row0 = 0; block_row0 < tokens; block_row0 += 16) {
+      const int col0 = 8 * warp;
       if (block_row0 > 0) {
-        float acc[kBlockTiles][4];
-        clear(acc);
-        const int col0 = 8 * kBlockTiles * warp;
-        warp_mma(acc, block_row0 / 8, [&](int r, int p) { return coupling[(block_row0 + r) * L::kPairStride + p]; },
-                 [&](int p, int j) { return v[p * L::kValueStride + col0 + j]; });
-        for_each_fragment(acc, [&](int r, int j, float taken) { v[(block_row0 + r) * L::kValueStride + col0 + j] -= taken; });
+        if (col0 < kDim) {
+          float acc[1][4];
+          clear(acc);
+          warp_mma(acc, block_row0 / 8,
+                   [&](int r, int p) { return coupling[(block_row0 + r) * L::kPairStride + p]; },
+                   [&](int p, int j) { return v[p * L::kValueStride + col0 + j]; });
+          for_each_fragment(acc, [&](int r, int j, float taken) {
+            v[(block_row0 + r) * L::kValueStride + col0 + j] -= taken;
+          });
+        }
         __syncthreads();
       }
       const int j = 32 * warp + lane;
-      if (warp < kSolveWarps && j < kDim) {
+      if (j < kDim) {
         float d[16];
 #pragma unroll
         for (int i = 0; i < 16; ++i) {
@@ -357,40 +364,51 @@ __global__ void __launch_bounds__(kThreads, 1)
       __syncthreads();
     }
 
-    // 6. Warps 0-3: S = e^(G_last) S + K'^T D. Warps 4-7: O += mixing D, then the gated RMSNorm of each
-    //    token's head and the bf16 output.
-    if (warp < kSolveWarps) {
+    // 6. Warps 0-7: S = e^(G_last) S + K'^T D, 16 key rows x 64 value columns a unit. Warps 8-15:
+    //    O += mixing D, then the gated RMSNorm of each token's head (the two column halves' sums of squares
+    //    added through shared memory) and the bf16 output.
+    if (!out_warps) {
       const float chunk_decay = token_decay[tokens - 1];
-      for (int row0_tile = 16 * warp; row0_tile < kDim; row0_tile += 16 * kSolveWarps) {
-        float acc[kOutTiles][4];
+      for (int unit = warp; unit < (kDim / 16) * (kDim / 64); unit += kStateWarps) {
+        const int row0_tile = 16 * (unit % (kDim / 16)), col0 = 64 * (unit / (kDim / 16));
+        float acc[8][4];
         for_each_fragment(acc, [&](int r, int j, float& value) {
-          value = chunk_decay * s[(row0_tile + r) * L::kStateStride + j];
+          value = chunk_decay * s[(row0_tile + r) * L::kStateStride + col0 + j];
         });
         warp_mma(acc, kChunk / 8, [&](int r, int p) { return k[p * L::kKeyStride + row0_tile + r]; },
-                 [&](int p, int j) { return v[p * L::kValueStride + j]; });
-        for_each_fragment(acc, [&](int r, int j, float value) { s[(row0_tile + r) * L::kStateStride + j] = value; });
+                 [&](int p, int j) { return v[p * L::kValueStride + col0 + j]; });
+        for_each_fragment(acc, [&](int r, int j, float value) {
+          s[(row0_tile + r) * L::kStateStride + col0 + j] = value;
+        });
       }
     } else {
       warp_mma(o, kChunk / 8, [&](int r, int p) { return mixing[(out_row0 + r) * L::kPairStride + p]; },
-               [&](int p, int j) { return v[p * L::kValueStride + j]; });
+               [&](int p, int j) { return v[p * L::kValueStride + out_col0 + j]; });
       __pipeline_wait_prior(0);
-      __syncwarp();
       float squares[2] = {0.0f, 0.0f};  // rows g and g + 8 of the lane
       for_each_fragment(o, [&](int r, int j, float value) {
-        if (j < dv) squares[r / 8] += value * value;
+        if (out_col0 + j < dv) squares[r / 8] += value * value;
       });
+      const int g = lane / 4;
 #pragma unroll
       for (int half = 0; half < 2; ++half) {
         squares[half] += __shfl_xor_sync(0xffffffffu, squares[half], 1);
         squares[half] += __shfl_xor_sync(0xffffffffu, squares[half], 2);
-        squares[half] = inverse_rms(squares[half], dv, weights.norm_eps);
+        if (lane % 4 == 0) row_squares[(out_row0 + g + 8 * half) * 2 + out_warp % 2] = squares[half];
+      }
+      // The output warps alone (named barrier 1): their z copies and row sums are in shared memory.
+      asm volatile("bar.sync 1, %0;\n" ::"n"(kOutWarps * 32) : "memory");
+#pragma unroll
+      for (int half = 0; half < 2; ++half) {
+        const int row = out_row0 + g + 8 * half;
+        squares[half] = inverse_rms(row_squares[row * 2] + row_squares[row * 2 + 1], dv, weights.norm_eps);
       }
       for_each_fragment(o, [&](int r, int j, float value) {
-        const int i = out_row0 + r;
-        if (i >= tokens || j >= dv) return;
-        const float gate = q[i * L::kKeyStride + j];
-        out[(row0 + i) * out_stride + static_cast<int64_t>(h) * dv + j] =
-            __float2bfloat16(weights.norm[j] * (value * squares[r / 8]) * silu_fast(gate));
+        const int i = out_row0 + r, column = out_col0 + j;
+        if (i >= tokens || column >= dv) return;
+        const float gate = q[i * L::kKeyStride + column];
+        out[(row0 + i) * out_stride + static_cast<int64_t>(h) * dv + column] =
+            __float2bfloat16(weights.norm[column] * (value * squares[r / 8]) * silu_fast(gate));
       });
     }
     __syncthreads();  // the next 64 tokens restage every buffer
