@@ -2,6 +2,7 @@
 // the delta rule's updates solve one unit lower-triangular system (the WY / UT-transform form of
 // ops/cpu/gated_delta_net.h's gated_delta_rule_chunked), so the state is read and written once per 64 tokens
 // and the products run on tensor cores (tf32 in, fp32 accumulate) instead of one token after another.
+#include <cooperative_groups.h>
 #include <cuda_pipeline.h>
 
 #include <algorithm>
@@ -16,6 +17,7 @@ namespace uberlm::cuda::detail {
 constexpr int kMaxConvKernel = 8;
 
 namespace {
+namespace cg = cooperative_groups;
 
 constexpr int kChunk = 64;  // tokens per triangular solve (fla's chunk size)
 // 16 warps at <= 128 registers: the phases are bound by latencies, which more warps per SM hide (one block
@@ -23,6 +25,9 @@ constexpr int kChunk = 64;  // tokens per triangular solve (fla's chunk size)
 // of the 64 tokens and half of the value columns.
 constexpr int kThreads = 512, kWarps = kThreads / 32;
 constexpr int kStateWarps = 8, kOutWarps = kWarps - kStateWarps;
+// A head's value columns are split over a cluster of kSlices blocks (the state's and the deltas' columns
+// are independent; every slice repeats the q, k work), so that twice the SMs work.
+constexpr int kSlices = 2;
 
 // The chunked form rounds its products to tf32 (2^-11), so SiLU and the decays take the fast intrinsics
 // (relative error ~1e-6) instead of the exact forms the token-by-token kernel matches the CPU with.
@@ -33,9 +38,10 @@ __device__ __forceinline__ float silu_fast(float x) { return __fdividef(x, 1.0f 
 // read as (row tig, column g) fragments stride = 8 mod 32.
 template <int kDim>
 struct ChunkLayout {
+  static constexpr int kColumns = kDim / kSlices;  // value columns of a block
   static constexpr int kKeyStride = kDim + 4;    // q, k: [kChunk][kKeyStride]
-  static constexpr int kValueStride = kDim + 8;  // v, then the right-hand sides, then the deltas
-  static constexpr int kStateStride = kDim + 8;  // S: [kDim][kStateStride], key rows, value columns
+  static constexpr int kValueStride = kColumns + 8;  // v, then the right-hand sides, then the deltas
+  static constexpr int kStateStride = kColumns + 8;  // S: [kDim][kStateStride], key rows, value columns
   static constexpr int kPairStride = kChunk + 4;  // token-by-token matrices: [kChunk][kPairStride]
   static constexpr int q = 0;
   static constexpr int k = q + kChunk * kKeyStride;
@@ -50,9 +56,15 @@ struct ChunkLayout {
   static constexpr int token_decay = raw_b + kChunk;  // e^G_i
   static constexpr int key_decay = token_decay + kChunk;  // e^(G_last - G_i)
   static constexpr int row_squares = key_decay + kChunk;  // [kChunk][2]: the output's sums of squares per half
-  static constexpr int floats = row_squares + 2 * kChunk;
+  static constexpr int slice_squares = row_squares + 2 * kChunk;  // [parity][kChunk][kSlices], from every slice
+  static constexpr int floats = slice_squares + 2 * kChunk * kSlices;
   static constexpr size_t bytes = floats * sizeof(float);
 };
+
+// The split cluster barrier: every thread of every block of the cluster arrives once, then waits; shared
+// memory written into other blocks before the arrival is visible to them after their wait.
+__device__ __forceinline__ void cluster_arrive() { asm volatile("barrier.cluster.arrive.release;\n" ::: "memory"); }
+__device__ __forceinline__ void cluster_wait() { asm volatile("barrier.cluster.wait.acquire;\n" ::: "memory"); }
 
 // acc[n] += A[16 rows, k] . B[k, 8 columns of tile n] over k_steps x 8 values of k, for the calling warp;
 // a_at(row, k) and b_at(k, column) read the operands (rows and columns relative to the tile).
@@ -99,12 +111,16 @@ __global__ void __launch_bounds__(kThreads, 1)
                                    GatedDeltaNetState state, __nv_bfloat16* out, int64_t out_stride,
                                    bool quad_aligned) {
   using L = ChunkLayout<kDim>;
-  constexpr int kStaged = 3 * kDim, kRounds = (kStaged + kThreads - 1) / kThreads;
+  constexpr int kColumns = L::kColumns;
+  constexpr int kStaged = 2 * kDim + kColumns, kRounds = (kStaged + kThreads - 1) / kThreads;
   extern __shared__ float smem[];
   float *q = smem + L::q, *k = smem + L::k, *v = smem + L::v, *s = smem + L::s;
   float *coupling = smem + L::coupling, *mixing = smem + L::mixing;
   float *log_decay = smem + L::log_decay, *beta = smem + L::beta, *raw_a = smem + L::raw_a, *raw_b = smem + L::raw_b;
   float *token_decay = smem + L::token_decay, *key_decay = smem + L::key_decay, *row_squares = smem + L::row_squares;
+  float* slice_squares = smem + L::slice_squares;
+  const cg::cluster_group cluster = cg::this_cluster();
+  cluster.sync();  // every slice runs before one writes into another's shared memory
   // Where staged channel `local` of token i lives: q, k or v.
   auto staged = [&](int i, int local) -> float& {
     if (local < kDim) return q[i * L::kKeyStride + local];
@@ -112,12 +128,13 @@ __global__ void __launch_bounds__(kThreads, 1)
     return v[i * L::kValueStride + local - 2 * kDim];
   };
 
-  const int c = blockIdx.x, h = blockIdx.y;
+  const int c = blockIdx.x, h = blockIdx.y, slice = blockIdx.z;  // slice = cluster rank
   const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
   const int dk = dims.k_head_dim, dv = dims.v_head_dim, kernel = dims.conv_kernel, history = kernel - 1;
   const int heads_per_key = dims.num_v_heads / dims.num_k_heads, key_head = h / heads_per_key;
   const int64_t conv_dim = dims.conv_dim(), key_dim = dims.key_dim(), value_dim = dims.value_dim();
   const int hv = dims.num_v_heads;
+  const int col_base = slice * kColumns, columns = max(0, min(kColumns, dv - col_base));  // this slice's value columns
 
   int64_t channel[kRounds];  // global conv channel of each staged one, -1 for padding
   float past_w[kRounds][kHistory], newest_w[kRounds], past[kRounds][kHistory];
@@ -133,8 +150,8 @@ __global__ void __launch_bounds__(kThreads, 1)
       if (local < dk) channel[n] = static_cast<int64_t>(key_head) * dk + local;
     } else if (local < 2 * kDim) {
       if (local - kDim < dk) channel[n] = key_dim + static_cast<int64_t>(key_head) * dk + local - kDim;
-    } else if (local < kStaged && local - 2 * kDim < dv) {
-      channel[n] = 2 * key_dim + static_cast<int64_t>(h) * dv + local - 2 * kDim;
+    } else if (local < kStaged && local - 2 * kDim < columns) {
+      channel[n] = 2 * key_dim + static_cast<int64_t>(h) * dv + col_base + local - 2 * kDim;
     }
     const bool valid = channel[n] >= 0;
     newest_w[n] = valid ? weights.conv1d[channel[n] * kernel + history] : 0.0f;
@@ -147,9 +164,10 @@ __global__ void __launch_bounds__(kThreads, 1)
     }
   }
   float* s_head = state.recurrent + (static_cast<int64_t>(slot) * hv + h) * dk * dv;
-  for (int e = tid; e < kDim * kDim; e += kThreads) {
-    const int i = e / kDim, j = e % kDim;
-    s[i * L::kStateStride + j] = start > 0 && i < dk && j < dv ? s_head[static_cast<int64_t>(i) * dv + j] : 0.0f;
+  for (int e = tid; e < kDim * kColumns; e += kThreads) {
+    const int i = e / kColumns, j = e % kColumns;
+    s[i * L::kStateStride + j] =
+        start > 0 && i < dk && j < columns ? s_head[static_cast<int64_t>(i) * dv + col_base + j] : 0.0f;
   }
   const float a_decay = -expf(weights.a_log[h]), dt_bias = weights.dt_bias[h];
   const float q_scale = 1.0f / sqrtf(static_cast<float>(dk));
@@ -160,7 +178,7 @@ __global__ void __launch_bounds__(kThreads, 1)
     // 1. Stage the raw conv inputs and a, b of the chunk's tokens: 16-byte copies of each token's q, k and
     //    v segments where rows and heads are 16-byte aligned, else a value per copy.
     if (quad_aligned) {
-      const int key_quads = dk / 4, quads = 2 * key_quads + dv / 4;
+      const int key_quads = dk / 4, quads = 2 * key_quads + columns / 4;
       for (int e = tid; e < tokens * quads; e += kThreads) {
         const int i = e / quads, quad = e % quads;
         const float* row = qkv + (row0 + i) * conv_dim;
@@ -173,7 +191,7 @@ __global__ void __launch_bounds__(kThreads, 1)
           from = row + key_dim + static_cast<int64_t>(key_head) * dk + 4 * (quad - key_quads);
           to = k + i * L::kKeyStride + 4 * (quad - key_quads);
         } else {
-          from = row + 2 * key_dim + static_cast<int64_t>(h) * dv + 4 * (quad - 2 * key_quads);
+          from = row + 2 * key_dim + static_cast<int64_t>(h) * dv + col_base + 4 * (quad - 2 * key_quads);
           to = v + i * L::kValueStride + 4 * (quad - 2 * key_quads);
         }
         __pipeline_memcpy_async(to, from, 16);
@@ -267,16 +285,17 @@ __global__ void __launch_bounds__(kThreads, 1)
     // 4. The token-pair matrices and the right-hand sides R = beta (v - e^G K S), 16 rows x 64 columns a job,
     //    a job per warp; warps 8-15 also make O = e^G Q S for their tokens and columns (kept in registers
     //    until step 6).
-    constexpr int kPairJobs = 2 * (kChunk / 16), kStateJobs = (kChunk / 16) * (kDim / 64);
-    constexpr int kOutTiles = kDim / 16;
+    constexpr int kJobColumns = kColumns < 64 ? kColumns : 64;
+    constexpr int kPairJobs = 2 * (kChunk / 16), kStateJobs = (kChunk / 16) * (kColumns / kJobColumns);
+    constexpr int kOutTiles = kColumns / 16;
     float o[kOutTiles][4];
     const int out_warp = warp - kStateWarps;
-    const int out_row0 = 16 * (out_warp / 2), out_col0 = (kDim / 2) * (out_warp % 2);
+    const int out_row0 = 16 * (out_warp / 2), out_col0 = (kColumns / 2) * (out_warp % 2);
     const bool out_warps = warp >= kStateWarps;
     for (int job = warp; job < kPairJobs + kStateJobs; job += kWarps) {
-      float acc[8][4];
-      clear(acc);
       if (job < kPairJobs) {
+        float acc[8][4];
+        clear(acc);
         const bool keys = job < kPairJobs / 2;  // k_i.k_p, else q_i.k_p
         const int row0_tile = 16 * (job % (kChunk / 16));
         const float* left = (keys ? k : q) + row0_tile * L::kKeyStride;
@@ -293,7 +312,9 @@ __global__ void __launch_bounds__(kThreads, 1)
         });
       } else {
         const int state_job = job - kPairJobs;
-        const int row0_tile = 16 * (state_job % (kChunk / 16)), col0 = 64 * (state_job / (kChunk / 16));
+        const int row0_tile = 16 * (state_job % (kChunk / 16)), col0 = kJobColumns * (state_job / (kChunk / 16));
+        float acc[kJobColumns / 8][4];
+        clear(acc);
         warp_mma(acc, kDim / 8, [&](int r, int x) { return k[(row0_tile + r) * L::kKeyStride + x]; },
                  [&](int x, int j) { return s[x * L::kStateStride + col0 + j]; });
         for_each_fragment(acc, [&](int r, int j, float ks) {
@@ -321,9 +342,9 @@ __global__ void __launch_bounds__(kThreads, 1)
     }
     if (out_warps) {
       const int rows = min(16, tokens - out_row0), width = quad_aligned ? 4 : 1;
-      const int col_end = min(dv, out_col0 + kDim / 2);
+      const int col_end = min(columns, out_col0 + kColumns / 2);
       for (int r = 0; r < rows; ++r) {
-        const float* from = z + (row0 + out_row0 + r) * value_dim + static_cast<int64_t>(h) * dv;
+        const float* from = z + (row0 + out_row0 + r) * value_dim + static_cast<int64_t>(h) * dv + col_base;
         float* to = q + (out_row0 + r) * L::kKeyStride;
         for (int j = out_col0 + width * lane; j < col_end; j += 32 * width) {
           __pipeline_memcpy_async(to + j, from + j, width * sizeof(float));
@@ -331,11 +352,11 @@ __global__ void __launch_bounds__(kThreads, 1)
       }
       __pipeline_commit();
     }
-    static_assert(kDim / 8 <= kWarps, "one 8-column tile per warp in the off-diagonal update");
+    static_assert(kColumns / 8 <= kWarps, "one 8-column tile per warp in the off-diagonal update");
     for (int block_row0 = 0; block_row0 < tokens; block_row0 += 16) {
       const int col0 = 8 * warp;
       if (block_row0 > 0) {
-        if (col0 < kDim) {
+        if (col0 < kColumns) {
           float acc[1][4];
           clear(acc);
           warp_mma(acc, block_row0 / 8,
@@ -348,7 +369,7 @@ __global__ void __launch_bounds__(kThreads, 1)
         __syncthreads();
       }
       const int j = 32 * warp + lane;
-      if (j < kDim) {
+      if (j < kColumns) {
         float d[16];
 #pragma unroll
         for (int i = 0; i < 16; ++i) {
@@ -364,14 +385,15 @@ __global__ void __launch_bounds__(kThreads, 1)
       __syncthreads();
     }
 
-    // 6. Warps 0-7: S = e^(G_last) S + K'^T D, 16 key rows x 64 value columns a unit. Warps 8-15:
-    //    O += mixing D, then the gated RMSNorm of each token's head (the two column halves' sums of squares
-    //    added through shared memory) and the bf16 output.
+    // 6. Warps 0-7: S = e^(G_last) S + K'^T D, 16 key rows x up to 64 value columns a unit. Warps 8-15:
+    //    O += mixing D, then the gated RMSNorm of each token's head (its sum of squares added over the two
+    //    output warps of a token through shared memory, then over the slices through the cluster) and the
+    //    bf16 output.
     if (!out_warps) {
       const float chunk_decay = token_decay[tokens - 1];
-      for (int unit = warp; unit < (kDim / 16) * (kDim / 64); unit += kStateWarps) {
-        const int row0_tile = 16 * (unit % (kDim / 16)), col0 = 64 * (unit / (kDim / 16));
-        float acc[8][4];
+      for (int unit = warp; unit < (kDim / 16) * (kColumns / kJobColumns); unit += kStateWarps) {
+        const int row0_tile = 16 * (unit % (kDim / 16)), col0 = kJobColumns * (unit / (kDim / 16));
+        float acc[kJobColumns / 8][4];
         for_each_fragment(acc, [&](int r, int j, float& value) {
           value = chunk_decay * s[(row0_tile + r) * L::kStateStride + col0 + j];
         });
@@ -381,13 +403,14 @@ __global__ void __launch_bounds__(kThreads, 1)
           s[(row0_tile + r) * L::kStateStride + col0 + j] = value;
         });
       }
+      cluster_arrive();
     } else {
       warp_mma(o, kChunk / 8, [&](int r, int p) { return mixing[(out_row0 + r) * L::kPairStride + p]; },
                [&](int p, int j) { return v[p * L::kValueStride + out_col0 + j]; });
       __pipeline_wait_prior(0);
       float squares[2] = {0.0f, 0.0f};  // rows g and g + 8 of the lane
       for_each_fragment(o, [&](int r, int j, float value) {
-        if (out_col0 + j < dv) squares[r / 8] += value * value;
+        if (out_col0 + j < columns) squares[r / 8] += value * value;
       });
       const int g = lane / 4;
 #pragma unroll
@@ -396,27 +419,42 @@ __global__ void __launch_bounds__(kThreads, 1)
         squares[half] += __shfl_xor_sync(0xffffffffu, squares[half], 2);
         if (lane % 4 == 0) row_squares[(out_row0 + g + 8 * half) * 2 + out_warp % 2] = squares[half];
       }
-      // The output warps alone (named barrier 1): their z copies and row sums are in shared memory.
+      // The output warps alone (named barrier 1): their z copies and row sums are in shared memory. Then
+      // each token's sum over this slice goes to every slice of the cluster (a buffer per parity of the
+      // 64 tokens: a slice may run one 64 tokens ahead).
       asm volatile("bar.sync 1, %0;\n" ::"n"(kOutWarps * 32) : "memory");
+      const int parity = static_cast<int>(t0 / kChunk) % 2;
+      float* sums = slice_squares + parity * kChunk * kSlices;
+      const int out_tid = tid - kStateWarps * 32;
+      if (out_tid < kChunk) {
+        const float sum = row_squares[out_tid * 2] + row_squares[out_tid * 2 + 1];
+        for (int r = 0; r < kSlices; ++r) *cluster.map_shared_rank(&sums[out_tid * kSlices + slice], r) = sum;
+      }
+      cluster_arrive();
+      cluster_wait();
 #pragma unroll
       for (int half = 0; half < 2; ++half) {
         const int row = out_row0 + g + 8 * half;
-        squares[half] = inverse_rms(row_squares[row * 2] + row_squares[row * 2 + 1], dv, weights.norm_eps);
+        float sum = 0.0f;
+#pragma unroll
+        for (int r = 0; r < kSlices; ++r) sum += sums[row * kSlices + r];
+        squares[half] = inverse_rms(sum, dv, weights.norm_eps);
       }
       for_each_fragment(o, [&](int r, int j, float value) {
-        const int i = out_row0 + r, column = out_col0 + j;
-        if (i >= tokens || column >= dv) return;
-        const float gate = q[i * L::kKeyStride + column];
+        const int i = out_row0 + r, local = out_col0 + j, column = col_base + local;
+        if (i >= tokens || local >= columns) return;
+        const float gate = q[i * L::kKeyStride + local];
         out[(row0 + i) * out_stride + static_cast<int64_t>(h) * dv + column] =
             __float2bfloat16(weights.norm[column] * (value * squares[r / 8]) * silu_fast(gate));
       });
     }
+    if (!out_warps) cluster_wait();
     __syncthreads();  // the next 64 tokens restage every buffer
   }
 
-  for (int e = tid; e < dk * dv; e += kThreads) {
-    const int i = e / dv, j = e % dv;
-    s_head[e] = s[i * L::kStateStride + j];
+  for (int e = tid; e < dk * columns; e += kThreads) {
+    const int i = e / columns, j = e % columns;
+    s_head[static_cast<int64_t>(i) * dv + col_base + j] = s[i * L::kStateStride + j];
   }
 }
 
@@ -448,11 +486,12 @@ cudaError_t launch_chunked(const float* qkv, const float* z, const float* a, con
   static const cudaError_t configured =
       cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(kBytes));
   if (configured != cudaSuccess) return configured;
-  const dim3 grid(static_cast<unsigned>(chunks.count), static_cast<unsigned>(dims.num_v_heads));
+  const dim3 grid(static_cast<unsigned>(chunks.count), static_cast<unsigned>(dims.num_v_heads), kSlices);
   const auto quad_of = [](const void* pointer) { return reinterpret_cast<uintptr_t>(pointer) % 16 == 0; };
   const bool quad_aligned = quad_of(qkv) && quad_of(z) && dims.k_head_dim % 4 == 0 && dims.v_head_dim % 4 == 0;
-  cudaError_t status = launch_dependent(kernel, grid, dim3(kThreads), kBytes, stream, qkv, z, a, b, weights, chunks,
-                                        dims, state, static_cast<__nv_bfloat16*>(out), out_stride, quad_aligned);
+  cudaError_t status = launch_dependent_clusters(kernel, grid, dim3(kThreads), dim3(1, 1, kSlices), kBytes, stream, qkv,
+                                                 z, a, b, weights, chunks, dims, state,
+                                                 static_cast<__nv_bfloat16*>(out), out_stride, quad_aligned);
   if (status != cudaSuccess) return status;
   const dim3 ring_grid(blocks_for(dims.conv_dim(), 256), static_cast<unsigned>(chunks.count));
   return launch_dependent(conv_ring_append_kernel, ring_grid, dim3(256), 0, stream, qkv, chunks, dims, state);
