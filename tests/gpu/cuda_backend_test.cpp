@@ -193,6 +193,7 @@ TEST(CudaBackend, ChunkedPrefillMatchesTokenByToken) {
   }
   EXPECT_EQ(expect_logits_close(chunked_rows, stepped_rows, vocab, "chunked vs token by token"), 150);
   EXPECT_GT(chunked.counters().prefill_attention_calls, 0);
+  EXPECT_GT(chunked.counters().chunked_delta_rule_calls, 0);  // the 64-token chunks; the 22-token rest token by token
   std::vector<int32_t> chunked_tokens{argmax_row(chunked_rows, 149, vocab)}, stepped_tokens{argmax_row(stepped_rows, 149, vocab)};
   for (int step = 0; step < 16; ++step) {
     chunked_tokens.push_back(argmax_row(chunked.forward(ForwardBatch{{chunked_tokens.back()}, {chunked_sequence.run(0, 1)}}), 0, vocab));

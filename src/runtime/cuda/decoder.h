@@ -28,6 +28,7 @@ namespace uberlm::gpu {
 struct StepShape {
   int64_t tokens = 0;
   int64_t chunks = 0;
+  int64_t shortest_chunk = 0;  // tokens of its shortest chunk
   int64_t rows = 0;
 };
 
@@ -38,8 +39,9 @@ struct DecoderCounters {
   int64_t prefill_attention_fallbacks = 0;  // layers whose prompt rows ran the decode kernel instead (a
                                             // head_dim the prefill kernel lacks; logged once at load)
   int64_t chunked_delta_rule_calls = 0;     // Gated DeltaNet layers whose prompt rows ran the chunked form
-  int64_t chunked_delta_rule_fallbacks = 0;  // ... ran the token-by-token form instead (head dims over the
-                                             // chunked kernel's; logged once at load)
+  int64_t chunked_delta_rule_fallbacks = 0;  // ... ran token by token for head dims over the chunked kernel's
+                                             // (logged once at load); steps with a chunk shorter than
+                                             // kChunkedDeltaRuleMinTokens run token by token by design
 };
 
 // What the sublayer functions read and write.

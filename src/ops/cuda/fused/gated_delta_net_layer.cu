@@ -294,19 +294,21 @@ cudaError_t launch_rows(const LaunchArgs& l, bool decode) {
 }
 }  // namespace
 
-bool gated_delta_net_layer_runs_chunked(const GatedDeltaNetDims& dims, int64_t tokens, int chunk_count) {
-  return tokens != chunk_count && gated_delta_net_chunked_supports(dims);
+bool gated_delta_net_layer_runs_chunked(const GatedDeltaNetDims& dims, int64_t tokens, int chunk_count,
+                                        int64_t shortest_chunk) {
+  return tokens != chunk_count && gated_delta_net_chunked_supports(dims) &&
+         shortest_chunk >= kChunkedDeltaRuleMinTokens;
 }
 
 cudaError_t launch_gated_delta_net_layer(const float* qkv, const float* z, const float* a, const float* b,
                                    const GatedDeltaNetParams& weights, const DeviceChunks& chunks, int64_t tokens,
-                                   const GatedDeltaNetDims& dims, const GatedDeltaNetState& state, void* out,
+                                   int64_t shortest_chunk, const GatedDeltaNetDims& dims, const GatedDeltaNetState& state, void* out,
                                    int64_t out_stride, cudaStream_t stream) {
   if (chunks.count == 0) return cudaSuccess;
   if (dims.num_k_heads < 1 || dims.num_v_heads % dims.num_k_heads != 0) return cudaErrorInvalidValue;
   if (dims.conv_kernel < 2 || dims.conv_kernel > kMaxConvKernel) return cudaErrorInvalidValue;
   if (dims.v_head_dim < 1 || dims.v_head_dim > kMaxSlices * kChunkColumns) return cudaErrorInvalidValue;
-  if (gated_delta_net_layer_runs_chunked(dims, tokens, chunks.count)) {
+  if (gated_delta_net_layer_runs_chunked(dims, tokens, chunks.count, shortest_chunk)) {
     return detail::launch_gated_delta_net_layer_chunked(qkv, z, a, b, weights, chunks, dims, state, out, out_stride,
                                                         stream);
   }
