@@ -1,8 +1,8 @@
 #pragma once
-// The fused Gated DeltaNet layer kernel, after ops/cpu/gated_delta_net.h and cpu::gated_rms_norm:
-// everything between a layer's input and output projections (causal conv1d, the recurrent delta rule with
-// an fp32 state per sequence slot, the gated RMSNorm) in one kernel. A chunk's tokens run in order inside
-// it (prefill and decode alike); chunks run in parallel.
+// The fused Gated DeltaNet layer op, after ops/cpu/gated_delta_net.h and cpu::gated_rms_norm: everything
+// between a layer's input and output projections (causal conv1d, the delta rule with an fp32 state per
+// sequence slot, the gated RMSNorm) in one kernel, in one of two forms: token by token (a chunk's tokens
+// in order inside it), or chunked for prompts (gated_delta_net_layer_chunked.cu). Chunks run in parallel.
 #include <cuda_runtime_api.h>
 
 #include <cstdint>
