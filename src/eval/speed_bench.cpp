@@ -239,6 +239,12 @@ nlohmann::json run_speed_bench(const SpeedBenchOptions& options) {
               static_cast<long long>(counters.gemm_bf16_linear_calls),
               static_cast<long long>(counters.gemm_nvfp4_linear_calls), static_cast<long long>(counters.graph_captures),
               static_cast<long long>(counters.graph_replays));
+  std::printf("prompt steps: prefill attention %lld layers (decode kernel instead %lld); Gated DeltaNet chunked form "
+              "%lld layers (token by token for head dims over its tiles %lld)\n",
+              static_cast<long long>(counters.prefill_attention_calls),
+              static_cast<long long>(counters.prefill_attention_fallbacks),
+              static_cast<long long>(counters.chunked_delta_rule_calls),
+              static_cast<long long>(counters.chunked_delta_rule_fallbacks));
   return report;
 }
 

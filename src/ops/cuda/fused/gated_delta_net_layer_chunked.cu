@@ -22,7 +22,7 @@ namespace cg = cooperative_groups;
 constexpr int kChunk = 64;  // tokens per triangular solve (fla's chunk size)
 // 16 warps at <= 128 registers: the phases are bound by latencies, which more warps per SM hide (one block
 // per SM, by its shared memory). Warps 0-7 update the state; 8-15 make the chunk's outputs, each a quarter
-// of the 64 tokens and half of the value columns.
+// of the 64 tokens and half of the block's value columns.
 constexpr int kThreads = 512, kWarps = kThreads / 32;
 constexpr int kStateWarps = 8, kOutWarps = kWarps - kStateWarps;
 // A head's value columns are split over a cluster of kSlices blocks (the state's and the deltas' columns
