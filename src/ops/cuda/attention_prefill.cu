@@ -276,9 +276,8 @@ cudaError_t launch_for_head_dim(const float* query, int64_t num_tokens, const De
                                 const int32_t* block_tables, const PagedKvLayout& layout, const void* key_cache,
                                 const void* value_cache, const AttentionOutput& out, cudaStream_t stream) {
   constexpr size_t kShared = PrefillTile<kHeadDim>::kSharedBytes;
-  static const cudaError_t opted_in = cudaFuncSetAttribute(
-      attention_prefill_kernel<kHeadDim>, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(kShared));
-  if (opted_in != cudaSuccess) return opted_in;
+  const cudaError_t allowed = allow_dynamic_shared_memory(attention_prefill_kernel<kHeadDim>, kShared);
+  if (allowed != cudaSuccess) return allowed;
   const dim3 grid(static_cast<unsigned>(num_tokens / kQueryRows + chunks.count), static_cast<unsigned>(num_heads));
   return launch_dependent(attention_prefill_kernel<kHeadDim>, grid, kWarps * 32, kShared, stream, query, chunks,
                           num_heads, block_tables, layout, static_cast<const __nv_bfloat16*>(key_cache),

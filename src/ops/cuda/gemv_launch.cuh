@@ -11,6 +11,7 @@
 #include "ops/cuda/gemv.h"
 #include "ops/cuda/gemv_stream.cuh"
 #include "ops/cuda/gemv_tile.cuh"
+#include "ops/cuda/kernel_util.cuh"
 #include "ops/cuda/tensor_map.h"
 
 namespace uberlm::cuda {
@@ -31,10 +32,8 @@ cudaError_t launch_gemv_tile(GemvSegments<Format> segments, const void* x, int m
   const dim3 grid(segments.assign_blocks(rows_per_block, Epilogue::kPairedTiles));
   const int smem = gemv_smem_bytes<Format, kTokenGroups, kRowTiles, kDepth, kAsync>(warps);
   const auto kernel = gemv_kernel<Format, kTokenGroups, kRowTiles, kDepth, kAsync, Epilogue>;
-  if (smem > (48 << 10)) {  // the default limit of dynamic shared memory; larger needs an opt-in
-    const cudaError_t status = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
-    if (status != cudaSuccess) return status;
-  }
+  const cudaError_t allowed = allow_dynamic_shared_memory(kernel, smem);
+  if (allowed != cudaSuccess) return allowed;
   return launch_dependent(kernel, grid, warps * 32, smem, stream, segments, static_cast<const __nv_bfloat16*>(x), m, k,
                           k_split, epilogue);
 }
@@ -77,7 +76,7 @@ cudaError_t launch_gemv_stream_tile(GemvSegments<Nvfp4Format> segments, const vo
   }
   const int smem = gemv_stream_smem_bytes<kTokenGroups, kParts, kDepth>(warps, cluster);
   const auto kernel = gemv_stream_kernel<kTokenGroups, kParts, kDepth, Epilogue>;
-  cudaError_t status = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
+  cudaError_t status = allow_dynamic_shared_memory(kernel, smem);
   if (status != cudaSuccess) return status;
   const dim3 block((warps + 1) * 32);
   // Clusters resident at once for this block shape, asked once per shape (warps 1..8, clusters 1, 2, 4).

@@ -105,6 +105,15 @@ cudaError_t launch_dependent_clusters(void (*kernel)(Params...), dim3 grid, dim3
   return launch_dependent_with(kernel, grid, block, shared_bytes, stream, &cluster_shape, 1, args...);
 }
 
+// Lets `kernel` take `bytes` of dynamic shared memory: above the default 48 KiB that needs an opt-in, which
+// CUDA keeps per device, so it is made at every launch (a host call of about a microsecond) rather than once
+// per process, which would leave the other GPUs of a tensor-parallel run without it.
+template <class... Params>
+cudaError_t allow_dynamic_shared_memory(void (*kernel)(Params...), size_t bytes) {
+  if (bytes <= (size_t{48} << 10)) return cudaSuccess;
+  return cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes));
+}
+
 inline unsigned blocks_for(int64_t items, int threads) {
   return static_cast<unsigned>((items + threads - 1) / threads);
 }

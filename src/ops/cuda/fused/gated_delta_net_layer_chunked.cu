@@ -483,9 +483,8 @@ cudaError_t launch_chunked(const float* qkv, const float* z, const float* a, con
                            int64_t out_stride, cudaStream_t stream) {
   auto* kernel = gated_delta_net_chunked_kernel<kDim, kHistory>;
   constexpr size_t kBytes = ChunkLayout<kDim>::bytes;
-  static const cudaError_t configured =
-      cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(kBytes));
-  if (configured != cudaSuccess) return configured;
+  const cudaError_t allowed = allow_dynamic_shared_memory(kernel, kBytes);
+  if (allowed != cudaSuccess) return allowed;
   const dim3 grid(static_cast<unsigned>(chunks.count), static_cast<unsigned>(dims.num_v_heads), kSlices);
   const auto quad_of = [](const void* pointer) { return reinterpret_cast<uintptr_t>(pointer) % 16 == 0; };
   const bool quad_aligned = quad_of(qkv) && quad_of(z) && dims.k_head_dim % 4 == 0 && dims.v_head_dim % 4 == 0;
