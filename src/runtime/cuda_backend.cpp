@@ -44,6 +44,12 @@ bool strict_from_environment() {
   return strict && std::string(strict) == "1";
 }
 
+// A prompt kernel this model's shape lacks, so a slower one runs: logged once at load, an error with --strict.
+void report_slower_path(bool strict, const std::string& message) {
+  if (strict) fail("strict: {}", message);
+  spdlog::warn("{}", message);
+}
+
 // The options' table file, else this GPU's at the default place; null when there is none (logged, or an
 // Error in strict mode).
 std::unique_ptr<gpu::GemvTuningTable> load_tuning_table(const CudaBackendOptions& options) {
@@ -118,19 +124,16 @@ CudaBackend::Impl::Impl(const ModelConfig& model_config, const CudaBackendOption
     fail("CudaBackend: head_dim {} exceeds the attention kernel's {}", config.head_dim, cuda::kAttentionMaxHeadDim);
   }
   if (!cuda::attention_prefill_supports(config.head_dim)) {
-    const std::string message = fmt::format(
-        "prefill attention: no tensor-core kernel for head_dim {}; prompt rows run the decode kernel", config.head_dim);
-    if (options.strict) fail("strict: {}", message);
-    spdlog::warn("{}", message);
+    report_slower_path(options.strict, fmt::format("prefill attention: no tensor-core kernel for head_dim {}; prompt "
+                                                   "rows run the decode kernel", config.head_dim));
   }
   if (config.num_layers_of(LayerKind::GatedDeltaNet) > 0 &&
       !cuda::gated_delta_net_chunked_supports(gpu::delta_net_dims(config))) {
-    const std::string message = fmt::format(
-        "Gated DeltaNet prefill: no chunked kernel for key/value head dims {}/{} (at most {}); prompt rows run "
-        "the delta rule token by token", config.delta_net_key_head_dim, config.delta_net_value_head_dim,
-        cuda::kMaxChunkedDeltaRuleHeadDim);
-    if (options.strict) fail("strict: {}", message);
-    spdlog::warn("{}", message);
+    report_slower_path(options.strict,
+                       fmt::format("Gated DeltaNet prefill: no chunked kernel for key/value head dims {}/{} (at most "
+                                   "{}); prompt rows run the delta rule token by token",
+                                   config.delta_net_key_head_dim, config.delta_net_value_head_dim,
+                                   cuda::kMaxChunkedDeltaRuleHeadDim));
   }
   limits = {options.max_batch_tokens, options.max_logit_rows, options.max_slots, options.max_context};
   graphs_enabled = options.cuda_graphs;
