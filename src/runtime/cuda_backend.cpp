@@ -225,6 +225,7 @@ gpu::StepShape CudaBackend::Impl::prepare(const ForwardBatch& batch, int64_t row
     host.chunk_slot[step.chunks] = chunk.slot;
     host.chunk_start[step.chunks] = static_cast<int32_t>(chunk.start);
     step.shortest_chunk = step.chunks == 0 ? chunk.num_tokens : std::min(step.shortest_chunk, chunk.num_tokens);
+    step.longest_chunk = std::max(step.longest_chunk, chunk.num_tokens);
     ++step.chunks;
     const int64_t end = offset + chunk.num_tokens;
     for (int64_t t = end - chunk.logit_rows(); t < end; ++t, ++row_index) {

@@ -73,7 +73,7 @@ class DeltaNetCase {
   std::vector<FusedOutput> run(const std::vector<Chunk>& chunks, const std::string& label) {
     const int64_t conv_dim = shape_.conv_dim(), value_dim = shape_.value_dim(), hv = shape_.num_v_heads;
     std::vector<int32_t> first, length, slot, start;
-    int64_t tokens = 0, shortest = chunks.front().length;
+    int64_t tokens = 0, shortest = chunks.front().length, longest = 0;
     for (const Chunk& chunk : chunks) {
       EXPECT_TRUE(chunk.start == 0 || chunk.start == lengths_[chunk.slot]) << label << ": test plan";
       first.push_back(static_cast<int32_t>(tokens));
@@ -82,6 +82,7 @@ class DeltaNetCase {
       start.push_back(chunk.start);
       tokens += chunk.length;
       shortest = std::min<int64_t>(shortest, chunk.length);
+      longest = std::max<int64_t>(longest, chunk.length);
     }
     const std::vector<float> qkv = random_floats(tokens * conv_dim), z = random_floats(tokens * value_dim, 3.0f);
     const std::vector<float> a = random_floats(tokens * hv, 2.0f), b = random_floats(tokens * hv, 2.0f);
@@ -92,7 +93,7 @@ class DeltaNetCase {
     const cuda::DeviceChunks device_chunks{d_first.as<int32_t>(), d_length.as<int32_t>(), d_slot.as<int32_t>(),
                                            d_start.as<int32_t>(), static_cast<int>(chunks.size())};
     sync_and_check(cuda::launch_gated_delta_net_layer(d_qkv.as<float>(), d_z.as<float>(), d_a.as<float>(), d_b.as<float>(),
-                                                weights(), device_chunks, tokens, shortest, dims_, device_state(),
+                                                weights(), device_chunks, tokens, {shortest, longest}, dims_, device_state(),
                                                 d_out.data(), out_stride, nullptr));
 
     std::vector<float> core(tokens * value_dim), mixed(conv_dim), ref(tokens * value_dim);
@@ -121,7 +122,7 @@ class DeltaNetCase {
     }
     // States carry a chunked launch's rounding into every later launch.
     const bool chunked =
-        cuda::gated_delta_net_layer_runs_chunked(dims_, tokens, static_cast<int>(chunks.size()), shortest);
+        cuda::gated_delta_net_chunk_runs_chunked(dims_, tokens == static_cast<int64_t>(chunks.size()), longest);
     chunked_before_ = chunked_before_ || chunked;
     const std::string form = chunked ? " (chunked)" : "";
     std::vector<FusedOutput> outputs = {
@@ -214,11 +215,12 @@ std::vector<FusedOutput> run_sequence_of_launches(const cpu::GatedDeltaNetShape&
   // Two-token chunk, a restart of slot 3 over a window and a token, decode.
   launch({{1, 4, 2}, {3, 0, 17}, {0, 16, 1}}, "mixed");
   launch({{0, 17, 1}}, "decode 3");
-  // The chunked form (every chunk at least kChunkedDeltaRuleMinTokens long; the launches above with shorter
-  // chunks run token by token): two solves and a part, exactly one, one and one token, part of one; then
-  // decode continues from the states they left.
-  launch({{0, 18, 130}, {3, 0, 64}, {1, 6, 65}, {2, 42, 40}}, "long chunks");
-  launch({{0, 148, 1}, {3, 64, 1}, {1, 71, 1}, {2, 82, 1}}, "decode 4");
+  // Chunks of kChunkedDeltaRuleMinTokens or more run chunked, shorter ones token by token in the same
+  // launch: two solves and a part, exactly one, one and one token, beside a decode token; then part of one
+  // solve beside short chunks; then decode continues from the states they left.
+  launch({{0, 18, 130}, {3, 0, 64}, {1, 6, 65}, {2, 42, 1}}, "long chunks beside a decode token");
+  launch({{2, 43, 40}, {0, 148, 1}, {3, 64, 5}}, "a partial solve beside short chunks");
+  launch({{0, 149, 1}, {3, 69, 1}, {1, 71, 1}, {2, 83, 1}}, "decode 4");
   return outputs;
 }
 
@@ -246,7 +248,7 @@ TEST(FusedKernels, GatedDeltaNetLayerRejectsUnsupportedShapes) {
   for (const cuda::GatedDeltaNetDims& dims : {cuda::GatedDeltaNetDims{2, 3, 128, 128, 4}, cuda::GatedDeltaNetDims{1, 1, 320, 128, 4},
                                          cuda::GatedDeltaNetDims{1, 1, 128, 520, 4}, cuda::GatedDeltaNetDims{1, 1, 128, 128, 9},
                                          cuda::GatedDeltaNetDims{1, 1, 128, 128, 1}}) {
-    EXPECT_EQ(cuda::launch_gated_delta_net_layer(nullptr, nullptr, nullptr, nullptr, weights, one_chunk, 1, 1, dims, state,
+    EXPECT_EQ(cuda::launch_gated_delta_net_layer(nullptr, nullptr, nullptr, nullptr, weights, one_chunk, 1, {1, 1}, dims, state,
                                            nullptr, 0, nullptr),
               cudaErrorInvalidValue)
         << dims.num_k_heads << " " << dims.num_v_heads << " " << dims.k_head_dim << " " << dims.v_head_dim << " "

@@ -135,14 +135,15 @@ void gated_delta_net(const GpuDecoder& d, int layer, const StepShape& step) {
     const cuda::GatedDeltaNetDims dims = delta_net_dims(c);
     const cuda::GatedDeltaNetParams params{w.conv1d, w.a_log, w.dt_bias, w.norm, c.rms_norm_eps};
     const cuda::GatedDeltaNetState state{cache.conv_state, cache.recurrent_state, d.caches.conv_ring_readers};
-    if (cuda::gated_delta_net_layer_runs_chunked(dims, T, static_cast<int>(step.chunks), step.shortest_chunk)) {
+    const bool decode = step.tokens == step.chunks;
+    if (cuda::gated_delta_net_chunk_runs_chunked(dims, decode, step.longest_chunk)) {
       ++d.counters.chunked_delta_rule_calls;
-    } else if (step.tokens > step.chunks && !cuda::gated_delta_net_chunked_supports(dims)) {
+    } else if (!decode && !cuda::gated_delta_net_chunked_supports(dims)) {
       ++d.counters.chunked_delta_rule_fallbacks;
     }
     CUDA_CHECK(cuda::launch_gated_delta_net_layer(b.qkv, b.z, b.a, b.b, params, device_chunks(d, step), T,
-                                                  step.shortest_chunk, dims, state, b.out_proj_in,
-                                                  padded_k(dims.value_dim()), d.stream));
+                                                  {step.shortest_chunk, step.longest_chunk}, dims, state,
+                                                  b.out_proj_in, padded_k(dims.value_dim()), d.stream));
   }
   OpScope op(d.profiler, "delta_net_out_proj");
   d.linears.linear(w.out_proj, b.out_proj_in, T, d.buffers.sublayer_out);

@@ -28,7 +28,8 @@ namespace uberlm::gpu {
 struct StepShape {
   int64_t tokens = 0;
   int64_t chunks = 0;
-  int64_t shortest_chunk = 0;  // tokens of its shortest chunk
+  int64_t shortest_chunk = 0;  // tokens of its shortest and longest chunks
+  int64_t longest_chunk = 0;
   int64_t rows = 0;
 };
 
@@ -38,9 +39,9 @@ struct DecoderCounters {
   int64_t prefill_attention_calls = 0;      // layers whose prompt rows ran the tensor-core prefill kernel
   int64_t prefill_attention_fallbacks = 0;  // layers whose prompt rows ran the decode kernel instead (a
                                             // head_dim the prefill kernel lacks; logged once at load)
-  int64_t chunked_delta_rule_calls = 0;     // Gated DeltaNet layers whose prompt rows ran the chunked form
+  int64_t chunked_delta_rule_calls = 0;     // Gated DeltaNet layers whose longest prompt chunk ran chunked
   int64_t chunked_delta_rule_fallbacks = 0;  // ... ran token by token for head dims over the chunked kernel's
-                                             // (logged once at load); steps with a chunk shorter than
+                                             // (logged once at load); chunks shorter than
                                              // kChunkedDeltaRuleMinTokens run token by token by design
 };
 

@@ -1,6 +1,8 @@
 #include <cooperative_groups.h>
 #include <cuda_pipeline.h>
 
+#include <limits>
+
 #include "ops/cuda/fused/gated_delta_net_layer.h"
 #include "ops/cuda/fused/gated_delta_net_layer_chunked.h"
 #include "ops/cuda/kernel_util.cuh"
@@ -35,7 +37,8 @@ template <int kRows, int kHistory, int kColumns, int kWindow>
 __global__ void __launch_bounds__(kColumns * kRowParts)
     gated_delta_net_kernel(const float* __restrict__ qkv, const float* __restrict__ z, const float* __restrict__ a,
                            const float* __restrict__ b, GatedDeltaNetParams weights, DeviceChunks chunks,
-                           GatedDeltaNetDims dims, GatedDeltaNetState state, __nv_bfloat16* out, int64_t out_stride) {
+                           int64_t skip_from, GatedDeltaNetDims dims, GatedDeltaNetState state, __nv_bfloat16* out,
+                           int64_t out_stride) {
   constexpr int kThreads = kColumns * kRowParts, kWarps = kThreads / 32;
   constexpr int kKeyRows = kRows * kRowParts;                 // k_head_dim, rounded up
   constexpr int kStride = 2 * kKeyRows + kColumns;            // staged channels of a token: q | k | v
@@ -52,6 +55,7 @@ __global__ void __launch_bounds__(kColumns * kRowParts)
   cluster.sync();  // every block of the cluster runs before one writes into another's shared memory
 
   const int c = blockIdx.x, h = blockIdx.y, slice = blockIdx.z, slices = gridDim.z;  // slice = cluster rank
+  if (chunks.length[c] >= skip_from) return;  // the chunked kernel's chunk (every block of the cluster returns)
   const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
   const int part = tid % kRowParts, col = tid / kRowParts;
   const int dk = dims.k_head_dim, dv = dims.v_head_dim, kernel = dims.conv_kernel, history = kernel - 1;
@@ -262,6 +266,7 @@ struct LaunchArgs {
   const float *qkv, *z, *a, *b;
   GatedDeltaNetParams weights;
   DeviceChunks chunks;
+  int64_t skip_from;  // chunks this long or longer belong to the chunked kernel
   GatedDeltaNetDims dims;
   GatedDeltaNetState state;
   void* out;
@@ -276,8 +281,8 @@ cudaError_t launch_shape(const LaunchArgs& l) {
   const dim3 grid(static_cast<unsigned>(l.chunks.count), static_cast<unsigned>(l.dims.num_v_heads), slices);
   return launch_dependent_clusters(gated_delta_net_kernel<kRows, kHistory, kColumns, kWindow>, grid,
                                    kColumns * kRowParts, dim3(1, 1, slices), 0, l.stream, l.qkv, l.z, l.a, l.b,
-                                   l.weights, l.chunks, l.dims, l.state, static_cast<__nv_bfloat16*>(l.out),
-                                   l.out_stride);
+                                   l.weights, l.chunks, l.skip_from, l.dims, l.state,
+                                   static_cast<__nv_bfloat16*>(l.out), l.out_stride);
 }
 
 // Qwen3.5's conv kernel of 4 keeps 3 previous inputs per channel; larger kernels get room for 7.
@@ -294,26 +299,30 @@ cudaError_t launch_rows(const LaunchArgs& l, bool decode) {
 }
 }  // namespace
 
-bool gated_delta_net_layer_runs_chunked(const GatedDeltaNetDims& dims, int64_t tokens, int chunk_count,
-                                        int64_t shortest_chunk) {
-  return tokens != chunk_count && gated_delta_net_chunked_supports(dims) &&
-         shortest_chunk >= kChunkedDeltaRuleMinTokens;
+bool gated_delta_net_chunk_runs_chunked(const GatedDeltaNetDims& dims, bool decode_step, int64_t length) {
+  return !decode_step && gated_delta_net_chunked_supports(dims) && length >= kChunkedDeltaRuleMinTokens;
 }
 
 cudaError_t launch_gated_delta_net_layer(const float* qkv, const float* z, const float* a, const float* b,
                                    const GatedDeltaNetParams& weights, const DeviceChunks& chunks, int64_t tokens,
-                                   int64_t shortest_chunk, const GatedDeltaNetDims& dims, const GatedDeltaNetState& state, void* out,
+                                   ChunkLengths lengths, const GatedDeltaNetDims& dims, const GatedDeltaNetState& state, void* out,
                                    int64_t out_stride, cudaStream_t stream) {
   if (chunks.count == 0) return cudaSuccess;
   if (dims.num_k_heads < 1 || dims.num_v_heads % dims.num_k_heads != 0) return cudaErrorInvalidValue;
   if (dims.conv_kernel < 2 || dims.conv_kernel > kMaxConvKernel) return cudaErrorInvalidValue;
   if (dims.v_head_dim < 1 || dims.v_head_dim > kMaxSlices * kChunkColumns) return cudaErrorInvalidValue;
-  if (gated_delta_net_layer_runs_chunked(dims, tokens, chunks.count, shortest_chunk)) {
-    return detail::launch_gated_delta_net_layer_chunked(qkv, z, a, b, weights, chunks, dims, state, out, out_stride,
-                                                        stream);
-  }
-  const LaunchArgs args{qkv, z, a, b, weights, chunks, dims, state, out, out_stride, stream};
+  // Chunks of chunked_from tokens or more run chunked, the others token by token; each kernel's blocks
+  // return at once on the other's chunks.
   const bool decode = tokens == chunks.count;
+  const int64_t chunked_from = gated_delta_net_chunk_runs_chunked(dims, decode, lengths.longest)
+                                   ? kChunkedDeltaRuleMinTokens
+                                   : std::numeric_limits<int64_t>::max();
+  if (lengths.longest >= chunked_from) {
+    const cudaError_t status = detail::launch_gated_delta_net_layer_chunked(qkv, z, a, b, weights, chunks, chunked_from,
+                                                                           dims, state, out, out_stride, stream);
+    if (status != cudaSuccess || lengths.shortest >= chunked_from) return status;
+  }
+  const LaunchArgs args{qkv, z, a, b, weights, chunks, chunked_from, dims, state, out, out_stride, stream};
   const int dk = dims.k_head_dim;
   if (dk <= 8 * kRowParts) return launch_rows<8>(args, decode);
   if (dk <= 16 * kRowParts) return launch_rows<16>(args, decode);

@@ -55,13 +55,18 @@ struct GatedDeltaNetState {
 // A chunk with start 0 begins a new sequence, whose states are taken as zero (nothing is read).
 // tokens: all chunks' tokens together (== chunks.count in a decode step, which gets its own blocking).
 // Needs v_head_dim <= 512 (one thread-block cluster of at most 8 column slices per head).
-// Two forms (gated_delta_net_layer_runs_chunked chooses): the recurrent rule token by token (fp32), and the
-// chunked form (gated_delta_net_layer_chunked.cu: 64 tokens per triangular solve, tf32 tensor-core
+// Two forms, chosen per chunk (gated_delta_net_chunk_runs_chunked): the recurrent rule token by token
+// (fp32), and the chunked form (gated_delta_net_layer_chunked.cu: 64 tokens per triangular solve, tf32 tensor-core
 // products), whose results differ from the recurrent form's by tf32 rounding
-// (tests/gpu/fused_gated_delta_net_layer_test.cpp states the bound). shortest_chunk: the least chunks.length.
+// (tests/gpu/fused_gated_delta_net_layer_test.cpp states the bound). lengths: the least and the greatest
+// chunks.length, which tell the host which of the two kernels the step needs.
+struct ChunkLengths {
+  int64_t shortest;
+  int64_t longest;
+};
 cudaError_t launch_gated_delta_net_layer(const float* qkv, const float* z, const float* a, const float* b,
                                    const GatedDeltaNetParams& weights, const DeviceChunks& chunks, int64_t tokens,
-                                   int64_t shortest_chunk,
+                                   ChunkLengths lengths,
                                    const GatedDeltaNetDims& dims, const GatedDeltaNetState& state, void* out,
                                    int64_t out_stride, cudaStream_t stream);
 
@@ -69,16 +74,14 @@ cudaError_t launch_gated_delta_net_layer(const float* qkv, const float* z, const
 constexpr int kMaxChunkedDeltaRuleHeadDim = 128;
 bool gated_delta_net_chunked_supports(const GatedDeltaNetDims& dims);
 
-// The shortest chunk the chunked form takes. It spends a whole 64-token solve on every chunk, so a step
-// with a shorter chunk (decode tokens batched with a prompt, a short rest of a prompt) runs token by token.
-// Estimated from the H200's ~31 us per 64 tokens and head of the chunked kernel against ~1.2 us per token
-// of the token-by-token one at 2048 tokens (bench/notes/prefill.md); the crossover is not yet measured.
+// The shortest chunk the chunked form takes. It spends a whole 64-token solve on every chunk, so shorter
+// chunks (decode tokens batched with a prompt, a short rest of a prompt) run token by token, in the same
+// step. Estimated from the H200's ~31 us per 64 tokens and head of the chunked kernel against ~1.2 us per
+// token of the token-by-token one at 2048 tokens (bench/notes/prefill.md); the crossover is not yet measured.
 constexpr int64_t kChunkedDeltaRuleMinTokens = 32;
 
-// Whether launch_gated_delta_net_layer runs a step of `tokens` tokens in `chunk_count` chunks, the shortest
-// of `shortest_chunk` tokens, in the chunked form: not a decode step (every chunk one token), head dims the
-// chunked kernel holds, and no chunk shorter than kChunkedDeltaRuleMinTokens.
-bool gated_delta_net_layer_runs_chunked(const GatedDeltaNetDims& dims, int64_t tokens, int chunk_count,
-                                        int64_t shortest_chunk);
+// Whether a chunk of `length` tokens runs in the chunked form: not in a decode step (every chunk one token),
+// head dims the chunked kernel holds, and at least kChunkedDeltaRuleMinTokens tokens.
+bool gated_delta_net_chunk_runs_chunked(const GatedDeltaNetDims& dims, bool decode_step, int64_t length);
 
 }  // namespace uberlm::cuda

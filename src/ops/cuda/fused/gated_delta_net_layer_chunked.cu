@@ -107,9 +107,10 @@ template <int kDim, int kHistory>
 __global__ void __launch_bounds__(kThreads, 1)
     gated_delta_net_chunked_kernel(const float* __restrict__ qkv, const float* __restrict__ z,
                                    const float* __restrict__ a, const float* __restrict__ b,
-                                   GatedDeltaNetParams weights, DeviceChunks chunks, GatedDeltaNetDims dims,
-                                   GatedDeltaNetState state, __nv_bfloat16* out, int64_t out_stride,
-                                   bool quad_aligned) {
+                                   GatedDeltaNetParams weights, DeviceChunks chunks, int64_t min_length,
+                                   GatedDeltaNetDims dims, GatedDeltaNetState state, __nv_bfloat16* out,
+                                   int64_t out_stride, bool quad_aligned) {
+  if (chunks.length[blockIdx.x] < min_length) return;  // the token-by-token kernel's chunk (the whole cluster)
   using L = ChunkLayout<kDim>;
   constexpr int kColumns = L::kColumns;
   constexpr int kStaged = 2 * kDim + kColumns, kRounds = (kStaged + kThreads - 1) / kThreads;
@@ -460,14 +461,15 @@ __global__ void __launch_bounds__(kThreads, 1)
 
 // After the chunked kernel has read every conv ring: each chunk's last conv_kernel - 1 inputs into its
 // slot's ring (entry p % conv_kernel holds position p).
-__global__ void conv_ring_append_kernel(const float* __restrict__ qkv, DeviceChunks chunks, GatedDeltaNetDims dims,
-                                        GatedDeltaNetState state) {
+__global__ void conv_ring_append_kernel(const float* __restrict__ qkv, DeviceChunks chunks, int64_t min_length,
+                                        GatedDeltaNetDims dims, GatedDeltaNetState state) {
   const int c = blockIdx.y;
   const int64_t ch = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x, conv_dim = dims.conv_dim();
   begin_dependent_kernel();
   if (ch >= conv_dim) return;
   const int kernel = dims.conv_kernel, slot = chunks.slot[c];
   const int64_t first = chunks.first[c], length = chunks.length[c], start = chunks.start[c];
+  if (length < min_length) return;
   float* ring = state.conv + static_cast<int64_t>(slot) * kernel * conv_dim;
   for (int back = 0; back < kernel - 1; ++back) {
     const int64_t position = start + length - 1 - back;
@@ -478,7 +480,7 @@ __global__ void conv_ring_append_kernel(const float* __restrict__ qkv, DeviceChu
 
 template <int kDim, int kHistory>
 cudaError_t launch_chunked(const float* qkv, const float* z, const float* a, const float* b,
-                           const GatedDeltaNetParams& weights, const DeviceChunks& chunks,
+                           const GatedDeltaNetParams& weights, const DeviceChunks& chunks, int64_t min_length,
                            const GatedDeltaNetDims& dims, const GatedDeltaNetState& state, void* out,
                            int64_t out_stride, cudaStream_t stream) {
   auto* kernel = gated_delta_net_chunked_kernel<kDim, kHistory>;
@@ -489,35 +491,38 @@ cudaError_t launch_chunked(const float* qkv, const float* z, const float* a, con
   const auto quad_of = [](const void* pointer) { return reinterpret_cast<uintptr_t>(pointer) % 16 == 0; };
   const bool quad_aligned = quad_of(qkv) && quad_of(z) && dims.k_head_dim % 4 == 0 && dims.v_head_dim % 4 == 0;
   cudaError_t status = launch_dependent_clusters(kernel, grid, dim3(kThreads), dim3(1, 1, kSlices), kBytes, stream, qkv,
-                                                 z, a, b, weights, chunks, dims, state,
+                                                 z, a, b, weights, chunks, min_length, dims, state,
                                                  static_cast<__nv_bfloat16*>(out), out_stride, quad_aligned);
   if (status != cudaSuccess) return status;
   const dim3 ring_grid(blocks_for(dims.conv_dim(), 256), static_cast<unsigned>(chunks.count));
-  return launch_dependent(conv_ring_append_kernel, ring_grid, dim3(256), 0, stream, qkv, chunks, dims, state);
+  return launch_dependent(conv_ring_append_kernel, ring_grid, dim3(256), 0, stream, qkv, chunks, min_length, dims,
+                          state);
 }
 
 template <int kDim>
 cudaError_t launch_dim(const float* qkv, const float* z, const float* a, const float* b,
-                       const GatedDeltaNetParams& weights, const DeviceChunks& chunks, const GatedDeltaNetDims& dims,
-                       const GatedDeltaNetState& state, void* out, int64_t out_stride, cudaStream_t stream) {
+                       const GatedDeltaNetParams& weights, const DeviceChunks& chunks, int64_t min_length,
+                       const GatedDeltaNetDims& dims, const GatedDeltaNetState& state, void* out,
+                       int64_t out_stride, cudaStream_t stream) {
   if (dims.conv_kernel <= 4) {
-    return launch_chunked<kDim, 3>(qkv, z, a, b, weights, chunks, dims, state, out, out_stride, stream);
+    return launch_chunked<kDim, 3>(qkv, z, a, b, weights, chunks, min_length, dims, state, out, out_stride, stream);
   }
-  return launch_chunked<kDim, kMaxConvKernel - 1>(qkv, z, a, b, weights, chunks, dims, state, out, out_stride,
-                                                  stream);
+  return launch_chunked<kDim, kMaxConvKernel - 1>(qkv, z, a, b, weights, chunks, min_length, dims, state, out,
+                                                  out_stride, stream);
 }
 
 }  // namespace
 
 cudaError_t launch_gated_delta_net_layer_chunked(const float* qkv, const float* z, const float* a, const float* b,
                                                  const GatedDeltaNetParams& weights, const DeviceChunks& chunks,
-                                                 const GatedDeltaNetDims& dims, const GatedDeltaNetState& state,
+                                                 int64_t min_length, const GatedDeltaNetDims& dims,
+                                                 const GatedDeltaNetState& state,
                                                  void* out, int64_t out_stride, cudaStream_t stream) {
   if (!cuda::gated_delta_net_chunked_supports(dims)) return cudaErrorInvalidValue;
   if (std::max(dims.k_head_dim, dims.v_head_dim) <= 64) {
-    return launch_dim<64>(qkv, z, a, b, weights, chunks, dims, state, out, out_stride, stream);
+    return launch_dim<64>(qkv, z, a, b, weights, chunks, min_length, dims, state, out, out_stride, stream);
   }
-  return launch_dim<128>(qkv, z, a, b, weights, chunks, dims, state, out, out_stride, stream);
+  return launch_dim<128>(qkv, z, a, b, weights, chunks, min_length, dims, state, out, out_stride, stream);
 }
 
 }  // namespace uberlm::cuda::detail
