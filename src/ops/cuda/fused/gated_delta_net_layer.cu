@@ -3,6 +3,7 @@
 
 #include <limits>
 
+#include "ops/cuda/fused/gated_delta_net_conv.cuh"
 #include "ops/cuda/fused/gated_delta_net_layer.h"
 #include "ops/cuda/fused/gated_delta_net_layer_chunked.h"
 #include "ops/cuda/kernel_util.cuh"
@@ -75,28 +76,11 @@ __global__ void __launch_bounds__(kColumns * kRowParts)
     s[r] = (start > 0 && column_valid && i < dk) ? s_head[static_cast<int64_t>(i) * dv] : 0.0f;
   }
   float* ring = state.conv + static_cast<int64_t>(slot) * kernel * conv_dim;
-  int64_t channel[kRounds];  // global channel of each staged one, -1 where none (padding)
-  float past_w[kRounds][kHistory], newest_w[kRounds], past[kRounds][kHistory];
+  ConvChannel<kHistory> conv[kRounds];
 #pragma unroll
   for (int n = 0; n < kRounds; ++n) {
-    const int local = tid + n * kThreads;
-    channel[n] = -1;
-    if (local < kKeyRows) {
-      if (local < dk) channel[n] = static_cast<int64_t>(key_head) * dk + local;
-    } else if (local < 2 * kKeyRows) {
-      if (local - kKeyRows < dk) channel[n] = key_dim + static_cast<int64_t>(key_head) * dk + local - kKeyRows;
-    } else if (local < kStride && local - 2 * kKeyRows < columns) {
-      channel[n] = 2 * key_dim + static_cast<int64_t>(h) * dv + col0 + local - 2 * kKeyRows;
-    }
-    const bool valid = channel[n] >= 0;
-    newest_w[n] = valid ? weights.conv1d[channel[n] * kernel + history] : 0.0f;
-#pragma unroll
-    for (int p = 0; p < kHistory; ++p) {
-      const int back = kHistory - p;  // inputs before the newest
-      const int64_t position = start - back;
-      past_w[n][p] = valid && back <= history ? weights.conv1d[channel[n] * kernel + history - back] : 0.0f;
-      past[n][p] = valid && back <= history && position >= 0 ? ring[(position % kernel) * conv_dim + channel[n]] : 0.0f;
-    }
+    const int64_t channel = staged_conv_channel(tid + n * kThreads, kKeyRows, kStride, columns, key_head, h, col0, dims);
+    conv[n].load(channel, weights.conv1d, kernel, ring, conv_dim, start);
   }
   const float a_decay = -expf(weights.a_log[h]), dt_bias = weights.dt_bias[h];
   const int out_column = tid % kColumns;  // the gated norm's thread layout: column, then every 4th token
@@ -111,8 +95,8 @@ __global__ void __launch_bounds__(kColumns * kRowParts)
     for (int i = 0; i < tokens; ++i) {
 #pragma unroll
       for (int n = 0; n < kRounds; ++n) {
-        if (channel[n] >= 0) {
-          __pipeline_memcpy_async(&mixed[i][tid + n * kThreads], qkv + (row0 + i) * conv_dim + channel[n],
+        if (conv[n].channel >= 0) {
+          __pipeline_memcpy_async(&mixed[i][tid + n * kThreads], qkv + (row0 + i) * conv_dim + conv[n].channel,
                                   sizeof(float));
         }
       }
@@ -137,14 +121,8 @@ __global__ void __launch_bounds__(kColumns * kRowParts)
       for (int n = 0; n < kRounds; ++n) {
         const int local = tid + n * kThreads;
         if (local >= kStride) continue;
-        const float input = channel[n] >= 0 ? mixed[i][local] : 0.0f;
-        float sum = newest_w[n] * input;
-#pragma unroll
-        for (int p = 0; p < kHistory; ++p) sum += past_w[n][p] * past[n][p];
-#pragma unroll
-        for (int p = 0; p + 1 < kHistory; ++p) past[n][p] = past[n][p + 1];
-        past[n][kHistory - 1] = input;
-        const float x = siluf_exact(sum);
+        const float input = conv[n].channel >= 0 ? mixed[i][local] : 0.0f;
+        const float x = siluf_exact(conv[n].step(input));
         mixed[i][local] = x;
         if (local < kKeyRows) q_squares += x * x;
         else if (local < 2 * kKeyRows) k_squares += x * x;
@@ -252,12 +230,12 @@ __global__ void __launch_bounds__(kColumns * kRowParts)
 #pragma unroll
   for (int n = 0; n < kRounds; ++n) {
     const int local = tid + n * kThreads;
-    if (channel[n] < 0 || (local < 2 * kKeyRows && !writes_key_ring)) continue;
+    if (conv[n].channel < 0 || (local < 2 * kKeyRows && !writes_key_ring)) continue;
 #pragma unroll
     for (int p = 0; p < kHistory; ++p) {
       const int back = kHistory - 1 - p;  // inputs before the chunk's last
       const int64_t position = start + length - 1 - back;
-      if (back < history && position >= start) ring[(position % kernel) * conv_dim + channel[n]] = past[n][p];
+      if (back < history && position >= start) ring[(position % kernel) * conv_dim + conv[n].channel] = conv[n].past[p];
     }
   }
 }

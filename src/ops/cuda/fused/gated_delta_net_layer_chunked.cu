@@ -7,6 +7,7 @@
 
 #include <algorithm>
 
+#include "ops/cuda/fused/gated_delta_net_conv.cuh"
 #include "ops/cuda/fused/gated_delta_net_layer_chunked.h"
 #include "ops/cuda/kernel_util.cuh"
 #include "ops/cuda/mma.cuh"
@@ -131,38 +132,22 @@ __global__ void __launch_bounds__(kThreads, 1)
 
   const int c = blockIdx.x, h = blockIdx.y, slice = blockIdx.z;  // slice = cluster rank
   const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
-  const int dk = dims.k_head_dim, dv = dims.v_head_dim, kernel = dims.conv_kernel, history = kernel - 1;
+  const int dk = dims.k_head_dim, dv = dims.v_head_dim, kernel = dims.conv_kernel;
   const int heads_per_key = dims.num_v_heads / dims.num_k_heads, key_head = h / heads_per_key;
   const int64_t conv_dim = dims.conv_dim(), key_dim = dims.key_dim(), value_dim = dims.value_dim();
   const int hv = dims.num_v_heads;
   const int col_base = slice * kColumns, columns = max(0, min(kColumns, dv - col_base));  // this slice's value columns
 
-  int64_t channel[kRounds];  // global conv channel of each staged one, -1 for padding
-  float past_w[kRounds][kHistory], newest_w[kRounds], past[kRounds][kHistory];
+  ConvChannel<kHistory> conv[kRounds];
   const int slot = chunks.slot[c];
   const int64_t first = chunks.first[c], length = chunks.length[c], start = chunks.start[c];
   float* ring = state.conv + static_cast<int64_t>(slot) * kernel * conv_dim;
   begin_dependent_kernel();
 #pragma unroll
   for (int n = 0; n < kRounds; ++n) {
-    const int local = tid + n * kThreads;
-    channel[n] = -1;
-    if (local < kDim) {
-      if (local < dk) channel[n] = static_cast<int64_t>(key_head) * dk + local;
-    } else if (local < 2 * kDim) {
-      if (local - kDim < dk) channel[n] = key_dim + static_cast<int64_t>(key_head) * dk + local - kDim;
-    } else if (local < kStaged && local - 2 * kDim < columns) {
-      channel[n] = 2 * key_dim + static_cast<int64_t>(h) * dv + col_base + local - 2 * kDim;
-    }
-    const bool valid = channel[n] >= 0;
-    newest_w[n] = valid ? weights.conv1d[channel[n] * kernel + history] : 0.0f;
-#pragma unroll
-    for (int p = 0; p < kHistory; ++p) {
-      const int back = kHistory - p;
-      const int64_t position = start - back;
-      past_w[n][p] = valid && back <= history ? weights.conv1d[channel[n] * kernel + history - back] : 0.0f;
-      past[n][p] = valid && back <= history && position >= 0 ? ring[(position % kernel) * conv_dim + channel[n]] : 0.0f;
-    }
+    const int64_t channel =
+        staged_conv_channel(tid + n * kThreads, kDim, kStaged, columns, key_head, h, col_base, dims);
+    conv[n].load(channel, weights.conv1d, kernel, ring, conv_dim, start);
   }
   float* s_head = state.recurrent + (static_cast<int64_t>(slot) * hv + h) * dk * dv;
   for (int e = tid; e < kDim * kColumns; e += kThreads) {
@@ -201,8 +186,8 @@ __global__ void __launch_bounds__(kThreads, 1)
       for (int i = 0; i < tokens; ++i) {
 #pragma unroll
         for (int n = 0; n < kRounds; ++n) {
-          if (channel[n] >= 0) {
-            __pipeline_memcpy_async(&staged(i, tid + n * kThreads), qkv + (row0 + i) * conv_dim + channel[n],
+          if (conv[n].channel >= 0) {
+            __pipeline_memcpy_async(&staged(i, tid + n * kThreads), qkv + (row0 + i) * conv_dim + conv[n].channel,
                                     sizeof(float));
           }
         }
@@ -224,16 +209,7 @@ __global__ void __launch_bounds__(kThreads, 1)
 #pragma unroll 8
       for (int i = 0; i < kChunk; ++i) {
         float x = 0.0f;
-        if (channel[n] >= 0 && i < tokens) {
-          const float input = staged(i, local);
-          float sum = newest_w[n] * input;
-#pragma unroll
-          for (int p = 0; p < kHistory; ++p) sum += past_w[n][p] * past[n][p];
-#pragma unroll
-          for (int p = 0; p + 1 < kHistory; ++p) past[n][p] = past[n][p + 1];
-          past[n][kHistory - 1] = input;
-          x = silu_fast(sum);
-        }
+        if (conv[n].channel >= 0 && i < tokens) x = silu_fast(conv[n].step(staged(i, local)));
         staged(i, local) = x;
       }
     }
