@@ -90,11 +90,14 @@ class DeltaNetCase {
     DeviceBuffer d_qkv = upload(qkv), d_z = upload(z), d_a = upload(a), d_b = upload(b);
     DeviceBuffer d_first = upload(first), d_length = upload(length), d_slot = upload(slot), d_start = upload(start);
     DeviceBuffer d_out = poisoned<uint16_t>(tokens * out_stride);
+    const int64_t scratch_floats = cuda::gated_delta_net_chunked_scratch_floats(dims_, tokens);
+    DeviceBuffer d_scratch = poisoned<float>(std::max<int64_t>(scratch_floats, 1));
     const cuda::DeviceChunks device_chunks{d_first.as<int32_t>(), d_length.as<int32_t>(), d_slot.as<int32_t>(),
                                            d_start.as<int32_t>(), static_cast<int>(chunks.size())};
     sync_and_check(cuda::launch_gated_delta_net_layer(d_qkv.as<float>(), d_z.as<float>(), d_a.as<float>(), d_b.as<float>(),
                                                 weights(), device_chunks, tokens, {shortest, longest}, dims_, device_state(),
-                                                d_out.data(), out_stride, nullptr));
+                                                {d_scratch.as<float>(), scratch_floats}, d_out.data(), out_stride,
+                                                nullptr));
 
     std::vector<float> core(tokens * value_dim), mixed(conv_dim), ref(tokens * value_dim);
     for (size_t c = 0; c < chunks.size(); ++c) {
@@ -249,11 +252,16 @@ TEST(FusedKernels, GatedDeltaNetLayerRejectsUnsupportedShapes) {
                                          cuda::GatedDeltaNetDims{1, 1, 128, 520, 4}, cuda::GatedDeltaNetDims{1, 1, 128, 128, 9},
                                          cuda::GatedDeltaNetDims{1, 1, 128, 128, 1}}) {
     EXPECT_EQ(cuda::launch_gated_delta_net_layer(nullptr, nullptr, nullptr, nullptr, weights, one_chunk, 1, {1, 1}, dims, state,
-                                           nullptr, 0, nullptr),
+                                           {nullptr, 0}, nullptr, 0, nullptr),
               cudaErrorInvalidValue)
         << dims.num_k_heads << " " << dims.num_v_heads << " " << dims.k_head_dim << " " << dims.v_head_dim << " "
         << dims.conv_kernel;
   }
+  // A 64-token chunk takes the chunked form, which needs its scratch.
+  const cuda::GatedDeltaNetDims supported{2, 4, 128, 128, 4};
+  EXPECT_EQ(cuda::launch_gated_delta_net_layer(nullptr, nullptr, nullptr, nullptr, weights, one_chunk, 64, {64, 64},
+                                               supported, state, {nullptr, 0}, nullptr, 0, nullptr),
+            cudaErrorInvalidValue);
 }
 
 }  // namespace

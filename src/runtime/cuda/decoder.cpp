@@ -143,7 +143,8 @@ void gated_delta_net(const GpuDecoder& d, int layer, const StepShape& step) {
     }
     CUDA_CHECK(cuda::launch_gated_delta_net_layer(b.qkv, b.z, b.a, b.b, params, device_chunks(d, step), T,
                                                   {step.shortest_chunk, step.longest_chunk}, dims, state,
-                                                  b.out_proj_in, padded_k(dims.value_dim()), d.stream));
+                                                  {b.chunked_scratch, b.chunked_scratch_floats}, b.out_proj_in,
+                                                  padded_k(dims.value_dim()), d.stream));
   }
   OpScope op(d.profiler, "delta_net_out_proj");
   d.linears.linear(w.out_proj, b.out_proj_in, T, d.buffers.sublayer_out);

@@ -1,8 +1,10 @@
 #include "runtime/cuda/step_buffers.h"
 
 #include "ops/cuda/attention_decode.h"
+#include "ops/cuda/fused/gated_delta_net_layer.h"
 #include "ops/cuda/gemv.h"
 #include "runtime/backend.h"
+#include "runtime/cuda/decoder.h"
 
 namespace uberlm::gpu {
 
@@ -24,6 +26,8 @@ int64_t layout_sublayer_scratch(uintptr_t base, const ModelConfig& c, int64_t T,
   b.delta_net.z = delta_net.take<float>(T * c.delta_net_value_dim());
   b.delta_net.b = delta_net.take<float>(T * c.delta_net_num_value_heads);
   b.delta_net.a = delta_net.take<float>(T * c.delta_net_num_value_heads);
+  b.delta_net.chunked_scratch_floats = cuda::gated_delta_net_chunked_scratch_floats(delta_net_dims(c), T);
+  b.delta_net.chunked_scratch = delta_net.take<float>(b.delta_net.chunked_scratch_floats);
   b.mlp.gate = mlp.take<float>(T * c.intermediate_size);
   b.mlp.up = mlp.take<float>(T * c.intermediate_size);
   return std::max({attention.used(), delta_net.used(), mlp.used()});

@@ -51,6 +51,8 @@ struct DeltaNetBuffers {
   float* z;               // [T, value_dim]
   float* b;               // [T, num_v_heads]
   float* a;               // [T, num_v_heads]
+  float* chunked_scratch;  // the chunked delta rule's intermediates (gated_delta_net_chunked_scratch_floats)
+  int64_t chunked_scratch_floats;
   uint16_t* out_proj_in;  // bf16 [T, value_dim padded]: the gated norm's output
 };
 struct MlpBuffers {

@@ -33,6 +33,13 @@ struct ConvChannel {
   // `start`, the inputs before it from the slot's ring (entry p % kernel holds position p).
   __device__ __forceinline__ void load(int64_t global_channel, const float* conv1d, int kernel, const float* ring,
                                        int64_t conv_dim, int64_t start) {
+    load_from(global_channel, conv1d, kernel, ring, conv_dim, start, nullptr, 0);
+  }
+
+  // As load, to continue at token `offset` of a chunk whose rows (qkv: [tokens, conv_dim]) start at `rows`:
+  // the inputs before come from the chunk's own rows where it has them, from the ring before its start.
+  __device__ __forceinline__ void load_from(int64_t global_channel, const float* conv1d, int kernel, const float* ring,
+                                            int64_t conv_dim, int64_t start, const float* rows, int64_t offset) {
     channel = global_channel;
     const int history = kernel - 1;
     const bool valid = channel >= 0;
@@ -40,9 +47,12 @@ struct ConvChannel {
 #pragma unroll
     for (int p = 0; p < kHistory; ++p) {
       const int back = kHistory - p;  // inputs before the newest
-      const int64_t position = start - back;
+      const int64_t position = start + offset - back, row = offset - back;
       past_weights[p] = valid && back <= history ? conv1d[channel * kernel + history - back] : 0.0f;
-      past[p] = valid && back <= history && position >= 0 ? ring[(position % kernel) * conv_dim + channel] : 0.0f;
+      float input = 0.0f;
+      if (valid && back <= history && row >= 0) input = rows[row * conv_dim + channel];
+      else if (valid && back <= history && position >= 0) input = ring[(position % kernel) * conv_dim + channel];
+      past[p] = input;
     }
   }
 

@@ -283,8 +283,8 @@ bool gated_delta_net_chunk_runs_chunked(const GatedDeltaNetDims& dims, bool deco
 
 cudaError_t launch_gated_delta_net_layer(const float* qkv, const float* z, const float* a, const float* b,
                                    const GatedDeltaNetParams& weights, const DeviceChunks& chunks, int64_t tokens,
-                                   ChunkLengths lengths, const GatedDeltaNetDims& dims, const GatedDeltaNetState& state, void* out,
-                                   int64_t out_stride, cudaStream_t stream) {
+                                   ChunkLengths lengths, const GatedDeltaNetDims& dims, const GatedDeltaNetState& state,
+                                   GatedDeltaNetScratch scratch, void* out, int64_t out_stride, cudaStream_t stream) {
   if (chunks.count == 0) return cudaSuccess;
   if (dims.num_k_heads < 1 || dims.num_v_heads % dims.num_k_heads != 0) return cudaErrorInvalidValue;
   if (dims.conv_kernel < 2 || dims.conv_kernel > kMaxConvKernel) return cudaErrorInvalidValue;
@@ -296,8 +296,9 @@ cudaError_t launch_gated_delta_net_layer(const float* qkv, const float* z, const
                                    ? kChunkedDeltaRuleMinTokens
                                    : std::numeric_limits<int64_t>::max();
   if (lengths.longest >= chunked_from) {
-    const cudaError_t status = detail::launch_gated_delta_net_layer_chunked(qkv, z, a, b, weights, chunks, chunked_from,
-                                                                           dims, state, out, out_stride, stream);
+    const cudaError_t status =
+        detail::launch_gated_delta_net_layer_chunked(qkv, z, a, b, weights, chunks, tokens, lengths.longest, chunked_from,
+                                                     dims, state, scratch, out, out_stride, stream);
     if (status != cudaSuccess || lengths.shortest >= chunked_from) return status;
   }
   const LaunchArgs args{qkv, z, a, b, weights, chunks, chunked_from, dims, state, out, out_stride, stream};

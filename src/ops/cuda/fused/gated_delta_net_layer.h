@@ -64,15 +64,24 @@ struct ChunkLengths {
   int64_t shortest;
   int64_t longest;
 };
+// The chunked form's fp32 intermediates between its two kernels: gated_delta_net_chunked_scratch_floats
+// for the step's tokens (a step that runs only token by token may pass none).
+struct GatedDeltaNetScratch {
+  float* data;
+  int64_t floats;
+};
 cudaError_t launch_gated_delta_net_layer(const float* qkv, const float* z, const float* a, const float* b,
                                    const GatedDeltaNetParams& weights, const DeviceChunks& chunks, int64_t tokens,
                                    ChunkLengths lengths,
-                                   const GatedDeltaNetDims& dims, const GatedDeltaNetState& state, void* out,
-                                   int64_t out_stride, cudaStream_t stream);
+                                   const GatedDeltaNetDims& dims, const GatedDeltaNetState& state,
+                                   GatedDeltaNetScratch scratch, void* out, int64_t out_stride, cudaStream_t stream);
 
 // The largest k_head_dim and v_head_dim of the chunked form (its q, k, v and state tiles in shared memory).
 constexpr int kMaxChunkedDeltaRuleHeadDim = 128;
 bool gated_delta_net_chunked_supports(const GatedDeltaNetDims& dims);
+// Floats of GatedDeltaNetScratch the chunked form needs for a step of `tokens` tokens (0 where it cannot run):
+// per token and value head, about four head-dim vectors and a 64-float row.
+int64_t gated_delta_net_chunked_scratch_floats(const GatedDeltaNetDims& dims, int64_t tokens);
 
 // The shortest chunk the chunked form takes. It spends a whole 64-token solve on every chunk, so shorter
 // chunks (decode tokens batched with a prompt, a short rest of a prompt) run token by token, in the same
