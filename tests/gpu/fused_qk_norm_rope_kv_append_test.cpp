@@ -16,9 +16,10 @@ using namespace gpu_test;
 // fp32 throughout; cosf/sinf and the norm's sums differ from the CPU's by a few ulps.
 constexpr double kTolerance = 2e-5;
 // The cached key is that fp32 key rounded to bf16: a few-ulp fp32 difference can carry an element across a
-// bf16 rounding boundary, one bf16 ulp (2^-8 of the element) apart. Seen on the H200: 2.5e-4 of the
-// largest key in one of ~40 runs; a wrong rotation or norm is off by O(1).
-constexpr double kCachedKeyTolerance = 1.0 / 256;
+// bf16 rounding boundary, one bf16 ulp apart, which is up to 2^-7 of an element at the bottom of its binade
+// (8 significant bits). Seen on the H200: 2.5e-4 of the largest key in one of ~40 runs, and 4.13e-3 (over
+// 2^-8) on 2026-12-04; a wrong rotation or norm is off by O(1).
+constexpr double kCachedKeyTolerance = 1.0 / 128;
 
 struct Shape {
   int heads, kv_heads, head_dim, rotary_dim;
