@@ -111,17 +111,18 @@ struct PieceScratch {
 
 // Shared memory of a prepare block, in floats. Row strides are padded so that the fragment loads of the
 // mma operands hit distinct banks: rows read as (row g, column tig) fragments get stride = 4 mod 32, rows
-// read as (row tig, column g) fragments stride = 8 mod 32.
+// read as (row tig, column g) fragments stride = 8 mod 32. Each buffer holds two things in turn, so that two
+// blocks fit an SM: q, then the left right-hand side beta e^G k and w; k, then the coupling matrix; v, then
+// the right one, beta v and u.
 template <int kDim>
 struct PrepareLayout {
-  static constexpr int kKeyStride = kDim + 4;        // q, k: [kChunk][kKeyStride]
-  static constexpr int kRhsStride = 2 * kDim + 8;    // [kChunk][kRhsStride]: beta e^G k | beta v, then w | u
-  static constexpr int kPairStride = kChunk + 4;     // the coupling matrix: [kChunk][kPairStride]
+  static constexpr int kKeyStride = kDim + 4;    // q, k: [kChunk][kKeyStride]
+  static constexpr int kValueStride = kDim + 8;  // v: [kChunk][kValueStride]
+  static constexpr int kPairStride = kChunk + 4;  // the coupling matrix, in k's place: [kChunk][kPairStride]
   static constexpr int q = 0;
   static constexpr int k = q + kChunk * kKeyStride;
-  static constexpr int rhs = k + kChunk * kKeyStride;
-  static constexpr int coupling = rhs + kChunk * kRhsStride;
-  static constexpr int log_decay = coupling + kChunk * kPairStride;  // G_i
+  static constexpr int v = k + kChunk * kKeyStride;
+  static constexpr int log_decay = v + kChunk * kValueStride;  // G_i
   static constexpr int beta = log_decay + kChunk;
   static constexpr int raw_a = beta + kChunk;
   static constexpr int raw_b = raw_a + kChunk;
@@ -131,29 +132,35 @@ struct PrepareLayout {
   static constexpr size_t bytes = floats * sizeof(float);
 };
 
+// 8 warps and two blocks per SM: the phases are short and separated by barriers, so a second block's work
+// fills one block's waits.
+constexpr int kPrepareThreads = 256, kPrepareWarps = kPrepareThreads / 32;
+
 // Grid (piece, chunk, value head): everything of a 64-token piece that does not need the state before it,
-// so all pieces of all chunks run at once. Thread `tid` runs the conv of staged channel tid (q | k | v of its
-// key and value head, each padded to kDim), its previous inputs from the chunk's rows or the slot's ring.
+// so all pieces of all chunks run at once. Thread `tid` runs the conv of staged channels tid and
+// tid + 256 (q | k | v of its key and value head, each padded to kDim), its previous inputs from the chunk's
+// rows or the slot's ring.
 template <int kDim, int kHistory>
-__global__ void __launch_bounds__(kThreads, 1)
+__global__ void __launch_bounds__(kPrepareThreads, 2)
     gated_delta_net_prepare_kernel(const float* __restrict__ qkv, const float* __restrict__ a,
                                    const float* __restrict__ b, GatedDeltaNetParams weights, DeviceChunks chunks,
                                    int64_t min_length, GatedDeltaNetDims dims, GatedDeltaNetState state,
                                    PieceScratch scratch, bool quad_aligned) {
   using L = PrepareLayout<kDim>;
-  constexpr int kStaged = 3 * kDim, kRounds = (kStaged + kThreads - 1) / kThreads;
+  constexpr int kStaged = 3 * kDim, kRounds = (kStaged + kPrepareThreads - 1) / kPrepareThreads;
   const int piece = blockIdx.x, c = blockIdx.y, h = blockIdx.z;
   const int64_t length = chunks.length[c], t0 = static_cast<int64_t>(piece) * kChunk;
   if (length < min_length || t0 >= length) return;  // the token-by-token kernel's chunk, or past this one's end
   extern __shared__ float smem[];
-  float *q = smem + L::q, *k = smem + L::k, *rhs = smem + L::rhs, *coupling = smem + L::coupling;
+  float *q = smem + L::q, *k = smem + L::k, *v = smem + L::v;
   float *log_decay = smem + L::log_decay, *beta = smem + L::beta, *raw_a = smem + L::raw_a, *raw_b = smem + L::raw_b;
   float *token_decay = smem + L::token_decay, *key_decay = smem + L::key_decay;
-  // Where staged channel `local` of token i lives: q, k, or v in the right half of rhs.
+  float* coupling = k;
+  // Where staged channel `local` of token i lives: q, k or v.
   auto staged = [&](int i, int local) -> float& {
     if (local < kDim) return q[i * L::kKeyStride + local];
     if (local < 2 * kDim) return k[i * L::kKeyStride + local - kDim];
-    return rhs[i * L::kRhsStride + local - kDim];
+    return v[i * L::kValueStride + local - 2 * kDim];
   };
 
   const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
@@ -168,7 +175,7 @@ __global__ void __launch_bounds__(kThreads, 1)
   ConvChannel<kHistory> conv[kRounds];
 #pragma unroll
   for (int n = 0; n < kRounds; ++n) {
-    const int64_t channel = staged_conv_channel(tid + n * kThreads, kDim, kStaged, dv, key_head, h, 0, dims);
+    const int64_t channel = staged_conv_channel(tid + n * kPrepareThreads, kDim, kStaged, dv, key_head, h, 0, dims);
     conv[n].load_from(channel, weights.conv1d, kernel, ring, conv_dim, start, qkv + first * conv_dim, t0);
   }
 
@@ -176,7 +183,7 @@ __global__ void __launch_bounds__(kThreads, 1)
   //    segments where rows and heads are 16-byte aligned, else a value per copy.
   if (quad_aligned) {
     const int key_quads = dk / 4, quads = 2 * key_quads + dv / 4;
-    for (int e = tid; e < tokens * quads; e += kThreads) {
+    for (int e = tid; e < tokens * quads; e += kPrepareThreads) {
       const int i = e / quads, quad = e % quads;
       const float* row = qkv + (row0 + i) * conv_dim;
       const float* from;
@@ -189,7 +196,7 @@ __global__ void __launch_bounds__(kThreads, 1)
         to = k + i * L::kKeyStride + 4 * (quad - key_quads);
       } else {
         from = row + 2 * key_dim + static_cast<int64_t>(h) * dv + 4 * (quad - 2 * key_quads);
-        to = rhs + i * L::kRhsStride + kDim + 4 * (quad - 2 * key_quads);
+        to = v + i * L::kValueStride + 4 * (quad - 2 * key_quads);
       }
       __pipeline_memcpy_async(to, from, 16);
     }
@@ -198,8 +205,8 @@ __global__ void __launch_bounds__(kThreads, 1)
 #pragma unroll
       for (int n = 0; n < kRounds; ++n) {
         if (conv[n].channel >= 0) {
-          __pipeline_memcpy_async(&staged(i, tid + n * kThreads), qkv + (row0 + i) * conv_dim + conv[n].channel,
-                                  sizeof(float));
+          __pipeline_memcpy_async(&staged(i, tid + n * kPrepareThreads),
+                                  qkv + (row0 + i) * conv_dim + conv[n].channel, sizeof(float));
         }
       }
     }
@@ -215,7 +222,7 @@ __global__ void __launch_bounds__(kThreads, 1)
   // 2. Causal conv1d + SiLU in place, token after token; padding rows and channels become zero.
 #pragma unroll
   for (int n = 0; n < kRounds; ++n) {
-    const int local = tid + n * kThreads;
+    const int local = tid + n * kPrepareThreads;
     if (local >= kStaged) continue;
 #pragma unroll 8
     for (int i = 0; i < kChunk; ++i) {
@@ -256,7 +263,7 @@ __global__ void __launch_bounds__(kThreads, 1)
 
   // 3. q = l2norm(q) / sqrt(dk), k = l2norm(k) (eps 1e-6), a warp per token.
   const float q_scale = 1.0f / sqrtf(static_cast<float>(dk));
-  for (int i = warp; i < tokens; i += kWarps) {
+  for (int i = warp; i < tokens; i += kPrepareWarps) {
     float* q_row = q + i * L::kKeyStride;
     float* k_row = k + i * L::kKeyStride;
     float q_sq = 0.0f, k_sq = 0.0f;
@@ -272,58 +279,61 @@ __global__ void __launch_bounds__(kThreads, 1)
   }
   __syncthreads();
 
-  // 4. The token-pair matrices, 16 rows x 64 columns a warp: the coupling into shared memory, the mixing
-  //    straight to the scratch (rows past the piece's end stay unwritten: the recurrence does not read them).
-  constexpr int kPairJobs = 2 * (kChunk / 16);
-  if (warp < kPairJobs) {
-    float acc[8][4];
-    clear(acc);
-    const bool keys = warp < kPairJobs / 2;  // k_i.k_p, else q_i.k_p
-    const int row0_tile = 16 * (warp % (kChunk / 16));
-    const float* left = (keys ? k : q) + row0_tile * L::kKeyStride;
-    warp_mma(acc, kDim / 8, [&](int r, int x) { return left[r * L::kKeyStride + x]; },
+  // 4. The token-pair matrices, 16 rows x 64 columns a warp: the mixing straight to the scratch (rows past the
+  //    piece's end stay unwritten: the recurrence does not read them), the coupling kept in registers until
+  //    k's buffer is free. Then the scratch's query and key rows and decays.
+  static_assert(2 * (kChunk / 16) == kPrepareWarps, "a token-pair job per warp");
+  const bool keys = warp < kPrepareWarps / 2;  // k_i.k_p, else q_i.k_p
+  const int pair_row0 = 16 * (warp % (kChunk / 16));
+  float pairs[8][4];
+  clear(pairs);
+  {
+    const float* left = (keys ? k : q) + pair_row0 * L::kKeyStride;
+    warp_mma(pairs, kDim / 8, [&](int r, int x) { return left[r * L::kKeyStride + x]; },
              [&](int x, int p) { return k[p * L::kKeyStride + x]; });
     float* mixing = scratch.mixing + scratch.row(h, row0, kChunk);
-    for_each_fragment(acc, [&](int r, int p, float dot) {
-      const int i = row0_tile + r;
+    for_each_fragment(pairs, [&](int r, int p, float& dot) {
+      const int i = pair_row0 + r;
       const float decay = __expf(log_decay[i] - log_decay[p]);
-      if (keys) coupling[i * L::kPairStride + p] = p < i ? beta[i] * decay * dot : 0.0f;
+      if (keys) dot = p < i ? beta[i] * decay * dot : 0.0f;
       else if (i < tokens) mixing[i * kChunk + p] = p <= i ? decay * dot : 0.0f;
     });
   }
-  __syncthreads();
-
-  // 5. The scratch's query and key rows; the left right-hand side beta e^G k beside beta v.
-  for (int e = tid; e < tokens * kDim; e += kThreads) {
+  for (int e = tid; e < tokens * kDim; e += kPrepareThreads) {
     const int i = e / kDim, x = e % kDim;
-    const float key = k[i * L::kKeyStride + x];
     scratch.query[scratch.row(h, row0 + i, kDim) + x] = token_decay[i] * q[i * L::kKeyStride + x];
-    scratch.key[scratch.row(h, row0 + i, kDim) + x] = key_decay[i] * key;
-    rhs[i * L::kRhsStride + x] = beta[i] * token_decay[i] * key;
-  }
-  for (int e = tid; e < kChunk * kDim; e += kThreads) {
-    const int i = e / kDim, x = e % kDim;
-    if (i < tokens) rhs[i * L::kRhsStride + kDim + x] *= beta[i];
-    else rhs[i * L::kRhsStride + x] = 0.0f;  // rows past the end: zero on both sides (v is zero already)
+    scratch.key[scratch.row(h, row0 + i, kDim) + x] = key_decay[i] * k[i * L::kKeyStride + x];
   }
   if (tid < tokens) scratch.decay[scratch.row(h, row0 + tid, 1)] = token_decay[tid];
   __syncthreads();
 
-  // 6. (I + C) X = rhs for both sides at once, blocked: per 16 rows, the earlier rows' solutions are taken
-  //    off on tensor cores (16 columns a warp), then the 16-row diagonal block is solved by forward
-  //    substitution, a lane per column, the solutions in registers.
-  constexpr int kRhs = 2 * kDim, kTileColumns = kRhs / kWarps;
-  static_assert(kTileColumns % 8 == 0 && kRhs <= kThreads, "the solve's column split");
+  // 5. The right-hand sides: beta e^G k in q's place beside beta v (rows past the end zero on both sides: v
+  //    is zero there already); then the coupling into k's place.
+  for (int e = tid; e < kChunk * kDim; e += kPrepareThreads) {
+    const int i = e / kDim, x = e % kDim;
+    q[i * L::kKeyStride + x] = beta[i] * token_decay[i] * k[i * L::kKeyStride + x];
+    v[i * L::kValueStride + x] *= beta[i];
+  }
+  __syncthreads();
+  if (keys) for_each_fragment(pairs, [&](int r, int p, float value) { coupling[(pair_row0 + r) * L::kPairStride + p] = value; });
+  __syncthreads();
+
+  // 6. (I + C) X = [left | right] for both sides at once, blocked: per 16 rows, the earlier rows' solutions
+  //    are taken off on tensor cores (32 columns a warp), then the 16-row diagonal block is solved by
+  //    forward substitution, a thread per column, the solutions in registers. Left: w, right: u.
+  constexpr int kRhs = 2 * kDim, kTileColumns = kRhs / kPrepareWarps;
+  static_assert(kTileColumns % 8 == 0 && kDim % kTileColumns == 0 && kRhs <= kPrepareThreads, "the solve's split");
+  auto rhs = [&](int i, int j) -> float& {
+    return j < kDim ? q[i * L::kKeyStride + j] : v[i * L::kValueStride + j - kDim];
+  };
   for (int block_row0 = 0; block_row0 < tokens; block_row0 += 16) {
     if (block_row0 > 0) {
       const int col0 = kTileColumns * warp;
       float acc[kTileColumns / 8][4];
       clear(acc);
       warp_mma(acc, block_row0 / 8, [&](int r, int p) { return coupling[(block_row0 + r) * L::kPairStride + p]; },
-               [&](int p, int j) { return rhs[p * L::kRhsStride + col0 + j]; });
-      for_each_fragment(acc, [&](int r, int j, float taken) {
-        rhs[(block_row0 + r) * L::kRhsStride + col0 + j] -= taken;
-      });
+               [&](int p, int j) { return rhs(p, col0 + j); });
+      for_each_fragment(acc, [&](int r, int j, float taken) { rhs(block_row0 + r, col0 + j) -= taken; });
       __syncthreads();
     }
     const int j = tid;
@@ -332,22 +342,22 @@ __global__ void __launch_bounds__(kThreads, 1)
 #pragma unroll
       for (int i = 0; i < 16; ++i) {
         const float* row = coupling + (block_row0 + i) * L::kPairStride + block_row0;
-        float partial[2] = {rhs[(block_row0 + i) * L::kRhsStride + j], 0.0f};
+        float partial[2] = {rhs(block_row0 + i, j), 0.0f};
 #pragma unroll
         for (int p = 0; p < i; ++p) partial[p % 2] -= row[p] * d[p];
         d[i] = partial[0] + partial[1];
       }
 #pragma unroll
-      for (int i = 0; i < 16; ++i) rhs[(block_row0 + i) * L::kRhsStride + j] = d[i];
+      for (int i = 0; i < 16; ++i) rhs(block_row0 + i, j) = d[i];
     }
     __syncthreads();
   }
 
   // 7. w and u to the scratch, 16 bytes a copy.
   constexpr int kQuads = kRhs / 4;
-  for (int e = tid; e < tokens * kQuads; e += kThreads) {
+  for (int e = tid; e < tokens * kQuads; e += kPrepareThreads) {
     const int i = e / kQuads, x = 4 * (e % kQuads);
-    const float4 value = *reinterpret_cast<const float4*>(rhs + i * L::kRhsStride + x);
+    const float4 value = *reinterpret_cast<const float4*>(&rhs(i, x));
     float* to = x < kDim ? scratch.w + scratch.row(h, row0 + i, kDim) + x
                          : scratch.u + scratch.row(h, row0 + i, kDim) + x - kDim;
     *reinterpret_cast<float4*>(to) = value;
@@ -413,24 +423,28 @@ __global__ void __launch_bounds__(kThreads, 1)
   const int out_warp = warp - kStateWarps;
   const int out_row0 = 16 * (out_warp / 2), out_col0 = (kColumns / 2) * (out_warp % 2);
   const bool out_warps = warp >= kStateWarps;
-  for (int64_t t0 = 0; t0 < length; t0 += kChunk) {
-    const int tokens = static_cast<int>(min(static_cast<int64_t>(kChunk), length - t0));
-    const int64_t row0 = first + t0;
-    // 1. Stage the piece: query, key and w rows, this slice's columns of u, the mixing rows and the gate z;
-    //    rows past the piece's end are zero (they must add nothing to the state).
-    constexpr int kKeyQuads = kDim / 4, kValueQuads = kColumns / 4, kPairQuads = kChunk / 4;
+  // A piece's tokens, then what it stages: its query and w rows (staged while the piece before finishes: that
+  // piece's last phase no longer reads them), then its key rows, this slice's columns of u, its mixing rows
+  // and the gate z. Rows past the piece's end are zero (they must add nothing to the state).
+  constexpr int kKeyQuads = kDim / 4, kValueQuads = kColumns / 4, kPairQuads = kChunk / 4;
+  const auto piece_tokens = [&](int64_t t0) { return static_cast<int>(min(static_cast<int64_t>(kChunk), length - t0)); };
+  const auto stage_rows = [&](float* to, const float* from_matrix, int64_t t0) {
+    const int tokens = piece_tokens(t0);
     for (int e = tid; e < kChunk * kKeyQuads; e += kThreads) {
       const int i = e / kKeyQuads, x = 4 * (e % kKeyQuads), at = i * L::kKeyStride + x;
-      if (i < tokens) {
-        const int64_t from = scratch.row(h, row0 + i, kDim) + x;
-        __pipeline_memcpy_async(query + at, scratch.query + from, 16);
-        __pipeline_memcpy_async(key + at, scratch.key + from, 16);
-        __pipeline_memcpy_async(w + at, scratch.w + from, 16);
-      } else {
-        *reinterpret_cast<float4*>(query + at) = *reinterpret_cast<float4*>(key + at) =
-            *reinterpret_cast<float4*>(w + at) = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-      }
+      if (i < tokens) __pipeline_memcpy_async(to + at, from_matrix + scratch.row(h, first + t0 + i, kDim) + x, 16);
+      else *reinterpret_cast<float4*>(to + at) = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
     }
+  };
+  const auto stage_query_and_w = [&](int64_t t0) {
+    stage_rows(query, scratch.query, t0);
+    stage_rows(w, scratch.w, t0);
+    __pipeline_commit();
+  };
+  const auto stage_rest = [&](int64_t t0) {
+    const int tokens = piece_tokens(t0);
+    const int64_t row0 = first + t0;
+    stage_rows(key, scratch.key, t0);
     for (int e = tid; e < kChunk * kValueQuads; e += kThreads) {
       const int i = e / kValueQuads, x = 4 * (e % kValueQuads), at = i * L::kValueStride + x;
       if (i < tokens) __pipeline_memcpy_async(v + at, scratch.u + scratch.row(h, row0 + i, kDim) + col_base + x, 16);
@@ -440,16 +454,22 @@ __global__ void __launch_bounds__(kThreads, 1)
       const int i = e / kPairQuads, x = 4 * (e % kPairQuads);
       __pipeline_memcpy_async(mixing + i * L::kPairStride + x, scratch.mixing + scratch.row(h, row0 + i, kChunk) + x, 16);
     }
-    {
-      const int width = quad_aligned ? 4 : 1, per_row = (columns + width - 1) / width;
-      for (int e = tid; e < tokens * per_row; e += kThreads) {
-        const int i = e / per_row, x = width * (e % per_row);
-        __pipeline_memcpy_async(gate + i * L::kValueStride + x,
-                                z + (row0 + i) * value_dim + static_cast<int64_t>(h) * dv + col_base + x,
-                                width * sizeof(float));
-      }
+    const int width = quad_aligned ? 4 : 1, per_row = (columns + width - 1) / width;
+    for (int e = tid; e < tokens * per_row; e += kThreads) {
+      const int i = e / per_row, x = width * (e % per_row);
+      __pipeline_memcpy_async(gate + i * L::kValueStride + x,
+                              z + (row0 + i) * value_dim + static_cast<int64_t>(h) * dv + col_base + x,
+                              width * sizeof(float));
     }
     __pipeline_commit();
+  };
+
+  stage_query_and_w(0);
+  for (int64_t t0 = 0; t0 < length; t0 += kChunk) {
+    const int tokens = piece_tokens(t0);
+    const int64_t row0 = first + t0;
+    // 1. The rest of the piece; then everything it staged has landed.
+    stage_rest(t0);
     const float chunk_decay = scratch.decay[scratch.row(h, row0 + tokens - 1, 1)];
     __pipeline_wait_prior(0);
     __syncthreads();
@@ -471,6 +491,7 @@ __global__ void __launch_bounds__(kThreads, 1)
                [&](int x, int j) { return s[x * L::kStateStride + out_col0 + j]; });
     }
     __syncthreads();
+    if (t0 + kChunk < length) stage_query_and_w(t0 + kChunk);
 
     // 3. Warps 0-7: S = e^(G_last) S + key^T D, 16 key rows x up to 64 value columns a unit. Warps 8-15:
     //    O += mixing D, then the gated RMSNorm of each token's head (its sum of squares added over the two
@@ -586,7 +607,7 @@ cudaError_t launch_chunked(const ChunkedLaunch& l) {
   if (status != cudaSuccess) return status;
   const dim3 pieces(static_cast<unsigned>((l.longest + kChunk - 1) / kChunk), static_cast<unsigned>(l.chunks.count),
                     static_cast<unsigned>(l.dims.num_v_heads));
-  status = launch_dependent(prepare, pieces, dim3(kThreads), PrepareLayout<kDim>::bytes, l.stream, l.qkv, l.a, l.b,
+  status = launch_dependent(prepare, pieces, dim3(kPrepareThreads), PrepareLayout<kDim>::bytes, l.stream, l.qkv, l.a, l.b,
                             l.weights, l.chunks, l.min_length, l.dims, l.state, scratch, quad_aligned);
   if (status != cudaSuccess) return status;
   auto* recurrence = gated_delta_net_recurrence_kernel<kDim>;
