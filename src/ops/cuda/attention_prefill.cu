@@ -33,9 +33,15 @@ __device__ __forceinline__ uint32_t load_shared_u32(const __nv_bfloat16* address
   return *reinterpret_cast<const uint32_t*>(address);
 }
 
-// Which chunk and which of its 64-row tiles block `tile` runs; false for blocks past the last tile (the
-// grid is sized by an upper bound that depends only on the step's shape).
-__device__ bool find_query_tile(int tile, const DeviceChunks& chunks, int& chunk, int& row0) {
+// Which chunk and which of its 64-row tiles block `block` runs; false for blocks past the last tile (the
+// grid is sized by an upper bound that depends only on the step's shape). Blocks take the tiles last to
+// first: a causal tile's work grows with its position, and the GPU starts blocks in index order, so the
+// longest tiles start first and the short ones fill the last wave instead of leaving SMs idle behind it.
+__device__ bool find_query_tile(int block, const DeviceChunks& chunks, int& chunk, int& row0) {
+  int total = 0;
+  for (int c = 0; c < chunks.count; ++c) total += (chunks.length[c] + kQueryRows - 1) / kQueryRows;
+  if (block >= total) return false;
+  int tile = total - 1 - block;
   for (int c = 0; c < chunks.count; ++c) {
     const int tiles = (chunks.length[c] + kQueryRows - 1) / kQueryRows;
     if (tile < tiles) {
@@ -209,8 +215,8 @@ __device__ __forceinline__ void store_rows(const WarpRows<kHeadDim>& rows, int64
   }
 }
 
-// Grid (query tiles upper bound, query heads); 4 warps of 16 query rows each; key/value tiles double
-// buffered.
+// Grid (query heads, query tiles upper bound): every head's tile of one place starts before any tile of
+// the next (find_query_tile's order); 4 warps of 16 query rows each; key/value tiles double buffered.
 template <int kHeadDim>
 __global__ void __launch_bounds__(kWarps * 32) attention_prefill_kernel(
     const float* query, DeviceChunks chunks, int num_heads, const int32_t* block_tables, PagedKvLayout layout,
@@ -221,8 +227,8 @@ __global__ void __launch_bounds__(kWarps * 32) attention_prefill_kernel(
   __nv_bfloat16* stages = q_rows + kQueryRows * Tile::kStride;
   begin_dependent_kernel();
   int chunk = 0, row0 = 0;
-  if (!find_query_tile(static_cast<int>(blockIdx.x), chunks, chunk, row0)) return;
-  const int head = blockIdx.y, kv_head = head / (num_heads / layout.num_kv_heads);
+  if (!find_query_tile(static_cast<int>(blockIdx.y), chunks, chunk, row0)) return;
+  const int head = blockIdx.x, kv_head = head / (num_heads / layout.num_kv_heads);
   const int64_t token0 = chunks.first[chunk] + row0;
   const int slot = chunks.slot[chunk], tile_rows = min(kQueryRows, chunks.length[chunk] - row0);
   const int position0 = chunks.start[chunk] + row0, last = position0 + tile_rows - 1;
@@ -278,7 +284,9 @@ cudaError_t launch_for_head_dim(const float* query, int64_t num_tokens, const De
   constexpr size_t kShared = PrefillTile<kHeadDim>::kSharedBytes;
   const cudaError_t allowed = allow_dynamic_shared_memory(attention_prefill_kernel<kHeadDim>, kShared);
   if (allowed != cudaSuccess) return allowed;
-  const dim3 grid(static_cast<unsigned>(num_tokens / kQueryRows + chunks.count), static_cast<unsigned>(num_heads));
+  const int64_t tiles = num_tokens / kQueryRows + chunks.count;
+  if (tiles > 65535) return cudaErrorInvalidValue;  // the grid's y limit: 4M tokens in one step
+  const dim3 grid(static_cast<unsigned>(num_heads), static_cast<unsigned>(tiles));
   return launch_dependent(attention_prefill_kernel<kHeadDim>, grid, kWarps * 32, kShared, stream, query, chunks,
                           num_heads, block_tables, layout, static_cast<const __nv_bfloat16*>(key_cache),
                           static_cast<const __nv_bfloat16*>(value_cache), out);
