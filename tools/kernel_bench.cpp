@@ -8,6 +8,9 @@
 // profiling one launch. The MLP's gate/up pair (2 x 8704 x 5120) with SwiGLU is timed both ways: fused
 // into the GEMV epilogue ("mlp_gate_up_swiglu/M/fused_<tuning>") and as the two-target GEMV plus the
 // SwiGLU kernel ("mlp_gate_up_swiglu/M/unfused"); both count the same bytes (weights, x, bf16 out).
+// Prefill's NVFP4 linear layers at M = 2048 ("prefill_gemm/shape", gemm.h) are timed in three parts: the
+// dequantisation into the bf16 scratch alone, the cuBLAS product alone, and both as the backend runs them,
+// beside a bf16 product of 8192^3 for the matrix rate cuBLAS reaches on this GPU.
 //   kernel_bench [--json PATH] [--iters N] [--sweep] [--only TEXT] [--commit HASH]
 #include <cuda_runtime_api.h>
 
@@ -28,7 +31,9 @@
 #include "core/nvfp4.h"
 #include "ops/cuda/activation.h"
 #include "ops/cuda/cuda_check.h"
+#include "ops/cuda/dequantize_nvfp4.h"
 #include "ops/cuda/device_buffer.h"
+#include "ops/cuda/gemm.h"
 #include "ops/cuda/gemv.h"
 #include "ops/cuda/kernel_timing.h"
 #include "ops/cuda/read_probe.h"
@@ -95,6 +100,64 @@ std::string utc_now() {
   char text[32];
   std::strftime(text, sizeof text, "%Y-%m-%dT%H:%M:%SZ", std::gmtime(&now));
   return text;
+}
+
+// Random bf16 values in a device buffer of `elements`.
+DeviceBuffer random_bf16(int64_t elements, uint32_t seed) {
+  std::vector<uint8_t> host(elements * 2);
+  cuda::fill_pseudo_random(host, seed);
+  cuda::make_bf16_values(host);
+  return DeviceBuffer(host);
+}
+
+// gemm.h's NVFP4 product at prompt sizes, in parts (see the top of the file); TFLOP/s count 2 M N K.
+nlohmann::json time_prefill_gemms(int iters) {
+  constexpr int64_t kM = 2048, kSquare = 8192;
+  const int gemm_iters = std::max(5, iters / 20);
+  DeviceBuffer workspace(cuda::kGemmWorkspaceBytes);
+  cuda::Gemm gemm(nullptr, workspace.data(), cuda::kGemmWorkspaceBytes);
+  nlohmann::json rows = nlohmann::json::array();
+  const auto tflops = [](int64_t m, int64_t n, int64_t k, double ms) { return 2.0 * m * n * k / (ms * 1e-3) / 1e12; };
+  {
+    DeviceBuffer a = random_bf16(kSquare * kSquare, 3), b = random_bf16(kSquare * kSquare, 5), c(kSquare * kSquare * 4);
+    const double ms = cuda::time_median_ms(gemm_iters, [&](int) {
+      gemm.bf16(a.data(), kSquare, kSquare, b.data(), kSquare, c.as<float>());
+    });
+    std::printf("\nprefill_gemm: bf16 %lld^3 through cuBLAS: %.3f ms, %.0f TFLOP/s\n", (long long)kSquare, ms,
+                tflops(kSquare, kSquare, kSquare, ms));
+    rows.push_back({{"shape", "bf16_square"}, {"m", kSquare}, {"n", kSquare}, {"k", kSquare}, {"cublas_ms", ms},
+                    {"cublas_tflops", tflops(kSquare, kSquare, kSquare, ms)}});
+  }
+  std::printf("%-16s %7s %6s %5s %12s %12s %12s %10s %10s\n", "prefill_gemm", "N", "K", "M", "dequant_ms",
+              "cublas_ms", "total_ms", "TFLOP/s", "dequant%");
+  for (const BenchShape& shape : kShapes) {
+    if (shape.format != WeightFormat::Nvfp4) continue;
+    std::vector<uint8_t> host_packed(shape.n * shape.k / 2), host_scales(shape.n * shape.k / 16);
+    cuda::fill_pseudo_random(host_packed, shape.n);
+    cuda::fill_pseudo_random(host_scales, shape.k);
+    cuda::make_e4m3_scales(host_scales);
+    DeviceBuffer packed(host_packed), scales(host_scales), scratch(shape.n * shape.k * 2);
+    DeviceBuffer x = random_bf16(kM * shape.k, 7), y(kM * shape.n * 4);
+    const Nvfp4Weight w{shape.n, shape.k, packed.as<uint8_t>(), scales.as<uint8_t>(), 1.0f / 4096, 0.0f,
+                        Nvfp4CodeOrder::GemvTiled};  // random codes: random in any order
+    const double dequant_ms = cuda::time_median_ms(gemm_iters, [&](int) {
+      CUDA_CHECK(cuda::launch_dequantize_nvfp4_bf16(w, scratch.data(), nullptr));
+    });
+    const double cublas_ms = cuda::time_median_ms(gemm_iters, [&](int) {
+      gemm.bf16(scratch.data(), shape.n, shape.k, x.data(), kM, y.as<float>(), w.global_scale);
+    });
+    const double total_ms = cuda::time_median_ms(gemm_iters, [&](int) {
+      gemm.nvfp4(w, scratch.data(), shape.n * shape.k, x.data(), kM, y.as<float>());
+    });
+    std::printf("%-16s %7lld %6lld %5lld %12.3f %12.3f %12.3f %10.0f %9.1f%%\n", shape.name.c_str(),
+                (long long)shape.n, (long long)shape.k, (long long)kM, dequant_ms, cublas_ms, total_ms,
+                tflops(kM, shape.n, shape.k, total_ms), 100.0 * dequant_ms / total_ms);
+    rows.push_back({{"shape", shape.name}, {"m", kM}, {"n", shape.n}, {"k", shape.k}, {"dequantize_ms", dequant_ms},
+                    {"cublas_ms", cublas_ms}, {"total_ms", total_ms},
+                    {"cublas_tflops", tflops(kM, shape.n, shape.k, cublas_ms)},
+                    {"total_tflops", tflops(kM, shape.n, shape.k, total_ms)}});
+  }
+  return rows;
 }
 
 int run(int argc, char** argv) {
@@ -258,6 +321,7 @@ int run(int argc, char** argv) {
       }
     }
   }
+  if (std::string("prefill_gemm").find(only) != std::string::npos) report["prefill_gemm"] = time_prefill_gemms(iters);
   report["results"] = results;
   if (!json_path.empty()) {
     std::ofstream out(json_path);
