@@ -85,8 +85,9 @@ int64_t gated_delta_net_chunked_scratch_floats(const GatedDeltaNetDims& dims, in
 
 // The shortest chunk the chunked form takes. It spends a whole 64-token solve on every chunk, so shorter
 // chunks (decode tokens batched with a prompt, a short rest of a prompt) run token by token, in the same
-// step. Estimated from the H200's ~31 us per 64 tokens and head of the chunked kernel against ~1.2 us per
-// token of the token-by-token one at 2048 tokens (bench/notes/prefill.md); the crossover is not yet measured.
+// step. Estimated from the H200's ~31 us per 64 tokens and head of the unsplit chunked kernel against ~1.2 us
+// per token of the token-by-token one at 2048 tokens (bench/notes/prefill.md); the crossover is not yet
+// measured, and the split form (a piece's prepare block alone ~45 us, its recurrence ~10 us) moves it.
 constexpr int64_t kChunkedDeltaRuleMinTokens = 32;
 
 // Whether a chunk of `length` tokens runs in the chunked form: not in a decode step (every chunk one token),
