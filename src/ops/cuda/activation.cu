@@ -1,4 +1,5 @@
 #include "ops/cuda/activation.h"
+#include "ops/cuda/alignment.h"
 #include "ops/cuda/kernel_util.cuh"
 
 namespace uberlm::cuda {
@@ -47,7 +48,6 @@ __global__ void add_inplace_kernel(float* x, const float* delta, int64_t count) 
 cudaError_t launch_swiglu(const float* gate, const float* up, int64_t rows, int64_t cols, void* out,
                           int64_t out_stride, cudaStream_t stream) {
   if (rows * cols == 0) return cudaSuccess;
-  const auto aligned = [](const void* pointer, uintptr_t bytes) { return reinterpret_cast<uintptr_t>(pointer) % bytes == 0; };
   if (cols % 4 == 0 && out_stride % 4 == 0 && aligned(gate, 16) && aligned(up, 16) && aligned(out, 8)) {
     const int64_t quads = cols / 4;
     const dim3 grid(blocks_for(quads, kThreads), static_cast<unsigned>(rows < 65535 ? rows : 65535));

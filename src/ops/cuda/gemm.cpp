@@ -5,6 +5,7 @@
 #include <limits>
 
 #include "core/error.h"
+#include "ops/cuda/alignment.h"
 #include "ops/cuda/cuda_check.h"
 #include "ops/cuda/dequantize_nvfp4.h"
 
@@ -16,8 +17,6 @@ void check_cublas(cublasStatus_t status, const char* what) {
     fail("cuBLAS {} failed: {} ({})", what, cublasGetStatusString(status), static_cast<int>(status));
   }
 }
-
-bool aligned(const void* pointer, uintptr_t alignment) { return reinterpret_cast<uintptr_t>(pointer) % alignment == 0; }
 
 void check_gemm_arguments(const char* op, int64_t n, int64_t k, const void* x, int64_t m, const float* y) {
   constexpr int64_t kIntMax = std::numeric_limits<int>::max();

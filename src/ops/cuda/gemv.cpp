@@ -7,13 +7,12 @@
 #include <string_view>
 
 #include "core/error.h"
+#include "ops/cuda/alignment.h"
 #include "ops/cuda/cuda_check.h"
 
 namespace uberlm::cuda {
 
 namespace {
-bool aligned(const void* pointer, uintptr_t alignment) { return reinterpret_cast<uintptr_t>(pointer) % alignment == 0; }
-
 void check_gemv_arguments(std::string_view op, int64_t n, int64_t k, const void* x, int64_t m, void* y,
                           DType y_dtype) {
   if (n <= 0 || k <= 0 || k % kGemvKMultiple != 0 || k >= (int64_t{1} << 31)) {

@@ -10,6 +10,7 @@
 
 #include <algorithm>
 
+#include "ops/cuda/alignment.h"
 #include "ops/cuda/fused/gated_delta_net_conv.cuh"
 #include "ops/cuda/fused/gated_delta_net_layer_chunked.h"
 #include "ops/cuda/kernel_util.cuh"
@@ -24,9 +25,9 @@ namespace {
 namespace cg = cooperative_groups;
 
 constexpr int kChunk = 64;  // tokens per triangular solve (fla's chunk size)
-// 16 warps at <= 128 registers: the phases are bound by latencies, which more warps per SM hide (one block
-// per SM, by its shared memory). Warps 0-7 update the state; 8-15 make the chunk's outputs, each a quarter
-// of the 64 tokens and half of the block's value columns.
+// The recurrence kernel: 16 warps at <= 128 registers: the phases are bound by latencies, which more warps
+// per SM hide (one block per SM, by its shared memory). Warps 0-7 update the state; 8-15 make the piece's
+// outputs, each a quarter of the 64 tokens and half of the block's value columns.
 constexpr int kThreads = 512, kWarps = kThreads / 32;
 constexpr int kStateWarps = 8, kOutWarps = kWarps - kStateWarps;
 // A head's value columns are split over a cluster of kSlices blocks (the state's and the deltas' columns
@@ -598,9 +599,8 @@ struct ChunkedLaunch {
 
 template <int kDim, int kHistory>
 cudaError_t launch_chunked(const ChunkedLaunch& l) {
-  const auto quad_of = [](const void* pointer) { return reinterpret_cast<uintptr_t>(pointer) % 16 == 0; };
   const bool quad_aligned =
-      quad_of(l.qkv) && quad_of(l.z) && l.dims.k_head_dim % 4 == 0 && l.dims.v_head_dim % 4 == 0;
+      aligned(l.qkv, 16) && aligned(l.z, 16) && l.dims.k_head_dim % 4 == 0 && l.dims.v_head_dim % 4 == 0;
   const PieceScratch scratch = PieceScratch::at<kDim>(l.scratch, l.tokens, l.dims.num_v_heads);
   auto* prepare = gated_delta_net_prepare_kernel<kDim, kHistory>;
   cudaError_t status = allow_dynamic_shared_memory(prepare, PrepareLayout<kDim>::bytes);
