@@ -11,6 +11,9 @@
 // Prefill's NVFP4 linear layers at M = 2048 ("prefill_gemm/shape", gemm.h) are timed in three parts: the
 // dequantisation into the bf16 scratch alone, the cuBLAS product alone, and both as the backend runs them,
 // beside a bf16 product of 8192^3 for the matrix rate cuBLAS reaches on this GPU.
+// The residual add + RMSNorm ("rms_norm/rows/kernel", rms_norm.h) at the 27B hidden size for 1, 2048 and 8192
+// rows, in its two kernels: 16-byte quads (rows of 4k values, every model's) and scalar (forced by an odd output
+// stride); bytes are x and delta read, x and the bf16 row written.
 //   kernel_bench [--json PATH] [--iters N] [--sweep] [--only TEXT] [--commit HASH]
 #include <cuda_runtime_api.h>
 
@@ -36,7 +39,9 @@
 #include "ops/cuda/gemm.h"
 #include "ops/cuda/gemv.h"
 #include "ops/cuda/kernel_timing.h"
+#include "ops/cuda/random_fill.h"
 #include "ops/cuda/read_probe.h"
+#include "ops/cuda/rms_norm.h"
 
 namespace uberlm {
 namespace {
@@ -156,6 +161,31 @@ nlohmann::json time_prefill_gemms(int iters) {
                     {"cublas_ms", cublas_ms}, {"total_ms", total_ms},
                     {"cublas_tflops", tflops(kM, shape.n, shape.k, cublas_ms)},
                     {"total_tflops", tflops(kM, shape.n, shape.k, total_ms)}});
+  }
+  return rows;
+}
+
+nlohmann::json time_rms_norms(int iters, double copy_gbps) {
+  constexpr int64_t kDim = 5120;
+  nlohmann::json rows = nlohmann::json::array();
+  std::printf("\n%-8s %6s %8s %10s %9s %9s\n", "rms_norm", "rows", "kernel", "us", "GB/s", "of copy");
+  for (const int64_t count : {int64_t{1}, int64_t{2048}, int64_t{8192}}) {
+    DeviceBuffer x(count * kDim * 4), delta(count * kDim * 4), weight(kDim * 4), out(count * (kDim + 1) * 2);
+    CUDA_CHECK(cuda::launch_fill_random_f32(x.as<float>(), count * kDim, 1, -1.0f, 1.0f, nullptr));
+    CUDA_CHECK(cuda::launch_fill_random_f32(delta.as<float>(), count * kDim, 2, -1e-3f, 1e-3f, nullptr));
+    CUDA_CHECK(cuda::launch_fill_random_f32(weight.as<float>(), kDim, 3, -1.0f, 1.0f, nullptr));
+    for (const int64_t out_stride : {kDim, kDim + 1}) {
+      const char* kernel = out_stride % 4 == 0 ? "quads" : "scalar";
+      const double ms = cuda::time_median_ms(iters, [&](int) {
+        CUDA_CHECK(cuda::launch_add_rms_norm(x.as<float>(), delta.as<float>(), nullptr, count, kDim,
+                                             weight.as<float>(), 1.0f, 1e-6f, out.data(), out_stride, nullptr));
+      });
+      const double gbps = count * kDim * 14.0 / (ms * 1e-3) / 1e9;
+      std::printf("%-8s %6lld %8s %10.2f %9.0f %8.1f%%\n", "", (long long)count, kernel, ms * 1e3, gbps,
+                  100 * gbps / copy_gbps);
+      rows.push_back({{"rows", count}, {"dim", kDim}, {"kernel", kernel}, {"us", ms * 1e3}, {"gbps", gbps},
+                      {"copy_fraction", gbps / copy_gbps}});
+    }
   }
   return rows;
 }
@@ -322,6 +352,7 @@ int run(int argc, char** argv) {
     }
   }
   if (std::string("prefill_gemm").find(only) != std::string::npos) report["prefill_gemm"] = time_prefill_gemms(iters);
+  if (std::string("rms_norm").find(only) != std::string::npos) report["rms_norm"] = time_rms_norms(iters, copy_gbps);
   report["results"] = results;
   if (!json_path.empty()) {
     std::ofstream out(json_path);

@@ -41,6 +41,11 @@ void add_bench_command(CLI::App& app) {
   cmd->add_option("--model", options->model, "A checkpoint directory instead of a synthetic shape");
   cmd->add_option("--batches", options->batches, "Decode batch sizes")->delimiter(',')->capture_default_str();
   cmd->add_option("--prefill", options->prefill, "Prefill prompt lengths")->delimiter(',')->capture_default_str();
+  cmd->add_option("--prefill-chunk", options->prefill_chunk,
+                  "Prefill prompts in engine steps of at most this many tokens, as serve's --max-num-batched-tokens "
+                  "(0: each prompt in one step)")
+      ->check(CLI::Range(0, 1 << 20))
+      ->capture_default_str();
   cmd->add_option("--context", options->context, "Tokens per sequence before the timed decode steps")
       ->check(CLI::Range(1, 1 << 20))->capture_default_str();
   cmd->add_option("--steps", options->steps, "Timed decode steps per batch")->check(CLI::Range(1, 100000))->capture_default_str();

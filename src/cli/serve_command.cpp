@@ -154,7 +154,7 @@ void add_serve_command(CLI::App& app) {
       ->check(CLI::Range(1, 4096))->capture_default_str();
   cmd->add_option("--max-model-len", options->max_model_len, "Prompt + generated tokens per sequence (default: the model's, at most 8192)")
       ->check(CLI::Range(int64_t{2}, int64_t{1} << 24));
-  cmd->add_option("--max-num-batched-tokens", options->max_num_batched_tokens, "Token budget of one engine step: prompts are prefilled in chunks of it (default: 2048 on a GPU, 512 on the CPU)")
+  cmd->add_option("--max-num-batched-tokens", options->max_num_batched_tokens, "Token budget of one engine step: prompts are prefilled in chunks of it (default: 4096 on a GPU, 512 on the CPU)")
       ->check(CLI::Range(int64_t{1}, int64_t{1} << 20));
   cmd->add_option("--kv-cache-tokens", options->kv_cache_tokens, "KV cache capacity in tokens (default: CPU max-num-seqs x max-model-len, CUDA from --gpu-memory-utilization)")
       ->check(CLI::Range(int64_t{1}, int64_t{1} << 32));

@@ -87,17 +87,20 @@ DecodeResult time_decode(Engine& engine, int batch, int context, int steps, int 
   return {median(step_seconds), context + kWarmSteps + steps / 2 + 1};
 }
 
-// The engine step that prefills a `length`-token prompt (the request then samples one token and ends).
-double time_prefill(Engine& engine, int length, int salt, int vocab) {
+// Prefill of a `length`-token prompt, from submission to its first token: one engine step, or one step per
+// chunk of at most `chunk` tokens (the request then samples one token and ends).
+double time_prefill(Engine& engine, int length, int chunk, int salt, int vocab) {
   EngineRequest request;
   request.prompt = synthetic_prompt(length, salt, vocab);
   request.max_tokens = 1;
   std::shared_ptr<RequestStream> stream = engine.submit(std::move(request));
   if (!stream) fail("bench: the engine refused the prefill request");
+  const int64_t steps = chunk > 0 ? (length + chunk - 1) / chunk : 1;
   const double start = now_seconds();
-  const EngineStep ran = engine.run_step();
+  int64_t prefilled = 0;
+  for (int64_t step = 0; step < steps; ++step) prefilled += engine.run_step().prefill_tokens;
   const double seconds = now_seconds() - start;
-  if (ran.prefill_tokens != length) fail("bench: the prefill step ran {} of {} prompt tokens", ran.prefill_tokens, length);
+  if (prefilled != length) fail("bench: {} prefill steps ran {} of {} prompt tokens", steps, prefilled, length);
   StreamEvent event;
   if (!stream->next(event, std::chrono::milliseconds(0)) || !event.finished || !event.error.empty()) {
     fail("bench: the prefill request did not end with its first token ({})", event.error);
@@ -122,7 +125,9 @@ nlohmann::json run_speed_bench(const SpeedBenchOptions& options) {
   stack_options.tensor_parallel = options.tensor_parallel;
   stack_options.max_num_seqs = max_batch;
   stack_options.max_model_len = std::max(max_prefill, options.context) + kSetupTokens + kWarmSteps + options.steps;
-  stack_options.max_num_batched_tokens = std::max({max_prefill, options.context, 64});
+  if (options.prefill_chunk < 0) fail("bench: --prefill-chunk {} must be >= 0", options.prefill_chunk);
+  const int step_tokens = options.prefill_chunk > 0 ? options.prefill_chunk : max_prefill;
+  stack_options.max_num_batched_tokens = std::max({step_tokens, options.context, max_batch, 64});
   stack_options.kv_cache_tokens = static_cast<int64_t>(max_batch) * stack_options.max_model_len;
   stack_options.loop_thread = false;
   stack_options.tuning_table = options.tuning_table;
@@ -161,6 +166,8 @@ nlohmann::json run_speed_bench(const SpeedBenchOptions& options) {
   report["weight_bytes"] = weight_bytes;
   report["context_before_decode"] = options.context;
   report["timing"] = "engine steps (schedule, forward, greedy sampling on the device), median";
+  report["prefill_chunk"] = options.prefill_chunk;
+  report["memory"] = backend.memory_summary();
 
   std::printf("\n%6s %10s %11s %14s %14s %9s %9s\n", "batch", "ms/step", "tok/s", "MB/step", "MB/token", "GB/s",
               "roofline");
@@ -182,10 +189,11 @@ nlohmann::json run_speed_bench(const SpeedBenchOptions& options) {
                                 {"roofline_fraction", gbps / roofline_gbps}});
   }
 
+  if (options.prefill_chunk > 0) std::printf("\nprompts in steps of at most %d tokens", options.prefill_chunk);
   std::printf("\n%8s %10s %11s\n", "prefill", "ms", "tok/s");
   for (int length : options.prefill) {
     std::vector<double> seconds;
-    for (int rep = 0; rep < 3; ++rep) seconds.push_back(time_prefill(engine, length, rep, vocab));
+    for (int rep = 0; rep < 3; ++rep) seconds.push_back(time_prefill(engine, length, options.prefill_chunk, rep, vocab));
     const double t = median(seconds);
     std::printf("%8d %10.2f %11.1f\n", length, t * 1e3, length / t);
     report["prefill"].push_back({{"tokens", length}, {"ms", t * 1e3}, {"tokens_per_s", length / t}});
@@ -211,7 +219,7 @@ nlohmann::json run_speed_bench(const SpeedBenchOptions& options) {
   }
   for (int length : options.prefill) {
     backend.set_profiling(true);
-    time_prefill(engine, length, 0, vocab);
+    time_prefill(engine, length, options.prefill_chunk, 0, vocab);
     backend.set_profiling(false);
     const std::vector<KernelTime> times = backend.take_profile();
     std::printf("  prefill %d:\n", length);

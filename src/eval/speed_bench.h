@@ -4,7 +4,8 @@
 // measured in the same run:
 //   decode at each batch: ms per engine step, tokens/s, bytes read per step and per token (all linear
 //   weights + each sequence's KV and Gated DeltaNet state), achieved GB/s and its fraction of the copy
-//   bandwidth; prefill of each prompt length; a per-op-class microsecond table from a profiling pass.
+//   bandwidth; prefill of each prompt length (time to the first token, in one step or in chunks); a
+//   per-op-class microsecond table from a profiling pass; the device memory plan.
 #include <string>
 #include <vector>
 
@@ -21,6 +22,8 @@ struct SpeedBenchOptions {
   std::string model;                  // a checkpoint instead of a shape
   std::vector<int> batches = {1, 2, 4, 8, 16, 32, 64};
   std::vector<int> prefill = {512, 2048};
+  int prefill_chunk = 0;    // > 0: prompts prefilled in engine steps of at most this many tokens (serve's
+                            // --max-num-batched-tokens), timed to the first token; 0: each prompt in one step
   int context = 128;        // tokens in each sequence before the timed decode steps
   int steps = 24;           // timed decode steps per batch
   int tensor_parallel = 1;  // > 1: the model sharded over that many GPUs through NCCL

@@ -3,6 +3,8 @@
 // Gated DeltaNet kernel (gated_delta_net_test.cpp).
 #include <gtest/gtest.h>
 
+#include <algorithm>
+
 #include "gpu_test_util.h"
 #include "ops/cpu/norm.h"
 #include "ops/cuda/embedding.h"
@@ -35,7 +37,8 @@ TEST(GpuOps, EmbeddingGatherIsExact) {
 TEST(GpuOps, AddRmsNormMatchesCpu) {
   ASSERT_NO_FATAL_FAILURE(require_gpu());
   int64_t checked = 0;
-  for (const int64_t dim : {56, 72, 384, 5120}) {
+  // 54: rows that are no whole number of 16-byte quads (the scalar kernel); the others take the quads kernel.
+  for (const int64_t dim : {54, 56, 72, 384, 5120}) {
     for (const NormStyle style : {NormStyle::Weight, NormStyle::OnePlusWeight}) {
       const int64_t rows = 9, out_stride = dim + 40;
       std::vector<float> x = random_floats(rows * dim, 3.0f), delta = random_floats(rows * dim);
@@ -55,6 +58,13 @@ TEST(GpuOps, AddRmsNormMatchesCpu) {
         for (int64_t i = 0; i < dim; ++i) got[r * dim + i] = out[r * out_stride + i];
       }
       checked += expect_close(got, ref, kBf16OutTolerance, "rms_norm dim " + std::to_string(dim));
+
+      // A row's output does not depend on how many rows the launch has (issue 18): row 0 alone, same bits.
+      DeviceBuffer d_alone = poisoned<uint16_t>(dim);
+      sync_and_check(cuda::launch_add_rms_norm(d_x.as<float>(), nullptr, nullptr, 1, dim, d_w.as<float>(), offset,
+                                               1e-6f, d_alone.data(), dim, nullptr));
+      const std::vector<uint16_t> alone = d_alone.download<uint16_t>(), batched = d_out.download<uint16_t>();
+      EXPECT_TRUE(std::equal(alone.begin(), alone.end(), batched.begin())) << "dim " << dim;
 
       // Row gather (the final norm of the logits rows), no residual.
       const std::vector<int32_t> row_index = {4, 0, 8};
