@@ -29,10 +29,6 @@ struct PrefillTile {
       (static_cast<size_t>(kQueryRows) * kStride + static_cast<size_t>(kStages) * kKeyValueElements) * 2;
 };
 
-__device__ __forceinline__ uint32_t load_shared_u32(const __nv_bfloat16* address) {
-  return *reinterpret_cast<const uint32_t*>(address);
-}
-
 // Which chunk and which of its 64-row tiles block `block` runs; false for blocks past the last tile (the
 // grid is sized by an upper bound that depends only on the step's shape). Blocks take the tiles last to
 // first: a causal tile's work grows with its position, and the GPU starts blocks in index order, so the
@@ -64,26 +60,32 @@ struct WarpRows {
   int position[2];  // the rows' positions; -1 for rows past the tile (every key masked)
 };
 
-// S = Q K^T for the warp's rows and one key tile, scaled to log2 units, causally masked.
+// S = Q K^T for the warp's rows and one key tile, scaled to log2 units, causally masked. Per 16 head dims:
+// the warp's Q fragment in one ldmatrix, the K fragments of two 8-key n-tiles in each further one.
 template <int kHeadDim>
 __device__ __forceinline__ void tile_scores(const __nv_bfloat16* q_rows, const __nv_bfloat16* keys, int key0,
                                             const int (&position)[2], float scale_log2, float (&s)[kKeys / 8][4]) {
   constexpr int kStride = PrefillTile<kHeadDim>::kStride;
-  const int lane = threadIdx.x % 32, g = lane / 4, tig = lane % 4;
+  const int lane = threadIdx.x % 32, tig = lane % 4, matrix = lane / 8;
 #pragma unroll
   for (int j = 0; j < kKeys / 8; ++j) {
 #pragma unroll
     for (int e = 0; e < 4; ++e) s[j][e] = 0.0f;
   }
+  // This lane's ldmatrix row: of Q, row lane % 8 (+ 8 for matrices 1, 3), head dims + 8 for matrices 2, 3; of
+  // K, key lane % 8 (+ 8 for matrices 2, 3: the second n-tile), head dims + 8 for matrices 1, 3.
+  const __nv_bfloat16* q = q_rows + (lane % 8 + 8 * (matrix % 2)) * kStride + 8 * (matrix / 2);
+  const __nv_bfloat16* k = keys + (lane % 8 + 8 * (matrix / 2)) * kStride + 8 * (matrix % 2);
 #pragma unroll 4
   for (int kk = 0; kk < kHeadDim / 16; ++kk) {
-    const __nv_bfloat16* q = q_rows + g * kStride + kk * 16 + 2 * tig;
-    const uint32_t a[4] = {load_shared_u32(q), load_shared_u32(q + 8 * kStride), load_shared_u32(q + 8),
-                           load_shared_u32(q + 8 * kStride + 8)};
+    uint32_t a[4];
+    ldmatrix_x4(a, q + kk * 16);
 #pragma unroll
-    for (int j = 0; j < kKeys / 8; ++j) {
-      const __nv_bfloat16* k = keys + (8 * j + g) * kStride + kk * 16 + 2 * tig;
-      mma_bf16_m16n8k16(s[j], a, load_shared_u32(k), load_shared_u32(k + 8));
+    for (int j = 0; j < kKeys / 8; j += 2) {
+      uint32_t b[4];
+      ldmatrix_x4(b, k + 8 * j * kStride + kk * 16);
+      mma_bf16_m16n8k16(s[j], a, b[0], b[1]);
+      mma_bf16_m16n8k16(s[j + 1], a, b[2], b[3]);
     }
   }
 #pragma unroll

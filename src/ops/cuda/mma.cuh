@@ -18,6 +18,18 @@ __device__ __forceinline__ void mma_bf16_m16n8k16(float (&d)[4], const uint32_t 
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
 
+// Four 8x8 bf16 matrices from shared memory: lane i names row i % 8 of matrix i / 8, and receives of each
+// matrix the pair at row lane / 4, columns 2 (lane % 4) and + 1 (one register per matrix). For a row-major
+// [m][k] tile these are A fragments of m16n8k16 with matrices (rows 0-7, k 0-7), (rows 8-15, k 0-7), (rows 0-7,
+// k 8-15), (rows 8-15, k 8-15); for a row-major [n][k] tile, B fragments (b0 b1 of one 8-wide n-tile per two
+// matrices: (n 0-7, k 0-7), (n 0-7, k 8-15)).
+__device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], const void* row_address) {
+  const unsigned address = static_cast<unsigned>(__cvta_generic_to_shared(row_address));
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(address));
+}
+
 // Four 8x8 bf16 matrices from shared memory, transposed: lane i names row i % 8 of matrix i / 8. For a
 // [k][n] row-major tile this yields B fragments of m16n8k16: with matrices (k 0-7, n 0-7), (k 8-15,
 // n 0-7), (k 0-7, n 8-15), (k 8-15, n 8-15), r0 r1 are b0 b1 of columns n 0-7 and r2 r3 of n 8-15.
