@@ -152,7 +152,7 @@ void add_serve_command(CLI::App& app) {
   cmd->add_option("--port", options->port, "Port (0: any free port)")->check(CLI::Range(0, 65535))->capture_default_str();
   cmd->add_option("--max-num-seqs", options->max_num_seqs, "Sequences decoded together")
       ->check(CLI::Range(1, 4096))->capture_default_str();
-  cmd->add_option("--max-model-len", options->max_model_len, "Prompt + generated tokens per sequence (default: the model's, at most 8192)")
+  cmd->add_option("--max-model-len", options->max_model_len, "Prompt + generated tokens per sequence (default on a GPU: the model's max_position_embeddings, lowered at load to what the KV cache holds; on the CPU: the model's, at most 8192)")
       ->check(CLI::Range(int64_t{2}, int64_t{1} << 24));
   cmd->add_option("--max-num-batched-tokens", options->max_num_batched_tokens, "Token budget of one engine step: prompts are prefilled in chunks of it (default: 4096 on a GPU, 512 on the CPU)")
       ->check(CLI::Range(int64_t{1}, int64_t{1} << 20));

@@ -37,6 +37,9 @@ class Backend {
   // The pool whose block tables forward() expects in SequenceChunk::block_table; nullopt when the
   // backend keeps its own caches per slot.
   virtual std::optional<KvBlockPool> kv_block_pool() const { return std::nullopt; }
+  // The most positions one sequence may have here when the backend bounds them itself (the CUDA backend: what
+  // it planned at load, at most what its KV pool holds); 0: no bound of its own.
+  virtual int64_t max_context() const { return 0; }
   virtual ForwardResult forward(const ForwardBatch& batch) = 0;
   // Prefix snapshots (runtime/prefix_cache.h), ids 0..max_prefix_snapshots()-1; none (0) by default.
   // save_prefix keeps what `slot` holds now, which the engine calls right after the forward whose chunk

@@ -148,10 +148,12 @@ CudaBackend::Impl::Impl(const ModelConfig& model_config, const CudaBackendOption
   request.gathering_ranks = options.communicator ? ranks : 0;
   request.limits = limits;
   request.large_m = large_m;
+  request.context_fits_pool = options.context_fits_pool;
   request.num_kv_blocks = options.num_kv_blocks;
   request.gpu_memory_utilization = options.gpu_memory_utilization;
   request.prefix_snapshots = options.prefix_snapshots;
   memory = std::make_unique<gpu::DeviceMemory>(config, request);
+  limits.max_context = options.max_context = memory->max_context();
   linears->set_gemm_memory(memory->gemm_scratch, memory->gemm_scratch_elements, memory->gemm_workspace);
   profiler = std::make_unique<gpu::OpProfiler>(stream);
   graphs = std::make_unique<gpu::StepGraphs>(stream);
@@ -277,6 +279,8 @@ int CudaBackend::max_slots() const { return impl_->options.max_slots; }
 std::optional<KvBlockPool> CudaBackend::kv_block_pool() const {
   return KvBlockPool{impl_->memory->caches.num_kv_blocks};
 }
+
+int64_t CudaBackend::max_context() const { return impl_->options.max_context; }
 
 ForwardResult CudaBackend::forward(const ForwardBatch& batch) {
   Impl& d = *impl_;

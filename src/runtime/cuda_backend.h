@@ -27,6 +27,9 @@ struct CudaBackendOptions {
   int max_slots = 1;
   int prefix_snapshots = 0;          // prefix caching's snapshot ids (Backend::save_prefix), planned at load
   int64_t max_context = 4096;       // tokens per sequence
+  // max_context is the most wanted: a KV pool that holds fewer tokens lowers it to what the pool holds (logged)
+  // instead of failing the plan.
+  bool context_fits_pool = false;
   int64_t max_batch_tokens = 512;   // tokens of one forward
   int64_t max_logit_rows = 64;      // logits rows computed at once (more are done in pieces)
   bool cuda_graphs = true;
@@ -98,6 +101,7 @@ class CudaBackend : public GpuBackend {
   int max_slots() const override;
   void release(int slot) override {}  // a run at start 0 begins a slot afresh; nothing is held per slot
   std::optional<KvBlockPool> kv_block_pool() const override;
+  int64_t max_context() const override;
   ForwardResult forward(const ForwardBatch& batch) override;
   // Snapshots of a slot's Gated DeltaNet states in device memory planned at load, copied device to device
   // on the stream the forwards run on, so each lands between the forwards queued before and after it.

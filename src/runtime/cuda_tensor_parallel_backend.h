@@ -31,6 +31,8 @@ class CudaTensorParallelBackend : public GpuBackend {
   void release(int slot) override {}
   // Rank 0's pool; every rank has as many blocks and receives the same block tables.
   std::optional<KvBlockPool> kv_block_pool() const override { return ranks_.front()->kv_block_pool(); }
+  // Every rank plans rank 0's pool size, so every rank's bound is rank 0's.
+  int64_t max_context() const override { return ranks_.front()->max_context(); }
   ForwardResult forward(const ForwardBatch& batch) override;
   // Every rank keeps the snapshots of its own shard of the states, under the same ids.
   int max_prefix_snapshots() const override { return ranks_.front()->max_prefix_snapshots(); }

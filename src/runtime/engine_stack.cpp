@@ -21,11 +21,31 @@ EngineStackOptions resolved(EngineStackOptions options) {
   return options;
 }
 
-CudaBackendOptions cuda_options(const EngineStackOptions& options, int64_t max_model_len) {
+// The context a stack asks its backend for: an explicit max_model_len; else, on a
+// GPU whose KV pool is sized by memory or by kv_cache_tokens, the model's whole limit, which the backend lowers
+// at load to what its pool holds (`fits_pool`); else default_max_model_len.
+struct ContextRequest {
+  int64_t max_model_len;
+  bool fits_pool;
+};
+
+int64_t model_context_limit(const ModelConfig& config) {
+  return config.max_position_embeddings > 0 ? config.max_position_embeddings : 4096;
+}
+
+ContextRequest context_request(const EngineStackOptions& options, const ModelConfig& config) {
+  if (options.max_model_len > 0) return {options.max_model_len, false};
+  const bool pool_planned = options.gpu_memory_utilization > 0 || options.kv_cache_tokens > 0;
+  if (runs_on_cuda(options.device) && pool_planned) return {model_context_limit(config), true};
+  return {default_max_model_len(config), false};
+}
+
+CudaBackendOptions cuda_options(const EngineStackOptions& options, const ContextRequest& context) {
   CudaBackendOptions cuda;
   cuda.max_slots = options.max_num_seqs;
   cuda.prefix_snapshots = options.enable_prefix_caching ? options.prefix_cache_snapshots : 0;
-  cuda.max_context = max_model_len;
+  cuda.max_context = context.max_model_len;
+  cuda.context_fits_pool = context.fits_pool;
   cuda.max_batch_tokens = options.max_num_batched_tokens;
   // Every sequence's row in one piece; scored prompts (LogitRows::All) in pieces of up to 64 rows.
   cuda.max_logit_rows = std::max<int64_t>(options.max_num_seqs, std::min<int64_t>(64, options.max_num_batched_tokens));
@@ -49,22 +69,21 @@ int prefix_snapshots_for(const Backend& backend, const EngineStackOptions& optio
   return std::min(options.prefix_cache_snapshots, backend.max_prefix_snapshots());
 }
 
-int64_t max_model_len_of(const EngineStackOptions& options, const ModelConfig& config) {
-  return options.max_model_len > 0 ? options.max_model_len : default_max_model_len(config);
+// What the scheduler may give a sequence: the request, lowered to the backend's own bound.
+int64_t granted_max_model_len(const ContextRequest& context, const Backend& backend) {
+  const int64_t bound = backend.max_context();
+  return bound > 0 ? std::min(context.max_model_len, bound) : context.max_model_len;
 }
 
 }  // namespace
 
-int64_t default_max_model_len(const ModelConfig& config) {
-  const int64_t context = config.max_position_embeddings > 0 ? config.max_position_embeddings : 4096;
-  return std::min<int64_t>(context, 8192);
-}
+int64_t default_max_model_len(const ModelConfig& config) { return std::min<int64_t>(model_context_limit(config), 8192); }
 
 EngineStack::EngineStack(const Model& model, const BpeTokenizer* tokenizer, const EngineStackOptions& requested) {
   const EngineStackOptions options = resolved(requested);
-  config_.scheduler.max_model_len = max_model_len_of(options, model.config);
-  backend_ = make_backend(model, options.device, cuda_options(options, config_.scheduler.max_model_len),
-                          options.tensor_parallel);
+  const ContextRequest context = context_request(options, model.config);
+  backend_ = make_backend(model, options.device, cuda_options(options, context), options.tensor_parallel);
+  config_.scheduler.max_model_len = granted_max_model_len(context, *backend_);
   start_engine(tokenizer, options);
 }
 
@@ -73,9 +92,9 @@ EngineStack::EngineStack(const ModelConfig& shape, SyntheticFormat format, uint6
                          const EngineStackOptions& requested) {
   const EngineStackOptions options = resolved(requested);
   if (options.device == "cpu") fail("synthetic weights are made on the GPU; use --device cuda");
-  config_.scheduler.max_model_len = max_model_len_of(options, shape);
-  backend_ = make_synthetic_backend(shape, format, cuda_options(options, config_.scheduler.max_model_len), seed,
-                                    options.tensor_parallel);
+  const ContextRequest context = context_request(options, shape);
+  backend_ = make_synthetic_backend(shape, format, cuda_options(options, context), seed, options.tensor_parallel);
+  config_.scheduler.max_model_len = granted_max_model_len(context, *backend_);
   start_engine(tokenizer, options);
 }
 

@@ -19,7 +19,10 @@ struct EngineStackOptions {
   std::string device = "auto";  // cpu, cuda, or auto (cuda when a GPU is present)
   int tensor_parallel = 1;
   int max_num_seqs = 16;
-  int64_t max_model_len = 0;    // prompt + generated tokens per sequence; 0: the model's context, at most 8192
+  // Prompt + generated tokens per sequence. 0: on a GPU whose KV pool
+  // is planned by memory (gpu_memory_utilization) or kv_cache_tokens the model's whole context, lowered at load
+  // to what the pool holds; otherwise default_max_model_len.
+  int64_t max_model_len = 0;
   // Tokens of one engine step; 0: the backend's default (default_step_tokens).
   int64_t max_num_batched_tokens = 0;
   // KV cache capacity; 0: on the CPU every sequence at full length, on CUDA what gpu_memory_utilization leaves.
@@ -43,7 +46,8 @@ struct EngineStackOptions {
 inline constexpr int64_t kCudaDefaultStepTokens = 4096;
 inline constexpr int64_t kCpuDefaultStepTokens = 512;
 
-// The default context of a model: its max_position_embeddings (4096 when unknown), at most 8192.
+// A short default context for one-shot tools and the CPU: the model's max_position_embeddings (4096 when
+// unknown), at most 8192.
 int64_t default_max_model_len(const ModelConfig& config);
 
 class EngineStack {

@@ -282,5 +282,28 @@ TEST(CudaBackend, OversizedPlanFailsAtLoadWithTheNumbers) {
   }
 }
 
+// A context wanted beyond what a small KV pool holds: an Error by default (the plan cannot hold one sequence),
+// lowered to the pool's tokens with context_fits_pool (what `serve` asks for when --max-model-len is left open),
+// and a sequence that long then runs.
+TEST(CudaBackend, ContextFitsASmallPoolWhenAsked) {
+  ASSERT_NO_FATAL_FAILURE(require_gpu());
+  const auto model = Model::load(fixture_model("qwen3"));
+  CudaBackendOptions options = gpu_test::small_backend_options(2);
+  options.max_context = 32768;
+  options.num_kv_blocks = 8;  // 128 tokens
+  EXPECT_THROW(CudaBackend(*model, options), Error);
+  options.context_fits_pool = true;
+  CudaBackend gpu(*model, options);
+  EXPECT_EQ(gpu.max_context(), 8 * kKvBlockSize);
+  ForwardBatch batch;
+  for (int i = 0; i < 8 * kKvBlockSize; ++i) batch.tokens.push_back(1 + i % 100);
+  SequenceChunk chunk;
+  chunk.num_tokens = 8 * kKvBlockSize;
+  for (int b = 0; b < 8; ++b) chunk.block_table.push_back(b);
+  batch.chunks.push_back(chunk);
+  const ForwardResult result = gpu.forward(batch);
+  EXPECT_EQ(result.rows, 1);
+}
+
 }  // namespace
 }  // namespace uberlm

@@ -118,6 +118,13 @@ int64_t DeviceMemory::plan_kv_blocks(int64_t weight_bytes, int64_t free_bytes, i
                  100 * utilization, gib(total_bytes), gib(held_by_others), gib(weight_bytes), gib(without_kv.used()),
                  gib(std::max<int64_t>(budget, 0)), blocks, kKvBlockSize);
   }
+  if (blocks < per_slot && blocks > 0 && request_.context_fits_pool) {
+    request_.limits.max_context = blocks * kKvBlockSize;
+    spdlog::warn("cuda backend: the KV pool holds {} tokens, fewer than a sequence of {}: sequences are limited to "
+                 "{} tokens (a larger --gpu-memory-utilization raises it)",
+                 blocks * kKvBlockSize, per_slot * kKvBlockSize, request_.limits.max_context);
+    return blocks;
+  }
   if (blocks < per_slot) {
     fail("CudaBackend: a KV pool of {} blocks ({} tokens) cannot hold one sequence of max_context {} tokens", blocks,
          blocks * kKvBlockSize, request_.limits.max_context);

@@ -18,6 +18,7 @@ struct MemoryPlanRequest {
   int gathering_ranks = 0;            // with a tensor-parallel communicator (even of one rank) its size, else 0
   StepLimits limits;
   bool large_m = false;               // forwards can exceed kGemvMaxM rows: plan the cuBLAS path
+  bool context_fits_pool = false;     // CudaBackendOptions::context_fits_pool
   int prefix_snapshots = 0;           // prefix caching: snapshots of one slot's Gated DeltaNet states
   // KV pool size, the first rule that applies: num_kv_blocks blocks; every block that fits in
   // gpu_memory_utilization (0, 1] of the GPU's total memory after weights, states (prefix snapshots
@@ -43,6 +44,8 @@ class DeviceMemory {
   StepMetadata host_meta{};          // StepMetadata::at(meta_host)
 
   std::string summary() const;
+  // limits.max_context of the request, or what the KV pool holds when context_fits_pool lowered it.
+  int64_t max_context() const { return request_.limits.max_context; }
 
  private:
   // Planning passes (arenas at base 0) set this object's pointers to offsets; the placing pass overwrites them.
