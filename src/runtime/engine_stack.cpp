@@ -21,9 +21,9 @@ EngineStackOptions resolved(EngineStackOptions options) {
   return options;
 }
 
-// The context a stack asks its backend for: an explicit max_model_len; else, on a
-// GPU whose KV pool is sized by memory or by kv_cache_tokens, the model's whole limit, which the backend lowers
-// at load to what its pool holds (`fits_pool`); else default_max_model_len.
+// The context a stack asks its backend for: an explicit max_model_len; else, on a GPU whose KV pool is sized by
+// memory or by kv_cache_tokens, the model's whole limit, which the backend lowers at load to what its pool holds
+// (`fits_pool`); else default_max_model_len.
 struct ContextRequest {
   int64_t max_model_len;
   bool fits_pool;
