@@ -87,20 +87,24 @@ DecodeResult time_decode(Engine& engine, int batch, int context, int steps, int 
   return {median(step_seconds), context + kWarmSteps + steps / 2 + 1};
 }
 
-// Prefill of a `length`-token prompt, from submission to its first token: one engine step, or one step per
-// chunk of at most `chunk` tokens (the request then samples one token and ends).
-double time_prefill(Engine& engine, int length, int chunk, int salt, int vocab) {
+// Prefill of a `length`-token prompt, from submission to its first token: the engine steps until every prompt
+// token has run, one step or several as the step budget cuts the prompt (the request then samples one token
+// and ends).
+double time_prefill(Engine& engine, int length, int salt, int vocab) {
   EngineRequest request;
   request.prompt = synthetic_prompt(length, salt, vocab);
   request.max_tokens = 1;
   std::shared_ptr<RequestStream> stream = engine.submit(std::move(request));
   if (!stream) fail("bench: the engine refused the prefill request");
-  const int64_t steps = chunk > 0 ? (length + chunk - 1) / chunk : 1;
   const double start = now_seconds();
   int64_t prefilled = 0;
-  for (int64_t step = 0; step < steps; ++step) prefilled += engine.run_step().prefill_tokens;
+  while (prefilled < length) {
+    const int64_t ran = engine.run_step().prefill_tokens;
+    if (ran == 0) fail("bench: a prefill step ran none of the {} prompt tokens left", length - prefilled);
+    prefilled += ran;
+  }
   const double seconds = now_seconds() - start;
-  if (prefilled != length) fail("bench: {} prefill steps ran {} of {} prompt tokens", steps, prefilled, length);
+  if (prefilled != length) fail("bench: the prefill steps ran {} of {} prompt tokens", prefilled, length);
   StreamEvent event;
   if (!stream->next(event, std::chrono::milliseconds(0)) || !event.finished || !event.error.empty()) {
     fail("bench: the prefill request did not end with its first token ({})", event.error);
@@ -193,7 +197,7 @@ nlohmann::json run_speed_bench(const SpeedBenchOptions& options) {
   std::printf("\n%8s %10s %11s\n", "prefill", "ms", "tok/s");
   for (int length : options.prefill) {
     std::vector<double> seconds;
-    for (int rep = 0; rep < 3; ++rep) seconds.push_back(time_prefill(engine, length, options.prefill_chunk, rep, vocab));
+    for (int rep = 0; rep < 3; ++rep) seconds.push_back(time_prefill(engine, length, rep, vocab));
     const double t = median(seconds);
     std::printf("%8d %10.2f %11.1f\n", length, t * 1e3, length / t);
     report["prefill"].push_back({{"tokens", length}, {"ms", t * 1e3}, {"tokens_per_s", length / t}});
@@ -219,7 +223,7 @@ nlohmann::json run_speed_bench(const SpeedBenchOptions& options) {
   }
   for (int length : options.prefill) {
     backend.set_profiling(true);
-    time_prefill(engine, length, options.prefill_chunk, 0, vocab);
+    time_prefill(engine, length, 0, vocab);
     backend.set_profiling(false);
     const std::vector<KernelTime> times = backend.take_profile();
     std::printf("  prefill %d:\n", length);
