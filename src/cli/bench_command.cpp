@@ -24,6 +24,7 @@ std::string command_line(const SpeedBenchOptions& options, const std::string& js
   if (options.tensor_parallel > 1) command << " --tensor-parallel " << options.tensor_parallel;
   if (!options.tuning_table.empty()) command << " --tuning-table " << options.tuning_table;
   if (options.strict) command << " --strict";
+  if (options.deterministic) command << " --deterministic";
   if (!json_path.empty()) command << " --json " << json_path;
   return command.str();
 }
@@ -53,6 +54,7 @@ void add_bench_command(CLI::App& app) {
   cmd->add_option("--tensor-parallel", options->tensor_parallel, "Shard the model over GPUs 0..N-1 (NCCL)")
       ->check(CLI::Range(1, 64))->capture_default_str();
   add_tuning_options(*cmd, options->tuning_table, options->strict);
+  add_deterministic_option(*cmd, options->deterministic);
   cmd->callback([options, json_path] {
     if (options->model.empty()) options->shape = shape_config(options->shape_name);
     options->command = command_line(*options, *json_path);

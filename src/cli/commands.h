@@ -15,6 +15,8 @@ void add_tune_command(CLI::App& app);
 void add_check_command(CLI::App& app);
 // --tuning-table and --strict, the CUDA backend's GEMV tuning choices, on a command.
 void add_tuning_options(CLI::App& cmd, std::string& tuning_table, bool& strict);
+// --deterministic: batch-invariant forwards on the CUDA backend (CudaBackendOptions::deterministic).
+void add_deterministic_option(CLI::App& cmd, bool& deterministic);
 // Registers `gsm8k` under the `eval` subcommand.
 void add_eval_gsm8k_command(CLI::App& eval);
 // Registers `ppl` under the `eval` subcommand.

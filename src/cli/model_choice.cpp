@@ -19,6 +19,12 @@ void add_tuning_options(CLI::App& cmd, std::string& tuning_table, bool& strict) 
   cmd.add_flag("--strict", strict, "Any fallback from the fast path (a GEMV launch the tuning table lacks) is an error");
 }
 
+void add_deterministic_option(CLI::App& cmd, bool& deterministic) {
+  cmd.add_flag("--deterministic", deterministic,
+               "CUDA: a request's output does not depend on what shares its steps (batch-invariant kernels; prompts "
+               "prefill at decode-kernel speed). The CPU backend is batch-invariant always");
+}
+
 ModelConfig shape_config(const std::string& name) {
   if (name == "default") return load_model_config(default_model_dir());
   if (std::optional<ModelConfig> shape = named_model_shape(name)) return *shape;

@@ -34,6 +34,7 @@ struct RunOptions {
   int tensor_parallel = 1;
   std::string tuning_table;
   bool strict = false;
+  bool deterministic = false;
 };
 
 // The tokenizer and prompt conventions of a model: a directory's tokenizer.json and chat template, or a
@@ -109,6 +110,7 @@ void run(const RunOptions& options) {
   stack_options.loop_thread = false;
   stack_options.tuning_table = options.tuning_table;
   stack_options.strict = options.strict;
+  stack_options.deterministic = options.deterministic;
   EngineStack stack(*model, &tokenizer, stack_options);
 
   if (!options.chat) std::fputs(options.prompt.c_str(), stdout);
@@ -147,6 +149,7 @@ void add_run_command(CLI::App& app) {
                   "Shard the model over N GPUs (NCCL), or N CPU rank threads with --device cpu")
       ->check(CLI::Range(1, 64))->capture_default_str();
   add_tuning_options(*cmd, options->tuning_table, options->strict);
+  add_deterministic_option(*cmd, options->deterministic);
   cmd->callback([options] { run(*options); });
 }
 

@@ -45,6 +45,7 @@ struct ServeOptions {
   int tensor_parallel = 1;
   std::string tuning_table;
   bool strict = false;
+  bool deterministic = false;
   bool enable_prefix_caching = false;
   int prefix_cache_snapshots = 64;
 };
@@ -67,6 +68,7 @@ EngineStackOptions stack_options(const ServeOptions& options) {
   stack.max_waiting = options.max_waiting;
   stack.tuning_table = options.tuning_table;
   stack.strict = options.strict;
+  stack.deterministic = options.deterministic;
   stack.enable_prefix_caching = options.enable_prefix_caching;
   stack.prefix_cache_snapshots = options.prefix_cache_snapshots;
   return stack;
@@ -173,6 +175,7 @@ void add_serve_command(CLI::App& app) {
                   "Shard the model over N GPUs (NCCL), or N CPU rank threads with --device cpu")
       ->check(CLI::Range(1, 64))->capture_default_str();
   add_tuning_options(*cmd, options->tuning_table, options->strict);
+  add_deterministic_option(*cmd, options->deterministic);
   cmd->callback([options] { serve(*options); });
 }
 

@@ -136,6 +136,7 @@ nlohmann::json run_speed_bench(const SpeedBenchOptions& options) {
   stack_options.loop_thread = false;
   stack_options.tuning_table = options.tuning_table;
   stack_options.strict = options.strict;
+  stack_options.deterministic = options.deterministic;
 
   std::unique_ptr<Model> model;
   std::unique_ptr<EngineStack> stack;
@@ -162,6 +163,7 @@ nlohmann::json run_speed_bench(const SpeedBenchOptions& options) {
   nlohmann::json report;
   report["gpu"] = props.name;
   report["command"] = options.command;
+  report["deterministic"] = options.deterministic;
   report["shape"] = shape_name;
   report["weights"] = options.model.empty() ? options.weights : "checkpoint";
   report["copy_gbps"] = copy_gbps;

@@ -29,6 +29,7 @@ struct SpeedBenchOptions {
   int tensor_parallel = 1;  // > 1: the model sharded over that many GPUs through NCCL
   std::string tuning_table; // CudaBackendOptions::tuning_table
   bool strict = false;
+  bool deterministic = false;  // CudaBackendOptions::deterministic
   std::string command;      // the command line, recorded in the report
 };
 

@@ -102,8 +102,9 @@ struct CudaBackend::Impl {
        const std::vector<gpu::LinearFormat>& formats);
   ~Impl();
   gpu::GpuDecoder decoder() const {
-    return {config,   memory->model, memory->caches,       memory->buffers, limits, *linears,
-            *profiler, decoder_counters, options.communicator, stream,         residual_snapshots};
+    return {config,   memory->model,    memory->caches,       memory->buffers, limits,
+            *linears, *profiler,        decoder_counters,     options.communicator,
+            stream,   residual_snapshots, options.deterministic};
   }
   // Writes the batch's metadata (its logits rows row_offset .. row_offset + row_limit) and queues its copy.
   gpu::StepShape prepare(const ForwardBatch& batch, int64_t row_offset, int64_t row_limit);
@@ -123,11 +124,12 @@ CudaBackend::Impl::Impl(const ModelConfig& model_config, const CudaBackendOption
   if (config.head_dim > cuda::kAttentionMaxHeadDim) {
     fail("CudaBackend: head_dim {} exceeds the attention kernel's {}", config.head_dim, cuda::kAttentionMaxHeadDim);
   }
-  if (!cuda::attention_prefill_supports(config.head_dim)) {
+  // Deterministic mode runs the decode kernels for prompts by choice, so these are not fallbacks there.
+  if (!options.deterministic && !cuda::attention_prefill_supports(config.head_dim)) {
     report_slower_path(options.strict, fmt::format("prefill attention: no tensor-core kernel for head_dim {}; prompt "
                                                    "rows run the decode kernel", config.head_dim));
   }
-  if (config.num_layers_of(LayerKind::GatedDeltaNet) > 0 &&
+  if (!options.deterministic && config.num_layers_of(LayerKind::GatedDeltaNet) > 0 &&
       !cuda::gated_delta_net_chunked_supports(gpu::delta_net_dims(config))) {
     report_slower_path(options.strict,
                        fmt::format("Gated DeltaNet prefill: no chunked kernel for key/value head dims {}/{} (at most "
@@ -138,9 +140,16 @@ CudaBackend::Impl::Impl(const ModelConfig& model_config, const CudaBackendOption
   limits = {options.max_batch_tokens, options.max_logit_rows, options.max_slots, options.max_context};
   graphs_enabled = options.cuda_graphs;
   CUDA_CHECK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
-  const bool large_m = std::max(options.max_batch_tokens, options.max_logit_rows) > cuda::kGemvMaxM;
-  tuning_table = load_tuning_table(options);
-  linears = std::make_unique<gpu::LinearRunner>(stream, large_m, tuning_table.get(), options.strict);
+  const bool large_m =
+      !options.deterministic && std::max(options.max_batch_tokens, options.max_logit_rows) > cuda::kGemvMaxM;
+  if (options.deterministic) {
+    spdlog::info("deterministic: every row runs the decode kernels (batch-invariant GEMV tunings, split attention, "
+                 "the delta rule token by token); prompts prefill at their speed");
+  } else {
+    tuning_table = load_tuning_table(options);
+  }
+  linears = std::make_unique<gpu::LinearRunner>(stream, large_m, tuning_table.get(), options.strict,
+                                                options.deterministic);
   const int ranks = options.communicator ? options.communicator->size() : 1;
   gpu::MemoryPlanRequest request;
   request.formats = formats;

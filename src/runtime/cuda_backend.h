@@ -43,6 +43,10 @@ struct CudaBackendOptions {
   // the table lacks, no table, a table of another GPU) is an Error; UBERLM_STRICT=1 sets it too.
   std::string tuning_table;
   bool strict = false;
+  // Batch-invariant forwards (--deterministic): a token's logits are the same bits whatever shares its step,
+  // however its prompt was cut into steps, prefilled or decoded (gpu::GpuDecoder::deterministic,
+  // gpu::LinearRunner). Prompts then run at the decode kernels' speed: see the README for the cost.
+  bool deterministic = false;
   // Tensor parallelism: this rank's communicator; the config and weights are then the rank's shard
   // (model/tensor_parallel.h), o_proj/out_proj/down_proj outputs are all-reduced and lm_head's vocabulary
   // slices all-gathered, inside the decode graphs too. The caller keeps it alive and current on its device.

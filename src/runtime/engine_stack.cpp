@@ -53,6 +53,7 @@ CudaBackendOptions cuda_options(const EngineStackOptions& options, const Context
   cuda.gpu_memory_utilization = options.gpu_memory_utilization;
   cuda.tuning_table = options.tuning_table;
   cuda.strict = options.strict;
+  cuda.deterministic = options.deterministic;
   return cuda;
 }
 

@@ -33,6 +33,7 @@ struct EngineStackOptions {
   // CUDA: the GEMV tuning table (CudaBackendOptions::tuning_table) and strict mode (no fallback).
   std::string tuning_table;
   bool strict = false;
+  bool deterministic = false;  // CUDA: CudaBackendOptions::deterministic (the CPU backend is batch-invariant always)
   // Prefix caching (runtime/prefix_cache.h) with up to this many cached prefixes. A backend that keeps
   // no snapshots runs without it, logged, or refuses to start with strict.
   bool enable_prefix_caching = false;

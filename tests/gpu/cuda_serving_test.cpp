@@ -2,7 +2,8 @@
 // the same logits, bit for bit, as contiguous ones), bad block tables are errors, the pool sized from a
 // memory fraction, the Engine loop on the CUDA backend finishing every request through preemption, and
 // prefix caching's state snapshots (copies that touch nothing else, a restored slot continuing bit for bit
-// as the one that saved it, the engine's greedy tokens unchanged by the cache).
+// as the one that saved it, the engine's greedy tokens unchanged by the cache), and --deterministic outputs
+// that do not depend on the batch.
 // Paths: $UBERLM_DEFAULT_MODEL (else models/default) and $UBERLM_FIXTURE_DIR.
 #include <gtest/gtest.h>
 
@@ -456,6 +457,93 @@ TEST(CudaServing, EnginePrefixCachingKeepsTheGreedyTokens) {
   }
   EXPECT_EQ(hits_without, 0.0);
   EXPECT_GE(hits_with, static_cast<double>(cached_prefix_tokens));
+}
+
+
+// What one request gave: its tokens and their logprobs.
+struct GreedyOutput {
+  std::vector<int32_t> tokens;
+  std::vector<double> logprobs;
+  bool operator==(const GreedyOutput&) const = default;
+};
+
+// --deterministic (issue 18) on the default model: greedy requests give the same tokens and logprobs, bit for
+// bit, run alone, all at once, and all at once in reverse order, where the batches also cut prompts into steps
+// of 96 tokens (two GEMV pieces for the linear layers), mix prompt chunks with decode rows, and preempt
+// sequences by recompute (a pool of 40 blocks for 8 sequences of up to 188 tokens), so a token is computed
+// in a prompt in one run and decoded in another. The prompts share their first 48 tokens, and the reversed run
+// has prefix caching on and runs prompt 0 (those 48 tokens and one more) before the others in reverse order,
+// which then start from its cached states at 48 tokens.
+TEST(CudaServing, DeterministicOutputsDoNotDependOnTheBatch) {
+  ASSERT_NO_FATAL_FAILURE(require_gpu());
+  const auto model = Model::load(default_model());
+  auto tokenizer = BpeTokenizer::load(default_model() / "tokenizer.json");
+  std::mt19937 rng(1804);
+  const std::vector<int32_t> shared = random_tokens(rng, 3 * kKvBlockSize, tokenizer->vocab_size());
+  std::vector<std::vector<int32_t>> prompts;
+  for (int p = 0; p < 8; ++p) {
+    prompts.push_back(shared);
+    const std::vector<int32_t> own = random_tokens(rng, 1 + 17 * p, tokenizer->vocab_size());
+    prompts.back().insert(prompts.back().end(), own.begin(), own.end());
+  }
+  struct Run {
+    double preemptions = 0, prefix_hit_tokens = 0;
+  };
+  const auto serve = [&](int slots, int64_t step_tokens, int64_t kv_tokens, const std::vector<size_t>& order,
+                         size_t lone_first, bool prefix_caching, Run& run) {
+    EngineStackOptions options;
+    options.device = "cuda";
+    options.deterministic = true;
+    options.max_num_seqs = slots;
+    options.max_model_len = 512;
+    options.max_num_batched_tokens = step_tokens;
+    options.kv_cache_tokens = kv_tokens;
+    options.loop_thread = false;
+    options.enable_prefix_caching = prefix_caching;
+    options.prefix_cache_snapshots = 16;
+    EngineStack stack(*model, tokenizer.get(), options);
+    std::vector<GreedyOutput> outputs(prompts.size());
+    const auto submit = [&](size_t p) {
+      EngineRequest request;
+      request.prompt = prompts[p];
+      request.max_tokens = 48;
+      request.top_logprobs = 0;
+      return stack.engine().submit(request);
+    };
+    const auto collect = [&](size_t p, const std::vector<StreamEvent>& events) {
+      for (const StreamEvent& event : events) {
+        for (const TokenLogprobs& l : event.logprobs) {
+          outputs[p].tokens.push_back(l.token);
+          outputs[p].logprobs.push_back(l.logprob);
+        }
+      }
+    };
+    // The first lone_first requests one at a time, then the rest at once.
+    for (size_t i = 0; i < lone_first; ++i) collect(order[i], step_until_done(stack.engine(), {submit(order[i])})[0]);
+    std::vector<std::shared_ptr<RequestStream>> streams;
+    for (size_t i = lone_first; i < order.size(); ++i) streams.push_back(submit(order[i]));
+    const std::vector<std::vector<StreamEvent>> events = step_until_done(stack.engine(), streams);
+    for (size_t i = lone_first; i < order.size(); ++i) collect(order[i], events[i - lone_first]);
+    run.preemptions = stack.metrics().value(Counter::Preemptions);
+    run.prefix_hit_tokens = stack.metrics().value(Counter::PrefixCacheHitTokens);
+    return outputs;
+  };
+  std::vector<size_t> forward(prompts.size()), backward(prompts.size());
+  std::iota(forward.begin(), forward.end(), 0);
+  std::reverse_copy(forward.begin() + 1, forward.end(), backward.begin() + 1);
+  backward[0] = 0;
+  Run alone_run, together_run, reversed_run;
+  const std::vector<GreedyOutput> alone = serve(1, 512, 512, forward, prompts.size(), false, alone_run);
+  const std::vector<GreedyOutput> together = serve(8, 96, 40 * kKvBlockSize, forward, 0, false, together_run);
+  const std::vector<GreedyOutput> reversed = serve(8, 96, 40 * kKvBlockSize, backward, 1, true, reversed_run);
+  EXPECT_EQ(alone_run.preemptions, 0.0);
+  EXPECT_GT(together_run.preemptions, 0.0) << "the test means to preempt";
+  EXPECT_GT(reversed_run.prefix_hit_tokens, 0.0) << "the test means to start sequences from cached prefixes";
+  for (size_t p = 0; p < prompts.size(); ++p) {
+    EXPECT_EQ(alone[p].tokens.size(), 48u) << "prompt " << p;
+    EXPECT_TRUE(together[p] == alone[p]) << "prompt " << p << ": batched output differs from its lone run";
+    EXPECT_TRUE(reversed[p] == alone[p]) << "prompt " << p << ": reversed-order output differs from its lone run";
+  }
 }
 
 }  // namespace

@@ -35,8 +35,9 @@ class DeltaNetCase {
  public:
   static constexpr int kSlots = 4;
 
-  explicit DeltaNetCase(const cpu::GatedDeltaNetShape& shape)
+  DeltaNetCase(const cpu::GatedDeltaNetShape& shape, cuda::GatedDeltaNetForm form)
       : shape_(shape),
+        form_(form),
         dims_{shape.num_k_heads, shape.num_v_heads, shape.k_head_dim, shape.v_head_dim, shape.conv_kernel},
         conv_weight_(random_floats(shape.conv_dim() * shape.conv_kernel, 0.5f)),
         a_log_(random_floats(shape.num_v_heads)),
@@ -95,7 +96,8 @@ class DeltaNetCase {
     const cuda::DeviceChunks device_chunks{d_first.as<int32_t>(), d_length.as<int32_t>(), d_slot.as<int32_t>(),
                                            d_start.as<int32_t>(), static_cast<int>(chunks.size())};
     sync_and_check(cuda::launch_gated_delta_net_layer(d_qkv.as<float>(), d_z.as<float>(), d_a.as<float>(), d_b.as<float>(),
-                                                weights(), device_chunks, tokens, {shortest, longest}, dims_, device_state(),
+                                                weights(), device_chunks, tokens, {shortest, longest}, form_, dims_,
+                                                device_state(),
                                                 {d_scratch.as<float>(), scratch_floats}, d_out.data(), out_stride,
                                                 nullptr));
 
@@ -124,8 +126,9 @@ class DeltaNetCase {
       std::copy_n(out.begin() + t * out_stride, value_dim, got.begin() + t * value_dim);
     }
     // States carry a chunked launch's rounding into every later launch.
-    const bool chunked =
-        cuda::gated_delta_net_chunk_runs_chunked(dims_, tokens == static_cast<int64_t>(chunks.size()), longest);
+    const bool decode_shape =
+        tokens == static_cast<int64_t>(chunks.size()) || form_ == cuda::GatedDeltaNetForm::DecodeTokenByToken;
+    const bool chunked = cuda::gated_delta_net_chunk_runs_chunked(dims_, decode_shape, longest);
     chunked_before_ = chunked_before_ || chunked;
     const std::string form = chunked ? " (chunked)" : "";
     std::vector<FusedOutput> outputs = {
@@ -191,6 +194,7 @@ class DeltaNetCase {
   }
 
   cpu::GatedDeltaNetShape shape_;
+  cuda::GatedDeltaNetForm form_;
   cuda::GatedDeltaNetDims dims_;
   std::vector<float> conv_weight_, a_log_, dt_bias_, norm_;
   int64_t history_, state_size_;
@@ -201,8 +205,8 @@ class DeltaNetCase {
 };
 
 // Five launches on one layer: new and continuing sequences, decode steps (their own blocking), restarts.
-std::vector<FusedOutput> run_sequence_of_launches(const cpu::GatedDeltaNetShape& shape) {
-  DeltaNetCase layer(shape);
+std::vector<FusedOutput> run_sequence_of_launches(const cpu::GatedDeltaNetShape& shape, cuda::GatedDeltaNetForm form) {
+  DeltaNetCase layer(shape, form);
   layer.continue_from(0, 9);
   layer.continue_from(1, 1);  // shorter than the conv's history
   std::vector<FusedOutput> outputs;
@@ -238,7 +242,20 @@ TEST(FusedKernels, GatedDeltaNetLayerMatchesTheUnfusedOps) {
   std::vector<FusedCase> cases;
   for (const cpu::GatedDeltaNetShape& shape : shapes) {
     cases.push_back({"dk " + std::to_string(shape.k_head_dim) + " dv " + std::to_string(shape.v_head_dim),
-                     [shape] { return run_sequence_of_launches(shape); }});
+                     [shape] { return run_sequence_of_launches(shape, cuda::GatedDeltaNetForm::ByChunkLength); }});
+  }
+  check_fused_kernel("gated_delta_net_layer", cases);
+}
+
+// --deterministic's form: every chunk, long prompts included, token by token in the decode shape, within the
+// token-by-token tolerances (no chunked launch ever runs).
+TEST(FusedKernels, GatedDeltaNetLayerDecodeFormMatchesTheUnfusedOps) {
+  ASSERT_NO_FATAL_FAILURE(require_gpu());
+  const cpu::GatedDeltaNetShape shapes[] = {{2, 4, 20, 12, 4}, {16, 48, 128, 128, 4}, {1, 2, 32, 512, 2}};
+  std::vector<FusedCase> cases;
+  for (const cpu::GatedDeltaNetShape& shape : shapes) {
+    cases.push_back({"decode form dk " + std::to_string(shape.k_head_dim) + " dv " + std::to_string(shape.v_head_dim),
+                     [shape] { return run_sequence_of_launches(shape, cuda::GatedDeltaNetForm::DecodeTokenByToken); }});
   }
   check_fused_kernel("gated_delta_net_layer", cases);
 }
@@ -251,7 +268,8 @@ TEST(FusedKernels, GatedDeltaNetLayerRejectsUnsupportedShapes) {
   for (const cuda::GatedDeltaNetDims& dims : {cuda::GatedDeltaNetDims{2, 3, 128, 128, 4}, cuda::GatedDeltaNetDims{1, 1, 320, 128, 4},
                                          cuda::GatedDeltaNetDims{1, 1, 128, 520, 4}, cuda::GatedDeltaNetDims{1, 1, 128, 128, 9},
                                          cuda::GatedDeltaNetDims{1, 1, 128, 128, 1}}) {
-    EXPECT_EQ(cuda::launch_gated_delta_net_layer(nullptr, nullptr, nullptr, nullptr, weights, one_chunk, 1, {1, 1}, dims, state,
+    EXPECT_EQ(cuda::launch_gated_delta_net_layer(nullptr, nullptr, nullptr, nullptr, weights, one_chunk, 1, {1, 1},
+                                                 cuda::GatedDeltaNetForm::ByChunkLength, dims, state,
                                            {nullptr, 0}, nullptr, 0, nullptr),
               cudaErrorInvalidValue)
         << dims.num_k_heads << " " << dims.num_v_heads << " " << dims.k_head_dim << " " << dims.v_head_dim << " "
@@ -260,7 +278,7 @@ TEST(FusedKernels, GatedDeltaNetLayerRejectsUnsupportedShapes) {
   // A 64-token chunk takes the chunked form, which needs its scratch.
   const cuda::GatedDeltaNetDims supported{2, 4, 128, 128, 4};
   EXPECT_EQ(cuda::launch_gated_delta_net_layer(nullptr, nullptr, nullptr, nullptr, weights, one_chunk, 64, {64, 64},
-                                               supported, state, {nullptr, 0}, nullptr, 0, nullptr),
+                                               cuda::GatedDeltaNetForm::ByChunkLength, supported, state, {nullptr, 0}, nullptr, 0, nullptr),
             cudaErrorInvalidValue);
 }
 

@@ -313,6 +313,44 @@ TEST(GpuGemv, OutputsAreDeterministic) {
   }
 }
 
+// The batch-invariant tunings (what --deterministic runs; a register pipeline up to 8 tokens, cp.async above,
+// one K split): the first M rows of 64 come out with the bits those rows have in the 64-row launch, at every M
+// from 1 to 64 (every token-group count and partial group), for both formats, at a K of the 4-way split and
+// one of the 8-way split.
+TEST(GpuGemv, BatchInvariantTuningsGiveARowTheSameBitsAtEveryM) {
+  ASSERT_NO_FATAL_FAILURE(require_gpu());
+  std::mt19937 rng(20261204);
+  const int64_t full = cuda::kGemvMaxM;
+  for (const Shape& shape : {Shape{300, 2080}, Shape{48, 17408}}) {
+    const int64_t n = shape.n, k = shape.k;
+    const Nvfp4Tensor w = random_nvfp4(rng, n, k, false);
+    const gpu_test::DeviceNvfp4 w_device = gpu_test::upload_nvfp4(w);
+    const std::vector<uint16_t> wb = random_bf16(rng, n * k, 0.05f), x = random_bf16(rng, full * k, 1.0f);
+    DeviceBuffer wb_dev(wb), x_dev(x);
+    const auto run = [&](bool nvfp4, int64_t m) {
+      DeviceBuffer y(m * n * sizeof(float));
+      y.fill_bytes(0xff);
+      if (nvfp4) {
+        cuda::gemv_nvfp4_tuned(w_device.view(), x_dev.data(), m, y.data(), DType::F32,
+                               cuda::gemv_nvfp4_batch_invariant_tuning(m, k), nullptr);
+      } else {
+        cuda::gemv_bf16_tuned(wb_dev.data(), n, k, x_dev.data(), m, y.data(), DType::F32,
+                              cuda::gemv_bf16_batch_invariant_tuning(m), nullptr);
+      }
+      CUDA_CHECK(cudaDeviceSynchronize());
+      return y.download<float>();
+    };
+    for (bool nvfp4 : {true, false}) {
+      const std::vector<float> all = run(nvfp4, full);
+      for (int64_t m = 1; m < full; ++m) {
+        const std::vector<float> first = run(nvfp4, m);
+        ASSERT_EQ(std::memcmp(first.data(), all.data(), first.size() * sizeof(float)), 0)
+            << (nvfp4 ? "nvfp4" : "bf16") << " K=" << k << " M=" << m << ": a row's bits depend on M";
+      }
+    }
+  }
+}
+
 // The gate/up pair with SwiGLU in the GEMV epilogue (gemv_*_swiglu) on fresh weights of one format.
 struct SwigluCase {
   bool nvfp4;

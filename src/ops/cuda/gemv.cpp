@@ -6,6 +6,8 @@
 #include <cstdio>
 #include <string_view>
 
+#include <fmt/format.h>
+
 #include "core/error.h"
 #include "ops/cuda/alignment.h"
 #include "ops/cuda/cuda_check.h"
@@ -42,12 +44,14 @@ std::vector<GemvTuning> tunings_of(const GemvTuning (&shapes)[kCount]) {
     }
     for (int warps : {2, 4, 8}) {
       for (int k_split : {warps / 2, warps}) {
-        out.push_back({warps, shape.depth, shape.row_tiles, k_split, shape.pipeline});
+        out.push_back({warps, shape.depth, shape.row_tiles, k_split, shape.pipeline, shape.batch_invariant});
       }
     }
   }
   return out;
 }
+
+constexpr std::string_view kBatchInvariantSuffix = "_inv";
 
 const char* pipeline_suffix(GemvPipeline pipeline) {
   switch (pipeline) {
@@ -71,12 +75,13 @@ void check_tuning(std::string_view op, const GemvTuning& tuning, const GemvTunin
          tuning.warps, tuning.k_split, kMaxWarps);
   }
   for (const GemvTuning& shape : shapes) {
-    if (shape.depth == tuning.depth && shape.row_tiles == tuning.row_tiles && shape.pipeline == tuning.pipeline) {
+    if (shape.depth == tuning.depth && shape.row_tiles == tuning.row_tiles && shape.pipeline == tuning.pipeline &&
+        shape.batch_invariant == tuning.batch_invariant) {
       return;
     }
   }
-  fail("{}: no kernel compiled for pipeline depth {} with {} row tiles{}", op, tuning.depth, tuning.row_tiles,
-       pipeline_suffix(tuning.pipeline));
+  fail("{}: no kernel compiled for pipeline depth {} with {} row tiles{}{}", op, tuning.depth, tuning.row_tiles,
+       pipeline_suffix(tuning.pipeline), tuning.batch_invariant ? " (batch-invariant)" : "");
 }
 
 // The bulk stream's limits on the call (gemv_stream.cuh): few tokens, whole 256-wide blocks of K, and
@@ -110,7 +115,8 @@ constexpr bool pairs_compiled(const GemvTuning (&plain)[kPlain], const GemvTunin
   for (const GemvTuning& shape : plain) {
     bool found = false;
     for (const GemvTuning& p : paired) {
-      found = found || (p.depth == shape.depth && p.row_tiles == 2 && p.pipeline == shape.pipeline);
+      found = found || (p.depth == shape.depth && p.row_tiles == 2 && p.pipeline == shape.pipeline &&
+                        p.batch_invariant == shape.batch_invariant);
     }
     if (!found) return false;
   }
@@ -144,8 +150,19 @@ GemvTuning gemv_bf16_default_tuning(int64_t m, int64_t /*n*/, int64_t /*k*/) {
   return {2, 1, 2, 2};
 }
 
+GemvTuning gemv_nvfp4_batch_invariant_tuning(int64_t m, int64_t k) {
+  const int k_split = k >= 16384 ? 8 : 4;
+  if (m > 8 || k_split == 8) return {k_split, 4, 2, k_split, GemvPipeline::AsyncCopy, true};
+  return {4, 2, 2, 4, GemvPipeline::Registers, true};
+}
+
+GemvTuning gemv_bf16_batch_invariant_tuning(int64_t m) {
+  if (m <= 8) return {2, 2, 1, 2, GemvPipeline::Registers, true};
+  return {2, 1, 2, 2, GemvPipeline::Registers, true};
+}
+
 GemvTuning gemv_paired_tuning(const GemvTuning& plain) {
-  return {plain.warps, plain.depth, 2, plain.k_split, plain.pipeline};
+  return {plain.warps, plain.depth, 2, plain.k_split, plain.pipeline, plain.batch_invariant};
 }
 
 bool gemv_nvfp4_tuning_applies(const GemvTuning& tuning, int64_t m, int64_t k) {
@@ -236,16 +253,18 @@ void gemv_bf16_multi_tuned(const Bf16GemvTarget* targets, int count, int64_t k, 
 }
 
 std::string gemv_tuning_name(const GemvTuning& t) {
-  return "w" + std::to_string(t.warps) + "_d" + std::to_string(t.depth) + "_r" + std::to_string(t.row_tiles) + "_k" +
-         std::to_string(t.k_split) + pipeline_suffix(t.pipeline);
+  return fmt::format("w{}_d{}_r{}_k{}{}{}", t.warps, t.depth, t.row_tiles, t.k_split, pipeline_suffix(t.pipeline),
+                     t.batch_invariant ? kBatchInvariantSuffix : "");
 }
 
 std::optional<GemvTuning> parse_gemv_tuning(const std::string& name) {
   GemvTuning t;
-  char suffix[8] = {0};
-  const int fields = std::sscanf(name.c_str(), "w%d_d%d_r%d_k%d%7s", &t.warps, &t.depth, &t.row_tiles, &t.k_split, suffix);
+  char suffix[16] = {0};
+  const int fields = std::sscanf(name.c_str(), "w%d_d%d_r%d_k%d%15s", &t.warps, &t.depth, &t.row_tiles, &t.k_split, suffix);
   if (fields < 4) return std::nullopt;
-  const std::string_view given(suffix);
+  std::string_view given(suffix);
+  t.batch_invariant = given.ends_with(kBatchInvariantSuffix);
+  if (t.batch_invariant) given.remove_suffix(kBatchInvariantSuffix.size());
   for (GemvPipeline pipeline : {GemvPipeline::Registers, GemvPipeline::AsyncCopy, GemvPipeline::BulkStream}) {
     if (given == pipeline_suffix(pipeline)) t.pipeline = pipeline;
   }

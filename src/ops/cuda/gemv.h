@@ -26,13 +26,18 @@ enum class GemvPipeline { Registers, AsyncCopy, BulkStream };
 // k-chunks), 16-row tiles per warp, and how many of the block's warps split K (their partial sums are
 // added in a fixed order); the other factor of warps / k_split takes more rows. For BulkStream: warps
 // multiply (one more copies), depth is the ring's stages (512-wide), row_tiles 1 (2 with the paired
-// gate/up), and k_split blocks of a cluster split each tile's K.
+// gate/up), and k_split blocks of a cluster split each tile's K. batch_invariant: one accumulator chain
+// at every M (others take two at small M, see gemv_tile.cuh). A token's sums are then added in an order set
+// by k_split alone (the warps, depth, row tiles and pipeline move data, not arithmetic), so batch-invariant
+// tunings of one k_split give a token the same bits whatever M is and whichever of them runs: the
+// --deterministic path picks one per M bucket among those (gemv_*_batch_invariant_tuning).
 struct GemvTuning {
   int warps = 4;
   int depth = 4;
   int row_tiles = 1;
   int k_split = 4;
   GemvPipeline pipeline = GemvPipeline::Registers;
+  bool batch_invariant = false;
 };
 
 // The bulk stream's limits (gemv_stream.cuh): tokens per launch, the multiple of K (a row's scales, K/16
@@ -87,6 +92,10 @@ void gemv_bf16_swiglu(const void* gate, const void* up, int64_t n, int64_t k, co
 // The tuning the plain calls above use for an [n, k] weight and m tokens.
 GemvTuning gemv_nvfp4_default_tuning(int64_t m, int64_t n, int64_t k);
 GemvTuning gemv_bf16_default_tuning(int64_t m, int64_t n, int64_t k);
+// The batch-invariant tuning of each format for m tokens of an [n, k] weight: the defaults' shapes with one
+// chain, their K split fixed by k alone, so every m gets the bits of every other.
+GemvTuning gemv_nvfp4_batch_invariant_tuning(int64_t m, int64_t k);
+GemvTuning gemv_bf16_batch_invariant_tuning(int64_t m);
 // The paired launch's tuning for a plain one: the same warps, depth, K split and pipeline with two row
 // tiles. A paired warp needs one tile of gate and one of up, so a plain tuning of one row tile (as the
 // defaults or a tuning table may name for some M) maps to its two-tile variant, which is compiled for
@@ -97,7 +106,8 @@ std::vector<GemvTuning> gemv_nvfp4_tunings();
 std::vector<GemvTuning> gemv_bf16_tunings();
 std::vector<GemvTuning> gemv_nvfp4_paired_tunings();
 std::vector<GemvTuning> gemv_bf16_paired_tunings();
-// A tuning's name, e.g. "w4_d2_r2_k4" or "w4_d4_r2_k4_async", and back (nullopt for a malformed name).
+// A tuning's name, e.g. "w4_d2_r2_k4", "w4_d4_r2_k4_async" or "w4_d4_r2_k4_async_inv" (batch-invariant), and
+// back (nullopt for a malformed name).
 std::string gemv_tuning_name(const GemvTuning& tuning);
 std::optional<GemvTuning> parse_gemv_tuning(const std::string& name);
 // As gemv_nvfp4 / gemv_bf16 / the _multi / the _swiglu calls with an explicit tuning from the lists above
@@ -124,14 +134,21 @@ inline constexpr GemvPipeline kRegisters = GemvPipeline::Registers, kAsync = Gem
 inline constexpr GemvTuning kGemvNvfp4Shapes[] = {
     {0, 4, 1, 0, kRegisters}, {0, 8, 1, 0, kRegisters}, {0, 2, 2, 0, kRegisters}, {0, 4, 2, 0, kRegisters},
     {0, 4, 2, 0, kAsync},     {0, 8, 2, 0, kAsync},     {0, 8, 1, 0, kAsync},     {0, 8, 1, 0, kStream},
-    {0, 12, 1, 0, kStream}};
-inline constexpr GemvTuning kGemvBf16Shapes[] = {{0, 2, 1, 0, kRegisters}, {0, 1, 2, 0, kRegisters}};
+    {0, 12, 1, 0, kStream},   {0, 2, 2, 0, kRegisters, true}, {0, 4, 2, 0, kAsync, true}};
+inline constexpr GemvTuning kGemvBf16Shapes[] = {{0, 2, 1, 0, kRegisters},
+                                                 {0, 1, 2, 0, kRegisters},
+                                                 {0, 2, 1, 0, kRegisters, true},
+                                                 {0, 1, 2, 0, kRegisters, true}};
 // The paired (SwiGLU epilogue) kernels: the two-row-tile variant of every shape above (gemv.cpp checks).
 inline constexpr GemvTuning kGemvNvfp4PairedShapes[] = {{0, 2, 2, 0, kRegisters}, {0, 4, 2, 0, kRegisters},
                                                         {0, 8, 2, 0, kRegisters}, {0, 4, 2, 0, kAsync},
                                                         {0, 8, 2, 0, kAsync},     {0, 8, 2, 0, kStream},
-                                                        {0, 12, 2, 0, kStream}};
-inline constexpr GemvTuning kGemvBf16PairedShapes[] = {{0, 2, 2, 0, kRegisters}, {0, 1, 2, 0, kRegisters}};
+                                                        {0, 12, 2, 0, kStream},   {0, 2, 2, 0, kRegisters, true},
+                                                        {0, 4, 2, 0, kAsync, true}};
+inline constexpr GemvTuning kGemvBf16PairedShapes[] = {{0, 2, 2, 0, kRegisters},
+                                                       {0, 1, 2, 0, kRegisters},
+                                                       {0, 2, 2, 0, kRegisters, true},
+                                                       {0, 1, 2, 0, kRegisters, true}};
 cudaError_t launch_gemv_nvfp4(const Nvfp4GemvTarget* targets, int count, const void* x, int m, bool y_is_bf16,
                               const GemvTuning& tuning, cudaStream_t stream);
 cudaError_t launch_gemv_bf16(const Bf16GemvTarget* targets, int count, int64_t k, const void* x, int m,

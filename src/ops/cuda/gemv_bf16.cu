@@ -10,8 +10,10 @@ cudaError_t launch_gemv_bf16(const Bf16GemvTarget* targets, int count, int64_t k
   for (int i = 0; i < count; ++i) {
     segments.add({static_cast<const __nv_bfloat16*>(targets[i].weight), k, 1.0f}, targets[i].n, targets[i].y);
   }
-  return launch_gemv<Bf16Format, GemvShape<2, 1>, GemvShape<1, 2>>(segments, x, m, k, GemvStoreEpilogue{y_is_bf16},
-                                                                   tuning, stream);
+  constexpr GemvPipeline kRegisters = GemvPipeline::Registers;
+  return launch_gemv<Bf16Format, GemvShape<2, 1>, GemvShape<1, 2>, GemvShape<2, 1, kRegisters, true>,
+                     GemvShape<1, 2, kRegisters, true>>(
+      segments, x, m, k, GemvStoreEpilogue{y_is_bf16}, tuning, stream);
 }
 
 }  // namespace uberlm::cuda::detail

@@ -16,41 +16,43 @@
 
 namespace uberlm::cuda {
 
-// A compiled pipeline depth, row-tile count and pipeline kind (GemvPipeline).
-template <int kDepth, int kRowTiles, GemvPipeline kPipeline = GemvPipeline::Registers>
+// A compiled pipeline depth, row-tile count, pipeline kind (GemvPipeline) and batch invariance
+// (GemvTuning::batch_invariant).
+template <int kDepth, int kRowTiles, GemvPipeline kPipeline = GemvPipeline::Registers, bool kBatchInvariant = false>
 struct GemvShape {
   static constexpr int depth = kDepth, row_tiles = kRowTiles;
   static constexpr GemvPipeline pipeline = kPipeline;
+  static constexpr bool batch_invariant = kBatchInvariant;
 };
 
 static_assert(kGemvMaxSegments == kGemvMaxTargets);
 
-template <class Format, int kTokenGroups, int kRowTiles, int kDepth, bool kAsync, class Epilogue>
+template <class Format, int kTokenGroups, int kRowTiles, int kDepth, bool kAsync, bool kBatchInvariant, class Epilogue>
 cudaError_t launch_gemv_tile(GemvSegments<Format> segments, const void* x, int m, int64_t k, const Epilogue& epilogue,
                              int warps, int k_split, cudaStream_t stream) {
   const int64_t rows_per_block = int64_t{kGemvDistinctRowTiles<Epilogue, kRowTiles>} * kGemvRowsPerTile * (warps / k_split);
   const dim3 grid(segments.assign_blocks(rows_per_block, Epilogue::kPairedTiles));
   const int smem = gemv_smem_bytes<Format, kTokenGroups, kRowTiles, kDepth, kAsync>(warps);
-  const auto kernel = gemv_kernel<Format, kTokenGroups, kRowTiles, kDepth, kAsync, Epilogue>;
+  const auto kernel = gemv_kernel<Format, kTokenGroups, kRowTiles, kDepth, kAsync, kBatchInvariant, Epilogue>;
   const cudaError_t allowed = allow_dynamic_shared_memory(kernel, smem);
   if (allowed != cudaSuccess) return allowed;
   return launch_dependent(kernel, grid, warps * 32, smem, stream, segments, static_cast<const __nv_bfloat16*>(x), m, k,
                           k_split, epilogue);
 }
 
-template <class Format, int kRowTiles, int kDepth, bool kAsync, class Epilogue>
+template <class Format, int kRowTiles, int kDepth, bool kAsync, bool kBatchInvariant, class Epilogue>
 cudaError_t launch_gemv_tokens(const GemvSegments<Format>& segments, const void* x, int m, int64_t k,
                                const Epilogue& epilogue, int warps, int k_split, cudaStream_t stream) {
   static_assert(kGemvMaxTokens == 8 * kGemvTokensPerGroup);
   switch ((m + kGemvTokensPerGroup - 1) / kGemvTokensPerGroup) {
-    case 1: return launch_gemv_tile<Format, 1, kRowTiles, kDepth, kAsync>(segments, x, m, k, epilogue, warps, k_split, stream);
-    case 2: return launch_gemv_tile<Format, 2, kRowTiles, kDepth, kAsync>(segments, x, m, k, epilogue, warps, k_split, stream);
-    case 3: return launch_gemv_tile<Format, 3, kRowTiles, kDepth, kAsync>(segments, x, m, k, epilogue, warps, k_split, stream);
-    case 4: return launch_gemv_tile<Format, 4, kRowTiles, kDepth, kAsync>(segments, x, m, k, epilogue, warps, k_split, stream);
-    case 5: return launch_gemv_tile<Format, 5, kRowTiles, kDepth, kAsync>(segments, x, m, k, epilogue, warps, k_split, stream);
-    case 6: return launch_gemv_tile<Format, 6, kRowTiles, kDepth, kAsync>(segments, x, m, k, epilogue, warps, k_split, stream);
-    case 7: return launch_gemv_tile<Format, 7, kRowTiles, kDepth, kAsync>(segments, x, m, k, epilogue, warps, k_split, stream);
-    case 8: return launch_gemv_tile<Format, 8, kRowTiles, kDepth, kAsync>(segments, x, m, k, epilogue, warps, k_split, stream);
+    case 1: return launch_gemv_tile<Format, 1, kRowTiles, kDepth, kAsync, kBatchInvariant>(segments, x, m, k, epilogue, warps, k_split, stream);
+    case 2: return launch_gemv_tile<Format, 2, kRowTiles, kDepth, kAsync, kBatchInvariant>(segments, x, m, k, epilogue, warps, k_split, stream);
+    case 3: return launch_gemv_tile<Format, 3, kRowTiles, kDepth, kAsync, kBatchInvariant>(segments, x, m, k, epilogue, warps, k_split, stream);
+    case 4: return launch_gemv_tile<Format, 4, kRowTiles, kDepth, kAsync, kBatchInvariant>(segments, x, m, k, epilogue, warps, k_split, stream);
+    case 5: return launch_gemv_tile<Format, 5, kRowTiles, kDepth, kAsync, kBatchInvariant>(segments, x, m, k, epilogue, warps, k_split, stream);
+    case 6: return launch_gemv_tile<Format, 6, kRowTiles, kDepth, kAsync, kBatchInvariant>(segments, x, m, k, epilogue, warps, k_split, stream);
+    case 7: return launch_gemv_tile<Format, 7, kRowTiles, kDepth, kAsync, kBatchInvariant>(segments, x, m, k, epilogue, warps, k_split, stream);
+    case 8: return launch_gemv_tile<Format, 8, kRowTiles, kDepth, kAsync, kBatchInvariant>(segments, x, m, k, epilogue, warps, k_split, stream);
     default: return cudaErrorInvalidValue;
   }
 }
@@ -125,13 +127,16 @@ cudaError_t launch_gemv_stream(const GemvSegments<Nvfp4Format>& segments, const 
 template <class Format, class Shape, class... Shapes, class Epilogue>
 cudaError_t launch_gemv(const GemvSegments<Format>& segments, const void* x, int m, int64_t k, const Epilogue& epilogue,
                         const GemvTuning& tuning, cudaStream_t stream) {
-  if (tuning.depth == Shape::depth && tuning.row_tiles == Shape::row_tiles && tuning.pipeline == Shape::pipeline) {
+  if (tuning.depth == Shape::depth && tuning.row_tiles == Shape::row_tiles && tuning.pipeline == Shape::pipeline &&
+      tuning.batch_invariant == Shape::batch_invariant) {
     if constexpr (Shape::pipeline == GemvPipeline::BulkStream) {
       static_assert(Shape::row_tiles == (Epilogue::kPairedTiles ? 2 : 1), "a stream tile is one part, or two paired");
+      static_assert(!Shape::batch_invariant, "the bulk stream serves M <= 16 only");
       return launch_gemv_stream<Shape::depth>(segments, x, m, k, epilogue, tuning.warps, tuning.k_split, stream);
     } else {
-      return launch_gemv_tokens<Format, Shape::row_tiles, Shape::depth, Shape::pipeline == GemvPipeline::AsyncCopy>(
-          segments, x, m, k, epilogue, tuning.warps, tuning.k_split, stream);
+      return launch_gemv_tokens<Format, Shape::row_tiles, Shape::depth, Shape::pipeline == GemvPipeline::AsyncCopy,
+                                Shape::batch_invariant>(segments, x, m, k, epilogue, tuning.warps, tuning.k_split,
+                                                        stream);
     }
   }
   if constexpr (sizeof...(Shapes) > 0) {

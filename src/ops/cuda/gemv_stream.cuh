@@ -245,11 +245,11 @@ __device__ __forceinline__ void gemv_stream_produce(const GemvSegments<Nvfp4Form
 // One consumer warp's multiply of stage `slot`: chunk c's activations are requested before chunk c - 1
 // is multiplied (the first before the stage's weights are waited for), the weights come from the stage.
 // Fragment row g reads box line stream_fragment_line(g) (+ 8 for the mma's second row half).
-template <int kTokenGroups, int kParts, int kDepth>
+template <int kTokenGroups, int kParts, int kDepth, int kChains>
 __device__ __forceinline__ void gemv_stream_multiply_stage(const GemvStreamShared<kParts, kDepth>& shared, int slot,
                                                            uint32_t parity, const __nv_bfloat16* x, int m,
                                                            int k_size, int k0,
-                                                           GemvAccumulators<kTokenGroups, kParts>& acc) {
+                                                           GemvAccumulators<kTokenGroups, kParts, kChains>& acc) {
   const int lane = threadIdx.x % 32, g = lane / 4, tig = lane % 4, line = stream_fragment_line(g);
   const int chunks = min(kStreamStageChunks, (k_size - k0) / kGemvChunkK);
   uint32_t xs[2][kTokenGroups][16];

@@ -117,8 +117,13 @@ __device__ __forceinline__ void gemv_load_activation_chunk(const __nv_bfloat16* 
 template <int kTokenGroups, int kRowTiles>
 inline constexpr int kGemvAccChains = kTokenGroups * kRowTiles <= 2 ? 2 : 1;
 
-template <int kTokenGroups, int kRowTiles>
-using GemvAccumulators = float[kGemvAccChains<kTokenGroups, kRowTiles>][kTokenGroups][kRowTiles][4];
+// A batch-invariant tuning (GemvTuning::batch_invariant) keeps one chain whatever M is, so that a token's
+// sums are added in an order fixed by the tuning alone, never by how many tokens share the launch.
+template <int kTokenGroups, int kRowTiles, bool kBatchInvariant>
+inline constexpr int kGemvLaunchChains = kBatchInvariant ? 1 : kGemvAccChains<kTokenGroups, kRowTiles>;
+
+template <int kTokenGroups, int kRowTiles, int kChains = kGemvAccChains<kTokenGroups, kRowTiles>>
+using GemvAccumulators = float[kChains][kTokenGroups][kRowTiles][4];
 
 // One lane's rows g and g + 8 of every row tile for one chunk.
 template <class Format, int kRowTiles>
@@ -172,11 +177,10 @@ struct GemvLaneRows {
 // activations: xs from gemv_load_activation_chunk). Each mma's weight fragment is dequantised just before
 // the mma ops that use it, so only one fragment per row tile is live at a time (dequantising the whole
 // chunk first held 64 more registers and halved the resident warps).
-template <class Format, int kTokenGroups, int kRowTiles>
+template <class Format, int kTokenGroups, int kRowTiles, int kChains>
 __device__ __forceinline__ void gemv_multiply_chunk(const GemvChunkRows<Format, kRowTiles>& raw,
                                                     const uint32_t (&xs)[kTokenGroups][16],
-                                                    GemvAccumulators<kTokenGroups, kRowTiles>& acc) {
-  constexpr int kChains = kGemvAccChains<kTokenGroups, kRowTiles>;
+                                                    GemvAccumulators<kTokenGroups, kRowTiles, kChains>& acc) {
   typename Format::Prepared prepared[kRowTiles][2];
 #pragma unroll
   for (int rt = 0; rt < kRowTiles; ++rt) {
@@ -209,10 +213,10 @@ inline constexpr bool kGemvPrefetchActivations = kTokenGroups <= 2;
 // chunks ahead of the multiplies: a chunk's slot is refilled with the chunk kDepth later as soon as it
 // has been read, so about kDepth loads per row stay in flight for the whole loop. Addresses are
 // computed once per row; the loop only steps k.
-template <class Format, int kTokenGroups, int kRowTiles, int kDepth>
+template <class Format, int kTokenGroups, int kRowTiles, int kDepth, int kChains>
 __device__ __forceinline__ void gemv_warp_partial(const GemvWarpTiles<Format, kRowTiles>& tiles, const __nv_bfloat16* x,
                                                   int m, int k_size, int first_chunk, int chunk_stride,
-                                                  GemvAccumulators<kTokenGroups, kRowTiles>& acc) {
+                                                  GemvAccumulators<kTokenGroups, kRowTiles, kChains>& acc) {
   constexpr bool kPrefetch = kGemvPrefetchActivations<kTokenGroups>;
   const int n_chunks = (k_size + kGemvChunkK - 1) / kGemvChunkK;
   const int count = first_chunk < n_chunks ? (n_chunks - first_chunk + chunk_stride - 1) / chunk_stride : 0;
@@ -262,11 +266,11 @@ struct GemvWarpStages {
 // multiply that used its previous contents has issued. Activations are loaded at the start of their
 // chunk (an L1 hit: every warp of the SM reads the same ones), not a chunk ahead: the prefetch's 16
 // registers per token group cost more resident warps than its latency hiding gains.
-template <class Format, int kTokenGroups, int kRowTiles, int kDepth>
+template <class Format, int kTokenGroups, int kRowTiles, int kDepth, int kChains>
 __device__ __forceinline__ void gemv_warp_partial_async(const GemvWarpTiles<Format, kRowTiles>& tiles,
                                                         const __nv_bfloat16* x, int m, int k_size, int first_chunk,
                                                         int chunk_stride, GemvWarpStages<Format, kRowTiles, kDepth>& stages,
-                                                        GemvAccumulators<kTokenGroups, kRowTiles>& acc) {
+                                                        GemvAccumulators<kTokenGroups, kRowTiles, kChains>& acc) {
   const int n_chunks = (k_size + kGemvChunkK - 1) / kGemvChunkK;
   const int count = first_chunk < n_chunks ? (n_chunks - first_chunk + chunk_stride - 1) / chunk_stride : 0;
   const int k_first = first_chunk * kGemvChunkK + (threadIdx.x % 4) * kGemvLaneK, k_step = chunk_stride * kGemvChunkK;
@@ -326,10 +330,10 @@ constexpr int gemv_smem_bytes(int warps) {
 
 // A warp's fp32 sums (accumulator chains added) as [token][tile row] floats at `out`; fragment row g of
 // each row tile (lanes 4g .. 4g + 3) holds tile row `fragment_row` and fragment_row + 8.
-template <int kTokenGroups, int kRowTiles>
-__device__ __forceinline__ void gemv_store_warp_sums(const GemvAccumulators<kTokenGroups, kRowTiles>& acc,
+template <int kTokenGroups, int kRowTiles, int kChains>
+__device__ __forceinline__ void gemv_store_warp_sums(const GemvAccumulators<kTokenGroups, kRowTiles, kChains>& acc,
                                                      int fragment_row, float* out) {
-  constexpr int kChains = kGemvAccChains<kTokenGroups, kRowTiles>, kRows = kRowTiles * kGemvRowsPerTile;
+  constexpr int kRows = kRowTiles * kGemvRowsPerTile;
   const int tig = threadIdx.x % 4;
 #pragma unroll
   for (int t = 0; t < kTokenGroups; ++t) {
@@ -354,8 +358,8 @@ __device__ __forceinline__ void gemv_store_warp_sums(const GemvAccumulators<kTok
 // The first half of the block reduction: each warp writes its sums to its slice [token][tile row] of
 // `partial` (gemv_reduce_smem_bytes of shared memory), then the block waits for all of them.
 // GemvBlockSums reads the result.
-template <int kTokenGroups, int kRowTiles>
-__device__ __forceinline__ void gemv_block_partials(const GemvAccumulators<kTokenGroups, kRowTiles>& acc,
+template <int kTokenGroups, int kRowTiles, int kChains>
+__device__ __forceinline__ void gemv_block_partials(const GemvAccumulators<kTokenGroups, kRowTiles, kChains>& acc,
                                                     float* partial) {
   constexpr int kTokens = kTokenGroups * kGemvTokensPerGroup, kRows = kRowTiles * kGemvRowsPerTile;
   const int warp = threadIdx.x / 32, g = threadIdx.x % 32 / 4;
@@ -495,7 +499,7 @@ inline constexpr int kGemvMaxRegisters = (kTokenGroups == 1 && kDepth == 2 && !k
 // kernel has finished, see wait_for_previous_kernel): block b of a segment owns its rows [b * R, (b + 1) * R)
 // with R = 16 (distinct row tiles) * warps / k_split; each row group's k_split warps split K by
 // interleaved chunks (warp w takes chunks w % k_split, + k_split, ...); the epilogue stores the sums.
-template <class Format, int kTokenGroups, int kRowTiles, int kDepth, bool kAsync, class Epilogue>
+template <class Format, int kTokenGroups, int kRowTiles, int kDepth, bool kAsync, bool kBatchInvariant, class Epilogue>
 __global__ void __maxnreg__((kGemvMaxRegisters<kTokenGroups, kDepth, kAsync>))
     gemv_kernel(const GemvSegments<Format> segments, const __nv_bfloat16* __restrict__ x, int m, int64_t k_size,
                 int k_split, const Epilogue epilogue) {
@@ -520,7 +524,7 @@ __global__ void __maxnreg__((kGemvMaxRegisters<kTokenGroups, kDepth, kAsync>))
     tiles.formats[rt] = segments.formats[Epilogue::kPairedTiles ? rt : segment];
     tiles.row0[rt] = Epilogue::kPairedTiles ? warp_row0 : warp_row0 + rt * kGemvRowsPerTile;
   }
-  GemvAccumulators<kTokenGroups, kRowTiles> acc = {};
+  GemvAccumulators<kTokenGroups, kRowTiles, kGemvLaunchChains<kTokenGroups, kRowTiles, kBatchInvariant>> acc = {};
   if constexpr (kAsync) {
     using Stages = GemvWarpStages<Format, kRowTiles, kDepth>;
     Stages& stages = reinterpret_cast<Stages*>(gemv_partial)[warp];

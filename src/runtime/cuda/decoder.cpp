@@ -59,6 +59,35 @@ void add_rms_norm(const GpuDecoder& d, const float* delta, const float* weight, 
 
 namespace {
 
+// The split count of deterministic attention for every token: a lone decode token's (the workspace holds at
+// least one token at it).
+int deterministic_attention_splits(const ModelConfig& c, const StepLimits& limits) {
+  return cuda::attention_splits(1, c.num_kv_heads, limits.max_context);
+}
+
+// Deterministic attention: every token through the split kernel with the split count of a lone decode token
+// (a function of max_context only, so a token's ranges depend on its position alone), in pieces of as many
+// tokens as the workspace holds at that count.
+void attend_in_pieces(const GpuDecoder& d, const LayerCaches& cache, const StepShape& step,
+                      const cuda::AttentionOutput& output) {
+  const ModelConfig& c = d.config;
+  const AttentionBuffers& b = d.buffers.attention;
+  const StepMetadata& meta = d.buffers.meta;
+  const int splits = deterministic_attention_splits(c, d.limits);
+  const int64_t piece = d.buffers.attention_workspace_floats / cuda::attention_workspace_floats(1, c.num_heads,
+                                                                                                c.head_dim, splits);
+  const int64_t q_width = static_cast<int64_t>(c.num_heads) * c.head_dim;
+  for (int64_t first = 0; first < step.tokens; first += piece) {
+    cuda::AttentionOutput out = output;
+    if (out.gate) out.gate += first * out.gate_stride;
+    out.out = static_cast<uint16_t*>(out.out) + first * out.out_stride;
+    CUDA_CHECK(cuda::launch_attention_decode(b.query + first * q_width, meta.slots + first, meta.positions + first,
+                                             std::min(piece, step.tokens - first), c.num_heads, meta.block_tables,
+                                             kv_layout(d), cache.key_cache, cache.value_cache, splits,
+                                             d.buffers.attention_workspace, out, d.stream));
+  }
+}
+
 // The attention of every token over its sequence's cached keys and values, written gated into o_proj's
 // input. Steps with prompt rows take the query-tiled tensor-core kernel; decode steps (one token per
 // sequence) the split kernel, which fills the GPU from a few long sequences.
@@ -71,6 +100,11 @@ void attend(const GpuDecoder& d, const LayerCaches& cache, const StepShape& step
   // The gate of head h follows its query in q_proj's row: head stride 2 * head_dim.
   const cuda::AttentionOutput output{c.attn_output_gate ? b.q_proj + c.head_dim : nullptr, c.q_proj_rows(),
                                      2 * static_cast<int64_t>(c.head_dim), b.o_proj_in, padded_k(q_width)};
+  if (d.deterministic) {
+    OpScope op(d.profiler, "attention");
+    attend_in_pieces(d, cache, step, output);
+    return;
+  }
   if (step.tokens > step.chunks && cuda::attention_prefill_supports(c.head_dim)) {
     OpScope op(d.profiler, "attention_prefill");
     ++d.counters.prefill_attention_calls;
@@ -136,13 +170,17 @@ void gated_delta_net(const GpuDecoder& d, int layer, const StepShape& step) {
     const cuda::GatedDeltaNetParams params{w.conv1d, w.a_log, w.dt_bias, w.norm, c.rms_norm_eps};
     const cuda::GatedDeltaNetState state{cache.conv_state, cache.recurrent_state, d.caches.conv_ring_readers};
     const bool decode = step.tokens == step.chunks;
-    if (cuda::gated_delta_net_chunk_runs_chunked(dims, decode, step.longest_chunk)) {
-      ++d.counters.chunked_delta_rule_calls;
-    } else if (!decode && !cuda::gated_delta_net_chunked_supports(dims)) {
-      ++d.counters.chunked_delta_rule_fallbacks;
+    const cuda::GatedDeltaNetForm form =
+        d.deterministic ? cuda::GatedDeltaNetForm::DecodeTokenByToken : cuda::GatedDeltaNetForm::ByChunkLength;
+    if (form == cuda::GatedDeltaNetForm::ByChunkLength) {
+      if (cuda::gated_delta_net_chunk_runs_chunked(dims, decode, step.longest_chunk)) {
+        ++d.counters.chunked_delta_rule_calls;
+      } else if (!decode && !cuda::gated_delta_net_chunked_supports(dims)) {
+        ++d.counters.chunked_delta_rule_fallbacks;
+      }
     }
     CUDA_CHECK(cuda::launch_gated_delta_net_layer(b.qkv, b.z, b.a, b.b, params, device_chunks(d, step), T,
-                                                  {step.shortest_chunk, step.longest_chunk}, dims, state,
+                                                  {step.shortest_chunk, step.longest_chunk}, form, dims, state,
                                                   {b.chunked_scratch, b.chunked_scratch_floats}, b.out_proj_in,
                                                   padded_k(dims.value_dim()), d.stream));
   }

@@ -62,6 +62,11 @@ struct GpuDecoder {
   // `uberlm check`: when set, fp32 [layers, 2, T, D], the residual stream after each layer's mixer (0) and
   // MLP (1), copied as the step runs (graph replay included). Null in production.
   float* residual_snapshots = nullptr;
+  // --deterministic: every row computes as a decode row does, whatever shares its step: attention by the
+  // split kernel with a split count fixed at load, the delta rule token by token in the decode shape (the
+  // linear layers' part is LinearRunner's). A token's values then do not depend on its batch, on how its
+  // prompt was cut into steps, or on whether it was prefilled or decoded.
+  bool deterministic = false;
 };
 
 // x [T, D] = embed_tokens[tokens].

@@ -11,10 +11,36 @@
 
 namespace uberlm::gpu {
 
-LinearRunner::LinearRunner(cudaStream_t stream, bool large_m, const GemvTuningTable* table, bool strict)
-    : stream_(stream), table_(table), strict_(strict), gemm_(large_m ? std::make_unique<cuda::Gemm>(stream) : nullptr) {}
+namespace {
+
+// Runs piece(first_row, rows) over [0, rows) in pieces of at most kGemvMaxM rows.
+template <class Piece>
+void in_gemv_pieces(int64_t rows, const Piece& piece) {
+  for (int64_t first = 0; first < rows; first += cuda::kGemvMaxM) piece(first, std::min(cuda::kGemvMaxM, rows - first));
+}
+
+cuda::GemvTuning batch_invariant_tuning(GemvKernel kernel, int64_t k, int64_t rows) {
+  switch (kernel) {
+    case GemvKernel::Nvfp4: return cuda::gemv_nvfp4_batch_invariant_tuning(rows, k);
+    case GemvKernel::Bf16: return cuda::gemv_bf16_batch_invariant_tuning(rows);
+    case GemvKernel::Nvfp4Swiglu: return cuda::gemv_paired_tuning(cuda::gemv_nvfp4_batch_invariant_tuning(rows, k));
+    case GemvKernel::Bf16Swiglu: return cuda::gemv_paired_tuning(cuda::gemv_bf16_batch_invariant_tuning(rows));
+  }
+  return {};
+}
+
+}  // namespace
+
+LinearRunner::LinearRunner(cudaStream_t stream, bool large_m, const GemvTuningTable* table, bool strict,
+                           bool deterministic)
+    : stream_(stream),
+      table_(table),
+      strict_(strict),
+      deterministic_(deterministic),
+      gemm_(large_m && !deterministic ? std::make_unique<cuda::Gemm>(stream) : nullptr) {}
 
 cuda::GemvTuning LinearRunner::tuning_for(GemvKernel kernel, int64_t n, int64_t k, int64_t rows) {
+  if (deterministic_) return batch_invariant_tuning(kernel, k, rows);
   cells_seen_.insert(GemvCell{kernel, n, k, gemv_m_bucket(rows)});
   if (table_) {
     if (const std::optional<cuda::GemvTuning> tuning = table_->find(kernel, n, k, rows)) {
@@ -44,6 +70,12 @@ void LinearRunner::set_gemm_memory(uint16_t* scratch, int64_t scratch_elements, 
 
 void LinearRunner::linear(const DeviceLinear& w, const uint16_t* x, int64_t rows, float* y) {
   if (rows == 0) return;
+  if (deterministic_ && rows > cuda::kGemvMaxM) {
+    in_gemv_pieces(rows, [&](int64_t first, int64_t count) {
+      linear(w, x + first * w.in_padded, count, y + first * w.out);
+    });
+    return;
+  }
   if (rows <= cuda::kGemvMaxM) {
     ++counters_.gemv_linear_calls;
     if (w.nvfp4) {
@@ -68,6 +100,19 @@ void LinearRunner::linear(const DeviceLinear& w, const uint16_t* x, int64_t rows
 }
 
 void LinearRunner::group(std::initializer_list<Output> outputs, const uint16_t* x, int64_t rows) {
+  if (deterministic_ && rows > cuda::kGemvMaxM) {
+    const int64_t k = outputs.begin()->weight->in_padded;
+    in_gemv_pieces(rows, [&](int64_t first, int64_t count) {
+      std::vector<Output> piece;
+      for (const Output& o : outputs) piece.push_back({o.weight, o.y + first * o.weight->out});
+      group_piece(piece, x + first * k, count);
+    });
+    return;
+  }
+  group_piece(std::vector<Output>(outputs), x, rows);
+}
+
+void LinearRunner::group_piece(const std::vector<Output>& outputs, const uint16_t* x, int64_t rows) {
   const bool nvfp4 = outputs.begin()->weight->nvfp4;
   bool shared = rows <= cuda::kGemvMaxM && static_cast<int>(outputs.size()) <= cuda::kGemvMaxTargets;
   for (const Output& o : outputs) shared = shared && o.weight->nvfp4 == nvfp4;
@@ -100,11 +145,17 @@ void LinearRunner::group(std::initializer_list<Output> outputs, const uint16_t* 
 
 // The paired kernel takes one weight format and no bias term, at the GEMV's row counts.
 bool LinearRunner::fuses_swiglu(const DeviceLinear& gate, const DeviceLinear& up, int64_t rows) const {
-  return rows <= cuda::kGemvMaxM && gate.nvfp4 == up.nvfp4 && !gate.bias && !up.bias;
+  return (rows <= cuda::kGemvMaxM || deterministic_) && gate.nvfp4 == up.nvfp4 && !gate.bias && !up.bias;
 }
 
 void LinearRunner::gate_up_swiglu(const DeviceLinear& gate, const DeviceLinear& up, const uint16_t* x, int64_t rows,
                                   uint16_t* out, int64_t out_stride) {
+  if (rows > cuda::kGemvMaxM) {
+    in_gemv_pieces(rows, [&](int64_t first, int64_t count) {
+      gate_up_swiglu(gate, up, x + first * gate.in_padded, count, out + first * out_stride, out_stride);
+    });
+    return;
+  }
   counters_.gemv_linear_calls += 2;
   ++counters_.gemv_swiglu_calls;
   if (gate.nvfp4) {

@@ -4,12 +4,16 @@
 // Every call is counted by path. A GEMV launch takes its tuning from this GPU's winners table
 // (gemv_tuning_table.h); a launch the table lacks takes the built-in tuning, counted as a miss, logged
 // once per cell, and refused in strict mode.
+// Deterministic mode (--deterministic) instead runs every linear layer on the GEMV with its format's
+// batch-invariant tuning, in pieces of at most kGemvMaxM rows, so that a row's outputs are the same bits
+// whatever rows share its step (no table, no cuBLAS).
 #include <cuda_runtime_api.h>
 
 #include <cstdint>
 #include <initializer_list>
 #include <memory>
 #include <set>
+#include <vector>
 
 #include "ops/cuda/gemm.h"
 #include "runtime/cuda/device_model.h"
@@ -28,10 +32,10 @@ struct LinearCounters {
 
 class LinearRunner {
  public:
-  // large_m: forwards can have more than kGemvMaxM rows, so cuBLAS is needed. Its handle takes device
-  // memory of its own: make the runner before measuring free memory.
+  // large_m: forwards can have more than kGemvMaxM rows, so cuBLAS is needed (never in deterministic mode).
+  // Its handle takes device memory of its own: make the runner before measuring free memory.
   // table: this GPU's winners (null: none, every launch a miss); strict: a miss is an Error.
-  LinearRunner(cudaStream_t stream, bool large_m, const GemvTuningTable* table, bool strict);
+  LinearRunner(cudaStream_t stream, bool large_m, const GemvTuningTable* table, bool strict, bool deterministic);
   bool large_m() const { return gemm_ != nullptr; }
   // The large-M path's bf16 scratch (elements: the largest NVFP4 layer) and cuBLAS workspace.
   void set_gemm_memory(uint16_t* scratch, int64_t scratch_elements, uint8_t* workspace);
@@ -57,10 +61,12 @@ class LinearRunner {
 
  private:
   cuda::GemvTuning tuning_for(GemvKernel kernel, int64_t n, int64_t k, int64_t rows);
+  void group_piece(const std::vector<Output>& outputs, const uint16_t* x, int64_t rows);
 
   cudaStream_t stream_;
   const GemvTuningTable* table_;
   bool strict_;
+  bool deterministic_;
   std::set<GemvCell> logged_misses_;
   std::set<GemvCell> cells_seen_;
   std::unique_ptr<cuda::Gemm> gemm_;

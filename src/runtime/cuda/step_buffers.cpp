@@ -73,6 +73,7 @@ void layout_step_buffers(Arena& arena, const ModelConfig& c, const StepLimits& l
     workspace = std::max(workspace, cuda::attention_workspace_floats(t, c.num_heads, c.head_dim, splits));
   }
   b.attention_workspace = arena.take<float>(workspace);
+  b.attention_workspace_floats = workspace;
   b.final_in = arena.take<uint16_t>(R * padded_k(dim));
   b.logits = arena.take<float>(R * c.vocab_size);
   if (gathering_ranks > 0) {

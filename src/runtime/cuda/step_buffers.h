@@ -69,6 +69,7 @@ struct StepBuffers {
   DeltaNetBuffers delta_net{};
   MlpBuffers mlp{};
   float* attention_workspace = nullptr;  // the split attention's partial sums
+  int64_t attention_workspace_floats = 0;
   uint16_t* final_in = nullptr;   // bf16 [R, D padded]
   float* logits = nullptr;        // [R, V]
   // Tensor parallelism: this rank's lm_head slice [R, lm_head_rows], gathered from every rank into

@@ -283,16 +283,17 @@ bool gated_delta_net_chunk_runs_chunked(const GatedDeltaNetDims& dims, bool deco
 
 cudaError_t launch_gated_delta_net_layer(const float* qkv, const float* z, const float* a, const float* b,
                                    const GatedDeltaNetParams& weights, const DeviceChunks& chunks, int64_t tokens,
-                                   ChunkLengths lengths, const GatedDeltaNetDims& dims, const GatedDeltaNetState& state,
-                                   GatedDeltaNetScratch scratch, void* out, int64_t out_stride, cudaStream_t stream) {
+                                   ChunkLengths lengths, GatedDeltaNetForm form, const GatedDeltaNetDims& dims,
+                                   const GatedDeltaNetState& state, GatedDeltaNetScratch scratch, void* out,
+                                   int64_t out_stride, cudaStream_t stream) {
   if (chunks.count == 0) return cudaSuccess;
   if (dims.num_k_heads < 1 || dims.num_v_heads % dims.num_k_heads != 0) return cudaErrorInvalidValue;
   if (dims.conv_kernel < 2 || dims.conv_kernel > kMaxConvKernel) return cudaErrorInvalidValue;
   if (dims.v_head_dim < 1 || dims.v_head_dim > kMaxSlices * kChunkColumns) return cudaErrorInvalidValue;
   // Chunks of chunked_from tokens or more run chunked, the others token by token; each kernel's blocks
   // return at once on the other's chunks.
-  const bool decode = tokens == chunks.count;
-  const int64_t chunked_from = gated_delta_net_chunk_runs_chunked(dims, decode, lengths.longest)
+  const bool decode_shape = tokens == chunks.count || form == GatedDeltaNetForm::DecodeTokenByToken;
+  const int64_t chunked_from = gated_delta_net_chunk_runs_chunked(dims, decode_shape, lengths.longest)
                                    ? kChunkedDeltaRuleMinTokens
                                    : std::numeric_limits<int64_t>::max();
   if (lengths.longest >= chunked_from) {
@@ -303,10 +304,10 @@ cudaError_t launch_gated_delta_net_layer(const float* qkv, const float* z, const
   }
   const LaunchArgs args{qkv, z, a, b, weights, chunks, chunked_from, dims, state, out, out_stride, stream};
   const int dk = dims.k_head_dim;
-  if (dk <= 8 * kRowParts) return launch_rows<8>(args, decode);
-  if (dk <= 16 * kRowParts) return launch_rows<16>(args, decode);
-  if (dk <= 32 * kRowParts) return launch_rows<32>(args, decode);
-  if (dk <= 64 * kRowParts) return launch_rows<64>(args, decode);
+  if (dk <= 8 * kRowParts) return launch_rows<8>(args, decode_shape);
+  if (dk <= 16 * kRowParts) return launch_rows<16>(args, decode_shape);
+  if (dk <= 32 * kRowParts) return launch_rows<32>(args, decode_shape);
+  if (dk <= 64 * kRowParts) return launch_rows<64>(args, decode_shape);
   return cudaErrorInvalidValue;
 }
 

@@ -70,9 +70,14 @@ struct GatedDeltaNetScratch {
   float* data;
   int64_t floats;
 };
+// Which form each chunk takes: by its length (gated_delta_net_chunk_runs_chunked; a mixed step's token-by-token
+// chunks run in the prompt shape of 64-column slices over 16-token windows), or every chunk token by token in
+// the decode step's shape (one block per value head, one token per window), so that a token's values are the
+// same bits whether it was prefilled, in whatever chunk, or decoded (--deterministic).
+enum class GatedDeltaNetForm { ByChunkLength, DecodeTokenByToken };
 cudaError_t launch_gated_delta_net_layer(const float* qkv, const float* z, const float* a, const float* b,
                                    const GatedDeltaNetParams& weights, const DeviceChunks& chunks, int64_t tokens,
-                                   ChunkLengths lengths,
+                                   ChunkLengths lengths, GatedDeltaNetForm form,
                                    const GatedDeltaNetDims& dims, const GatedDeltaNetState& state,
                                    GatedDeltaNetScratch scratch, void* out, int64_t out_stride, cudaStream_t stream);
 

@@ -16,7 +16,8 @@ cudaError_t launch_gemv_nvfp4_swiglu(const Nvfp4Weight& gate, const Nvfp4Weight&
   segments.add(nvfp4_format(up), up.rows, nullptr);
   constexpr GemvPipeline kAsync = GemvPipeline::AsyncCopy, kStream = GemvPipeline::BulkStream;
   return launch_gemv<Nvfp4Format, GemvShape<2, 2>, GemvShape<4, 2>, GemvShape<8, 2>, GemvShape<4, 2, kAsync>,
-                    GemvShape<8, 2, kAsync>, GemvShape<8, 2, kStream>, GemvShape<12, 2, kStream>>(
+                    GemvShape<8, 2, kAsync>, GemvShape<8, 2, kStream>, GemvShape<12, 2, kStream>,
+                    GemvShape<2, 2, GemvPipeline::Registers, true>, GemvShape<4, 2, kAsync, true>>(
       segments, x, m, gate.cols, GemvSwigluEpilogue{static_cast<__nv_bfloat16*>(out), out_stride}, tuning, stream);
 }
 
@@ -25,7 +26,9 @@ cudaError_t launch_gemv_bf16_swiglu(const void* gate, const void* up, int64_t n,
   GemvSegments<Bf16Format> segments{};
   segments.add({static_cast<const __nv_bfloat16*>(gate), k, 1.0f}, n, nullptr);
   segments.add({static_cast<const __nv_bfloat16*>(up), k, 1.0f}, n, nullptr);
-  return launch_gemv<Bf16Format, GemvShape<2, 2>, GemvShape<1, 2>>(
+  constexpr GemvPipeline kRegisters = GemvPipeline::Registers;
+  return launch_gemv<Bf16Format, GemvShape<2, 2>, GemvShape<1, 2>, GemvShape<2, 2, kRegisters, true>,
+                     GemvShape<1, 2, kRegisters, true>>(
       segments, x, m, k, GemvSwigluEpilogue{static_cast<__nv_bfloat16*>(out), out_stride}, tuning, stream);
 }
 
