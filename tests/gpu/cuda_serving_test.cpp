@@ -546,5 +546,59 @@ TEST(CudaServing, DeterministicOutputsDoNotDependOnTheBatch) {
   }
 }
 
+
+// --deterministic at the backend: every logits row of a 150-token sequence is the same bits when its prompt runs
+// as one chunk alone, as chunks of 37, 1, 1, 50 and 61 tokens beside other sequences' prompt chunks and decode
+// rows, and as 20 decode steps then one 130-token chunk beside others.
+TEST(CudaServing, DeterministicLogitsOfATokenDoNotDependOnItsStep) {
+  ASSERT_NO_FATAL_FAILURE(require_gpu());
+  const auto model = Model::load(default_model());
+  const int vocab = model->config.vocab_size;
+  CudaBackendOptions options = gpu_test::small_backend_options(4, 512);
+  options.deterministic = true;
+  CudaBackend backend(*model, options);
+  std::mt19937 rng(4120);
+  const std::vector<int32_t> sequence = random_tokens(rng, 150, vocab);
+  gpu_test::TestSequences sequences(4, options.max_context);
+  // Runs `cuts` of `sequence` in slot `slot`, each chunk in a forward after `others` chunks of the other
+  // slots (random tokens, their first run a prompt of 23 tokens, then one token a step); every logits row of
+  // the sequence in order.
+  const auto run = [&](int slot, const std::vector<int64_t>& cuts, int others) {
+    std::vector<float> rows;
+    int64_t done = 0;
+    for (int64_t cut : cuts) {
+      ForwardBatch batch;
+      batch.chunks.push_back(sequences.run(slot, cut, LogitRows::All));
+      batch.tokens.assign(sequence.begin() + done, sequence.begin() + done + cut);
+      for (int other = 0; other < others; ++other) {
+        const int other_slot = (slot + 1 + other) % 4;
+        const int64_t tokens = sequences.length(other_slot) == 0 ? 23 : 1;
+        batch.chunks.push_back(sequences.run(other_slot, tokens));
+        const std::vector<int32_t> more = random_tokens(rng, tokens, vocab);
+        batch.tokens.insert(batch.tokens.end(), more.begin(), more.end());
+      }
+      const ForwardResult result = backend.forward(batch);
+      EXPECT_EQ(result.rows, cut + others);
+      rows.insert(rows.end(), result.logits.begin(), result.logits.begin() + cut * vocab);
+      done += cut;
+    }
+    return rows;
+  };
+  const std::vector<float> alone = run(0, {150}, 0);
+  const std::vector<float> cut_up = run(1, {37, 1, 1, 50, 61}, 2);
+  std::vector<int64_t> decoded(20, 1);
+  decoded.push_back(130);
+  sequences.restart(2);
+  sequences.restart(3);
+  const std::vector<float> decoded_first = run(2, decoded, 1);
+  ASSERT_EQ(alone.size(), static_cast<size_t>(150 * vocab));
+  ASSERT_EQ(cut_up.size(), alone.size());
+  ASSERT_EQ(decoded_first.size(), alone.size());
+  for (size_t i = 0; i < alone.size(); ++i) {
+    ASSERT_EQ(cut_up[i], alone[i]) << "token " << i / vocab << " logit " << i % vocab << ": chunked beside others";
+    ASSERT_EQ(decoded_first[i], alone[i]) << "token " << i / vocab << " logit " << i % vocab << ": decoded first";
+  }
+}
+
 }  // namespace
 }  // namespace uberlm
