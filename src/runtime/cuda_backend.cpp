@@ -145,9 +145,8 @@ CudaBackend::Impl::Impl(const ModelConfig& model_config, const CudaBackendOption
   if (options.deterministic) {
     spdlog::info("deterministic: every row runs the decode kernels (batch-invariant GEMV tunings, split attention, "
                  "the delta rule token by token); prompts prefill at their speed");
-  } else {
-    tuning_table = load_tuning_table(options);
   }
+  tuning_table = load_tuning_table(options);
   linears = std::make_unique<gpu::LinearRunner>(stream, large_m, tuning_table.get(), options.strict,
                                                 options.deterministic);
   const int ranks = options.communicator ? options.communicator->size() : 1;

@@ -4,6 +4,7 @@
 
 #include <cmath>
 #include <cstring>
+#include <map>
 #include <optional>
 #include <random>
 #include <string>
@@ -313,42 +314,58 @@ TEST(GpuGemv, OutputsAreDeterministic) {
   }
 }
 
-// The batch-invariant tunings (what --deterministic runs; a register pipeline up to 8 tokens, cp.async above,
-// one K split): the first M rows of 64 come out with the bits those rows have in the 64-row launch, at every M
-// from 1 to 64 (every token-group count and partial group), for both formats, at a K of the 4-way split and
-// one of the 8-way split.
+// The batch-invariant tunings (what --deterministic runs): a token's sums depend on the K split alone. Every
+// compiled invariant tuning of one K split gives the first M rows of 64 the bits those rows have in the 64-row
+// launch of the group's first tuning, at M = 1, 5, 8, 9, 33 and 64; and the built-in invariant tunings (a
+// register pipeline up to 8 tokens, cp.async above) do so at every M from 1 to 64. Both formats, at a K of
+// the built-in 4-way split and one of its 8-way split.
 TEST(GpuGemv, BatchInvariantTuningsGiveARowTheSameBitsAtEveryM) {
   ASSERT_NO_FATAL_FAILURE(require_gpu());
   std::mt19937 rng(20261204);
   const int64_t full = cuda::kGemvMaxM;
+  int64_t compared = 0;
   for (const Shape& shape : {Shape{300, 2080}, Shape{48, 17408}}) {
     const int64_t n = shape.n, k = shape.k;
     const Nvfp4Tensor w = random_nvfp4(rng, n, k, false);
     const gpu_test::DeviceNvfp4 w_device = gpu_test::upload_nvfp4(w);
     const std::vector<uint16_t> wb = random_bf16(rng, n * k, 0.05f), x = random_bf16(rng, full * k, 1.0f);
     DeviceBuffer wb_dev(wb), x_dev(x);
-    const auto run = [&](bool nvfp4, int64_t m) {
+    const auto run = [&](bool nvfp4, int64_t m, const cuda::GemvTuning& tuning) {
       DeviceBuffer y(m * n * sizeof(float));
       y.fill_bytes(0xff);
       if (nvfp4) {
-        cuda::gemv_nvfp4_tuned(w_device.view(), x_dev.data(), m, y.data(), DType::F32,
-                               cuda::gemv_nvfp4_batch_invariant_tuning(m, k), nullptr);
+        cuda::gemv_nvfp4_tuned(w_device.view(), x_dev.data(), m, y.data(), DType::F32, tuning, nullptr);
       } else {
-        cuda::gemv_bf16_tuned(wb_dev.data(), n, k, x_dev.data(), m, y.data(), DType::F32,
-                              cuda::gemv_bf16_batch_invariant_tuning(m), nullptr);
+        cuda::gemv_bf16_tuned(wb_dev.data(), n, k, x_dev.data(), m, y.data(), DType::F32, tuning, nullptr);
       }
       CUDA_CHECK(cudaDeviceSynchronize());
       return y.download<float>();
     };
+    const auto expect_rows = [&](const std::vector<float>& got, const std::vector<float>& all, const std::string& label) {
+      ++compared;
+      ASSERT_EQ(std::memcmp(got.data(), all.data(), got.size() * sizeof(float)), 0) << label << ": a row's bits differ";
+    };
     for (bool nvfp4 : {true, false}) {
-      const std::vector<float> all = run(nvfp4, full);
+      const std::string format = std::string(nvfp4 ? "nvfp4" : "bf16") + " K=" + std::to_string(k);
+      const auto built_in = [&](int64_t m) {
+        return nvfp4 ? cuda::gemv_nvfp4_batch_invariant_tuning(m, k) : cuda::gemv_bf16_batch_invariant_tuning(m);
+      };
+      const std::vector<float> all = run(nvfp4, full, built_in(full));
       for (int64_t m = 1; m < full; ++m) {
-        const std::vector<float> first = run(nvfp4, m);
-        ASSERT_EQ(std::memcmp(first.data(), all.data(), first.size() * sizeof(float)), 0)
-            << (nvfp4 ? "nvfp4" : "bf16") << " K=" << k << " M=" << m << ": a row's bits depend on M";
+        expect_rows(run(nvfp4, m, built_in(m)), all, format + " built-in M=" + std::to_string(m));
+      }
+      std::map<int, std::vector<float>> by_k_split;
+      for (const cuda::GemvTuning& t : nvfp4 ? cuda::gemv_nvfp4_tunings() : cuda::gemv_bf16_tunings()) {
+        if (!t.batch_invariant) continue;
+        const auto [first, fresh] = by_k_split.try_emplace(t.k_split);
+        if (fresh) first->second = run(nvfp4, full, t);
+        for (int64_t m : {1, 5, 8, 9, 33, 64}) {
+          expect_rows(run(nvfp4, m, t), first->second, format + " " + cuda::gemv_tuning_name(t) + " M=" + std::to_string(m));
+        }
       }
     }
   }
+  EXPECT_GT(compared, 200);
 }
 
 // The gate/up pair with SwiGLU in the GEMV epilogue (gemv_*_swiglu) on fresh weights of one format.

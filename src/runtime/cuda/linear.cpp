@@ -1,5 +1,7 @@
 #include "runtime/cuda/linear.h"
 
+#include <algorithm>
+#include <string>
 #include <vector>
 
 #include <spdlog/spdlog.h>
@@ -19,7 +21,7 @@ void in_gemv_pieces(int64_t rows, const Piece& piece) {
   for (int64_t first = 0; first < rows; first += cuda::kGemvMaxM) piece(first, std::min(cuda::kGemvMaxM, rows - first));
 }
 
-cuda::GemvTuning batch_invariant_tuning(GemvKernel kernel, int64_t k, int64_t rows) {
+cuda::GemvTuning built_in_batch_invariant_tuning(GemvKernel kernel, int64_t k, int64_t rows) {
   switch (kernel) {
     case GemvKernel::Nvfp4: return cuda::gemv_nvfp4_batch_invariant_tuning(rows, k);
     case GemvKernel::Bf16: return cuda::gemv_bf16_batch_invariant_tuning(rows);
@@ -27,6 +29,19 @@ cuda::GemvTuning batch_invariant_tuning(GemvKernel kernel, int64_t k, int64_t ro
     case GemvKernel::Bf16Swiglu: return cuda::gemv_paired_tuning(cuda::gemv_bf16_batch_invariant_tuning(rows));
   }
   return {};
+}
+
+// Whether a kernel of this tuning is compiled for the launch kind.
+bool compiled(GemvKernel kernel, const cuda::GemvTuning& tuning) {
+  std::vector<cuda::GemvTuning> all;
+  switch (kernel) {
+    case GemvKernel::Nvfp4: all = cuda::gemv_nvfp4_tunings(); break;
+    case GemvKernel::Bf16: all = cuda::gemv_bf16_tunings(); break;
+    case GemvKernel::Nvfp4Swiglu: all = cuda::gemv_nvfp4_paired_tunings(); break;
+    case GemvKernel::Bf16Swiglu: all = cuda::gemv_bf16_paired_tunings(); break;
+  }
+  const std::string name = cuda::gemv_tuning_name(tuning);
+  return std::any_of(all.begin(), all.end(), [&](const cuda::GemvTuning& t) { return cuda::gemv_tuning_name(t) == name; });
 }
 
 }  // namespace
@@ -39,21 +54,30 @@ LinearRunner::LinearRunner(cudaStream_t stream, bool large_m, const GemvTuningTa
       deterministic_(deterministic),
       gemm_(large_m && !deterministic ? std::make_unique<cuda::Gemm>(stream) : nullptr) {}
 
+// The table's tuning of a launch. In deterministic mode one K split serves every M of a cell, so that a row's
+// sums do not depend on M: the batch-invariant variant of the cell's winner at one row (the batch decode
+// serves most; that kernel then runs at every M) when one is compiled. A launch without its tuning takes the
+// built-in one (invariant in deterministic mode), counted as a miss, logged once, an Error in strict mode.
 cuda::GemvTuning LinearRunner::tuning_for(GemvKernel kernel, int64_t n, int64_t k, int64_t rows) {
-  if (deterministic_) return batch_invariant_tuning(kernel, k, rows);
-  cells_seen_.insert(GemvCell{kernel, n, k, gemv_m_bucket(rows)});
+  const int64_t table_rows = deterministic_ ? 1 : rows;
+  cells_seen_.insert(GemvCell{kernel, n, k, gemv_m_bucket(table_rows)});
   if (table_) {
-    if (const std::optional<cuda::GemvTuning> tuning = table_->find(kernel, n, k, rows)) {
-      ++counters_.tuning_table_hits;
-      return *tuning;
+    if (std::optional<cuda::GemvTuning> tuning = table_->find(kernel, n, k, table_rows)) {
+      tuning->batch_invariant = deterministic_;
+      if (!deterministic_ || compiled(kernel, *tuning)) {
+        ++counters_.tuning_table_hits;
+        return *tuning;
+      }
     }
   }
   ++counters_.tuning_table_misses;
-  const GemvCell cell{kernel, n, k, gemv_m_bucket(rows)};
-  const cuda::GemvTuning fallback = built_in_tuning(kernel, n, k, rows);
+  const GemvCell cell{kernel, n, k, gemv_m_bucket(table_rows)};
+  const cuda::GemvTuning fallback =
+      deterministic_ ? built_in_batch_invariant_tuning(kernel, k, rows) : built_in_tuning(kernel, n, k, rows);
+  const char* lacks = deterministic_ ? "its one-row cell, with a batch-invariant kernel of its shape" : "it";
   if (strict_) {
     fail("strict: no GEMV tuning-table cell for {} N={} K={} M<={} ({}; `uberlm tune` measures it)",
-         gemv_kernel_name(kernel), n, k, cell.m, table_ ? "the table lacks it" : "no table is loaded");
+         gemv_kernel_name(kernel), n, k, cell.m, table_ ? fmt::format("the table lacks {}", lacks) : "no table is loaded");
   }
   if (logged_misses_.insert(cell).second) {
     spdlog::warn("gemv: no tuning-table cell for {} N={} K={} M<={}; the built-in {} runs (uberlm tune measures it)",

@@ -4,9 +4,9 @@
 // Every call is counted by path. A GEMV launch takes its tuning from this GPU's winners table
 // (gemv_tuning_table.h); a launch the table lacks takes the built-in tuning, counted as a miss, logged
 // once per cell, and refused in strict mode.
-// Deterministic mode (--deterministic) instead runs every linear layer on the GEMV with its format's
-// batch-invariant tuning, in pieces of at most kGemvMaxM rows, so that a row's outputs are the same bits
-// whatever rows share its step (no table, no cuBLAS).
+// Deterministic mode (--deterministic) instead runs every linear layer on the GEMV, in pieces of at most
+// kGemvMaxM rows, on batch-invariant tunings of one K split per cell (tuning_for), so that a row's
+// outputs are the same bits whatever rows share its step (no cuBLAS).
 #include <cuda_runtime_api.h>
 
 #include <cstdint>
