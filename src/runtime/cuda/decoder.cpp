@@ -32,6 +32,13 @@ void snapshot_residual(const GpuDecoder& d, int layer, int which, int64_t tokens
                              size * sizeof(float), cudaMemcpyDeviceToDevice, d.stream));
 }
 
+// Prompt steps: the mixer's output projection and the MLP's weights are dequantised on a side stream while the
+// mixer's core runs (LinearRunner::prefetch_dequantized).
+void prefetch_sublayer_weights(const GpuDecoder& d, int layer, const DeviceLinear& mixer_out, int64_t tokens) {
+  const DeviceMlp& mlp = d.model.layers[layer].mlp;
+  d.linears.prefetch_dequantized({&mixer_out, &mlp.gate_proj, &mlp.up_proj, &mlp.down_proj}, tokens);
+}
+
 cuda::DeviceChunks device_chunks(const GpuDecoder& d, const StepShape& step) {
   const StepMetadata& meta = d.buffers.meta;
   return {meta.chunk_first, meta.chunk_length, meta.chunk_slot, meta.chunk_start, static_cast<int>(step.chunks)};
@@ -142,6 +149,7 @@ void attention(const GpuDecoder& d, int layer, const StepShape& step) {
     CUDA_CHECK(cuda::launch_qk_norm_rope_kv_append(b.q_proj, b.k, meta.positions, T, shape, d.model.inv_freq, w.q_norm, w.k_norm,
                                          b.query, cache_write, d.stream));
   }
+  prefetch_sublayer_weights(d, layer, w.o_proj, step.tokens);
   attend(d, cache, step);
   OpScope op(d.profiler, "attention_o_proj");
   d.linears.linear(w.o_proj, b.o_proj_in, T, d.buffers.sublayer_out);
@@ -164,6 +172,7 @@ void gated_delta_net(const GpuDecoder& d, int layer, const StepShape& step) {
     d.linears.group({{&w.in_proj_qkv, b.qkv}, {&w.in_proj_z, b.z}, {&w.in_proj_b, b.b}, {&w.in_proj_a, b.a}},
                     d.buffers.h, T);
   }
+  prefetch_sublayer_weights(d, layer, w.out_proj, T);
   {
     OpScope op(d.profiler, "gated_delta_net");
     const cuda::GatedDeltaNetDims dims = delta_net_dims(c);

@@ -12,6 +12,7 @@
 #include "ops/cuda/gemm.h"
 #include "ops/cuda/gemv.h"
 #include "runtime/backend.h"
+#include "runtime/cuda/linear.h"
 
 namespace uberlm::gpu {
 
@@ -27,7 +28,7 @@ void DeviceMemory::layout_runtime(Arena& arena, int64_t num_kv_blocks) {
     for (const DeviceLinear* w : all_linear_layers(model, config_)) {
       if (w->nvfp4) gemm_scratch_elements = std::max(gemm_scratch_elements, w->out * w->in_padded);
     }
-    gemm_scratch = gemm_scratch_elements > 0 ? arena.take<uint16_t>(gemm_scratch_elements) : nullptr;
+    gemm_scratch = gemm_scratch_elements > 0 ? arena.take<uint16_t>(kGemmScratchSlots * gemm_scratch_elements) : nullptr;
     gemm_workspace = arena.take<uint8_t>(cuda::kGemmWorkspaceBytes);
   }
   const int64_t before_caches = arena.used();
@@ -140,7 +141,7 @@ std::string DeviceMemory::summary() const {
                      gib(weight_bytes_), gib(kv_bytes_), caches.num_kv_blocks, caches.num_kv_blocks * kKvBlockSize,
                      limits.max_slots, limits.max_context, gib(state_bytes_), gib(snapshot_bytes_),
                      caches.prefix_snapshots, gib(runtime_bytes_ - kv_bytes_ - state_bytes_ - snapshot_bytes_),
-                     limits.max_tokens, gib(gemm_scratch_elements * 2));
+                     limits.max_tokens, gib(kGemmScratchSlots * gemm_scratch_elements * 2));
 }
 
 }  // namespace uberlm::gpu

@@ -37,7 +37,9 @@ class DeviceMemory {
   DeviceModel model;
   DeviceCaches caches;
   StepBuffers buffers;
-  uint16_t* gemm_scratch = nullptr;  // bf16 [largest NVFP4 layer], with large_m
+  // With large_m: kGemmScratchSlots bf16 buffers of the largest NVFP4 layer, gemm_scratch_elements each: the
+  // in-line dequantisation's and the prefetched weights' (LinearRunner::prefetch_dequantized).
+  uint16_t* gemm_scratch = nullptr;
   int64_t gemm_scratch_elements = 0;
   uint8_t* gemm_workspace = nullptr;
   int32_t* meta_host = nullptr;      // pinned, StepMetadata::count(limits) entries

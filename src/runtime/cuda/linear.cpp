@@ -9,6 +9,7 @@
 #include "core/error.h"
 #include "ops/cuda/activation.h"
 #include "ops/cuda/cuda_check.h"
+#include "ops/cuda/dequantize_nvfp4.h"
 #include "ops/cuda/gemv.h"
 
 namespace uberlm::gpu {
@@ -52,7 +53,24 @@ LinearRunner::LinearRunner(cudaStream_t stream, bool large_m, const GemvTuningTa
       table_(table),
       strict_(strict),
       deterministic_(deterministic),
-      gemm_(large_m && !deterministic ? std::make_unique<cuda::Gemm>(stream) : nullptr) {}
+      gemm_(large_m && !deterministic ? std::make_unique<cuda::Gemm>(stream) : nullptr) {
+  if (!gemm_) return;
+  CUDA_CHECK(cudaStreamCreateWithFlags(&prefetch_stream_, cudaStreamNonBlocking));
+  CUDA_CHECK(cudaEventCreateWithFlags(&prefetch_start_, cudaEventDisableTiming));
+  for (PrefetchSlot& slot : prefetched_) {
+    CUDA_CHECK(cudaEventCreateWithFlags(&slot.ready, cudaEventDisableTiming));
+    CUDA_CHECK(cudaEventCreateWithFlags(&slot.read, cudaEventDisableTiming));
+  }
+}
+
+LinearRunner::~LinearRunner() {
+  for (PrefetchSlot& slot : prefetched_) {
+    if (slot.ready) cudaEventDestroy(slot.ready);
+    if (slot.read) cudaEventDestroy(slot.read);
+  }
+  if (prefetch_start_) cudaEventDestroy(prefetch_start_);
+  if (prefetch_stream_) cudaStreamDestroy(prefetch_stream_);
+}
 
 // The table's tuning of a launch. In deterministic mode one K split serves every M of a cell, so that a row's
 // sums do not depend on M: the batch-invariant variant of the cell's winner at one row (the batch decode
@@ -86,10 +104,42 @@ cuda::GemvTuning LinearRunner::tuning_for(GemvKernel kernel, int64_t n, int64_t 
   return fallback;
 }
 
-void LinearRunner::set_gemm_memory(uint16_t* scratch, int64_t scratch_elements, uint8_t* workspace) {
+void LinearRunner::set_gemm_memory(uint16_t* scratch, int64_t slot_elements, uint8_t* workspace) {
   gemm_scratch_ = scratch;
-  gemm_scratch_elements_ = scratch_elements;
+  gemm_scratch_elements_ = slot_elements;
   if (gemm_) gemm_->set_workspace(workspace, cuda::kGemmWorkspaceBytes);
+}
+
+void LinearRunner::prefetch_dequantized(std::initializer_list<const DeviceLinear*> weights, int64_t rows) {
+  if (!gemm_ || !gemm_scratch_ || rows <= cuda::kGemvMaxM) return;
+  CUDA_CHECK(cudaEventRecord(prefetch_start_, stream_));
+  CUDA_CHECK(cudaStreamWaitEvent(prefetch_stream_, prefetch_start_));
+  int slot = 0;
+  for (const DeviceLinear* w : weights) {
+    if (!w->nvfp4 || slot == kPrefetchedWeights) continue;
+    PrefetchSlot& s = prefetched_[slot];
+    uint16_t* buffer = gemm_scratch_ + (1 + slot) * gemm_scratch_elements_;
+    CUDA_CHECK(cudaStreamWaitEvent(prefetch_stream_, s.read));  // the buffer's last product has read it
+    CUDA_CHECK(cuda::launch_dequantize_nvfp4_bf16(w->nvfp4_view(), buffer, prefetch_stream_));
+    CUDA_CHECK(cudaEventRecord(s.ready, prefetch_stream_));
+    s.weight = w;
+    ++slot;
+  }
+}
+
+bool LinearRunner::multiply_prefetched(const DeviceLinear& w, const uint16_t* x, int64_t rows, float* y) {
+  for (int slot = 0; slot < kPrefetchedWeights; ++slot) {
+    PrefetchSlot& s = prefetched_[slot];
+    if (s.weight != &w) continue;
+    CUDA_CHECK(cudaStreamWaitEvent(stream_, s.ready));
+    const Nvfp4Weight view = w.nvfp4_view();
+    gemm_->bf16(gemm_scratch_ + (1 + slot) * gemm_scratch_elements_, view.rows, view.cols, x, rows, y,
+                view.global_scale);
+    CUDA_CHECK(cudaEventRecord(s.read, stream_));
+    s.weight = nullptr;
+    return true;
+  }
+  return false;
 }
 
 void LinearRunner::linear(const DeviceLinear& w, const uint16_t* x, int64_t rows, float* y) {
@@ -114,7 +164,7 @@ void LinearRunner::linear(const DeviceLinear& w, const uint16_t* x, int64_t rows
                      cuda::kGemvMaxM);
     if (w.nvfp4) {
       ++counters_.gemm_nvfp4_linear_calls;
-      gemm_->nvfp4(w.nvfp4_view(), gemm_scratch_, gemm_scratch_elements_, x, rows, y);
+      if (!multiply_prefetched(w, x, rows, y)) gemm_->nvfp4(w.nvfp4_view(), gemm_scratch_, gemm_scratch_elements_, x, rows, y);
     } else {
       ++counters_.gemm_bf16_linear_calls;
       gemm_->bf16(w.bf16, w.out, w.in_padded, x, rows, y);

@@ -21,6 +21,11 @@
 
 namespace uberlm::gpu {
 
+// NVFP4 weights whose dequantisation a prompt step queues ahead (LinearRunner::prefetch_dequantized), each in
+// a bf16 scratch buffer of its own beside the in-line one.
+inline constexpr int kPrefetchedWeights = 4;
+inline constexpr int kGemmScratchSlots = 1 + kPrefetchedWeights;
+
 struct LinearCounters {
   int64_t gemv_linear_calls = 0;        // linear layers over at most kGemvMaxM rows
   int64_t gemm_bf16_linear_calls = 0;   // over more rows, bf16 weights
@@ -36,9 +41,19 @@ class LinearRunner {
   // Its handle takes device memory of its own: make the runner before measuring free memory.
   // table: this GPU's winners (null: none, every launch a miss); strict: a miss is an Error.
   LinearRunner(cudaStream_t stream, bool large_m, const GemvTuningTable* table, bool strict, bool deterministic);
+  ~LinearRunner();
+  LinearRunner(const LinearRunner&) = delete;
+  LinearRunner& operator=(const LinearRunner&) = delete;
   bool large_m() const { return gemm_ != nullptr; }
-  // The large-M path's bf16 scratch (elements: the largest NVFP4 layer) and cuBLAS workspace.
-  void set_gemm_memory(uint16_t* scratch, int64_t scratch_elements, uint8_t* workspace);
+  // The large-M path's bf16 scratch (kGemmScratchSlots buffers of slot_elements, the largest NVFP4 layer) and
+  // cuBLAS workspace.
+  void set_gemm_memory(uint16_t* scratch, int64_t slot_elements, uint8_t* workspace);
+  // Steps of more than kGemvMaxM rows: queues the dequantisation of up to kPrefetchedWeights NVFP4 weights on a
+  // side stream, each into a scratch buffer of its own, starting when the main stream reaches this point,
+  // so that it runs beside the kernels queued next (a mixer's core: the Gated DeltaNet and attention kernels
+  // leave memory bandwidth and SMs idle, where cuBLAS's products would not); linear() then multiplies from
+  // the buffer. The same bits as the in-line dequantisation. Other weights and steps: nothing.
+  void prefetch_dequantized(std::initializer_list<const DeviceLinear*> weights, int64_t rows);
 
   // y [rows, w.out] fp32 = x [rows, w.in_padded] bf16 . W^T (+ bias).
   void linear(const DeviceLinear& w, const uint16_t* x, int64_t rows, float* y);
@@ -72,6 +87,18 @@ class LinearRunner {
   std::unique_ptr<cuda::Gemm> gemm_;
   uint16_t* gemm_scratch_ = nullptr;
   int64_t gemm_scratch_elements_ = 0;
+  // prefetch_dequantized's side stream and, per buffer, the weight it holds (null: none), the event its
+  // dequantisation completes, and the event the product that read it last completes.
+  cudaStream_t prefetch_stream_ = nullptr;
+  struct PrefetchSlot {
+    const DeviceLinear* weight = nullptr;
+    cudaEvent_t ready = nullptr;
+    cudaEvent_t read = nullptr;
+  };
+  PrefetchSlot prefetched_[kPrefetchedWeights];
+  cudaEvent_t prefetch_start_ = nullptr;
+  // linear()'s product of a prefetched weight; false when `w` is not prefetched.
+  bool multiply_prefetched(const DeviceLinear& w, const uint16_t* x, int64_t rows, float* y);
   LinearCounters counters_;
 };
 
