@@ -1,6 +1,6 @@
 // The `uberlm` binary end to end on the default model: `inspect` lists every tensor and checks their
 // shapes, `run` generates text and reports its speed, `run --chat` renders the prompt with a chat
-// template, `eval ppl` reports truncation, and bad input (a FIFO in the model folder, a config that
+// template, `run --deterministic` on the CPU gives the same text, `eval ppl` reports truncation, and bad input (a FIFO in the model folder, a config that
 // disagrees with the tensors) is a clear error with a non-zero exit.
 #include <gtest/gtest.h>
 #include <sys/stat.h>
@@ -132,6 +132,19 @@ TEST(Cli, RunContinuesThePromptAndReportsSpeed) {
   EXPECT_EQ(result.output.rfind("Natalia sold clips to", 0), 0u) << result.output;
   EXPECT_GT(result.output.size(), std::string("Natalia sold clips to").size() + 40) << result.output;
   EXPECT_NE(result.output.find("tok/s decode"), std::string::npos) << result.output;
+}
+
+// --deterministic selects the CUDA backend's batch-invariant kernels; the CPU backend is batch-invariant always,
+// so there the flag is accepted and changes nothing.
+TEST(Cli, RunDeterministicOnTheCpuGivesTheSameText) {
+  const std::string run = "run --model " + kDefaultModel + " --device cpu --prompt 'Natalia sold clips to' --max-tokens 24";
+  const CommandResult plain = run_uberlm(run), deterministic = run_uberlm(run + " --deterministic");
+  ASSERT_EQ(plain.exit_code, 0) << plain.output;
+  ASSERT_EQ(deterministic.exit_code, 0) << deterministic.output;
+  // The text, without the speed line that follows it ("[cpu] prompt N tokens (...)").
+  const auto text = [](const std::string& output) { return output.substr(0, output.find("\n[cpu] prompt")); };
+  EXPECT_GT(text(plain.output).size(), std::string("Natalia sold clips to").size() + 40) << plain.output;
+  EXPECT_EQ(text(deterministic.output), text(plain.output));
 }
 
 TEST(Cli, RunChatUsesChatMlWithoutATemplateOrTheGivenTemplateFile) {
