@@ -112,6 +112,11 @@ void LinearRunner::set_gemm_memory(uint16_t* scratch, int64_t slot_elements, uin
 
 void LinearRunner::prefetch_dequantized(std::initializer_list<const DeviceLinear*> weights, int64_t rows) {
   if (!gemm_ || !gemm_scratch_ || rows <= cuda::kGemvMaxM) return;
+  // A decode step of more than kGemvMaxM sequences may be captured as a graph: its products dequantise in line
+  // rather than fork the capture onto the side stream.
+  cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
+  CUDA_CHECK(cudaStreamIsCapturing(stream_, &capture));
+  if (capture != cudaStreamCaptureStatusNone) return;
   CUDA_CHECK(cudaEventRecord(prefetch_start_, stream_));
   CUDA_CHECK(cudaStreamWaitEvent(prefetch_stream_, prefetch_start_));
   int slot = 0;

@@ -52,7 +52,8 @@ class LinearRunner {
   // side stream, each into a scratch buffer of its own, starting when the main stream reaches this point,
   // so that it runs beside the kernels queued next (a mixer's core: the Gated DeltaNet and attention kernels
   // leave memory bandwidth and SMs idle, where cuBLAS's products would not); linear() then multiplies from
-  // the buffer. The same bits as the in-line dequantisation. Other weights and steps: nothing.
+  // the buffer. The same bits as the in-line dequantisation. Other weights, steps, and steps being captured
+  // as a graph: nothing.
   void prefetch_dequantized(std::initializer_list<const DeviceLinear*> weights, int64_t rows);
 
   // y [rows, w.out] fp32 = x [rows, w.in_padded] bf16 . W^T (+ bias).
