@@ -121,6 +121,11 @@ CudaBackend::Impl::Impl(const ModelConfig& model_config, const CudaBackendOption
                         const std::vector<gpu::LinearFormat>& formats)
     : config(model_config), options(backend_options) {
   options.strict = options.strict || strict_from_environment();
+  if (options.deterministic && options.communicator && options.communicator->size() > 2) {
+    fail("--deterministic: with {} tensor-parallel ranks NCCL's all-reduce adds each element in an order its "
+         "message size picks, so a row's bits would depend on the batch; use 1 or 2 ranks",
+         options.communicator->size());
+  }
   if (config.head_dim > cuda::kAttentionMaxHeadDim) {
     fail("CudaBackend: head_dim {} exceeds the attention kernel's {}", config.head_dim, cuda::kAttentionMaxHeadDim);
   }

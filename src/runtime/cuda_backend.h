@@ -5,7 +5,7 @@
 // block table of its KV blocks in this backend's pool, which it writes and reads exactly.
 //
 // A linear layer over at most kGemvMaxM rows runs on the small-M GEMV, over more rows (prefill) on
-// cuBLAS; each path is counted. A decode step (every chunk one token wanting its logits) is captured as
+// cuBLAS (with deterministic, on the GEMV in pieces); each path is counted. A decode step (every chunk one token wanting its logits) is captured as
 // one CUDA graph per batch size and replayed, with the eager result bit for bit.
 #include <cstdint>
 #include <memory>

@@ -30,7 +30,8 @@ enum class GemvPipeline { Registers, AsyncCopy, BulkStream };
 // at every M (others take two at small M, see gemv_tile.cuh). A token's sums are then added in an order set
 // by k_split alone (the warps, depth, row tiles and pipeline move data, not arithmetic), so batch-invariant
 // tunings of one k_split give a token the same bits whatever M is and whichever of them runs: the
-// --deterministic path picks one per M bucket among those (gemv_*_batch_invariant_tuning).
+// --deterministic path runs one per cell at every M (runtime/cuda/linear.h; without a table the built-in
+// gemv_*_batch_invariant_tuning, one K split per K).
 struct GemvTuning {
   int warps = 4;
   int depth = 4;

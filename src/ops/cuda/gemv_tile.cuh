@@ -458,7 +458,8 @@ struct GemvStoreEpilogue {
 // elements apart: the down projection's padded input) = swiglu_bf16(gate, up), where gate and up are
 // the fp32 values GemvStoreEpilogue would store. That is launch_swiglu's math on the same values, so the
 // result equals the plain GEMV followed by launch_swiglu bit for bit whenever the plain GEMV's tiles
-// had the same accumulator chains (kGemvAccChains: always at one token group or two row tiles).
+// had the same accumulator chains (kGemvLaunchChains: always at one token group or two row tiles, and between a
+// batch-invariant plain tuning and its paired variant).
 struct GemvSwigluEpilogue {
   static constexpr bool kPairedTiles = true;
   __nv_bfloat16* out;

@@ -1,5 +1,6 @@
 #include "runtime/cuda/decoder.h"
 
+#include "core/error.h"
 #include "ops/cuda/activation.h"
 #include "ops/cuda/attention_decode.h"
 #include "ops/cuda/attention_prefill.h"
@@ -32,11 +33,12 @@ void snapshot_residual(const GpuDecoder& d, int layer, int which, int64_t tokens
                              size * sizeof(float), cudaMemcpyDeviceToDevice, d.stream));
 }
 
-// Prompt steps: the mixer's output projection and the MLP's weights are dequantised on a side stream while the
-// mixer's core runs (LinearRunner::prefetch_dequantized).
-void prefetch_sublayer_weights(const GpuDecoder& d, int layer, const DeviceLinear& mixer_out, int64_t tokens) {
+// Steps with prompt rows: the mixer's output projection and the MLP's weights are dequantised on a side stream
+// while the mixer's core runs (LinearRunner::prefetch_dequantized).
+void prefetch_sublayer_weights(const GpuDecoder& d, int layer, const DeviceLinear& mixer_out, const StepShape& step) {
+  if (step.tokens == step.chunks) return;
   const DeviceMlp& mlp = d.model.layers[layer].mlp;
-  d.linears.prefetch_dequantized({&mixer_out, &mlp.gate_proj, &mlp.up_proj, &mlp.down_proj}, tokens);
+  d.linears.prefetch_dequantized({&mixer_out, &mlp.gate_proj, &mlp.up_proj, &mlp.down_proj}, step.tokens);
 }
 
 cuda::DeviceChunks device_chunks(const GpuDecoder& d, const StepShape& step) {
@@ -83,6 +85,7 @@ void attend_in_pieces(const GpuDecoder& d, const LayerCaches& cache, const StepS
   const int splits = deterministic_attention_splits(c, d.limits);
   const int64_t piece = d.buffers.attention_workspace_floats / cuda::attention_workspace_floats(1, c.num_heads,
                                                                                                 c.head_dim, splits);
+  if (piece < 1) fail("deterministic attention: the workspace holds no token at {} splits", splits);
   const int64_t q_width = static_cast<int64_t>(c.num_heads) * c.head_dim;
   for (int64_t first = 0; first < step.tokens; first += piece) {
     cuda::AttentionOutput out = output;
@@ -97,7 +100,8 @@ void attend_in_pieces(const GpuDecoder& d, const LayerCaches& cache, const StepS
 
 // The attention of every token over its sequence's cached keys and values, written gated into o_proj's
 // input. Steps with prompt rows take the query-tiled tensor-core kernel; decode steps (one token per
-// sequence) the split kernel, which fills the GPU from a few long sequences.
+// sequence) the split kernel, which fills the GPU from a few long sequences; in deterministic mode every step
+// the split kernel (attend_in_pieces).
 void attend(const GpuDecoder& d, const LayerCaches& cache, const StepShape& step) {
   const ModelConfig& c = d.config;
   const AttentionBuffers& b = d.buffers.attention;
@@ -149,7 +153,7 @@ void attention(const GpuDecoder& d, int layer, const StepShape& step) {
     CUDA_CHECK(cuda::launch_qk_norm_rope_kv_append(b.q_proj, b.k, meta.positions, T, shape, d.model.inv_freq, w.q_norm, w.k_norm,
                                          b.query, cache_write, d.stream));
   }
-  prefetch_sublayer_weights(d, layer, w.o_proj, step.tokens);
+  prefetch_sublayer_weights(d, layer, w.o_proj, step);
   attend(d, cache, step);
   OpScope op(d.profiler, "attention_o_proj");
   d.linears.linear(w.o_proj, b.o_proj_in, T, d.buffers.sublayer_out);
@@ -172,7 +176,7 @@ void gated_delta_net(const GpuDecoder& d, int layer, const StepShape& step) {
     d.linears.group({{&w.in_proj_qkv, b.qkv}, {&w.in_proj_z, b.z}, {&w.in_proj_b, b.b}, {&w.in_proj_a, b.a}},
                     d.buffers.h, T);
   }
-  prefetch_sublayer_weights(d, layer, w.out_proj, T);
+  prefetch_sublayer_weights(d, layer, w.out_proj, step);
   {
     OpScope op(d.profiler, "gated_delta_net");
     const cuda::GatedDeltaNetDims dims = delta_net_dims(c);

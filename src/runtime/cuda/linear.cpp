@@ -29,11 +29,11 @@ cuda::GemvTuning built_in_batch_invariant_tuning(GemvKernel kernel, int64_t k, i
     case GemvKernel::Nvfp4Swiglu: return cuda::gemv_paired_tuning(cuda::gemv_nvfp4_batch_invariant_tuning(rows, k));
     case GemvKernel::Bf16Swiglu: return cuda::gemv_paired_tuning(cuda::gemv_bf16_batch_invariant_tuning(rows));
   }
-  return {};
+  fail("gemv: unknown kernel kind {}", static_cast<int>(kernel));
 }
 
-// Whether a kernel of this tuning is compiled for the launch kind.
-bool compiled(GemvKernel kernel, const cuda::GemvTuning& tuning) {
+// Whether a kernel of this tuning is compiled for the launch kind (the tuning names are unique).
+bool has_compiled_kernel(GemvKernel kernel, const cuda::GemvTuning& tuning) {
   std::vector<cuda::GemvTuning> all;
   switch (kernel) {
     case GemvKernel::Nvfp4: all = cuda::gemv_nvfp4_tunings(); break;
@@ -72,36 +72,64 @@ LinearRunner::~LinearRunner() {
   if (prefetch_stream_) cudaStreamDestroy(prefetch_stream_);
 }
 
-// The table's tuning of a launch. In deterministic mode one K split serves every M of a cell, so that a row's
-// sums do not depend on M: the batch-invariant variant of the cell's winner at one row (the batch decode
-// serves most; that kernel then runs at every M) when one is compiled. A launch without its tuning takes the
-// built-in one (invariant in deterministic mode), counted as a miss, logged once, an Error in strict mode.
 cuda::GemvTuning LinearRunner::tuning_for(GemvKernel kernel, int64_t n, int64_t k, int64_t rows) {
-  const int64_t table_rows = deterministic_ ? 1 : rows;
-  cells_seen_.insert(GemvCell{kernel, n, k, gemv_m_bucket(table_rows)});
+  return deterministic_ ? deterministic_tuning(kernel, n, k, rows) : table_tuning(kernel, n, k, rows);
+}
+
+cuda::GemvTuning LinearRunner::table_tuning(GemvKernel kernel, int64_t n, int64_t k, int64_t rows) {
+  const GemvCell cell{kernel, n, k, gemv_m_bucket(rows)};
+  cells_seen_.insert(cell);
   if (table_) {
-    if (std::optional<cuda::GemvTuning> tuning = table_->find(kernel, n, k, table_rows)) {
-      tuning->batch_invariant = deterministic_;
-      if (!deterministic_ || compiled(kernel, *tuning)) {
-        ++counters_.tuning_table_hits;
-        return *tuning;
-      }
+    if (const std::optional<cuda::GemvTuning> tuning = table_->find(kernel, n, k, rows)) {
+      ++counters_.tuning_table_hits;
+      return *tuning;
     }
   }
+  return built_in_fallback(cell, built_in_tuning(kernel, n, k, rows),
+                           table_ ? "no tuning-table cell" : "no tuning table is loaded");
+}
+
+// One K split serves every M of a cell, so that a row's sums do not depend on M: the batch-invariant variant of
+// the cell's winner at one row (the batch decode serves most; that kernel then runs at every M), resolved once
+// per cell.
+cuda::GemvTuning LinearRunner::deterministic_tuning(GemvKernel kernel, int64_t n, int64_t k, int64_t rows) {
+  const GemvCell cell{kernel, n, k, 1};
+  auto [entry, fresh] = invariant_winners_.try_emplace(cell);
+  InvariantWinner& winner = entry->second;
+  if (fresh) {
+    cells_seen_.insert(cell);
+    const std::optional<cuda::GemvTuning> one_row = table_ ? table_->find(kernel, n, k, 1) : std::nullopt;
+    if (one_row) {
+      cuda::GemvTuning invariant = *one_row;
+      invariant.batch_invariant = true;
+      if (has_compiled_kernel(kernel, invariant)) winner.tuning = invariant;
+      else winner.missing = fmt::format("the one-row winner {} has no batch-invariant kernel", cuda::gemv_tuning_name(*one_row));
+    } else {
+      winner.missing = table_ ? "no tuning-table cell at one row" : "no tuning table is loaded";
+    }
+  }
+  if (winner.tuning) {
+    ++counters_.tuning_table_hits;
+    return *winner.tuning;
+  }
+  return built_in_fallback(cell, built_in_batch_invariant_tuning(kernel, k, rows), winner.missing);
+}
+
+// A launch without its table tuning: the built-in one, counted as a miss, logged once per cell, an Error in strict
+// mode.
+cuda::GemvTuning LinearRunner::built_in_fallback(const GemvCell& cell, const cuda::GemvTuning& built_in,
+                                                 const std::string& missing) {
   ++counters_.tuning_table_misses;
-  const GemvCell cell{kernel, n, k, gemv_m_bucket(table_rows)};
-  const cuda::GemvTuning fallback =
-      deterministic_ ? built_in_batch_invariant_tuning(kernel, k, rows) : built_in_tuning(kernel, n, k, rows);
-  const char* lacks = deterministic_ ? "its one-row cell, with a batch-invariant kernel of its shape" : "it";
   if (strict_) {
-    fail("strict: no GEMV tuning-table cell for {} N={} K={} M<={} ({}; `uberlm tune` measures it)",
-         gemv_kernel_name(kernel), n, k, cell.m, table_ ? fmt::format("the table lacks {}", lacks) : "no table is loaded");
+    fail("strict: GEMV {} N={} K={} M<={}: {}, so the built-in {} would run (`uberlm tune` measures the cells a "
+         "model uses)",
+         gemv_kernel_name(cell.kernel), cell.n, cell.k, cell.m, missing, cuda::gemv_tuning_name(built_in));
   }
   if (logged_misses_.insert(cell).second) {
-    spdlog::warn("gemv: no tuning-table cell for {} N={} K={} M<={}; the built-in {} runs (uberlm tune measures it)",
-                 gemv_kernel_name(kernel), n, k, cell.m, cuda::gemv_tuning_name(fallback));
+    spdlog::warn("gemv: {} N={} K={} M<={}: {}; the built-in {} runs (`uberlm tune` measures the cells a model uses)",
+                 gemv_kernel_name(cell.kernel), cell.n, cell.k, cell.m, missing, cuda::gemv_tuning_name(built_in));
   }
-  return fallback;
+  return built_in;
 }
 
 void LinearRunner::set_gemm_memory(uint16_t* scratch, int64_t slot_elements, uint8_t* workspace) {
@@ -229,7 +257,7 @@ bool LinearRunner::fuses_swiglu(const DeviceLinear& gate, const DeviceLinear& up
 
 void LinearRunner::gate_up_swiglu(const DeviceLinear& gate, const DeviceLinear& up, const uint16_t* x, int64_t rows,
                                   uint16_t* out, int64_t out_stride) {
-  if (rows > cuda::kGemvMaxM) {
+  if (deterministic_ && rows > cuda::kGemvMaxM) {
     in_gemv_pieces(rows, [&](int64_t first, int64_t count) {
       gate_up_swiglu(gate, up, x + first * gate.in_padded, count, out + first * out_stride, out_stride);
     });

@@ -11,8 +11,11 @@
 
 #include <cstdint>
 #include <initializer_list>
+#include <map>
 #include <memory>
+#include <optional>
 #include <set>
+#include <string>
 #include <vector>
 
 #include "ops/cuda/gemm.h"
@@ -27,7 +30,7 @@ inline constexpr int kPrefetchedWeights = 4;
 inline constexpr int kGemmScratchSlots = 1 + kPrefetchedWeights;
 
 struct LinearCounters {
-  int64_t gemv_linear_calls = 0;        // linear layers over at most kGemvMaxM rows
+  int64_t gemv_linear_calls = 0;        // linear layers over at most kGemvMaxM rows (deterministic: 64-row pieces)
   int64_t gemm_bf16_linear_calls = 0;   // over more rows, bf16 weights
   int64_t gemm_nvfp4_linear_calls = 0;  // over more rows, NVFP4 weights dequantised into the scratch buffer
   int64_t gemv_swiglu_calls = 0;        // MLP gate/up GEMVs that wrote SwiGLU from their epilogue
@@ -77,6 +80,9 @@ class LinearRunner {
 
  private:
   cuda::GemvTuning tuning_for(GemvKernel kernel, int64_t n, int64_t k, int64_t rows);
+  cuda::GemvTuning table_tuning(GemvKernel kernel, int64_t n, int64_t k, int64_t rows);
+  cuda::GemvTuning deterministic_tuning(GemvKernel kernel, int64_t n, int64_t k, int64_t rows);
+  cuda::GemvTuning built_in_fallback(const GemvCell& cell, const cuda::GemvTuning& built_in, const std::string& missing);
   void group_piece(const std::vector<Output>& outputs, const uint16_t* x, int64_t rows);
 
   cudaStream_t stream_;
@@ -84,6 +90,12 @@ class LinearRunner {
   bool strict_;
   bool deterministic_;
   std::set<GemvCell> logged_misses_;
+  // Deterministic mode: per cell (M bucket 1), the table's invariant tuning, or why there is none.
+  struct InvariantWinner {
+    std::optional<cuda::GemvTuning> tuning;
+    std::string missing;
+  };
+  std::map<GemvCell, InvariantWinner> invariant_winners_;
   std::set<GemvCell> cells_seen_;
   std::unique_ptr<cuda::Gemm> gemm_;
   uint16_t* gemm_scratch_ = nullptr;
