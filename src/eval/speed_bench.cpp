@@ -236,6 +236,7 @@ nlohmann::json run_speed_bench(const SpeedBenchOptions& options) {
   report["counters"] = {{"gemv_linear_calls", counters.gemv_linear_calls},
                         {"gemm_bf16_linear_calls", counters.gemm_bf16_linear_calls},
                         {"gemm_nvfp4_linear_calls", counters.gemm_nvfp4_linear_calls},
+                        {"gemm_nvfp4_prefetched_calls", counters.gemm_nvfp4_prefetched_calls},
                         {"gemv_swiglu_calls", counters.gemv_swiglu_calls},
                         {"tuning_table_hits", counters.tuning_table_hits},
                         {"tuning_table_misses", counters.tuning_table_misses},
@@ -248,11 +249,12 @@ nlohmann::json run_speed_bench(const SpeedBenchOptions& options) {
   std::printf("\nGEMV tunings: %lld launches from the table, %lld on the built-in tuning (cells the table lacks)\n",
               static_cast<long long>(counters.tuning_table_hits), static_cast<long long>(counters.tuning_table_misses));
   std::printf("linear calls: GEMV %lld (gate/up with SwiGLU epilogue %lld), cuBLAS bf16 %lld, cuBLAS NVFP4 "
-              "(dequantised) %lld; graph captures %lld, replays %lld\n",
+              "(dequantised) %lld (of them dequantised beside the mixer %lld); graph captures %lld, replays %lld\n",
               static_cast<long long>(counters.gemv_linear_calls), static_cast<long long>(counters.gemv_swiglu_calls),
               static_cast<long long>(counters.gemm_bf16_linear_calls),
-              static_cast<long long>(counters.gemm_nvfp4_linear_calls), static_cast<long long>(counters.graph_captures),
-              static_cast<long long>(counters.graph_replays));
+              static_cast<long long>(counters.gemm_nvfp4_linear_calls),
+              static_cast<long long>(counters.gemm_nvfp4_prefetched_calls),
+              static_cast<long long>(counters.graph_captures), static_cast<long long>(counters.graph_replays));
   std::printf("prompt steps: prefill attention %lld layers (decode kernel instead %lld); Gated DeltaNet chunked form "
               "%lld layers (token by token for head dims over its tiles %lld)\n",
               static_cast<long long>(counters.prefill_attention_calls),

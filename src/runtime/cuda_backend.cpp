@@ -399,8 +399,9 @@ int64_t CudaBackend::cache_bytes_per_token(int64_t context) const {
 
 GpuBackend::Counters CudaBackend::counters() const {
   const gpu::LinearCounters& linear = impl_->linears->counters();
-  return {linear.gemv_linear_calls, linear.gemm_bf16_linear_calls,  linear.gemm_nvfp4_linear_calls,
-          linear.gemv_swiglu_calls, linear.tuning_table_hits,       linear.tuning_table_misses,
+  return {linear.gemv_linear_calls,         linear.gemm_bf16_linear_calls, linear.gemm_nvfp4_linear_calls,
+          linear.gemm_nvfp4_prefetched_calls, linear.gemv_swiglu_calls,      linear.tuning_table_hits,
+          linear.tuning_table_misses,
           impl_->decoder_counters.prefill_attention_calls, impl_->decoder_counters.prefill_attention_fallbacks,
           impl_->decoder_counters.chunked_delta_rule_calls, impl_->decoder_counters.chunked_delta_rule_fallbacks,
           impl_->graphs->captures(), impl_->graphs->replays()};

@@ -76,6 +76,7 @@ class GpuBackend : public Backend {
     int64_t gemv_linear_calls = 0;        // linear layers over at most kGemvMaxM rows
     int64_t gemm_bf16_linear_calls = 0;   // over more rows, bf16 weights
     int64_t gemm_nvfp4_linear_calls = 0;  // over more rows, NVFP4 weights dequantised into the scratch buffer
+    int64_t gemm_nvfp4_prefetched_calls = 0;  // ... of them, dequantised ahead beside the mixer's core
     int64_t gemv_swiglu_calls = 0;        // MLP gate/up GEMVs that wrote SwiGLU from their epilogue
     int64_t tuning_table_hits = 0;        // GEMV launches tuned by the table
     int64_t tuning_table_misses = 0;      // GEMV launches on the built-in tuning (a cell the table lacks)

@@ -170,6 +170,7 @@ bool LinearRunner::multiply_prefetched(const DeviceLinear& w, const uint16_t* x,
                 view.global_scale);
     CUDA_CHECK(cudaEventRecord(s.read, stream_));
     s.weight = nullptr;
+    ++counters_.gemm_nvfp4_prefetched_calls;
     return true;
   }
   return false;

@@ -33,6 +33,7 @@ struct LinearCounters {
   int64_t gemv_linear_calls = 0;        // linear layers over at most kGemvMaxM rows (deterministic: 64-row pieces)
   int64_t gemm_bf16_linear_calls = 0;   // over more rows, bf16 weights
   int64_t gemm_nvfp4_linear_calls = 0;  // over more rows, NVFP4 weights dequantised into the scratch buffer
+  int64_t gemm_nvfp4_prefetched_calls = 0;  // ... of them, dequantised ahead on the side stream (prefetch_dequantized)
   int64_t gemv_swiglu_calls = 0;        // MLP gate/up GEMVs that wrote SwiGLU from their epilogue
   int64_t tuning_table_hits = 0;        // GEMV launches whose tuning came from the table
   int64_t tuning_table_misses = 0;      // GEMV launches that took the built-in tuning
