@@ -127,7 +127,7 @@ class DeltaNetCase {
     }
     // States carry a chunked launch's rounding into every later launch.
     const bool decode_shape =
-        tokens == static_cast<int64_t>(chunks.size()) || form_ == cuda::GatedDeltaNetForm::DecodeTokenByToken;
+        cuda::gated_delta_net_runs_decode_shape(tokens, static_cast<int64_t>(chunks.size()), form_);
     const bool chunked = cuda::gated_delta_net_chunk_runs_chunked(dims_, decode_shape, longest);
     chunked_before_ = chunked_before_ || chunked;
     const std::string form = chunked ? " (chunked)" : "";

@@ -69,6 +69,11 @@ void Gemm::bf16(const void* weight, int64_t n, int64_t k, const void* x, int64_t
 void Gemm::nvfp4(const Nvfp4Weight& weight, void* scratch, int64_t scratch_elements, const void* x, int64_t m,
                  float* y) {
   check_gemm_arguments("gemm_nvfp4", weight.rows, weight.cols, x, m, y);
+  dequantize(weight, scratch, scratch_elements, stream_);
+  nvfp4_dequantized(weight, scratch, x, m, y);
+}
+
+void Gemm::dequantize(const Nvfp4Weight& weight, void* scratch, int64_t scratch_elements, cudaStream_t stream) {
   if (weight.cols % kNvfp4BlockSize != 0) fail("gemm_nvfp4: K = {} is not a multiple of 16", weight.cols);
   if (weight.code_order != Nvfp4CodeOrder::GemvTiled) {
     fail("gemm_nvfp4: codes must be in the GEMV's tiled order (tile_nvfp4_codes_for_gemv)");
@@ -80,7 +85,10 @@ void Gemm::nvfp4(const Nvfp4Weight& weight, void* scratch, int64_t scratch_eleme
     fail("gemm_nvfp4: the bf16 scratch buffer ({} elements) is smaller than the weight [{}, {}] or misaligned",
          scratch_elements, weight.rows, weight.cols);
   }
-  CUDA_CHECK(launch_dequantize_nvfp4_bf16(weight, scratch, stream_));
+  CUDA_CHECK(launch_dequantize_nvfp4_bf16(weight, scratch, stream));
+}
+
+void Gemm::nvfp4_dequantized(const Nvfp4Weight& weight, const void* scratch, const void* x, int64_t m, float* y) {
   bf16(scratch, weight.rows, weight.cols, x, m, y, weight.global_scale);
 }
 

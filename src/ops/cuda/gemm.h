@@ -30,8 +30,14 @@ class Gemm {
 
   // weight: bf16 [n, k]; x: bf16 [m, k]; y: fp32 [m, n]; all device, 16-byte aligned, rows contiguous.
   void bf16(const void* weight, int64_t n, int64_t k, const void* x, int64_t m, float* y, float alpha = 1.0f);
-  // weight: device NVFP4 [n, k]; scratch: bf16, at least n * k elements, overwritten.
+  // weight: device NVFP4 [n, k]; scratch: bf16, at least n * k elements, overwritten. The two steps below, on
+  // this object's stream.
   void nvfp4(const Nvfp4Weight& weight, void* scratch, int64_t scratch_elements, const void* x, int64_t m, float* y);
+  // The first step, on any stream (a caller may dequantise ahead, beside other work): scratch = the weight's
+  // e2m1 * e4m3 values in bf16.
+  static void dequantize(const Nvfp4Weight& weight, void* scratch, int64_t scratch_elements, cudaStream_t stream);
+  // The second: y = x . scratch^T times the weight's global scale, scratch being `dequantize`'s output for it.
+  void nvfp4_dequantized(const Nvfp4Weight& weight, const void* scratch, const void* x, int64_t m, float* y);
 
  private:
   cudaStream_t stream_;

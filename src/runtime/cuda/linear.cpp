@@ -9,7 +9,6 @@
 #include "core/error.h"
 #include "ops/cuda/activation.h"
 #include "ops/cuda/cuda_check.h"
-#include "ops/cuda/dequantize_nvfp4.h"
 #include "ops/cuda/gemv.h"
 
 namespace uberlm::gpu {
@@ -151,13 +150,16 @@ void LinearRunner::prefetch_dequantized(std::initializer_list<const DeviceLinear
   for (const DeviceLinear* w : weights) {
     if (!w->nvfp4 || slot == kPrefetchedWeights) continue;
     PrefetchSlot& s = prefetched_[slot];
-    uint16_t* buffer = gemm_scratch_ + (1 + slot) * gemm_scratch_elements_;
     CUDA_CHECK(cudaStreamWaitEvent(prefetch_stream_, s.read));  // the buffer's last product has read it
-    CUDA_CHECK(cuda::launch_dequantize_nvfp4_bf16(w->nvfp4_view(), buffer, prefetch_stream_));
+    cuda::Gemm::dequantize(w->nvfp4_view(), prefetch_buffer(slot), gemm_scratch_elements_, prefetch_stream_);
     CUDA_CHECK(cudaEventRecord(s.ready, prefetch_stream_));
     s.weight = w;
     ++slot;
   }
+}
+
+uint16_t* LinearRunner::prefetch_buffer(int slot) const {
+  return gemm_scratch_ + (1 + slot) * gemm_scratch_elements_;  // buffer 0 is the in-line dequantisation's
 }
 
 bool LinearRunner::multiply_prefetched(const DeviceLinear& w, const uint16_t* x, int64_t rows, float* y) {
@@ -165,9 +167,7 @@ bool LinearRunner::multiply_prefetched(const DeviceLinear& w, const uint16_t* x,
     PrefetchSlot& s = prefetched_[slot];
     if (s.weight != &w) continue;
     CUDA_CHECK(cudaStreamWaitEvent(stream_, s.ready));
-    const Nvfp4Weight view = w.nvfp4_view();
-    gemm_->bf16(gemm_scratch_ + (1 + slot) * gemm_scratch_elements_, view.rows, view.cols, x, rows, y,
-                view.global_scale);
+    gemm_->nvfp4_dequantized(w.nvfp4_view(), prefetch_buffer(slot), x, rows, y);
     CUDA_CHECK(cudaEventRecord(s.read, stream_));
     s.weight = nullptr;
     ++counters_.gemm_nvfp4_prefetched_calls;
@@ -217,10 +217,10 @@ void LinearRunner::group(std::initializer_list<Output> outputs, const uint16_t* 
     });
     return;
   }
-  group_piece(std::vector<Output>(outputs), x, rows);
+  group_piece({outputs.begin(), outputs.size()}, x, rows);
 }
 
-void LinearRunner::group_piece(const std::vector<Output>& outputs, const uint16_t* x, int64_t rows) {
+void LinearRunner::group_piece(std::span<const Output> outputs, const uint16_t* x, int64_t rows) {
   const bool nvfp4 = outputs.begin()->weight->nvfp4;
   bool shared = rows <= cuda::kGemvMaxM && static_cast<int>(outputs.size()) <= cuda::kGemvMaxTargets;
   for (const Output& o : outputs) shared = shared && o.weight->nvfp4 == nvfp4;

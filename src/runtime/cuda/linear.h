@@ -15,6 +15,7 @@
 #include <memory>
 #include <optional>
 #include <set>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -84,7 +85,7 @@ class LinearRunner {
   cuda::GemvTuning table_tuning(GemvKernel kernel, int64_t n, int64_t k, int64_t rows);
   cuda::GemvTuning deterministic_tuning(GemvKernel kernel, int64_t n, int64_t k, int64_t rows);
   cuda::GemvTuning built_in_fallback(const GemvCell& cell, const cuda::GemvTuning& built_in, const std::string& missing);
-  void group_piece(const std::vector<Output>& outputs, const uint16_t* x, int64_t rows);
+  void group_piece(std::span<const Output> outputs, const uint16_t* x, int64_t rows);
 
   cudaStream_t stream_;
   const GemvTuningTable* table_;
@@ -111,6 +112,7 @@ class LinearRunner {
   };
   PrefetchSlot prefetched_[kPrefetchedWeights];
   cudaEvent_t prefetch_start_ = nullptr;
+  uint16_t* prefetch_buffer(int slot) const;
   // linear()'s product of a prefetched weight; false when `w` is not prefetched.
   bool multiply_prefetched(const DeviceLinear& w, const uint16_t* x, int64_t rows, float* y);
   LinearCounters counters_;

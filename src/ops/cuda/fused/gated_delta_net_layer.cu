@@ -292,7 +292,7 @@ cudaError_t launch_gated_delta_net_layer(const float* qkv, const float* z, const
   if (dims.v_head_dim < 1 || dims.v_head_dim > kMaxSlices * kChunkColumns) return cudaErrorInvalidValue;
   // Chunks of chunked_from tokens or more run chunked, the others token by token; each kernel's blocks
   // return at once on the other's chunks.
-  const bool decode_shape = tokens == chunks.count || form == GatedDeltaNetForm::DecodeTokenByToken;
+  const bool decode_shape = gated_delta_net_runs_decode_shape(tokens, chunks.count, form);
   const int64_t chunked_from = gated_delta_net_chunk_runs_chunked(dims, decode_shape, lengths.longest)
                                    ? kChunkedDeltaRuleMinTokens
                                    : std::numeric_limits<int64_t>::max();

@@ -75,6 +75,10 @@ struct GatedDeltaNetScratch {
 // the decode step's shape (one block per value head, one token per window), so that a token's values are the
 // same bits whether it was prefilled, in whatever chunk, or decoded (--deterministic).
 enum class GatedDeltaNetForm { ByChunkLength, DecodeTokenByToken };
+// Whether a launch of `tokens` tokens in `chunks` chunks runs in the decode step's shape (and so never chunked).
+inline bool gated_delta_net_runs_decode_shape(int64_t tokens, int64_t chunks, GatedDeltaNetForm form) {
+  return tokens == chunks || form == GatedDeltaNetForm::DecodeTokenByToken;
+}
 cudaError_t launch_gated_delta_net_layer(const float* qkv, const float* z, const float* a, const float* b,
                                    const GatedDeltaNetParams& weights, const DeviceChunks& chunks, int64_t tokens,
                                    ChunkLengths lengths, GatedDeltaNetForm form,
