@@ -2,7 +2,8 @@
 // Qwen3.5-27B linear shapes at M = 1, 8, 32, 64, each shape with a read-only probe of its weight codes
 // (read_probe.h: the ceiling of a kernel of that size; row M = 0). Each launch is timed alone (its own pair of CUDA
 // events, median of many) and back to back (see LaunchTimes), rotating over enough weight copies that
-// L2 cannot hold them.
+// L2 cannot hold them; --l2-resident instead reads one copy every launch (held in L2 where it fits), for what
+// a kernel gains from weights brought into L2 ahead.
 // --sweep also times every compiled tuning (warps, pipeline depth, row tiles) of each kernel; --only
 // keeps the runs whose label "shape/M/tuning" (e.g. "mlp_down/1/w4_d2_r2_k4") contains the text, for
 // profiling one launch. The MLP's gate/up pair (2 x 8704 x 5120) with SwiGLU is timed both ways: fused
@@ -14,7 +15,7 @@
 // The residual add + RMSNorm ("rms_norm/rows/kernel", rms_norm.h) at the 27B hidden size for 1, 2048 and 8192
 // rows, in its two kernels: 16-byte quads (rows of 4k values, every model's) and scalar (forced by an odd output
 // stride); bytes are x and delta read, x and the bf16 row written.
-//   kernel_bench [--json PATH] [--iters N] [--sweep] [--only TEXT] [--commit HASH]
+//   kernel_bench [--json PATH] [--iters N] [--sweep] [--only TEXT] [--l2-resident] [--commit HASH]
 #include <cuda_runtime_api.h>
 
 #include <algorithm>
@@ -193,7 +194,7 @@ nlohmann::json time_rms_norms(int iters, double copy_gbps) {
 int run(int argc, char** argv) {
   std::string json_path, commit = "unknown", command, only;
   int iters = 200;
-  bool sweep = false;
+  bool sweep = false, l2_resident = false;
   for (int i = 0; i < argc; ++i) command += (i ? " " : "") + std::string(argv[i]);
   for (int i = 1; i < argc; ++i) {
     const std::string arg = argv[i];
@@ -202,7 +203,8 @@ int run(int argc, char** argv) {
     else if (arg == "--commit" && i + 1 < argc) commit = argv[++i];
     else if (arg == "--sweep") sweep = true;
     else if (arg == "--only" && i + 1 < argc) only = argv[++i];
-    else fail("kernel_bench: unknown argument {} (usage: kernel_bench [--json PATH] [--iters N] [--sweep] [--only TEXT] [--commit HASH])", arg);
+    else if (arg == "--l2-resident") l2_resident = true;
+    else fail("kernel_bench: unknown argument {} (usage: kernel_bench [--json PATH] [--iters N] [--sweep] [--only TEXT] [--l2-resident] [--commit HASH])", arg);
   }
 
   cudaDeviceProp prop{};
@@ -239,7 +241,8 @@ int run(int argc, char** argv) {
     const size_t scale_bytes = nvfp4 ? shape.n * shape.k / 16 : 0;
     const size_t weight_bytes = packed_bytes + scale_bytes;
     // Enough copies that their total is at least 4x L2, so each launch reads its weights from DRAM.
-    const int copies = static_cast<int>(std::max<size_t>(2, (4 * size_t(prop.l2CacheSize)) / weight_bytes + 1));
+    const int copies =
+        l2_resident ? 1 : static_cast<int>(std::max<size_t>(2, (4 * size_t(prop.l2CacheSize)) / weight_bytes + 1));
 
     std::vector<uint8_t> host_packed(packed_bytes), host_scales(scale_bytes);
     cuda::fill_pseudo_random(host_packed, shape.n);

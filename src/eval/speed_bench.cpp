@@ -4,6 +4,7 @@
 #include <chrono>
 #include <cstdio>
 #include <memory>
+#include <set>
 
 #include "core/error.h"
 #include "model/model.h"
@@ -207,8 +208,8 @@ nlohmann::json run_speed_bench(const SpeedBenchOptions& options) {
 
   // Profiling pass: eager forwards with CUDA events around each op class.
   std::printf("\nper-op GPU time (profiling pass, eager, events around each op class), us per step:\n");
-  for (int batch : {1, 8, max_batch}) {
-    if (batch > max_batch || (batch == max_batch && max_batch <= 8)) continue;
+  for (int batch : std::set<int>{1, 8, max_batch}) {
+    if (batch > max_batch) continue;
     DecodingBatch sequences(engine, batch, options.context, kSetupTokens + kWarmSteps + kProfileSteps, vocab);
     backend.set_profiling(true);
     for (int step = 0; step < kProfileSteps; ++step) engine.run_step();
