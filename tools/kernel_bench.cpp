@@ -127,7 +127,7 @@ nlohmann::json time_prefill_gemms(int iters) {
   {
     DeviceBuffer a = random_bf16(kSquare * kSquare, 3), b = random_bf16(kSquare * kSquare, 5), c(kSquare * kSquare * 4);
     const double ms = cuda::time_median_ms(gemm_iters, [&](int) {
-      gemm.bf16(a.data(), kSquare, kSquare, b.data(), kSquare, c.as<float>());
+      gemm.bf16(a.data(), kSquare, kSquare, b.data(), kSquare, c.data(), DType::F32);
     });
     std::printf("\nprefill_gemm: bf16 %lld^3 through cuBLAS: %.3f ms, %.0f TFLOP/s\n", (long long)kSquare, ms,
                 tflops(kSquare, kSquare, kSquare, ms));
@@ -150,10 +150,10 @@ nlohmann::json time_prefill_gemms(int iters) {
       CUDA_CHECK(cuda::launch_dequantize_nvfp4_bf16(w, scratch.data(), nullptr));
     });
     const double cublas_ms = cuda::time_median_ms(gemm_iters, [&](int) {
-      gemm.bf16(scratch.data(), shape.n, shape.k, x.data(), kM, y.as<float>(), w.global_scale);
+      gemm.bf16(scratch.data(), shape.n, shape.k, x.data(), kM, y.data(), DType::F32, w.global_scale);
     });
     const double total_ms = cuda::time_median_ms(gemm_iters, [&](int) {
-      gemm.nvfp4(w, scratch.data(), shape.n * shape.k, x.data(), kM, y.as<float>());
+      gemm.nvfp4(w, scratch.data(), shape.n * shape.k, x.data(), kM, y.data(), DType::F32);
     });
     std::printf("%-16s %7lld %6lld %5lld %12.3f %12.3f %12.3f %10.0f %9.1f%%\n", shape.name.c_str(),
                 (long long)shape.n, (long long)shape.k, (long long)kM, dequant_ms, cublas_ms, total_ms,
@@ -344,7 +344,7 @@ int run(int argc, char** argv) {
           } else {
             const cuda::Nvfp4GemvTarget targets[] = {{weight(2 * c), gate.data()}, {weight(2 * c + 1), up.data()}};
             cuda::gemv_nvfp4_multi(targets, 2, x.data(), m, DType::F32, nullptr);
-            CUDA_CHECK(cuda::launch_swiglu(gate.as<float>(), up.as<float>(), m, n, out.data(), n, nullptr));
+            CUDA_CHECK(cuda::launch_swiglu(gate.data(), up.data(), DType::F32, m, n, out.data(), n, nullptr));
           }
         });
         const bool is_default = !tuning || cuda::gemv_tuning_name(*tuning) == cuda::gemv_tuning_name(chosen);

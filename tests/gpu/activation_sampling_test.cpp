@@ -19,22 +19,38 @@ constexpr double kBf16OutTolerance = 1.0 / 128;  // one bf16 rounding of the out
 
 TEST(GpuOps, SwigluAndResidualAddsMatchCpu) {
   ASSERT_NO_FATAL_FAILURE(require_gpu());
-  const int64_t rows = 7, cols = 100, stride = 128;
-  // Whole 16-byte quads per row (the vectorised kernel), then rows of 99 (an element per thread).
-  for (const auto [swiglu_cols, swiglu_stride] : {std::pair<int64_t, int64_t>{cols, stride}, {99, 101}}) {
-    const std::vector<float> gate = random_floats(rows * swiglu_cols, 4.0f), up = random_floats(rows * swiglu_cols, 2.0f);
-    DeviceBuffer d_gate = upload(gate), d_up = upload(up), d_out = poisoned<uint16_t>(rows * swiglu_stride);
-    sync_and_check(cuda::launch_swiglu(d_gate.as<float>(), d_up.as<float>(), rows, swiglu_cols, d_out.data(),
-                                       swiglu_stride, nullptr));
-    const std::vector<float> out = from_bf16(d_out.download<uint16_t>());
-    std::vector<float> got, ref;
-    for (int64_t r = 0; r < rows; ++r) {
-      for (int64_t i = 0; i < swiglu_cols; ++i) {
-        got.push_back(out[r * swiglu_stride + i]);
-        ref.push_back(cpu::silu(gate[r * swiglu_cols + i]) * up[r * swiglu_cols + i]);
+  const int64_t rows = 7, cols = 104, stride = 128;
+  // Rows of whole 16-byte vectors (the vectorised kernel: 4 fp32 or 8 bf16 inputs a thread), then rows of 99 (an
+  // element per thread); fp32 inputs, and bf16 ones as prompt steps' products write them (the reference then
+  // takes the same bf16 values).
+  for (const DType in_dtype : {DType::F32, DType::BF16}) {
+    for (const auto [swiglu_cols, swiglu_stride] : {std::pair<int64_t, int64_t>{cols, stride}, {99, 101}}) {
+      std::vector<float> gate = random_floats(rows * swiglu_cols, 4.0f), up = random_floats(rows * swiglu_cols, 2.0f);
+      DeviceBuffer d_gate, d_up;
+      if (in_dtype == DType::BF16) {
+        gate = bf16_rounded(gate);
+        up = bf16_rounded(up);
+        d_gate = upload(to_bf16(gate));
+        d_up = upload(to_bf16(up));
+      } else {
+        d_gate = upload(gate);
+        d_up = upload(up);
       }
+      DeviceBuffer d_out = poisoned<uint16_t>(rows * swiglu_stride);
+      sync_and_check(cuda::launch_swiglu(d_gate.data(), d_up.data(), in_dtype, rows, swiglu_cols, d_out.data(),
+                                         swiglu_stride, nullptr));
+      const std::vector<float> out = from_bf16(d_out.download<uint16_t>());
+      std::vector<float> got, ref;
+      for (int64_t r = 0; r < rows; ++r) {
+        for (int64_t i = 0; i < swiglu_cols; ++i) {
+          got.push_back(out[r * swiglu_stride + i]);
+          ref.push_back(cpu::silu(gate[r * swiglu_cols + i]) * up[r * swiglu_cols + i]);
+        }
+      }
+      expect_close(got, ref, kBf16OutTolerance,
+                   std::string("swiglu, ") + std::string(dtype_name(in_dtype)) + ", " + std::to_string(swiglu_cols) +
+                       " columns");
     }
-    expect_close(got, ref, kBf16OutTolerance, "swiglu, " + std::to_string(swiglu_cols) + " columns");
   }
 
   std::vector<float> y = random_floats(rows * cols);

@@ -437,7 +437,7 @@ struct SwigluCase {
       const cuda::Bf16GemvTarget targets[] = {{gate_dev.data(), n, gate.data()}, {up_dev.data(), n, up.data()}};
       cuda::gemv_bf16_multi(targets, 2, k, x_dev.data(), m, DType::F32, nullptr);
     }
-    CUDA_CHECK(cuda::launch_swiglu(gate.as<float>(), up.as<float>(), m, n, out.data(), out_stride, nullptr));
+    CUDA_CHECK(cuda::launch_swiglu(gate.data(), up.data(), DType::F32, m, n, out.data(), out_stride, nullptr));
     CUDA_CHECK(cudaDeviceSynchronize());
     return out.download<uint16_t>();
   }

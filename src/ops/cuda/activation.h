@@ -5,10 +5,13 @@
 
 #include <cstdint>
 
+#include "core/dtype.h"
+
 namespace uberlm::cuda {
 
-// gate, up: fp32 [rows, cols]; out: bf16 [rows, out_stride] = silu(gate) * up.
-cudaError_t launch_swiglu(const float* gate, const float* up, int64_t rows, int64_t cols, void* out,
+// gate, up: [rows, cols] of in_dtype (F32, or BF16 as prompt steps' products write them; others are
+// cudaErrorInvalidValue); out: bf16 [rows, out_stride] = silu(gate) * up, computed in fp32 and rounded once.
+cudaError_t launch_swiglu(const void* gate, const void* up, DType in_dtype, int64_t rows, int64_t cols, void* out,
                           int64_t out_stride, cudaStream_t stream);
 
 // y: fp32 [rows, cols] += bias [cols].

@@ -18,7 +18,8 @@ void check_cublas(cublasStatus_t status, const char* what) {
   }
 }
 
-void check_gemm_arguments(const char* op, int64_t n, int64_t k, const void* x, int64_t m, const float* y) {
+void check_gemm_arguments(const char* op, int64_t n, int64_t k, const void* x, int64_t m, const void* y,
+                          DType y_dtype) {
   constexpr int64_t kIntMax = std::numeric_limits<int>::max();
   if (n <= 0 || k <= 0 || m <= 0 || n > kIntMax || k > kIntMax || m > kIntMax) {
     fail("{}: y[{}, {}] = x[{}, {}] . W[{}, {}]^T: every size must be in 1..2^31-1", op, m, n, m, k, n, k);
@@ -27,6 +28,7 @@ void check_gemm_arguments(const char* op, int64_t n, int64_t k, const void* x, i
   if (x == nullptr || !aligned(x, 16) || y == nullptr || !aligned(y, 16)) {
     fail("{}: activations and output must be 16-byte aligned device pointers", op);
   }
+  if (y_dtype != DType::F32 && y_dtype != DType::BF16) fail("{}: the output must be F32 or BF16", op);
 }
 }  // namespace
 
@@ -52,8 +54,9 @@ Gemm::~Gemm() {
   if (handle_) cublasDestroy(handle_);
 }
 
-void Gemm::bf16(const void* weight, int64_t n, int64_t k, const void* x, int64_t m, float* y, float alpha) {
-  check_gemm_arguments("gemm_bf16", n, k, x, m, y);
+void Gemm::bf16(const void* weight, int64_t n, int64_t k, const void* x, int64_t m, void* y, DType y_dtype,
+                float alpha) {
+  check_gemm_arguments("gemm_bf16", n, k, x, m, y, y_dtype);
   if (weight == nullptr || !aligned(weight, 16)) fail("gemm_bf16: weights must be a 16-byte aligned device pointer");
   if (!std::isfinite(alpha)) fail("gemm_bf16: alpha {} is not finite", alpha);
   // Column-major view of the row-major product: y^T [n, m] = W [n, k] . x^T [k, m], where W is the
@@ -61,16 +64,16 @@ void Gemm::bf16(const void* weight, int64_t n, int64_t k, const void* x, int64_t
   const float beta = 0.0f;
   check_cublas(cublasGemmEx(handle_, CUBLAS_OP_T, CUBLAS_OP_N, static_cast<int>(n), static_cast<int>(m),
                             static_cast<int>(k), &alpha, weight, CUDA_R_16BF, static_cast<int>(k), x, CUDA_R_16BF,
-                            static_cast<int>(k), &beta, y, CUDA_R_32F, static_cast<int>(n), CUBLAS_COMPUTE_32F,
-                            CUBLAS_GEMM_DEFAULT),
-               "cublasGemmEx (bf16 x bf16 -> fp32)");
+                            static_cast<int>(k), &beta, y, y_dtype == DType::BF16 ? CUDA_R_16BF : CUDA_R_32F, static_cast<int>(n),
+                            CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
+               "cublasGemmEx (bf16 x bf16, fp32 accumulation)");
 }
 
 void Gemm::nvfp4(const Nvfp4Weight& weight, void* scratch, int64_t scratch_elements, const void* x, int64_t m,
-                 float* y) {
-  check_gemm_arguments("gemm_nvfp4", weight.rows, weight.cols, x, m, y);
+                 void* y, DType y_dtype) {
+  check_gemm_arguments("gemm_nvfp4", weight.rows, weight.cols, x, m, y, y_dtype);
   dequantize(weight, scratch, scratch_elements, stream_);
-  nvfp4_dequantized(weight, scratch, x, m, y);
+  nvfp4_dequantized(weight, scratch, x, m, y, y_dtype);
 }
 
 void Gemm::dequantize(const Nvfp4Weight& weight, void* scratch, int64_t scratch_elements, cudaStream_t stream) {
@@ -88,8 +91,9 @@ void Gemm::dequantize(const Nvfp4Weight& weight, void* scratch, int64_t scratch_
   CUDA_CHECK(launch_dequantize_nvfp4_bf16(weight, scratch, stream));
 }
 
-void Gemm::nvfp4_dequantized(const Nvfp4Weight& weight, const void* scratch, const void* x, int64_t m, float* y) {
-  bf16(scratch, weight.rows, weight.cols, x, m, y, weight.global_scale);
+void Gemm::nvfp4_dequantized(const Nvfp4Weight& weight, const void* scratch, const void* x, int64_t m, void* y,
+                             DType y_dtype) {
+  bf16(scratch, weight.rows, weight.cols, x, m, y, y_dtype, weight.global_scale);
 }
 
 }  // namespace uberlm::cuda

@@ -203,7 +203,9 @@ void gated_delta_net(const GpuDecoder& d, int layer, const StepShape& step) {
 }
 
 // gate/up with SwiGLU in the GEMV's epilogue where the pair allows it (LinearRunner::fuses_swiglu), with
-// the bits of the unfused projections and launch_swiglu, which run otherwise.
+// the bits of the fp32 projections and launch_swiglu. Otherwise (prompt steps) the two products and then
+// launch_swiglu, the products rounded to bf16 unless a bias is added: at 2048 tokens their fp32 outputs are
+// 285 MB a layer written and read again, and transformers rounds them to bf16 too.
 void mlp(const GpuDecoder& d, int layer, int64_t tokens) {
   const DeviceMlp& w = d.model.layers[layer].mlp;
   const MlpBuffers& b = d.buffers.mlp;
@@ -212,12 +214,13 @@ void mlp(const GpuDecoder& d, int layer, int64_t tokens) {
     OpScope op(d.profiler, "mlp_gate_up_swiglu");
     d.linears.gate_up_swiglu(w.gate_proj, w.up_proj, d.buffers.h, tokens, b.down_proj_in, padded_k(inter));
   } else {
+    const DType products = w.gate_proj.bias || w.up_proj.bias ? DType::F32 : DType::BF16;
     {
       OpScope op(d.profiler, "mlp_gate_up_proj");
-      d.linears.group({{&w.gate_proj, b.gate}, {&w.up_proj, b.up}}, d.buffers.h, tokens);
+      d.linears.group({{&w.gate_proj, b.gate}, {&w.up_proj, b.up}}, d.buffers.h, tokens, products);
     }
     OpScope op(d.profiler, "swiglu");
-    CUDA_CHECK(cuda::launch_swiglu(b.gate, b.up, tokens, inter, b.down_proj_in, padded_k(inter), d.stream));
+    CUDA_CHECK(cuda::launch_swiglu(b.gate, b.up, products, tokens, inter, b.down_proj_in, padded_k(inter), d.stream));
   }
   OpScope op(d.profiler, "mlp_down_proj");
   d.linears.linear(w.down_proj, b.down_proj_in, tokens, d.buffers.sublayer_out);

@@ -162,12 +162,13 @@ uint16_t* LinearRunner::prefetch_buffer(int slot) const {
   return gemm_scratch_ + (1 + slot) * gemm_scratch_elements_;  // buffer 0 is the in-line dequantisation's
 }
 
-bool LinearRunner::multiply_prefetched(const DeviceLinear& w, const uint16_t* x, int64_t rows, float* y) {
+bool LinearRunner::multiply_prefetched(const DeviceLinear& w, const uint16_t* x, int64_t rows, void* y,
+                                       DType y_dtype) {
   for (int slot = 0; slot < kPrefetchedWeights; ++slot) {
     PrefetchSlot& s = prefetched_[slot];
     if (s.weight != &w) continue;
     CUDA_CHECK(cudaStreamWaitEvent(stream_, s.ready));
-    gemm_->nvfp4_dequantized(w.nvfp4_view(), prefetch_buffer(slot), x, rows, y);
+    gemm_->nvfp4_dequantized(w.nvfp4_view(), prefetch_buffer(slot), x, rows, y, y_dtype);
     CUDA_CHECK(cudaEventRecord(s.read, stream_));
     s.weight = nullptr;
     ++counters_.gemm_nvfp4_prefetched_calls;
@@ -176,21 +177,31 @@ bool LinearRunner::multiply_prefetched(const DeviceLinear& w, const uint16_t* x,
   return false;
 }
 
-void LinearRunner::linear(const DeviceLinear& w, const uint16_t* x, int64_t rows, float* y) {
+namespace {
+
+// Row `row` of a [rows, width] output of y_dtype.
+void* output_row(void* y, DType y_dtype, int64_t width, int64_t row) {
+  return static_cast<char*>(y) + row * width * static_cast<int64_t>(dtype_size(y_dtype));
+}
+
+}  // namespace
+
+void LinearRunner::linear(const DeviceLinear& w, const uint16_t* x, int64_t rows, void* y, DType y_dtype) {
   if (rows == 0) return;
+  if (w.bias && y_dtype != DType::F32) fail("linear {}: a bias is added to fp32 outputs only", w.name);
   if (deterministic_ && rows > cuda::kGemvMaxM) {
     in_gemv_pieces(rows, [&](int64_t first, int64_t count) {
-      linear(w, x + first * w.in_padded, count, y + first * w.out);
+      linear(w, x + first * w.in_padded, count, output_row(y, y_dtype, w.out, first), y_dtype);
     });
     return;
   }
   if (rows <= cuda::kGemvMaxM) {
     ++counters_.gemv_linear_calls;
     if (w.nvfp4) {
-      cuda::gemv_nvfp4_tuned(w.nvfp4_view(), x, rows, y, DType::F32,
+      cuda::gemv_nvfp4_tuned(w.nvfp4_view(), x, rows, y, y_dtype,
                              tuning_for(GemvKernel::Nvfp4, w.out, w.in_padded, rows), stream_);
     } else {
-      cuda::gemv_bf16_tuned(w.bf16, w.out, w.in_padded, x, rows, y, DType::F32,
+      cuda::gemv_bf16_tuned(w.bf16, w.out, w.in_padded, x, rows, y, y_dtype,
                             tuning_for(GemvKernel::Bf16, w.out, w.in_padded, rows), stream_);
     }
   } else {
@@ -198,35 +209,40 @@ void LinearRunner::linear(const DeviceLinear& w, const uint16_t* x, int64_t rows
                      cuda::kGemvMaxM);
     if (w.nvfp4) {
       ++counters_.gemm_nvfp4_linear_calls;
-      if (!multiply_prefetched(w, x, rows, y)) gemm_->nvfp4(w.nvfp4_view(), gemm_scratch_, gemm_scratch_elements_, x, rows, y);
+      if (!multiply_prefetched(w, x, rows, y, y_dtype)) {
+        gemm_->nvfp4(w.nvfp4_view(), gemm_scratch_, gemm_scratch_elements_, x, rows, y, y_dtype);
+      }
     } else {
       ++counters_.gemm_bf16_linear_calls;
-      gemm_->bf16(w.bf16, w.out, w.in_padded, x, rows, y);
+      gemm_->bf16(w.bf16, w.out, w.in_padded, x, rows, y, y_dtype);
     }
   }
-  if (w.bias) CUDA_CHECK(cuda::launch_add_bias(y, w.bias, rows, w.out, stream_));
+  if (w.bias) CUDA_CHECK(cuda::launch_add_bias(static_cast<float*>(y), w.bias, rows, w.out, stream_));
 }
 
-void LinearRunner::group(std::initializer_list<Output> outputs, const uint16_t* x, int64_t rows) {
+void LinearRunner::group(std::initializer_list<Output> outputs, const uint16_t* x, int64_t rows, DType y_dtype) {
   if (deterministic_ && rows > cuda::kGemvMaxM) {
     const int64_t k = outputs.begin()->weight->in_padded;
     in_gemv_pieces(rows, [&](int64_t first, int64_t count) {
       std::vector<Output> piece;
-      for (const Output& o : outputs) piece.push_back({o.weight, o.y + first * o.weight->out});
-      group_piece(piece, x + first * k, count);
+      for (const Output& o : outputs) piece.push_back({o.weight, output_row(o.y, y_dtype, o.weight->out, first)});
+      group_piece(piece, x + first * k, count, y_dtype);
     });
     return;
   }
-  group_piece({outputs.begin(), outputs.size()}, x, rows);
+  group_piece({outputs.begin(), outputs.size()}, x, rows, y_dtype);
 }
 
-void LinearRunner::group_piece(std::span<const Output> outputs, const uint16_t* x, int64_t rows) {
+void LinearRunner::group_piece(std::span<const Output> outputs, const uint16_t* x, int64_t rows, DType y_dtype) {
   const bool nvfp4 = outputs.begin()->weight->nvfp4;
   bool shared = rows <= cuda::kGemvMaxM && static_cast<int>(outputs.size()) <= cuda::kGemvMaxTargets;
   for (const Output& o : outputs) shared = shared && o.weight->nvfp4 == nvfp4;
   if (!shared) {
-    for (const Output& o : outputs) linear(*o.weight, x, rows, o.y);
+    for (const Output& o : outputs) linear(*o.weight, x, rows, o.y, y_dtype);
     return;
+  }
+  for (const Output& o : outputs) {
+    if (o.weight->bias && y_dtype != DType::F32) fail("linear {}: a bias is added to fp32 outputs only", o.weight->name);
   }
   counters_.gemv_linear_calls += static_cast<int64_t>(outputs.size());
   std::vector<cuda::Nvfp4GemvTarget> nvfp4_targets;
@@ -240,14 +256,16 @@ void LinearRunner::group_piece(std::span<const Output> outputs, const uint16_t* 
   int64_t total_rows = 0;
   for (const Output& o : outputs) total_rows += o.weight->out;
   if (nvfp4) {
-    cuda::gemv_nvfp4_multi_tuned(nvfp4_targets.data(), count, x, rows, DType::F32,
+    cuda::gemv_nvfp4_multi_tuned(nvfp4_targets.data(), count, x, rows, y_dtype,
                                  tuning_for(GemvKernel::Nvfp4, total_rows, k, rows), stream_);
   } else {
-    cuda::gemv_bf16_multi_tuned(bf16_targets.data(), count, k, x, rows, DType::F32,
+    cuda::gemv_bf16_multi_tuned(bf16_targets.data(), count, k, x, rows, y_dtype,
                                 tuning_for(GemvKernel::Bf16, total_rows, k, rows), stream_);
   }
   for (const Output& o : outputs) {
-    if (o.weight->bias) CUDA_CHECK(cuda::launch_add_bias(o.y, o.weight->bias, rows, o.weight->out, stream_));
+    if (o.weight->bias) {
+      CUDA_CHECK(cuda::launch_add_bias(static_cast<float*>(o.y), o.weight->bias, rows, o.weight->out, stream_));
+    }
   }
 }
 

@@ -61,15 +61,16 @@ class LinearRunner {
   // as a graph: nothing.
   void prefetch_dequantized(std::initializer_list<const DeviceLinear*> weights, int64_t rows);
 
-  // y [rows, w.out] fp32 = x [rows, w.in_padded] bf16 . W^T (+ bias).
-  void linear(const DeviceLinear& w, const uint16_t* x, int64_t rows, float* y);
+  // y [rows, w.out] = x [rows, w.in_padded] bf16 . W^T (+ bias), summed in fp32 and written as y_dtype: F32, or
+  // BF16 (rounded once; only for weights without a bias).
+  void linear(const DeviceLinear& w, const uint16_t* x, int64_t rows, void* y, DType y_dtype = DType::F32);
   // Linear layers that read the same activations, in one GEMV launch when they can share one (up to
   // kGemvMaxTargets weights of one format at most kGemvMaxM rows), else each on its own.
   struct Output {
     const DeviceLinear* weight;
-    float* y;
+    void* y;
   };
-  void group(std::initializer_list<Output> outputs, const uint16_t* x, int64_t rows);
+  void group(std::initializer_list<Output> outputs, const uint16_t* x, int64_t rows, DType y_dtype = DType::F32);
   // gate/up with SwiGLU in the GEMV's epilogue: out bf16 [rows, out_stride] = silu(x.G^T) * (x.U^T), the
   // bits of group() followed by launch_swiglu. Only when fuses_swiglu().
   bool fuses_swiglu(const DeviceLinear& gate, const DeviceLinear& up, int64_t rows) const;
@@ -85,7 +86,7 @@ class LinearRunner {
   cuda::GemvTuning table_tuning(GemvKernel kernel, int64_t n, int64_t k, int64_t rows);
   cuda::GemvTuning deterministic_tuning(GemvKernel kernel, int64_t n, int64_t k, int64_t rows);
   cuda::GemvTuning built_in_fallback(const GemvCell& cell, const cuda::GemvTuning& built_in, const std::string& missing);
-  void group_piece(std::span<const Output> outputs, const uint16_t* x, int64_t rows);
+  void group_piece(std::span<const Output> outputs, const uint16_t* x, int64_t rows, DType y_dtype);
 
   cudaStream_t stream_;
   const GemvTuningTable* table_;
@@ -114,7 +115,7 @@ class LinearRunner {
   cudaEvent_t prefetch_start_ = nullptr;
   uint16_t* prefetch_buffer(int slot) const;
   // linear()'s product of a prefetched weight; false when `w` is not prefetched.
-  bool multiply_prefetched(const DeviceLinear& w, const uint16_t* x, int64_t rows, float* y);
+  bool multiply_prefetched(const DeviceLinear& w, const uint16_t* x, int64_t rows, void* y, DType y_dtype);
   LinearCounters counters_;
 };
 

@@ -56,8 +56,8 @@ struct DeltaNetBuffers {
   uint16_t* out_proj_in;  // bf16 [T, value_dim padded]: the gated norm's output
 };
 struct MlpBuffers {
-  float* gate;             // [T, I] (the unfused path only)
-  float* up;               // [T, I]
+  void* gate;              // [T, I] (the unfused path only): fp32, or bf16 without a bias (gpu::mlp)
+  void* up;                // [T, I]
   uint16_t* down_proj_in;  // bf16 [T, I padded]: silu(gate) * up
 };
 
