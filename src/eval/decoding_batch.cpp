@@ -16,6 +16,14 @@ std::vector<int32_t> synthetic_prompt(int64_t length, int salt, int vocab) {
   return tokens;
 }
 
+int setup_tokens(int batch, int context, int64_t step_tokens) {
+  if (step_tokens <= batch) fail("decoding batch: steps of {} tokens cannot admit {} sequences while they decode", step_tokens, batch);
+  const int64_t prompt_tokens = static_cast<int64_t>(batch) * context;
+  // Every step prefills at least step_tokens - batch prompt tokens, and a prompt cut at a step's end costs one
+  // more step per sequence.
+  return static_cast<int>((prompt_tokens + step_tokens - batch - 1) / (step_tokens - batch) + batch + 1);
+}
+
 DecodingBatch::DecodingBatch(Engine& engine, int batch, int context, int max_tokens, int vocab)
     : engine_(engine), batch_(batch) {
   for (int s = 0; s < batch; ++s) {

@@ -11,8 +11,10 @@ namespace uberlm {
 
 // Decode steps every sequence has run before a DecodingBatch is ready.
 inline constexpr int kWarmSteps = 3;
-// Generated tokens of room for sequences admitted early while later ones still prefill.
-inline constexpr int kSetupTokens = 64;
+// Generated tokens of room for the sequences admitted first, which decode while the later ones prefill: at most
+// this many steps when each step holds `step_tokens` tokens, of which the running sequences take one each
+// (step_tokens must exceed batch).
+int setup_tokens(int batch, int context, int64_t step_tokens);
 
 // `length` token ids spread over the vocabulary, different for each salt.
 std::vector<int32_t> synthetic_prompt(int64_t length, int salt, int vocab);

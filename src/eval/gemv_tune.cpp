@@ -35,9 +35,10 @@ std::vector<GemvCell> decode_gemv_cells(const GemvTuneOptions& options) {
   EngineStackOptions stack_options;
   stack_options.device = "cuda";
   stack_options.max_num_seqs = cuda::kGemvMaxM;
-  stack_options.max_model_len = kContext + kSetupTokens + kWarmSteps + 1;
   // Every prompt in one step (on cuBLAS, not a GEMV cell), so that all sequences then decode together.
   stack_options.max_num_batched_tokens = cuda::kGemvMaxM * kContext;
+  const int setup = setup_tokens(cuda::kGemvMaxM, kContext, stack_options.max_num_batched_tokens);
+  stack_options.max_model_len = kContext + setup + kWarmSteps + 1;
   stack_options.kv_cache_tokens = static_cast<int64_t>(cuda::kGemvMaxM) * stack_options.max_model_len;
   stack_options.tuning_table = "none";
   stack_options.loop_thread = false;
@@ -52,7 +53,7 @@ std::vector<GemvCell> decode_gemv_cells(const GemvTuneOptions& options) {
   }
   const int vocab = stack->backend().config().vocab_size;
   for (int batch : gpu::kGemvMBuckets) {
-    DecodingBatch sequences(stack->engine(), batch, kContext, kSetupTokens + kWarmSteps, vocab);
+    DecodingBatch sequences(stack->engine(), batch, kContext, setup + kWarmSteps, vocab);
   }
   return stack->gpu_backend()->gemv_cells();
 }

@@ -9,6 +9,7 @@
 #include "core/error.h"
 #include "model/model.h"
 #include "eval/decoding_batch.h"
+#include "runtime/backend.h"
 #include "runtime/engine_stack.h"
 
 #ifdef UBERLM_WITH_CUDA
@@ -75,8 +76,8 @@ struct DecodeResult {
   int64_t context;  // the sequences' mean cached length over the timed steps
 };
 
-DecodeResult time_decode(Engine& engine, int batch, int context, int steps, int vocab) {
-  DecodingBatch sequences(engine, batch, context, kSetupTokens + kWarmSteps + steps, vocab);
+DecodeResult time_decode(Engine& engine, int batch, int context, int setup, int steps, int vocab) {
+  DecodingBatch sequences(engine, batch, context, setup + kWarmSteps + steps, vocab);
   std::vector<double> step_seconds;
   for (int step = 0; step < steps; ++step) {
     const double start = now_seconds();
@@ -129,11 +130,16 @@ nlohmann::json run_speed_bench(const SpeedBenchOptions& options) {
   stack_options.device = "cuda";
   stack_options.tensor_parallel = options.tensor_parallel;
   stack_options.max_num_seqs = max_batch;
-  stack_options.max_model_len = std::max(max_prefill, options.context) + kSetupTokens + kWarmSteps + options.steps;
   if (options.prefill_chunk < 0) fail("bench: --prefill-chunk {} must be >= 0", options.prefill_chunk);
   const int step_tokens = options.prefill_chunk > 0 ? options.prefill_chunk : max_prefill;
-  stack_options.max_num_batched_tokens = std::max({step_tokens, options.context, max_batch, 64});
-  stack_options.kv_cache_tokens = static_cast<int64_t>(max_batch) * stack_options.max_model_len;
+  stack_options.max_num_batched_tokens = std::max({step_tokens, options.context, 2 * max_batch, 64});
+  const int setup = setup_tokens(max_batch, options.context, stack_options.max_num_batched_tokens);
+  stack_options.max_model_len =
+      std::max(max_prefill + 1, options.context + setup + kWarmSteps + std::max(options.steps, kProfileSteps));
+  // Each sequence's KV blocks are whole: a pool of max_batch x max_model_len tokens can be a few blocks short of
+  // max_batch sequences at full length, which then preempt one another.
+  const int64_t blocks_per_sequence = (stack_options.max_model_len + kKvBlockSize - 1) / kKvBlockSize;
+  stack_options.kv_cache_tokens = static_cast<int64_t>(max_batch) * blocks_per_sequence * kKvBlockSize;
   stack_options.loop_thread = false;
   stack_options.tuning_table = options.tuning_table;
   stack_options.strict = options.strict;
@@ -179,7 +185,7 @@ nlohmann::json run_speed_bench(const SpeedBenchOptions& options) {
   std::printf("\n%6s %10s %11s %14s %14s %9s %9s\n", "batch", "ms/step", "tok/s", "MB/step", "MB/token", "GB/s",
               "roofline");
   for (int batch : options.batches) {
-    const DecodeResult decode = time_decode(engine, batch, options.context, options.steps, vocab);
+    const DecodeResult decode = time_decode(engine, batch, options.context, setup, options.steps, vocab);
     const double step = decode.seconds_per_step;
     const double step_bytes = static_cast<double>(weight_bytes) +
                               static_cast<double>(batch) * static_cast<double>(backend.cache_bytes_per_token(decode.context));
@@ -210,7 +216,7 @@ nlohmann::json run_speed_bench(const SpeedBenchOptions& options) {
   std::printf("\nper-op GPU time (profiling pass, eager, events around each op class), us per step:\n");
   for (int batch : std::set<int>{1, 8, max_batch}) {
     if (batch > max_batch) continue;
-    DecodingBatch sequences(engine, batch, options.context, kSetupTokens + kWarmSteps + kProfileSteps, vocab);
+    DecodingBatch sequences(engine, batch, options.context, setup + kWarmSteps + kProfileSteps, vocab);
     backend.set_profiling(true);
     for (int step = 0; step < kProfileSteps; ++step) engine.run_step();
     backend.set_profiling(false);
