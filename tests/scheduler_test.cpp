@@ -13,6 +13,7 @@
 
 #include "core/error.h"
 #include "batch_util.h"
+#include "eval/decoding_batch.h"
 #include "expect_error.h"
 #include "runtime/engine.h"
 #include "runtime/scheduler.h"
@@ -539,6 +540,25 @@ TEST(Scheduler, CachedPrefixIsSavedSharedAndEvictedFirst) {
   EXPECT_EQ(scheduler.num_cached_prefixes(), 1);  // sequence 3's
   scheduler.remove(3);
   EXPECT_EQ(scheduler.blocks().kv_blocks_used(), 4);  // sequence 3's prefix
+}
+
+// `bench` and `tune` drive the engine into a state where every sequence decodes. With a step budget of 12 tokens
+// and 8 sequences of 64-token prompts, the first admitted sequence decodes for over a hundred steps while the
+// others prefill (4 prompt tokens a step at worst); setup_tokens leaves it room for all of them (a fixed 64
+// tokens did not: it finished early and the timed steps decoded 7), so every timed step decodes all 8.
+TEST(Engine, DecodingBatchReachesAFullDecodeWithASmallStepBudget) {
+  constexpr int kBatch = 8, kContext = 64, kSteps = 4;
+  constexpr int64_t kBudget = 12;
+  const int setup = setup_tokens(kBatch, kContext, kBudget);
+  FakeBackend backend(512, kBatch);
+  Metrics metrics;
+  EngineConfig config = engine_config(kBatch, kBudget, 128, kBatch);
+  config.scheduler.max_model_len = kContext + setup + kWarmSteps + kSteps;
+  config.loop_thread = false;
+  Engine engine(backend, nullptr, config, metrics);
+  DecodingBatch sequences(engine, kBatch, kContext, setup + kWarmSteps + kSteps, 512);
+  for (int step = 0; step < kSteps; ++step) EXPECT_TRUE(sequences.is_full_decode(engine.run_step())) << "step " << step;
+  EXPECT_THROW(setup_tokens(kBatch, kContext, kBatch), Error);
 }
 
 TEST(Engine, RefusesASchedulerPoolLargerThanTheBackends) {
