@@ -134,7 +134,8 @@ inline constexpr GemvPipeline kRegisters = GemvPipeline::Registers, kAsync = Gem
                                kStream = GemvPipeline::BulkStream;
 inline constexpr GemvTuning kGemvNvfp4Shapes[] = {
     {0, 4, 1, 0, kRegisters}, {0, 8, 1, 0, kRegisters}, {0, 2, 2, 0, kRegisters}, {0, 4, 2, 0, kRegisters},
-    {0, 4, 2, 0, kAsync},     {0, 8, 2, 0, kAsync},     {0, 8, 1, 0, kAsync},     {0, 8, 1, 0, kStream},
+    {0, 4, 2, 0, kAsync},     {0, 8, 2, 0, kAsync},     {0, 8, 1, 0, kAsync},     {0, 4, 1, 0, kAsync},
+    {0, 8, 1, 0, kStream},
     {0, 12, 1, 0, kStream},   {0, 2, 2, 0, kRegisters, true}, {0, 4, 2, 0, kAsync, true}};
 inline constexpr GemvTuning kGemvBf16Shapes[] = {{0, 2, 1, 0, kRegisters},
                                                  {0, 1, 2, 0, kRegisters},
