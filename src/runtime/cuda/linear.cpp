@@ -21,6 +21,16 @@ void in_gemv_pieces(int64_t rows, const Piece& piece) {
   for (int64_t first = 0; first < rows; first += cuda::kGemvMaxM) piece(first, std::min(cuda::kGemvMaxM, rows - first));
 }
 
+// Row `row` of a [rows, width] output of y_dtype.
+void* output_row(void* y, DType y_dtype, int64_t width, int64_t row) {
+  return static_cast<char*>(y) + row * width * static_cast<int64_t>(dtype_size(y_dtype));
+}
+
+// The bias is added by an fp32 kernel after the product, so a layer with one needs fp32 outputs.
+void check_output_dtype(const DeviceLinear& w, DType y_dtype) {
+  if (w.bias && y_dtype != DType::F32) fail("linear {}: a bias is added to fp32 outputs only", w.name);
+}
+
 cuda::GemvTuning built_in_batch_invariant_tuning(GemvKernel kernel, int64_t k, int64_t rows) {
   switch (kernel) {
     case GemvKernel::Nvfp4: return cuda::gemv_nvfp4_batch_invariant_tuning(rows, k);
@@ -177,18 +187,9 @@ bool LinearRunner::multiply_prefetched(const DeviceLinear& w, const uint16_t* x,
   return false;
 }
 
-namespace {
-
-// Row `row` of a [rows, width] output of y_dtype.
-void* output_row(void* y, DType y_dtype, int64_t width, int64_t row) {
-  return static_cast<char*>(y) + row * width * static_cast<int64_t>(dtype_size(y_dtype));
-}
-
-}  // namespace
-
 void LinearRunner::linear(const DeviceLinear& w, const uint16_t* x, int64_t rows, void* y, DType y_dtype) {
   if (rows == 0) return;
-  if (w.bias && y_dtype != DType::F32) fail("linear {}: a bias is added to fp32 outputs only", w.name);
+  check_output_dtype(w, y_dtype);
   if (deterministic_ && rows > cuda::kGemvMaxM) {
     in_gemv_pieces(rows, [&](int64_t first, int64_t count) {
       linear(w, x + first * w.in_padded, count, output_row(y, y_dtype, w.out, first), y_dtype);
@@ -241,9 +242,7 @@ void LinearRunner::group_piece(std::span<const Output> outputs, const uint16_t* 
     for (const Output& o : outputs) linear(*o.weight, x, rows, o.y, y_dtype);
     return;
   }
-  for (const Output& o : outputs) {
-    if (o.weight->bias && y_dtype != DType::F32) fail("linear {}: a bias is added to fp32 outputs only", o.weight->name);
-  }
+  for (const Output& o : outputs) check_output_dtype(*o.weight, y_dtype);
   counters_.gemv_linear_calls += static_cast<int64_t>(outputs.size());
   std::vector<cuda::Nvfp4GemvTarget> nvfp4_targets;
   std::vector<cuda::Bf16GemvTarget> bf16_targets;
