@@ -248,6 +248,7 @@ nlohmann::json run_speed_bench(const SpeedBenchOptions& options) {
                         {"tuning_table_hits", counters.tuning_table_hits},
                         {"tuning_table_misses", counters.tuning_table_misses},
                         {"prefill_attention_calls", counters.prefill_attention_calls},
+                        {"prefill_attention_wgmma_calls", counters.prefill_attention_wgmma_calls},
                         {"prefill_attention_fallbacks", counters.prefill_attention_fallbacks},
                         {"chunked_delta_rule_calls", counters.chunked_delta_rule_calls},
                         {"chunked_delta_rule_fallbacks", counters.chunked_delta_rule_fallbacks},
@@ -262,9 +263,10 @@ nlohmann::json run_speed_bench(const SpeedBenchOptions& options) {
               static_cast<long long>(counters.gemm_nvfp4_linear_calls),
               static_cast<long long>(counters.gemm_nvfp4_prefetched_calls),
               static_cast<long long>(counters.graph_captures), static_cast<long long>(counters.graph_replays));
-  std::printf("prompt steps: prefill attention %lld layers (decode kernel instead %lld); Gated DeltaNet chunked form "
-              "%lld layers (token by token for head dims over its tiles %lld)\n",
+  std::printf("prompt steps: prefill attention %lld layers (on wgmma %lld; decode kernel instead %lld); Gated "
+              "DeltaNet chunked form %lld layers (token by token for head dims over its tiles %lld)\n",
               static_cast<long long>(counters.prefill_attention_calls),
+              static_cast<long long>(counters.prefill_attention_wgmma_calls),
               static_cast<long long>(counters.prefill_attention_fallbacks),
               static_cast<long long>(counters.chunked_delta_rule_calls),
               static_cast<long long>(counters.chunked_delta_rule_fallbacks));

@@ -93,6 +93,7 @@ struct CudaBackend::Impl {
   std::unique_ptr<gpu::OpProfiler> profiler;
   std::unique_ptr<gpu::StepGraphs> graphs;
   bool graphs_enabled = true;
+  cuda::PrefillAttentionKernel prefill_attention_kernel = cuda::PrefillAttentionKernel::MmaSync;
   mutable gpu::DecoderCounters decoder_counters;
   // `uberlm check`: where an observed forward's decoder copies the residual stream (null otherwise).
   std::unique_ptr<DeviceBuffer> snapshot_buffer;
@@ -104,7 +105,7 @@ struct CudaBackend::Impl {
   gpu::GpuDecoder decoder() const {
     return {config,   memory->model,    memory->caches,       memory->buffers, limits,
             *linears, *profiler,        decoder_counters,     options.communicator,
-            stream,   residual_snapshots, options.deterministic};
+            stream,   residual_snapshots, options.deterministic, prefill_attention_kernel};
   }
   // Writes the batch's metadata (its logits rows row_offset .. row_offset + row_limit) and queues its copy.
   gpu::StepShape prepare(const ForwardBatch& batch, int64_t row_offset, int64_t row_limit);
@@ -134,6 +135,8 @@ CudaBackend::Impl::Impl(const ModelConfig& model_config, const CudaBackendOption
     report_slower_path(options.strict, fmt::format("prefill attention: no tensor-core kernel for head_dim {}; prompt "
                                                    "rows run the decode kernel", config.head_dim));
   }
+  prefill_attention_kernel = cuda::prefill_attention_kernel_for(config.head_dim);
+  spdlog::info("cuda backend: prefill attention on {}", cuda::prefill_attention_kernel_name(prefill_attention_kernel));
   if (!options.deterministic && config.num_layers_of(LayerKind::GatedDeltaNet) > 0 &&
       !cuda::gated_delta_net_chunked_supports(gpu::delta_net_dims(config))) {
     report_slower_path(options.strict,
@@ -402,7 +405,8 @@ GpuBackend::Counters CudaBackend::counters() const {
   return {linear.gemv_linear_calls,         linear.gemm_bf16_linear_calls, linear.gemm_nvfp4_linear_calls,
           linear.gemm_nvfp4_prefetched_calls, linear.gemv_swiglu_calls,      linear.tuning_table_hits,
           linear.tuning_table_misses,
-          impl_->decoder_counters.prefill_attention_calls, impl_->decoder_counters.prefill_attention_fallbacks,
+          impl_->decoder_counters.prefill_attention_calls, impl_->decoder_counters.prefill_attention_wgmma_calls,
+          impl_->decoder_counters.prefill_attention_fallbacks,
           impl_->decoder_counters.chunked_delta_rule_calls, impl_->decoder_counters.chunked_delta_rule_fallbacks,
           impl_->graphs->captures(), impl_->graphs->replays()};
 }

@@ -81,6 +81,7 @@ class GpuBackend : public Backend {
     int64_t tuning_table_hits = 0;        // GEMV launches tuned by the table
     int64_t tuning_table_misses = 0;      // GEMV launches on the built-in tuning (a cell the table lacks)
     int64_t prefill_attention_calls = 0;      // layers whose prompt rows ran the tensor-core prefill kernel
+    int64_t prefill_attention_wgmma_calls = 0;  // ... of them its Hopper (wgmma) form
     int64_t prefill_attention_fallbacks = 0;  // ... ran the decode kernel (a head_dim without a prefill kernel)
     int64_t chunked_delta_rule_calls = 0;      // Gated DeltaNet layers whose prompt rows ran the chunked form
     int64_t chunked_delta_rule_fallbacks = 0;  // ... ran token by token (head dims over the chunked kernel's)

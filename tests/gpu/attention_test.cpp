@@ -1,7 +1,8 @@
 // Split (flash-decoding) GQA attention over a paged KV cache against cpu::attend_one_token over the same
 // bf16 keys and values, for several sequences in shuffled blocks, head dims up to 256, GQA groups of 1
 // to 12, 1 to 32 splits, with and without Qwen3.5's output gate; and the query-tiled tensor-core prefill
-// kernel against the same reference, for chunks that start a sequence or continue a cached prefix.
+// kernels (mma.sync, and wgmma where the GPU has it) against the same reference, for chunks that start a
+// sequence or continue a cached prefix.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -212,20 +213,25 @@ TEST(GpuOps, PrefillAttentionMatchesCpu) {
     DeviceBuffer d_first = upload(first), d_length = upload(length), d_slot = upload(slot), d_start = upload(start);
     const cuda::DeviceChunks chunks{d_first.as<int32_t>(), d_length.as<int32_t>(), d_slot.as<int32_t>(),
                                     d_start.as<int32_t>(), static_cast<int>(step_chunks.size())};
-    for (const bool gated : {false, true}) {
-      DeviceBuffer d_out = poisoned<uint16_t>(tokens * out_stride);
-      const cuda::AttentionOutput output{gated ? d_gates.as<float>() + c.head_dim : nullptr, gate_stride,
-                                         gate_head_stride, d_out.data(), out_stride};
-      sync_and_check(cuda::launch_attention_prefill(d_query.as<float>(), tokens, chunks, c.heads,
-                                                    sequences.tables.as<int32_t>(), cache.layout, sequences.key_pool.data(), sequences.value_pool.data(), output,
-                                                    nullptr));
-      const std::vector<float> out = from_bf16(d_out.download<uint16_t>());
-      std::vector<float> got;
-      for (int64_t t = 0; t < tokens; ++t) got.insert(got.end(), out.begin() + t * out_stride, out.begin() + t * out_stride + q_width);
-      const std::string label = "prefill heads " + std::to_string(c.heads) + "/" + std::to_string(c.kv_heads) +
-                                " head_dim " + std::to_string(c.head_dim) + (gated ? " gated" : "");
-      std::printf("%s: max|got-ref|/max|ref| = %.3g\n", label.c_str(), max_relative_error(got, gated ? gated_ref : ref));
-      checked += expect_close(got, gated ? gated_ref : ref, kPrefillTolerance, label);
+    for (const cuda::PrefillAttentionKernel kernel : {cuda::PrefillAttentionKernel::MmaSync, cuda::PrefillAttentionKernel::Wgmma}) {
+      if (!cuda::prefill_attention_kernel_runs(kernel, c.head_dim)) continue;
+      for (const bool gated : {false, true}) {
+        DeviceBuffer d_out = poisoned<uint16_t>(tokens * out_stride);
+        const cuda::AttentionOutput output{gated ? d_gates.as<float>() + c.head_dim : nullptr, gate_stride,
+                                           gate_head_stride, d_out.data(), out_stride};
+        sync_and_check(cuda::launch_attention_prefill(kernel, d_query.as<float>(), tokens, chunks, c.heads,
+                                                      sequences.tables.as<int32_t>(), cache.layout,
+                                                      sequences.key_pool.data(), sequences.value_pool.data(), output,
+                                                      nullptr));
+        const std::vector<float> out = from_bf16(d_out.download<uint16_t>());
+        std::vector<float> got;
+        for (int64_t t = 0; t < tokens; ++t) got.insert(got.end(), out.begin() + t * out_stride, out.begin() + t * out_stride + q_width);
+        const std::string label = std::string("prefill (") + cuda::prefill_attention_kernel_name(kernel) + ") heads " +
+                                  std::to_string(c.heads) + "/" + std::to_string(c.kv_heads) + " head_dim " +
+                                  std::to_string(c.head_dim) + (gated ? " gated" : "");
+        std::printf("%s: max|got-ref|/max|ref| = %.3g\n", label.c_str(), max_relative_error(got, gated ? gated_ref : ref));
+        checked += expect_close(got, gated ? gated_ref : ref, kPrefillTolerance, label);
+      }
     }
   }
   EXPECT_GT(checked, 0);

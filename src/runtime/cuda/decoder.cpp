@@ -119,7 +119,8 @@ void attend(const GpuDecoder& d, const LayerCaches& cache, const StepShape& step
   if (step.tokens > step.chunks && cuda::attention_prefill_supports(c.head_dim)) {
     OpScope op(d.profiler, "attention_prefill");
     ++d.counters.prefill_attention_calls;
-    CUDA_CHECK(cuda::launch_attention_prefill(b.query, T, device_chunks(d, step), c.num_heads, meta.block_tables, kv_layout(d),
+    if (d.prefill_attention_kernel == cuda::PrefillAttentionKernel::Wgmma) ++d.counters.prefill_attention_wgmma_calls;
+    CUDA_CHECK(cuda::launch_attention_prefill(d.prefill_attention_kernel, b.query, T, device_chunks(d, step), c.num_heads, meta.block_tables, kv_layout(d),
                                               cache.key_cache, cache.value_cache, output, d.stream));
     return;
   }

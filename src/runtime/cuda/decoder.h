@@ -12,6 +12,7 @@
 #include <cstdint>
 
 #include "model/config.h"
+#include "ops/cuda/attention_prefill.h"
 #include "ops/cuda/fused/gated_delta_net_layer.h"
 #include "runtime/cuda/device_model.h"
 #include "runtime/cuda/linear.h"
@@ -37,6 +38,7 @@ struct StepShape {
 // step's graph only when it is captured.
 struct DecoderCounters {
   int64_t prefill_attention_calls = 0;      // layers whose prompt rows ran the tensor-core prefill kernel
+  int64_t prefill_attention_wgmma_calls = 0;  // ... of them its Hopper form (prefill_attention_kernel)
   int64_t prefill_attention_fallbacks = 0;  // layers whose prompt rows ran the decode kernel instead (a
                                             // head_dim the prefill kernel lacks; logged once at load)
   int64_t chunked_delta_rule_calls = 0;     // Gated DeltaNet layers whose longest prompt chunk ran chunked
@@ -67,6 +69,8 @@ struct GpuDecoder {
   // linear layers' part is LinearRunner's). A token's values then do not depend on its batch, on how its
   // prompt was cut into steps, or on whether it was prefilled or decoded.
   bool deterministic = false;
+  // The prefill attention kernel prompt steps take (chosen for the device at load).
+  cuda::PrefillAttentionKernel prefill_attention_kernel = cuda::PrefillAttentionKernel::MmaSync;
 };
 
 // x [T, D] = embed_tokens[tokens].
