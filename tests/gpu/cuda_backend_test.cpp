@@ -16,6 +16,7 @@
 #include "core/error.h"
 #include "core/nvfp4.h"
 #include "model/model.h"
+#include "model/shapes.h"
 #include "ops/cuda/attention_prefill.h"
 #include "runtime/cpu_backend.h"
 #include "runtime/cuda_backend.h"
@@ -200,6 +201,50 @@ TEST(CudaBackend, ChunkedPrefillMatchesTokenByToken) {
     stepped_tokens.push_back(argmax_row(stepped.forward(ForwardBatch{{stepped_tokens.back()}, {stepped_sequence.run(0, 1)}}), 0, vocab));
   }
   EXPECT_EQ(chunked_tokens, stepped_tokens);
+}
+
+// The same at the Qwen3.5 shapes' head dim, 256 (on Hopper the wgmma prefill attention, whose 128-query tiles
+// the 130-token chunk fills past its first warpgroup), on four layers with random NVFP4 weights made on the GPU
+// (the same seed: the same weights in both backends): a 150-token prompt in chunks of 130 and 20 against one
+// token per step, every position's logits within the bf16 tolerance.
+TEST(CudaBackend, ChunkedPrefillMatchesTokenByTokenAtHeadDim256) {
+  ASSERT_NO_FATAL_FAILURE(require_gpu());
+  ModelConfig shape = *named_model_shape("qwen3.5-9b");
+  shape.num_layers = 4;  // three Gated DeltaNet layers, then full attention
+  shape.layer_kinds.resize(4);
+  shape.hidden_size = 1024;
+  shape.intermediate_size = 2048;
+  shape.vocab_size = 4096;
+  shape.num_heads = 8;
+  shape.num_kv_heads = 2;
+  shape.delta_net_num_key_heads = 4;
+  shape.delta_net_num_value_heads = 8;
+  CudaBackendOptions options = gpu_test::small_backend_options(1);
+  options.max_logit_rows = 160;
+  CudaBackend chunked(shape, SyntheticFormat::Nvfp4, options, 7), stepped(shape, SyntheticFormat::Nvfp4, options, 7);
+  gpu_test::TestSequences chunked_sequence(1, options.max_context), stepped_sequence(1, options.max_context);
+  std::mt19937 rng(123);
+  const std::vector<int32_t> prompt = random_tokens(rng, 150, static_cast<int>(shape.vocab_size));
+  ForwardResult chunked_rows;
+  int64_t offset = 0;
+  for (int64_t length : {130, 20}) {
+    const ForwardBatch batch{{prompt.begin() + offset, prompt.begin() + offset + length},
+                             {chunked_sequence.run(0, length, LogitRows::All)}};
+    const ForwardResult part = chunked.forward(batch);
+    chunked_rows.logits.insert(chunked_rows.logits.end(), part.logits.begin(), part.logits.end());
+    chunked_rows.rows += part.rows;
+    offset += length;
+  }
+  ForwardResult stepped_rows;
+  for (int32_t token : prompt) {
+    const ForwardResult part = stepped.forward(ForwardBatch{{token}, {stepped_sequence.run(0, 1)}});
+    stepped_rows.logits.insert(stepped_rows.logits.end(), part.logits.begin(), part.logits.end());
+    stepped_rows.rows += part.rows;
+  }
+  EXPECT_EQ(expect_logits_close(chunked_rows, stepped_rows, shape.vocab_size, "head dim 256, chunked vs token by token"), 150);
+  EXPECT_EQ(chunked.counters().prefill_attention_calls, 2);
+  const bool hopper = cuda::prefill_attention_kernel_runs(cuda::PrefillAttentionKernel::Wgmma, 256);
+  EXPECT_EQ(chunked.counters().prefill_attention_wgmma_calls, hopper ? 2 : 0);
 }
 
 // Two backends with the same weights and inputs, one replaying captured decode graphs, one eager.
