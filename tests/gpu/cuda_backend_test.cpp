@@ -9,6 +9,7 @@
 #include <cmath>
 #include <cstdlib>
 #include <filesystem>
+#include <initializer_list>
 #include <random>
 #include <string>
 #include <vector>
@@ -163,6 +164,34 @@ TEST(CudaBackend, GreedyTokensMatchCpuOnDefaultModel) {
   EXPECT_EQ(gpu_tokens, cpu_tokens);
 }
 
+// Every position's logits of `prompt` fed to `backend` in chunks of `lengths` tokens (slot 0 of `sequence`).
+ForwardResult prefill_in_chunks(CudaBackend& backend, gpu_test::TestSequences& sequence,
+                                const std::vector<int32_t>& prompt, std::initializer_list<int64_t> lengths) {
+  ForwardResult rows;
+  int64_t offset = 0;
+  for (int64_t length : lengths) {
+    const ForwardBatch batch{{prompt.begin() + offset, prompt.begin() + offset + length},
+                             {sequence.run(0, length, LogitRows::All)}};
+    const ForwardResult part = backend.forward(batch);
+    rows.logits.insert(rows.logits.end(), part.logits.begin(), part.logits.end());
+    rows.rows += part.rows;
+    offset += length;
+  }
+  return rows;
+}
+
+// The same, one token per step (the decode kernels throughout).
+ForwardResult prefill_token_by_token(CudaBackend& backend, gpu_test::TestSequences& sequence,
+                                     const std::vector<int32_t>& prompt) {
+  ForwardResult rows;
+  for (int32_t token : prompt) {
+    const ForwardResult part = backend.forward(ForwardBatch{{token}, {sequence.run(0, 1)}});
+    rows.logits.insert(rows.logits.end(), part.logits.begin(), part.logits.end());
+    rows.rows += part.rows;
+  }
+  return rows;
+}
+
 // A 150-token prompt prefilled in chunks of 64, 64 and 22 (query tiles of the prefill attention, cuBLAS
 // and GEMV linear layers, Gated DeltaNet states carried between chunks) against the same prompt fed one
 // token per step (the decode kernels throughout): every position's logits within the bf16 tolerance, and
@@ -176,22 +205,8 @@ TEST(CudaBackend, ChunkedPrefillMatchesTokenByToken) {
   gpu_test::TestSequences chunked_sequence(1, options.max_context), stepped_sequence(1, options.max_context);
   std::mt19937 rng(99);
   const std::vector<int32_t> prompt = random_tokens(rng, 150, model->config.vocab_size);
-  ForwardResult chunked_rows;  // every prompt position's logits, chunk by chunk
-  int64_t offset = 0;
-  for (int64_t length : {64, 64, 22}) {
-    const ForwardBatch batch{{prompt.begin() + offset, prompt.begin() + offset + length},
-                             {chunked_sequence.run(0, length, LogitRows::All)}};
-    const ForwardResult part = chunked.forward(batch);
-    chunked_rows.logits.insert(chunked_rows.logits.end(), part.logits.begin(), part.logits.end());
-    chunked_rows.rows += part.rows;
-    offset += length;
-  }
-  ForwardResult stepped_rows;
-  for (int32_t token : prompt) {
-    const ForwardResult part = stepped.forward(ForwardBatch{{token}, {stepped_sequence.run(0, 1)}});
-    stepped_rows.logits.insert(stepped_rows.logits.end(), part.logits.begin(), part.logits.end());
-    stepped_rows.rows += part.rows;
-  }
+  const ForwardResult chunked_rows = prefill_in_chunks(chunked, chunked_sequence, prompt, {64, 64, 22});
+  const ForwardResult stepped_rows = prefill_token_by_token(stepped, stepped_sequence, prompt);
   EXPECT_EQ(expect_logits_close(chunked_rows, stepped_rows, vocab, "chunked vs token by token"), 150);
   EXPECT_GT(chunked.counters().prefill_attention_calls, 0);
   EXPECT_GT(chunked.counters().chunked_delta_rule_calls, 0);  // the 64-token chunks; the 22-token rest token by token
@@ -225,22 +240,8 @@ TEST(CudaBackend, ChunkedPrefillMatchesTokenByTokenAtHeadDim256) {
   gpu_test::TestSequences chunked_sequence(1, options.max_context), stepped_sequence(1, options.max_context);
   std::mt19937 rng(123);
   const std::vector<int32_t> prompt = random_tokens(rng, 150, static_cast<int>(shape.vocab_size));
-  ForwardResult chunked_rows;
-  int64_t offset = 0;
-  for (int64_t length : {130, 20}) {
-    const ForwardBatch batch{{prompt.begin() + offset, prompt.begin() + offset + length},
-                             {chunked_sequence.run(0, length, LogitRows::All)}};
-    const ForwardResult part = chunked.forward(batch);
-    chunked_rows.logits.insert(chunked_rows.logits.end(), part.logits.begin(), part.logits.end());
-    chunked_rows.rows += part.rows;
-    offset += length;
-  }
-  ForwardResult stepped_rows;
-  for (int32_t token : prompt) {
-    const ForwardResult part = stepped.forward(ForwardBatch{{token}, {stepped_sequence.run(0, 1)}});
-    stepped_rows.logits.insert(stepped_rows.logits.end(), part.logits.begin(), part.logits.end());
-    stepped_rows.rows += part.rows;
-  }
+  const ForwardResult chunked_rows = prefill_in_chunks(chunked, chunked_sequence, prompt, {130, 20});
+  const ForwardResult stepped_rows = prefill_token_by_token(stepped, stepped_sequence, prompt);
   EXPECT_EQ(expect_logits_close(chunked_rows, stepped_rows, shape.vocab_size, "head dim 256, chunked vs token by token"), 150);
   EXPECT_EQ(chunked.counters().prefill_attention_calls, 2);
   const bool hopper = cuda::prefill_attention_kernel_runs(cuda::PrefillAttentionKernel::Wgmma, 256);

@@ -37,8 +37,10 @@ template <int kHeadDim>
 __device__ __forceinline__ void request_tile(const int32_t* block_tables, const PagedKvLayout& layout, int slot,
                                              int kv_head, int key0, int last, const __nv_bfloat16* key_cache,
                                              const __nv_bfloat16* value_cache, __nv_bfloat16* stage) {
-  request_key_value_tile<kHeadDim, kKeys, kWarps * 32>(block_tables, layout, slot, kv_head, key0, last, key_cache, value_cache, stage,
-                                   stage + kKeys * PrefillTile<kHeadDim>::kStride, PaddedVectors<kHeadDim>{});
+  request_key_value_tile<kHeadDim, kKeys, kWarps * 32>(block_tables, layout, slot, kv_head, key0, last, key_cache,
+                                                       value_cache, stage,
+                                                       stage + kKeys * PrefillTile<kHeadDim>::kStride,
+                                                       PaddedVectors<kHeadDim>{});
 }
 
 // S = Q K^T for the warp's rows and one key tile (raw: scale_and_mask_scores follows). Per 16 head dims: the
@@ -149,14 +151,9 @@ cudaError_t launch_for_head_dim(const float* query, int64_t num_tokens, const De
                                 const int32_t* block_tables, const PagedKvLayout& layout, const void* key_cache,
                                 const void* value_cache, const AttentionOutput& out, cudaStream_t stream) {
   constexpr size_t kShared = PrefillTile<kHeadDim>::kSharedBytes;
-  const cudaError_t allowed = allow_dynamic_shared_memory(attention_prefill_kernel<kHeadDim>, kShared);
-  if (allowed != cudaSuccess) return allowed;
-  const int64_t tiles = num_tokens / kQueryRows + chunks.count;
-  if (tiles > 65535) return cudaErrorInvalidValue;  // the grid's y limit: 4M tokens in one step
-  const dim3 grid(static_cast<unsigned>(num_heads), static_cast<unsigned>(tiles));
-  return launch_dependent(attention_prefill_kernel<kHeadDim>, grid, kWarps * 32, kShared, stream, query, chunks,
-                          num_heads, block_tables, layout, static_cast<const __nv_bfloat16*>(key_cache),
-                          static_cast<const __nv_bfloat16*>(value_cache), out);
+  return launch_prefill_attention_grid(attention_prefill_kernel<kHeadDim>, kQueryRows, kWarps * 32, kShared,
+                                       query, num_tokens, chunks, num_heads, block_tables, layout, key_cache,
+                                       value_cache, out, stream);
 }
 
 }  // namespace

@@ -45,12 +45,15 @@ template <int kHeadDim>
 struct SwizzledQueryRows {
   __device__ int operator()(int r, int d) const {
     using Tile = WgmmaTile<kHeadDim>;
-    return static_cast<int>((r / 64) * (Tile::kGroupQueryBytes / 2)) + swizzled_element<Tile::kQueryPanelBytes>(r % 64, d);
+    const int group_start = static_cast<int>((r / 64) * (Tile::kGroupQueryBytes / 2));
+    return group_start + swizzled_element<Tile::kQueryPanelBytes>(r % 64, d);
   }
 };
 template <int kHeadDim>
 struct SwizzledKeyVectors {
-  __device__ int operator()(int r, int c) const { return swizzled_element<WgmmaTile<kHeadDim>::kKeyPanelBytes>(r, 8 * c); }
+  __device__ int operator()(int r, int c) const {
+    return swizzled_element<WgmmaTile<kHeadDim>::kKeyPanelBytes>(r, 8 * c);
+  }
 };
 
 // S = Q K^T (raw) for a warpgroup's rows, 16 head dims a step: both operands K-major, rows 128 bytes apart in
@@ -119,10 +122,10 @@ __global__ void __launch_bounds__(kThreads, 1) attention_prefill_wgmma_kernel(
   const int group_last = position0 + min(group_row0 + 63, tile_rows - 1);
   const unsigned char* group_queries = queries + group * Tile::kGroupQueryBytes;
   const auto request = [&](int key0, unsigned char* stage) {
-    request_key_value_tile<kHeadDim, kKeys, kThreads>(block_tables, layout, slot, kv_head, key0, last, key_cache, value_cache,
-                                            reinterpret_cast<__nv_bfloat16*>(stage),
-                                            reinterpret_cast<__nv_bfloat16*>(stage + Tile::kKeyBytes),
-                                            SwizzledKeyVectors<kHeadDim>{});
+    request_key_value_tile<kHeadDim, kKeys, kThreads>(block_tables, layout, slot, kv_head, key0, last, key_cache,
+                                                      value_cache, reinterpret_cast<__nv_bfloat16*>(stage),
+                                                      reinterpret_cast<__nv_bfloat16*>(stage + Tile::kKeyBytes),
+                                                      SwizzledKeyVectors<kHeadDim>{});
   };
 
   request(0, stages);
@@ -162,14 +165,9 @@ cudaError_t launch_for_head_dim(const float* query, int64_t num_tokens, const De
                                 const int32_t* block_tables, const PagedKvLayout& layout, const void* key_cache,
                                 const void* value_cache, const AttentionOutput& out, cudaStream_t stream) {
   constexpr size_t kShared = WgmmaTile<kHeadDim>::kSharedBytes;
-  const cudaError_t allowed = allow_dynamic_shared_memory(attention_prefill_wgmma_kernel<kHeadDim>, kShared);
-  if (allowed != cudaSuccess) return allowed;
-  const int64_t tiles = num_tokens / kQueryRows + chunks.count;
-  if (tiles > 65535) return cudaErrorInvalidValue;  // the grid's y limit: 4M tokens in one step
-  const dim3 grid(static_cast<unsigned>(num_heads), static_cast<unsigned>(tiles));
-  return launch_dependent(attention_prefill_wgmma_kernel<kHeadDim>, grid, kThreads, kShared, stream, query, chunks,
-                          num_heads, block_tables, layout, static_cast<const __nv_bfloat16*>(key_cache),
-                          static_cast<const __nv_bfloat16*>(value_cache), out);
+  return launch_prefill_attention_grid(attention_prefill_wgmma_kernel<kHeadDim>, kQueryRows, kThreads, kShared,
+                                       query, num_tokens, chunks, num_heads, block_tables, layout, key_cache,
+                                       value_cache, out, stream);
 }
 
 }  // namespace

@@ -18,7 +18,8 @@ __host__ __device__ constexpr uint32_t smem_swizzled_offset(int row, int column)
 // (rows along M or N, 64 k-values a row): stride_bytes is the distance between 8-row groups, leading_bytes is
 // unused (1). N-major operands: leading_bytes is the distance between 64-column panels along N, stride_bytes
 // between groups of 8 k-rows.
-__device__ __forceinline__ uint64_t wgmma_descriptor(const void* address, uint32_t leading_bytes, uint32_t stride_bytes) {
+__device__ __forceinline__ uint64_t wgmma_descriptor(const void* address, uint32_t leading_bytes,
+                                                     uint32_t stride_bytes) {
   const uint32_t shared = static_cast<uint32_t>(__cvta_generic_to_shared(address));
   return static_cast<uint64_t>((shared & 0x3FFFF) >> 4) | (static_cast<uint64_t>(leading_bytes >> 4) << 16) |
          (static_cast<uint64_t>(stride_bytes >> 4) << 32) | (uint64_t{1} << 62);
@@ -34,7 +35,9 @@ __device__ __forceinline__ void wgmma_wait() {
 }
 // Makes this thread's shared-memory writes (st.shared, cp.async) visible to wgmma's operand reads (the async
 // proxy); before the barrier that publishes them.
-__device__ __forceinline__ void fence_shared_for_wgmma() { asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); }
+__device__ __forceinline__ void fence_shared_for_wgmma() {
+  asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+}
 
 // D[64 x 64] (+)= A[64 x 16] . B[16 x 64], A and B K-major in shared memory (their descriptors); accumulate 0
 // overwrites D.
@@ -80,7 +83,8 @@ __device__ __forceinline__ void wgmma_m64n128k16_rs_n_major_b(float (&d)[64], co
 
 // D[64 x 256] += A[64 x 16] . B[16 x 256], A in registers (each warp's 16 rows as the m16n8k16 A fragment), B N-major
 // in shared memory (its descriptor, imm-trans-b 1).
-__device__ __forceinline__ void wgmma_m64n256k16_rs_n_major_b(float (&d)[128], const uint32_t (&a)[4], uint64_t desc_b) {
+__device__ __forceinline__ void wgmma_m64n256k16_rs_n_major_b(float (&d)[128], const uint32_t (&a)[4],
+                                                              uint64_t desc_b) {
   asm volatile(
       "{\n.reg .pred p;\nsetp.ne.b32 p, %133, 0;\n"
       "wgmma.mma_async.sync.aligned.m64n256k16.f32.bf16.bf16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63, %64, %65, %66, %67, %68, %69, %70, %71, %72, %73, %74, %75, %76, %77, %78, %79, %80, %81, %82, %83, %84, %85, %86, %87, %88, %89, %90, %91, %92, %93, %94, %95, %96, %97, %98, %99, %100, %101, %102, %103, %104, %105, %106, %107, %108, %109, %110, %111, %112, %113, %114, %115, %116, %117, %118, %119, %120, %121, %122, %123, %124, %125, %126, %127}, {%128, %129, %130, %131}, %132, p, 1, 1, 1;\n}\n"
