@@ -2,8 +2,9 @@
 // mma.sync kernel (attention_prefill.cuh), on 128-query tiles of two warpgroups that share 64-key tiles. Each
 // warpgroup computes S = Q K^T (its 64 rows x 64 keys) and O += P V (64 rows x head_dim) by wgmma: Q and K from
 // shared memory, P from registers, V from shared memory read N-major (no transpose). One wgmma of P V covers
-// the whole head dim where mma.sync needed head_dim / 8 instructions and as many ldmatrix.trans, and while one
-// warpgroup runs its softmax the other's products keep the tensor cores busy.
+// the whole head dim where mma.sync needed head_dim / 8 instructions and as many ldmatrix.trans. The warpgroups
+// meet at two block barriers a tile (they share the stages and both copy), so their softmaxes and products
+// mostly run in step; what would let them alternate is in bench/notes/prefill.md.
 #include "ops/cuda/attention_prefill.h"
 #include "ops/cuda/attention_prefill.cuh"
 #include "ops/cuda/wgmma.cuh"
