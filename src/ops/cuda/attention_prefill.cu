@@ -147,32 +147,54 @@ __global__ void __launch_bounds__(kWarps * 32) attention_prefill_kernel(
 }
 
 template <int kHeadDim>
-cudaError_t launch_for_head_dim(const float* query, int64_t num_tokens, const DeviceChunks& chunks, int num_heads,
-                                const int32_t* block_tables, const PagedKvLayout& layout, const void* key_cache,
-                                const void* value_cache, const AttentionOutput& out, cudaStream_t stream) {
-  constexpr size_t kShared = PrefillTile<kHeadDim>::kSharedBytes;
-  return launch_prefill_attention_grid(attention_prefill_kernel<kHeadDim>, kQueryRows, kWarps * 32, kShared,
-                                       query, num_tokens, chunks, num_heads, block_tables, layout, key_cache,
-                                       value_cache, out, stream);
+CompiledPrefillAttention compiled_for_head_dim() {
+  return {attention_prefill_kernel<kHeadDim>, kQueryRows, kWarps * 32, PrefillTile<kHeadDim>::kSharedBytes};
+}
+
+// Which kernel of the two runs `head_dim` (entry == nullptr: that kernel is not compiled for it).
+CompiledPrefillAttention compiled(PrefillAttentionKernel kernel, int head_dim) {
+  return kernel == PrefillAttentionKernel::Wgmma ? wgmma_prefill_attention(head_dim)
+                                                 : mma_sync_prefill_attention(head_dim);
+}
+
+bool device_is_sm90() {
+  int device = 0, major = 0, minor = 0;
+  return cudaGetDevice(&device) == cudaSuccess &&
+         cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) == cudaSuccess &&
+         cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device) == cudaSuccess && major == 9 &&
+         minor == 0;
 }
 
 }  // namespace
 
-bool attention_prefill_supports(int head_dim) { return head_dim == 64 || head_dim == 128 || head_dim == 256; }
+namespace prefill_attention {
+
+CompiledPrefillAttention mma_sync_prefill_attention(int head_dim) {
+  switch (head_dim) {
+    case 64:
+      return compiled_for_head_dim<64>();
+    case 128:
+      return compiled_for_head_dim<128>();
+    case 256:
+      return compiled_for_head_dim<256>();
+    default:
+      return {};
+  }
+}
+
+}  // namespace prefill_attention
+
+bool attention_prefill_supports(int head_dim) {
+  return compiled(PrefillAttentionKernel::MmaSync, head_dim).entry != nullptr;
+}
 
 const char* prefill_attention_kernel_name(PrefillAttentionKernel kernel) {
   return kernel == PrefillAttentionKernel::Wgmma ? "wgmma" : "mma.sync";
 }
 
 bool prefill_attention_kernel_runs(PrefillAttentionKernel kernel, int head_dim) {
-  if (kernel == PrefillAttentionKernel::MmaSync) return attention_prefill_supports(head_dim);
-  int device = 0, major = 0, minor = 0;
-  if (cudaGetDevice(&device) != cudaSuccess ||
-      cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) != cudaSuccess ||
-      cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device) != cudaSuccess) {
-    return false;
-  }
-  return major == 9 && minor == 0 && (head_dim == 128 || head_dim == 256);
+  if (compiled(kernel, head_dim).entry == nullptr) return false;
+  return kernel == PrefillAttentionKernel::MmaSync || device_is_sm90();
 }
 
 PrefillAttentionKernel prefill_attention_kernel_for(int head_dim) {
@@ -186,23 +208,16 @@ cudaError_t launch_attention_prefill(PrefillAttentionKernel kernel, const float*
                                      const AttentionOutput& out, cudaStream_t stream) {
   if (num_tokens == 0) return cudaSuccess;
   if (num_heads % layout.num_kv_heads != 0 || chunks.count < 1) return cudaErrorInvalidValue;
-  if (kernel == PrefillAttentionKernel::Wgmma) {
-    return detail::launch_attention_prefill_wgmma(query, num_tokens, chunks, num_heads, block_tables, layout,
-                                                  key_cache, value_cache, out, stream);
-  }
-  switch (layout.head_dim) {
-    case 64:
-      return launch_for_head_dim<64>(query, num_tokens, chunks, num_heads, block_tables, layout, key_cache,
-                                     value_cache, out, stream);
-    case 128:
-      return launch_for_head_dim<128>(query, num_tokens, chunks, num_heads, block_tables, layout, key_cache,
-                                      value_cache, out, stream);
-    case 256:
-      return launch_for_head_dim<256>(query, num_tokens, chunks, num_heads, block_tables, layout, key_cache,
-                                      value_cache, out, stream);
-    default:
-      return cudaErrorInvalidValue;
-  }
+  const CompiledPrefillAttention instance = compiled(kernel, layout.head_dim);
+  if (instance.entry == nullptr) return cudaErrorInvalidValue;
+  const cudaError_t allowed = allow_dynamic_shared_memory(instance.entry, instance.shared_bytes);
+  if (allowed != cudaSuccess) return allowed;
+  const int64_t tiles = num_tokens / instance.query_rows + chunks.count;
+  if (tiles > 65535) return cudaErrorInvalidValue;  // the grid's y limit
+  const dim3 grid(static_cast<unsigned>(num_heads), static_cast<unsigned>(tiles));
+  return launch_dependent(instance.entry, grid, dim3(instance.threads), instance.shared_bytes, stream, query, chunks,
+                          num_heads, block_tables, layout, static_cast<const __nv_bfloat16*>(key_cache),
+                          static_cast<const __nv_bfloat16*>(value_cache), out);
 }
 
 }  // namespace uberlm::cuda

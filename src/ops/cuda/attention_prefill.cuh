@@ -224,29 +224,23 @@ __device__ __forceinline__ void store_rows(const WarpRows<kHeadDim>& rows, int64
   }
 }
 
-// Grid (query heads, query tiles upper bound): every head's tile of one place starts before any tile of
-// the next (find_query_tile's order); 4 warps of 16 query rows each; key/value tiles double buffered.
-// Both kernels' parameters, and their launch: grid (query heads, an upper bound of query tiles of `query_rows`
-// rows that depends only on the step's shape, so a captured graph replays for any split of it).
+// Both kernels' parameters. Grid (query heads, an upper bound of query tiles that depends only on the step's
+// shape, so a captured graph replays for any split of it).
 using PrefillAttentionEntry = void (*)(const float* query, DeviceChunks chunks, int num_heads,
                                        const int32_t* block_tables, PagedKvLayout layout,
                                        const __nv_bfloat16* key_cache, const __nv_bfloat16* value_cache,
                                        AttentionOutput out);
 
-inline cudaError_t launch_prefill_attention_grid(PrefillAttentionEntry kernel, int query_rows, int threads,
-                                                 size_t shared_bytes, const float* query, int64_t num_tokens,
-                                                 const DeviceChunks& chunks, int num_heads,
-                                                 const int32_t* block_tables, const PagedKvLayout& layout,
-                                                 const void* key_cache, const void* value_cache,
-                                                 const AttentionOutput& out, cudaStream_t stream) {
-  const cudaError_t allowed = allow_dynamic_shared_memory(kernel, shared_bytes);
-  if (allowed != cudaSuccess) return allowed;
-  const int64_t tiles = num_tokens / query_rows + chunks.count;
-  if (tiles > 65535) return cudaErrorInvalidValue;  // the grid's y limit
-  const dim3 grid(static_cast<unsigned>(num_heads), static_cast<unsigned>(tiles));
-  return launch_dependent(kernel, grid, dim3(threads), shared_bytes, stream, query, chunks, num_heads, block_tables,
-                          layout, static_cast<const __nv_bfloat16*>(key_cache),
-                          static_cast<const __nv_bfloat16*>(value_cache), out);
-}
+// One kernel's instance for one head dim, as its file compiled it: what a launch needs. A head dim the kernel
+// is not compiled for has entry == nullptr; this is the only record of which head dims each kernel runs.
+struct CompiledPrefillAttention {
+  PrefillAttentionEntry entry = nullptr;
+  int query_rows = 0;  // rows of a block's query tile
+  int threads = 0;
+  size_t shared_bytes = 0;
+};
+
+CompiledPrefillAttention mma_sync_prefill_attention(int head_dim);  // attention_prefill.cu
+CompiledPrefillAttention wgmma_prefill_attention(int head_dim);     // attention_prefill_wgmma.cu
 
 }  // namespace uberlm::cuda::prefill_attention

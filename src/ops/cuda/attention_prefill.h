@@ -20,7 +20,7 @@ namespace uberlm::cuda {
 enum class PrefillAttentionKernel { MmaSync, Wgmma };
 const char* prefill_attention_kernel_name(PrefillAttentionKernel kernel);
 
-// Head dims the mma.sync kernel is compiled for (64, 128, 256).
+// Whether the mma.sync kernel is compiled for head_dim (64, 128, 256).
 bool attention_prefill_supports(int head_dim);
 // Whether `kernel` runs `head_dim` on the current device.
 bool prefill_attention_kernel_runs(PrefillAttentionKernel kernel, int head_dim);
@@ -36,13 +36,5 @@ cudaError_t launch_attention_prefill(PrefillAttentionKernel kernel, const float*
                                      const DeviceChunks& chunks, int num_heads, const int32_t* block_tables,
                                      const PagedKvLayout& layout, const void* key_cache, const void* value_cache,
                                      const AttentionOutput& out, cudaStream_t stream);
-
-namespace detail {
-// The wgmma kernel's launch (attention_prefill_wgmma.cu), after launch_attention_prefill's checks.
-cudaError_t launch_attention_prefill_wgmma(const float* query, int64_t num_tokens, const DeviceChunks& chunks,
-                                           int num_heads, const int32_t* block_tables, const PagedKvLayout& layout,
-                                           const void* key_cache, const void* value_cache, const AttentionOutput& out,
-                                           cudaStream_t stream);
-}  // namespace detail
 
 }  // namespace uberlm::cuda

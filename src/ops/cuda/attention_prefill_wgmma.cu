@@ -162,35 +162,25 @@ __global__ void __launch_bounds__(kThreads, 1) attention_prefill_wgmma_kernel(
 }
 
 template <int kHeadDim>
-cudaError_t launch_for_head_dim(const float* query, int64_t num_tokens, const DeviceChunks& chunks, int num_heads,
-                                const int32_t* block_tables, const PagedKvLayout& layout, const void* key_cache,
-                                const void* value_cache, const AttentionOutput& out, cudaStream_t stream) {
-  constexpr size_t kShared = WgmmaTile<kHeadDim>::kSharedBytes;
-  return launch_prefill_attention_grid(attention_prefill_wgmma_kernel<kHeadDim>, kQueryRows, kThreads, kShared,
-                                       query, num_tokens, chunks, num_heads, block_tables, layout, key_cache,
-                                       value_cache, out, stream);
+CompiledPrefillAttention compiled_for_head_dim() {
+  return {attention_prefill_wgmma_kernel<kHeadDim>, kQueryRows, kThreads, WgmmaTile<kHeadDim>::kSharedBytes};
 }
 
 }  // namespace
 
-namespace detail {
+namespace prefill_attention {
 
-cudaError_t launch_attention_prefill_wgmma(const float* query, int64_t num_tokens, const DeviceChunks& chunks,
-                                           int num_heads, const int32_t* block_tables, const PagedKvLayout& layout,
-                                           const void* key_cache, const void* value_cache, const AttentionOutput& out,
-                                           cudaStream_t stream) {
-  switch (layout.head_dim) {
+CompiledPrefillAttention wgmma_prefill_attention(int head_dim) {
+  switch (head_dim) {
     case 128:
-      return launch_for_head_dim<128>(query, num_tokens, chunks, num_heads, block_tables, layout, key_cache,
-                                      value_cache, out, stream);
+      return compiled_for_head_dim<128>();
     case 256:
-      return launch_for_head_dim<256>(query, num_tokens, chunks, num_heads, block_tables, layout, key_cache,
-                                      value_cache, out, stream);
+      return compiled_for_head_dim<256>();
     default:
-      return cudaErrorInvalidValue;
+      return {};
   }
 }
 
-}  // namespace detail
+}  // namespace prefill_attention
 
 }  // namespace uberlm::cuda
