@@ -38,6 +38,7 @@
 #include "ops/cuda/dequantize_nvfp4.h"
 #include "ops/cuda/device_buffer.h"
 #include "ops/cuda/gemm.h"
+#include "ops/cuda/gemm_nvfp4_wgmma.h"
 #include "ops/cuda/gemv.h"
 #include "ops/cuda/kernel_timing.h"
 #include "ops/cuda/random_fill.h"
@@ -298,6 +299,19 @@ int run(int argc, char** argv) {
         report_row({nvfp4 ? "gemv_nvfp4" : "gemv_bf16", shape.name, cuda::gemv_tuning_name(tuning), shape.n, shape.k, m,
                     is_default, double(weight_bytes) + double(m * shape.k * 2) + double(m * shape.n * 2), copies},
                    times, copy_gbps, iters, !is_default, results);
+      }
+      // The Hopper small-M GEMM (gemm_nvfp4_wgmma.h) beside the GEMV at M > 8.
+      const std::string wgmma_label = shape.name + "/" + std::to_string(m) + "/wgmma_m64_n64";
+      if (nvfp4 && m > 8 && cuda::gemm_nvfp4_wgmma_runs(shape.k) && wgmma_label.find(only) != std::string::npos) {
+        const LaunchTimes times = time_launch(iters, [&](int i) {
+          const int c = i % copies;
+          const Nvfp4Weight w{shape.n, shape.k, packed[c].as<uint8_t>(), scales[c].as<uint8_t>(), 1.0f / 4096, 0.0f,
+                              Nvfp4CodeOrder::GemvTiled};
+          cuda::gemm_nvfp4_wgmma(w, x.data(), m, y.data(), DType::BF16, nullptr);
+        });
+        report_row({"gemm_nvfp4_wgmma", shape.name, "wgmma_m64_n64", shape.n, shape.k, m, false,
+                    double(weight_bytes) + double(m * shape.k * 2) + double(m * shape.n * 2), copies},
+                   times, copy_gbps, iters, true, results);
       }
     }
   }

@@ -18,6 +18,7 @@
 #include "ops/cpu/linear_nvfp4.h"
 #include "ops/cuda/activation.h"
 #include "ops/cuda/device_buffer.h"
+#include "ops/cuda/gemm_nvfp4_wgmma.h"
 #include "ops/cuda/gemv.h"
 #include "../expect_error.h"
 #include "fused_kernel_harness.h"
@@ -164,6 +165,35 @@ TEST(GpuGemv, Nvfp4MatchesCpuReference) {
                                   " M=" + std::to_string(m) + (raw_codes ? " raw codes" : " quantised");
         checked += check_against_reference(ref, m, shape.n, label, [&](void* y, DType dtype) {
           cuda::gemv_nvfp4(w_dev, x_dev.data(), m, y, dtype, nullptr);
+        });
+      }
+    }
+  }
+  EXPECT_GT(checked, 0) << "no case ran";
+}
+
+// The Hopper small-M GEMM (gemm_nvfp4_wgmma.h, branch wgmma-small-m) against the same reference and tolerances,
+// on the shapes whose K is a multiple of 64, every token count (tokens past m are zero rows of its tile).
+TEST(GpuGemv, WgmmaSmallMMatchesCpuReference) {
+  ASSERT_NO_FATAL_FAILURE(require_gpu());
+  if (!cuda::gemm_nvfp4_wgmma_runs(64)) GTEST_SKIP() << "needs an sm_90 GPU";
+  std::mt19937 rng(20261204);
+  int64_t checked = 0;
+  for (const Shape& shape : kShapes) {
+    if (shape.k % cuda::kGemmWgmmaKMultiple != 0) continue;
+    for (int64_t m : kTokenCounts) {
+      for (bool raw_codes : {false, true}) {
+        const Nvfp4Tensor w = random_nvfp4(rng, shape.n, shape.k, raw_codes);
+        const std::vector<uint16_t> x = random_bf16(rng, m * shape.k, 1.0f);
+        std::vector<float> ref(m * shape.n);
+        cpu::linear_nvfp4(to_float(x).data(), m, w.view(), ref.data());
+        const gpu_test::DeviceNvfp4 w_device = gpu_test::upload_nvfp4(w);
+        DeviceBuffer x_dev(x);
+        const Nvfp4Weight w_dev = w_device.view();
+        const std::string label = "wgmma N=" + std::to_string(shape.n) + " K=" + std::to_string(shape.k) +
+                                  " M=" + std::to_string(m) + (raw_codes ? " raw codes" : " quantised");
+        checked += check_against_reference(ref, m, shape.n, label, [&](void* y, DType dtype) {
+          cuda::gemm_nvfp4_wgmma(w_dev, x_dev.data(), m, y, dtype, nullptr);
         });
       }
     }

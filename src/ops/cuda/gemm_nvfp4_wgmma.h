@@ -1,0 +1,31 @@
+#pragma once
+// The NVFP4 small-M GEMM on Hopper's warpgroup MMA (gemm_nvfp4_wgmma.cu): y[m, N] = x[m, K] . W^T for m = 1..64
+// tokens, the same values as gemv_nvfp4 (exact dequantised weights, fp32 sums in another order). Branch
+// wgmma-small-m: a first version, not yet run on a GPU and not yet chosen by the linear runner.
+#include <cuda_runtime_api.h>
+
+#include <cstdint>
+
+#include "core/dtype.h"
+#include "core/nvfp4.h"
+
+namespace uberlm::cuda {
+
+inline constexpr int64_t kGemmWgmmaMaxM = 64;
+inline constexpr int64_t kGemmWgmmaKMultiple = 64;
+
+// Whether the current device runs the kernel (sm_90) for an [N, K] weight.
+bool gemm_nvfp4_wgmma_runs(int64_t k);
+
+// weight: NVFP4 [N, K] in the GEMV's tiled code order (K a multiple of 64; codes 16-byte aligned, scales 4-byte
+// aligned); x: bf16 [m, K], 16-byte aligned; y: [m, N] of y_dtype (F32 or BF16). Throws uberlm::Error for what it
+// cannot run.
+void gemm_nvfp4_wgmma(const Nvfp4Weight& weight, const void* x, int64_t m, void* y, DType y_dtype,
+                      cudaStream_t stream);
+
+namespace detail {
+cudaError_t launch_gemm_nvfp4_wgmma(const Nvfp4Weight& weight, const void* x, int m, void* y, bool y_is_bf16,
+                                    cudaStream_t stream);
+}  // namespace detail
+
+}  // namespace uberlm::cuda
