@@ -301,15 +301,21 @@ int run(int argc, char** argv) {
                    times, copy_gbps, iters, !is_default, results);
       }
       // The Hopper small-M GEMM (gemm_nvfp4_wgmma.h) beside the GEMV at M > 8.
-      const std::string wgmma_label = shape.name + "/" + std::to_string(m) + "/wgmma_m64_n64";
+      const std::string wgmma_label = shape.name + "/" + std::to_string(m) + "/wgmma";
       if (nvfp4 && m > 8 && cuda::gemm_nvfp4_wgmma_runs(shape.k) && wgmma_label.find(only) != std::string::npos) {
+        const int64_t splits = cuda::gemm_nvfp4_wgmma_splits(shape.n, shape.k);
+        const int64_t tiles = cuda::gemm_nvfp4_wgmma_row_tiles(shape.n);
+        DeviceBuffer partials(splits * m * shape.n * sizeof(float)), arrivals(tiles * sizeof(int));
+        arrivals.fill_bytes(0);
+        const cuda::GemmWgmmaWorkspace workspace{partials.as<float>(), splits * m * shape.n, arrivals.as<int>(), tiles};
         const LaunchTimes times = time_launch(iters, [&](int i) {
           const int c = i % copies;
           const Nvfp4Weight w{shape.n, shape.k, packed[c].as<uint8_t>(), scales[c].as<uint8_t>(), 1.0f / 4096, 0.0f,
                               Nvfp4CodeOrder::GemvTiled};
-          cuda::gemm_nvfp4_wgmma(w, x.data(), m, y.data(), DType::BF16, nullptr);
+          cuda::gemm_nvfp4_wgmma(w, x.data(), m, y.data(), DType::BF16, workspace, nullptr);
         });
-        report_row({"gemm_nvfp4_wgmma", shape.name, "wgmma_m64_n64", shape.n, shape.k, m, false,
+        report_row({"gemm_nvfp4_wgmma", shape.name, "wgmma_n256_split" + std::to_string(splits), shape.n, shape.k, m,
+                    false,
                     double(weight_bytes) + double(m * shape.k * 2) + double(m * shape.n * 2), copies},
                    times, copy_gbps, iters, true, results);
       }

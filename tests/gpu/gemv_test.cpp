@@ -192,9 +192,21 @@ TEST(GpuGemv, WgmmaSmallMMatchesCpuReference) {
         const Nvfp4Weight w_dev = w_device.view();
         const std::string label = "wgmma N=" + std::to_string(shape.n) + " K=" + std::to_string(shape.k) +
                                   " M=" + std::to_string(m) + (raw_codes ? " raw codes" : " quantised");
-        checked += check_against_reference(ref, m, shape.n, label, [&](void* y, DType dtype) {
-          cuda::gemm_nvfp4_wgmma(w_dev, x_dev.data(), m, y, dtype, nullptr);
-        });
+        // The workspace of a K split: partial sums poisoned, tile counts zero (each launch leaves them zero).
+        const int64_t splits = cuda::gemm_nvfp4_wgmma_splits(shape.n, shape.k);
+        DeviceBuffer partials(std::max<int64_t>(1, splits * m * shape.n) * sizeof(float));
+        partials.fill_bytes(0xff);
+        DeviceBuffer arrivals(cuda::gemm_nvfp4_wgmma_row_tiles(shape.n) * sizeof(int));
+        arrivals.fill_bytes(0);
+        const cuda::GemmWgmmaWorkspace workspace{partials.as<float>(), splits * m * shape.n, arrivals.as<int>(),
+                                                 cuda::gemm_nvfp4_wgmma_row_tiles(shape.n)};
+        checked += check_against_reference(ref, m, shape.n, label + " splits " + std::to_string(splits),
+                                           [&](void* y, DType dtype) {
+                                             cuda::gemm_nvfp4_wgmma(w_dev, x_dev.data(), m, y, dtype, workspace,
+                                                                    nullptr);
+                                           });
+        EXPECT_EQ(arrivals.download<int>(), std::vector<int>(cuda::gemm_nvfp4_wgmma_row_tiles(shape.n), 0))
+            << label << ": tile counts not left at zero";
       }
     }
   }

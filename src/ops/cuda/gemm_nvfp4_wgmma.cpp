@@ -19,7 +19,7 @@ bool gemm_nvfp4_wgmma_runs(int64_t k) {
 }
 
 void gemm_nvfp4_wgmma(const Nvfp4Weight& weight, const void* x, int64_t m, void* y, DType y_dtype,
-                      cudaStream_t stream) {
+                      const GemmWgmmaWorkspace& workspace, cudaStream_t stream) {
   if (m < 1 || m > kGemmWgmmaMaxM) fail("gemm_nvfp4_wgmma: {} tokens (1..{})", m, kGemmWgmmaMaxM);
   if (!gemm_nvfp4_wgmma_runs(weight.cols)) {
     fail("gemm_nvfp4_wgmma: needs an sm_90 GPU and K a multiple of {} (K = {})", kGemmWgmmaKMultiple, weight.cols);
@@ -32,7 +32,14 @@ void gemm_nvfp4_wgmma(const Nvfp4Weight& weight, const void* x, int64_t m, void*
   }
   if (x == nullptr || !aligned(x, 16) || y == nullptr) fail("gemm_nvfp4_wgmma: x must be 16-byte aligned, y non-null");
   if (y_dtype != DType::F32 && y_dtype != DType::BF16) fail("gemm_nvfp4_wgmma: output must be F32 or BF16");
-  CUDA_CHECK(detail::launch_gemm_nvfp4_wgmma(weight, x, static_cast<int>(m), y, y_dtype == DType::BF16, stream));
+  const int splits = gemm_nvfp4_wgmma_splits(weight.rows, weight.cols);
+  if (splits > 1 && (workspace.partials == nullptr || workspace.partial_floats < splits * m * weight.rows ||
+                     workspace.tile_arrivals == nullptr || workspace.tiles < gemm_nvfp4_wgmma_row_tiles(weight.rows))) {
+    fail("gemm_nvfp4_wgmma: [{}, {}] splits K {} ways and needs {} partial floats and {} tile counts", weight.rows,
+         weight.cols, splits, splits * m * weight.rows, gemm_nvfp4_wgmma_row_tiles(weight.rows));
+  }
+  CUDA_CHECK(detail::launch_gemm_nvfp4_wgmma(weight, x, static_cast<int>(m), y, y_dtype == DType::BF16, splits,
+                                             workspace, stream));
 }
 
 }  // namespace uberlm::cuda
