@@ -1,6 +1,8 @@
 // The GPU GEMV's tiled NVFP4 code order (ops/cuda/nvfp4_gemv_layout.h), checked on the CPU: tiling is a
 // bit permutation that untiling undoes, and the kernel's unpack (one rotate and mask per pair, emulated
 // here with the same constants as gemv_nvfp4.cuh) gives every code's sign and magnitude at bf16's bits.
+// The same for the small-M wgmma GEMM's fragment tiles (nvfp4_wgmma_layout.h): every code and scale is where
+// the kernel's thread of its A fragment reads it.
 #include <gtest/gtest.h>
 
 #include <cstring>
@@ -9,6 +11,7 @@
 
 #include "core/error.h"
 #include "ops/cuda/nvfp4_gemv_layout.h"
+#include "ops/cuda/nvfp4_wgmma_layout.h"
 
 namespace uberlm {
 namespace {
@@ -67,6 +70,40 @@ TEST(Nvfp4GemvLayout, TilingRoundTripsAndUnpacksToNaturalPairs) {
 TEST(Nvfp4GemvLayout, RowsNotAMultipleOf32CodesAreRejected) {
   std::vector<uint8_t> packed(8);
   EXPECT_THROW(cuda::tile_nvfp4_codes_for_gemv(packed.data(), 1, 16), Error);
+}
+
+// Row r, k-value k of a [rows, cols] weight in the fragment tiles: the thread (warp, lane 4g + t) whose A
+// fragment holds it, its word (k-step) and pair (a0a1 .. a6a7), as gemm_nvfp4_wgmma.cu reads them.
+TEST(Nvfp4WgmmaLayout, EveryCodeAndScaleIsWhereItsFragmentThreadReadsIt) {
+  std::mt19937 rng(78);
+  const int64_t rows = 128, cols = 192, chunks = cols / 64;
+  std::vector<uint8_t> packed(rows * cols / 2), scales(rows * cols / 16);
+  for (auto& b : packed) b = static_cast<uint8_t>(rng());
+  for (auto& b : scales) b = static_cast<uint8_t>(rng());
+  const std::vector<uint8_t> tiles = cuda::pack_nvfp4_for_wgmma(packed.data(), scales.data(), rows, cols);
+  ASSERT_EQ(static_cast<int64_t>(tiles.size()), rows / 64 * chunks * cuda::kNvfp4WgmmaTileBytes);
+  for (int64_t r = 0; r < rows; ++r) {
+    for (int64_t k = 0; k < cols; ++k) {
+      const uint8_t* tile = tiles.data() + (r / 64 * chunks + k / 64) * cuda::kNvfp4WgmmaTileBytes;
+      const int row = static_cast<int>(r % 64), kk = static_cast<int>(k % 64);
+      const int warp = row / 16, g = row % 8, upper_row = row % 16 / 8, step = kk / 16, t = kk % 8 / 2,
+                upper_k = kk % 16 / 8;
+      uint32_t word;
+      std::memcpy(&word, tile + (warp * 32 + 4 * g + t) * 16 + step * 4, 4);
+      const uint32_t bits = unpack_pair(word, upper_row + 2 * upper_k) >> (16 * (kk % 2));
+      const uint32_t code = (packed[(r * cols + k) / 2] >> (4 * (k % 2))) & 0xF;
+      ASSERT_EQ((bits >> 15) & 1, code >> 3) << "sign of row " << r << " k " << k;
+      ASSERT_EQ((bits >> 6) & 7, code & 7) << "magnitude of row " << r << " k " << k;
+      ASSERT_EQ(tile[cuda::kNvfp4WgmmaTileCodeBytes + 4 * row + step], scales[r * (cols / 16) + k / 16])
+          << "scale of row " << r << " k " << k;
+    }
+  }
+}
+
+TEST(Nvfp4WgmmaLayout, SizesNotMultiplesOf64AreRejected) {
+  std::vector<uint8_t> packed(64 * 96 / 2), scales(64 * 96 / 16);
+  EXPECT_THROW(cuda::pack_nvfp4_for_wgmma(packed.data(), scales.data(), 64, 96), Error);
+  EXPECT_THROW(cuda::pack_nvfp4_for_wgmma(packed.data(), scales.data(), 48, 64), Error);
 }
 
 }  // namespace

@@ -250,10 +250,18 @@ int run(int argc, char** argv) {
     if (!nvfp4) cuda::make_bf16_values(host_packed);
     cuda::fill_pseudo_random(host_scales, shape.k);
     cuda::make_e4m3_scales(host_scales);
-    std::vector<DeviceBuffer> packed, scales;
+    std::vector<DeviceBuffer> packed, scales, wgmma_tiles;
     for (int c = 0; c < copies; ++c) {
       packed.emplace_back(host_packed);
       if (nvfp4) scales.emplace_back(host_scales);
+    }
+    // The small-M GEMM's fragment tiles (nvfp4_wgmma_layout.h), as many bytes as codes and scales: random bytes
+    // that are all valid E4M3 scales (and, as codes, random codes).
+    if (nvfp4 && cuda::gemm_nvfp4_wgmma_runs(shape.n, shape.k)) {
+      std::vector<uint8_t> host_tiles(weight_bytes);
+      cuda::fill_pseudo_random(host_tiles, shape.n + shape.k);
+      cuda::make_e4m3_scales(host_tiles);
+      for (int c = 0; c < copies; ++c) wgmma_tiles.emplace_back(host_tiles);
     }
     host_packed = {};
 
@@ -300,24 +308,33 @@ int run(int argc, char** argv) {
                     is_default, double(weight_bytes) + double(m * shape.k * 2) + double(m * shape.n * 2), copies},
                    times, copy_gbps, iters, !is_default, results);
       }
-      // The Hopper small-M GEMM (gemm_nvfp4_wgmma.h) beside the GEMV at M > 8.
-      const std::string wgmma_label = shape.name + "/" + std::to_string(m) + "/wgmma";
-      if (nvfp4 && m > 8 && cuda::gemm_nvfp4_wgmma_runs(shape.k) && wgmma_label.find(only) != std::string::npos) {
-        const int64_t splits = cuda::gemm_nvfp4_wgmma_splits(shape.n, shape.k);
-        const int64_t tiles = cuda::gemm_nvfp4_wgmma_row_tiles(shape.n);
-        DeviceBuffer partials(splits * m * shape.n * sizeof(float)), arrivals(tiles * sizeof(int));
+      // The Hopper small-M GEMM (gemm_nvfp4_wgmma.h) beside the GEMV: its default K split, and with --sweep every
+      // other split count.
+      if (nvfp4 && cuda::gemm_nvfp4_wgmma_runs(shape.n, shape.k)) {
+        const int default_splits = cuda::gemm_nvfp4_wgmma_splits(shape.n, shape.k);
+        std::vector<int> split_counts = {default_splits};
+        if (sweep) {
+          for (int splits = 1; splits <= cuda::kGemmWgmmaMaxSplits; ++splits) {
+            if (splits != default_splits) split_counts.push_back(splits);
+          }
+        }
+        const int64_t tile_count = cuda::gemm_nvfp4_wgmma_row_tiles(shape.n);
+        DeviceBuffer arrivals(tile_count * sizeof(int));
         arrivals.fill_bytes(0);
-        const cuda::GemmWgmmaWorkspace workspace{partials.as<float>(), splits * m * shape.n, arrivals.as<int>(), tiles};
-        const LaunchTimes times = time_launch(iters, [&](int i) {
-          const int c = i % copies;
-          const Nvfp4Weight w{shape.n, shape.k, packed[c].as<uint8_t>(), scales[c].as<uint8_t>(), 1.0f / 4096, 0.0f,
-                              Nvfp4CodeOrder::GemvTiled};
-          cuda::gemm_nvfp4_wgmma(w, x.data(), m, y.data(), DType::BF16, workspace, nullptr);
-        });
-        report_row({"gemm_nvfp4_wgmma", shape.name, "wgmma_n256_split" + std::to_string(splits), shape.n, shape.k, m,
-                    false,
-                    double(weight_bytes) + double(m * shape.k * 2) + double(m * shape.n * 2), copies},
-                   times, copy_gbps, iters, true, results);
+        for (int splits : split_counts) {
+          const std::string tuning = "wgmma_split" + std::to_string(splits);
+          if ((shape.name + "/" + std::to_string(m) + "/" + tuning).find(only) == std::string::npos) continue;
+          const int64_t floats = cuda::gemm_nvfp4_wgmma_partial_floats(shape.n, m, splits);
+          DeviceBuffer partials(floats * sizeof(float));
+          const cuda::GemmWgmmaWorkspace workspace{partials.as<float>(), floats, arrivals.as<int>(), tile_count};
+          const LaunchTimes times = time_launch(iters, [&](int i) {
+            const cuda::Nvfp4WgmmaWeight w{shape.n, shape.k, wgmma_tiles[i % copies].as<uint8_t>(), 1.0f / 4096};
+            cuda::gemm_nvfp4_wgmma(w, x.data(), m, y.data(), DType::BF16, splits, workspace, nullptr);
+          });
+          report_row({"gemm_nvfp4_wgmma", shape.name, tuning, shape.n, shape.k, m, false,
+                      double(weight_bytes) + double(m * shape.k * 2) + double(m * shape.n * 2), copies},
+                     times, copy_gbps, iters, splits != default_splits, results);
+        }
       }
     }
   }

@@ -20,6 +20,7 @@
 #include "ops/cuda/device_buffer.h"
 #include "ops/cuda/gemm_nvfp4_wgmma.h"
 #include "ops/cuda/gemv.h"
+#include "ops/cuda/nvfp4_wgmma_layout.h"
 #include "../expect_error.h"
 #include "fused_kernel_harness.h"
 
@@ -172,41 +173,45 @@ TEST(GpuGemv, Nvfp4MatchesCpuReference) {
   EXPECT_GT(checked, 0) << "no case ran";
 }
 
-// The Hopper small-M GEMM (gemm_nvfp4_wgmma.h, branch wgmma-small-m) against the same reference and tolerances,
-// on the shapes whose K is a multiple of 64, every token count (tokens past m are zero rows of its tile).
+// The Hopper small-M GEMM (gemm_nvfp4_wgmma.h, branch wgmma-small-m) against the same reference and tolerances:
+// every token bucket (8, 16, 32, 64 and counts inside them), row tiles the last block fills half (320 rows), the
+// default K split, no split and the most splits; the workspace's tile counts are left at zero.
 TEST(GpuGemv, WgmmaSmallMMatchesCpuReference) {
   ASSERT_NO_FATAL_FAILURE(require_gpu());
-  if (!cuda::gemm_nvfp4_wgmma_runs(64)) GTEST_SKIP() << "needs an sm_90 GPU";
+  if (!cuda::gemm_nvfp4_wgmma_runs(64, 64)) GTEST_SKIP() << "needs an sm_90 GPU";
+  constexpr Shape kWgmmaShapes[] = {{64, 64}, {192, 320}, {2048, 5120}, {320, 17408}};
+  constexpr int64_t kWgmmaTokenCounts[] = {1, 3, 8, 9, 16, 17, 40, 64};
   std::mt19937 rng(20261204);
   int64_t checked = 0;
-  for (const Shape& shape : kShapes) {
-    if (shape.k % cuda::kGemmWgmmaKMultiple != 0) continue;
-    for (int64_t m : kTokenCounts) {
+  for (const Shape& shape : kWgmmaShapes) {
+    const int default_splits = cuda::gemm_nvfp4_wgmma_splits(shape.n, shape.k);
+    const int most_splits = static_cast<int>(std::min<int64_t>(cuda::kGemmWgmmaMaxSplits, shape.k / 64));
+    for (int64_t m : kWgmmaTokenCounts) {
       for (bool raw_codes : {false, true}) {
         const Nvfp4Tensor w = random_nvfp4(rng, shape.n, shape.k, raw_codes);
         const std::vector<uint16_t> x = random_bf16(rng, m * shape.k, 1.0f);
         std::vector<float> ref(m * shape.n);
         cpu::linear_nvfp4(to_float(x).data(), m, w.view(), ref.data());
-        const gpu_test::DeviceNvfp4 w_device = gpu_test::upload_nvfp4(w);
+        DeviceBuffer tiles(cuda::pack_nvfp4_for_wgmma(w.packed.data(), w.scales.data(), shape.n, shape.k));
         DeviceBuffer x_dev(x);
-        const Nvfp4Weight w_dev = w_device.view();
-        const std::string label = "wgmma N=" + std::to_string(shape.n) + " K=" + std::to_string(shape.k) +
-                                  " M=" + std::to_string(m) + (raw_codes ? " raw codes" : " quantised");
-        // The workspace of a K split: partial sums poisoned, tile counts zero (each launch leaves them zero).
-        const int64_t splits = cuda::gemm_nvfp4_wgmma_splits(shape.n, shape.k);
-        DeviceBuffer partials(std::max<int64_t>(1, splits * m * shape.n) * sizeof(float));
-        partials.fill_bytes(0xff);
-        DeviceBuffer arrivals(cuda::gemm_nvfp4_wgmma_row_tiles(shape.n) * sizeof(int));
-        arrivals.fill_bytes(0);
-        const cuda::GemmWgmmaWorkspace workspace{partials.as<float>(), splits * m * shape.n, arrivals.as<int>(),
-                                                 cuda::gemm_nvfp4_wgmma_row_tiles(shape.n)};
-        checked += check_against_reference(ref, m, shape.n, label + " splits " + std::to_string(splits),
-                                           [&](void* y, DType dtype) {
-                                             cuda::gemm_nvfp4_wgmma(w_dev, x_dev.data(), m, y, dtype, workspace,
-                                                                    nullptr);
-                                           });
-        EXPECT_EQ(arrivals.download<int>(), std::vector<int>(cuda::gemm_nvfp4_wgmma_row_tiles(shape.n), 0))
-            << label << ": tile counts not left at zero";
+        const cuda::Nvfp4WgmmaWeight w_dev{shape.n, shape.k, tiles.as<uint8_t>(), w.global_scale};
+        for (int splits : {default_splits, 1, most_splits}) {
+          const std::string label = "wgmma N=" + std::to_string(shape.n) + " K=" + std::to_string(shape.k) +
+                                    " M=" + std::to_string(m) + (raw_codes ? " raw codes" : " quantised") +
+                                    " splits " + std::to_string(splits);
+          // The workspace: partial sums poisoned, tile counts zero (each launch leaves them zero).
+          const int64_t floats = cuda::gemm_nvfp4_wgmma_partial_floats(shape.n, m, splits);
+          const int64_t tile_count = cuda::gemm_nvfp4_wgmma_row_tiles(shape.n);
+          DeviceBuffer partials(floats * sizeof(float));
+          partials.fill_bytes(0xff);
+          DeviceBuffer arrivals(tile_count * sizeof(int));
+          arrivals.fill_bytes(0);
+          const cuda::GemmWgmmaWorkspace workspace{partials.as<float>(), floats, arrivals.as<int>(), tile_count};
+          checked += check_against_reference(ref, m, shape.n, label, [&](void* y, DType dtype) {
+            cuda::gemm_nvfp4_wgmma(w_dev, x_dev.data(), m, y, dtype, splits, workspace, nullptr);
+          });
+          EXPECT_EQ(arrivals.download<int>(), std::vector<int>(tile_count, 0)) << label << ": tile counts not zero";
+        }
       }
     }
   }

@@ -1,219 +1,267 @@
-// The NVFP4 small-M GEMM on Hopper's warpgroup MMA (branch wgmma-small-m; bench/notes/gemv.md, session 30):
-// tokens are wgmma's M (64), weight rows its N, so one m64n128k16 does the work of 64 mma.sync of the GEMV tile
-// at M = 64, and the tensor core reads both operands from shared memory.
-// Second version (NOT YET RUN ON A GPU; the first, one warpgroup of 64 rows over all of K, passed its test at
-// 7-15% of the copy bandwidth): a block of two warpgroups takes 256 weight rows (128 each) over a share of K, so
-// one activation tile serves 256 rows and the grid is rows / 256 x K splits (about one block an SM). Per chunk of
-// 64 k-values:
-//   - cp.async brings the chunk's NVFP4 codes (32 bytes a row, the GEMV's tiled order), its E4M3 scales and the
-//     tokens' activations (64 x 64 bf16, 128-byte swizzled, tokens past m zero-filled) two chunks ahead;
-//   - each thread dequantises two rows' 32 k-values (16-byte code groups) into the chunk's bf16 weight tile
-//     (128-byte swizzled) with the GEMV's exact unpack (e2m1 * e4m3 * 2^-7, exact in bf16);
-//   - each warpgroup's four wgmma accumulate its 128 rows; one chunk's products stay in flight while the next is
-//     dequantised.
-// With K split, each block writes its fp32 sums to the workspace, and the last block of a row tile to arrive
-// adds the splits in split order (the same bits whichever arrives last), times global_scale * 2^7, into y.
+// The NVFP4 small-M GEMM on Hopper's warpgroup MMA (branch wgmma-small-m; bench/notes/gemv.md): the weights are
+// wgmma's A operand from registers (64 rows a warpgroup), the tokens its N (8, 16, 32 or 64: m rounded up), so
+// the tensor cores do no work for absent tokens and no dequantised weight goes through shared memory.
+//
+// A block is two consumer warpgroups (128 weight rows) and one producer warp, over a share of K (the split).
+// The producer streams 64-wide K chunks through a ring of kStages shared-memory stages: per chunk one bulk copy
+// of each warpgroup's fragment tile (2304 bytes: codes in the order of the A fragments, then scales;
+// nvfp4_wgmma_layout.h) and one tensor copy of the tokens' activations (kTokens x 64 bf16, 128-byte swizzled,
+// tokens past m arriving as zeros), all completing on the stage's mbarrier. Each consumer thread reads its
+// 16 bytes of codes and its rows' scales, dequantises them straight into its A fragments (the GEMV's exact
+// unpack: e2m1 * e4m3 * 2^-7 in bf16) and its warpgroup issues four m64nNk16 for the chunk; the previous chunk's
+// products are then waited for and its stage handed back to the producer. With K split, each block writes its
+// fp32 sums to the workspace and the last block of a row tile to arrive adds the splits in split order (the
+// same bits whichever arrives last), times global_scale * 2^7, into y.
 #include "ops/cuda/gemm_nvfp4_wgmma.h"
-
-#include <cuda_pipeline.h>
 
 #include <algorithm>
 
+#include "ops/cuda/async_copy.cuh"
 #include "ops/cuda/gemv_nvfp4.cuh"
 #include "ops/cuda/kernel_util.cuh"
+#include "ops/cuda/nvfp4_wgmma_layout.h"
+#include "ops/cuda/tensor_map.h"
 #include "ops/cuda/wgmma.cuh"
 
 namespace uberlm::cuda {
 
 namespace {
 
-constexpr int kTokens = 64;                        // wgmma M
-constexpr int kGroupRows = 128;                    // weight rows a warpgroup: wgmma N
 constexpr int kWarpgroups = 2;
-constexpr int kRows = kGroupRows * kWarpgroups;    // weight rows a block
-constexpr int kChunkK = 64;                        // k-values a chunk: one 128-byte row of bf16
-constexpr int kStages = 4;                         // chunks of codes, scales and activations in flight or in use
-constexpr int kThreads = 128 * kWarpgroups;
+constexpr int kConsumerThreads = 128 * kWarpgroups;
+constexpr int kThreads = kConsumerThreads + 32;  // and the producer warp
+constexpr int kRows = static_cast<int>(kNvfp4WgmmaTileRows) * kWarpgroups;  // weight rows a block
+constexpr int kChunkBytes = static_cast<int>(kNvfp4WgmmaTileK) * 2;        // an activation row of a chunk (bf16)
+// Stages: at 64 tokens a stage is 12.8 KB, so eight keep ~100 KB a block in flight, and two blocks fit an SM.
+constexpr int kStages = 8;
 
-struct Tiles {
-  static constexpr uint32_t kActivationBytes = kTokens * kChunkK * 2;  // one stage
-  static constexpr uint32_t kWeightBytes = kRows * kChunkK * 2;        // one bf16 weight tile (both warpgroups')
-  static constexpr uint32_t kGroupWeightBytes = kGroupRows * kChunkK * 2;
-  static constexpr uint32_t kCodeBytes = kRows * kChunkK / 2;          // one stage of codes
-  static constexpr uint32_t kScaleBytes = kRows * kChunkK / 16;        // one stage of scales
-  // Layout: activations [kStages], weight tiles [2] (both 1024-byte aligned for the swizzle), codes [kStages],
-  // scales [kStages].
+template <int kTokens>
+struct Stages {
+  static constexpr uint32_t kActivationBytes = kTokens * kChunkBytes;  // a multiple of 1024 (the swizzle's period)
+  static constexpr uint32_t kWeightBytes = kWarpgroups * kNvfp4WgmmaTileBytes;
   static constexpr uint32_t kWeightsAt = kStages * kActivationBytes;
-  static constexpr uint32_t kCodesAt = kWeightsAt + 2 * kWeightBytes;
-  static constexpr uint32_t kScalesAt = kCodesAt + kStages * kCodeBytes;
-  static constexpr size_t kSharedBytes = kScalesAt + kStages * kScaleBytes + 1024;
+  static constexpr uint32_t kBarriersAt = kWeightsAt + kStages * kWeightBytes;
+  static constexpr size_t kSharedBytes = kBarriersAt + 2 * kStages * sizeof(uint64_t) + 1024;  // + alignment
 };
 
-struct SmallMArgs {
-  const uint8_t* packed;
-  const uint8_t* scales;
-  int64_t n, k;
+int tokens_bucket(int m) { return m <= 8 ? 8 : m <= 16 ? 16 : m <= 32 ? 32 : 64; }
+
+struct WgmmaGemmArgs {
+  const uint8_t* tiles;
+  int64_t n;
+  int chunks;  // K / 64
   float output_multiplier;
-  const __nv_bfloat16* x;
   int m;
   void* y;
   bool y_is_bf16;
   int splits;          // blocks sharing a row tile's K (gridDim.y)
-  float* partials;     // splits > 1: fp32 [splits, m, n]
+  float* partials;     // splits > 1: one slot of kConsumerThreads x kTokens / 2 floats a block
   int* tile_arrivals;  // splits > 1: a count per row tile, zero between launches
 };
 
-// Chunk `chunk`'s codes, scales and activations into stage `stage` (one cp.async group, committed by the caller).
-__device__ __forceinline__ void request_chunk(const SmallMArgs& args, int64_t row0, int chunk, unsigned char* smem,
-                                              int stage) {
-  const int tid = threadIdx.x;
-  const int64_t k0 = static_cast<int64_t>(chunk) * kChunkK;
-  // Codes: a row's 32 bytes as two 16-byte groups. Rows past N read the last row (never stored).
-  for (int i = tid; i < 2 * kRows; i += kThreads) {
-    const int row = i / 2, half = i % 2;
-    const int64_t source_row = min(row0 + row, args.n - 1);
-    __pipeline_memcpy_async(smem + Tiles::kCodesAt + stage * Tiles::kCodeBytes + row * 32 + half * 16,
-                            args.packed + source_row * (args.k / 2) + k0 / 2 + half * 16, 16);
-  }
-  // Scales: 4 bytes a row.
-  for (int row = tid; row < kRows; row += kThreads) {
-    const int64_t source_row = min(row0 + row, args.n - 1);
-    __pipeline_memcpy_async(smem + Tiles::kScalesAt + stage * Tiles::kScaleBytes + row * 4,
-                            args.scales + source_row * (args.k / 16) + k0 / 16, 4);
-  }
-  // Activations: 64 tokens x 8 vectors of 8 bf16, swizzled; tokens past m zero-filled.
-  unsigned char* activations = smem + stage * Tiles::kActivationBytes;
-  for (int i = tid; i < kTokens * (kChunkK / 8); i += kThreads) {
-    const int token = i / (kChunkK / 8), vector = i % (kChunkK / 8);
-    const bool present = token < args.m;
-    const __nv_bfloat16* source = args.x + (present ? static_cast<int64_t>(token) * args.k + k0 + vector * 8 : 0);
-    __pipeline_memcpy_async(activations + smem_swizzled_offset(token, vector * 8), source, 16, present ? 0 : 16);
-  }
-}
+// The kernel's parts exist in its sm_90a code only (the compute_90 PTX of this file is an empty kernel).
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
 
-// The stage's codes of rows i / 2, k-values 32 (i % 2) .. + 31, for i = tid, tid + kThreads, into the bf16 weight
-// tile, 8 at a time (warpgroup g's rows start kGroupWeightBytes after g - 1's).
-__device__ __forceinline__ void dequantise_chunk(const unsigned char* smem, int stage, unsigned char* weights) {
-  for (int i = threadIdx.x; i < 2 * kRows; i += kThreads) {
-    const int row = i / 2, half = i % 2;
-    const uint4 codes =
-        *reinterpret_cast<const uint4*>(smem + Tiles::kCodesAt + stage * Tiles::kCodeBytes + row * 32 + half * 16);
-    const uint16_t scale_codes =
-        *reinterpret_cast<const uint16_t*>(smem + Tiles::kScalesAt + stage * Tiles::kScaleBytes + row * 4 + half * 2);
-    uint32_t scale0, scale1;
-    e4m3_scales_to_bf16x2(scale_codes, scale0, scale1);
-    const uint32_t words[4] = {codes.x, codes.y, codes.z, codes.w};
-    unsigned char* group_tile = weights + (row / kGroupRows) * Tiles::kGroupWeightBytes;
-#pragma unroll
-    for (int w = 0; w < 4; ++w) {
-      const uint32_t scale = w < 2 ? scale0 : scale1;  // a 16-value scale block is two words
-      uint4 values;  // k-values 32 half + 8w .. + 7: word w's pairs 0..3 in order (gemv_nvfp4.cuh)
-      values.x = bf16x2_mul(nvfp4_gemv_pair(words[w], 0), scale);
-      values.y = bf16x2_mul(nvfp4_gemv_pair(words[w], 1), scale);
-      values.z = bf16x2_mul(nvfp4_gemv_pair(words[w], 2), scale);
-      values.w = bf16x2_mul(nvfp4_gemv_pair(words[w], 3), scale);
-      *reinterpret_cast<uint4*>(group_tile + smem_swizzled_offset(row % kGroupRows, half * 32 + 8 * w)) = values;
+// The producer warp's lane 0: chunk i of the block's share into stage i % kStages once the consumers have
+// handed that stage back. The first stages' weights (constant) are requested before the previous kernel ends.
+template <int kTokens>
+__device__ void produce(const CUtensorMap& activations, const WgmmaGemmArgs& args, unsigned char* smem, int first,
+                        int count, int64_t group0, int groups) {
+  using S = Stages<kTokens>;
+  uint64_t* full = reinterpret_cast<uint64_t*>(smem + S::kBarriersAt);
+  uint64_t* empty = full + kStages;
+  const uint32_t stage_bytes = S::kActivationBytes + groups * static_cast<uint32_t>(kNvfp4WgmmaTileBytes);
+  const auto request_weights = [&](int i) {
+    const int stage = i % kStages;
+    mbarrier_arrive_expect_bytes(&full[stage], stage_bytes);
+    for (int g = 0; g < groups; ++g) {
+      bulk_copy_to_shared(smem + S::kWeightsAt + stage * S::kWeightBytes + g * kNvfp4WgmmaTileBytes,
+                          args.tiles + ((group0 + g) * args.chunks + first + i) * kNvfp4WgmmaTileBytes,
+                          static_cast<uint32_t>(kNvfp4WgmmaTileBytes), &full[stage]);
     }
+  };
+  for (int i = 0; i < min(count, kStages); ++i) request_weights(i);
+  begin_dependent_kernel();  // the activations are the previous kernel's output
+  for (int i = 0; i < count; ++i) {
+    const int stage = i % kStages;
+    if (i >= kStages) {
+      mbarrier_wait<false>(&empty[stage], (i / kStages - 1) & 1);
+      request_weights(i);
+    }
+    tensor_copy_to_shared(smem + stage * S::kActivationBytes, activations, (first + i) * kChunkBytes, 0, &full[stage]);
   }
 }
 
-// Element e of this thread's accumulators: token and weight row (within the block's tile).
+// A consumer thread's A fragments of one chunk: word s of its codes holds k-step s's pairs (row g, row g + 8, row
+// g at k + 8, row g + 8 at k + 8); its rows' scales are one byte per k-step.
+__device__ __forceinline__ void dequantise_fragments(const unsigned char* tile, int warp, int lane,
+                                                     uint32_t (&a)[4][4]) {
+  const uint4 codes = *reinterpret_cast<const uint4*>(tile + (warp * 32 + lane) * 16);
+  const unsigned char* scales = tile + kNvfp4WgmmaTileCodeBytes + (16 * warp + lane / 4) * 4;
+  const uint32_t scales_g = *reinterpret_cast<const uint32_t*>(scales);
+  const uint32_t scales_g8 = *reinterpret_cast<const uint32_t*>(scales + 8 * 4);
+  const uint32_t words[4] = {codes.x, codes.y, codes.z, codes.w};
+#pragma unroll
+  for (int s = 0; s < 4; ++s) {
+    uint32_t scale_g, scale_g8;
+    e4m3_scales_to_bf16x2(static_cast<uint16_t>(((scales_g >> (8 * s)) & 0xFF) | (((scales_g8 >> (8 * s)) & 0xFF) << 8)),
+                          scale_g, scale_g8);
+    a[s][0] = bf16x2_mul(nvfp4_gemv_pair(words[s], 0), scale_g);
+    a[s][1] = bf16x2_mul(nvfp4_gemv_pair(words[s], 1), scale_g8);
+    a[s][2] = bf16x2_mul(nvfp4_gemv_pair(words[s], 2), scale_g);
+    a[s][3] = bf16x2_mul(nvfp4_gemv_pair(words[s], 3), scale_g8);
+  }
+}
+
+// Chunk i for a consumer thread: wait for its stage, dequantise into `a` (whose previous products finished one
+// chunk ago), issue the warpgroup's four products, then wait for chunk i - 1's and hand its stage back.
+template <int kTokens>
+__device__ __forceinline__ void consume_chunk(unsigned char* smem, int i, bool has_rows, int group, int warp, int lane,
+                                              uint32_t (&a)[4][4], float (&acc)[kTokens / 2]) {
+  using S = Stages<kTokens>;
+  uint64_t* full = reinterpret_cast<uint64_t*>(smem + S::kBarriersAt);
+  uint64_t* empty = full + kStages;
+  const int stage = i % kStages;
+  mbarrier_wait<false>(&full[stage], (i / kStages) & 1);
+  if (has_rows) {
+    dequantise_fragments(smem + S::kWeightsAt + stage * S::kWeightBytes + group * kNvfp4WgmmaTileBytes, warp, lane, a);
+    const unsigned char* activations = smem + stage * S::kActivationBytes;
+    wgmma_fence();
+#pragma unroll
+    for (int s = 0; s < 4; ++s) {
+      wgmma_m64nNk16_rs<kTokens>(acc, a[s], wgmma_descriptor(activations + s * 32, 16, 1024));
+    }
+    wgmma_commit();
+    wgmma_wait<1>();
+  }
+  if (i > 0 && lane == 0) mbarrier_arrive(&empty[(i - 1) % kStages]);
+}
+
+// Element e of a consumer thread's accumulators: token 8 (e / 4) + 2t + e % 2 of row 16 warp + g + 8 (e % 4 / 2)
+// of its warpgroup's 64.
 struct AccumulatorPlace {
   int token, row;
 };
-__device__ __forceinline__ AccumulatorPlace accumulator_place(int e) {
-  const int warp = threadIdx.x % 128 / 32, group = threadIdx.x / 128;
-  const int g = threadIdx.x % 32 / 4, tig = threadIdx.x % 4;
-  return {16 * warp + g + 8 * (e % 4 / 2), group * kGroupRows + 8 * (e / 4) + 2 * tig + e % 2};
+__device__ __forceinline__ AccumulatorPlace accumulator_place(int e, int group, int warp, int lane) {
+  return {8 * (e / 4) + 2 * (lane % 4) + e % 2,
+          group * static_cast<int>(kNvfp4WgmmaTileRows) + 16 * warp + lane / 4 + 8 * (e % 4 / 2)};
 }
 
-__device__ __forceinline__ void store_output(const SmallMArgs& args, int64_t row, int token, float sum) {
-  const float value = sum * args.output_multiplier;
-  const int64_t index = static_cast<int64_t>(token) * args.n + row;
-  if (args.y_is_bf16) {
-    static_cast<__nv_bfloat16*>(args.y)[index] = __float2bfloat16_rn(value);
-  } else {
-    static_cast<float*>(args.y)[index] = value;
+template <int kTokens>
+__device__ __forceinline__ void store_outputs(const WgmmaGemmArgs& args, const float (&sums)[kTokens / 2],
+                                              int64_t row0, int group, int warp, int lane) {
+#pragma unroll
+  for (int e = 0; e < kTokens / 2; ++e) {
+    const AccumulatorPlace place = accumulator_place(e, group, warp, lane);
+    if (place.token >= args.m || row0 + place.row >= args.n) continue;
+    const float value = sums[e] * args.output_multiplier;
+    const int64_t index = static_cast<int64_t>(place.token) * args.n + row0 + place.row;
+    if (args.y_is_bf16) {
+      static_cast<__nv_bfloat16*>(args.y)[index] = __float2bfloat16_rn(value);
+    } else {
+      static_cast<float*>(args.y)[index] = value;
+    }
   }
 }
 
-__global__ void __launch_bounds__(kThreads, 1) gemm_nvfp4_wgmma_kernel(const SmallMArgs args) {
-#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-  extern __shared__ __align__(16) unsigned char shared_bytes[];
-  unsigned char* smem = shared_bytes + ((1024 - __cvta_generic_to_shared(shared_bytes) % 1024) % 1024);
+// Split K: this block's sums to its workspace slot; the last block of the row tile to arrive adds every split's
+// in split order and stores them. Returns whether this block was the last.
+template <int kTokens>
+__device__ __forceinline__ bool reduce_splits(const WgmmaGemmArgs& args, float (&acc)[kTokens / 2]) {
   __shared__ bool last_split;
-  const int64_t row0 = static_cast<int64_t>(blockIdx.x) * kRows;
-  const int chunks = static_cast<int>(args.k / kChunkK), per_split = (chunks + args.splits - 1) / args.splits;
-  const int first = static_cast<int>(blockIdx.y) * per_split, end = min(chunks, first + per_split);
-  const int group = threadIdx.x / 128;
-  begin_dependent_kernel();  // the chunks' copies include the activations
-  if (first < end) request_chunk(args, row0, first, smem, 0);
-  __pipeline_commit();
-  if (first + 1 < end) request_chunk(args, row0, first + 1, smem, 1);
-  __pipeline_commit();
-  float acc[kGroupRows / 2] = {};  // see accumulator_place
-  for (int chunk = first, round = 0; chunk < end; ++chunk, ++round) {
-    // Stage (round + 2) % kStages last held round - 2, whose products finished before the previous round's end.
-    if (chunk + 2 < end) request_chunk(args, row0, chunk + 2, smem, (round + 2) % kStages);
-    __pipeline_commit();
-    __pipeline_wait_prior(2);  // this thread's copies of this chunk
-    __syncthreads();           // ... and every thread's
-    unsigned char* weights = smem + Tiles::kWeightsAt + (round % 2) * Tiles::kWeightBytes;
-    dequantise_chunk(smem, round % kStages, weights);
-    fence_shared_for_wgmma();
-    __syncthreads();  // the weight tile is complete
-    const unsigned char* activations = smem + (round % kStages) * Tiles::kActivationBytes;
-    const unsigned char* group_weights = weights + group * Tiles::kGroupWeightBytes;
-    wgmma_fence();
+  constexpr int kValues = kTokens / 2;
+  const auto slot = [&](int split) {
+    return reinterpret_cast<float4*>(args.partials) +
+           ((static_cast<int64_t>(split) * gridDim.x + blockIdx.x) * kConsumerThreads + threadIdx.x) * (kValues / 4);
+  };
 #pragma unroll
-    for (int step = 0; step < kChunkK / 16; ++step) {
-      const uint64_t a = wgmma_descriptor(activations + step * 32, 16, 1024);
-      const uint64_t b = wgmma_descriptor(group_weights + step * 32, 16, 1024);
-      wgmma_m64n128k16_ss(acc, a, b, 1);
-    }
-    wgmma_commit();
-    wgmma_wait<1>();  // the previous chunk's products are done: its weight tile and stage may be refilled
-  }
-  wgmma_wait<0>();
-
-  if (args.splits == 1) {
-#pragma unroll
-    for (int e = 0; e < kGroupRows / 2; ++e) {
-      const AccumulatorPlace place = accumulator_place(e);
-      if (place.token < args.m && row0 + place.row < args.n) store_output(args, row0 + place.row, place.token, acc[e]);
-    }
-    return;
-  }
-  // Split K: this block's sums to the workspace; the last block of the row tile adds all splits in order.
-  const int64_t split_floats = static_cast<int64_t>(args.m) * args.n;
-#pragma unroll
-  for (int e = 0; e < kGroupRows / 2; ++e) {
-    const AccumulatorPlace place = accumulator_place(e);
-    if (place.token < args.m && row0 + place.row < args.n) {
-      args.partials[blockIdx.y * split_floats + static_cast<int64_t>(place.token) * args.n + row0 + place.row] = acc[e];
-    }
+  for (int q = 0; q < kValues / 4; ++q) {
+    slot(blockIdx.y)[q] = make_float4(acc[4 * q], acc[4 * q + 1], acc[4 * q + 2], acc[4 * q + 3]);
   }
   __threadfence();  // this thread's sums before the block's arrival
-  __syncthreads();
+  consumer_sync(kConsumerThreads);
   if (threadIdx.x == 0) {
     last_split = atomicAdd(&args.tile_arrivals[blockIdx.x], 1) == args.splits - 1;
     if (last_split) args.tile_arrivals[blockIdx.x] = 0;  // every split has arrived: ready for the next launch
     __threadfence();
   }
-  __syncthreads();
-  if (!last_split) return;
-#pragma unroll 4
-  for (int e = 0; e < kGroupRows / 2; ++e) {
-    const AccumulatorPlace place = accumulator_place(e);
-    if (place.token >= args.m || row0 + place.row >= args.n) continue;
-    const int64_t index = static_cast<int64_t>(place.token) * args.n + row0 + place.row;
-    float sum = 0.0f;
-    for (int s = 0; s < args.splits; ++s) sum += __ldcg(args.partials + s * split_floats + index);
-    store_output(args, row0 + place.row, place.token, sum);
+  consumer_sync(kConsumerThreads);
+  if (!last_split) return false;
+  // Each group of four values adds the splits in split order; this block's own part is still in acc (a group's
+  // values are replaced only after its last read).
+#pragma unroll
+  for (int q = 0; q < kValues / 4; ++q) {
+    float4 sum = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+#pragma unroll
+    for (int split = 0; split < kGemmWgmmaMaxSplits; ++split) {
+      if (split >= args.splits) break;
+      const float4 part = split == static_cast<int>(blockIdx.y)
+                              ? make_float4(acc[4 * q], acc[4 * q + 1], acc[4 * q + 2], acc[4 * q + 3])
+                              : __ldcg(slot(split) + q);
+      sum.x += part.x;
+      sum.y += part.y;
+      sum.z += part.z;
+      sum.w += part.w;
+    }
+    acc[4 * q] = sum.x;
+    acc[4 * q + 1] = sum.y;
+    acc[4 * q + 2] = sum.z;
+    acc[4 * q + 3] = sum.w;
   }
+  return true;
+}
+
+#endif
+
+template <int kTokens>
+__global__ void __launch_bounds__(kThreads, 2)
+    gemm_nvfp4_wgmma_kernel(const __grid_constant__ CUtensorMap activations, const WgmmaGemmArgs args) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  using S = Stages<kTokens>;
+  extern __shared__ __align__(16) unsigned char shared_bytes[];
+  unsigned char* smem = shared_bytes + ((1024 - __cvta_generic_to_shared(shared_bytes) % 1024) % 1024);
+  uint64_t* full = reinterpret_cast<uint64_t*>(smem + S::kBarriersAt);
+  const int per_split = (args.chunks + args.splits - 1) / args.splits;
+  const int first = min(args.chunks, static_cast<int>(blockIdx.y) * per_split);
+  const int count = min(args.chunks, first + per_split) - first;
+  const int64_t group0 = static_cast<int64_t>(blockIdx.x) * kWarpgroups;  // the block's first 64-row tile
+  const int groups = static_cast<int>(min(static_cast<int64_t>(kWarpgroups), args.n / kNvfp4WgmmaTileRows - group0));
+  if (threadIdx.x == 0) {
+    for (int s = 0; s < kStages; ++s) {
+      mbarrier_init(&full[s], 1);
+      mbarrier_init(&full[kStages + s], 4 * kWarpgroups);  // empty: one arrival per consumer warp
+    }
+    fence_mbarrier_init();
+  }
+  __syncthreads();
+  if (threadIdx.x >= kConsumerThreads) {
+    if (threadIdx.x == kConsumerThreads) produce<kTokens>(activations, args, smem, first, count, group0, groups);
+    return;
+  }
+  const int group = threadIdx.x / 128, warp = threadIdx.x % 128 / 32, lane = threadIdx.x % 32;
+  const bool has_rows = group < groups;
+  float acc[kTokens / 2] = {};
+  uint32_t a0[4][4], a1[4][4];  // two chunks' fragments: the wgmma of one reads its registers while the next fills
+  for (int i = 0; i < count; i += 2) {
+    consume_chunk<kTokens>(smem, i, has_rows, group, warp, lane, a0, acc);
+    if (i + 1 < count) consume_chunk<kTokens>(smem, i + 1, has_rows, group, warp, lane, a1, acc);
+  }
+  wgmma_wait<0>();
+  const int64_t row0 = static_cast<int64_t>(blockIdx.x) * kRows;
+  if (args.splits > 1 && !reduce_splits<kTokens>(args, acc)) return;
+  store_outputs<kTokens>(args, acc, row0, group, warp, lane);
 #else
   __trap();  // only built for sm_90a
 #endif
+}
+
+template <int kTokens>
+cudaError_t launch_for_tokens(const CUtensorMap& activations, const WgmmaGemmArgs& args, dim3 grid,
+                              cudaStream_t stream) {
+  constexpr size_t kShared = Stages<kTokens>::kSharedBytes;
+  const cudaError_t allowed = allow_dynamic_shared_memory(gemm_nvfp4_wgmma_kernel<kTokens>, kShared);
+  if (allowed != cudaSuccess) return allowed;
+  return launch_dependent(gemm_nvfp4_wgmma_kernel<kTokens>, grid, dim3(kThreads), kShared, stream, activations, args);
 }
 
 }  // namespace
@@ -224,34 +272,49 @@ int gemm_nvfp4_wgmma_splits(int64_t n, int64_t k) {
       cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device) != cudaSuccess) {
     sms = 132;
   }
-  const int64_t tiles = (n + kRows - 1) / kRows, chunks = k / kChunkK;
-  // About one block an SM, each with at least 4 chunks.
-  const int64_t splits = std::max<int64_t>(1, std::min<int64_t>(sms / tiles, chunks / 4));
-  return static_cast<int>(splits);
+  // About one block an SM (rounded to the nearest), each with at least 4 chunks.
+  const int64_t tiles = gemm_nvfp4_wgmma_row_tiles(n), chunks = k / kNvfp4WgmmaTileK;
+  const int64_t splits = std::min<int64_t>({(sms + tiles / 2) / tiles, chunks / 4, kGemmWgmmaMaxSplits});
+  return static_cast<int>(std::max<int64_t>(1, splits));
 }
 
 int64_t gemm_nvfp4_wgmma_row_tiles(int64_t n) { return (n + kRows - 1) / kRows; }
 
+int64_t gemm_nvfp4_wgmma_partial_floats(int64_t n, int64_t m, int splits) {
+  return splits * gemm_nvfp4_wgmma_row_tiles(n) * kRows * tokens_bucket(static_cast<int>(m));
+}
+
 namespace detail {
 
-cudaError_t launch_gemm_nvfp4_wgmma(const Nvfp4Weight& weight, const void* x, int m, void* y, bool y_is_bf16,
-                                    int splits, const GemmWgmmaWorkspace& workspace, cudaStream_t stream) {
-  const cudaError_t allowed = allow_dynamic_shared_memory(gemm_nvfp4_wgmma_kernel, Tiles::kSharedBytes);
-  if (allowed != cudaSuccess) return allowed;
-  const SmallMArgs args{weight.packed,
-                        weight.scales,
-                        weight.rows,
-                        weight.cols,
-                        weight.global_scale * 128.0f,
-                        static_cast<const __nv_bfloat16*>(x),
-                        m,
-                        y,
-                        y_is_bf16,
-                        splits,
-                        workspace.partials,
-                        workspace.tile_arrivals};
-  const dim3 grid(blocks_for(weight.rows, kRows), static_cast<unsigned>(splits));
-  return launch_dependent(gemm_nvfp4_wgmma_kernel, grid, dim3(kThreads), Tiles::kSharedBytes, stream, args);
+cudaError_t launch_gemm_nvfp4_wgmma(const GemmWgmmaLaunch& launch, cudaStream_t stream) {
+  const Nvfp4WgmmaWeight& weight = *launch.weight;
+  const int tokens = tokens_bucket(launch.m);
+  CUtensorMap activations;
+  const cudaError_t encoded = encode_byte_tile_map(activations, launch.x, static_cast<uint64_t>(weight.cols) * 2,
+                                                   static_cast<uint64_t>(launch.m), kChunkBytes,
+                                                   static_cast<uint32_t>(tokens), true);
+  if (encoded != cudaSuccess) return encoded;
+  const WgmmaGemmArgs args{weight.tiles,
+                           weight.rows,
+                           static_cast<int>(weight.cols / kNvfp4WgmmaTileK),
+                           weight.global_scale * 128.0f,
+                           launch.m,
+                           launch.y,
+                           launch.y_is_bf16,
+                           launch.splits,
+                           launch.workspace->partials,
+                           launch.workspace->tile_arrivals};
+  const dim3 grid(static_cast<unsigned>(gemm_nvfp4_wgmma_row_tiles(weight.rows)), static_cast<unsigned>(launch.splits));
+  switch (tokens) {
+    case 8:
+      return launch_for_tokens<8>(activations, args, grid, stream);
+    case 16:
+      return launch_for_tokens<16>(activations, args, grid, stream);
+    case 32:
+      return launch_for_tokens<32>(activations, args, grid, stream);
+    default:
+      return launch_for_tokens<64>(activations, args, grid, stream);
+  }
 }
 
 }  // namespace detail

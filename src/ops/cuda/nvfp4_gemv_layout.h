@@ -24,6 +24,10 @@ inline constexpr int kNvfp4GemvBit[8][4] = {
     {25, 26, 27, 13}, {9, 10, 11, 29},  // pair 3
 };
 
+// The word of 8 codes (code i = pair i / 2's element i % 2, each 4 bits) with every bit where kNvfp4GemvBit puts it,
+// so that nvfp4_gemv_pair(word, p) unpacks codes 2p and 2p + 1 (this order and the wgmma fragment order use it).
+uint32_t nvfp4_gemv_word(const uint32_t (&codes)[8]);
+
 // packed: [rows, cols / 2] in the checkpoint's order, cols a multiple of 32 -> the same bytes tiled.
 std::vector<uint8_t> tile_nvfp4_codes_for_gemv(const uint8_t* packed, int64_t rows, int64_t cols);
 // The inverse (tests, and reading tiled codes back on the host).

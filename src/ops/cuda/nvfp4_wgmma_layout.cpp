@@ -1,0 +1,45 @@
+#include "ops/cuda/nvfp4_wgmma_layout.h"
+
+#include <cstring>
+
+#include "core/error.h"
+#include "ops/cuda/nvfp4_gemv_layout.h"
+
+namespace uberlm::cuda {
+
+std::vector<uint8_t> pack_nvfp4_for_wgmma(const uint8_t* packed, const uint8_t* scales, int64_t rows, int64_t cols) {
+  if (rows <= 0 || cols <= 0 || rows % kNvfp4WgmmaTileRows != 0 || cols % kNvfp4WgmmaTileK != 0) {
+    fail("NVFP4 wgmma layout: [{}, {}] needs rows and columns that are positive multiples of 64", rows, cols);
+  }
+  const int64_t chunks = cols / kNvfp4WgmmaTileK;
+  std::vector<uint8_t> out(static_cast<size_t>(rows / kNvfp4WgmmaTileRows * chunks * kNvfp4WgmmaTileBytes));
+  const auto code_at = [&](int64_t row, int64_t k) -> uint32_t {
+    return (packed[row * (cols / 2) + k / 2] >> (4 * (k % 2))) & 0xF;
+  };
+  for (int64_t tile_row = 0; tile_row < rows / kNvfp4WgmmaTileRows; ++tile_row) {
+    for (int64_t chunk = 0; chunk < chunks; ++chunk) {
+      uint8_t* tile = out.data() + (tile_row * chunks + chunk) * kNvfp4WgmmaTileBytes;
+      const int64_t row0 = tile_row * kNvfp4WgmmaTileRows, k0 = chunk * kNvfp4WgmmaTileK;
+      for (int lane_index = 0; lane_index < 128; ++lane_index) {
+        const int warp = lane_index / 32, g = lane_index % 32 / 4, t = lane_index % 4;
+        const int64_t row = row0 + 16 * warp + g;
+        uint32_t words[4];
+        for (int s = 0; s < 4; ++s) {
+          const int64_t k = k0 + 16 * s + 2 * t;
+          const uint32_t codes[8] = {code_at(row, k),         code_at(row, k + 1),         // pair 0
+                                     code_at(row + 8, k),     code_at(row + 8, k + 1),     // pair 1
+                                     code_at(row, k + 8),     code_at(row, k + 9),         // pair 2
+                                     code_at(row + 8, k + 8), code_at(row + 8, k + 9)};  // pair 3
+          words[s] = nvfp4_gemv_word(codes);
+        }
+        std::memcpy(tile + lane_index * 16, words, 16);  // little-endian words, as the GPU loads them
+      }
+      for (int r = 0; r < kNvfp4WgmmaTileRows; ++r) {
+        std::memcpy(tile + kNvfp4WgmmaTileCodeBytes + 4 * r, scales + (row0 + r) * (cols / 16) + k0 / 16, 4);
+      }
+    }
+  }
+  return out;
+}
+
+}  // namespace uberlm::cuda

@@ -1,0 +1,28 @@
+#pragma once
+// The NVFP4 weight order of the small-M wgmma GEMM (gemm_nvfp4_wgmma.cu), made once at load from the
+// checkpoint's order: the weights are wgmma's A operand from registers, so each thread's 16-byte load must hold
+// exactly its A fragments, and a warpgroup's share of a K chunk must be one contiguous bulk copy.
+//
+// The weight [N, K] (N and K multiples of 64) is cut into fragment tiles of 64 rows x 64 k-values, stored row
+// tile after row tile, each row tile's K chunks in order: tile (r, c) at byte ((r * K / 64) + c) * 2304. A tile
+// is 2048 bytes of codes, then 256 bytes of scales:
+//   - codes: warp w (rows 16w .. 16w + 15 of the tile), lane l = 4g + t at byte (32w + l) * 16, four words; word
+//     s (k-values 16s .. 16s + 15, one wgmma k-step and one NVFP4 scale block) holds, as its pairs 0..3 in the
+//     GEMV's bit placement (nvfp4_gemv_layout.h), the k-value pairs (16s + 2t, +1) of row g, the same of row g + 8,
+//     (16s + 2t + 8, +9) of row g, the same of row g + 8: the m16n8k16 A fragment registers a0a1 .. a6a7;
+//   - scales: byte 4r + s is the E4M3 scale of tile row r, k-block s (the checkpoint's scale bytes, gathered).
+#include <cstdint>
+#include <vector>
+
+namespace uberlm::cuda {
+
+inline constexpr int64_t kNvfp4WgmmaTileRows = 64;
+inline constexpr int64_t kNvfp4WgmmaTileK = 64;
+inline constexpr int64_t kNvfp4WgmmaTileCodeBytes = 2048;
+inline constexpr int64_t kNvfp4WgmmaTileBytes = kNvfp4WgmmaTileCodeBytes + 256;
+
+// packed: [rows, cols / 2] codes and scales: [rows, cols / 16] E4M3, both in the checkpoint's order -> the tiles
+// (rows / 64 * cols / 64 * 2304 bytes). Throws uberlm::Error unless rows and cols are positive multiples of 64.
+std::vector<uint8_t> pack_nvfp4_for_wgmma(const uint8_t* packed, const uint8_t* scales, int64_t rows, int64_t cols);
+
+}  // namespace uberlm::cuda
