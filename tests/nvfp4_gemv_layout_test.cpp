@@ -5,10 +5,12 @@
 // the kernel's thread of its A fragment reads it.
 #include <gtest/gtest.h>
 
+#include <cmath>
 #include <cstring>
 #include <random>
 #include <set>
 
+#include "core/dtype.h"
 #include "core/error.h"
 #include "ops/cuda/nvfp4_gemv_layout.h"
 #include "ops/cuda/nvfp4_wgmma_layout.h"
@@ -94,8 +96,14 @@ TEST(Nvfp4WgmmaLayout, EveryCodeAndScaleIsWhereItsFragmentThreadReadsIt) {
       const uint32_t code = (packed[(r * cols + k) / 2] >> (4 * (k % 2))) & 0xF;
       ASSERT_EQ((bits >> 15) & 1, code >> 3) << "sign of row " << r << " k " << k;
       ASSERT_EQ((bits >> 6) & 7, code & 7) << "magnitude of row " << r << " k " << k;
-      ASSERT_EQ(tile[cuda::kNvfp4WgmmaTileCodeBytes + 4 * row + step], scales[r * (cols / 16) + k / 16])
-          << "scale of row " << r << " k " << k;
+      uint16_t scale;
+      std::memcpy(&scale, tile + cuda::kNvfp4WgmmaTileCodeBytes + (8 * warp + g) * 16 + step * 4 + 2 * upper_row, 2);
+      const float expected = e4m3_to_f32(scales[r * (cols / 16) + k / 16]) * 0x1p119f;
+      if (std::isnan(expected)) {
+        ASSERT_TRUE(std::isnan(bf16_to_f32(scale))) << "scale of row " << r << " k " << k;
+      } else {
+        ASSERT_EQ(bf16_to_f32(scale), expected) << "scale of row " << r << " k " << k;
+      }
     }
   }
 }

@@ -41,6 +41,7 @@
 #include "ops/cuda/gemm_nvfp4_wgmma.h"
 #include "ops/cuda/gemv.h"
 #include "ops/cuda/kernel_timing.h"
+#include "ops/cuda/nvfp4_wgmma_layout.h"
 #include "ops/cuda/random_fill.h"
 #include "ops/cuda/read_probe.h"
 #include "ops/cuda/rms_norm.h"
@@ -255,10 +256,12 @@ int run(int argc, char** argv) {
       packed.emplace_back(host_packed);
       if (nvfp4) scales.emplace_back(host_scales);
     }
-    // The small-M GEMM's fragment tiles (nvfp4_wgmma_layout.h), as many bytes as codes and scales: random bytes
-    // that are all valid E4M3 scales (and, as codes, random codes).
+    // The small-M GEMM's fragment tiles (nvfp4_wgmma_layout.h; 11% more bytes than codes and E4M3 scales, its
+    // scales being bf16, but its rows count the checkpoint's bytes like the GEMV's so that of_copy compares
+    // times): random bytes that are all valid E4M3 codes (as bf16 scales, finite values).
     if (nvfp4 && cuda::gemm_nvfp4_wgmma_runs(shape.n, shape.k)) {
-      std::vector<uint8_t> host_tiles(weight_bytes);
+      std::vector<uint8_t> host_tiles(shape.n / cuda::kNvfp4WgmmaTileRows * shape.k / cuda::kNvfp4WgmmaTileK *
+                                      cuda::kNvfp4WgmmaTileBytes);
       cuda::fill_pseudo_random(host_tiles, shape.n + shape.k);
       cuda::make_e4m3_scales(host_tiles);
       for (int c = 0; c < copies; ++c) wgmma_tiles.emplace_back(host_tiles);

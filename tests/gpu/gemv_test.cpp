@@ -173,7 +173,7 @@ TEST(GpuGemv, Nvfp4MatchesCpuReference) {
   EXPECT_GT(checked, 0) << "no case ran";
 }
 
-// The Hopper small-M GEMM (gemm_nvfp4_wgmma.h, branch wgmma-small-m) against the same reference and tolerances:
+// The Hopper small-M GEMM (gemm_nvfp4_wgmma.h) against the same reference and tolerances:
 // every token bucket (8, 16, 32, 64 and counts inside them), row tiles the last block fills half (320 rows), the
 // default K split, no split and the most splits; the workspace's tile counts are left at zero.
 TEST(GpuGemv, WgmmaSmallMMatchesCpuReference) {

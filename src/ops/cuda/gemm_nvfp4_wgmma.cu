@@ -1,10 +1,10 @@
-// The NVFP4 small-M GEMM on Hopper's warpgroup MMA (branch wgmma-small-m; bench/notes/gemv.md): the weights are
+// The NVFP4 small-M GEMM on Hopper's warpgroup MMA (bench/notes/gemv.md, sessions 30-31): the weights are
 // wgmma's A operand from registers (64 rows a warpgroup), the tokens its N (8, 16, 32 or 64: m rounded up), so
 // the tensor cores do no work for absent tokens and no dequantised weight goes through shared memory.
 //
 // A block is two consumer warpgroups (128 weight rows) and one producer warp, over a share of K (the split).
-// The producer streams 64-wide K chunks through a ring of kStages shared-memory stages: per chunk one bulk copy
-// of each warpgroup's fragment tile (2304 bytes: codes in the order of the A fragments, then scales;
+// The producer streams 64-wide K chunks through a ring of shared-memory stages: per chunk one bulk copy
+// of each warpgroup's fragment tile (2560 bytes: codes in the order of the A fragments, then scales;
 // nvfp4_wgmma_layout.h) and one tensor copy of the tokens' activations (kTokens x 64 bf16, 128-byte swizzled,
 // tokens past m arriving as zeros), all completing on the stage's mbarrier. Each consumer thread reads its
 // 16 bytes of codes and its rows' scales, dequantises them straight into its A fragments (the GEMV's exact
@@ -32,16 +32,24 @@ constexpr int kConsumerThreads = 128 * kWarpgroups;
 constexpr int kThreads = kConsumerThreads + 32;  // and the producer warp
 constexpr int kRows = static_cast<int>(kNvfp4WgmmaTileRows) * kWarpgroups;  // weight rows a block
 constexpr int kChunkBytes = static_cast<int>(kNvfp4WgmmaTileK) * 2;        // an activation row of a chunk (bf16)
-// Stages: at 64 tokens a stage is 12.8 KB, so eight keep ~100 KB a block in flight, and two blocks fit an SM.
-constexpr int kStages = 8;
+
+
+// The ring: as many stages as fit ~100 KB (two blocks an SM), 6 to 16. Without the consumers' work this ring
+// streams at 40-55% of the copy bandwidth with 8 stages of 4.7 KB (bench/notes/gemv.md, session 31): the bytes
+// in flight an SM, not the copy engine, set that ceiling.
+constexpr uint32_t kRingBytes = 100 * 1024;
 
 template <int kTokens>
 struct Stages {
   static constexpr uint32_t kActivationBytes = kTokens * kChunkBytes;  // a multiple of 1024 (the swizzle's period)
   static constexpr uint32_t kWeightBytes = kWarpgroups * kNvfp4WgmmaTileBytes;
-  static constexpr uint32_t kWeightsAt = kStages * kActivationBytes;
-  static constexpr uint32_t kBarriersAt = kWeightsAt + kStages * kWeightBytes;
-  static constexpr size_t kSharedBytes = kBarriersAt + 2 * kStages * sizeof(uint64_t) + 1024;  // + alignment
+  static constexpr int kCount = static_cast<int>(
+      kRingBytes / (kActivationBytes + kWeightBytes) < 6    ? 6
+      : kRingBytes / (kActivationBytes + kWeightBytes) > 16 ? 16
+                                                            : kRingBytes / (kActivationBytes + kWeightBytes));
+  static constexpr uint32_t kWeightsAt = kCount * kActivationBytes;
+  static constexpr uint32_t kBarriersAt = kWeightsAt + kCount * kWeightBytes;
+  static constexpr size_t kSharedBytes = kBarriersAt + 2 * kCount * sizeof(uint64_t) + 1024;  // + alignment
 };
 
 int tokens_bucket(int m) { return m <= 8 ? 8 : m <= 16 ? 16 : m <= 32 ? 32 : 64; }
@@ -62,12 +70,13 @@ struct WgmmaGemmArgs {
 // The kernel's parts exist in its sm_90a code only (the compute_90 PTX of this file is an empty kernel).
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
 
-// The producer warp's lane 0: chunk i of the block's share into stage i % kStages once the consumers have
+// The producer warp's lane 0: chunk i of the block's share into stage i % kCount once the consumers have
 // handed that stage back. The first stages' weights (constant) are requested before the previous kernel ends.
 template <int kTokens>
 __device__ void produce(const CUtensorMap& activations, const WgmmaGemmArgs& args, unsigned char* smem, int first,
                         int count, int64_t group0, int groups) {
   using S = Stages<kTokens>;
+  constexpr int kStages = S::kCount;
   uint64_t* full = reinterpret_cast<uint64_t*>(smem + S::kBarriersAt);
   uint64_t* empty = full + kStages;
   const uint32_t stage_bytes = S::kActivationBytes + groups * static_cast<uint32_t>(kNvfp4WgmmaTileBytes);
@@ -93,44 +102,47 @@ __device__ void produce(const CUtensorMap& activations, const WgmmaGemmArgs& arg
 }
 
 // A consumer thread's A fragments of one chunk: word s of its codes holds k-step s's pairs (row g, row g + 8, row
-// g at k + 8, row g + 8 at k + 8); its rows' scales are one byte per k-step.
+// g at k + 8, row g + 8 at k + 8); word s of its scales holds k-step s's bf16 scales of rows g and g + 8.
 __device__ __forceinline__ void dequantise_fragments(const unsigned char* tile, int warp, int lane,
                                                      uint32_t (&a)[4][4]) {
   const uint4 codes = *reinterpret_cast<const uint4*>(tile + (warp * 32 + lane) * 16);
-  const unsigned char* scales = tile + kNvfp4WgmmaTileCodeBytes + (16 * warp + lane / 4) * 4;
-  const uint32_t scales_g = *reinterpret_cast<const uint32_t*>(scales);
-  const uint32_t scales_g8 = *reinterpret_cast<const uint32_t*>(scales + 8 * 4);
+  const uint4 scales = *reinterpret_cast<const uint4*>(tile + kNvfp4WgmmaTileCodeBytes + (8 * warp + lane / 4) * 16);
   const uint32_t words[4] = {codes.x, codes.y, codes.z, codes.w};
+  const uint32_t scale_words[4] = {scales.x, scales.y, scales.z, scales.w};
 #pragma unroll
   for (int s = 0; s < 4; ++s) {
-    uint32_t scale_g, scale_g8;
-    e4m3_scales_to_bf16x2(static_cast<uint16_t>(((scales_g >> (8 * s)) & 0xFF) | (((scales_g8 >> (8 * s)) & 0xFF) << 8)),
-                          scale_g, scale_g8);
-    a[s][0] = bf16x2_mul(nvfp4_gemv_pair(words[s], 0), scale_g);
-    a[s][1] = bf16x2_mul(nvfp4_gemv_pair(words[s], 1), scale_g8);
-    a[s][2] = bf16x2_mul(nvfp4_gemv_pair(words[s], 2), scale_g);
-    a[s][3] = bf16x2_mul(nvfp4_gemv_pair(words[s], 3), scale_g8);
+    const __nv_bfloat162 both = *reinterpret_cast<const __nv_bfloat162*>(&scale_words[s]);
+    const __nv_bfloat162 row_g = __low2bfloat162(both), row_g8 = __high2bfloat162(both);
+    const auto scaled = [](uint32_t pair, __nv_bfloat162 scale) {
+      const __nv_bfloat162 product = __hmul2(*reinterpret_cast<const __nv_bfloat162*>(&pair), scale);
+      return *reinterpret_cast<const uint32_t*>(&product);
+    };
+    a[s][0] = scaled(nvfp4_gemv_pair(words[s], 0), row_g);
+    a[s][1] = scaled(nvfp4_gemv_pair(words[s], 1), row_g8);
+    a[s][2] = scaled(nvfp4_gemv_pair(words[s], 2), row_g);
+    a[s][3] = scaled(nvfp4_gemv_pair(words[s], 3), row_g8);
   }
 }
 
 // Chunk i for a consumer thread: wait for its stage, dequantise into `a` (whose previous products finished one
 // chunk ago), issue the warpgroup's four products, then wait for chunk i - 1's and hand its stage back.
+// `activations` is the descriptor of stage 0's activation tile: a stage's is stage * its bytes / 16 further.
 template <int kTokens>
-__device__ __forceinline__ void consume_chunk(unsigned char* smem, int i, bool has_rows, int group, int warp, int lane,
-                                              uint32_t (&a)[4][4], float (&acc)[kTokens / 2]) {
+__device__ __forceinline__ void consume_chunk(unsigned char* smem, uint64_t activations, int i, bool has_rows,
+                                              int group, int warp, int lane, uint32_t (&a)[4][4],
+                                              float (&acc)[kTokens / 2]) {
   using S = Stages<kTokens>;
+  constexpr int kStages = S::kCount;
   uint64_t* full = reinterpret_cast<uint64_t*>(smem + S::kBarriersAt);
   uint64_t* empty = full + kStages;
   const int stage = i % kStages;
   mbarrier_wait<false>(&full[stage], (i / kStages) & 1);
   if (has_rows) {
     dequantise_fragments(smem + S::kWeightsAt + stage * S::kWeightBytes + group * kNvfp4WgmmaTileBytes, warp, lane, a);
-    const unsigned char* activations = smem + stage * S::kActivationBytes;
+    const uint64_t stage_activations = activations + stage * (S::kActivationBytes / 16);
     wgmma_fence();
 #pragma unroll
-    for (int s = 0; s < 4; ++s) {
-      wgmma_m64nNk16_rs<kTokens>(acc, a[s], wgmma_descriptor(activations + s * 32, 16, 1024));
-    }
+    for (int s = 0; s < 4; ++s) wgmma_m64nNk16_rs<kTokens>(acc, a[s], stage_activations + s * 2);  // 32 bytes a step
     wgmma_commit();
     wgmma_wait<1>();
   }
@@ -178,9 +190,9 @@ __device__ __forceinline__ bool reduce_splits(const WgmmaGemmArgs& args, float (
   for (int q = 0; q < kValues / 4; ++q) {
     slot(blockIdx.y)[q] = make_float4(acc[4 * q], acc[4 * q + 1], acc[4 * q + 2], acc[4 * q + 3]);
   }
-  __threadfence();  // this thread's sums before the block's arrival
   consumer_sync(kConsumerThreads);
   if (threadIdx.x == 0) {
+    __threadfence();  // releases every consumer's sums (ordered before it by the barrier) with the arrival
     last_split = atomicAdd(&args.tile_arrivals[blockIdx.x], 1) == args.splits - 1;
     if (last_split) args.tile_arrivals[blockIdx.x] = 0;  // every split has arrived: ready for the next launch
     __threadfence();
@@ -218,6 +230,7 @@ __global__ void __launch_bounds__(kThreads, 2)
     gemm_nvfp4_wgmma_kernel(const __grid_constant__ CUtensorMap activations, const WgmmaGemmArgs args) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
   using S = Stages<kTokens>;
+  constexpr int kStages = S::kCount;
   extern __shared__ __align__(16) unsigned char shared_bytes[];
   unsigned char* smem = shared_bytes + ((1024 - __cvta_generic_to_shared(shared_bytes) % 1024) % 1024);
   uint64_t* full = reinterpret_cast<uint64_t*>(smem + S::kBarriersAt);
@@ -242,9 +255,12 @@ __global__ void __launch_bounds__(kThreads, 2)
   const bool has_rows = group < groups;
   float acc[kTokens / 2] = {};
   uint32_t a0[4][4], a1[4][4];  // two chunks' fragments: the wgmma of one reads its registers while the next fills
+  const uint64_t activations_descriptor = wgmma_descriptor(smem, 16, 1024);
   for (int i = 0; i < count; i += 2) {
-    consume_chunk<kTokens>(smem, i, has_rows, group, warp, lane, a0, acc);
-    if (i + 1 < count) consume_chunk<kTokens>(smem, i + 1, has_rows, group, warp, lane, a1, acc);
+    consume_chunk<kTokens>(smem, activations_descriptor, i, has_rows, group, warp, lane, a0, acc);
+    if (i + 1 < count) {
+      consume_chunk<kTokens>(smem, activations_descriptor, i + 1, has_rows, group, warp, lane, a1, acc);
+    }
   }
   wgmma_wait<0>();
   const int64_t row0 = static_cast<int64_t>(blockIdx.x) * kRows;
@@ -272,9 +288,12 @@ int gemm_nvfp4_wgmma_splits(int64_t n, int64_t k) {
       cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device) != cudaSuccess) {
     sms = 132;
   }
-  // About one block an SM (rounded to the nearest), each with at least 4 chunks.
+  // As many blocks as fit the GPU at once at two an SM (the consumers are latency-bound, so the second block's
+  // warps hide the first's), each with at least 4 chunks. Measured against every split count on the 27B shapes
+  // (bench/notes/gemv.md, session 31): the best or within 6% of it, except mlp_gate_up (136 row tiles, one
+  // split; three are 1.2x faster).
   const int64_t tiles = gemm_nvfp4_wgmma_row_tiles(n), chunks = k / kNvfp4WgmmaTileK;
-  const int64_t splits = std::min<int64_t>({(sms + tiles / 2) / tiles, chunks / 4, kGemmWgmmaMaxSplits});
+  const int64_t splits = std::min<int64_t>({2 * sms / tiles, chunks / 4, kGemmWgmmaMaxSplits});
   return static_cast<int>(std::max<int64_t>(1, splits));
 }
 

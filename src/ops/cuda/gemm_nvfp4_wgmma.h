@@ -2,7 +2,8 @@
 // The NVFP4 small-M GEMM on Hopper's warpgroup MMA (gemm_nvfp4_wgmma.cu): y[m, N] = x[m, K] . W^T for m = 1..64
 // tokens, the same values as gemv_nvfp4 (exact dequantised weights, fp32 sums in another order, fixed for a
 // shape: the K split depends on N, K and the GPU, never on m). The weights are in the wgmma fragment order
-// (nvfp4_wgmma_layout.h). Branch wgmma-small-m, not yet chosen by the linear runner.
+// (nvfp4_wgmma_layout.h). Not yet chosen by the linear runner (issue 14): tested against the CPU reference and
+// measured by kernel_bench beside the GEMV.
 #include <cuda_runtime_api.h>
 
 #include <cstdint>
@@ -24,7 +25,8 @@ struct Nvfp4WgmmaWeight {
 // Whether the current device runs the kernel (sm_90) for an [N, K] weight.
 bool gemm_nvfp4_wgmma_runs(int64_t n, int64_t k);
 
-// How many blocks share a row tile's K for an [N, K] weight on this GPU (about one block an SM), and the row tiles.
+// How many blocks share a row tile's K for an [N, K] weight on this GPU (the grid's blocks at two an SM), and the
+// row tiles (of 128 weight rows).
 int gemm_nvfp4_wgmma_splits(int64_t n, int64_t k);
 int64_t gemm_nvfp4_wgmma_row_tiles(int64_t n);
 // Floats of partial sums a launch of m tokens with `splits` needs in its workspace.

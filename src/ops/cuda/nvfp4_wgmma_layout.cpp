@@ -2,6 +2,7 @@
 
 #include <cstring>
 
+#include "core/dtype.h"
 #include "core/error.h"
 #include "ops/cuda/nvfp4_gemv_layout.h"
 
@@ -34,8 +35,17 @@ std::vector<uint8_t> pack_nvfp4_for_wgmma(const uint8_t* packed, const uint8_t* 
         }
         std::memcpy(tile + lane_index * 16, words, 16);  // little-endian words, as the GPU loads them
       }
-      for (int r = 0; r < kNvfp4WgmmaTileRows; ++r) {
-        std::memcpy(tile + kNvfp4WgmmaTileCodeBytes + 4 * r, scales + (row0 + r) * (cols / 16) + k0 / 16, 4);
+      for (int warp = 0; warp < 4; ++warp) {
+        for (int g = 0; g < 8; ++g) {
+          uint32_t words[4];
+          for (int s = 0; s < 4; ++s) {
+            const auto scale = [&](int64_t row) -> uint32_t {
+              return f32_to_bf16(e4m3_to_f32(scales[row * (cols / 16) + k0 / 16 + s]) * 0x1p119f);
+            };
+            words[s] = scale(row0 + 16 * warp + g) | (scale(row0 + 16 * warp + g + 8) << 16);
+          }
+          std::memcpy(tile + kNvfp4WgmmaTileCodeBytes + (8 * warp + g) * 16, words, 16);
+        }
       }
     }
   }

@@ -4,13 +4,16 @@
 // exactly its A fragments, and a warpgroup's share of a K chunk must be one contiguous bulk copy.
 //
 // The weight [N, K] (N and K multiples of 64) is cut into fragment tiles of 64 rows x 64 k-values, stored row
-// tile after row tile, each row tile's K chunks in order: tile (r, c) at byte ((r * K / 64) + c) * 2304. A tile
-// is 2048 bytes of codes, then 256 bytes of scales:
+// tile after row tile, each row tile's K chunks in order: tile (r, c) at byte ((r * K / 64) + c) * 2560. A tile
+// is 2048 bytes of codes, then 512 bytes of scales:
 //   - codes: warp w (rows 16w .. 16w + 15 of the tile), lane l = 4g + t at byte (32w + l) * 16, four words; word
 //     s (k-values 16s .. 16s + 15, one wgmma k-step and one NVFP4 scale block) holds, as its pairs 0..3 in the
 //     GEMV's bit placement (nvfp4_gemv_layout.h), the k-value pairs (16s + 2t, +1) of row g, the same of row g + 8,
 //     (16s + 2t + 8, +9) of row g, the same of row g + 8: the m16n8k16 A fragment registers a0a1 .. a6a7;
-//   - scales: byte 4r + s is the E4M3 scale of tile row r, k-block s (the checkpoint's scale bytes, gathered).
+//   - scales: the 16 bytes at 2048 + (8w + g) * 16 are four words; word s holds the E4M3 scales of k-block s of
+//     rows 16w + g (low half) and 16w + g + 8 (high half), each as the bf16 of scale * 2^119 (exact: E4M3 has 3
+//     mantissa bits). The pair unpack gives e2m1 * 2^-126 (gemv_nvfp4.cuh), so one bf16 multiply makes the exact
+//     e2m1 * e4m3 * 2^-7; converting the scales here saves the kernel ~36 instructions a chunk for 256 more bytes.
 #include <cstdint>
 #include <vector>
 
@@ -19,10 +22,10 @@ namespace uberlm::cuda {
 inline constexpr int64_t kNvfp4WgmmaTileRows = 64;
 inline constexpr int64_t kNvfp4WgmmaTileK = 64;
 inline constexpr int64_t kNvfp4WgmmaTileCodeBytes = 2048;
-inline constexpr int64_t kNvfp4WgmmaTileBytes = kNvfp4WgmmaTileCodeBytes + 256;
+inline constexpr int64_t kNvfp4WgmmaTileBytes = kNvfp4WgmmaTileCodeBytes + 512;
 
 // packed: [rows, cols / 2] codes and scales: [rows, cols / 16] E4M3, both in the checkpoint's order -> the tiles
-// (rows / 64 * cols / 64 * 2304 bytes). Throws uberlm::Error unless rows and cols are positive multiples of 64.
+// (rows / 64 * cols / 64 * 2560 bytes). Throws uberlm::Error unless rows and cols are positive multiples of 64.
 std::vector<uint8_t> pack_nvfp4_for_wgmma(const uint8_t* packed, const uint8_t* scales, int64_t rows, int64_t cols);
 
 }  // namespace uberlm::cuda
