@@ -259,9 +259,8 @@ int run(int argc, char** argv) {
     // The small-M GEMM's fragment tiles (nvfp4_wgmma_layout.h; 11% more bytes than codes and E4M3 scales, its
     // scales being bf16, but its rows count the checkpoint's bytes like the GEMV's so that of_copy compares
     // times): random bytes that are all valid E4M3 codes (as bf16 scales, finite values).
-    if (nvfp4 && cuda::gemm_nvfp4_wgmma_runs(shape.n, shape.k)) {
-      std::vector<uint8_t> host_tiles(shape.n / cuda::kNvfp4WgmmaTileRows * shape.k / cuda::kNvfp4WgmmaTileK *
-                                      cuda::kNvfp4WgmmaTileBytes);
+    if (nvfp4 && cuda::gemm_nvfp4_wgmma_device_runs()) {
+      std::vector<uint8_t> host_tiles(cuda::nvfp4_wgmma_layout_bytes(shape.n, shape.k));
       cuda::fill_pseudo_random(host_tiles, shape.n + shape.k);
       cuda::make_e4m3_scales(host_tiles);
       for (int c = 0; c < copies; ++c) wgmma_tiles.emplace_back(host_tiles);
@@ -313,26 +312,27 @@ int run(int argc, char** argv) {
       }
       // The Hopper small-M GEMM (gemm_nvfp4_wgmma.h) beside the GEMV: its default K split, and with --sweep every
       // other split count.
-      if (nvfp4 && cuda::gemm_nvfp4_wgmma_runs(shape.n, shape.k)) {
-        const int default_splits = cuda::gemm_nvfp4_wgmma_splits(shape.n, shape.k);
+      if (nvfp4 && cuda::gemm_nvfp4_wgmma_device_runs()) {
+        const int64_t tile_count = cuda::gemm_nvfp4_wgmma_row_tiles(shape.n);
+        const int default_splits = cuda::gemm_nvfp4_wgmma_splits(tile_count, shape.k);
         std::vector<int> split_counts = {default_splits};
         if (sweep) {
           for (int splits = 1; splits <= cuda::kGemmWgmmaMaxSplits; ++splits) {
             if (splits != default_splits) split_counts.push_back(splits);
           }
         }
-        const int64_t tile_count = cuda::gemm_nvfp4_wgmma_row_tiles(shape.n);
         DeviceBuffer arrivals(tile_count * sizeof(int));
         arrivals.fill_bytes(0);
         for (int splits : split_counts) {
           const std::string tuning = "wgmma_split" + std::to_string(splits);
           if ((shape.name + "/" + std::to_string(m) + "/" + tuning).find(only) == std::string::npos) continue;
-          const int64_t floats = cuda::gemm_nvfp4_wgmma_partial_floats(shape.n, m, splits);
+          const int64_t floats = cuda::gemm_nvfp4_wgmma_partial_floats(tile_count, m, splits);
           DeviceBuffer partials(floats * sizeof(float));
           const cuda::GemmWgmmaWorkspace workspace{partials.as<float>(), floats, arrivals.as<int>(), tile_count};
           const LaunchTimes times = time_launch(iters, [&](int i) {
-            const cuda::Nvfp4WgmmaWeight w{shape.n, shape.k, wgmma_tiles[i % copies].as<uint8_t>(), 1.0f / 4096};
-            cuda::gemm_nvfp4_wgmma(w, x.data(), m, y.data(), DType::BF16, splits, workspace, nullptr);
+            const cuda::Nvfp4WgmmaTarget target{{shape.n, shape.k, wgmma_tiles[i % copies].as<uint8_t>(), 1.0f / 4096},
+                                                y.data()};
+            cuda::gemm_nvfp4_wgmma(&target, 1, x.data(), m, DType::BF16, splits, workspace, nullptr);
           });
           report_row({"gemm_nvfp4_wgmma", shape.name, tuning, shape.n, shape.k, m, false,
                       double(weight_bytes) + double(m * shape.k * 2) + double(m * shape.n * 2), copies},

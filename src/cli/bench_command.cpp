@@ -25,6 +25,7 @@ std::string command_line(const SpeedBenchOptions& options, const std::string& js
   if (!options.tuning_table.empty()) command << " --tuning-table " << options.tuning_table;
   if (options.strict) command << " --strict";
   if (options.deterministic) command << " --deterministic";
+  if (!options.small_m_gemm) command << " --no-small-m-gemm";
   if (!json_path.empty()) command << " --json " << json_path;
   return command.str();
 }
@@ -55,6 +56,7 @@ void add_bench_command(CLI::App& app) {
       ->check(CLI::Range(1, 64))->capture_default_str();
   add_tuning_options(*cmd, options->tuning_table, options->strict);
   add_deterministic_option(*cmd, options->deterministic);
+  add_small_m_gemm_option(*cmd, options->small_m_gemm);
   cmd->callback([options, json_path] {
     if (options->model.empty()) options->shape = shape_config(options->shape_name);
     options->command = command_line(*options, *json_path);

@@ -25,6 +25,12 @@ void add_deterministic_option(CLI::App& cmd, bool& deterministic) {
                "prefill at decode-kernel speed). The CPU backend is batch-invariant always");
 }
 
+void add_small_m_gemm_option(CLI::App& cmd, bool& small_m_gemm) {
+  cmd.add_flag("!--no-small-m-gemm", small_m_gemm,
+               "CUDA: NVFP4 products of 17..64 rows on the GEMV instead of Hopper's wgmma GEMM, which holds a second "
+               "copy of those weights in its order");
+}
+
 ModelConfig shape_config(const std::string& name) {
   if (name == "default") return load_model_config(default_model_dir());
   if (std::optional<ModelConfig> shape = named_model_shape(name)) return *shape;

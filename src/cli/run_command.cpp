@@ -35,6 +35,7 @@ struct RunOptions {
   std::string tuning_table;
   bool strict = false;
   bool deterministic = false;
+  bool small_m_gemm = true;
 };
 
 // The tokenizer and prompt conventions of a model: a directory's tokenizer.json and chat template, or a
@@ -111,6 +112,7 @@ void run(const RunOptions& options) {
   stack_options.tuning_table = options.tuning_table;
   stack_options.strict = options.strict;
   stack_options.deterministic = options.deterministic;
+  stack_options.small_m_gemm = options.small_m_gemm;
   EngineStack stack(*model, &tokenizer, stack_options);
 
   if (!options.chat) std::fputs(options.prompt.c_str(), stdout);
@@ -150,6 +152,7 @@ void add_run_command(CLI::App& app) {
       ->check(CLI::Range(1, 64))->capture_default_str();
   add_tuning_options(*cmd, options->tuning_table, options->strict);
   add_deterministic_option(*cmd, options->deterministic);
+  add_small_m_gemm_option(*cmd, options->small_m_gemm);
   cmd->callback([options] { run(*options); });
 }
 

@@ -46,6 +46,7 @@ struct ServeOptions {
   std::string tuning_table;
   bool strict = false;
   bool deterministic = false;
+  bool small_m_gemm = true;
   bool enable_prefix_caching = false;
   int prefix_cache_snapshots = 64;
 };
@@ -69,6 +70,7 @@ EngineStackOptions stack_options(const ServeOptions& options) {
   stack.tuning_table = options.tuning_table;
   stack.strict = options.strict;
   stack.deterministic = options.deterministic;
+  stack.small_m_gemm = options.small_m_gemm;
   stack.enable_prefix_caching = options.enable_prefix_caching;
   stack.prefix_cache_snapshots = options.prefix_cache_snapshots;
   return stack;
@@ -176,6 +178,7 @@ void add_serve_command(CLI::App& app) {
       ->check(CLI::Range(1, 64))->capture_default_str();
   add_tuning_options(*cmd, options->tuning_table, options->strict);
   add_deterministic_option(*cmd, options->deterministic);
+  add_small_m_gemm_option(*cmd, options->small_m_gemm);
   cmd->callback([options] { serve(*options); });
 }
 

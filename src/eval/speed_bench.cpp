@@ -144,6 +144,7 @@ nlohmann::json run_speed_bench(const SpeedBenchOptions& options) {
   stack_options.tuning_table = options.tuning_table;
   stack_options.strict = options.strict;
   stack_options.deterministic = options.deterministic;
+  stack_options.small_m_gemm = options.small_m_gemm;
 
   std::unique_ptr<Model> model;
   std::unique_ptr<EngineStack> stack;
@@ -171,6 +172,7 @@ nlohmann::json run_speed_bench(const SpeedBenchOptions& options) {
   report["gpu"] = props.name;
   report["command"] = options.command;
   report["deterministic"] = options.deterministic;
+  report["small_m_gemm"] = options.small_m_gemm;
   report["shape"] = shape_name;
   report["weights"] = options.model.empty() ? options.weights : "checkpoint";
   report["copy_gbps"] = copy_gbps;
@@ -245,6 +247,7 @@ nlohmann::json run_speed_bench(const SpeedBenchOptions& options) {
                         {"gemm_nvfp4_linear_calls", counters.gemm_nvfp4_linear_calls},
                         {"gemm_nvfp4_prefetched_calls", counters.gemm_nvfp4_prefetched_calls},
                         {"gemv_swiglu_calls", counters.gemv_swiglu_calls},
+                        {"wgmma_linear_calls", counters.wgmma_linear_calls},
                         {"tuning_table_hits", counters.tuning_table_hits},
                         {"tuning_table_misses", counters.tuning_table_misses},
                         {"prefill_attention_calls", counters.prefill_attention_calls},
@@ -256,9 +259,11 @@ nlohmann::json run_speed_bench(const SpeedBenchOptions& options) {
                         {"graph_replays", counters.graph_replays}};
   std::printf("\nGEMV tunings: %lld launches from the table, %lld on the built-in tuning (cells the table lacks)\n",
               static_cast<long long>(counters.tuning_table_hits), static_cast<long long>(counters.tuning_table_misses));
-  std::printf("linear calls: GEMV %lld (gate/up with SwiGLU epilogue %lld), cuBLAS bf16 %lld, cuBLAS NVFP4 "
-              "(dequantised) %lld (of them dequantised beside the mixer %lld); graph captures %lld, replays %lld\n",
+  std::printf("linear calls: GEMV %lld (gate/up with SwiGLU epilogue %lld), wgmma GEMM %lld, cuBLAS bf16 %lld, "
+              "cuBLAS NVFP4 (dequantised) %lld (of them dequantised beside the mixer %lld); graph captures %lld, "
+              "replays %lld\n",
               static_cast<long long>(counters.gemv_linear_calls), static_cast<long long>(counters.gemv_swiglu_calls),
+              static_cast<long long>(counters.wgmma_linear_calls),
               static_cast<long long>(counters.gemm_bf16_linear_calls),
               static_cast<long long>(counters.gemm_nvfp4_linear_calls),
               static_cast<long long>(counters.gemm_nvfp4_prefetched_calls),

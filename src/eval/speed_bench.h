@@ -30,6 +30,7 @@ struct SpeedBenchOptions {
   std::string tuning_table; // CudaBackendOptions::tuning_table
   bool strict = false;
   bool deterministic = false;  // CudaBackendOptions::deterministic
+  bool small_m_gemm = true;    // CudaBackendOptions::small_m_gemm
   std::string command;      // the command line, recorded in the report
 };
 

@@ -14,6 +14,7 @@
 #include "ops/cuda/attention_prefill.h"
 #include "ops/cuda/cuda_check.h"
 #include "ops/cuda/gemv.h"
+#include "ops/cuda/nvfp4_wgmma_layout.h"
 #include "ops/cuda/sampling.h"
 #include "ops/cuda/device_buffer.h"
 #include "runtime/cuda/cache_snapshot.h"
@@ -107,6 +108,7 @@ struct CudaBackend::Impl {
             *linears, *profiler,        decoder_counters,     options.communicator,
             stream,   residual_snapshots, options.deterministic, prefill_attention_kernel};
   }
+  void plan_small_m_gemm();
   // Writes the batch's metadata (its logits rows row_offset .. row_offset + row_limit) and queues its copy.
   gpu::StepShape prepare(const ForwardBatch& batch, int64_t row_offset, int64_t row_limit);
   void check_chunk(const SequenceChunk& chunk, std::vector<bool>& seen) const;
@@ -154,6 +156,12 @@ CudaBackend::Impl::Impl(const ModelConfig& model_config, const CudaBackendOption
     spdlog::info("deterministic: every row runs the decode kernels (batch-invariant GEMV tunings, split attention, "
                  "the delta rule token by token); prompts prefill at their speed");
   }
+  const bool nvfp4_layers =
+      std::any_of(formats.begin(), formats.end(), [](const gpu::LinearFormat& f) { return f.nvfp4; });
+  const bool small_m_gemm =
+      options.small_m_gemm && !options.deterministic && nvfp4_layers &&
+      std::max(options.max_batch_tokens, options.max_logit_rows) >= gpu::kSmallMGemmMinRows &&
+      cuda::gemm_nvfp4_wgmma_device_runs();
   tuning_table = load_tuning_table(options);
   linears = std::make_unique<gpu::LinearRunner>(stream, large_m, tuning_table.get(), options.strict,
                                                 options.deterministic);
@@ -164,6 +172,7 @@ CudaBackend::Impl::Impl(const ModelConfig& model_config, const CudaBackendOption
   request.gathering_ranks = options.communicator ? ranks : 0;
   request.limits = limits;
   request.large_m = large_m;
+  request.small_m_gemm = small_m_gemm;
   request.context_fits_pool = options.context_fits_pool;
   request.num_kv_blocks = options.num_kv_blocks;
   request.gpu_memory_utilization = options.gpu_memory_utilization;
@@ -171,8 +180,26 @@ CudaBackend::Impl::Impl(const ModelConfig& model_config, const CudaBackendOption
   memory = std::make_unique<gpu::DeviceMemory>(config, request);
   limits.max_context = options.max_context = memory->max_context();
   linears->set_gemm_memory(memory->gemm_scratch, memory->gemm_scratch_elements, memory->gemm_workspace);
+  if (small_m_gemm) plan_small_m_gemm();
   profiler = std::make_unique<gpu::OpProfiler>(stream);
   graphs = std::make_unique<gpu::StepGraphs>(stream);
+}
+
+// The wgmma GEMM for the layers placed with tiles. Layers whose sizes are not multiples of 64 (Qwen3.5's
+// per-head b and a projections) keep the GEMV, their kernel by design at every M: logged, not a fallback.
+void CudaBackend::Impl::plan_small_m_gemm() {
+  linears->set_small_m_gemm(memory->small_m_gemm_workspace);
+  int with_tiles = 0;
+  std::vector<std::string> without;
+  for (const gpu::DeviceLinear* w : all_linear_layers(memory->model, config)) {
+    if (w->wgmma_tiles) ++with_tiles;
+    else if (w->nvfp4) without.push_back(fmt::format("{} [{}, {}]", w->name, w->out, w->in_padded));
+  }
+  spdlog::info("cuda backend: {} NVFP4 layers take the wgmma GEMM at {}..{} rows{}", with_tiles,
+               gpu::kSmallMGemmMinRows, cuda::kGemmWgmmaMaxM,
+               without.empty() ? std::string()
+                               : fmt::format("; {} with sizes not multiples of 64 keep the GEMV (first: {})",
+                                             without.size(), without.front()));
 }
 
 CudaBackend::Impl::~Impl() {
@@ -277,6 +304,7 @@ CudaBackend::CudaBackend(const Model& model, const CudaBackendOptions& options)
 CudaBackend::CudaBackend(const ModelConfig& config, const ModelWeights& weights, const CudaBackendOptions& options)
     : impl_(std::make_unique<Impl>(config, options, gpu::linear_formats_of(weights, config))) {
   gpu::upload_device_model(config, weights, impl_->memory->model);
+  gpu::pack_wgmma_tiles(config, impl_->stream, impl_->memory->model);
   spdlog::info("cuda backend: {}", memory_summary());
 }
 
@@ -285,6 +313,7 @@ CudaBackend::CudaBackend(const ModelConfig& config, SyntheticFormat format, cons
     : impl_(std::make_unique<Impl>(config, options,
                                    gpu::synthetic_linear_formats(config, {format == SyntheticFormat::Nvfp4, false}))) {
   gpu::fill_device_model_random(config, seed, impl_->stream, impl_->memory->model);
+  gpu::pack_wgmma_tiles(config, impl_->stream, impl_->memory->model);
 }
 
 CudaBackend::~CudaBackend() = default;
@@ -403,7 +432,8 @@ int64_t CudaBackend::cache_bytes_per_token(int64_t context) const {
 GpuBackend::Counters CudaBackend::counters() const {
   const gpu::LinearCounters& linear = impl_->linears->counters();
   return {linear.gemv_linear_calls,         linear.gemm_bf16_linear_calls, linear.gemm_nvfp4_linear_calls,
-          linear.gemm_nvfp4_prefetched_calls, linear.gemv_swiglu_calls,      linear.tuning_table_hits,
+          linear.gemm_nvfp4_prefetched_calls, linear.gemv_swiglu_calls,      linear.wgmma_linear_calls,
+          linear.tuning_table_hits,
           linear.tuning_table_misses,
           impl_->decoder_counters.prefill_attention_calls, impl_->decoder_counters.prefill_attention_wgmma_calls,
           impl_->decoder_counters.prefill_attention_fallbacks,

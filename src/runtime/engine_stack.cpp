@@ -54,6 +54,7 @@ CudaBackendOptions cuda_options(const EngineStackOptions& options, const Context
   cuda.tuning_table = options.tuning_table;
   cuda.strict = options.strict;
   cuda.deterministic = options.deterministic;
+  cuda.small_m_gemm = options.small_m_gemm;
   return cuda;
 }
 

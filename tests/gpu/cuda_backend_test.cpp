@@ -19,6 +19,8 @@
 #include "model/model.h"
 #include "model/shapes.h"
 #include "ops/cuda/attention_prefill.h"
+#include "ops/cuda/gemm_nvfp4_wgmma.h"
+#include "ops/cuda/nvfp4_wgmma_layout.h"
 #include "runtime/cpu_backend.h"
 #include "runtime/cuda_backend.h"
 #include "backend_test_util.h"
@@ -124,15 +126,14 @@ TEST(CudaBackend, MatchesCpuOnFixtureModels) {
   EXPECT_GT(rows, 0);
 }
 
-// Every linear layer of the default model quantised to NVFP4 (the CPU reference uses the same codes).
-TEST(CudaBackend, MatchesCpuWithNvfp4Weights) {
-  ASSERT_NO_FATAL_FAILURE(require_gpu());
-  auto model = Model::load(default_model());
-  std::vector<Nvfp4Tensor> quantised;
+// Every linear layer of `model` but lm_head quantised to NVFP4 (the CPU reference then uses the same codes); the
+// codes live in the returned tensors.
+std::vector<Nvfp4Tensor> quantise_linear_layers(Model& model) {
   std::vector<LinearWeight*> linears;
-  for (LinearWeight* w : all_linear_layers(model->weights, model->config)) {
-    if (w != &model->weights.lm_head) linears.push_back(w);
+  for (LinearWeight* w : all_linear_layers(model.weights, model.config)) {
+    if (w != &model.weights.lm_head) linears.push_back(w);
   }
+  std::vector<Nvfp4Tensor> quantised;
   quantised.reserve(linears.size());
   for (LinearWeight* w : linears) {
     const std::vector<float> values = to_f32(w->weight);
@@ -140,7 +141,44 @@ TEST(CudaBackend, MatchesCpuWithNvfp4Weights) {
     w->nvfp4 = quantised.back().view();
     w->weight = TensorView{};
   }
+  return quantised;
+}
+
+TEST(CudaBackend, MatchesCpuWithNvfp4Weights) {
+  ASSERT_NO_FATAL_FAILURE(require_gpu());
+  auto model = Model::load(default_model());
+  const std::vector<Nvfp4Tensor> quantised = quantise_linear_layers(*model);
   EXPECT_GT(compare_with_cpu(*model, "default nvfp4"), 0);
+}
+
+// Steps of 17..64 rows (a 20-token prompt chunk beside decode rows: 40 rows, then 33 rows over three slots'
+// prompts) take the wgmma GEMM on Hopper for every NVFP4 layer (grouped projections in one launch), the GEMV
+// elsewhere; logits within the tolerance of the CPU reference either way.
+TEST(CudaBackend, MatchesCpuWithNvfp4WeightsOnTheSmallMGemm) {
+  ASSERT_NO_FATAL_FAILURE(require_gpu());
+  auto model = Model::load(default_model());
+  const std::vector<Nvfp4Tensor> quantised = quantise_linear_layers(*model);
+  const int64_t vocab = model->config.vocab_size;
+  CpuBackend cpu(*model, 3);
+  const CudaBackendOptions options = gpu_test::small_backend_options(3);
+  CudaBackend gpu(*model, options);
+  gpu_test::TestSequences sequences(3, options.max_context);
+  std::mt19937 rng(20261204);
+  ForwardBatch first;
+  first.tokens = random_tokens(rng, 20 + 19 + 1, vocab);
+  first.chunks = {sequences.run(0, 20, LogitRows::All), sequences.run(1, 19, LogitRows::All), sequences.run(2, 1)};
+  expect_logits_close(gpu.forward(first), cpu.forward(first), vocab, "40 rows");
+  ForwardBatch second;
+  second.tokens = random_tokens(rng, 33, vocab);
+  second.chunks = {sequences.run(0, 11, LogitRows::All), sequences.run(1, 11, LogitRows::All),
+                   sequences.run(2, 11, LogitRows::All)};
+  expect_logits_close(gpu.forward(second), cpu.forward(second), vocab, "33 rows");
+  const CudaBackend::Counters counters = gpu.counters();
+  if (cuda::gemm_nvfp4_wgmma_device_runs()) {
+    EXPECT_GT(counters.wgmma_linear_calls, 0) << "Hopper: 17..64-row NVFP4 layers run on the wgmma GEMM";
+  } else {
+    EXPECT_EQ(counters.wgmma_linear_calls, 0);
+  }
 }
 
 TEST(CudaBackend, GreedyTokensMatchCpuOnDefaultModel) {

@@ -173,18 +173,48 @@ TEST(GpuGemv, Nvfp4MatchesCpuReference) {
   EXPECT_GT(checked, 0) << "no case ran";
 }
 
-// The Hopper small-M GEMM (gemm_nvfp4_wgmma.h) against the same reference and tolerances:
-// every token bucket (8, 16, 32, 64 and counts inside them), row tiles the last block fills half (320 rows), the
-// default K split, no split and the most splits; the workspace's tile counts are left at zero.
+// The small-M GEMM's tiles as the backend makes them (from the GEMV's order, on the GPU), which must equal the
+// host's definition of the order (nvfp4_wgmma_layout.h).
+DeviceBuffer wgmma_tiles_of(const Nvfp4Tensor& w) {
+  const gpu_test::DeviceNvfp4 w_gemv = gpu_test::upload_nvfp4(w);
+  const std::vector<uint8_t> host_tiles = cuda::pack_nvfp4_for_wgmma(w.packed.data(), w.scales.data(), w.rows, w.cols);
+  DeviceBuffer tiles(host_tiles.size());
+  tiles.fill_bytes(0xa5);
+  CUDA_CHECK(cuda::launch_pack_nvfp4_for_wgmma(w_gemv.view(), tiles.as<uint8_t>(), nullptr));
+  EXPECT_EQ(tiles.download<uint8_t>(), host_tiles) << "tiles packed on the GPU, N=" << w.rows << " K=" << w.cols;
+  return tiles;
+}
+
+// A K-split workspace: partial sums poisoned, tile counts zero (each launch must leave them zero).
+struct WgmmaWorkspace {
+  DeviceBuffer partials, arrivals;
+  cuda::GemmWgmmaWorkspace view;
+  WgmmaWorkspace(int64_t row_tiles, int64_t m, int splits)
+      : partials(cuda::gemm_nvfp4_wgmma_partial_floats(row_tiles, m, splits) * sizeof(float)),
+        arrivals(row_tiles * sizeof(int)) {
+    partials.fill_bytes(0xff);
+    arrivals.fill_bytes(0);
+    view = {partials.as<float>(), cuda::gemm_nvfp4_wgmma_partial_floats(row_tiles, m, splits), arrivals.as<int>(),
+            row_tiles};
+  }
+  void expect_counts_zero(const std::string& label) const {
+    EXPECT_EQ(arrivals.download<int>(), std::vector<int>(view.tiles, 0)) << label << ": tile counts not left zero";
+  }
+};
+
+// The Hopper small-M GEMM (gemm_nvfp4_wgmma.h) against the same reference and tolerances: every token bucket (8,
+// 16, 32, 64 and counts inside them), rows padded to 64 (48, 200) and row tiles the last block fills half (320),
+// the default K split, no split and the most splits.
 TEST(GpuGemv, WgmmaSmallMMatchesCpuReference) {
   ASSERT_NO_FATAL_FAILURE(require_gpu());
-  if (!cuda::gemm_nvfp4_wgmma_runs(64, 64)) GTEST_SKIP() << "needs an sm_90 GPU";
-  constexpr Shape kWgmmaShapes[] = {{64, 64}, {192, 320}, {2048, 5120}, {320, 17408}};
+  if (!cuda::gemm_nvfp4_wgmma_device_runs()) GTEST_SKIP() << "needs an sm_90 GPU";
+  constexpr Shape kWgmmaShapes[] = {{64, 64}, {48, 256}, {200, 128}, {192, 320}, {2048, 5120}, {320, 17408}};
   constexpr int64_t kWgmmaTokenCounts[] = {1, 3, 8, 9, 16, 17, 40, 64};
   std::mt19937 rng(20261204);
   int64_t checked = 0;
   for (const Shape& shape : kWgmmaShapes) {
-    const int default_splits = cuda::gemm_nvfp4_wgmma_splits(shape.n, shape.k);
+    const int64_t row_tiles = cuda::gemm_nvfp4_wgmma_row_tiles(shape.n);
+    const int default_splits = cuda::gemm_nvfp4_wgmma_splits(row_tiles, shape.k);
     const int most_splits = static_cast<int>(std::min<int64_t>(cuda::kGemmWgmmaMaxSplits, shape.k / 64));
     for (int64_t m : kWgmmaTokenCounts) {
       for (bool raw_codes : {false, true}) {
@@ -192,30 +222,64 @@ TEST(GpuGemv, WgmmaSmallMMatchesCpuReference) {
         const std::vector<uint16_t> x = random_bf16(rng, m * shape.k, 1.0f);
         std::vector<float> ref(m * shape.n);
         cpu::linear_nvfp4(to_float(x).data(), m, w.view(), ref.data());
-        DeviceBuffer tiles(cuda::pack_nvfp4_for_wgmma(w.packed.data(), w.scales.data(), shape.n, shape.k));
+        const DeviceBuffer tiles = wgmma_tiles_of(w);
         DeviceBuffer x_dev(x);
         const cuda::Nvfp4WgmmaWeight w_dev{shape.n, shape.k, tiles.as<uint8_t>(), w.global_scale};
         for (int splits : {default_splits, 1, most_splits}) {
           const std::string label = "wgmma N=" + std::to_string(shape.n) + " K=" + std::to_string(shape.k) +
                                     " M=" + std::to_string(m) + (raw_codes ? " raw codes" : " quantised") +
                                     " splits " + std::to_string(splits);
-          // The workspace: partial sums poisoned, tile counts zero (each launch leaves them zero).
-          const int64_t floats = cuda::gemm_nvfp4_wgmma_partial_floats(shape.n, m, splits);
-          const int64_t tile_count = cuda::gemm_nvfp4_wgmma_row_tiles(shape.n);
-          DeviceBuffer partials(floats * sizeof(float));
-          partials.fill_bytes(0xff);
-          DeviceBuffer arrivals(tile_count * sizeof(int));
-          arrivals.fill_bytes(0);
-          const cuda::GemmWgmmaWorkspace workspace{partials.as<float>(), floats, arrivals.as<int>(), tile_count};
+          const WgmmaWorkspace workspace(row_tiles, m, splits);
           checked += check_against_reference(ref, m, shape.n, label, [&](void* y, DType dtype) {
-            cuda::gemm_nvfp4_wgmma(w_dev, x_dev.data(), m, y, dtype, splits, workspace, nullptr);
+            const cuda::Nvfp4WgmmaTarget target{w_dev, y};
+            cuda::gemm_nvfp4_wgmma(&target, 1, x_dev.data(), m, dtype, splits, workspace.view, nullptr);
           });
-          EXPECT_EQ(arrivals.download<int>(), std::vector<int>(tile_count, 0)) << label << ": tile counts not zero";
+          workspace.expect_counts_zero(label);
         }
       }
     }
   }
   EXPECT_GT(checked, 0) << "no case ran";
+}
+
+// Several weights of one K in one launch (q/k/v; a Gated DeltaNet layer's four inputs, two of 48 rows): each
+// target equals its own reference, split or not.
+TEST(GpuGemv, WgmmaSmallMMultiTargetLaunchMatchesCpuReference) {
+  ASSERT_NO_FATAL_FAILURE(require_gpu());
+  if (!cuda::gemm_nvfp4_wgmma_device_runs()) GTEST_SKIP() << "needs an sm_90 GPU";
+  constexpr int64_t kRows[] = {1024, 640, 48, 48}, kK = 512;
+  std::mt19937 rng(20261205);
+  std::vector<Nvfp4Tensor> weights;
+  std::vector<DeviceBuffer> tiles;
+  int64_t row_tiles = 0;
+  for (int64_t n : kRows) {
+    weights.push_back(random_nvfp4(rng, n, kK, false));
+    tiles.push_back(wgmma_tiles_of(weights.back()));
+    row_tiles += cuda::gemm_nvfp4_wgmma_row_tiles(n);
+  }
+  for (int64_t m : {5, 24, 64}) {
+    const std::vector<uint16_t> x = random_bf16(rng, m * kK, 1.0f);
+    DeviceBuffer x_dev(x);
+    for (int splits : {1, cuda::gemm_nvfp4_wgmma_splits(row_tiles, kK)}) {
+      const std::string label = "wgmma targets M=" + std::to_string(m) + " splits " + std::to_string(splits);
+      std::vector<DeviceBuffer> outputs;
+      cuda::Nvfp4WgmmaTarget targets[4];
+      for (int t = 0; t < 4; ++t) {
+        outputs.emplace_back(m * kRows[t] * sizeof(float));
+        outputs.back().fill_bytes(0xff);
+        targets[t] = {{kRows[t], kK, tiles[t].as<uint8_t>(), weights[t].global_scale}, outputs.back().data()};
+      }
+      const WgmmaWorkspace workspace(row_tiles, m, splits);
+      cuda::gemm_nvfp4_wgmma(targets, 4, x_dev.data(), m, DType::F32, splits, workspace.view, nullptr);
+      CUDA_CHECK(cudaDeviceSynchronize());
+      for (int t = 0; t < 4; ++t) {
+        std::vector<float> ref(m * kRows[t]);
+        cpu::linear_nvfp4(to_float(x).data(), m, weights[t].view(), ref.data());
+        expect_f32_close(outputs[t].download<float>(), ref, label + " target " + std::to_string(t));
+      }
+      workspace.expect_counts_zero(label);
+    }
+  }
 }
 
 // One launch for several weights of one K (q/k/v, gate/up): every target equals its own reference, and

@@ -54,18 +54,40 @@ struct Stages {
 
 int tokens_bucket(int m) { return m <= 8 ? 8 : m <= 16 ? 16 : m <= 32 ? 32 : 64; }
 
+// A launch's targets: target t's row tiles are blocks first_tile[t] .. first_tile[t + 1] - 1 of the grid's x.
+struct WgmmaTargets {
+  const uint8_t* tiles[kGemmWgmmaMaxTargets];
+  int64_t n[kGemmWgmmaMaxTargets];
+  void* y[kGemmWgmmaMaxTargets];
+  float output_multiplier[kGemmWgmmaMaxTargets];  // global_scale * 2^7
+  int first_tile[kGemmWgmmaMaxTargets + 1];
+  int count;
+};
+
 struct WgmmaGemmArgs {
-  const uint8_t* tiles;
-  int64_t n;
+  WgmmaTargets targets;
   int chunks;  // K / 64
-  float output_multiplier;
   int m;
-  void* y;
   bool y_is_bf16;
   int splits;          // blocks sharing a row tile's K (gridDim.y)
   float* partials;     // splits > 1: one slot of kConsumerThreads x kTokens / 2 floats a block
   int* tile_arrivals;  // splits > 1: a count per row tile, zero between launches
 };
+
+// The block's target and its first 64-row tile in it; how many of its warpgroups have rows (the last tile of a
+// target whose padded rows are not a multiple of 128 has one).
+struct BlockRows {
+  int target;
+  int64_t group0;
+  int groups;
+};
+__device__ __forceinline__ BlockRows block_rows(const WgmmaTargets& targets) {
+  int target = 0;
+  while (target + 1 < targets.count && static_cast<int>(blockIdx.x) >= targets.first_tile[target + 1]) ++target;
+  const int64_t group0 = static_cast<int64_t>(blockIdx.x - targets.first_tile[target]) * kWarpgroups;
+  const int64_t target_groups = (targets.n[target] + kNvfp4WgmmaTileRows - 1) / kNvfp4WgmmaTileRows;
+  return {target, group0, static_cast<int>(min(static_cast<int64_t>(kWarpgroups), target_groups - group0))};
+}
 
 // The kernel's parts exist in its sm_90a code only (the compute_90 PTX of this file is an empty kernel).
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
@@ -74,18 +96,19 @@ struct WgmmaGemmArgs {
 // handed that stage back. The first stages' weights (constant) are requested before the previous kernel ends.
 template <int kTokens>
 __device__ void produce(const CUtensorMap& activations, const WgmmaGemmArgs& args, unsigned char* smem, int first,
-                        int count, int64_t group0, int groups) {
+                        int count, const BlockRows& rows) {
   using S = Stages<kTokens>;
   constexpr int kStages = S::kCount;
   uint64_t* full = reinterpret_cast<uint64_t*>(smem + S::kBarriersAt);
   uint64_t* empty = full + kStages;
-  const uint32_t stage_bytes = S::kActivationBytes + groups * static_cast<uint32_t>(kNvfp4WgmmaTileBytes);
+  const uint32_t stage_bytes = S::kActivationBytes + rows.groups * static_cast<uint32_t>(kNvfp4WgmmaTileBytes);
+  const uint8_t* tiles = args.targets.tiles[rows.target];
   const auto request_weights = [&](int i) {
     const int stage = i % kStages;
     mbarrier_arrive_expect_bytes(&full[stage], stage_bytes);
-    for (int g = 0; g < groups; ++g) {
+    for (int g = 0; g < rows.groups; ++g) {
       bulk_copy_to_shared(smem + S::kWeightsAt + stage * S::kWeightBytes + g * kNvfp4WgmmaTileBytes,
-                          args.tiles + ((group0 + g) * args.chunks + first + i) * kNvfp4WgmmaTileBytes,
+                          tiles + ((rows.group0 + g) * args.chunks + first + i) * kNvfp4WgmmaTileBytes,
                           static_cast<uint32_t>(kNvfp4WgmmaTileBytes), &full[stage]);
     }
   };
@@ -161,17 +184,20 @@ __device__ __forceinline__ AccumulatorPlace accumulator_place(int e, int group, 
 
 template <int kTokens>
 __device__ __forceinline__ void store_outputs(const WgmmaGemmArgs& args, const float (&sums)[kTokens / 2],
-                                              int64_t row0, int group, int warp, int lane) {
+                                              const BlockRows& rows, int group, int warp, int lane) {
+  const int64_t n = args.targets.n[rows.target], row0 = rows.group0 * kNvfp4WgmmaTileRows;
+  const float multiplier = args.targets.output_multiplier[rows.target];
+  void* y = args.targets.y[rows.target];
 #pragma unroll
   for (int e = 0; e < kTokens / 2; ++e) {
     const AccumulatorPlace place = accumulator_place(e, group, warp, lane);
-    if (place.token >= args.m || row0 + place.row >= args.n) continue;
-    const float value = sums[e] * args.output_multiplier;
-    const int64_t index = static_cast<int64_t>(place.token) * args.n + row0 + place.row;
+    if (place.token >= args.m || row0 + place.row >= n) continue;  // tokens past m; the padding rows
+    const float value = sums[e] * multiplier;
+    const int64_t index = static_cast<int64_t>(place.token) * n + row0 + place.row;
     if (args.y_is_bf16) {
-      static_cast<__nv_bfloat16*>(args.y)[index] = __float2bfloat16_rn(value);
+      static_cast<__nv_bfloat16*>(y)[index] = __float2bfloat16_rn(value);
     } else {
-      static_cast<float*>(args.y)[index] = value;
+      static_cast<float*>(y)[index] = value;
     }
   }
 }
@@ -237,8 +263,7 @@ __global__ void __launch_bounds__(kThreads, 2)
   const int per_split = (args.chunks + args.splits - 1) / args.splits;
   const int first = min(args.chunks, static_cast<int>(blockIdx.y) * per_split);
   const int count = min(args.chunks, first + per_split) - first;
-  const int64_t group0 = static_cast<int64_t>(blockIdx.x) * kWarpgroups;  // the block's first 64-row tile
-  const int groups = static_cast<int>(min(static_cast<int64_t>(kWarpgroups), args.n / kNvfp4WgmmaTileRows - group0));
+  const BlockRows rows = block_rows(args.targets);
   if (threadIdx.x == 0) {
     for (int s = 0; s < kStages; ++s) {
       mbarrier_init(&full[s], 1);
@@ -248,11 +273,11 @@ __global__ void __launch_bounds__(kThreads, 2)
   }
   __syncthreads();
   if (threadIdx.x >= kConsumerThreads) {
-    if (threadIdx.x == kConsumerThreads) produce<kTokens>(activations, args, smem, first, count, group0, groups);
+    if (threadIdx.x == kConsumerThreads) produce<kTokens>(activations, args, smem, first, count, rows);
     return;
   }
   const int group = threadIdx.x / 128, warp = threadIdx.x % 128 / 32, lane = threadIdx.x % 32;
-  const bool has_rows = group < groups;
+  const bool has_rows = group < rows.groups;
   float acc[kTokens / 2] = {};
   uint32_t a0[4][4], a1[4][4];  // two chunks' fragments: the wgmma of one reads its registers while the next fills
   const uint64_t activations_descriptor = wgmma_descriptor(smem, 16, 1024);
@@ -263,9 +288,8 @@ __global__ void __launch_bounds__(kThreads, 2)
     }
   }
   wgmma_wait<0>();
-  const int64_t row0 = static_cast<int64_t>(blockIdx.x) * kRows;
   if (args.splits > 1 && !reduce_splits<kTokens>(args, acc)) return;
-  store_outputs<kTokens>(args, acc, row0, group, warp, lane);
+  store_outputs<kTokens>(args, acc, rows, group, warp, lane);
 #else
   __trap();  // only built for sm_90a
 #endif
@@ -282,7 +306,7 @@ cudaError_t launch_for_tokens(const CUtensorMap& activations, const WgmmaGemmArg
 
 }  // namespace
 
-int gemm_nvfp4_wgmma_splits(int64_t n, int64_t k) {
+int gemm_nvfp4_wgmma_splits(int64_t row_tiles, int64_t k) {
   int device = 0, sms = 132;
   if (cudaGetDevice(&device) != cudaSuccess ||
       cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device) != cudaSuccess) {
@@ -290,40 +314,56 @@ int gemm_nvfp4_wgmma_splits(int64_t n, int64_t k) {
   }
   // As many blocks as fit the GPU at once at two an SM (the consumers are latency-bound, so the second block's
   // warps hide the first's), each with at least 4 chunks. Measured against every split count on the 27B shapes
-  // (bench/notes/gemv.md, session 31): the best or within 6% of it, except mlp_gate_up (136 row tiles, one
+  // (bench/notes/gemv.md, session 31): the best or within 6% of it, except mlp_gate_up alone (136 row tiles, one
   // split; three are 1.2x faster).
-  const int64_t tiles = gemm_nvfp4_wgmma_row_tiles(n), chunks = k / kNvfp4WgmmaTileK;
-  const int64_t splits = std::min<int64_t>({2 * sms / tiles, chunks / 4, kGemmWgmmaMaxSplits});
+  const int64_t chunks = k / kNvfp4WgmmaTileK;
+  const int64_t splits = std::min<int64_t>({2 * sms / std::max<int64_t>(1, row_tiles), chunks / 4, kGemmWgmmaMaxSplits});
   return static_cast<int>(std::max<int64_t>(1, splits));
 }
 
 int64_t gemm_nvfp4_wgmma_row_tiles(int64_t n) { return (n + kRows - 1) / kRows; }
 
-int64_t gemm_nvfp4_wgmma_partial_floats(int64_t n, int64_t m, int splits) {
-  return splits * gemm_nvfp4_wgmma_row_tiles(n) * kRows * tokens_bucket(static_cast<int>(m));
+int64_t gemm_nvfp4_wgmma_partial_floats(int64_t row_tiles, int64_t m, int splits) {
+  return splits * row_tiles * kRows * tokens_bucket(static_cast<int>(m));
+}
+
+int64_t gemm_nvfp4_wgmma_workspace_floats(int64_t row_tiles) {
+  constexpr int64_t kLongestK = int64_t{1} << 30;  // no cap from K: the most splits
+  int64_t floats = 0;
+  for (int64_t tiles = 1; tiles <= row_tiles; ++tiles) {
+    floats = std::max(floats, gemm_nvfp4_wgmma_partial_floats(tiles, kGemmWgmmaMaxM,
+                                                              gemm_nvfp4_wgmma_splits(tiles, kLongestK)));
+  }
+  return floats;
 }
 
 namespace detail {
 
 cudaError_t launch_gemm_nvfp4_wgmma(const GemmWgmmaLaunch& launch, cudaStream_t stream) {
-  const Nvfp4WgmmaWeight& weight = *launch.weight;
+  const int64_t k = launch.targets[0].weight.cols;
   const int tokens = tokens_bucket(launch.m);
   CUtensorMap activations;
-  const cudaError_t encoded = encode_byte_tile_map(activations, launch.x, static_cast<uint64_t>(weight.cols) * 2,
+  const cudaError_t encoded = encode_byte_tile_map(activations, launch.x, static_cast<uint64_t>(k) * 2,
                                                    static_cast<uint64_t>(launch.m), kChunkBytes,
                                                    static_cast<uint32_t>(tokens), true);
   if (encoded != cudaSuccess) return encoded;
-  const WgmmaGemmArgs args{weight.tiles,
-                           weight.rows,
-                           static_cast<int>(weight.cols / kNvfp4WgmmaTileK),
-                           weight.global_scale * 128.0f,
-                           launch.m,
-                           launch.y,
-                           launch.y_is_bf16,
-                           launch.splits,
-                           launch.workspace->partials,
-                           launch.workspace->tile_arrivals};
-  const dim3 grid(static_cast<unsigned>(gemm_nvfp4_wgmma_row_tiles(weight.rows)), static_cast<unsigned>(launch.splits));
+  WgmmaGemmArgs args{};
+  args.targets.count = launch.count;
+  for (int t = 0; t < launch.count; ++t) {
+    const Nvfp4WgmmaWeight& w = launch.targets[t].weight;
+    args.targets.tiles[t] = w.tiles;
+    args.targets.n[t] = w.rows;
+    args.targets.y[t] = launch.targets[t].y;
+    args.targets.output_multiplier[t] = w.global_scale * 128.0f;
+    args.targets.first_tile[t + 1] = args.targets.first_tile[t] + static_cast<int>(gemm_nvfp4_wgmma_row_tiles(w.rows));
+  }
+  args.chunks = static_cast<int>(k / kNvfp4WgmmaTileK);
+  args.m = launch.m;
+  args.y_is_bf16 = launch.y_is_bf16;
+  args.splits = launch.splits;
+  args.partials = launch.workspace->partials;
+  args.tile_arrivals = launch.workspace->tile_arrivals;
+  const dim3 grid(static_cast<unsigned>(args.targets.first_tile[launch.count]), static_cast<unsigned>(launch.splits));
   switch (tokens) {
     case 8:
       return launch_for_tokens<8>(activations, args, grid, stream);

@@ -17,14 +17,6 @@ void check_shape(int64_t rows, int64_t cols) {
 uint32_t code_of(const uint8_t* packed_group, int code) { return (packed_group[code / 2] >> (4 * (code % 2))) & 0xF; }
 }  // namespace
 
-uint32_t nvfp4_gemv_word(const uint32_t (&codes)[8]) {
-  uint32_t word = 0;
-  for (int c = 0; c < 8; ++c) {
-    for (int b = 0; b < 4; ++b) word |= ((codes[c] >> b) & 1u) << kNvfp4GemvBit[c][b];
-  }
-  return word;
-}
-
 std::vector<uint8_t> tile_nvfp4_codes_for_gemv(const uint8_t* packed, int64_t rows, int64_t cols) {
   check_shape(rows, cols);
   std::vector<uint8_t> out(static_cast<size_t>(rows * cols / 2));
@@ -34,7 +26,7 @@ std::vector<uint8_t> tile_nvfp4_codes_for_gemv(const uint8_t* packed, int64_t ro
     for (int w = 0; w < 4; ++w) {
       uint32_t codes[8];
       for (int c = 0; c < 8; ++c) codes[c] = code_of(in, 8 * w + c);
-      words[w] = nvfp4_gemv_word(codes);
+      words[w] = nvfp4_gemv_word(codes, kNvfp4GemvBit);
     }
     std::memcpy(out.data() + group * 16, words, 16);  // little-endian words, as the GPU loads them
   }
@@ -48,8 +40,7 @@ std::vector<uint8_t> untile_nvfp4_codes(const uint8_t* tiled, int64_t rows, int6
     uint32_t words[4];
     std::memcpy(words, tiled + group * 16, 16);
     for (int c = 0; c < kNvfp4GemvGroupCodes; ++c) {
-      uint32_t code = 0;
-      for (int b = 0; b < 4; ++b) code |= ((words[c / 8] >> kNvfp4GemvBit[c % 8][b]) & 1u) << b;
+      const uint32_t code = nvfp4_gemv_code(words[c / 8], c % 8, kNvfp4GemvBit);
       out[group * 16 + c / 2] |= static_cast<uint8_t>(code << (4 * (c % 2)));
     }
   }

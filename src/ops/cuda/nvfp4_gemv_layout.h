@@ -12,6 +12,8 @@
 #include <cstdint>
 #include <vector>
 
+#include "core/host_device.h"
+
 namespace uberlm::cuda {
 
 inline constexpr int kNvfp4GemvGroupCodes = 32;
@@ -24,9 +26,21 @@ inline constexpr int kNvfp4GemvBit[8][4] = {
     {25, 26, 27, 13}, {9, 10, 11, 29},  // pair 3
 };
 
-// The word of 8 codes (code i = pair i / 2's element i % 2, each 4 bits) with every bit where kNvfp4GemvBit puts it,
-// so that nvfp4_gemv_pair(word, p) unpacks codes 2p and 2p + 1 (this order and the wgmma fragment order use it).
-uint32_t nvfp4_gemv_word(const uint32_t (&codes)[8]);
+// The word of 8 codes (code i = pair i / 2's element i % 2, each 4 bits) with every bit where `bits` (kNvfp4GemvBit;
+// a kernel passes its copy) puts it, so that nvfp4_gemv_pair(word, p) unpacks codes 2p and 2p + 1 (this order and
+// the wgmma fragment order use it); and code i of such a word.
+UBERLM_HOST_DEVICE inline uint32_t nvfp4_gemv_word(const uint32_t (&codes)[8], const int (&bits)[8][4]) {
+  uint32_t word = 0;
+  for (int c = 0; c < 8; ++c) {
+    for (int b = 0; b < 4; ++b) word |= ((codes[c] >> b) & 1u) << bits[c][b];
+  }
+  return word;
+}
+UBERLM_HOST_DEVICE inline uint32_t nvfp4_gemv_code(uint32_t word, int code, const int (&bits)[8][4]) {
+  uint32_t value = 0;
+  for (int b = 0; b < 4; ++b) value |= ((word >> bits[code][b]) & 1u) << b;
+  return value;
+}
 
 // packed: [rows, cols / 2] in the checkpoint's order, cols a multiple of 32 -> the same bytes tiled.
 std::vector<uint8_t> tile_nvfp4_codes_for_gemv(const uint8_t* packed, int64_t rows, int64_t cols);

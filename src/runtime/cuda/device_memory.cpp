@@ -11,6 +11,8 @@
 #include "ops/cuda/cuda_check.h"
 #include "ops/cuda/gemm.h"
 #include "ops/cuda/gemv.h"
+#include "ops/cuda/nvfp4_wgmma_layout.h"
+#include "model/layer_linears.h"
 #include "runtime/backend.h"
 #include "runtime/cuda/linear.h"
 
@@ -31,6 +33,21 @@ void DeviceMemory::layout_runtime(Arena& arena, int64_t num_kv_blocks) {
     gemm_scratch = gemm_scratch_elements > 0 ? arena.take<uint16_t>(kGemmScratchSlots * gemm_scratch_elements) : nullptr;
     gemm_workspace = arena.take<uint8_t>(cuda::kGemmWorkspaceBytes);
   }
+  if (request_.small_m_gemm) {
+    // A launch's row tiles are at most those of one decoder layer's tiled layers together (its groups are parts).
+    int64_t launch_tiles = model.lm_head.wgmma_tiles ? cuda::gemm_nvfp4_wgmma_row_tiles(model.lm_head.out) : 0;
+    for (const DeviceLayer& layer : model.layers) {
+      int64_t tiles = 0;
+      for_each_linear(config_, layer, [&](const LinearSpec&, const DeviceLinear& w) {
+        if (w.wgmma_tiles) tiles += cuda::gemm_nvfp4_wgmma_row_tiles(w.out);
+      });
+      launch_tiles = std::max(launch_tiles, tiles);
+    }
+    small_m_gemm_workspace.partial_floats = cuda::gemm_nvfp4_wgmma_workspace_floats(launch_tiles);
+    small_m_gemm_workspace.tiles = launch_tiles;
+    small_m_gemm_workspace.partials = arena.take<float>(small_m_gemm_workspace.partial_floats);
+    small_m_gemm_workspace.tile_arrivals = arena.take<int>(launch_tiles);  // zeroed with the arena
+  }
   const int64_t before_caches = arena.used();
   layout_caches(arena, config_, num_kv_blocks, request_.limits.max_slots, request_.prefix_snapshots, caches);
   const int64_t cache_bytes = arena.used() - before_caches;
@@ -48,7 +65,7 @@ DeviceMemory::DeviceMemory(const ModelConfig& config, const MemoryPlanRequest& r
   }
   if (request.prefix_snapshots < 0) fail("CudaBackend: prefix_snapshots must be >= 0, got {}", request.prefix_snapshots);
   Arena weight_plan;
-  layout_device_model(weight_plan, config, request.formats, request.lm_head_rows, model);
+  layout_device_model(weight_plan, config, request.formats, request.lm_head_rows, request.small_m_gemm, model);
   size_t free_bytes = 0, total_bytes = 0;
   CUDA_CHECK(cudaMemGetInfo(&free_bytes, &total_bytes));
   const int64_t num_kv_blocks =
@@ -66,12 +83,15 @@ DeviceMemory::DeviceMemory(const ModelConfig& config, const MemoryPlanRequest& r
          gib(static_cast<int64_t>(free_bytes)), gib(static_cast<int64_t>(total_bytes)));
   }
   weight_bytes_ = weight_plan.used();
+  for (const DeviceLinear* w : all_linear_layers(model, config)) {
+    if (w->wgmma_tiles) wgmma_tile_bytes_ += cuda::nvfp4_wgmma_layout_bytes(w->out, w->in_padded);
+  }
   runtime_bytes_ = runtime_plan.used();
   CUDA_CHECK(cudaMalloc(&weight_memory_, weight_bytes_));
   CUDA_CHECK(cudaMalloc(&runtime_memory_, runtime_bytes_));
   Arena weight_arena(reinterpret_cast<uintptr_t>(weight_memory_));
   Arena runtime_arena(reinterpret_cast<uintptr_t>(runtime_memory_));
-  layout_device_model(weight_arena, config, request.formats, request.lm_head_rows, model);
+  layout_device_model(weight_arena, config, request.formats, request.lm_head_rows, request.small_m_gemm, model);
   layout_runtime(runtime_arena, num_kv_blocks);
   // Zero everything once: the K padding of weights and activation rows must stay zero (kernels never
   // write it), and the argmax scratch and the conv ring readers start at zero.
@@ -135,10 +155,10 @@ int64_t DeviceMemory::plan_kv_blocks(int64_t weight_bytes, int64_t free_bytes, i
 
 std::string DeviceMemory::summary() const {
   const StepLimits& limits = request_.limits;
-  return fmt::format("weights {:.3f} GiB, KV cache {:.3f} GiB ({} blocks = {} tokens; {} slots of up to {} tokens), "
+  return fmt::format("weights {:.3f} GiB (of which the wgmma GEMM's tiles {:.3f}), KV cache {:.3f} GiB ({} blocks = {} tokens; {} slots of up to {} tokens), "
                      "Gated DeltaNet state {:.3f} GiB, prefix snapshots {:.3f} GiB ({}), activations {:.3f} GiB ({} "
                      "tokens per forward) of which the prefill GEMM's NVFP4 scratch {:.3f} GiB",
-                     gib(weight_bytes_), gib(kv_bytes_), caches.num_kv_blocks, caches.num_kv_blocks * kKvBlockSize,
+                     gib(weight_bytes_), gib(wgmma_tile_bytes_), gib(kv_bytes_), caches.num_kv_blocks, caches.num_kv_blocks * kKvBlockSize,
                      limits.max_slots, limits.max_context, gib(state_bytes_), gib(snapshot_bytes_),
                      caches.prefix_snapshots, gib(runtime_bytes_ - kv_bytes_ - state_bytes_ - snapshot_bytes_),
                      limits.max_tokens, gib(kGemmScratchSlots * gemm_scratch_elements * 2));

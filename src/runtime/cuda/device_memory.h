@@ -18,6 +18,7 @@ struct MemoryPlanRequest {
   int gathering_ranks = 0;            // with a tensor-parallel communicator (even of one rank) its size, else 0
   StepLimits limits;
   bool large_m = false;               // forwards can exceed kGemvMaxM rows: plan the cuBLAS path
+  bool small_m_gemm = false;          // 17..64-row products on the wgmma GEMM: its weight tiles and workspace
   bool context_fits_pool = false;     // CudaBackendOptions::context_fits_pool
   int prefix_snapshots = 0;           // prefix caching: snapshots of one slot's Gated DeltaNet states
   // KV pool size, the first rule that applies: num_kv_blocks blocks; every block that fits in
@@ -42,6 +43,8 @@ class DeviceMemory {
   uint16_t* gemm_scratch = nullptr;
   int64_t gemm_scratch_elements = 0;
   uint8_t* gemm_workspace = nullptr;
+  // With small_m_gemm: the wgmma GEMM's K-split sums and tile counts, enough for every layer with tiles at 64 rows.
+  cuda::GemmWgmmaWorkspace small_m_gemm_workspace;
   int32_t* meta_host = nullptr;      // pinned, StepMetadata::count(limits) entries
   StepMetadata host_meta{};          // StepMetadata::at(meta_host)
 
@@ -59,6 +62,7 @@ class DeviceMemory {
   void* weight_memory_ = nullptr;
   void* runtime_memory_ = nullptr;
   int64_t weight_bytes_ = 0, runtime_bytes_ = 0, kv_bytes_ = 0, state_bytes_ = 0, snapshot_bytes_ = 0;
+  int64_t wgmma_tile_bytes_ = 0;  // of weight_bytes_
 };
 
 }  // namespace uberlm::gpu

@@ -9,6 +9,7 @@
 #include "ops/cuda/cuda_check.h"
 #include "ops/cuda/gemv.h"
 #include "ops/cuda/nvfp4_gemv_layout.h"
+#include "ops/cuda/nvfp4_wgmma_layout.h"
 #include "ops/cuda/random_fill.h"
 
 namespace uberlm::gpu {
@@ -18,7 +19,7 @@ namespace {
 int64_t padded_k(int64_t k) { return round_up(k, cuda::kGemvKMultiple); }
 
 void place_linear(Arena& arena, const std::string& name, int64_t out, int64_t in, LinearFormat format,
-                  DeviceLinear& w) {
+                  bool wgmma_tiles, DeviceLinear& w) {
   w.name = name;
   w.out = out;
   w.in = in;
@@ -27,6 +28,9 @@ void place_linear(Arena& arena, const std::string& name, int64_t out, int64_t in
   if (w.nvfp4) {
     w.packed = arena.take<uint8_t>(out * w.in_padded / 2);
     w.scales = arena.take<uint8_t>(out * w.in_padded / 16);
+    if (wgmma_tiles && cuda::nvfp4_wgmma_layout_fits(out, w.in_padded)) {
+      w.wgmma_tiles = arena.take<uint8_t>(cuda::nvfp4_wgmma_layout_bytes(out, w.in_padded));
+    }
   } else {
     w.bf16 = arena.take<uint16_t>(out * w.in_padded);
   }
@@ -108,8 +112,10 @@ std::vector<LinearFormat> synthetic_linear_formats(const ModelConfig& config, Li
 }
 
 void layout_device_model(Arena& arena, const ModelConfig& c, const std::vector<LinearFormat>& formats,
-                         int64_t lm_head_rows, DeviceModel& model) {
+                         int64_t lm_head_rows, bool wgmma_tiles, DeviceModel& model) {
   const int64_t dim = c.hidden_size;
+  // First, so that in a planning arena (base 0) every later pointer is non-null: `wgmma_tiles != nullptr` then
+  // tells which layers have tiles in either pass.
   model.embed_tokens = arena.take<uint16_t>(static_cast<int64_t>(c.vocab_size) * dim);
   model.final_norm = arena.take<float>(dim);
   model.inv_freq = arena.take<float>(std::max(1, c.rotary_dim / 2));
@@ -122,7 +128,7 @@ void layout_device_model(Arena& arena, const ModelConfig& c, const std::vector<L
     layer.post_attention_norm = arena.take<float>(dim);
     for_each_linear(c, layer, [&](const LinearSpec& spec, DeviceLinear& linear) {
       place_linear(arena, fmt::format("layers.{}.{}", i, spec.module), spec.out_features, spec.in_features,
-                   formats.at(next_format++), linear);
+                   formats.at(next_format++), wgmma_tiles, linear);
     });
     if (layer.kind == LayerKind::FullAttention) {
       if (c.qk_norm) {
@@ -137,7 +143,7 @@ void layout_device_model(Arena& arena, const ModelConfig& c, const std::vector<L
       d.norm = arena.take<float>(c.delta_net_value_head_dim);
     }
   }
-  place_linear(arena, "lm_head", lm_head_rows, dim, formats.at(next_format++), model.lm_head);
+  place_linear(arena, "lm_head", lm_head_rows, dim, formats.at(next_format++), wgmma_tiles, model.lm_head);
   if (next_format != formats.size()) fail("CudaBackend: {} linear formats for {} linear layers", formats.size(), next_format);
 }
 
@@ -213,6 +219,12 @@ void fill_device_model_random(const ModelConfig& config, uint64_t seed, cudaStre
   for (DeviceLinear* w : all_linear_layers(model, config)) fill_linear(*w);
   upload_rope_frequencies(config, model);
   CUDA_CHECK(cudaStreamSynchronize(stream));
+}
+
+void pack_wgmma_tiles(const ModelConfig& config, cudaStream_t stream, DeviceModel& model) {
+  for (DeviceLinear* w : all_linear_layers(model, config)) {
+    if (w->wgmma_tiles) CUDA_CHECK(cuda::launch_pack_nvfp4_for_wgmma(w->nvfp4_view(), w->wgmma_tiles, stream));
+  }
 }
 
 }  // namespace uberlm::gpu

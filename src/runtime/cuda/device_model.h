@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "core/nvfp4.h"
+#include "ops/cuda/gemm_nvfp4_wgmma.h"
 #include "model/config.h"
 #include "model/weights.h"
 #include "runtime/cuda/arena.h"
@@ -27,12 +28,16 @@ struct DeviceLinear {
   uint8_t* scales = nullptr;
   float global_scale = 0;
   float* bias = nullptr;
+  // The same NVFP4 weight in the small-M GEMM's fragment order (ops/cuda/nvfp4_wgmma_layout.h), for 17..64-row
+  // products on Hopper; null where the model is placed without it or the shape is not a multiple of 64.
+  uint8_t* wgmma_tiles = nullptr;
 
   int64_t bytes() const { return nvfp4 ? out * in_padded / 2 + out * in_padded / 16 : out * in_padded * 2; }
   // Codes in the GEMV's tiled order (upload repacks them; random ones are random in any order).
   Nvfp4Weight nvfp4_view() const {
     return {out, in_padded, packed, scales, global_scale, 0.0f, Nvfp4CodeOrder::GemvTiled};
   }
+  cuda::Nvfp4WgmmaWeight wgmma_view() const { return {out, in_padded, wgmma_tiles, global_scale}; }
 };
 
 struct DeviceAttention {
@@ -77,12 +82,15 @@ std::vector<LinearFormat> linear_formats_of(const ModelWeights& weights, const M
 // Every decoder linear layer in `layers_format`, lm_head bf16: the synthetic models of `bench` and `serve --shape`.
 std::vector<LinearFormat> synthetic_linear_formats(const ModelConfig& config, LinearFormat layers_format);
 
-// Places every weight of `model` in `arena` (a planning arena only adds up the bytes).
+// Places every weight of `model` in `arena` (a planning arena only adds up the bytes); with wgmma_tiles, also the
+// fragment tiles of every NVFP4 layer whose shape has them.
 void layout_device_model(Arena& arena, const ModelConfig& config, const std::vector<LinearFormat>& formats,
-                         int64_t lm_head_rows, DeviceModel& model);
+                         int64_t lm_head_rows, bool wgmma_tiles, DeviceModel& model);
 // Copies the checkpoint's weights into the placed model (shapes checked against the config).
 void upload_device_model(const ModelConfig& config, const ModelWeights& weights, DeviceModel& model);
 // Random weights of unit-variance-preserving magnitude, made on the GPU (synthetic shapes).
 void fill_device_model_random(const ModelConfig& config, uint64_t seed, cudaStream_t stream, DeviceModel& model);
+// After either: the fragment tiles of the layers that have them, made from their loaded weights on the GPU.
+void pack_wgmma_tiles(const ModelConfig& config, cudaStream_t stream, DeviceModel& model);
 
 }  // namespace uberlm::gpu

@@ -147,6 +147,15 @@ void LinearRunner::set_gemm_memory(uint16_t* scratch, int64_t slot_elements, uin
   if (gemm_) gemm_->set_workspace(workspace, cuda::kGemmWorkspaceBytes);
 }
 
+void LinearRunner::set_small_m_gemm(const cuda::GemmWgmmaWorkspace& workspace) {
+  if (deterministic_) fail("LinearRunner: the wgmma GEMM is not batch-invariant against the GEMV (deterministic mode)");
+  small_m_gemm_ = workspace;
+}
+
+bool LinearRunner::takes_small_m_gemm(const DeviceLinear& w, int64_t rows) const {
+  return small_m_gemm_ && w.wgmma_tiles && rows >= kSmallMGemmMinRows && rows <= cuda::kGemmWgmmaMaxM;
+}
+
 void LinearRunner::prefetch_dequantized(std::initializer_list<const DeviceLinear*> weights, int64_t rows) {
   if (!gemm_ || !gemm_scratch_ || rows <= cuda::kGemvMaxM) return;
   // A decode step of more than kGemvMaxM sequences may be captured as a graph: its products dequantise in line
@@ -196,7 +205,10 @@ void LinearRunner::linear(const DeviceLinear& w, const uint16_t* x, int64_t rows
     });
     return;
   }
-  if (rows <= cuda::kGemvMaxM) {
+  if (takes_small_m_gemm(w, rows)) {
+    const Output output{&w, y};
+    multiply_on_small_m_gemm({&output, 1}, x, rows, y_dtype);
+  } else if (rows <= cuda::kGemvMaxM) {
     ++counters_.gemv_linear_calls;
     if (w.nvfp4) {
       cuda::gemv_nvfp4_tuned(w.nvfp4_view(), x, rows, y, y_dtype,
@@ -234,7 +246,30 @@ void LinearRunner::group(std::initializer_list<Output> outputs, const uint16_t* 
   group_piece({outputs.begin(), outputs.size()}, x, rows, y_dtype);
 }
 
+void LinearRunner::multiply_on_small_m_gemm(std::span<const Output> outputs, const uint16_t* x, int64_t rows,
+                                            DType y_dtype) {
+  cuda::Nvfp4WgmmaTarget targets[cuda::kGemmWgmmaMaxTargets];
+  int64_t row_tiles = 0;
+  for (size_t i = 0; i < outputs.size(); ++i) {
+    targets[i] = {outputs[i].weight->wgmma_view(), outputs[i].y};
+    row_tiles += cuda::gemm_nvfp4_wgmma_row_tiles(outputs[i].weight->out);
+  }
+  counters_.wgmma_linear_calls += static_cast<int64_t>(outputs.size());
+  cuda::gemm_nvfp4_wgmma(targets, static_cast<int>(outputs.size()), x, rows, y_dtype,
+                         cuda::gemm_nvfp4_wgmma_splits(row_tiles, outputs.front().weight->in_padded), *small_m_gemm_,
+                         stream_);
+}
+
 void LinearRunner::group_piece(std::span<const Output> outputs, const uint16_t* x, int64_t rows, DType y_dtype) {
+  const bool small_m_gemm =
+      static_cast<int>(outputs.size()) <= cuda::kGemmWgmmaMaxTargets &&
+      std::all_of(outputs.begin(), outputs.end(), [&](const Output& o) { return takes_small_m_gemm(*o.weight, rows); });
+  if (small_m_gemm) {
+    for (const Output& o : outputs) check_output_dtype(*o.weight, y_dtype);
+    multiply_on_small_m_gemm(outputs, x, rows, y_dtype);
+    add_biases(outputs, rows);
+    return;
+  }
   const bool nvfp4 = outputs.begin()->weight->nvfp4;
   bool shared = rows <= cuda::kGemvMaxM && static_cast<int>(outputs.size()) <= cuda::kGemvMaxTargets;
   for (const Output& o : outputs) shared = shared && o.weight->nvfp4 == nvfp4;
@@ -261,6 +296,10 @@ void LinearRunner::group_piece(std::span<const Output> outputs, const uint16_t* 
     cuda::gemv_bf16_multi_tuned(bf16_targets.data(), count, k, x, rows, y_dtype,
                                 tuning_for(GemvKernel::Bf16, total_rows, k, rows), stream_);
   }
+  add_biases(outputs, rows);
+}
+
+void LinearRunner::add_biases(std::span<const Output> outputs, int64_t rows) {
   for (const Output& o : outputs) {
     if (o.weight->bias) {
       CUDA_CHECK(cuda::launch_add_bias(static_cast<float*>(o.y), o.weight->bias, rows, o.weight->out, stream_));
@@ -270,7 +309,8 @@ void LinearRunner::group_piece(std::span<const Output> outputs, const uint16_t* 
 
 // The paired kernel takes one weight format and no bias term, at the GEMV's row counts.
 bool LinearRunner::fuses_swiglu(const DeviceLinear& gate, const DeviceLinear& up, int64_t rows) const {
-  return (rows <= cuda::kGemvMaxM || deterministic_) && gate.nvfp4 == up.nvfp4 && !gate.bias && !up.bias;
+  return (rows <= cuda::kGemvMaxM || deterministic_) && gate.nvfp4 == up.nvfp4 && !gate.bias && !up.bias &&
+         !takes_small_m_gemm(gate, rows) && !takes_small_m_gemm(up, rows);
 }
 
 void LinearRunner::gate_up_swiglu(const DeviceLinear& gate, const DeviceLinear& up, const uint16_t* x, int64_t rows,

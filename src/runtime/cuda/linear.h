@@ -1,6 +1,8 @@
 #pragma once
 // Linear layers on the path the row count decides: the small-M GEMV (ops/cuda/gemv.h) up to kGemvMaxM rows,
-// cuBLAS above (ops/cuda/gemm.h), NVFP4 weights then dequantised into a scratch buffer planned at load.
+// cuBLAS above (ops/cuda/gemm.h), NVFP4 weights then dequantised into a scratch buffer planned at load. On
+// Hopper, NVFP4 layers placed with fragment tiles take the wgmma GEMM (ops/cuda/gemm_nvfp4_wgmma.h) from
+// kSmallMGemmMinRows to kGemvMaxM rows instead of the GEMV (set_small_m_gemm).
 // Every call is counted by path. A GEMV launch takes its tuning from this GPU's winners table
 // (gemv_tuning_table.h); a launch the table lacks takes the built-in tuning, counted as a miss, logged
 // once per cell, and refused in strict mode.
@@ -20,6 +22,7 @@
 #include <vector>
 
 #include "ops/cuda/gemm.h"
+#include "ops/cuda/gemm_nvfp4_wgmma.h"
 #include "runtime/cuda/device_model.h"
 #include "runtime/cuda/gemv_tuning_table.h"
 
@@ -29,6 +32,10 @@ namespace uberlm::gpu {
 // a bf16 scratch buffer of its own beside the in-line one.
 inline constexpr int kPrefetchedWeights = 4;
 inline constexpr int kGemmScratchSlots = 1 + kPrefetchedWeights;
+// Fewest rows the wgmma GEMM takes: at 8 rows the GEMV is 1.4-1.9x faster on the 27B shapes, at 32 the GEMM
+// 1.1-1.7x (bench/results/gemm-wgmma-small-m-h200.json). Grouped projections (q/k/v, a Gated DeltaNet layer's
+// four inputs, gate/up) take it in one launch, as they take the GEMV.
+inline constexpr int64_t kSmallMGemmMinRows = 17;
 
 struct LinearCounters {
   int64_t gemv_linear_calls = 0;        // linear layers over at most kGemvMaxM rows (deterministic: 64-row pieces)
@@ -36,6 +43,7 @@ struct LinearCounters {
   int64_t gemm_nvfp4_linear_calls = 0;  // over more rows, NVFP4 weights dequantised into the scratch buffer
   int64_t gemm_nvfp4_prefetched_calls = 0;  // ... of them, dequantised ahead on the side stream (prefetch_dequantized)
   int64_t gemv_swiglu_calls = 0;        // MLP gate/up GEMVs that wrote SwiGLU from their epilogue
+  int64_t wgmma_linear_calls = 0;       // NVFP4 layers of kSmallMGemmMinRows..kGemvMaxM rows on the wgmma GEMM
   int64_t tuning_table_hits = 0;        // GEMV launches whose tuning came from the table
   int64_t tuning_table_misses = 0;      // GEMV launches that took the built-in tuning
 };
@@ -53,6 +61,9 @@ class LinearRunner {
   // The large-M path's bf16 scratch (kGemmScratchSlots buffers of slot_elements, the largest NVFP4 layer) and
   // cuBLAS workspace.
   void set_gemm_memory(uint16_t* scratch, int64_t slot_elements, uint8_t* workspace);
+  // Turns the wgmma GEMM on for the layers with fragment tiles (DeviceLinear::wgmma_tiles), with its workspace.
+  // Never in deterministic mode (its K split differs from the GEMV's, so a row's bits would depend on M).
+  void set_small_m_gemm(const cuda::GemmWgmmaWorkspace& workspace);
   // Steps of more than kGemvMaxM rows: queues the dequantisation of up to kPrefetchedWeights NVFP4 weights on a
   // side stream, each into a scratch buffer of its own, starting when the main stream reaches this point,
   // so that it runs beside the kernels queued next (a mixer's core: the Gated DeltaNet and attention kernels
@@ -82,11 +93,15 @@ class LinearRunner {
   const std::set<GemvCell>& cells_seen() const { return cells_seen_; }
 
  private:
+  bool takes_small_m_gemm(const DeviceLinear& w, int64_t rows) const;
   cuda::GemvTuning tuning_for(GemvKernel kernel, int64_t n, int64_t k, int64_t rows);
   cuda::GemvTuning table_tuning(GemvKernel kernel, int64_t n, int64_t k, int64_t rows);
   cuda::GemvTuning deterministic_tuning(GemvKernel kernel, int64_t n, int64_t k, int64_t rows);
   cuda::GemvTuning built_in_fallback(const GemvCell& cell, const cuda::GemvTuning& built_in, const std::string& missing);
   void group_piece(std::span<const Output> outputs, const uint16_t* x, int64_t rows, DType y_dtype);
+  // One wgmma GEMM launch for outputs that all take it (at most kGemmWgmmaMaxTargets).
+  void multiply_on_small_m_gemm(std::span<const Output> outputs, const uint16_t* x, int64_t rows, DType y_dtype);
+  void add_biases(std::span<const Output> outputs, int64_t rows);
 
   cudaStream_t stream_;
   const GemvTuningTable* table_;
@@ -101,6 +116,7 @@ class LinearRunner {
   std::map<GemvCell, InvariantWinner> invariant_winners_;
   std::set<GemvCell> cells_seen_;
   std::unique_ptr<cuda::Gemm> gemm_;
+  std::optional<cuda::GemmWgmmaWorkspace> small_m_gemm_;
   uint16_t* gemm_scratch_ = nullptr;
   int64_t gemm_scratch_elements_ = 0;
   // prefetch_dequantized's side stream and, per buffer, the weight it holds (null: none), the event its

@@ -7,13 +7,8 @@
 
 #include <cstdint>
 
+#include "core/host_device.h"
 #include "ops/cuda/device_chunks.h"
-
-#ifdef __CUDACC__
-#define UBERLM_HOST_DEVICE __host__ __device__
-#else
-#define UBERLM_HOST_DEVICE
-#endif
 
 namespace uberlm::cuda {
 
