@@ -147,9 +147,11 @@ __global__ void __launch_bounds__(kWarps * 32) attention_prefill_kernel(
 }
 
 template <int kHeadDim>
-CompiledPrefillAttention compiled_for_head_dim() {
-  return {attention_prefill_kernel<kHeadDim>, kQueryRows, kWarps * 32, PrefillTile<kHeadDim>::kSharedBytes};
-}
+struct MmaSyncInstance {
+  CompiledPrefillAttention operator()() const {
+    return {attention_prefill_kernel<kHeadDim>, kQueryRows, kWarps * 32, PrefillTile<kHeadDim>::kSharedBytes};
+  }
+};
 
 // Which kernel of the two runs `head_dim` (entry == nullptr: that kernel is not compiled for it).
 CompiledPrefillAttention compiled(PrefillAttentionKernel kernel, int head_dim) {
@@ -170,16 +172,7 @@ bool device_is_sm90() {
 namespace prefill_attention {
 
 CompiledPrefillAttention mma_sync_prefill_attention(int head_dim) {
-  switch (head_dim) {
-    case 64:
-      return compiled_for_head_dim<64>();
-    case 128:
-      return compiled_for_head_dim<128>();
-    case 256:
-      return compiled_for_head_dim<256>();
-    default:
-      return {};
-  }
+  return compiled_instance<MmaSyncInstance, 64, 128, 256>(head_dim);
 }
 
 }  // namespace prefill_attention

@@ -240,6 +240,14 @@ struct CompiledPrefillAttention {
   size_t shared_bytes = 0;
 };
 
+// The instance of `head_dim` among a kernel's compiled head dims (Instance<kHeadDim>{}() makes one), or none.
+template <template <int> class Instance, int... kHeadDims>
+CompiledPrefillAttention compiled_instance(int head_dim) {
+  CompiledPrefillAttention found;
+  ((found = head_dim == kHeadDims ? Instance<kHeadDims>{}() : found), ...);
+  return found;
+}
+
 CompiledPrefillAttention mma_sync_prefill_attention(int head_dim);  // attention_prefill.cu
 CompiledPrefillAttention wgmma_prefill_attention(int head_dim);     // attention_prefill_wgmma.cu
 

@@ -162,23 +162,18 @@ __global__ void __launch_bounds__(kThreads, 1) attention_prefill_wgmma_kernel(
 }
 
 template <int kHeadDim>
-CompiledPrefillAttention compiled_for_head_dim() {
-  return {attention_prefill_wgmma_kernel<kHeadDim>, kQueryRows, kThreads, WgmmaTile<kHeadDim>::kSharedBytes};
-}
+struct WgmmaInstance {
+  CompiledPrefillAttention operator()() const {
+    return {attention_prefill_wgmma_kernel<kHeadDim>, kQueryRows, kThreads, WgmmaTile<kHeadDim>::kSharedBytes};
+  }
+};
 
 }  // namespace
 
 namespace prefill_attention {
 
 CompiledPrefillAttention wgmma_prefill_attention(int head_dim) {
-  switch (head_dim) {
-    case 128:
-      return compiled_for_head_dim<128>();
-    case 256:
-      return compiled_for_head_dim<256>();
-    default:
-      return {};
-  }
+  return compiled_instance<WgmmaInstance, 128, 256>(head_dim);
 }
 
 }  // namespace prefill_attention

@@ -2,7 +2,8 @@
 // wgmma's A operand from registers (64 rows a warpgroup), the tokens its N (8, 16, 32 or 64: m rounded up), so
 // the tensor cores do no work for absent tokens and no dequantised weight goes through shared memory.
 //
-// A block is two consumer warpgroups (128 weight rows) and one producer warp, over a share of K (the split).
+// A block is two consumer warpgroups (128 weight rows of one of the launch's targets) and one producer warp, over
+// a share of K (the split); a target's rows are padded to 64 in its tiles, and the padding is never stored.
 // The producer streams 64-wide K chunks through a ring of shared-memory stages: per chunk one bulk copy
 // of each warpgroup's fragment tile (2560 bytes: codes in the order of the A fragments, then scales;
 // nvfp4_wgmma_layout.h) and one tensor copy of the tokens' activations (kTokens x 64 bf16, 128-byte swizzled,
@@ -74,6 +75,9 @@ struct WgmmaGemmArgs {
   int* tile_arrivals;  // splits > 1: a count per row tile, zero between launches
 };
 
+// The kernel's parts exist in its sm_90a code only (the compute_90 PTX of this file is an empty kernel).
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+
 // The block's target and its first 64-row tile in it; how many of its warpgroups have rows (the last tile of a
 // target whose padded rows are not a multiple of 128 has one).
 struct BlockRows {
@@ -88,9 +92,6 @@ __device__ __forceinline__ BlockRows block_rows(const WgmmaTargets& targets) {
   const int64_t target_groups = (targets.n[target] + kNvfp4WgmmaTileRows - 1) / kNvfp4WgmmaTileRows;
   return {target, group0, static_cast<int>(min(static_cast<int64_t>(kWarpgroups), target_groups - group0))};
 }
-
-// The kernel's parts exist in its sm_90a code only (the compute_90 PTX of this file is an empty kernel).
-#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
 
 // The producer warp's lane 0: chunk i of the block's share into stage i % kCount once the consumers have
 // handed that stage back. The first stages' weights (constant) are requested before the previous kernel ends.
