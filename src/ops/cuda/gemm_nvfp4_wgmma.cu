@@ -34,10 +34,9 @@ constexpr int kThreads = kConsumerThreads + 32;  // and the producer warp
 constexpr int kRows = static_cast<int>(kNvfp4WgmmaTileRows) * kWarpgroups;  // weight rows a block
 constexpr int kChunkBytes = static_cast<int>(kNvfp4WgmmaTileK) * 2;        // an activation row of a chunk (bf16)
 
-
-// The ring: as many stages as fit ~100 KB (two blocks an SM), 6 to 16. Without the consumers' work this ring
-// streams at 40-55% of the copy bandwidth with 8 stages of 4.7 KB (bench/notes/gemv.md, session 31): the bytes
-// in flight an SM, not the copy engine, set that ceiling.
+// The ring: as many stages as fit ~100 KB (two blocks an SM), 6 to 16. Without the consumers' work, eight stages of
+// 4.7 KB streamed at 40-55% of the copy bandwidth; with it, sixteen were no faster than eight: the consumers set
+// the pace (bench/notes/gemv.md, session 31).
 constexpr uint32_t kRingBytes = 100 * 1024;
 
 template <int kTokens>
