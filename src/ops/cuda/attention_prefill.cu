@@ -1,5 +1,6 @@
 #include "ops/cuda/attention_prefill.h"
 #include "ops/cuda/attention_prefill.cuh"
+#include "ops/cuda/device_capability.h"
 
 namespace uberlm::cuda {
 
@@ -105,29 +106,27 @@ __global__ void __launch_bounds__(kWarps * 32) attention_prefill_kernel(
   __nv_bfloat16* q_rows = reinterpret_cast<__nv_bfloat16*>(shared_bytes);
   __nv_bfloat16* stages = q_rows + kQueryRows * Tile::kStride;
   begin_dependent_kernel();
-  int chunk = 0, row0 = 0;
-  if (!find_query_tile(static_cast<int>(blockIdx.y), chunks, kQueryRows, chunk, row0)) return;
-  const int head = blockIdx.x, kv_head = head / (num_heads / layout.num_kv_heads);
-  const int64_t token0 = chunks.first[chunk] + row0;
-  const int slot = chunks.slot[chunk], tile_rows = min(kQueryRows, chunks.length[chunk] - row0);
-  const int position0 = chunks.start[chunk] + row0, last = position0 + tile_rows - 1;
+  QueryTile q_tile;
+  if (!find_query_tile(chunks, kQueryRows, num_heads, layout.num_kv_heads, q_tile)) return;
   const int warp = threadIdx.x / 32;
   const int warp_row0 = 16 * warp;
-  const int warp_last = position0 + min(warp_row0 + 15, tile_rows - 1);
-  const bool warp_has_rows = warp_row0 < tile_rows;
+  const int warp_last = q_tile.position0 + min(warp_row0 + 15, q_tile.rows - 1);
+  const bool warp_has_rows = warp_row0 < q_tile.rows;
 
-  request_tile<kHeadDim>(block_tables, layout, slot, kv_head, 0, last, key_cache, value_cache, stages);
+  request_tile<kHeadDim>(block_tables, layout, q_tile.slot, q_tile.kv_head, 0, q_tile.last, key_cache, value_cache,
+                         stages);
   WarpRows<kHeadDim> rows;
-  start_rows(rows, warp_row0, tile_rows, position0);
-  load_query_tile<kHeadDim, kQueryRows>(query, token0, tile_rows, num_heads, head, q_rows, PaddedRows<kHeadDim>{});
+  start_rows(rows, warp_row0, q_tile.rows, q_tile.position0);
+  load_query_tile<kHeadDim, kQueryRows>(query, q_tile.token0, q_tile.rows, num_heads, q_tile.head, q_rows,
+                                        PaddedRows<kHeadDim>{});
   const float scale_log2 = rsqrtf(static_cast<float>(kHeadDim)) * kLog2e;
-  for (int key0 = 0, tile = 0; key0 <= last; key0 += kKeys, ++tile) {
+  for (int key0 = 0, tile = 0; key0 <= q_tile.last; key0 += kKeys, ++tile) {
     // The next tile streams in while this one is used; its stage was last read before the previous
     // iteration's closing barrier.
-    const bool next = key0 + kKeys <= last;
+    const bool next = key0 + kKeys <= q_tile.last;
     if (next) {
-      request_tile<kHeadDim>(block_tables, layout, slot, kv_head, key0 + kKeys, last, key_cache, value_cache,
-                             stages + ((tile + 1) % kStages) * Tile::kKeyValueElements);
+      request_tile<kHeadDim>(block_tables, layout, q_tile.slot, q_tile.kv_head, key0 + kKeys, q_tile.last, key_cache,
+                             value_cache, stages + ((tile + 1) % kStages) * Tile::kKeyValueElements);
       __pipeline_wait_prior(1);
     } else {
       __pipeline_wait_prior(0);
@@ -143,7 +142,7 @@ __global__ void __launch_bounds__(kWarps * 32) attention_prefill_kernel(
     }
     __syncthreads();  // every warp is done with this stage before it is loaded again
   }
-  if (warp_has_rows) store_rows<kHeadDim>(rows, token0, warp_row0, tile_rows, head, out);
+  if (warp_has_rows) store_rows<kHeadDim>(rows, q_tile.token0, warp_row0, q_tile.rows, q_tile.head, out);
 }
 
 template <int kHeadDim>
@@ -157,14 +156,6 @@ struct MmaSyncInstance {
 CompiledPrefillAttention compiled(PrefillAttentionKernel kernel, int head_dim) {
   return kernel == PrefillAttentionKernel::Wgmma ? wgmma_prefill_attention(head_dim)
                                                  : mma_sync_prefill_attention(head_dim);
-}
-
-bool device_is_sm90() {
-  int device = 0, major = 0, minor = 0;
-  return cudaGetDevice(&device) == cudaSuccess &&
-         cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) == cudaSuccess &&
-         cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device) == cudaSuccess && major == 9 &&
-         minor == 0;
 }
 
 }  // namespace
@@ -187,7 +178,7 @@ const char* prefill_attention_kernel_name(PrefillAttentionKernel kernel) {
 
 bool prefill_attention_kernel_runs(PrefillAttentionKernel kernel, int head_dim) {
   if (compiled(kernel, head_dim).entry == nullptr) return false;
-  return kernel == PrefillAttentionKernel::MmaSync || device_is_sm90();
+  return kernel == PrefillAttentionKernel::MmaSync || current_device_is_sm90();
 }
 
 PrefillAttentionKernel prefill_attention_kernel_for(int head_dim) {

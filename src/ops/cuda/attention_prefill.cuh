@@ -20,23 +20,40 @@ namespace uberlm::cuda::prefill_attention {
 constexpr int kStages = 2;  // key/value tiles in shared memory: the next loads while one is used
 constexpr float kLog2e = 1.4426950408889634f;
 
-// Which chunk and which of its 64-row tiles block `block` runs; false for blocks past the last tile (the
-// grid is sized by an upper bound that depends only on the step's shape). Blocks take the tiles last to
+// A block's query tile: `rows` consecutive prompt rows of one chunk, for query head `head`.
+struct QueryTile {
+  int head, kv_head;
+  int slot;             // the chunk's sequence slot
+  int rows;             // query_rows, fewer at a chunk's end
+  int position0, last;  // positions of its first and last rows
+  int64_t token0;       // the step's row of its first row
+};
+
+// The tile this block runs (blockIdx.x: query head; blockIdx.y: the tile); false for blocks past the last tile
+// (the grid is sized by an upper bound that depends only on the step's shape). Blocks take the tiles last to
 // first: a causal tile's work grows with its position, and the GPU starts blocks in index order, so the
 // longest tiles start first and the short ones fill the last wave instead of leaving SMs idle behind it.
-__device__ inline bool find_query_tile(int block, const DeviceChunks& chunks, int query_rows, int& chunk, int& row0) {
+__device__ inline bool find_query_tile(const DeviceChunks& chunks, int query_rows, int num_heads, int num_kv_heads,
+                                       QueryTile& tile) {
   int total = 0;
   for (int c = 0; c < chunks.count; ++c) total += (chunks.length[c] + query_rows - 1) / query_rows;
+  const int block = static_cast<int>(blockIdx.y);
   if (block >= total) return false;
-  int tile = total - 1 - block;
+  int index = total - 1 - block;
   for (int c = 0; c < chunks.count; ++c) {
     const int tiles = (chunks.length[c] + query_rows - 1) / query_rows;
-    if (tile < tiles) {
-      chunk = c;
-      row0 = tile * query_rows;
+    if (index < tiles) {
+      const int row0 = index * query_rows;
+      tile.head = static_cast<int>(blockIdx.x);
+      tile.kv_head = tile.head / (num_heads / num_kv_heads);
+      tile.slot = chunks.slot[c];
+      tile.rows = min(query_rows, chunks.length[c] - row0);
+      tile.position0 = chunks.start[c] + row0;
+      tile.last = tile.position0 + tile.rows - 1;
+      tile.token0 = chunks.first[c] + row0;
       return true;
     }
-    tile -= tiles;
+    index -= tiles;
   }
   return false;
 }

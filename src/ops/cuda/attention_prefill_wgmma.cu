@@ -111,32 +111,29 @@ __global__ void __launch_bounds__(kThreads, 1) attention_prefill_wgmma_kernel(
   unsigned char* queries = shared_bytes + ((1024 - __cvta_generic_to_shared(shared_bytes) % 1024) % 1024);
   unsigned char* stages = queries + kWarpgroups * Tile::kGroupQueryBytes;
   begin_dependent_kernel();
-  int chunk = 0, row0 = 0;
-  if (!find_query_tile(static_cast<int>(blockIdx.y), chunks, kQueryRows, chunk, row0)) return;
-  const int head = blockIdx.x, kv_head = head / (num_heads / layout.num_kv_heads);
-  const int64_t token0 = chunks.first[chunk] + row0;
-  const int slot = chunks.slot[chunk], tile_rows = min(kQueryRows, chunks.length[chunk] - row0);
-  const int position0 = chunks.start[chunk] + row0, last = position0 + tile_rows - 1;
+  QueryTile q_tile;
+  if (!find_query_tile(chunks, kQueryRows, num_heads, layout.num_kv_heads, q_tile)) return;
   const int warp = threadIdx.x / 32, group = warp / 4;
   const int warp_row0 = 16 * warp, group_row0 = 64 * group;
-  const bool group_has_rows = group_row0 < tile_rows;
-  const int group_last = position0 + min(group_row0 + 63, tile_rows - 1);
+  const bool group_has_rows = group_row0 < q_tile.rows;
+  const int group_last = q_tile.position0 + min(group_row0 + 63, q_tile.rows - 1);
   const unsigned char* group_queries = queries + group * Tile::kGroupQueryBytes;
   const auto request = [&](int key0, unsigned char* stage) {
-    request_key_value_tile<kHeadDim, kKeys, kThreads>(block_tables, layout, slot, kv_head, key0, last, key_cache,
-                                                      value_cache, reinterpret_cast<__nv_bfloat16*>(stage),
+    request_key_value_tile<kHeadDim, kKeys, kThreads>(block_tables, layout, q_tile.slot, q_tile.kv_head, key0,
+                                                      q_tile.last, key_cache, value_cache,
+                                                      reinterpret_cast<__nv_bfloat16*>(stage),
                                                       reinterpret_cast<__nv_bfloat16*>(stage + Tile::kKeyBytes),
                                                       SwizzledKeyVectors<kHeadDim>{});
   };
 
   request(0, stages);
   WarpRows<kHeadDim> rows;
-  start_rows(rows, warp_row0, tile_rows, position0);
-  load_query_tile<kHeadDim, kQueryRows>(query, token0, tile_rows, num_heads, head,
+  start_rows(rows, warp_row0, q_tile.rows, q_tile.position0);
+  load_query_tile<kHeadDim, kQueryRows>(query, q_tile.token0, q_tile.rows, num_heads, q_tile.head,
                                         reinterpret_cast<__nv_bfloat16*>(queries), SwizzledQueryRows<kHeadDim>{});
   const float scale_log2 = rsqrtf(static_cast<float>(kHeadDim)) * kLog2e;
-  for (int key0 = 0, tile = 0; key0 <= last; key0 += kKeys, ++tile) {
-    const bool next = key0 + kKeys <= last;
+  for (int key0 = 0, tile = 0; key0 <= q_tile.last; key0 += kKeys, ++tile) {
+    const bool next = key0 + kKeys <= q_tile.last;
     if (next) {
       request(key0 + kKeys, stages + ((tile + 1) % kStages) * Tile::kStageBytes);
       __pipeline_wait_prior(1);
@@ -155,7 +152,7 @@ __global__ void __launch_bounds__(kThreads, 1) attention_prefill_wgmma_kernel(
     }
     __syncthreads();  // every warp is done with this stage before it is loaded again
   }
-  if (warp_row0 < tile_rows) store_rows<kHeadDim>(rows, token0, warp_row0, tile_rows, head, out);
+  if (warp_row0 < q_tile.rows) store_rows<kHeadDim>(rows, q_tile.token0, warp_row0, q_tile.rows, q_tile.head, out);
 #else
   __trap();  // only built for sm_90a; prefill_attention_kernel_runs keeps other devices off it
 #endif

@@ -5,19 +5,12 @@
 #include "core/error.h"
 #include "ops/cuda/alignment.h"
 #include "ops/cuda/cuda_check.h"
+#include "ops/cuda/device_capability.h"
 #include "ops/cuda/nvfp4_wgmma_layout.h"
 
 namespace uberlm::cuda {
 
-bool gemm_nvfp4_wgmma_device_runs() {
-  int device = 0, major = 0, minor = 0;
-  if (cudaGetDevice(&device) != cudaSuccess ||
-      cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) != cudaSuccess ||
-      cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device) != cudaSuccess) {
-    return false;
-  }
-  return major == 9 && minor == 0;
-}
+bool gemm_nvfp4_wgmma_device_runs() { return current_device_is_sm90(); }
 
 void gemm_nvfp4_wgmma(const Nvfp4WgmmaTarget* targets, int count, const void* x, int64_t m, DType y_dtype, int splits,
                       const GemmWgmmaWorkspace& workspace, cudaStream_t stream) {

@@ -261,11 +261,11 @@ void LinearRunner::multiply_on_small_m_gemm(std::span<const Output> outputs, con
 }
 
 void LinearRunner::group_piece(std::span<const Output> outputs, const uint16_t* x, int64_t rows, DType y_dtype) {
+  for (const Output& o : outputs) check_output_dtype(*o.weight, y_dtype);
   const bool small_m_gemm =
       static_cast<int>(outputs.size()) <= cuda::kGemmWgmmaMaxTargets &&
       std::all_of(outputs.begin(), outputs.end(), [&](const Output& o) { return takes_small_m_gemm(*o.weight, rows); });
   if (small_m_gemm) {
-    for (const Output& o : outputs) check_output_dtype(*o.weight, y_dtype);
     multiply_on_small_m_gemm(outputs, x, rows, y_dtype);
     add_biases(outputs, rows);
     return;
@@ -277,7 +277,6 @@ void LinearRunner::group_piece(std::span<const Output> outputs, const uint16_t* 
     for (const Output& o : outputs) linear(*o.weight, x, rows, o.y, y_dtype);
     return;
   }
-  for (const Output& o : outputs) check_output_dtype(*o.weight, y_dtype);
   counters_.gemv_linear_calls += static_cast<int64_t>(outputs.size());
   std::vector<cuda::Nvfp4GemvTarget> nvfp4_targets;
   std::vector<cuda::Bf16GemvTarget> bf16_targets;
