@@ -197,7 +197,6 @@ class FakeBackend : public Backend {
     if (pool_) stored_.assign(pool_->num_blocks * kKvBlockSize, -1);
   }
   int max_prefix_snapshots() const override { return static_cast<int>(snapshots_.size()); }
-  void save_prefix(int slot, int snapshot) override { snapshots_.at(snapshot) = {history_.at(slot), lengths_.at(slot)}; }
   void restore_prefix(int snapshot, int slot) override {
     std::tie(history_.at(slot), lengths_.at(slot)) = snapshots_.at(snapshot);
   }
@@ -226,6 +225,7 @@ class FakeBackend : public Backend {
         history.insert(history.end(), tokens.begin(), tokens.end());
       }
       lengths_[chunk.slot] = chunk.start + chunk.num_tokens;
+      if (chunk.prefix_save_snapshot >= 0) save_prefix(chunk, history);
       if (chunk.logits == LogitRows::None) continue;
       if (pool_) {
         history.clear();
@@ -235,6 +235,13 @@ class FakeBackend : public Backend {
       append_one_hot_row(result, batch, config_.vocab_size, next);
     }
     return result;
+  }
+  // The slot's history up to the run's save point.
+  void save_prefix(const SequenceChunk& chunk, const std::vector<int32_t>& history) {
+    const int64_t length = chunk.start + chunk.prefix_save_after;
+    std::vector<int32_t> saved;
+    for (int64_t p = 0; p < length; ++p) saved.push_back(pool_ ? stored_.at(pooled(chunk, p)) : history.at(p));
+    snapshots_.at(chunk.prefix_save_snapshot) = {saved, length};
   }
   // Printable ASCII-ish byte tokens (ids 30..120) so the decoded text is plain.
   static int next_token(const std::vector<int32_t>& history, int vocab) {
@@ -477,9 +484,10 @@ TEST(PrefixCache, LongestPrefixLeastRecentFirstAndExactTokens) {
   EXPECT_EQ(cache.size(), 0);
 }
 
-// The scheduler's side: a prompt's prefill is cut at its save point, the saved prefix's blocks outlive
-// the sequence, a later prompt with that prefix starts after it on the same blocks, and a cached prefix
-// is evicted (its snapshot dropped) before a running sequence would be preempted.
+// The scheduler's side: a prompt's prefill runs whole and asks for its prefix to be saved inside the run at
+// its save point, the saved prefix's blocks outlive the sequence, a later prompt with that prefix starts
+// after it on the same blocks, and a cached prefix is evicted (its snapshot dropped) before a running
+// sequence would be preempted.
 TEST(Scheduler, CachedPrefixIsSavedSharedAndEvictedFirst) {
   SchedulerConfig c = config(2, 64, 96, 6, 2);
   c.prefix_snapshots = 2;
@@ -489,17 +497,15 @@ TEST(Scheduler, CachedPrefixIsSavedSharedAndEvictedFirst) {
   scheduler.add(1, prompt);
   SchedulerOutput first = scheduler.schedule();
   ASSERT_EQ(first.chunks.size(), 1u);
-  EXPECT_EQ(first.chunks[0].num_tokens, 32);  // cut at the save point: the last block boundary before token 39
-  ASSERT_EQ(first.prefix_saves.size(), 1u);
-  EXPECT_EQ(first.prefix_saves[0].slot, first.batch.chunks[0].slot);
-  const int snapshot = first.prefix_saves[0].snapshot;
-  SchedulerOutput second = scheduler.schedule();
-  ASSERT_EQ(second.chunks.size(), 1u);
-  EXPECT_EQ(second.chunks[0].first_token, 32);
-  EXPECT_TRUE(second.chunks[0].samples);
-  EXPECT_TRUE(second.prefix_saves.empty());
-  const std::vector<int32_t> shared_blocks(first.batch.chunks[0].block_table.begin(),
-                                           first.batch.chunks[0].block_table.begin() + 2);
+  EXPECT_EQ(first.chunks[0].num_tokens, 40);
+  EXPECT_TRUE(first.chunks[0].samples);
+  const SequenceChunk& run = first.batch.chunks[0];
+  ASSERT_GE(run.prefix_save_snapshot, 0);
+  EXPECT_EQ(run.prefix_save_after, 32);  // the save point: the last block boundary before token 39
+  const int snapshot = run.prefix_save_snapshot;
+  const std::vector<int32_t> shared_blocks(run.block_table.begin(), run.block_table.begin() + 2);
+  EXPECT_EQ(scheduler.num_cached_prefixes(), 0);  // until the forward has run
+  scheduler.confirm_prefix_saves();
   scheduler.remove(1);
   EXPECT_EQ(scheduler.num_cached_prefixes(), 1);
   EXPECT_EQ(scheduler.blocks().kv_blocks_used(), 2);  // the entry's two blocks
@@ -529,8 +535,9 @@ TEST(Scheduler, CachedPrefixIsSavedSharedAndEvictedFirst) {
   scheduler.add(3, std::vector<int32_t>(80, 5));
   SchedulerOutput own = scheduler.schedule();
   ASSERT_EQ(own.chunks.size(), 1u);
-  EXPECT_EQ(own.chunks[0].num_tokens, 64);
-  EXPECT_EQ(own.prefix_saves.size(), 1u);
+  EXPECT_EQ(own.chunks[0].num_tokens, 64);  // the step's budget; the save point is its last token
+  EXPECT_GE(own.batch.chunks[0].prefix_save_snapshot, 0);
+  EXPECT_EQ(own.batch.chunks[0].prefix_save_after, 64);
   EXPECT_TRUE(own.dropped_snapshots.empty());
   SchedulerOutput evicting = scheduler.schedule();
   ASSERT_EQ(evicting.chunks.size(), 1u);

@@ -74,8 +74,8 @@ CpuSequenceCache CpuDecoder::new_cache() const {
   return cache;
 }
 
-std::vector<CpuDecoder::TokenSpan> CpuDecoder::spans_of(const ForwardBatch& batch,
-                                                        std::vector<CpuSequenceCache>& caches) const {
+std::vector<CpuDecoder::TokenSpan> CpuDecoder::spans_of(const ForwardBatch& batch, std::vector<CpuSequenceCache>& caches,
+                                                        std::vector<CpuSequenceCache>* prefixes) const {
   std::vector<TokenSpan> spans;
   int64_t offset = 0;
   for (const SequenceChunk& chunk : batch.chunks) {
@@ -85,7 +85,12 @@ std::vector<CpuDecoder::TokenSpan> CpuDecoder::spans_of(const ForwardBatch& batc
       fail("forward: slot {}'s run starts at position {}, its cache holds {} tokens", chunk.slot, chunk.start,
            cache.length);
     }
-    spans.push_back({&cache, offset, chunk.num_tokens});
+    TokenSpan& span = spans.emplace_back(TokenSpan{&cache, offset, chunk.num_tokens});
+    if (prefixes && chunk.prefix_save_snapshot >= 0) {
+      span.prefix = &prefixes->at(chunk.prefix_save_snapshot);
+      *span.prefix = new_cache();
+      span.prefix_after = chunk.prefix_save_after;
+    }
     offset += chunk.num_tokens;
   }
   if (offset != static_cast<int64_t>(batch.tokens.size())) {
@@ -110,7 +115,7 @@ void CpuDecoder::all_reduce(float* out, int64_t num_tokens) const {
 
 void CpuDecoder::mixer(int layer, const float* h, const ForwardBatch& batch, std::vector<CpuSequenceCache>& caches,
                        float* out) const {
-  mixer(layer, h, static_cast<int64_t>(batch.tokens.size()), spans_of(batch, caches), out);
+  mixer(layer, h, static_cast<int64_t>(batch.tokens.size()), spans_of(batch, caches, nullptr), out);
 }
 
 void CpuDecoder::mixer(int layer, const float* h, int64_t num_tokens, const std::vector<TokenSpan>& spans,
@@ -123,11 +128,11 @@ void CpuDecoder::mixer(int layer, const float* h, int64_t num_tokens, const std:
 }
 
 ForwardResult CpuDecoder::forward(const ForwardBatch& batch, std::vector<CpuSequenceCache>& caches,
-                                  ForwardSnapshot* snapshot) const {
+                                  std::vector<CpuSequenceCache>& prefixes, ForwardSnapshot* snapshot) const {
   const int64_t num_tokens = static_cast<int64_t>(batch.tokens.size());
   const int64_t dim = config_.hidden_size;
   begin_runs(batch, caches);
-  std::vector<TokenSpan> spans = spans_of(batch, caches);
+  std::vector<TokenSpan> spans = spans_of(batch, caches, &prefixes);
 
   // x: [T, D] = embed_tokens[tokens]; embeddings are not scaled.
   std::vector<float> x(num_tokens * dim);
@@ -142,6 +147,7 @@ ForwardResult CpuDecoder::forward(const ForwardBatch& batch, std::vector<CpuSequ
   for (int layer = 0; layer < config_.num_layers; ++layer) {
     run_layer(layer, x.data(), num_tokens, spans, snapshot ? &snapshot->layers[layer] : nullptr);
   }
+  finish_prefix_saves(spans);
   for (TokenSpan& span : spans) span.cache->length += span.num_tokens;
   if (snapshot && !batch.chunks.empty()) snapshot_caches(batch.chunks.front(), *spans.front().cache, *snapshot);
 
@@ -168,6 +174,22 @@ ForwardResult CpuDecoder::forward(const ForwardBatch& batch, std::vector<CpuSequ
   assemble_vocab_shards(gathered.data(), collectives_->size(), result.rows, shard_rows, config_.vocab_size,
                         result.logits.data());
   return result;
+}
+
+void CpuDecoder::finish_prefix_saves(const std::vector<TokenSpan>& spans) const {
+  const int64_t kv_width = static_cast<int64_t>(config_.num_kv_heads) * config_.head_dim;
+  for (const TokenSpan& span : spans) {
+    if (!span.prefix) continue;
+    span.prefix->length = span.cache->length + span.prefix_after;
+    for (int layer = 0; layer < config_.num_layers; ++layer) {
+      if (config_.layer_kinds[layer] != LayerKind::FullAttention) continue;
+      const auto first_positions = [&](const std::vector<float>& all) {
+        return std::vector<float>(all.begin(), all.begin() + span.prefix->length * kv_width);
+      };
+      span.prefix->keys[layer] = first_positions(span.cache->keys[layer]);
+      span.prefix->values[layer] = first_positions(span.cache->values[layer]);
+    }
+  }
 }
 
 void CpuDecoder::snapshot_caches(const SequenceChunk& chunk, const CpuSequenceCache& cache,
@@ -294,6 +316,10 @@ void CpuDecoder::gated_delta_net(int layer, const float* h, int64_t num_tokens, 
         cpu::gated_delta_rule_step(mixed.data(), a.data() + t * shape.num_v_heads, b.data() + t * shape.num_v_heads,
                                    p.a_log.data(), p.dt_bias.data(), shape, span.cache->recurrent[layer].data(),
                                    core.data() + t * value_dim);
+        if (span.prefix && i + 1 == span.prefix_after) {
+          span.prefix->conv[layer] = span.cache->conv[layer];
+          span.prefix->recurrent[layer] = span.cache->recurrent[layer];
+        }
       }
     }
   });

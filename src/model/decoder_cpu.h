@@ -31,10 +31,12 @@ class CpuDecoder {
 
   CpuSequenceCache new_cache() const;
   // Runs `batch`; caches[chunk.slot] is the cache of each chunk's sequence: a chunk at start 0 empties it
-  // first, any other start must equal its length; it grows by the chunk's tokens.
-  // With `snapshot`, also records every layer's residual stream and the first chunk's caches written.
+  // first, any other start must equal its length; it grows by the chunk's tokens. A chunk's prefix save
+  // (SequenceChunk::prefix_save_snapshot) fills prefixes[snapshot] with the cache as it was after that many
+  // of the run's tokens. With `snapshot`, also records every layer's residual stream and the first chunk's
+  // caches written.
   ForwardResult forward(const ForwardBatch& batch, std::vector<CpuSequenceCache>& caches,
-                        ForwardSnapshot* snapshot = nullptr) const;
+                        std::vector<CpuSequenceCache>& prefixes, ForwardSnapshot* snapshot = nullptr) const;
 
   // One sublayer on normed input h [T, D] -> out [T, D] (a shard's partial sum without collectives).
   // mixer appends the batch's keys, values and states to the caches but leaves their lengths.
@@ -52,9 +54,15 @@ class CpuDecoder {
     CpuSequenceCache* cache;
     int64_t first_token;  // row in the flattened batch
     int64_t num_tokens;
+    CpuSequenceCache* prefix = nullptr;  // the prefix save's snapshot, taken after `prefix_after` tokens
+    int64_t prefix_after = 0;
   };
 
-  std::vector<TokenSpan> spans_of(const ForwardBatch& batch, std::vector<CpuSequenceCache>& caches) const;
+  // prefixes: where the chunks' prefix saves go; nullptr ignores them (a lone sublayer).
+  std::vector<TokenSpan> spans_of(const ForwardBatch& batch, std::vector<CpuSequenceCache>& caches,
+                                  std::vector<CpuSequenceCache>* prefixes) const;
+  // After the layers: a prefix save's keys and values (the first positions of its cache's) and length.
+  void finish_prefix_saves(const std::vector<TokenSpan>& spans) const;
   void begin_runs(const ForwardBatch& batch, std::vector<CpuSequenceCache>& caches) const;
   // out [T, D]: sums the ranks' partial outputs of a row-parallel layer.
   void all_reduce(float* out, int64_t num_tokens) const;

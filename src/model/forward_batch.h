@@ -23,6 +23,12 @@ struct SequenceChunk {
   // Block ids of the sequence's KV, position p in block_table[p / block_size], covering at least
   // start + num_tokens positions. Paged backends (Backend::kv_block_pool) need it; others ignore it.
   std::vector<int32_t> block_table;
+  // Prefix caching (runtime/prefix_cache.h): after the run's first `prefix_save_after` tokens (1..num_tokens),
+  // the backend keeps what the slot's caches hold then as prefix snapshot `prefix_save_snapshot`
+  // (Backend::restore_prefix brings it back); -1: no save. A save inside the run costs no second forward: only
+  // the Gated DeltaNet states, which no later token leaves as they were, are taken between its tokens.
+  int prefix_save_snapshot = -1;
+  int64_t prefix_save_after = 0;
 
   int64_t logit_rows() const {
     return num_tokens == 0 ? 0 : logits == LogitRows::All ? num_tokens : logits == LogitRows::Last ? 1 : 0;

@@ -42,16 +42,19 @@ class Backend {
   virtual int64_t max_context() const { return 0; }
   virtual ForwardResult forward(const ForwardBatch& batch) = 0;
   // Prefix snapshots (runtime/prefix_cache.h), ids 0..max_prefix_snapshots()-1; none (0) by default.
-  // save_prefix keeps what `slot` holds now, which the engine calls right after the forward whose chunk
-  // ended at the prefix's last token; restore_prefix makes `slot` hold it, so the slot's next run starts
-  // at the prefix's length; drop_prefix frees it. A backend with a paged pool keeps only the slot's own
-  // states: the prefix's keys and values stay in the blocks the scheduler holds for it.
+  // forward() saves one where a run asks for it (SequenceChunk::prefix_save_snapshot), also between the
+  // run's tokens; restore_prefix makes `slot` hold it, so the slot's next run starts at the prefix's
+  // length; drop_prefix frees it. A backend with a paged pool keeps only the slot's own states: the
+  // prefix's keys and values stay in the blocks the scheduler holds for it.
   virtual int max_prefix_snapshots() const { return 0; }
-  virtual void save_prefix(int slot, int snapshot);
   virtual void restore_prefix(int snapshot, int slot);
   virtual void drop_prefix(int snapshot);
   // forward() that also records every layer's outputs and the first chunk's caches (`uberlm check`).
   virtual ForwardResult forward_observed(const ForwardBatch& batch, ForwardSnapshot& snapshot);
 };
+
+// Throws Error naming `backend` and the slot when a run's prefix save names no snapshot the backend keeps
+// or no place in the run.
+void check_prefix_save(const SequenceChunk& chunk, int max_prefix_snapshots, const std::string& backend);
 
 }  // namespace uberlm

@@ -14,7 +14,8 @@ ForwardResult CpuBackend::forward_observed(const ForwardBatch& batch, ForwardSna
 }
 
 ForwardResult CpuBackend::run(const ForwardBatch& batch, ForwardSnapshot* snapshot) {
-  ForwardResult result = decoder_.forward(batch, slots_.caches(), snapshot);
+  for (const SequenceChunk& chunk : batch.chunks) check_prefix_save(chunk, slots_.prefix_snapshots(), name());
+  ForwardResult result = decoder_.forward(batch, slots_.caches(), slots_.prefixes(), snapshot);
   if (batch.argmax_only) result.argmax = argmax_rows(result.logits, result.rows, model_.config.vocab_size);
   return result;
 }

@@ -20,7 +20,6 @@ class CpuBackend : public Backend {
   void release(int slot) override { slots_.release(slot); }
   ForwardResult forward(const ForwardBatch& batch) override;
   int max_prefix_snapshots() const override { return slots_.prefix_snapshots(); }
-  void save_prefix(int slot, int snapshot) override { slots_.save(slot, snapshot); }
   void restore_prefix(int snapshot, int slot) override { slots_.restore(snapshot, slot); }
   void drop_prefix(int snapshot) override { slots_.drop(snapshot); }
   ForwardResult forward_observed(const ForwardBatch& batch, ForwardSnapshot& snapshot) override;

@@ -1,7 +1,7 @@
 #pragma once
-// The host caches of the CPU backends: one CpuSequenceCache per slot, and the prefix snapshots
-// (Backend::save_prefix), each a copy of a slot's whole cache: keys and values included, since host caches
-// have no paged pool to share them from.
+// The host caches of the CPU backends: one CpuSequenceCache per slot, and the prefix snapshots (filled by
+// the decoder's forward where a run asks for a prefix save), each a copy of a slot's whole cache: keys and
+// values included, since host caches have no paged pool to share them from.
 #include <vector>
 
 #include "model/decoder_cpu.h"
@@ -17,7 +17,7 @@ class CpuCacheSlots {
   int slots() const { return static_cast<int>(caches_.size()); }
   int prefix_snapshots() const { return static_cast<int>(snapshots_.size()); }
   void release(int slot) { caches_.at(slot) = decoder_->new_cache(); }
-  void save(int slot, int snapshot) { snapshots_.at(snapshot) = caches_.at(slot); }
+  std::vector<CpuSequenceCache>& prefixes() { return snapshots_; }
   void restore(int snapshot, int slot) { caches_.at(slot) = snapshots_.at(snapshot); }
   void drop(int snapshot) { snapshots_.at(snapshot) = CpuSequenceCache{}; }
 

@@ -71,10 +71,6 @@ void CpuTensorParallelBackend::release(int slot) {
   for (auto& rank : ranks_) rank->slots->release(slot);
 }
 
-void CpuTensorParallelBackend::save_prefix(int slot, int snapshot) {
-  for (auto& rank : ranks_) rank->slots->save(slot, snapshot);
-}
-
 void CpuTensorParallelBackend::restore_prefix(int snapshot, int slot) {
   for (auto& rank : ranks_) rank->slots->restore(snapshot, slot);
 }
@@ -90,7 +86,9 @@ ForwardResult CpuTensorParallelBackend::forward(const ForwardBatch& batch) {
   std::vector<std::exception_ptr> errors(ranks_.size());
   auto run_rank = [&](size_t r) {
     try {
-      results[r] = ranks_[r]->decoder->forward(batch, ranks_[r]->slots->caches());
+      CpuCacheSlots& slots = *ranks_[r]->slots;
+      for (const SequenceChunk& chunk : batch.chunks) check_prefix_save(chunk, slots.prefix_snapshots(), name());
+      results[r] = ranks_[r]->decoder->forward(batch, slots.caches(), slots.prefixes());
     } catch (...) {
       errors[r] = std::current_exception();
     }

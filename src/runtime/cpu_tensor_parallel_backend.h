@@ -41,7 +41,6 @@ class CpuTensorParallelBackend : public Backend {
   ForwardResult forward(const ForwardBatch& batch) override;
   // A snapshot is every rank's copy of its slot's cache.
   int max_prefix_snapshots() const override { return ranks_.front()->slots->prefix_snapshots(); }
-  void save_prefix(int slot, int snapshot) override;
   void restore_prefix(int snapshot, int slot) override;
   void drop_prefix(int snapshot) override;
 

@@ -112,6 +112,12 @@ struct CudaBackend::Impl {
   // Writes the batch's metadata (its logits rows row_offset .. row_offset + row_limit) and queues its copy.
   gpu::StepShape prepare(const ForwardBatch& batch, int64_t row_offset, int64_t row_limit);
   void check_chunk(const SequenceChunk& chunk, std::vector<bool>& seen) const;
+  // shortest/longest of lengths 0..index, given the one of `index`.
+  static void add_length(int64_t index, int64_t length, int64_t& shortest, int64_t& longest);
+  // The chunk's tokens up to its prefix save, and when that is inside the run the part after it, into the
+  // step's metadata (StepShape::mid_run_saves); `first` is the chunk's first row.
+  void place_mid_run_save(const SequenceChunk& chunk, int64_t first, gpu::StepShape& step) const;
+  void save_prefixes_at_run_ends(const ForwardBatch& batch);
   void check_slot(const char* caller, int slot) const;
   void check_prefix_snapshot(const char* caller, int snapshot) const;
   // The decoder over the prepared step, through the batch size's graph when it is a decode step.
@@ -212,6 +218,7 @@ CudaBackend::Impl::~Impl() {
 
 void CudaBackend::Impl::check_chunk(const SequenceChunk& chunk, std::vector<bool>& seen) const {
   check_slot("forward", chunk.slot);
+  check_prefix_save(chunk, memory->caches.prefix_snapshots, "CudaBackend::forward");
   if (seen[chunk.slot]) fail("CudaBackend::forward: slot {} appears twice in one batch", chunk.slot);
   seen[chunk.slot] = true;
   const int64_t end = chunk.start + chunk.num_tokens;
@@ -231,6 +238,27 @@ void CudaBackend::Impl::check_chunk(const SequenceChunk& chunk, std::vector<bool
            chunk.block_table[b], memory->caches.num_kv_blocks);
     }
   }
+}
+
+void CudaBackend::Impl::add_length(int64_t index, int64_t length, int64_t& shortest, int64_t& longest) {
+  shortest = index == 0 ? length : std::min(shortest, length);
+  longest = std::max(longest, length);
+}
+
+void CudaBackend::Impl::place_mid_run_save(const SequenceChunk& chunk, int64_t first, gpu::StepShape& step) const {
+  const gpu::StepMetadata& host = memory->host_meta;
+  const bool mid_run = chunk.prefix_save_snapshot >= 0 && chunk.prefix_save_after < chunk.num_tokens;
+  const int64_t to_save = mid_run ? chunk.prefix_save_after : chunk.num_tokens;
+  host.chunk_length_to_save[step.chunks] = static_cast<int32_t>(to_save);
+  add_length(step.chunks, to_save, step.lengths_to_save.shortest, step.lengths_to_save.longest);
+  if (!mid_run) return;
+  const int64_t r = static_cast<int64_t>(step.mid_run_saves.size());
+  host.resume_first[r] = static_cast<int32_t>(first + to_save);
+  host.resume_length[r] = static_cast<int32_t>(chunk.num_tokens - to_save);
+  host.resume_slot[r] = chunk.slot;
+  host.resume_start[r] = static_cast<int32_t>(chunk.start + to_save);
+  add_length(r, chunk.num_tokens - to_save, step.resumed_lengths.shortest, step.resumed_lengths.longest);
+  step.mid_run_saves.push_back({chunk.slot, chunk.prefix_save_snapshot});
 }
 
 void CudaBackend::Impl::check_slot(const char* caller, int slot) const {
@@ -269,8 +297,8 @@ gpu::StepShape CudaBackend::Impl::prepare(const ForwardBatch& batch, int64_t row
     host.chunk_length[step.chunks] = static_cast<int32_t>(chunk.num_tokens);
     host.chunk_slot[step.chunks] = chunk.slot;
     host.chunk_start[step.chunks] = static_cast<int32_t>(chunk.start);
-    step.shortest_chunk = step.chunks == 0 ? chunk.num_tokens : std::min(step.shortest_chunk, chunk.num_tokens);
-    step.longest_chunk = std::max(step.longest_chunk, chunk.num_tokens);
+    add_length(step.chunks, chunk.num_tokens, step.shortest_chunk, step.longest_chunk);
+    place_mid_run_save(chunk, offset, step);
     ++step.chunks;
     const int64_t end = offset + chunk.num_tokens;
     for (int64_t t = end - chunk.logit_rows(); t < end; ++t, ++row_index) {
@@ -291,6 +319,14 @@ void CudaBackend::Impl::run(const gpu::StepShape& step, bool decode_only) {
   // An observed step's graph has the snapshot copies in it: a graph of its own.
   const int64_t graph_key = 2 * step.tokens + (residual_snapshots ? 1 : 0);
   graphs->run(use_graph, graph_key, [&] { gpu::decoder_step(d, step); });
+}
+
+// After the step, outside its graph: a replayed graph must not repeat one step's saves.
+void CudaBackend::Impl::save_prefixes_at_run_ends(const ForwardBatch& batch) {
+  for (const SequenceChunk& chunk : batch.chunks) {
+    if (chunk.prefix_save_snapshot < 0 || chunk.prefix_save_after != chunk.num_tokens) continue;
+    gpu::save_prefix_states(config, memory->caches, chunk.slot, chunk.prefix_save_snapshot, stream);
+  }
 }
 
 void CudaBackend::Impl::logits_piece(const ForwardBatch& batch, int64_t row0) {
@@ -337,6 +373,7 @@ ForwardResult CudaBackend::forward(const ForwardBatch& batch) {
   }
   const gpu::StepShape step = d.prepare(batch, 0, d.limits.max_logit_rows);
   d.run(step, decode_only);
+  d.save_prefixes_at_run_ends(batch);
   const int64_t vocab = d.config.vocab_size;
   const gpu::StepBuffers& buffers = d.memory->buffers;
   if (batch.argmax_only && result.rows <= d.limits.max_logit_rows) {
@@ -365,12 +402,6 @@ ForwardResult CudaBackend::forward(const ForwardBatch& batch) {
 }
 
 int CudaBackend::max_prefix_snapshots() const { return impl_->memory->caches.prefix_snapshots; }
-
-void CudaBackend::save_prefix(int slot, int snapshot) {
-  impl_->check_slot("save_prefix", slot);
-  impl_->check_prefix_snapshot("save_prefix", snapshot);
-  gpu::save_prefix_states(impl_->config, impl_->memory->caches, slot, snapshot, impl_->stream);
-}
 
 void CudaBackend::restore_prefix(int snapshot, int slot) {
   impl_->check_prefix_snapshot("restore_prefix", snapshot);

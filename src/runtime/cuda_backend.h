@@ -25,7 +25,7 @@ class NcclCommunicator;
 
 struct CudaBackendOptions {
   int max_slots = 1;
-  int prefix_snapshots = 0;          // prefix caching's snapshot ids (Backend::save_prefix), planned at load
+  int prefix_snapshots = 0;          // prefix caching's snapshot ids (SequenceChunk::prefix_save_snapshot), planned at load
   int64_t max_context = 4096;       // tokens per sequence
   // max_context is the most wanted: a KV pool that holds fewer tokens lowers it to what the pool holds (logged)
   // instead of failing the plan.
@@ -117,7 +117,6 @@ class CudaBackend : public GpuBackend {
   // Snapshots of a slot's Gated DeltaNet states in device memory planned at load, copied device to device
   // on the stream the forwards run on, so each lands between the forwards queued before and after it.
   int max_prefix_snapshots() const override;
-  void save_prefix(int slot, int snapshot) override;
   void restore_prefix(int snapshot, int slot) override;
   void drop_prefix(int snapshot) override;
   // Runs as forward() does (through the batch size's graph when it is a decode step, with the snapshot

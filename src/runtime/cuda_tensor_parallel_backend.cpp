@@ -79,10 +79,6 @@ ForwardResult CudaTensorParallelBackend::forward(const ForwardBatch& batch) {
   return std::move(results.front());
 }
 
-void CudaTensorParallelBackend::save_prefix(int slot, int snapshot) {
-  on_every_rank([&](int r) { ranks_[r]->save_prefix(slot, snapshot); });
-}
-
 void CudaTensorParallelBackend::restore_prefix(int snapshot, int slot) {
   on_every_rank([&](int r) { ranks_[r]->restore_prefix(snapshot, slot); });
 }

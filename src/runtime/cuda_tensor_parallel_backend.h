@@ -36,7 +36,6 @@ class CudaTensorParallelBackend : public GpuBackend {
   ForwardResult forward(const ForwardBatch& batch) override;
   // Every rank keeps the snapshots of its own shard of the states, under the same ids.
   int max_prefix_snapshots() const override { return ranks_.front()->max_prefix_snapshots(); }
-  void save_prefix(int slot, int snapshot) override;
   void restore_prefix(int snapshot, int slot) override;
   void drop_prefix(int snapshot) override;
 

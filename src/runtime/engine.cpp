@@ -266,9 +266,7 @@ EngineStep Engine::step() {
       fail("backend {} returned {} argmax rows for {} sampled sequences", backend_.name(), result.argmax.size(),
            sampled_rows);
     }
-    // Before sampling, which may finish a sequence and empty its slot.
-    for (const SchedulerOutput::PrefixSave& save : out.prefix_saves) backend_.save_prefix(save.slot, save.snapshot);
-    scheduler_.confirm_prefix_saves();
+    scheduler_.confirm_prefix_saves();  // the forward took them
   } catch (const std::exception& error) {
     // The caches of this batch's sequences are in an unknown state: fail them, keep serving the rest.
     scheduler_.abandon_prefix_saves();

@@ -2,7 +2,7 @@
 // Prefix caching for the hybrid model. A cached prefix is the first `length` tokens of an earlier
 // sequence, `length` a multiple of kKvBlockSize: the KV blocks of those tokens, which the entry holds a
 // reference to in the scheduler's pool, and a backend snapshot of the sequence's caches after them
-// (Backend::save_prefix: the Gated DeltaNet conv and recurrent states, which no block of tokens can
+// (SequenceChunk::prefix_save_snapshot: the Gated DeltaNet conv and recurrent states, which no block of tokens can
 // rebuild, and on a backend without a paged pool its keys and values too). A sequence whose tokens
 // begin with a cached prefix starts its slot from the snapshot and shares the blocks, so its prefill
 // skips those tokens in every layer.

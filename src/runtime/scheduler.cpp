@@ -107,7 +107,7 @@ SchedulerOutput Scheduler::schedule() {
   for (size_t i = 0; i < running_.size() && budget > 0;) {
     Sequence& sequence = running_[i];
     const int64_t missing = static_cast<int64_t>(sequence.tokens.size()) - sequence.num_computed;
-    const int64_t count = cut_at_save_point(sequence, std::min(missing, budget));
+    const int64_t count = std::min(missing, budget);
     if (count <= 0) fail("scheduler: sequence {} is waiting for a sampled token", sequence.id);
     bool self_preempted = false;
     while (!grow_evicting(sequence.block_table, sequence.num_computed + count, out)) {
@@ -161,7 +161,7 @@ bool Scheduler::admit_front(int64_t budget, SchedulerOutput& out) {
       restored_snapshot = entry->snapshot;
     }
   }
-  const int64_t count = cut_at_save_point(sequence, std::min(length - sequence.num_computed, budget));
+  const int64_t count = std::min(length - sequence.num_computed, budget);
   if (!grow_evicting(sequence.block_table, sequence.num_computed + count, out)) {
     blocks_.free(sequence.block_table);
     sequence.num_computed = 0;
@@ -208,8 +208,14 @@ void Scheduler::save_rolling_snapshot(Sequence& sequence, SchedulerOutput& out) 
   }
   sequence.rolling_length = sequence.num_computed;
   sequence.rolling_saved = false;
-  out.prefix_saves.push_back({sequence.slot, sequence.rolling_snapshot});
+  save_in_last_chunk(sequence.num_computed, sequence.rolling_snapshot, out);
   saving_rolling_.push_back(sequence.id);
+}
+
+void Scheduler::save_in_last_chunk(int64_t length, int snapshot, SchedulerOutput& out) {
+  SequenceChunk& chunk = out.batch.chunks.back();
+  chunk.prefix_save_snapshot = snapshot;
+  chunk.prefix_save_after = length - chunk.start;
 }
 
 void Scheduler::publish_rolling_snapshot(Sequence& sequence) {
@@ -248,20 +254,15 @@ bool Scheduler::prefix_cached_or_saving(const Sequence& sequence, int64_t length
   });
 }
 
-int64_t Scheduler::cut_at_save_point(const Sequence& sequence, int64_t count) const {
-  const int64_t point = prefix_save_point(sequence);
-  const bool passes = sequence.num_computed < point && point < sequence.num_computed + count;
-  return passes && !prefix_cached_or_saving(sequence, point) ? point - sequence.num_computed : count;
-}
-
 void Scheduler::save_prefix_if_due(Sequence& sequence, SchedulerOutput& out) {
   const int64_t point = prefix_save_point(sequence);
   if (point == 0) return;
-  if (sequence.num_computed > point && sequence.num_computed % kKvBlockSize == 0) {
-    save_rolling_snapshot(sequence, out);
+  const int64_t run_start = out.batch.chunks.back().start;
+  const bool reaches_point = run_start < point && point <= sequence.num_computed;
+  if (!reaches_point || prefix_cached_or_saving(sequence, point)) {
+    if (sequence.num_computed > point && sequence.num_computed % kKvBlockSize == 0) save_rolling_snapshot(sequence, out);
     return;
   }
-  if (sequence.num_computed != point || prefix_cached_or_saving(sequence, point)) return;
   std::optional<int> snapshot = prefix_cache_.take_snapshot();
   while (!snapshot && evict_prefix(out)) snapshot = prefix_cache_.take_snapshot();
   if (!snapshot) return;  // every snapshot id is being saved this step
@@ -269,7 +270,7 @@ void Scheduler::save_prefix_if_due(Sequence& sequence, SchedulerOutput& out) {
                     std::vector<int>(sequence.block_table.begin(), sequence.block_table.begin() + point / kKvBlockSize),
                     *snapshot};
   blocks_.retain(entry.blocks);
-  out.prefix_saves.push_back({sequence.slot, *snapshot});
+  save_in_last_chunk(point, *snapshot, out);
   saving_prefixes_.push_back(std::move(entry));
 }
 

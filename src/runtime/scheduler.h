@@ -81,18 +81,14 @@ struct SchedulerOutput {
   int64_t num_decode_tokens = 0;       // tokens of single-token chunks that sample
   int64_t num_prefill_tokens = 0;      // every other token (prompts, recomputation after preemption)
 
-  // Prefix caching, in the order the engine carries it out: restores, drops, the forward, saves.
+  // Prefix caching, in the order the engine carries it out: restores, drops, then the forward, whose
+  // chunks carry the saves (SequenceChunk::prefix_save_snapshot).
   struct PrefixRestore {
     int snapshot;
     int slot;  // an admitted sequence's slot: it starts from the snapshot
   };
-  struct PrefixSave {
-    int slot;  // its chunk in this batch ends at the prefix's end
-    int snapshot;
-  };
   std::vector<PrefixRestore> prefix_restores;
   std::vector<int> dropped_snapshots;  // evicted entries'
-  std::vector<PrefixSave> prefix_saves;
   int64_t prefix_queried_tokens = 0;   // tokens of the admitted sequences that looked up a prefix
   int64_t prefix_hit_tokens = 0;       // of those, tokens a cached prefix skipped
 };
@@ -157,12 +153,13 @@ class Scheduler {
   // caching off). Only tokens before it are ever cached, so a lookup always leaves a token to compute.
   int64_t prefix_save_point(const Sequence& sequence) const;
   bool prefix_cached_or_saving(const Sequence& sequence, int64_t length) const;
-  // A chunk of `count` tokens from the sequence's next one, cut to end at its save point.
-  int64_t cut_at_save_point(const Sequence& sequence, int64_t count) const;
-  // After emit(): asks for the sequence's prefix to be saved when its chunk ended at the save point,
-  // or for its rolling snapshot when it ended at a later block boundary.
+  // After emit(): asks for the sequence's prefix to be saved when its chunk reached the save point (the
+  // save is taken inside the run, which is not cut there), or for its rolling snapshot when it ended at a
+  // later block boundary.
   void save_prefix_if_due(Sequence& sequence, SchedulerOutput& out);
   void save_rolling_snapshot(Sequence& sequence, SchedulerOutput& out);
+  // The last emitted chunk saves the caches after the sequence's first `length` tokens as `snapshot`.
+  void save_in_last_chunk(int64_t length, int snapshot, SchedulerOutput& out);
   // A finished sequence's rolling snapshot becomes a cached prefix; a preempted one's is given back.
   void publish_rolling_snapshot(Sequence& sequence);
   void give_back_rolling_snapshot(Sequence& sequence, std::vector<int>& drops);

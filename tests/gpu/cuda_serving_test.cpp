@@ -298,11 +298,36 @@ void expect_same_continuation(const Continuation& restored, const Continuation& 
   }
 }
 
-// A 48-token prefix (three KV blocks) run in slot 0 and saved to snapshot 1, then slot 0 moved on. Restored
-// into slot 2, which held another sequence's states (and snapshot 1 another's before the save), over slot
-// 0's prefix blocks and blocks of its own, it continues exactly as a backend without snapshots continues the
-// prefix in one slot: the same forwards (prefix, 5 prompt tokens, 24 decode steps through the batch-1
-// graph), the same greedy tokens and logits bit for bit. Restored again into slot 0, it does so again.
+// Runs `tokens` in `slot` from `start` over `table`; save_after > 0 asks for prefix snapshot `snapshot` after
+// that many of them.
+void run_tokens(CudaBackend& backend, int slot, int64_t start, const std::vector<int32_t>& tokens,
+                const std::vector<int32_t>& table, int snapshot = -1, int64_t save_after = 0) {
+  backend.forward(ForwardBatch{tokens, {SequenceChunk{.slot = slot, .start = start, .num_tokens = static_cast<int64_t>(tokens.size()),
+                                                      .logits = LogitRows::Last, .block_table = table,
+                                                      .prefix_save_snapshot = snapshot, .prefix_save_after = save_after}}});
+}
+
+std::vector<int32_t> own_table(int slot, int64_t blocks_per_slot) {
+  std::vector<int32_t> table(blocks_per_slot);
+  std::iota(table.begin(), table.end(), static_cast<int32_t>(slot * blocks_per_slot));
+  return table;
+}
+
+// Slot `slot`'s first `prefix_blocks` blocks of its own table, then those of `other` after them.
+std::vector<int32_t> shared_table(int slot, int other, int64_t prefix_blocks, int64_t blocks_per_slot) {
+  std::vector<int32_t> table = own_table(slot, blocks_per_slot);
+  table.resize(prefix_blocks);
+  const std::vector<int32_t> others = own_table(other, blocks_per_slot);
+  table.insert(table.end(), others.begin() + prefix_blocks, others.end());
+  return table;
+}
+
+// A 48-token prefix (three KV blocks) run in slot 0 and saved to snapshot 1 at its run's end, then slot 0
+// moved on. Restored into slot 2, which held another sequence's states (and snapshot 1 another's before the
+// save), over slot 0's prefix blocks and blocks of its own, it continues exactly as a backend without
+// snapshots continues the prefix in one slot: the same forwards (prefix, 5 prompt tokens, 24 decode steps
+// through the batch-1 graph), the same greedy tokens and logits bit for bit. Restored again into slot 0, it
+// does so again.
 TEST(CudaServing, RestoredPrefixContinuesAsTheSequenceThatSavedIt) {
   ASSERT_NO_FATAL_FAILURE(require_gpu());
   const auto model = Model::load(default_model());
@@ -315,47 +340,86 @@ TEST(CudaServing, RestoredPrefixContinuesAsTheSequenceThatSavedIt) {
   CudaBackend reference(*model, plain), cached(*model, with_snapshots);
   EXPECT_EQ(reference.max_prefix_snapshots(), 0);
   ASSERT_EQ(cached.max_prefix_snapshots(), 2);
-  const auto own_table = [&](int slot) {
-    std::vector<int32_t> table(kBlocksPerSlot);
-    std::iota(table.begin(), table.end(), static_cast<int32_t>(slot * kBlocksPerSlot));
-    return table;
-  };
-  const auto run = [](CudaBackend& backend, int slot, int64_t start, const std::vector<int32_t>& tokens,
-                      const std::vector<int32_t>& table) {
-    backend.forward(ForwardBatch{tokens, {SequenceChunk{.slot = slot, .start = start, .num_tokens = static_cast<int64_t>(tokens.size()),
-                                                        .logits = LogitRows::Last, .block_table = table}}});
-  };
   std::mt19937 rng(11);
   const std::vector<int32_t> prefix = random_tokens(rng, kPrefix, vocab);
   const std::vector<int32_t> prompt_tail = random_tokens(rng, 5, vocab);
 
-  run(reference, 0, 0, prefix, own_table(0));
-  const Continuation expected = continue_greedy(reference, 0, kPrefix, prompt_tail, own_table(0), kDecodeSteps);
+  run_tokens(reference, 0, 0, prefix, own_table(0, kBlocksPerSlot));
+  const Continuation expected =
+      continue_greedy(reference, 0, kPrefix, prompt_tail, own_table(0, kBlocksPerSlot), kDecodeSteps);
 
-  run(cached, 2, 0, random_tokens(rng, 37, vocab), own_table(2));
-  run(cached, 2, 37, random_tokens(rng, 3, vocab), own_table(2));
-  cached.save_prefix(2, 1);
-  run(cached, 0, 0, prefix, own_table(0));
-  cached.save_prefix(0, 1);
-  run(cached, 0, kPrefix, random_tokens(rng, 7, vocab), own_table(0));
+  run_tokens(cached, 2, 0, random_tokens(rng, 37, vocab), own_table(2, kBlocksPerSlot));
+  run_tokens(cached, 2, 37, random_tokens(rng, 3, vocab), own_table(2, kBlocksPerSlot), 1, 3);
+  run_tokens(cached, 0, 0, prefix, own_table(0, kBlocksPerSlot), 1, kPrefix);
+  run_tokens(cached, 0, kPrefix, random_tokens(rng, 7, vocab), own_table(0, kBlocksPerSlot));
 
-  std::vector<int32_t> shared_table = own_table(0);
-  shared_table.resize(kPrefix / kKvBlockSize);
-  const std::vector<int32_t> slot_2_blocks = own_table(2);
-  shared_table.insert(shared_table.end(), slot_2_blocks.begin() + kPrefix / kKvBlockSize, slot_2_blocks.end());
   cached.restore_prefix(1, 2);
-  expect_same_continuation(continue_greedy(cached, 2, kPrefix, prompt_tail, shared_table, kDecodeSteps), expected,
-                           "restored into slot 2");
+  expect_same_continuation(continue_greedy(cached, 2, kPrefix, prompt_tail,
+                                           shared_table(0, 2, kPrefix / kKvBlockSize, kBlocksPerSlot), kDecodeSteps),
+                           expected, "restored into slot 2");
   cached.restore_prefix(1, 0);
-  expect_same_continuation(continue_greedy(cached, 0, kPrefix, prompt_tail, own_table(0), kDecodeSteps), expected,
-                           "restored into slot 0");
+  expect_same_continuation(
+      continue_greedy(cached, 0, kPrefix, prompt_tail, own_table(0, kBlocksPerSlot), kDecodeSteps), expected,
+      "restored into slot 0");
   EXPECT_GT(cached.counters().graph_replays, 0);
 
-  expect_error_containing([&] { cached.save_prefix(kSlots, 0); }, {"CudaBackend::save_prefix: invalid slot 3"});
+  const std::vector<int32_t> few = random_tokens(rng, 4, vocab);
+  expect_error_containing([&] { run_tokens(cached, 1, 0, few, own_table(1, kBlocksPerSlot), 2, 4); },
+                          {"CudaBackend::forward: slot 1 asks to save prefix snapshot 2, the backend keeps 2"});
+  expect_error_containing([&] { run_tokens(cached, 1, 0, few, own_table(1, kBlocksPerSlot), 0, 5); },
+                          {"CudaBackend::forward: slot 1 asks for a prefix save after 5 of its run's 4 tokens"});
   expect_error_containing([&] { cached.restore_prefix(2, 0); },
                           {"CudaBackend::restore_prefix: invalid prefix snapshot 2 (the backend keeps 2)"});
   expect_error_containing([&] { cached.drop_prefix(-1); }, {"CudaBackend::drop_prefix: invalid prefix snapshot -1"});
-  expect_error_containing([&] { reference.save_prefix(0, 0); }, {"invalid prefix snapshot 0 (the backend keeps 0)"});
+  expect_error_containing([&] { run_tokens(reference, 0, 0, few, own_table(0, kBlocksPerSlot), 0, 4); },
+                          {"prefix snapshot 0, the backend keeps 0"});
+}
+
+// A prefix save between a run's tokens: 48 prefix tokens and 7 more in one forward, beside another slot's
+// decode token, saving after the 48th. With --deterministic (a token's values do not depend on how its
+// prompt was cut into forwards) the prefix restored into another slot continues bit for bit as a backend
+// without snapshots continues the same 48 tokens run alone: so the Gated DeltaNet states were taken at the
+// save point, not at the run's end. Without --deterministic the chunked delta rule's pieces fall elsewhere,
+// so the greedy tokens must agree.
+TEST(CudaServing, PrefixSavedBetweenARunsTokensContinuesAsTheCutPrefill) {
+  ASSERT_NO_FATAL_FAILURE(require_gpu());
+  const auto model = Model::load(default_model());
+  const int vocab = model->config.vocab_size;
+  constexpr int kSlots = 3, kDecodeSteps = 16;
+  constexpr int64_t kPrefix = 3 * kKvBlockSize, kBlocksPerSlot = 16;
+  for (const bool deterministic : {true, false}) {
+    CudaBackendOptions plain = serving_options(kSlots, kSlots * kBlocksPerSlot);
+    plain.deterministic = deterministic;
+    CudaBackendOptions with_snapshots = plain;
+    with_snapshots.prefix_snapshots = 1;
+    CudaBackend reference(*model, plain), cached(*model, with_snapshots);
+    std::mt19937 rng(29);
+    const std::vector<int32_t> prefix = random_tokens(rng, kPrefix, vocab);
+    const std::vector<int32_t> prompt_tail = random_tokens(rng, 6, vocab);
+    run_tokens(reference, 0, 0, prefix, own_table(0, kBlocksPerSlot));
+    const Continuation expected =
+        continue_greedy(reference, 0, kPrefix, prompt_tail, own_table(0, kBlocksPerSlot), kDecodeSteps);
+
+    run_tokens(cached, 1, 0, random_tokens(rng, 9, vocab), own_table(1, kBlocksPerSlot));
+    std::vector<int32_t> tokens = prefix;
+    const std::vector<int32_t> beyond = random_tokens(rng, 7, vocab);
+    tokens.insert(tokens.end(), beyond.begin(), beyond.end());
+    tokens.push_back(random_tokens(rng, 1, vocab).front());
+    cached.forward(ForwardBatch{tokens,
+                                {SequenceChunk{.slot = 0, .start = 0, .num_tokens = kPrefix + 7, .logits = LogitRows::Last,
+                                               .block_table = own_table(0, kBlocksPerSlot), .prefix_save_snapshot = 0,
+                                               .prefix_save_after = kPrefix},
+                                 SequenceChunk{.slot = 1, .start = 9, .num_tokens = 1, .logits = LogitRows::Last,
+                                               .block_table = own_table(1, kBlocksPerSlot)}}});
+    cached.restore_prefix(0, 2);
+    const Continuation restored = continue_greedy(
+        cached, 2, kPrefix, prompt_tail, shared_table(0, 2, kPrefix / kKvBlockSize, kBlocksPerSlot), kDecodeSteps);
+    if (deterministic) {
+      expect_same_continuation(restored, expected, "deterministic");
+    } else {
+      EXPECT_EQ(restored.tokens, expected.tokens);
+    }
+  }
 }
 
 // Requests [first, last) of `prompts` at once, greedy, stepped until all are finished: their output tokens.

@@ -30,9 +30,8 @@ std::vector<float> kv_row(const uint16_t* pool, const SequenceChunk& chunk, int6
 
 enum class PrefixCopy { SlotToSnapshot, SnapshotToSlot };
 
-void copy_prefix_states(const ModelConfig& c, const DeviceCaches& caches, int slot, int snapshot, PrefixCopy direction,
-                        cudaStream_t stream) {
-  const int64_t conv = conv_state_floats(c), recurrent = recurrent_state_floats(c);
+void copy_layer_prefix_states(const ModelConfig& c, const LayerCaches& cache, int slot, int snapshot,
+                              PrefixCopy direction, cudaStream_t stream) {
   const auto copy = [&](float* slots, float* snapshots, int64_t floats) {
     float* in_slot = slots + slot * floats;
     float* in_snapshot = snapshots + snapshot * floats;
@@ -40,11 +39,15 @@ void copy_prefix_states(const ModelConfig& c, const DeviceCaches& caches, int sl
     CUDA_CHECK(cudaMemcpyAsync(saving ? in_snapshot : in_slot, saving ? in_slot : in_snapshot, floats * sizeof(float),
                                cudaMemcpyDeviceToDevice, stream));
   };
+  copy(cache.conv_state, cache.conv_snapshots, conv_state_floats(c));
+  copy(cache.recurrent_state, cache.recurrent_snapshots, recurrent_state_floats(c));
+}
+
+void copy_prefix_states(const ModelConfig& c, const DeviceCaches& caches, int slot, int snapshot, PrefixCopy direction,
+                        cudaStream_t stream) {
   for (int layer = 0; layer < c.num_layers; ++layer) {
     if (c.layer_kinds[layer] != LayerKind::GatedDeltaNet) continue;
-    const LayerCaches& cache = caches.layers[layer];
-    copy(cache.conv_state, cache.conv_snapshots, conv);
-    copy(cache.recurrent_state, cache.recurrent_snapshots, recurrent);
+    copy_layer_prefix_states(c, caches.layers[layer], slot, snapshot, direction, stream);
   }
 }
 
@@ -81,6 +84,11 @@ void read_cache_snapshot(const ModelConfig& c, const DeviceCaches& caches, const
 
 void save_prefix_states(const ModelConfig& c, const DeviceCaches& caches, int slot, int snapshot, cudaStream_t stream) {
   copy_prefix_states(c, caches, slot, snapshot, PrefixCopy::SlotToSnapshot, stream);
+}
+
+void save_prefix_layer_states(const ModelConfig& c, const DeviceCaches& caches, int layer, int slot, int snapshot,
+                              cudaStream_t stream) {
+  copy_layer_prefix_states(c, caches.layers.at(layer), slot, snapshot, PrefixCopy::SlotToSnapshot, stream);
 }
 
 void restore_prefix_states(const ModelConfig& c, const DeviceCaches& caches, int snapshot, int slot,

@@ -3,8 +3,8 @@
 //  - read back in the CPU decoder's layout (`uberlm check`): the KV entries of one chunk's new positions
 //    (through its block table), the Gated DeltaNet conv history (the last kernel - 1 inputs, oldest first,
 //    out of the ring by position) and recurrent state of its slot;
-//  - prefix snapshots (Backend::save_prefix): a slot's Gated DeltaNet states copied to a snapshot and back,
-//    device to device. The prefix's keys and values need no copy: they stay in the KV blocks the scheduler
+//  - prefix snapshots (SequenceChunk::prefix_save_snapshot): a slot's Gated DeltaNet states copied to a
+//    snapshot and back, device to device, every layer's after a run or one layer's between a run's tokens. The prefix's keys and values need no copy: they stay in the KV blocks the scheduler
 //    holds for it.
 #include <cuda_runtime_api.h>
 
@@ -25,6 +25,9 @@ void read_cache_snapshot(const ModelConfig& config, const DeviceCaches& caches, 
 // slot continues at the prefix's length as the saving one would have. Ids are the caller's to check.
 void save_prefix_states(const ModelConfig& config, const DeviceCaches& caches, int slot, int snapshot,
                         cudaStream_t stream);
+// save_prefix_states of Gated DeltaNet layer `layer` alone.
+void save_prefix_layer_states(const ModelConfig& config, const DeviceCaches& caches, int layer, int slot, int snapshot,
+                              cudaStream_t stream);
 void restore_prefix_states(const ModelConfig& config, const DeviceCaches& caches, int snapshot, int slot,
                            cudaStream_t stream);
 

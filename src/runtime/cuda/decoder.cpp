@@ -12,6 +12,7 @@
 #include "ops/cuda/rms_norm.h"
 #include "ops/cuda/fused/qk_norm_rope_kv_append.h"
 #include "runtime/backend.h"
+#include "runtime/cuda/cache_snapshot.h"
 #include "runtime/nccl_communicator.h"
 
 namespace uberlm::gpu {
@@ -44,6 +45,18 @@ void prefetch_sublayer_weights(const GpuDecoder& d, int layer, const DeviceLinea
 cuda::DeviceChunks device_chunks(const GpuDecoder& d, const StepShape& step) {
   const StepMetadata& meta = d.buffers.meta;
   return {meta.chunk_first, meta.chunk_length, meta.chunk_slot, meta.chunk_start, static_cast<int>(step.chunks)};
+}
+
+// Every chunk up to its mid-run prefix save, and the parts after the saves (StepShape::mid_run_saves).
+cuda::DeviceChunks chunks_to_save(const GpuDecoder& d, const StepShape& step) {
+  const StepMetadata& meta = d.buffers.meta;
+  return {meta.chunk_first, meta.chunk_length_to_save, meta.chunk_slot, meta.chunk_start, static_cast<int>(step.chunks)};
+}
+
+cuda::DeviceChunks resumed_chunks(const GpuDecoder& d, const StepShape& step) {
+  const StepMetadata& meta = d.buffers.meta;
+  return {meta.resume_first, meta.resume_length, meta.resume_slot, meta.resume_start,
+          static_cast<int>(step.mid_run_saves.size())};
 }
 
 cuda::PagedKvLayout kv_layout(const GpuDecoder& d) {
@@ -193,10 +206,22 @@ void gated_delta_net(const GpuDecoder& d, int layer, const StepShape& step) {
         ++d.counters.chunked_delta_rule_fallbacks;
       }
     }
-    CUDA_CHECK(cuda::launch_gated_delta_net_layer(b.qkv, b.z, b.a, b.b, params, device_chunks(d, step), T,
-                                                  {step.shortest_chunk, step.longest_chunk}, form, dims, state,
-                                                  {b.chunked_scratch, b.chunked_scratch_floats}, b.out_proj_in,
-                                                  padded_k(dims.value_dim()), d.stream));
+    // Rows keep their places in the step (the chunked kernel's scratch is laid out by them), so every launch
+    // is told the step's T.
+    const auto launch = [&](const cuda::DeviceChunks& runs, cuda::ChunkLengths lengths) {
+      CUDA_CHECK(cuda::launch_gated_delta_net_layer(b.qkv, b.z, b.a, b.b, params, runs, T, lengths, form, dims, state,
+                                                    {b.chunked_scratch, b.chunked_scratch_floats}, b.out_proj_in,
+                                                    padded_k(dims.value_dim()), d.stream));
+    };
+    if (step.mid_run_saves.empty()) {
+      launch(device_chunks(d, step), {step.shortest_chunk, step.longest_chunk});
+    } else {
+      launch(chunks_to_save(d, step), step.lengths_to_save);
+      for (const StepShape::MidRunSave& save : step.mid_run_saves) {
+        save_prefix_layer_states(c, d.caches, layer, save.slot, save.snapshot, d.stream);
+      }
+      launch(resumed_chunks(d, step), step.resumed_lengths);
+    }
   }
   OpScope op(d.profiler, "delta_net_out_proj");
   d.linears.linear(w.out_proj, b.out_proj_in, T, d.buffers.sublayer_out);

@@ -10,6 +10,7 @@
 #include <cuda_runtime_api.h>
 
 #include <cstdint>
+#include <vector>
 
 #include "model/config.h"
 #include "ops/cuda/attention_prefill.h"
@@ -32,6 +33,16 @@ struct StepShape {
   int64_t shortest_chunk = 0;  // tokens of its shortest and longest chunks
   int64_t longest_chunk = 0;
   int64_t rows = 0;
+  // Prefix saves between a run's tokens (SequenceChunk::prefix_save_after < num_tokens): each Gated DeltaNet
+  // layer runs every chunk up to its save (meta.chunk_length_to_save), takes the saves, then runs the rest
+  // (meta.resume_*, one chunk per save). Saves at a run's end are the backend's, after the step.
+  struct MidRunSave {
+    int slot;
+    int snapshot;
+  };
+  std::vector<MidRunSave> mid_run_saves;
+  cuda::ChunkLengths lengths_to_save{};  // of the chunks up to their saves
+  cuda::ChunkLengths resumed_lengths{};  // of the parts after them
 };
 
 // Which kernels the decoder chose. Counted as the host queues them: eager steps count each call, a decode

@@ -37,7 +37,7 @@ int64_t layout_sublayer_scratch(uintptr_t base, const ModelConfig& c, int64_t T,
 int64_t StepLimits::max_blocks_per_slot() const { return (max_context + kKvBlockSize - 1) / kKvBlockSize; }
 
 int64_t StepMetadata::count(const StepLimits& limits) {
-  return 7 * limits.max_tokens + limits.max_logit_rows + static_cast<int64_t>(limits.max_slots) * limits.max_blocks_per_slot();
+  return 12 * limits.max_tokens + limits.max_logit_rows + static_cast<int64_t>(limits.max_slots) * limits.max_blocks_per_slot();
 }
 
 StepMetadata StepMetadata::at(int32_t* base, const StepLimits& limits) {
@@ -50,7 +50,12 @@ StepMetadata StepMetadata::at(int32_t* base, const StepLimits& limits) {
   m.chunk_length = m.chunk_first + T;
   m.chunk_slot = m.chunk_length + T;
   m.chunk_start = m.chunk_slot + T;
-  m.logit_rows = m.chunk_start + T;
+  m.chunk_length_to_save = m.chunk_start + T;
+  m.resume_first = m.chunk_length_to_save + T;
+  m.resume_length = m.resume_first + T;
+  m.resume_slot = m.resume_length + T;
+  m.resume_start = m.resume_slot + T;
+  m.logit_rows = m.resume_start + T;
   m.block_tables = m.logit_rows + limits.max_logit_rows;
   return m;
 }

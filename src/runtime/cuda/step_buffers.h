@@ -29,6 +29,10 @@ struct StepLimits {
 struct StepMetadata {
   int32_t *tokens, *positions, *slots;                              // [T] per token
   int32_t *chunk_first, *chunk_length, *chunk_slot, *chunk_start;   // [T] per chunk (at most one per token)
+  // Runs with a prefix save between their tokens (StepShape::mid_run_saves): per chunk its tokens up to the
+  // save (its length when it has none); then the parts after the saves as chunks of their own.
+  int32_t* chunk_length_to_save;                                       // [T]
+  int32_t *resume_first, *resume_length, *resume_slot, *resume_start;  // [T]
   int32_t* logit_rows;                                              // [R] the token row of each logits row
   int32_t* block_tables;                                            // [slots, max_blocks_per_slot]
 
@@ -85,7 +89,7 @@ struct LayerCaches {
   uint16_t *key_cache = nullptr, *value_cache = nullptr;  // full attention: bf16 [blocks, block_size, KV, head_dim]
   float* conv_state = nullptr;       // Gated DeltaNet: [slots, kernel, conv_dim], a ring by position
   float* recurrent_state = nullptr;  // Gated DeltaNet: [slots, Hv, dk, dv]
-  // Gated DeltaNet, prefix caching (Backend::save_prefix): one slot's two states per snapshot,
+  // Gated DeltaNet, prefix caching (SequenceChunk::prefix_save_snapshot): one slot's two states per snapshot,
   // [snapshots, kernel, conv_dim] and [snapshots, Hv, dk, dv]; null without prefix caching.
   float* conv_snapshots = nullptr;
   float* recurrent_snapshots = nullptr;
