@@ -1,5 +1,5 @@
 // kernel_bench: device-to-device copy bandwidth (the roofline) and the decode GEMV kernels on the
-// Qwen3.5-27B linear shapes at M = 1, 8, 32, 64, each shape with a read-only probe of its weight codes
+// Qwen3.5-27B linear shapes at M = 1, 8, 32, 64 (and the Hopper small-M GEMM at 128 too), each shape with a read-only probe of its weight codes
 // (read_probe.h: the ceiling of a kernel of that size; row M = 0). Each launch is timed alone (its own pair of CUDA
 // events, median of many) and back to back (see LaunchTimes), rotating over enough weight copies that
 // L2 cannot hold them; --l2-resident instead reads one copy every launch (held in L2 where it fits), for what
@@ -9,7 +9,7 @@
 // profiling one launch. The MLP's gate/up pair (2 x 8704 x 5120) with SwiGLU is timed both ways: fused
 // into the GEMV epilogue ("mlp_gate_up_swiglu/M/fused_<tuning>") and as the two-target GEMV plus the
 // SwiGLU kernel ("mlp_gate_up_swiglu/M/unfused"); both count the same bytes (weights, x, bf16 out).
-// Prefill's NVFP4 linear layers at M = 2048 ("prefill_gemm/shape", gemm.h) are timed in three parts: the
+// Prefill's NVFP4 linear layers at M = 128 and 2048 ("prefill_gemm/shape", gemm.h) are timed in three parts: the
 // dequantisation into the bf16 scratch alone, the cuBLAS product alone, and both as the backend runs them,
 // beside a bf16 product of 8192^3 for the matrix rate cuBLAS reaches on this GPU.
 // The residual add + RMSNorm ("rms_norm/rows/kernel", rms_norm.h) at the 27B hidden size for 1, 2048 and 8192
@@ -63,7 +63,7 @@ const std::vector<BenchShape> kShapes = {
     {"mlp_down", WeightFormat::Nvfp4, 5120, 17408},      {"attn_qkv_gate_bf16", WeightFormat::Bf16, 10240, 5120},
     {"lm_head_bf16", WeightFormat::Bf16, 248320, 5120},
 };
-constexpr int64_t kTokenCounts[] = {1, 8, 32, 64};
+constexpr int64_t kTokenCounts[] = {1, 8, 32, 64, 128};  // the GEMV's up to kGemvMaxM
 
 // One launch timed two ways: alone, with events around each launch (the issue tables' method, which
 // counts the launch latency and the ramp-up and drain of every kernel), and back to back, ten in a row
@@ -120,7 +120,7 @@ DeviceBuffer random_bf16(int64_t elements, uint32_t seed) {
 
 // gemm.h's NVFP4 product at prompt sizes, in parts (see the top of the file); TFLOP/s count 2 M N K.
 nlohmann::json time_prefill_gemms(int iters) {
-  constexpr int64_t kM = 2048, kSquare = 8192;
+  constexpr int64_t kPromptRows[] = {128, 2048}, kSquare = 8192;
   const int gemm_iters = std::max(5, iters / 20);
   DeviceBuffer workspace(cuda::kGemmWorkspaceBytes);
   cuda::Gemm gemm(nullptr, workspace.data(), cuda::kGemmWorkspaceBytes);
@@ -145,25 +145,27 @@ nlohmann::json time_prefill_gemms(int iters) {
     cuda::fill_pseudo_random(host_scales, shape.k);
     cuda::make_e4m3_scales(host_scales);
     DeviceBuffer packed(host_packed), scales(host_scales), scratch(shape.n * shape.k * 2);
-    DeviceBuffer x = random_bf16(kM * shape.k, 7), y(kM * shape.n * 4);
     const Nvfp4Weight w{shape.n, shape.k, packed.as<uint8_t>(), scales.as<uint8_t>(), 1.0f / 4096, 0.0f,
                         Nvfp4CodeOrder::GemvTiled};  // random codes: random in any order
-    const double dequant_ms = cuda::time_median_ms(gemm_iters, [&](int) {
-      CUDA_CHECK(cuda::launch_dequantize_nvfp4_bf16(w, scratch.data(), nullptr));
-    });
-    const double cublas_ms = cuda::time_median_ms(gemm_iters, [&](int) {
-      gemm.bf16(scratch.data(), shape.n, shape.k, x.data(), kM, y.data(), DType::F32, w.global_scale);
-    });
-    const double total_ms = cuda::time_median_ms(gemm_iters, [&](int) {
-      gemm.nvfp4(w, scratch.data(), shape.n * shape.k, x.data(), kM, y.data(), DType::F32);
-    });
-    std::printf("%-16s %7lld %6lld %5lld %12.3f %12.3f %12.3f %10.0f %9.1f%%\n", shape.name.c_str(),
-                (long long)shape.n, (long long)shape.k, (long long)kM, dequant_ms, cublas_ms, total_ms,
-                tflops(kM, shape.n, shape.k, total_ms), 100.0 * dequant_ms / total_ms);
-    rows.push_back({{"shape", shape.name}, {"m", kM}, {"n", shape.n}, {"k", shape.k}, {"dequantize_ms", dequant_ms},
-                    {"cublas_ms", cublas_ms}, {"total_ms", total_ms},
-                    {"cublas_tflops", tflops(kM, shape.n, shape.k, cublas_ms)},
-                    {"total_tflops", tflops(kM, shape.n, shape.k, total_ms)}});
+    for (const int64_t m : kPromptRows) {
+      DeviceBuffer x = random_bf16(m * shape.k, 7), y(m * shape.n * 4);
+      const double dequant_ms = cuda::time_median_ms(gemm_iters, [&](int) {
+        CUDA_CHECK(cuda::launch_dequantize_nvfp4_bf16(w, scratch.data(), nullptr));
+      });
+      const double cublas_ms = cuda::time_median_ms(gemm_iters, [&](int) {
+        gemm.bf16(scratch.data(), shape.n, shape.k, x.data(), m, y.data(), DType::F32, w.global_scale);
+      });
+      const double total_ms = cuda::time_median_ms(gemm_iters, [&](int) {
+        gemm.nvfp4(w, scratch.data(), shape.n * shape.k, x.data(), m, y.data(), DType::F32);
+      });
+      std::printf("%-16s %7lld %6lld %5lld %12.3f %12.3f %12.3f %10.0f %9.1f%%\n", shape.name.c_str(),
+                  (long long)shape.n, (long long)shape.k, (long long)m, dequant_ms, cublas_ms, total_ms,
+                  tflops(m, shape.n, shape.k, total_ms), 100.0 * dequant_ms / total_ms);
+      rows.push_back({{"shape", shape.name}, {"m", m}, {"n", shape.n}, {"k", shape.k}, {"dequantize_ms", dequant_ms},
+                      {"cublas_ms", cublas_ms}, {"total_ms", total_ms},
+                      {"cublas_tflops", tflops(m, shape.n, shape.k, cublas_ms)},
+                      {"total_tflops", tflops(m, shape.n, shape.k, total_ms)}});
+    }
   }
   return rows;
 }
@@ -282,10 +284,13 @@ int run(int argc, char** argv) {
       cuda::fill_pseudo_random(host_x, m + 17);
       cuda::make_bf16_values(host_x);
       DeviceBuffer x(host_x), y(m * shape.n * 2);
-      const cuda::GemvTuning chosen = nvfp4 ? cuda::gemv_nvfp4_default_tuning(m, shape.n, shape.k)
-                                            : cuda::gemv_bf16_default_tuning(m, shape.n, shape.k);
-      std::vector<cuda::GemvTuning> tunings = {chosen};
-      if (sweep) {
+      const bool gemv_runs = m <= cuda::kGemvMaxM;
+      const cuda::GemvTuning chosen = !gemv_runs ? cuda::GemvTuning{}
+                                      : nvfp4    ? cuda::gemv_nvfp4_default_tuning(m, shape.n, shape.k)
+                                                 : cuda::gemv_bf16_default_tuning(m, shape.n, shape.k);
+      std::vector<cuda::GemvTuning> tunings;
+      if (gemv_runs) tunings.push_back(chosen);
+      if (gemv_runs && sweep) {
         for (const cuda::GemvTuning& t : nvfp4 ? cuda::gemv_nvfp4_tunings() : cuda::gemv_bf16_tunings()) {
           if (nvfp4 && !cuda::gemv_nvfp4_tuning_applies(t, m, shape.k)) continue;
           if (cuda::gemv_tuning_name(t) != cuda::gemv_tuning_name(chosen)) tunings.push_back(t);

@@ -151,9 +151,10 @@ TEST(CudaBackend, MatchesCpuWithNvfp4Weights) {
   EXPECT_GT(compare_with_cpu(*model, "default nvfp4"), 0);
 }
 
-// Steps of 17..64 rows (a 20-token prompt chunk beside decode rows: 40 rows, then 33 rows over three slots'
-// prompts) take the wgmma GEMM on Hopper for every NVFP4 layer (grouped projections in one launch), the GEMV
-// elsewhere; logits within the tolerance of the CPU reference either way.
+// Steps of 17..128 rows (a 20-token prompt chunk beside decode rows: 40 rows; 33 rows over three slots'
+// prompts; then 101 rows of prompts, the 128-token bucket) take the wgmma GEMM on Hopper for every NVFP4 layer
+// (grouped projections in one launch), the GEMV or the dequantised weights elsewhere; logits within the
+// tolerance of the CPU reference either way.
 TEST(CudaBackend, MatchesCpuWithNvfp4WeightsOnTheSmallMGemm) {
   ASSERT_NO_FATAL_FAILURE(require_gpu());
   auto model = Model::load(default_model());
@@ -173,9 +174,16 @@ TEST(CudaBackend, MatchesCpuWithNvfp4WeightsOnTheSmallMGemm) {
   second.chunks = {sequences.run(0, 11, LogitRows::All), sequences.run(1, 11, LogitRows::All),
                    sequences.run(2, 11, LogitRows::All)};
   expect_logits_close(gpu.forward(second), cpu.forward(second), vocab, "33 rows");
+  const int64_t wgmma_calls_up_to_64_rows = gpu.counters().wgmma_linear_calls;
+  ForwardBatch third;
+  third.tokens = random_tokens(rng, 101, vocab);
+  third.chunks = {sequences.run(0, 40), sequences.run(1, 40), sequences.run(2, 21)};
+  expect_logits_close(gpu.forward(third), cpu.forward(third), vocab, "101 rows");
   const CudaBackend::Counters counters = gpu.counters();
   if (cuda::gemm_nvfp4_wgmma_device_runs()) {
-    EXPECT_GT(counters.wgmma_linear_calls, 0) << "Hopper: 17..64-row NVFP4 layers run on the wgmma GEMM";
+    EXPECT_GT(wgmma_calls_up_to_64_rows, 0) << "Hopper: 17..64-row NVFP4 layers run on the wgmma GEMM";
+    EXPECT_GT(counters.wgmma_linear_calls, wgmma_calls_up_to_64_rows) << "Hopper: so do 65..128-row ones";
+    EXPECT_EQ(counters.gemm_nvfp4_linear_calls, 0);
   } else {
     EXPECT_EQ(counters.wgmma_linear_calls, 0);
   }

@@ -209,7 +209,7 @@ TEST(GpuGemv, WgmmaSmallMMatchesCpuReference) {
   ASSERT_NO_FATAL_FAILURE(require_gpu());
   if (!cuda::gemm_nvfp4_wgmma_device_runs()) GTEST_SKIP() << "needs an sm_90 GPU";
   constexpr Shape kWgmmaShapes[] = {{64, 64}, {48, 256}, {200, 128}, {192, 320}, {2048, 5120}, {320, 17408}};
-  constexpr int64_t kWgmmaTokenCounts[] = {1, 3, 8, 9, 16, 17, 40, 64};
+  constexpr int64_t kWgmmaTokenCounts[] = {1, 3, 8, 9, 16, 17, 40, 64, 65, 101, 128};
   std::mt19937 rng(20261204);
   int64_t checked = 0;
   for (const Shape& shape : kWgmmaShapes) {
@@ -257,7 +257,7 @@ TEST(GpuGemv, WgmmaSmallMMultiTargetLaunchMatchesCpuReference) {
     tiles.push_back(wgmma_tiles_of(weights.back()));
     row_tiles += cuda::gemm_nvfp4_wgmma_row_tiles(n);
   }
-  for (int64_t m : {5, 24, 64}) {
+  for (int64_t m : {5, 24, 64, 120}) {
     const std::vector<uint16_t> x = random_bf16(rng, m * kK, 1.0f);
     DeviceBuffer x_dev(x);
     for (int splits : {1, cuda::gemm_nvfp4_wgmma_splits(row_tiles, kK)}) {

@@ -1,5 +1,5 @@
 // The NVFP4 small-M GEMM on Hopper's warpgroup MMA (bench/notes/gemv.md, sessions 30-31): the weights are
-// wgmma's A operand from registers (64 rows a warpgroup), the tokens its N (8, 16, 32 or 64: m rounded up), so
+// wgmma's A operand from registers (64 rows a warpgroup), the tokens its N (8, 16, 32, 64 or 128: m rounded up), so
 // the tensor cores do no work for absent tokens and no dequantised weight goes through shared memory.
 //
 // A block is two consumer warpgroups (128 weight rows of one of the launch's targets) and one producer warp, over
@@ -34,25 +34,25 @@ constexpr int kThreads = kConsumerThreads + 32;  // and the producer warp
 constexpr int kRows = static_cast<int>(kNvfp4WgmmaTileRows) * kWarpgroups;  // weight rows a block
 constexpr int kChunkBytes = static_cast<int>(kNvfp4WgmmaTileK) * 2;        // an activation row of a chunk (bf16)
 
-// The ring: as many stages as fit ~100 KB (two blocks an SM), 6 to 16. Without the consumers' work, eight stages of
-// 4.7 KB streamed at 40-55% of the copy bandwidth; with it, sixteen were no faster than eight: the consumers set
-// the pace (bench/notes/gemv.md, session 31).
-constexpr uint32_t kRingBytes = 100 * 1024;
+// The ring: as many stages as fit ~100 KB a block, 6 to 16, with two blocks an SM. Without the consumers' work,
+// eight stages of 4.7 KB streamed at 40-55% of the copy bandwidth; with it, sixteen were no faster than eight: the
+// consumers set the pace (bench/notes/gemv.md, session 31). 128 tokens hold 64 accumulators a thread, more than
+// two blocks' registers allow: one block an SM, with twice the ring.
+constexpr uint32_t kRingBytesPerSm = 200 * 1024;
 
 template <int kTokens>
 struct Stages {
+  static constexpr int kBlocksPerSm = kTokens <= 64 ? 2 : 1;
   static constexpr uint32_t kActivationBytes = kTokens * kChunkBytes;  // a multiple of 1024 (the swizzle's period)
   static constexpr uint32_t kWeightBytes = kWarpgroups * kNvfp4WgmmaTileBytes;
-  static constexpr int kCount = static_cast<int>(
-      kRingBytes / (kActivationBytes + kWeightBytes) < 6    ? 6
-      : kRingBytes / (kActivationBytes + kWeightBytes) > 16 ? 16
-                                                            : kRingBytes / (kActivationBytes + kWeightBytes));
+  static constexpr uint32_t kFit = kRingBytesPerSm / kBlocksPerSm / (kActivationBytes + kWeightBytes);
+  static constexpr int kCount = static_cast<int>(kFit < 6 ? 6 : kFit > 16 ? 16 : kFit);
   static constexpr uint32_t kWeightsAt = kCount * kActivationBytes;
   static constexpr uint32_t kBarriersAt = kWeightsAt + kCount * kWeightBytes;
   static constexpr size_t kSharedBytes = kBarriersAt + 2 * kCount * sizeof(uint64_t) + 1024;  // + alignment
 };
 
-int tokens_bucket(int m) { return m <= 8 ? 8 : m <= 16 ? 16 : m <= 32 ? 32 : 64; }
+int tokens_bucket(int m) { return m <= 8 ? 8 : m <= 16 ? 16 : m <= 32 ? 32 : m <= 64 ? 64 : 128; }
 
 // A launch's targets: target t's row tiles are blocks first_tile[t] .. first_tile[t + 1] - 1 of the grid's x.
 struct WgmmaTargets {
@@ -252,7 +252,7 @@ __device__ __forceinline__ bool reduce_splits(const WgmmaGemmArgs& args, float (
 #endif
 
 template <int kTokens>
-__global__ void __launch_bounds__(kThreads, 2)
+__global__ void __launch_bounds__(kThreads, Stages<kTokens>::kBlocksPerSm)
     gemm_nvfp4_wgmma_kernel(const __grid_constant__ CUtensorMap activations, const WgmmaGemmArgs args) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
   using S = Stages<kTokens>;
@@ -371,8 +371,10 @@ cudaError_t launch_gemm_nvfp4_wgmma(const GemmWgmmaLaunch& launch, cudaStream_t 
       return launch_for_tokens<16>(activations, args, grid, stream);
     case 32:
       return launch_for_tokens<32>(activations, args, grid, stream);
-    default:
+    case 64:
       return launch_for_tokens<64>(activations, args, grid, stream);
+    default:
+      return launch_for_tokens<128>(activations, args, grid, stream);
   }
 }
 

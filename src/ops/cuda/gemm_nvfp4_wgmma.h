@@ -1,9 +1,9 @@
 #pragma once
-// The NVFP4 small-M GEMM on Hopper's warpgroup MMA (gemm_nvfp4_wgmma.cu): y[m, N] = x[m, K] . W^T for m = 1..64
+// The NVFP4 small-M GEMM on Hopper's warpgroup MMA (gemm_nvfp4_wgmma.cu): y[m, N] = x[m, K] . W^T for m = 1..128
 // tokens and up to kGemmWgmmaMaxTargets weights of one K in one launch (q/k/v, gate/up), the same values as
 // gemv_nvfp4 (exact dequantised weights, fp32 sums in another order, fixed for a launch shape: the K split depends
 // on the targets' rows, K and the GPU, never on m). The weights are in the wgmma fragment order
-// (nvfp4_wgmma_layout.h). The linear runner takes it for 17..64-row products (runtime/cuda/linear.h).
+// (nvfp4_wgmma_layout.h). The linear runner takes it for 17..128-row products (runtime/cuda/linear.h).
 #include <cuda_runtime_api.h>
 
 #include <cstdint>
@@ -12,7 +12,7 @@
 
 namespace uberlm::cuda {
 
-inline constexpr int64_t kGemmWgmmaMaxM = 64;
+inline constexpr int64_t kGemmWgmmaMaxM = 128;
 inline constexpr int kGemmWgmmaMaxSplits = 8;
 inline constexpr int kGemmWgmmaMaxTargets = 4;
 

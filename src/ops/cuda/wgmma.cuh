@@ -66,11 +66,12 @@ __device__ __forceinline__ void wgmma_m64n64k16_ss(float (&d)[32], uint64_t desc
       : "l"(desc_a), "l"(desc_b), "r"(accumulate));
 }
 
-// D[64 x kN] += A[64 x 16] . B[16 x kN] for kN = 8, 16, 32 or 64: A in registers (each warp's 16 rows as the
+// D[64 x kN] += A[64 x 16] . B[16 x kN] for kN = 8, 16, 32, 64 or 128: A in registers (each warp's 16 rows as the
 // m16n8k16 A fragment), B K-major in shared memory (its descriptor: kN rows of 64 k-values, 128-byte swizzled).
 template <int kN>
 __device__ __forceinline__ void wgmma_m64nNk16_rs(float (&d)[kN / 2], const uint32_t (&a)[4], uint64_t desc_b) {
-  static_assert(kN == 8 || kN == 16 || kN == 32 || kN == 64, "wgmma_m64nNk16_rs: kN is 8, 16, 32 or 64");
+  static_assert(kN == 8 || kN == 16 || kN == 32 || kN == 64 || kN == 128,
+                "wgmma_m64nNk16_rs: kN is 8, 16, 32, 64 or 128");
   if constexpr (kN == 8) {
     asm volatile(
         "{\n.reg .pred p;\nsetp.ne.b32 p, %9, 0;\n"
@@ -94,6 +95,12 @@ __device__ __forceinline__ void wgmma_m64nNk16_rs(float (&d)[kN / 2], const uint
         "{\n.reg .pred p;\nsetp.ne.b32 p, %37, 0;\n"
         "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, {%32, %33, %34, %35}, %36, p, 1, 1, 0;\n}\n"
         : UBERLM_WGMMA_ACCUMULATORS_32
+        : UBERLM_WGMMA_A_FRAGMENT, "l"(desc_b), "r"(1));
+  } else if constexpr (kN == 128) {
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, %69, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}, {%64, %65, %66, %67}, %68, p, 1, 1, 0;\n}\n"
+        : UBERLM_WGMMA_ACCUMULATORS_64
         : UBERLM_WGMMA_A_FRAGMENT, "l"(desc_b), "r"(1));
   }
 }

@@ -167,7 +167,7 @@ void LinearRunner::prefetch_dequantized(std::initializer_list<const DeviceLinear
   CUDA_CHECK(cudaStreamWaitEvent(prefetch_stream_, prefetch_start_));
   int slot = 0;
   for (const DeviceLinear* w : weights) {
-    if (!w->nvfp4 || slot == kPrefetchedWeights) continue;
+    if (!w->nvfp4 || takes_small_m_gemm(*w, rows) || slot == kPrefetchedWeights) continue;
     PrefetchSlot& s = prefetched_[slot];
     CUDA_CHECK(cudaStreamWaitEvent(prefetch_stream_, s.read));  // the buffer's last product has read it
     cuda::Gemm::dequantize(w->nvfp4_view(), prefetch_buffer(slot), gemm_scratch_elements_, prefetch_stream_);

@@ -2,7 +2,7 @@
 // Linear layers on the path the row count decides: the small-M GEMV (ops/cuda/gemv.h) up to kGemvMaxM rows,
 // cuBLAS above (ops/cuda/gemm.h), NVFP4 weights then dequantised into a scratch buffer planned at load. On
 // Hopper, NVFP4 layers placed with fragment tiles take the wgmma GEMM (ops/cuda/gemm_nvfp4_wgmma.h) from
-// kSmallMGemmMinRows to kGemvMaxM rows instead of the GEMV (set_small_m_gemm).
+// kSmallMGemmMinRows to kGemmWgmmaMaxM rows instead of the GEMV or the dequantised weights (set_small_m_gemm).
 // Every call is counted by path. A GEMV launch takes its tuning from this GPU's winners table
 // (gemv_tuning_table.h); a launch the table lacks takes the built-in tuning, counted as a miss, logged
 // once per cell, and refused in strict mode.
@@ -43,7 +43,7 @@ struct LinearCounters {
   int64_t gemm_nvfp4_linear_calls = 0;  // over more rows, NVFP4 weights dequantised into the scratch buffer
   int64_t gemm_nvfp4_prefetched_calls = 0;  // ... of them, dequantised ahead on the side stream (prefetch_dequantized)
   int64_t gemv_swiglu_calls = 0;        // MLP gate/up GEMVs that wrote SwiGLU from their epilogue
-  int64_t wgmma_linear_calls = 0;       // NVFP4 layers of kSmallMGemmMinRows..kGemvMaxM rows on the wgmma GEMM
+  int64_t wgmma_linear_calls = 0;       // NVFP4 layers of kSmallMGemmMinRows..kGemmWgmmaMaxM rows on the wgmma GEMM
   int64_t tuning_table_hits = 0;        // GEMV launches whose tuning came from the table
   int64_t tuning_table_misses = 0;      // GEMV launches that took the built-in tuning
 };
