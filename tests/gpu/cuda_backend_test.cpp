@@ -65,7 +65,7 @@ int32_t argmax_row(const ForwardResult& result, int64_t row, int64_t vocab) {
   return static_cast<int32_t>(std::max_element(begin, begin + vocab) - begin);
 }
 
-// Mixed prefill chunks (84 tokens: linear layers on cuBLAS), decode steps over three slots (the GEMV), then a
+// Mixed prefill chunks (144 tokens, over the wgmma GEMM's 128: linear layers on cuBLAS), decode steps over three slots (the GEMV), then a
 // released slot restarting with a new prompt while the others decode.
 int64_t compare_with_cpu(const Model& model, const std::string& label) {
   const int64_t vocab = model.config.vocab_size;
@@ -77,8 +77,8 @@ int64_t compare_with_cpu(const Model& model, const std::string& label) {
   int64_t rows = 0;
 
   ForwardBatch prefill;
-  prefill.tokens = random_tokens(rng, 13 + 70 + 1, model.config.vocab_size);
-  prefill.chunks = {sequences.run(0, 13), sequences.run(1, 70), sequences.run(2, 1)};
+  prefill.tokens = random_tokens(rng, 13 + 130 + 1, model.config.vocab_size);
+  prefill.chunks = {sequences.run(0, 13), sequences.run(1, 130), sequences.run(2, 1)};
   rows += expect_logits_close(gpu.forward(prefill), cpu.forward(prefill), vocab, label + " prefill");
 
   for (int step = 0; step < 6; ++step) {
@@ -100,7 +100,7 @@ int64_t compare_with_cpu(const Model& model, const std::string& label) {
   EXPECT_GT(counters.gemv_linear_calls, 0) << label;
   EXPECT_GT(counters.gemv_swiglu_calls, 0) << label << ": decode steps must run gate/up with the SwiGLU epilogue";
   EXPECT_GT(counters.gemm_bf16_linear_calls + counters.gemm_nvfp4_linear_calls, 0)
-      << label << ": the 84-token prefill must run its linear layers on cuBLAS";
+      << label << ": the 144-token prefill must run its linear layers on cuBLAS";
   // Prompt rows run the tensor-core attention where it has the model's head_dim, else (the tiny fixture
   // models' head dims of 8 to 32) the decode kernel, counted as a fallback.
   if (cuda::attention_prefill_supports(model.config.head_dim)) {
