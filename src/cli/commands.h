@@ -17,7 +17,7 @@ void add_check_command(CLI::App& app);
 void add_tuning_options(CLI::App& cmd, std::string& tuning_table, bool& strict);
 // --deterministic: batch-invariant forwards on the CUDA backend (CudaBackendOptions::deterministic).
 void add_deterministic_option(CLI::App& cmd, bool& deterministic);
-// --no-small-m-gemm: 17..64-row NVFP4 products on the GEMV (CudaBackendOptions::small_m_gemm).
+// --no-small-m-gemm: 17..128-row NVFP4 products on the GEMV or dequantised weights (CudaBackendOptions::small_m_gemm).
 void add_small_m_gemm_option(CLI::App& cmd, bool& small_m_gemm);
 // Registers `gsm8k` under the `eval` subcommand.
 void add_eval_gsm8k_command(CLI::App& eval);

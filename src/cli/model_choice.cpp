@@ -27,7 +27,7 @@ void add_deterministic_option(CLI::App& cmd, bool& deterministic) {
 
 void add_small_m_gemm_option(CLI::App& cmd, bool& small_m_gemm) {
   cmd.add_flag("!--no-small-m-gemm", small_m_gemm,
-               "CUDA: NVFP4 products of 17..64 rows on the GEMV instead of Hopper's wgmma GEMM, which holds a second "
+               "CUDA: NVFP4 products of 17..128 rows on the GEMV (up to 64) or dequantised weights instead of Hopper's wgmma GEMM, which holds a second "
                "copy of those weights in its order");
 }
 

@@ -47,7 +47,7 @@ struct CudaBackendOptions {
   // however its prompt was cut into steps, prefilled or decoded (gpu::GpuDecoder::deterministic,
   // gpu::LinearRunner). Prompts then run at the decode kernels' speed: see the README for the cost.
   bool deterministic = false;
-  // NVFP4 products of 17..64 rows on Hopper's wgmma GEMM (ops/cuda/gemm_nvfp4_wgmma.h), for which every NVFP4 layer
+  // NVFP4 products of 17..128 rows on Hopper's wgmma GEMM (ops/cuda/gemm_nvfp4_wgmma.h), for which every NVFP4 layer
   // whose sizes are multiples of 64 is also held in its fragment order (~1.1x the layer's bytes again); false
   // (--no-small-m-gemm): the GEMV, and no second copy. Off in deterministic mode.
   bool small_m_gemm = true;
@@ -82,7 +82,7 @@ class GpuBackend : public Backend {
     int64_t gemm_nvfp4_linear_calls = 0;  // over more rows, NVFP4 weights dequantised into the scratch buffer
     int64_t gemm_nvfp4_prefetched_calls = 0;  // ... of them, dequantised ahead beside the mixer's core
     int64_t gemv_swiglu_calls = 0;        // MLP gate/up GEMVs that wrote SwiGLU from their epilogue
-    int64_t wgmma_linear_calls = 0;       // NVFP4 layers of 17..64 rows on the wgmma GEMM (Hopper) instead
+    int64_t wgmma_linear_calls = 0;       // NVFP4 layers of 17..128 rows on the wgmma GEMM (Hopper) instead
     int64_t tuning_table_hits = 0;        // GEMV launches tuned by the table
     int64_t tuning_table_misses = 0;      // GEMV launches on the built-in tuning (a cell the table lacks)
     int64_t prefill_attention_calls = 0;      // layers whose prompt rows ran the tensor-core prefill kernel

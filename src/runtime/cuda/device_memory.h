@@ -18,7 +18,7 @@ struct MemoryPlanRequest {
   int gathering_ranks = 0;            // with a tensor-parallel communicator (even of one rank) its size, else 0
   StepLimits limits;
   bool large_m = false;               // forwards can exceed kGemvMaxM rows: plan the cuBLAS path
-  bool small_m_gemm = false;          // 17..64-row products on the wgmma GEMM: its weight tiles and workspace
+  bool small_m_gemm = false;          // 17..128-row products on the wgmma GEMM: its weight tiles and workspace
   bool context_fits_pool = false;     // CudaBackendOptions::context_fits_pool
   int prefix_snapshots = 0;           // prefix caching: snapshots of one slot's Gated DeltaNet states
   // KV pool size, the first rule that applies: num_kv_blocks blocks; every block that fits in

@@ -28,7 +28,7 @@ struct DeviceLinear {
   uint8_t* scales = nullptr;
   float global_scale = 0;
   float* bias = nullptr;
-  // The same NVFP4 weight in the small-M GEMM's fragment order (ops/cuda/nvfp4_wgmma_layout.h), for 17..64-row
+  // The same NVFP4 weight in the small-M GEMM's fragment order (ops/cuda/nvfp4_wgmma_layout.h), for 17..128-row
   // products on Hopper; null where the model is placed without it or the shape is not a multiple of 64.
   uint8_t* wgmma_tiles = nullptr;
 
