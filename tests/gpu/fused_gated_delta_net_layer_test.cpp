@@ -216,7 +216,9 @@ std::vector<FusedOutput> run_sequence_of_launches(const cpu::GatedDeltaNetShape&
   // A new 40-token prefill (three windows), a 5-token chunk continuing (it overwrites ring entries that
   // other blocks read), a decode token.
   launch({{2, 0, 40}, {0, 9, 5}, {1, 1, 1}}, "prefill");
-  // Decode (its own blocking): every slot one token, slot 3 a new sequence.
+  // Decode (its own blocking): every slot one token, slot 3 a new sequence; four sequences take the blocks of
+  // two threads a column where the shape allows (gated_delta_net_decode_runs_many_sequence_blocks), one (decode
+  // 3) those of four.
   launch({{0, 14, 1}, {1, 2, 1}, {2, 40, 1}, {3, 0, 1}}, "decode 1");
   launch({{3, 1, 1}, {2, 41, 1}, {0, 15, 1}, {1, 3, 1}}, "decode 2");
   // Two-token chunk, a restart of slot 3 over a window and a token, decode.
@@ -239,6 +241,11 @@ TEST(FusedKernels, GatedDeltaNetLayerMatchesTheUnfusedOps) {
   const cpu::GatedDeltaNetShape shapes[] = {{2, 4, 20, 12, 4},  {4, 8, 64, 64, 4},  {16, 48, 128, 128, 4},
                                             {2, 2, 256, 40, 3}, {1, 2, 32, 512, 2}, {2, 6, 128, 128, 4},
                                             {2, 4, 64, 48, 6}};
+  const cuda::GatedDeltaNetDims shape_27b{16, 48, 128, 128, 4};
+  ASSERT_TRUE(cuda::gated_delta_net_decode_runs_many_sequence_blocks(shape_27b, cuda::GatedDeltaNetForm::ByChunkLength, 4, 4));
+  ASSERT_FALSE(cuda::gated_delta_net_decode_runs_many_sequence_blocks(shape_27b, cuda::GatedDeltaNetForm::ByChunkLength, 1, 1));
+  ASSERT_FALSE(
+      cuda::gated_delta_net_decode_runs_many_sequence_blocks(shape_27b, cuda::GatedDeltaNetForm::DecodeTokenByToken, 4, 4));
   std::vector<FusedCase> cases;
   for (const cpu::GatedDeltaNetShape& shape : shapes) {
     cases.push_back({"dk " + std::to_string(shape.k_head_dim) + " dv " + std::to_string(shape.v_head_dim),

@@ -15,8 +15,14 @@ namespace {
 namespace cg = cooperative_groups;
 
 constexpr int kMaxConvKernel = 8;
-constexpr int kRowParts = 4;         // threads sharing one value column j of S, each holding every 4th key row
 constexpr int kMaxSlices = 8;        // column slices of a head: one thread-block cluster of the portable size
+// Threads sharing one value column j of S, each holding every kRowParts-th key row: four, so that a lone
+// sequence's chain (its rows a thread) is short; in a decode step of many sequences, kManySequenceParts, so that
+// a block has half the threads and registers and two sequences run at once on an SM (one thread a column,
+// 128 rows a thread, spills at the three blocks an SM it would be for).
+constexpr int kRowParts = 4;
+constexpr int kManySequenceParts = 2;
+constexpr int kManySequenceMaxKeyRows = 128;
 // How a launch cuts the work (measured on the H100 at the 27B shape with 16-token windows throughout):
 // a decode step (every chunk one token) runs a block per value head of up to 128 columns (the best of
 // 32, 64 and 128 at batch 1 and 8), one token per window; longer chunks run column slices of 64 (ahead
@@ -26,7 +32,7 @@ constexpr int kDecodeColumns = 128, kDecodeWindow = 1;
 constexpr int kChunkColumns = 64, kChunkWindow = 16;
 
 // Grid (chunk, value head, column slice); the slices of a head form one cluster. Thread (column j,
-// part p) keeps S[i, j] for i = p, p + 4, ... in registers across the chunk's tokens. Per window of
+// part p) keeps S[i, j] for i = p, p + kParts, ... in registers across the chunk's tokens. Per window of
 // tokens: each thread stages the inputs of its conv channels (its key head's q and k, which every block
 // of that key head recomputes, and its value columns), runs their conv token by token with the previous
 // inputs in registers and adds the squares for the l2 norms; then the delta rule token by token; then the
@@ -34,14 +40,14 @@ constexpr int kChunkColumns = 64, kChunkWindow = 16;
 // memory. kHistory >= conv_kernel - 1 is the register room per channel for previous inputs and weights,
 // right-aligned (entry kHistory - 1 is the newest) so that every index is static. kColumns value
 // columns per block, kWindow tokens per window.
-template <int kRows, int kHistory, int kColumns, int kWindow>
-__global__ void __launch_bounds__(kColumns * kRowParts)
+template <int kRows, int kHistory, int kColumns, int kWindow, int kParts>
+__global__ void __launch_bounds__(kColumns * kParts, kParts == kManySequenceParts ? 2 : 1)
     gated_delta_net_kernel(const float* __restrict__ qkv, const float* __restrict__ z, const float* __restrict__ a,
                            const float* __restrict__ b, GatedDeltaNetParams weights, DeviceChunks chunks,
                            int64_t skip_from, GatedDeltaNetDims dims, GatedDeltaNetState state, __nv_bfloat16* out,
                            int64_t out_stride) {
-  constexpr int kThreads = kColumns * kRowParts, kWarps = kThreads / 32;
-  constexpr int kKeyRows = kRows * kRowParts;                 // k_head_dim, rounded up
+  constexpr int kThreads = kColumns * kParts, kWarps = kThreads / 32;
+  constexpr int kKeyRows = kRows * kParts;                 // k_head_dim, rounded up
   constexpr int kStride = 2 * kKeyRows + kColumns;            // staged channels of a token: q | k | v
   constexpr int kRounds = (kStride + kThreads - 1) / kThreads;  // staged channels per thread
   __shared__ float mixed[kWindow][kStride];   // conv inputs, then outputs; zero where dk < kKeyRows
@@ -58,7 +64,7 @@ __global__ void __launch_bounds__(kColumns * kRowParts)
   const int c = blockIdx.x, h = blockIdx.y, slice = blockIdx.z, slices = gridDim.z;  // slice = cluster rank
   if (chunks.length[c] >= skip_from) return;  // the chunked kernel's chunk (every block of the cluster returns)
   const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
-  const int part = tid % kRowParts, col = tid / kRowParts;
+  const int part = tid % kParts, col = tid / kParts;
   const int dk = dims.k_head_dim, dv = dims.v_head_dim, kernel = dims.conv_kernel, history = kernel - 1;
   const int heads_per_key = dims.num_v_heads / dims.num_k_heads, key_head = h / heads_per_key;
   const int col0 = slice * kColumns, columns = min(kColumns, dv - col0);
@@ -72,7 +78,7 @@ __global__ void __launch_bounds__(kColumns * kRowParts)
   float s[kRows];
 #pragma unroll
   for (int r = 0; r < kRows; ++r) {
-    const int i = part + kRowParts * r;
+    const int i = part + kParts * r;
     s[r] = (start > 0 && column_valid && i < dk) ? s_head[static_cast<int64_t>(i) * dv] : 0.0f;
   }
   float* ring = state.conv + static_cast<int64_t>(slot) * kernel * conv_dim;
@@ -102,7 +108,7 @@ __global__ void __launch_bounds__(kColumns * kRowParts)
       }
     }
     if (out_column < columns) {
-      for (int i = tid / kColumns; i < tokens; i += kRowParts) {
+      for (int i = tid / kColumns; i < tokens; i += kParts) {
         __pipeline_memcpy_async(&gate[i][out_column], z + (row0 + i) * value_dim + static_cast<int64_t>(h) * dv +
                                                           col0 + out_column, sizeof(float));
       }
@@ -155,29 +161,31 @@ __global__ void __launch_bounds__(kColumns * kRowParts)
 #pragma unroll
       for (int r = 0; r < kRows; ++r) {
         s[r] *= decay;                                    // S = e^g S
-        partial[r % 4] += s[r] * k[part + kRowParts * r];  // S^T k
+        partial[r % 4] += s[r] * k[part + kParts * r];  // S^T k
       }
       float kv_memory = (partial[0] + partial[1]) + (partial[2] + partial[3]);
-      kv_memory += __shfl_xor_sync(0xffffffffu, kv_memory, 1);
-      kv_memory += __shfl_xor_sync(0xffffffffu, kv_memory, 2);
+#pragma unroll
+      for (int lanes = 1; lanes < kParts; lanes *= 2) kv_memory += __shfl_xor_sync(0xffffffffu, kv_memory, lanes);
       const float delta = (v - kv_memory * k_norm) * beta, k_delta = delta * k_norm;
+      // k is read from shared memory again below rather than kept from the loop above: held, its rows would
+      // double the registers a thread needs (and spill when a thread holds its whole column).
+      __syncwarp();
 #pragma unroll
       for (int p = 0; p < 4; ++p) partial[p] = 0.0f;
 #pragma unroll
       for (int r = 0; r < kRows; ++r) {
-        const int row = part + kRowParts * r;
+        const int row = part + kParts * r;
         s[r] += k[row] * k_delta;          // S += k delta^T
         partial[r % 4] += s[r] * q[row];  // o = S^T q
       }
       float o = (partial[0] + partial[1]) + (partial[2] + partial[3]);
-      o += __shfl_xor_sync(0xffffffffu, o, 1);
-      o += __shfl_xor_sync(0xffffffffu, o, 2);
+#pragma unroll
+      for (int lanes = 1; lanes < kParts; lanes *= 2) o += __shfl_xor_sync(0xffffffffu, o, lanes);
       o *= q_norm;
       if (part == 0) head_out[i][col] = o;
-      float squares = o * o;  // over the warp's 8 columns (each held by its 4 parts)
-      squares += __shfl_xor_sync(0xffffffffu, squares, 4);
-      squares += __shfl_xor_sync(0xffffffffu, squares, 8);
-      squares += __shfl_xor_sync(0xffffffffu, squares, 16);
+      float squares = o * o;  // over the warp's 32 / kParts columns (each held by its kParts parts)
+#pragma unroll
+      for (int lanes = kParts; lanes < 32; lanes *= 2) squares += __shfl_xor_sync(0xffffffffu, squares, lanes);
       if (lane == 0) out_squares[i][warp] = squares;
     }
     __syncthreads();
@@ -192,7 +200,7 @@ __global__ void __launch_bounds__(kColumns * kRowParts)
     }
     cluster.sync();
     if (out_column < columns) {
-      for (int i = tid / kColumns; i < tokens; i += kRowParts) {
+      for (int i = tid / kColumns; i < tokens; i += kParts) {
         float sum = 0.0f;
         for (int r = 0; r < slices; ++r) sum += slice_squares[parity][i][r];
         const float scale = inverse_rms(sum, dv, weights.norm_eps);
@@ -204,10 +212,14 @@ __global__ void __launch_bounds__(kColumns * kRowParts)
   }
 
   if (column_valid) {
+    // The rows' addresses are computed again rather than kept from the loads: kept, they would take two
+    // registers a row for the whole chunk.
+    int64_t row_stride = dv;
+    asm volatile("" : "+l"(row_stride));
 #pragma unroll
     for (int r = 0; r < kRows; ++r) {
-      const int i = part + kRowParts * r;
-      if (i < dk) s_head[static_cast<int64_t>(i) * dv] = s[r];
+      const int i = part + kParts * r;
+      if (i < dk) s_head[i * row_stride] = s[r];
     }
   }
   // The conv ring gets the chunk's last inputs. Value columns have this block as their only reader. The
@@ -252,13 +264,13 @@ struct LaunchArgs {
   cudaStream_t stream;
 };
 
-template <int kRows, int kHistory, int kColumns, int kWindow>
+template <int kRows, int kHistory, int kColumns, int kWindow, int kParts = kRowParts>
 cudaError_t launch_shape(const LaunchArgs& l) {
   const unsigned slices = blocks_for(l.dims.v_head_dim, kColumns);
   if (slices > kMaxSlices) return cudaErrorInvalidValue;
   const dim3 grid(static_cast<unsigned>(l.chunks.count), static_cast<unsigned>(l.dims.num_v_heads), slices);
-  return launch_dependent_clusters(gated_delta_net_kernel<kRows, kHistory, kColumns, kWindow>, grid,
-                                   kColumns * kRowParts, dim3(1, 1, slices), 0, l.stream, l.qkv, l.z, l.a, l.b,
+  return launch_dependent_clusters(gated_delta_net_kernel<kRows, kHistory, kColumns, kWindow, kParts>, grid,
+                                   kColumns * kParts, dim3(1, 1, slices), 0, l.stream, l.qkv, l.z, l.a, l.b,
                                    l.weights, l.chunks, l.skip_from, l.dims, l.state,
                                    static_cast<__nv_bfloat16*>(l.out), l.out_stride);
 }
@@ -276,6 +288,12 @@ cudaError_t launch_rows(const LaunchArgs& l, bool decode) {
                     : launch_shape<kRows, kLong, kChunkColumns, kChunkWindow>(l);
 }
 }  // namespace
+
+bool gated_delta_net_decode_runs_many_sequence_blocks(const GatedDeltaNetDims& dims, GatedDeltaNetForm form,
+                                                      int64_t tokens, int64_t chunks) {
+  return form == GatedDeltaNetForm::ByChunkLength && tokens == chunks && chunks >= kManySequenceMinChunks &&
+         dims.k_head_dim <= kManySequenceMaxKeyRows && dims.conv_kernel <= 4;
+}
 
 bool gated_delta_net_chunk_runs_chunked(const GatedDeltaNetDims& dims, bool decode_step, int64_t length) {
   return !decode_step && gated_delta_net_chunked_supports(dims) && length >= kChunkedDeltaRuleMinTokens;
@@ -304,6 +322,11 @@ cudaError_t launch_gated_delta_net_layer(const float* qkv, const float* z, const
   }
   const LaunchArgs args{qkv, z, a, b, weights, chunks, chunked_from, dims, state, out, out_stride, stream};
   const int dk = dims.k_head_dim;
+  if (gated_delta_net_decode_runs_many_sequence_blocks(dims, form, tokens, chunks.count)) {
+    constexpr int kRows = kManySequenceMaxKeyRows / kManySequenceParts;
+    return dk <= kRows ? launch_shape<kRows / 2, 3, kDecodeColumns, kDecodeWindow, kManySequenceParts>(args)
+                       : launch_shape<kRows, 3, kDecodeColumns, kDecodeWindow, kManySequenceParts>(args);
+  }
   if (dk <= 8 * kRowParts) return launch_rows<8>(args, decode_shape);
   if (dk <= 16 * kRowParts) return launch_rows<16>(args, decode_shape);
   if (dk <= 32 * kRowParts) return launch_rows<32>(args, decode_shape);

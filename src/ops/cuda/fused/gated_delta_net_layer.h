@@ -74,6 +74,13 @@ enum class GatedDeltaNetForm { ByChunkLength, DecodeTokenByToken };
 inline bool gated_delta_net_runs_decode_shape(int64_t tokens, int64_t chunks, GatedDeltaNetForm form) {
   return tokens == chunks || form == GatedDeltaNetForm::DecodeTokenByToken;
 }
+// A decode step (every chunk one token) of at least kManySequenceMinChunks sequences runs blocks of two threads
+// a state column (256 threads a value head of 128 columns: two sequences at once on an SM), where fewer keep
+// four (a shorter chain a thread, one sequence an SM); key head dims up to 128 and conv kernels up to 4. Never in
+// the DecodeTokenByToken form, whose sums must not depend on the step's batch.
+inline constexpr int64_t kManySequenceMinChunks = 4;
+bool gated_delta_net_decode_runs_many_sequence_blocks(const GatedDeltaNetDims& dims, GatedDeltaNetForm form,
+                                                      int64_t tokens, int64_t chunks);
 cudaError_t launch_gated_delta_net_layer(const float* qkv, const float* z, const float* a, const float* b,
                                    const GatedDeltaNetParams& weights, const DeviceChunks& chunks, int64_t tokens,
                                    ChunkLengths lengths, GatedDeltaNetForm form,
