@@ -30,6 +30,8 @@ TEST(GemvTuningTable, SavedTableLoadsBackAndAnswersByBucket) {
   const cuda::GemvTuning winner{8, 4, 2, 8, cuda::GemvPipeline::AsyncCopy}, built_in{4, 2, 2, 4};
   table.cells[{gpu::GemvKernel::Nvfp4, 16480, 5120, 8}] = {winner, 15.0, built_in, 16.0};
   table.cells[{gpu::GemvKernel::Bf16Swiglu, 17408, 5120, 1}] = {built_in, 27.0, built_in, 27.0};
+  table.wgmma_cells[{5120, 6144, 64}] = {3, 25.0, 6, 31.4};
+  table.wgmma_cells[{5120, 6144, 128}] = {1, 50.0, 6, 56.6};
   const fs::path path = scratch_file("roundtrip");
   table.save(path);
   const gpu::GemvTuningTable loaded = gpu::GemvTuningTable::load(path);
@@ -45,6 +47,12 @@ TEST(GemvTuningTable, SavedTableLoadsBackAndAnswersByBucket) {
   EXPECT_FALSE(loaded.find(gpu::GemvKernel::Nvfp4, 16480, 5120, 4).has_value());   // bucket 4: not tuned
   EXPECT_FALSE(loaded.find(gpu::GemvKernel::Nvfp4, 16480, 5120, 9).has_value());   // bucket 16
   EXPECT_FALSE(loaded.find(gpu::GemvKernel::Bf16, 17408, 5120, 1).has_value());    // another kernel
+  ASSERT_EQ(loaded.wgmma_cells.size(), 2u);
+  for (int64_t m : {33, 40, 64}) EXPECT_EQ(loaded.find_wgmma_splits(5120, 6144, m), 3) << m;
+  for (int64_t m : {65, 100, 128}) EXPECT_EQ(loaded.find_wgmma_splits(5120, 6144, m), 1) << m;
+  EXPECT_FALSE(loaded.find_wgmma_splits(5120, 6144, 32).has_value());   // bucket 32: not tuned
+  EXPECT_FALSE(loaded.find_wgmma_splits(5120, 5120, 64).has_value());   // another K
+  EXPECT_EQ(loaded.wgmma_cells.at({5120, 6144, 64}).built_in_splits, 6);
 }
 
 TEST(GemvTuningTable, BucketsAndTuningNames) {
@@ -74,6 +82,12 @@ TEST(GemvTuningTable, BadFilesNameTheFileAndTheField) {
   write("{\"gpu\": \"X\", \"sm_count\": 1, \"cells\": [{\"kernel\": \"gemv_nvfp4\", \"n\": 64, \"k\": 64, \"m\": 4, "
         "\"winner\": \"fast\", \"default\": \"w4_d2_r2_k4\"}]}");
   expect_error_containing([&] { gpu::GemvTuningTable::load(path); }, {"cells[0].winner", "'fast' is not a tuning name"});
+  write("{\"gpu\": \"X\", \"sm_count\": 1, \"cells\": [], \"wgmma_cells\": [{\"n\": 64, \"k\": 64, \"m\": 48, "
+        "\"winner_splits\": 1, \"default_splits\": 1}]}");
+  expect_error_containing([&] { gpu::GemvTuningTable::load(path); }, {path.string(), "wgmma_cells[0]", "m bucket"});
+  write("{\"gpu\": \"X\", \"sm_count\": 1, \"cells\": [], \"wgmma_cells\": [{\"n\": 64, \"k\": 64, \"m\": 64, "
+        "\"winner_splits\": 9, \"default_splits\": 1}]}");
+  expect_error_containing([&] { gpu::GemvTuningTable::load(path); }, {"wgmma_cells[0]", "9 splits (1..8)"});
   write("{\"gpu\": \"X\"");
   expect_error_containing([&] { gpu::GemvTuningTable::load(path); }, {path.string(), "invalid JSON"});
   fs::remove(path);

@@ -62,6 +62,8 @@ const std::vector<BenchShape> kShapes = {
     {"attn_out", WeightFormat::Nvfp4, 5120, 6144},      {"mlp_gate_up", WeightFormat::Nvfp4, 17408, 5120},
     {"mlp_down", WeightFormat::Nvfp4, 5120, 17408},      {"attn_qkv_gate_bf16", WeightFormat::Bf16, 10240, 5120},
     {"lm_head_bf16", WeightFormat::Bf16, 248320, 5120},
+    // The 27B's gate and up projections together (2 x 17408 rows), as the model's grouped launch runs them.
+    {"mlp_gate_up_pair", WeightFormat::Nvfp4, 34816, 5120},
 };
 constexpr int64_t kTokenCounts[] = {1, 8, 32, 64, 128};  // the GEMV's up to kGemvMaxM
 

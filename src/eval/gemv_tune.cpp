@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cstdio>
 #include <memory>
+#include <set>
 #include <vector>
 
 #include "core/error.h"
@@ -13,8 +14,10 @@
 #ifdef UBERLM_WITH_CUDA
 #include "eval/decoding_batch.h"
 #include "ops/cuda/device_buffer.h"
+#include "ops/cuda/gemm_nvfp4_wgmma.h"
 #include "ops/cuda/gemv.h"
 #include "ops/cuda/kernel_timing.h"
+#include "ops/cuda/nvfp4_wgmma_layout.h"
 #include "runtime/cuda/gemv_tuning_table.h"
 #endif
 
@@ -26,12 +29,18 @@ namespace {
 
 using gpu::GemvCell;
 using gpu::GemvKernel;
+using gpu::WgmmaCell;
 
 constexpr uint64_t kSyntheticSeed = 20260101;
 constexpr int kContext = 16;
 
-// The GEMV launches of the model's decode steps at every batch bucket.
-std::vector<GemvCell> decode_gemv_cells(const GemvTuneOptions& options) {
+// The GEMV and wgmma GEMM launches of the model's decode steps at every batch bucket; each wgmma launch shape also
+// at 128 tokens, where prompt steps of 65..128 rows take it.
+struct DecodeCells {
+  std::vector<GemvCell> gemv;
+  std::vector<WgmmaCell> wgmma;
+};
+DecodeCells decode_cells(const GemvTuneOptions& options) {
   EngineStackOptions stack_options;
   stack_options.device = "cuda";
   stack_options.max_num_seqs = cuda::kGemvMaxM;
@@ -55,7 +64,14 @@ std::vector<GemvCell> decode_gemv_cells(const GemvTuneOptions& options) {
   for (int batch : gpu::kGemvMBuckets) {
     DecodingBatch sequences(stack->engine(), batch, kContext, setup + kWarmSteps, vocab);
   }
-  return stack->gpu_backend()->gemv_cells();
+  DecodeCells cells{stack->gpu_backend()->gemv_cells(), {}};
+  std::set<WgmmaCell> wgmma;
+  for (const WgmmaCell& cell : stack->gpu_backend()->wgmma_cells()) {
+    wgmma.insert(cell);
+    wgmma.insert({cell.n, cell.k, static_cast<int>(cuda::kGemmWgmmaMaxM)});
+  }
+  cells.wgmma.assign(wgmma.begin(), wgmma.end());
+  return cells;
 }
 
 bool is_nvfp4(GemvKernel kernel) { return kernel == GemvKernel::Nvfp4 || kernel == GemvKernel::Nvfp4Swiglu; }
@@ -144,6 +160,48 @@ double time_tuning_us(const GemvCell& cell, const CellWeights& weights, const cu
   });
 }
 
+// One wgmma GEMM cell: a single weight of the cell's rows (a grouped launch's targets together), random fragment
+// tiles in copies totalling at least 4x L2; every K split it can run, back to back as time_tuning_us.
+class WgmmaCellTimer {
+ public:
+  WgmmaCellTimer(const WgmmaCell& cell, int64_t l2_bytes)
+      : cell_(cell), row_tiles_(cuda::gemm_nvfp4_wgmma_row_tiles(cell.n)) {
+    std::vector<uint8_t> tiles(cuda::nvfp4_wgmma_layout_bytes(cell.n, cell.k));
+    cuda::fill_pseudo_random(tiles, static_cast<uint64_t>(cell.n * 31 + cell.k));
+    cuda::make_e4m3_scales(tiles);  // every byte a valid E4M3 code: the bf16 scales finite
+    const int copies = static_cast<int>(std::max<int64_t>(2, 4 * l2_bytes / static_cast<int64_t>(tiles.size()) + 1));
+    for (int c = 0; c < copies; ++c) tiles_.emplace_back(tiles);
+    std::vector<uint8_t> activations(static_cast<size_t>(cell.m * cell.k * 2));
+    cuda::fill_pseudo_random(activations, static_cast<uint64_t>(cell.m + 17));
+    cuda::make_bf16_values(activations);
+    x_ = DeviceBuffer(activations);
+    y_ = DeviceBuffer(static_cast<size_t>(cell.m * cell.n * 2));
+    partials_ = DeviceBuffer(static_cast<size_t>(
+        cuda::gemm_nvfp4_wgmma_partial_floats(row_tiles_, cell.m, cuda::kGemmWgmmaMaxSplits) * sizeof(float)));
+    arrivals_ = DeviceBuffer(static_cast<size_t>(row_tiles_ * sizeof(int)));
+    arrivals_.fill_bytes(0);
+  }
+  int built_in_splits() const { return cuda::gemm_nvfp4_wgmma_splits(row_tiles_, cell_.k); }
+  int most_splits() const {
+    return static_cast<int>(std::min<int64_t>(cuda::kGemmWgmmaMaxSplits, cell_.k / cuda::kNvfp4WgmmaTileK));
+  }
+  double time_us(int splits, int iters) {
+    const cuda::GemmWgmmaWorkspace workspace{partials_.as<float>(), static_cast<int64_t>(partials_.bytes() / sizeof(float)),
+                                             arrivals_.as<int>(), row_tiles_};
+    return 1e3 * cuda::time_back_to_back_ms(std::max(5, iters / 10), 10, [&](int i) {
+      const cuda::Nvfp4WgmmaTarget target{
+          {cell_.n, cell_.k, tiles_[i % tiles_.size()].as<uint8_t>(), 1.0f / 4096}, y_.data()};
+      cuda::gemm_nvfp4_wgmma(&target, 1, x_.data(), cell_.m, DType::BF16, splits, workspace, nullptr);
+    });
+  }
+
+ private:
+  WgmmaCell cell_;
+  int64_t row_tiles_;
+  std::vector<DeviceBuffer> tiles_;
+  DeviceBuffer x_, y_, partials_, arrivals_;
+};
+
 double copy_bandwidth_gbps() {
   const size_t bytes = size_t{1} << 30;
   DeviceBuffer src(bytes), dst(bytes);
@@ -154,6 +212,26 @@ double copy_bandwidth_gbps() {
   return 2.0 * static_cast<double>(bytes) / (ms * 1e-3) / 1e9;
 }
 
+gpu::WgmmaCellResult tune_wgmma_cell(const WgmmaCell& cell, int64_t l2_bytes, int iters, ProgressBar& progress) {
+  WgmmaCellTimer timer(cell, l2_bytes);
+  gpu::WgmmaCellResult result;
+  result.built_in_splits = timer.built_in_splits();
+  result.winner_us = -1;
+  const std::string label = fmt::format("gemm_nvfp4_wgmma {}x{} M<={}", cell.n, cell.k, cell.m);
+  for (int splits = 1; splits <= cuda::kGemmWgmmaMaxSplits; ++splits) {
+    if (splits <= timer.most_splits()) {
+      const double us = timer.time_us(splits, iters);
+      if (splits == result.built_in_splits) result.built_in_us = us;
+      if (result.winner_us < 0 || us < result.winner_us) {
+        result.winner_splits = splits;
+        result.winner_us = us;
+      }
+    }
+    progress.advance(1, label);
+  }
+  return result;
+}
+
 }  // namespace
 
 std::filesystem::path run_gemv_tune(const GemvTuneOptions& options) {
@@ -162,15 +240,18 @@ std::filesystem::path run_gemv_tune(const GemvTuneOptions& options) {
   gpu::GemvTuningTable table;
   table.gpu = gpu::GpuIdentity::current();
   table.command = options.command;
-  const std::vector<GemvCell> cells = decode_gemv_cells(options);
+  const DecodeCells decode = decode_cells(options);
+  const std::vector<GemvCell>& cells = decode.gemv;
   if (cells.empty()) fail("tune: the model's decode steps made no GEMV launch");
   table.copy_gbps = copy_bandwidth_gbps();
   cudaDeviceProp props{};
   CUDA_CHECK(cudaGetDeviceProperties(&props, 0));
-  std::printf("tune: %s, %d SMs, copy bandwidth %.0f GB/s; %zu GEMV launch shapes of the model's decode steps\n",
-              table.gpu.name.c_str(), table.gpu.sm_count, table.copy_gbps, cells.size());
+  std::printf("tune: %s, %d SMs, copy bandwidth %.0f GB/s; %zu GEMV and %zu wgmma GEMM launch shapes of the model's "
+              "decode steps\n",
+              table.gpu.name.c_str(), table.gpu.sm_count, table.copy_gbps, cells.size(), decode.wgmma.size());
   int64_t timings = 0;
   for (const GemvCell& cell : cells) timings += static_cast<int64_t>(tunings_of(cell).size());
+  timings += static_cast<int64_t>(decode.wgmma.size()) * cuda::kGemmWgmmaMaxSplits;
   ProgressBar progress("tune gemv", timings);
   for (const GemvCell& cell : cells) {
     const CellWeights weights(cell, props.l2CacheSize);
@@ -194,6 +275,7 @@ std::filesystem::path run_gemv_tune(const GemvTuneOptions& options) {
     }
     table.cells[cell] = result;
   }
+  for (const WgmmaCell& cell : decode.wgmma) table.wgmma_cells[cell] = tune_wgmma_cell(cell, props.l2CacheSize, options.iters, progress);
   progress.finish();
   std::printf("%-20s %7s %6s %3s  %-20s %9s  %-20s %9s %7s\n", "kernel", "N", "K", "M<=", "winner", "us", "built-in",
               "us", "gain");
@@ -202,6 +284,14 @@ std::filesystem::path run_gemv_tune(const GemvTuneOptions& options) {
                 static_cast<long long>(cell.n), static_cast<long long>(cell.k), cell.m,
                 cuda::gemv_tuning_name(result.winner).c_str(), result.winner_us,
                 cuda::gemv_tuning_name(result.built_in).c_str(), result.built_in_us,
+                100.0 * (result.built_in_us / result.winner_us - 1.0));
+  }
+  std::printf("%-20s %7s %6s %3s  %-20s %9s  %-20s %9s %7s\n", "kernel", "N", "K", "M<=", "winner splits", "us",
+              "built-in splits", "us", "gain");
+  for (const auto& [cell, result] : table.wgmma_cells) {
+    std::printf("%-20s %7lld %6lld %3d  %-20d %9.2f  %-20d %9.2f %6.1f%%\n", "gemm_nvfp4_wgmma",
+                static_cast<long long>(cell.n), static_cast<long long>(cell.k), cell.m, result.winner_splits,
+                result.winner_us, result.built_in_splits, result.built_in_us,
                 100.0 * (result.built_in_us / result.winner_us - 1.0));
   }
   const std::filesystem::path path =

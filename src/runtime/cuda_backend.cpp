@@ -479,6 +479,11 @@ std::vector<gpu::GemvCell> CudaBackend::gemv_cells() const {
   return {seen.begin(), seen.end()};
 }
 
+std::vector<gpu::WgmmaCell> CudaBackend::wgmma_cells() const {
+  const std::set<gpu::WgmmaCell>& seen = impl_->linears->wgmma_cells_seen();
+  return {seen.begin(), seen.end()};
+}
+
 #endif  // UBERLM_WITH_CUDA
 
 }  // namespace uberlm

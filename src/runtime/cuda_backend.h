@@ -95,8 +95,9 @@ class GpuBackend : public Backend {
   };
   virtual Counters counters() const = 0;
   virtual std::string memory_summary() const = 0;
-  // Every GEMV launch shape the forwards so far have made (rank 0's with tensor parallelism).
+  // Every GEMV and wgmma GEMM launch shape the forwards so far have made (rank 0's with tensor parallelism).
   virtual std::vector<gpu::GemvCell> gemv_cells() const = 0;
+  virtual std::vector<gpu::WgmmaCell> wgmma_cells() const = 0;
 };
 
 class CudaBackend : public GpuBackend {
@@ -132,6 +133,7 @@ class CudaBackend : public GpuBackend {
   Counters counters() const override;
   std::string memory_summary() const override;
   std::vector<gpu::GemvCell> gemv_cells() const override;
+  std::vector<gpu::WgmmaCell> wgmma_cells() const override;
 
  private:
   struct Impl;

@@ -46,6 +46,7 @@ class CudaTensorParallelBackend : public GpuBackend {
   Counters counters() const override;               // rank 0's
   std::string memory_summary() const override;      // rank 0's, per GPU
   std::vector<gpu::GemvCell> gemv_cells() const override { return ranks_.front()->gemv_cells(); }
+  std::vector<gpu::WgmmaCell> wgmma_cells() const override { return ranks_.front()->wgmma_cells(); }
 
   int size() const { return static_cast<int>(ranks_.size()); }
   CudaBackend& rank(int r) { return *ranks_.at(r); }

@@ -12,6 +12,11 @@ namespace uberlm::cuda {
 
 bool gemm_nvfp4_wgmma_device_runs() { return current_device_is_sm90(); }
 
+int gemm_nvfp4_wgmma_tokens_bucket(int64_t m) {
+  if (m < 1 || m > kGemmWgmmaMaxM) fail("gemm_nvfp4_wgmma: {} tokens (1..{})", m, kGemmWgmmaMaxM);
+  return m <= 8 ? 8 : m <= 16 ? 16 : m <= 32 ? 32 : m <= 64 ? 64 : 128;
+}
+
 void gemm_nvfp4_wgmma(const Nvfp4WgmmaTarget* targets, int count, const void* x, int64_t m, DType y_dtype, int splits,
                       const GemmWgmmaWorkspace& workspace, cudaStream_t stream) {
   if (m < 1 || m > kGemmWgmmaMaxM) fail("gemm_nvfp4_wgmma: {} tokens (1..{})", m, kGemmWgmmaMaxM);

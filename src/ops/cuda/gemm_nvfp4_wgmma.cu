@@ -52,8 +52,6 @@ struct Stages {
   static constexpr size_t kSharedBytes = kBarriersAt + 2 * kCount * sizeof(uint64_t) + 1024;  // + alignment
 };
 
-int tokens_bucket(int m) { return m <= 8 ? 8 : m <= 16 ? 16 : m <= 32 ? 32 : m <= 64 ? 64 : 128; }
-
 // A launch's targets: target t's row tiles are blocks first_tile[t] .. first_tile[t + 1] - 1 of the grid's x.
 struct WgmmaTargets {
   const uint8_t* tiles[kGemmWgmmaMaxTargets];
@@ -324,7 +322,7 @@ int gemm_nvfp4_wgmma_splits(int64_t row_tiles, int64_t k) {
 int64_t gemm_nvfp4_wgmma_row_tiles(int64_t n) { return (n + kRows - 1) / kRows; }
 
 int64_t gemm_nvfp4_wgmma_partial_floats(int64_t row_tiles, int64_t m, int splits) {
-  return splits * row_tiles * kRows * tokens_bucket(static_cast<int>(m));
+  return splits * row_tiles * kRows * gemm_nvfp4_wgmma_tokens_bucket(m);
 }
 
 int64_t gemm_nvfp4_wgmma_workspace_floats(int64_t row_tiles) {
@@ -341,7 +339,7 @@ namespace detail {
 
 cudaError_t launch_gemm_nvfp4_wgmma(const GemmWgmmaLaunch& launch, cudaStream_t stream) {
   const int64_t k = launch.targets[0].weight.cols;
-  const int tokens = tokens_bucket(launch.m);
+  const int tokens = gemm_nvfp4_wgmma_tokens_bucket(launch.m);
   CUtensorMap activations;
   const cudaError_t encoded = encode_byte_tile_map(activations, launch.x, static_cast<uint64_t>(k) * 2,
                                                    static_cast<uint64_t>(launch.m), kChunkBytes,

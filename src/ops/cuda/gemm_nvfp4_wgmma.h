@@ -31,6 +31,9 @@ struct Nvfp4WgmmaTarget {
 // Whether the current device runs the kernel (sm_90).
 bool gemm_nvfp4_wgmma_device_runs();
 
+// The kernel's token count N for m tokens (1..kGemmWgmmaMaxM): 8, 16, 32, 64 or 128, the smallest >= m.
+int gemm_nvfp4_wgmma_tokens_bucket(int64_t m);
+
 // A block's rows are a row tile (128) of one target: a target of N rows has gemm_nvfp4_wgmma_row_tiles(N). How many
 // blocks share a row tile's K for a launch of `row_tiles` over K on this GPU (the blocks two an SM hold).
 int64_t gemm_nvfp4_wgmma_row_tiles(int64_t n);

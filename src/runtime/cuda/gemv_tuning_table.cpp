@@ -44,6 +44,12 @@ GpuIdentity GpuIdentity::current() {
   return id;
 }
 
+std::optional<int> GemvTuningTable::find_wgmma_splits(int64_t n, int64_t k, int64_t m) const {
+  const auto it = wgmma_cells.find(WgmmaCell{n, k, cuda::gemm_nvfp4_wgmma_tokens_bucket(m)});
+  if (it == wgmma_cells.end()) return std::nullopt;
+  return it->second.winner_splits;
+}
+
 std::optional<cuda::GemvTuning> GemvTuningTable::find(GemvKernel kernel, int64_t n, int64_t k, int64_t m) const {
   const auto it = cells.find(GemvCell{kernel, n, k, gemv_m_bucket(m)});
   if (it == cells.end()) return std::nullopt;
@@ -102,6 +108,23 @@ GemvTuningTable GemvTuningTable::load(const std::filesystem::path& path) {
       table.cells[key] = {tuning_from_name(cell.at("winner"), where + ".winner"), cell.value("winner_us", 0.0),
                           tuning_from_name(cell.at("default"), where + ".default"), cell.value("default_us", 0.0)};
     }
+    const json wgmma_cells = root.value("wgmma_cells", json::array());
+    for (size_t i = 0; i < wgmma_cells.size(); ++i) {
+      const json& cell = wgmma_cells[i];
+      const std::string where = source + " wgmma_cells[" + std::to_string(i) + "]";
+      const WgmmaCell key{cell.at("n").get<int64_t>(), cell.at("k").get<int64_t>(), cell.at("m").get<int>()};
+      if (key.n <= 0 || key.k <= 0 || key.m < 1 || key.m > cuda::kGemmWgmmaMaxM || cuda::gemm_nvfp4_wgmma_tokens_bucket(key.m) != key.m) {
+        fail("{}: bad n, k or m bucket", where);
+      }
+      const WgmmaCellResult result{cell.at("winner_splits").get<int>(), cell.value("winner_us", 0.0),
+                                   cell.at("default_splits").get<int>(), cell.value("default_us", 0.0)};
+      for (int splits : {result.winner_splits, result.built_in_splits}) {
+        if (splits < 1 || splits > cuda::kGemmWgmmaMaxSplits) {
+          fail("{}: {} splits (1..{})", where, splits, cuda::kGemmWgmmaMaxSplits);
+        }
+      }
+      table.wgmma_cells[key] = result;
+    }
     return table;
   } catch (const json::exception& error) {
     fail("{}: {}", source, error.what());
@@ -115,9 +138,16 @@ void GemvTuningTable::save(const std::filesystem::path& path) const {
                           {"winner", cuda::gemv_tuning_name(result.winner)}, {"winner_us", result.winner_us},
                           {"default", cuda::gemv_tuning_name(result.built_in)}, {"default_us", result.built_in_us}});
   }
+  json wgmma_json = json::array();
+  for (const auto& [cell, result] : wgmma_cells) {
+    wgmma_json.push_back({{"n", cell.n}, {"k", cell.k}, {"m", cell.m}, {"winner_splits", result.winner_splits},
+                          {"winner_us", result.winner_us}, {"default_splits", result.built_in_splits},
+                          {"default_us", result.built_in_us}});
+  }
   const json root = {{"gpu", gpu.name},         {"sm_count", gpu.sm_count}, {"cuda_runtime", gpu.cuda_runtime},
                      {"cuda_driver", gpu.cuda_driver}, {"date", date.empty() ? utc_now() : date},
-                     {"command", command},      {"copy_gbps", copy_gbps},   {"cells", cells_json}};
+                     {"command", command},      {"copy_gbps", copy_gbps},   {"cells", cells_json},
+                     {"wgmma_cells", wgmma_json}};
   std::filesystem::create_directories(path.parent_path().empty() ? "." : path.parent_path());
   const std::filesystem::path temporary = path.string() + ".partial";
   {

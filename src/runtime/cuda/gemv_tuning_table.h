@@ -4,9 +4,14 @@
 // on this GPU. A launch the table does not cover takes the built-in default, explicitly: LinearRunner
 // counts it, logs it once, and makes it an error in strict mode.
 //
+// The same for the wgmma small-M GEMM (ops/cuda/gemm_nvfp4_wgmma.h), whose one tuning is its K split: per launch
+// (all targets' rows, K) and token bucket, the split count that was fastest.
+//
 // File (JSON): {"gpu", "sm_count", "cuda_runtime", "cuda_driver", "date", "command", "copy_gbps",
-//   "cells": [{"kernel", "n", "k", "m", "winner", "winner_us", "default", "default_us"}]}
-// where m is a bucket's upper end (gemv_m_bucket) and winner/default are tuning names (gemv_tuning_name).
+//   "cells": [{"kernel", "n", "k", "m", "winner", "winner_us", "default", "default_us"}],
+//   "wgmma_cells": [{"n", "k", "m", "winner_splits", "winner_us", "default_splits", "default_us"}]}
+// where m is a bucket's upper end (gemv_m_bucket; gemm_nvfp4_wgmma_tokens_bucket) and winner/default are tuning names
+// (gemv_tuning_name). A table without "wgmma_cells" has none.
 #include <cstdint>
 #include <filesystem>
 #include <map>
@@ -15,6 +20,7 @@
 #include <tuple>
 #include <vector>
 
+#include "ops/cuda/gemm_nvfp4_wgmma.h"
 #include "ops/cuda/gemv.h"
 
 namespace uberlm::gpu {
@@ -41,6 +47,20 @@ struct GemvCellResult {
   double built_in_us = 0;
 };
 
+struct WgmmaCell {
+  int64_t n;  // all targets' rows together
+  int64_t k;
+  int m;      // bucket
+  auto operator<=>(const WgmmaCell&) const = default;
+};
+
+struct WgmmaCellResult {
+  int winner_splits = 1;
+  double winner_us = 0;
+  int built_in_splits = 1;
+  double built_in_us = 0;
+};
+
 // The identity of the GPU a table belongs to: its name and SM count.
 struct GpuIdentity {
   std::string name;
@@ -55,8 +75,10 @@ class GemvTuningTable {
   std::string date, command;
   double copy_gbps = 0;
   std::map<GemvCell, GemvCellResult> cells;
+  std::map<WgmmaCell, WgmmaCellResult> wgmma_cells;
 
   std::optional<cuda::GemvTuning> find(GemvKernel kernel, int64_t n, int64_t k, int64_t m) const;
+  std::optional<int> find_wgmma_splits(int64_t n, int64_t k, int64_t m) const;
   // Throws Error naming the file and the field at fault.
   static GemvTuningTable load(const std::filesystem::path& path);
   void save(const std::filesystem::path& path) const;  // atomically (a temporary file renamed)

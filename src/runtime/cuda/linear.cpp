@@ -94,8 +94,24 @@ cuda::GemvTuning LinearRunner::table_tuning(GemvKernel kernel, int64_t n, int64_
       return *tuning;
     }
   }
-  return built_in_fallback(cell, built_in_tuning(kernel, n, k, rows),
-                           table_ ? "no tuning-table cell" : "no tuning table is loaded");
+  const cuda::GemvTuning built_in = built_in_tuning(kernel, n, k, rows);
+  count_miss(gemv_cell_label(cell), cuda::gemv_tuning_name(built_in), table_ ? "no tuning-table cell" : "no tuning table is loaded");
+  return built_in;
+}
+
+int LinearRunner::wgmma_splits(int64_t n, int64_t row_tiles, int64_t k, int64_t rows) {
+  const WgmmaCell cell{n, k, cuda::gemm_nvfp4_wgmma_tokens_bucket(rows)};
+  wgmma_cells_seen_.insert(cell);
+  if (table_) {
+    if (const std::optional<int> splits = table_->find_wgmma_splits(n, k, rows)) {
+      ++counters_.tuning_table_hits;
+      return *splits;
+    }
+  }
+  const int built_in = cuda::gemm_nvfp4_wgmma_splits(row_tiles, k);
+  count_miss(fmt::format("wgmma N={} K={} M<={}", cell.n, cell.k, cell.m), fmt::format("{} K splits", built_in),
+             table_ ? "no tuning-table cell" : "no tuning table is loaded");
+  return built_in;
 }
 
 // One K split serves every M of a cell, so that a row's sums do not depend on M: the batch-invariant variant of
@@ -121,24 +137,27 @@ cuda::GemvTuning LinearRunner::deterministic_tuning(GemvKernel kernel, int64_t n
     ++counters_.tuning_table_hits;
     return *winner.tuning;
   }
-  return built_in_fallback(cell, built_in_batch_invariant_tuning(kernel, k, rows), winner.missing);
+  const cuda::GemvTuning built_in = built_in_batch_invariant_tuning(kernel, k, rows);
+  count_miss(gemv_cell_label(cell), cuda::gemv_tuning_name(built_in), winner.missing);
+  return built_in;
 }
 
-// A launch without its table tuning: the built-in one, counted as a miss, logged once per cell, an Error in strict
-// mode.
-cuda::GemvTuning LinearRunner::built_in_fallback(const GemvCell& cell, const cuda::GemvTuning& built_in,
-                                                 const std::string& missing) {
+std::string LinearRunner::gemv_cell_label(const GemvCell& cell) {
+  return fmt::format("GEMV {} N={} K={} M<={}", gemv_kernel_name(cell.kernel), cell.n, cell.k, cell.m);
+}
+
+// A launch without its table tuning runs the built-in one: counted as a miss, logged once per cell, an Error in
+// strict mode.
+void LinearRunner::count_miss(const std::string& cell, const std::string& built_in, const std::string& missing) {
   ++counters_.tuning_table_misses;
   if (strict_) {
-    fail("strict: GEMV {} N={} K={} M<={}: {}, so the built-in {} would run (`uberlm tune` measures the cells a "
-         "model uses)",
-         gemv_kernel_name(cell.kernel), cell.n, cell.k, cell.m, missing, cuda::gemv_tuning_name(built_in));
+    fail("strict: {}: {}, so the built-in {} would run (`uberlm tune` measures the cells a model uses)", cell, missing,
+         built_in);
   }
   if (logged_misses_.insert(cell).second) {
-    spdlog::warn("gemv: {} N={} K={} M<={}: {}; the built-in {} runs (`uberlm tune` measures the cells a model uses)",
-                 gemv_kernel_name(cell.kernel), cell.n, cell.k, cell.m, missing, cuda::gemv_tuning_name(built_in));
+    spdlog::warn("{}: {}; the built-in {} runs (`uberlm tune` measures the cells a model uses)", cell, missing,
+                 built_in);
   }
-  return built_in;
 }
 
 void LinearRunner::set_gemm_memory(uint16_t* scratch, int64_t slot_elements, uint8_t* workspace) {
@@ -255,9 +274,11 @@ void LinearRunner::multiply_on_small_m_gemm(std::span<const Output> outputs, con
     row_tiles += cuda::gemm_nvfp4_wgmma_row_tiles(outputs[i].weight->out);
   }
   counters_.wgmma_linear_calls += static_cast<int64_t>(outputs.size());
-  cuda::gemm_nvfp4_wgmma(targets, static_cast<int>(outputs.size()), x, rows, y_dtype,
-                         cuda::gemm_nvfp4_wgmma_splits(row_tiles, outputs.front().weight->in_padded), *small_m_gemm_,
-                         stream_);
+  const int64_t k = outputs.front().weight->in_padded;
+  int64_t n = 0;
+  for (const Output& o : outputs) n += o.weight->out;
+  cuda::gemm_nvfp4_wgmma(targets, static_cast<int>(outputs.size()), x, rows, y_dtype, wgmma_splits(n, row_tiles, k, rows),
+                         *small_m_gemm_, stream_);
 }
 
 void LinearRunner::group_piece(std::span<const Output> outputs, const uint16_t* x, int64_t rows, DType y_dtype) {

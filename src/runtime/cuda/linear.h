@@ -89,15 +89,19 @@ class LinearRunner {
                       uint16_t* out, int64_t out_stride);
 
   const LinearCounters& counters() const { return counters_; }
-  // Every GEMV launch shape this runner has tuned (what `uberlm tune` measures for a model).
+  // Every GEMV and wgmma GEMM launch shape this runner has tuned (what `uberlm tune` measures for a model).
   const std::set<GemvCell>& cells_seen() const { return cells_seen_; }
+  const std::set<WgmmaCell>& wgmma_cells_seen() const { return wgmma_cells_seen_; }
 
  private:
   bool takes_small_m_gemm(const DeviceLinear& w, int64_t rows) const;
   cuda::GemvTuning tuning_for(GemvKernel kernel, int64_t n, int64_t k, int64_t rows);
   cuda::GemvTuning table_tuning(GemvKernel kernel, int64_t n, int64_t k, int64_t rows);
   cuda::GemvTuning deterministic_tuning(GemvKernel kernel, int64_t n, int64_t k, int64_t rows);
-  cuda::GemvTuning built_in_fallback(const GemvCell& cell, const cuda::GemvTuning& built_in, const std::string& missing);
+  // The wgmma GEMM's K split for a launch of n rows in row_tiles (all targets) over K: the table's, else the built-in.
+  int wgmma_splits(int64_t n, int64_t row_tiles, int64_t k, int64_t rows);
+  static std::string gemv_cell_label(const GemvCell& cell);
+  void count_miss(const std::string& cell, const std::string& built_in, const std::string& missing);
   void group_piece(std::span<const Output> outputs, const uint16_t* x, int64_t rows, DType y_dtype);
   // One wgmma GEMM launch for outputs that all take it (at most kGemmWgmmaMaxTargets).
   void multiply_on_small_m_gemm(std::span<const Output> outputs, const uint16_t* x, int64_t rows, DType y_dtype);
@@ -107,7 +111,7 @@ class LinearRunner {
   const GemvTuningTable* table_;
   bool strict_;
   bool deterministic_;
-  std::set<GemvCell> logged_misses_;
+  std::set<std::string> logged_misses_;  // cells' labels
   // Deterministic mode: per cell (M bucket 1), the table's invariant tuning, or why there is none.
   struct InvariantWinner {
     std::optional<cuda::GemvTuning> tuning;
@@ -115,6 +119,7 @@ class LinearRunner {
   };
   std::map<GemvCell, InvariantWinner> invariant_winners_;
   std::set<GemvCell> cells_seen_;
+  std::set<WgmmaCell> wgmma_cells_seen_;
   std::unique_ptr<cuda::Gemm> gemm_;
   std::optional<cuda::GemmWgmmaWorkspace> small_m_gemm_;
   uint16_t* gemm_scratch_ = nullptr;
