@@ -34,8 +34,8 @@ using gpu::WgmmaCell;
 constexpr uint64_t kSyntheticSeed = 20260101;
 constexpr int kContext = 16;
 
-// The GEMV and wgmma GEMM launches of the model's decode steps at every batch bucket; each wgmma launch shape also
-// at 128 tokens, where prompt steps of 65..128 rows take it.
+// The GEMV launches of the model's decode steps at every batch bucket, and the wgmma GEMM's launch shapes at 128
+// tokens, where prompt steps of 65..128 rows take it (decode steps keep its built-in split: LinearRunner).
 struct DecodeCells {
   std::vector<GemvCell> gemv;
   std::vector<WgmmaCell> wgmma;
@@ -67,7 +67,6 @@ DecodeCells decode_cells(const GemvTuneOptions& options) {
   DecodeCells cells{stack->gpu_backend()->gemv_cells(), {}};
   std::set<WgmmaCell> wgmma;
   for (const WgmmaCell& cell : stack->gpu_backend()->wgmma_cells()) {
-    wgmma.insert(cell);
     wgmma.insert({cell.n, cell.k, static_cast<int>(cuda::kGemmWgmmaMaxM)});
   }
   cells.wgmma.assign(wgmma.begin(), wgmma.end());

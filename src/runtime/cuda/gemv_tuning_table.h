@@ -5,7 +5,8 @@
 // counts it, logs it once, and makes it an error in strict mode.
 //
 // The same for the wgmma small-M GEMM (ops/cuda/gemm_nvfp4_wgmma.h), whose one tuning is its K split: per launch
-// (all targets' rows, K) and token bucket, the split count that was fastest.
+// (all targets' rows, K) and token bucket, the split count that was fastest (prompt steps' 128-token bucket: decode
+// steps keep the built-in split, LinearRunner).
 //
 // File (JSON): {"gpu", "sm_count", "cuda_runtime", "cuda_driver", "date", "command", "copy_gbps",
 //   "cells": [{"kernel", "n", "k", "m", "winner", "winner_us", "default", "default_us"}],

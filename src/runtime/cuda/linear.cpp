@@ -102,6 +102,9 @@ cuda::GemvTuning LinearRunner::table_tuning(GemvKernel kernel, int64_t n, int64_
 int LinearRunner::wgmma_splits(int64_t n, int64_t row_tiles, int64_t k, int64_t rows) {
   const WgmmaCell cell{n, k, cuda::gemm_nvfp4_wgmma_tokens_bucket(rows)};
   wgmma_cells_seen_.insert(cell);
+  // Decode steps keep the built-in split: inside the step's graph it measured faster than the splits that win
+  // alone (bench/notes/gemv.md, session 32), which only prompt steps, run eagerly, take from the table.
+  if (rows <= cuda::kGemvMaxM) return cuda::gemm_nvfp4_wgmma_splits(row_tiles, k);
   if (table_) {
     if (const std::optional<int> splits = table_->find_wgmma_splits(n, k, rows)) {
       ++counters_.tuning_table_hits;

@@ -98,7 +98,8 @@ class LinearRunner {
   cuda::GemvTuning tuning_for(GemvKernel kernel, int64_t n, int64_t k, int64_t rows);
   cuda::GemvTuning table_tuning(GemvKernel kernel, int64_t n, int64_t k, int64_t rows);
   cuda::GemvTuning deterministic_tuning(GemvKernel kernel, int64_t n, int64_t k, int64_t rows);
-  // The wgmma GEMM's K split for a launch of n rows in row_tiles (all targets) over K: the table's, else the built-in.
+  // The wgmma GEMM's K split for a launch of n rows in row_tiles (all targets) over K: for more than kGemvMaxM rows
+  // the table's, else (and for decode steps) the built-in.
   int wgmma_splits(int64_t n, int64_t row_tiles, int64_t k, int64_t rows);
   static std::string gemv_cell_label(const GemvCell& cell);
   void count_miss(const std::string& cell, const std::string& built_in, const std::string& missing);
