@@ -322,6 +322,20 @@ std::vector<int32_t> shared_table(int slot, int other, int64_t prefix_blocks, in
   return table;
 }
 
+// What a backend gives for `prefix` run alone in slot 0 over its own blocks, then `prompt_tail` and `steps` greedy
+// decode steps.
+Continuation continuation_of_prefix(CudaBackend& backend, const std::vector<int32_t>& prefix,
+                                    const std::vector<int32_t>& prompt_tail, int64_t blocks_per_slot, int steps) {
+  run_tokens(backend, 0, 0, prefix, own_table(0, blocks_per_slot));
+  return continue_greedy(backend, 0, static_cast<int64_t>(prefix.size()), prompt_tail, own_table(0, blocks_per_slot),
+                         steps);
+}
+
+CudaBackendOptions with_prefix_snapshots(CudaBackendOptions options, int snapshots) {
+  options.prefix_snapshots = snapshots;
+  return options;
+}
+
 // A 48-token prefix (three KV blocks) run in slot 0 and saved to snapshot 1 at its run's end, then slot 0
 // moved on. Restored into slot 2, which held another sequence's states (and snapshot 1 another's before the
 // save), over slot 0's prefix blocks and blocks of its own, it continues exactly as a backend without
@@ -335,18 +349,13 @@ TEST(CudaServing, RestoredPrefixContinuesAsTheSequenceThatSavedIt) {
   constexpr int kSlots = 3, kDecodeSteps = 24;
   constexpr int64_t kPrefix = 3 * kKvBlockSize, kBlocksPerSlot = 16;
   const CudaBackendOptions plain = serving_options(kSlots, kSlots * kBlocksPerSlot);
-  CudaBackendOptions with_snapshots = plain;
-  with_snapshots.prefix_snapshots = 2;
-  CudaBackend reference(*model, plain), cached(*model, with_snapshots);
+  CudaBackend reference(*model, plain), cached(*model, with_prefix_snapshots(plain, 2));
   EXPECT_EQ(reference.max_prefix_snapshots(), 0);
   ASSERT_EQ(cached.max_prefix_snapshots(), 2);
   std::mt19937 rng(11);
   const std::vector<int32_t> prefix = random_tokens(rng, kPrefix, vocab);
   const std::vector<int32_t> prompt_tail = random_tokens(rng, 5, vocab);
-
-  run_tokens(reference, 0, 0, prefix, own_table(0, kBlocksPerSlot));
-  const Continuation expected =
-      continue_greedy(reference, 0, kPrefix, prompt_tail, own_table(0, kBlocksPerSlot), kDecodeSteps);
+  const Continuation expected = continuation_of_prefix(reference, prefix, prompt_tail, kBlocksPerSlot, kDecodeSteps);
 
   run_tokens(cached, 2, 0, random_tokens(rng, 37, vocab), own_table(2, kBlocksPerSlot));
   run_tokens(cached, 2, 37, random_tokens(rng, 3, vocab), own_table(2, kBlocksPerSlot), 1, 3);
@@ -390,15 +399,11 @@ TEST(CudaServing, PrefixSavedBetweenARunsTokensContinuesAsTheCutPrefill) {
   for (const bool deterministic : {true, false}) {
     CudaBackendOptions plain = serving_options(kSlots, kSlots * kBlocksPerSlot);
     plain.deterministic = deterministic;
-    CudaBackendOptions with_snapshots = plain;
-    with_snapshots.prefix_snapshots = 1;
-    CudaBackend reference(*model, plain), cached(*model, with_snapshots);
+    CudaBackend reference(*model, plain), cached(*model, with_prefix_snapshots(plain, 1));
     std::mt19937 rng(29);
     const std::vector<int32_t> prefix = random_tokens(rng, kPrefix, vocab);
     const std::vector<int32_t> prompt_tail = random_tokens(rng, 6, vocab);
-    run_tokens(reference, 0, 0, prefix, own_table(0, kBlocksPerSlot));
-    const Continuation expected =
-        continue_greedy(reference, 0, kPrefix, prompt_tail, own_table(0, kBlocksPerSlot), kDecodeSteps);
+    const Continuation expected = continuation_of_prefix(reference, prefix, prompt_tail, kBlocksPerSlot, kDecodeSteps);
 
     run_tokens(cached, 1, 0, random_tokens(rng, 9, vocab), own_table(1, kBlocksPerSlot));
     std::vector<int32_t> tokens = prefix;
