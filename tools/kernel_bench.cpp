@@ -1,12 +1,13 @@
 // kernel_bench: device-to-device copy bandwidth (the roofline) and the decode GEMV kernels on the
-// Qwen3.5-27B linear shapes at M = 1, 8, 32, 64 (and the Hopper small-M GEMM at 128 too), each shape with a read-only probe of its weight codes
+// Qwen3.5-27B linear shapes at M = 1, 8, 32, 64 (and the Hopper small-M GEMM at 128 too; bf16 weights over 8 rows
+// also through cuBLAS, "gemm_bf16_cublas"), each shape with a read-only probe of its weight codes
 // (read_probe.h: the ceiling of a kernel of that size; row M = 0). Each launch is timed alone (its own pair of CUDA
 // events, median of many) and back to back (see LaunchTimes), rotating over enough weight copies that
 // L2 cannot hold them; --l2-resident instead reads one copy every launch (held in L2 where it fits), for what
 // a kernel gains from weights brought into L2 ahead.
 // --sweep also times every compiled tuning (warps, pipeline depth, row tiles) of each kernel; --only
 // keeps the runs whose label "shape/M/tuning" (e.g. "mlp_down/1/w4_d2_r2_k4") contains the text, for
-// profiling one launch. The MLP's gate/up pair (2 x 8704 x 5120) with SwiGLU is timed both ways: fused
+// profiling one launch. The MLP's gate/up pair (2 x 17408 x 5120) with SwiGLU is timed both ways: fused
 // into the GEMV epilogue ("mlp_gate_up_swiglu/M/fused_<tuning>") and as the two-target GEMV plus the
 // SwiGLU kernel ("mlp_gate_up_swiglu/M/unfused"); both count the same bytes (weights, x, bf16 out).
 // Prefill's NVFP4 linear layers at M = 128 and 2048 ("prefill_gemm/shape", gemm.h) are timed in three parts: the
@@ -241,6 +242,8 @@ int run(int argc, char** argv) {
               "b2b_us", "of_copy");
 
   nlohmann::json results = nlohmann::json::array();
+  DeviceBuffer gemm_workspace(cuda::kGemmWorkspaceBytes);
+  cuda::Gemm gemm(nullptr, gemm_workspace.data(), cuda::kGemmWorkspaceBytes);
   for (const BenchShape& shape : kShapes) {
     const bool nvfp4 = shape.format == WeightFormat::Nvfp4;
     const size_t packed_bytes = nvfp4 ? shape.n * shape.k / 2 : shape.n * shape.k * 2;
@@ -317,6 +320,15 @@ int run(int argc, char** argv) {
                     is_default, double(weight_bytes) + double(m * shape.k * 2) + double(m * shape.n * 2), copies},
                    times, copy_gbps, iters, !is_default, results);
       }
+      // bf16 weights at more than 8 rows: cuBLAS beside the GEMV (the lm_head of a decode step of many sequences).
+      if (!nvfp4 && m > 8 && (shape.name + "/" + std::to_string(m) + "/cublas").find(only) != std::string::npos) {
+        const LaunchTimes times = time_launch(iters, [&](int i) {
+          gemm.bf16(packed[i % copies].data(), shape.n, shape.k, x.data(), m, y.data(), DType::BF16);
+        });
+        report_row({"gemm_bf16_cublas", shape.name, "cublas", shape.n, shape.k, m, false,
+                    double(weight_bytes) + double(m * shape.k * 2) + double(m * shape.n * 2), copies},
+                   times, copy_gbps, iters, false, results);
+      }
       // The Hopper small-M GEMM (gemm_nvfp4_wgmma.h) beside the GEMV: its default K split, and with --sweep every
       // other split count.
       if (nvfp4 && cuda::gemm_nvfp4_wgmma_device_runs()) {
@@ -348,10 +360,10 @@ int run(int argc, char** argv) {
       }
     }
   }
-  // The gate/up pair with SwiGLU: fused (default paired tuning, and every paired tuning with --sweep)
-  // against the unfused launches the backend ran before.
+  // The 27B's gate/up pair (each [17408, 5120]) with SwiGLU: fused (default paired tuning, and every paired tuning
+  // with --sweep) against the unfused launches the backend ran before. (Before session 32 this pair was 2 x 8704.)
   {
-    const int64_t n = 8704, k = 5120, pair_bytes = 2 * (n * k / 2 + n * k / 16);
+    const int64_t n = 17408, k = 5120, pair_bytes = 2 * (n * k / 2 + n * k / 16);
     const int copies = static_cast<int>(std::max<int64_t>(2, (4 * int64_t{prop.l2CacheSize}) / pair_bytes + 1));
     std::vector<uint8_t> host_packed(n * k / 2), host_scales(n * k / 16);
     cuda::fill_pseudo_random(host_packed, n);
