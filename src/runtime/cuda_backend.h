@@ -83,8 +83,8 @@ class GpuBackend : public Backend {
     int64_t gemm_nvfp4_prefetched_calls = 0;  // ... of them, dequantised ahead beside the mixer's core
     int64_t gemv_swiglu_calls = 0;        // MLP gate/up GEMVs that wrote SwiGLU from their epilogue
     int64_t wgmma_linear_calls = 0;       // NVFP4 layers of 17..128 rows on the wgmma GEMM (Hopper) instead
-    int64_t tuning_table_hits = 0;        // GEMV launches tuned by the table
-    int64_t tuning_table_misses = 0;      // GEMV launches on the built-in tuning (a cell the table lacks)
+    int64_t tuning_table_hits = 0;        // GEMV and prompt-step wgmma launches tuned by the table
+    int64_t tuning_table_misses = 0;      // ... on the built-in tuning (a cell the table lacks)
     int64_t prefill_attention_calls = 0;      // layers whose prompt rows ran the tensor-core prefill kernel
     int64_t prefill_attention_wgmma_calls = 0;  // ... of them its Hopper (wgmma) form
     int64_t prefill_attention_fallbacks = 0;  // ... ran the decode kernel (a head_dim without a prefill kernel)

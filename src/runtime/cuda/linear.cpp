@@ -102,16 +102,16 @@ cuda::GemvTuning LinearRunner::table_tuning(GemvKernel kernel, int64_t n, int64_
 int LinearRunner::wgmma_splits(int64_t n, int64_t row_tiles, int64_t k, int64_t rows) {
   const WgmmaCell cell{n, k, cuda::gemm_nvfp4_wgmma_tokens_bucket(rows)};
   wgmma_cells_seen_.insert(cell);
+  const int built_in = cuda::gemm_nvfp4_wgmma_splits(row_tiles, k);
   // Decode steps keep the built-in split: inside the step's graph it measured faster than the splits that win
   // alone (bench/notes/gemv.md, session 32), which only prompt steps, run eagerly, take from the table.
-  if (rows <= cuda::kGemvMaxM) return cuda::gemm_nvfp4_wgmma_splits(row_tiles, k);
+  if (rows <= cuda::kGemvMaxM) return built_in;
   if (table_) {
     if (const std::optional<int> splits = table_->find_wgmma_splits(n, k, rows)) {
       ++counters_.tuning_table_hits;
       return *splits;
     }
   }
-  const int built_in = cuda::gemm_nvfp4_wgmma_splits(row_tiles, k);
   count_miss(fmt::format("wgmma N={} K={} M<={}", cell.n, cell.k, cell.m), fmt::format("{} K splits", built_in),
              table_ ? "no tuning-table cell" : "no tuning table is loaded");
   return built_in;
@@ -271,15 +271,14 @@ void LinearRunner::group(std::initializer_list<Output> outputs, const uint16_t* 
 void LinearRunner::multiply_on_small_m_gemm(std::span<const Output> outputs, const uint16_t* x, int64_t rows,
                                             DType y_dtype) {
   cuda::Nvfp4WgmmaTarget targets[cuda::kGemmWgmmaMaxTargets];
-  int64_t row_tiles = 0;
+  int64_t n = 0, row_tiles = 0;
   for (size_t i = 0; i < outputs.size(); ++i) {
     targets[i] = {outputs[i].weight->wgmma_view(), outputs[i].y};
+    n += outputs[i].weight->out;
     row_tiles += cuda::gemm_nvfp4_wgmma_row_tiles(outputs[i].weight->out);
   }
   counters_.wgmma_linear_calls += static_cast<int64_t>(outputs.size());
   const int64_t k = outputs.front().weight->in_padded;
-  int64_t n = 0;
-  for (const Output& o : outputs) n += o.weight->out;
   cuda::gemm_nvfp4_wgmma(targets, static_cast<int>(outputs.size()), x, rows, y_dtype, wgmma_splits(n, row_tiles, k, rows),
                          *small_m_gemm_, stream_);
 }

@@ -44,8 +44,8 @@ struct LinearCounters {
   int64_t gemm_nvfp4_prefetched_calls = 0;  // ... of them, dequantised ahead on the side stream (prefetch_dequantized)
   int64_t gemv_swiglu_calls = 0;        // MLP gate/up GEMVs that wrote SwiGLU from their epilogue
   int64_t wgmma_linear_calls = 0;       // NVFP4 layers of kSmallMGemmMinRows..kGemmWgmmaMaxM rows on the wgmma GEMM
-  int64_t tuning_table_hits = 0;        // GEMV launches whose tuning came from the table
-  int64_t tuning_table_misses = 0;      // GEMV launches that took the built-in tuning
+  int64_t tuning_table_hits = 0;        // GEMV and prompt-step wgmma launches whose tuning came from the table
+  int64_t tuning_table_misses = 0;      // ... that took the built-in tuning
 };
 
 class LinearRunner {

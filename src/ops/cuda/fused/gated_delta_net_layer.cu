@@ -167,9 +167,6 @@ __global__ void __launch_bounds__(kColumns * kParts, kParts == kManySequencePart
 #pragma unroll
       for (int lanes = 1; lanes < kParts; lanes *= 2) kv_memory += __shfl_xor_sync(0xffffffffu, kv_memory, lanes);
       const float delta = (v - kv_memory * k_norm) * beta, k_delta = delta * k_norm;
-      // k is read from shared memory again below rather than kept from the loop above: held, its rows would
-      // double the registers a thread needs (and spill when a thread holds its whole column).
-      __syncwarp();
 #pragma unroll
       for (int p = 0; p < 4; ++p) partial[p] = 0.0f;
 #pragma unroll
