@@ -213,10 +213,11 @@ inline constexpr bool kGemvPrefetchActivations = kTokenGroups <= 2;
 // chunks ahead of the multiplies: a chunk's slot is refilled with the chunk kDepth later as soon as it
 // has been read, so about kDepth loads per row stay in flight for the whole loop. Addresses are
 // computed once per row; the loop only steps k.
-template <class Format, int kTokenGroups, int kRowTiles, int kDepth, int kChains>
+template <class Format, int kTokenGroups, int kRowTiles, int kDepth, int kChains, class WaitForInputs>
 __device__ __forceinline__ void gemv_warp_partial(const GemvWarpTiles<Format, kRowTiles>& tiles, const __nv_bfloat16* x,
                                                   int m, int k_size, int first_chunk, int chunk_stride,
-                                                  GemvAccumulators<kTokenGroups, kRowTiles, kChains>& acc) {
+                                                  GemvAccumulators<kTokenGroups, kRowTiles, kChains>& acc,
+                                                  const WaitForInputs& wait_for_inputs) {
   constexpr bool kPrefetch = kGemvPrefetchActivations<kTokenGroups>;
   const int n_chunks = (k_size + kGemvChunkK - 1) / kGemvChunkK;
   const int count = first_chunk < n_chunks ? (n_chunks - first_chunk + chunk_stride - 1) / chunk_stride : 0;
@@ -228,7 +229,7 @@ __device__ __forceinline__ void gemv_warp_partial(const GemvWarpTiles<Format, kR
   for (int d = 0; d < kDepth; ++d) {
     if (d < count) pipe[d] = rows.load(k_first + d * k_step, k_last);
   }
-  wait_for_previous_kernel();  // the weights are constant; the activations come from the previous kernel
+  wait_for_inputs();  // the weights are constant; the activations come from the previous kernel (or task)
   uint32_t xs[kTokenGroups][16];
   if (kPrefetch && count > 0) gemv_load_activation_chunk<kTokenGroups>(x, m, k_size, k_first, xs);
   for (int base = 0; base < count; base += kDepth) {
@@ -266,11 +267,12 @@ struct GemvWarpStages {
 // multiply that used its previous contents has issued. Activations are loaded at the start of their
 // chunk (an L1 hit: every warp of the SM reads the same ones), not a chunk ahead: the prefetch's 16
 // registers per token group cost more resident warps than its latency hiding gains.
-template <class Format, int kTokenGroups, int kRowTiles, int kDepth, int kChains>
+template <class Format, int kTokenGroups, int kRowTiles, int kDepth, int kChains, class WaitForInputs>
 __device__ __forceinline__ void gemv_warp_partial_async(const GemvWarpTiles<Format, kRowTiles>& tiles,
                                                         const __nv_bfloat16* x, int m, int k_size, int first_chunk,
                                                         int chunk_stride, GemvWarpStages<Format, kRowTiles, kDepth>& stages,
-                                                        GemvAccumulators<kTokenGroups, kRowTiles, kChains>& acc) {
+                                                        GemvAccumulators<kTokenGroups, kRowTiles, kChains>& acc,
+                                                        const WaitForInputs& wait_for_inputs) {
   const int n_chunks = (k_size + kGemvChunkK - 1) / kGemvChunkK;
   const int count = first_chunk < n_chunks ? (n_chunks - first_chunk + chunk_stride - 1) / chunk_stride : 0;
   const int k_first = first_chunk * kGemvChunkK + (threadIdx.x % 4) * kGemvLaneK, k_step = chunk_stride * kGemvChunkK;
@@ -289,7 +291,7 @@ __device__ __forceinline__ void gemv_warp_partial_async(const GemvWarpTiles<Form
   };
 #pragma unroll
   for (int d = 0; d < kDepth - 1; ++d) stage(d);
-  wait_for_previous_kernel();  // the weights are constant; the activations come from the previous kernel
+  wait_for_inputs();  // the weights are constant; the activations come from the previous kernel (or task)
   for (int i = 0; i < count; ++i) {
     const int k = k_first + i * k_step, k_read = k < k_last ? k : k_last;
     gemv_async_wait<kDepth - 2>();
@@ -496,27 +498,25 @@ inline constexpr int kGemvDistinctRowTiles = Epilogue::kPairedTiles ? 1 : kRowTi
 template <int kTokenGroups, int kDepth, bool kAsync>
 inline constexpr int kGemvMaxRegisters = (kTokenGroups == 1 && kDepth == 2 && !kAsync) ? 168 : 255;
 
-// The standalone launch (a dependent launch: the first weight chunks are requested before the previous
-// kernel has finished, see wait_for_previous_kernel): block b of a segment owns its rows [b * R, (b + 1) * R)
-// with R = 16 (distinct row tiles) * warps / k_split; each row group's k_split warps split K by
-// interleaved chunks (warp w takes chunks w % k_split, + k_split, ...); the epilogue stores the sums.
-template <class Format, int kTokenGroups, int kRowTiles, int kDepth, bool kAsync, bool kBatchInvariant, class Epilogue>
-__global__ void __maxnreg__((kGemvMaxRegisters<kTokenGroups, kDepth, kAsync>))
-    gemv_kernel(const GemvSegments<Format> segments, const __nv_bfloat16* __restrict__ x, int m, int64_t k_size,
-                int k_split, const Epilogue epilogue) {
+// Block `block` of a standalone launch (gemv_kernel), by blockDim.x threads, also callable from a persistent
+// kernel with the same block shape: block b of a segment owns its rows [b * R, (b + 1) * R) with R = 16 (distinct
+// row tiles) * warps / k_split; each row group's k_split warps split K by interleaved chunks (warp w takes chunks
+// w % k_split, + k_split, ...); the epilogue stores the sums. `smem` is gemv_smem_bytes of shared memory. The first
+// weight chunks are requested before wait_for_inputs(), which waits for whatever writes x.
+template <class Format, int kTokenGroups, int kRowTiles, int kDepth, bool kAsync, bool kBatchInvariant, class Epilogue,
+          class WaitForInputs>
+__device__ __forceinline__ void gemv_block(const GemvSegments<Format>& segments, const __nv_bfloat16* __restrict__ x,
+                                           int m, int64_t k_size, int k_split, const Epilogue& epilogue, int block,
+                                           float* smem, const WaitForInputs& wait_for_inputs) {
   static_assert(kTokenGroups * kGemvTokensPerGroup <= kGemvMaxTokens);
-  extern __shared__ __align__(16) float gemv_partial[];
-  allow_next_kernel();
   int segment = 0;
   if constexpr (!Epilogue::kPairedTiles) {
-    while (segment + 1 < segments.count && static_cast<int>(blockIdx.x) >= segments.first_block[segment + 1]) {
-      ++segment;
-    }
+    while (segment + 1 < segments.count && block >= segments.first_block[segment + 1]) ++segment;
   }
   constexpr int kRows = kGemvDistinctRowTiles<Epilogue, kRowTiles> * kGemvRowsPerTile;
   const int warp = threadIdx.x / 32;
-  const int64_t block_row0 =
-      static_cast<int64_t>(blockIdx.x - segments.first_block[segment]) * kRows * (blockDim.x / 32 / k_split);
+  const unsigned block_in_segment = static_cast<unsigned>(block) - segments.first_block[segment];
+  const int64_t block_row0 = static_cast<int64_t>(block_in_segment) * kRows * (blockDim.x / 32 / k_split);
   const int64_t warp_row0 = block_row0 + (warp / k_split) * kRows;
   GemvWarpTiles<Format, kRowTiles> tiles;
   tiles.n_rows = segments.rows[segment];
@@ -528,17 +528,30 @@ __global__ void __maxnreg__((kGemvMaxRegisters<kTokenGroups, kDepth, kAsync>))
   GemvAccumulators<kTokenGroups, kRowTiles, kGemvLaunchChains<kTokenGroups, kRowTiles, kBatchInvariant>> acc = {};
   if constexpr (kAsync) {
     using Stages = GemvWarpStages<Format, kRowTiles, kDepth>;
-    Stages& stages = reinterpret_cast<Stages*>(gemv_partial)[warp];
+    Stages& stages = reinterpret_cast<Stages*>(smem)[warp];
     gemv_warp_partial_async<Format, kTokenGroups, kRowTiles, kDepth>(tiles, x, m, static_cast<int>(k_size),
-                                                                     warp % k_split, k_split, stages, acc);
+                                                                     warp % k_split, k_split, stages, acc,
+                                                                     wait_for_inputs);
     __syncthreads();  // the reduction below reuses the stages of every warp
   } else {
     gemv_warp_partial<Format, kTokenGroups, kRowTiles, kDepth>(tiles, x, m, static_cast<int>(k_size), warp % k_split,
-                                                               k_split, acc);
+                                                               k_split, acc, wait_for_inputs);
   }
-  gemv_block_partials<kTokenGroups, kRowTiles>(acc, gemv_partial);
-  epilogue.template store<Format, kTokenGroups, kRowTiles>(GemvBlockSums<kTokenGroups, kRowTiles>{gemv_partial, k_split},
+  gemv_block_partials<kTokenGroups, kRowTiles>(acc, smem);
+  epilogue.template store<Format, kTokenGroups, kRowTiles>(GemvBlockSums<kTokenGroups, kRowTiles>{smem, k_split},
                                                            segments, segment, block_row0, m, threadIdx.x, blockDim.x);
+}
+
+// The standalone launch: a dependent launch (the first weight chunks are requested before the previous kernel
+// has finished, see wait_for_previous_kernel), block blockIdx.x of gemv_block.
+template <class Format, int kTokenGroups, int kRowTiles, int kDepth, bool kAsync, bool kBatchInvariant, class Epilogue>
+__global__ void __maxnreg__((kGemvMaxRegisters<kTokenGroups, kDepth, kAsync>))
+    gemv_kernel(const GemvSegments<Format> segments, const __nv_bfloat16* __restrict__ x, int m, int64_t k_size,
+                int k_split, const Epilogue epilogue) {
+  extern __shared__ __align__(16) float gemv_partial[];
+  allow_next_kernel();
+  gemv_block<Format, kTokenGroups, kRowTiles, kDepth, kAsync, kBatchInvariant>(
+      segments, x, m, k_size, k_split, epilogue, static_cast<int>(blockIdx.x), gemv_partial, WaitForPreviousKernel{});
 }
 
 }  // namespace uberlm::cuda

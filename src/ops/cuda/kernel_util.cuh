@@ -67,6 +67,17 @@ __device__ __forceinline__ void begin_dependent_kernel() {
   allow_next_kernel();
 }
 
+// The wait of a device function shared by a standalone kernel and a persistent one (the `wait_for_inputs`
+// argument of add_rms_norm_row, gemv_block and gated_delta_net_block). In a standalone kernel it waits for the
+// previous kernel, and lets the next one start (BeginDependentKernel) or not (WaitForPreviousKernel, for kernels
+// that let it start at their beginning).
+struct BeginDependentKernel {
+  __device__ __forceinline__ void operator()() const { begin_dependent_kernel(); }
+};
+struct WaitForPreviousKernel {
+  __device__ __forceinline__ void operator()() const { wait_for_previous_kernel(); }
+};
+
 // launch_dependent with at most one more launch attribute (`extra`, `extra_count` 0 or 1).
 template <class... Params, class... Args>
 cudaError_t launch_dependent_with(void (*kernel)(Params...), dim3 grid, dim3 block, size_t shared_bytes,
