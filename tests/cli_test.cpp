@@ -175,6 +175,20 @@ TEST(Cli, MissingModelIsAClearError) {
   EXPECT_NE(result.output.find("/nonexistent/model"), std::string::npos) << result.output;
 }
 
+TEST(Cli, DecodePathIsCheckedAndFusedNeedsTheGpu) {
+  CommandResult unknown = run_uberlm("run --model " + kDefaultModel + " --prompt hi --decode-path sideways");
+  EXPECT_NE(unknown.exit_code, 0);
+  EXPECT_NE(unknown.output.find("--decode-path"), std::string::npos) << unknown.output;
+  CommandResult on_cpu = run_uberlm("run --model " + kDefaultModel + " --prompt hi --max-tokens 2 --device cpu "
+                                    "--decode-path fused");
+  EXPECT_NE(on_cpu.exit_code, 0);
+  EXPECT_NE(on_cpu.output.find("--decode-path fused: the fused kernels run on the CUDA backend"), std::string::npos)
+      << on_cpu.output;
+  CommandResult auto_on_cpu = run_uberlm("run --model " + kDefaultModel + " --prompt hi --max-tokens 2 --device cpu "
+                                         "--decode-path auto");
+  EXPECT_EQ(auto_on_cpu.exit_code, 0) << auto_on_cpu.output;
+}
+
 TEST(Cli, ServeShapeNeedsATokenizerAndTheGpu) {
   CommandResult no_tokenizer = run_uberlm("serve --shape qwen3.5-27b --port 0");
   EXPECT_NE(no_tokenizer.exit_code, 0);

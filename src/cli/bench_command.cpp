@@ -26,6 +26,7 @@ std::string command_line(const SpeedBenchOptions& options, const std::string& js
   if (options.strict) command << " --strict";
   if (options.deterministic) command << " --deterministic";
   if (!options.small_m_gemm) command << " --no-small-m-gemm";
+  if (options.decode_path != DecodePath::Unfused) command << " --decode-path " << decode_path_name(options.decode_path);
   if (!json_path.empty()) command << " --json " << json_path;
   return command.str();
 }
@@ -57,6 +58,7 @@ void add_bench_command(CLI::App& app) {
   add_tuning_options(*cmd, options->tuning_table, options->strict);
   add_deterministic_option(*cmd, options->deterministic);
   add_small_m_gemm_option(*cmd, options->small_m_gemm);
+  add_decode_path_option(*cmd, options->decode_path);
   cmd->callback([options, json_path] {
     if (options->model.empty()) options->shape = shape_config(options->shape_name);
     options->command = command_line(*options, *json_path);

@@ -23,12 +23,13 @@ void add_check_command(CLI::App& app) {
   cmd->add_option("--steps", options->steps, "Greedy decode steps after the prefill")
       ->check(CLI::Range(0, 4096))->capture_default_str();
   cmd->add_option("--tolerance", options->tolerance,
-                  "Bound on max|candidate - reference| / max|reference| per tensor (default: 3e-2 against the CPU, 0 "
-                  "against cuda-eager)");
+                  "Bound on max|candidate - reference| / max|reference| per tensor (default: 0 for the unfused path "
+                  "against cuda-eager, else 3e-2)");
   cmd->add_option("--divergence-file", options->divergence_file,
                   "Where the diverging layer's tensors of both sides go (safetensors)")->capture_default_str();
   cmd->add_option("--json", *json_path, "Also write the report here");
   cmd->add_option("--tuning-table", options->tuning_table, "CUDA: the GEMV winners table (default: this GPU's)");
+  add_decode_path_option(*cmd, options->decode_path);
   cmd->callback([options, json_path] {
     if (options->model.empty() == options->shape_name.empty()) fail("check: give --model or --shape");
     if (options->model.empty()) {

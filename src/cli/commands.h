@@ -3,6 +3,7 @@
 #include <CLI/CLI.hpp>
 
 #include "model/config.h"
+#include "runtime/cuda_backend.h"
 
 namespace uberlm::cli {
 
@@ -19,6 +20,8 @@ void add_tuning_options(CLI::App& cmd, std::string& tuning_table, bool& strict);
 void add_deterministic_option(CLI::App& cmd, bool& deterministic);
 // --no-small-m-gemm: 17..128-row NVFP4 products on the GEMV or dequantised weights (CudaBackendOptions::small_m_gemm).
 void add_small_m_gemm_option(CLI::App& cmd, bool& small_m_gemm);
+// --decode-path unfused|fused|auto: which decode steps take the fused kernels (CudaBackendOptions::decode_path).
+void add_decode_path_option(CLI::App& cmd, DecodePath& decode_path);
 // Registers `gsm8k` under the `eval` subcommand.
 void add_eval_gsm8k_command(CLI::App& eval);
 // Registers `ppl` under the `eval` subcommand.

@@ -1,5 +1,7 @@
 // Which model a command runs when the options leave it open.
 #include <cstdlib>
+#include <map>
+#include <string>
 
 #include "cli/commands.h"
 #include "core/error.h"
@@ -29,6 +31,16 @@ void add_small_m_gemm_option(CLI::App& cmd, bool& small_m_gemm) {
   cmd.add_flag("!--no-small-m-gemm", small_m_gemm,
                "CUDA: NVFP4 products of 17..128 rows on the GEMV (up to 64) or dequantised weights instead of Hopper's wgmma GEMM, which holds a second "
                "copy of those weights in its order");
+}
+
+void add_decode_path_option(CLI::App& cmd, DecodePath& decode_path) {
+  const std::map<std::string, DecodePath> paths = {
+      {"unfused", DecodePath::Unfused}, {"fused", DecodePath::Fused}, {"auto", DecodePath::Auto}};
+  cmd.add_option("--decode-path", decode_path,
+                 "CUDA: decode steps of 1..8 sequences run each Gated DeltaNet layer's mixer as one fused persistent "
+                 "launch (fused: an error where it cannot run; auto: unfused there, logged and counted; default "
+                 "unfused until the fused mixer is measured)")
+      ->transform(CLI::CheckedTransformer(paths, CLI::ignore_case));
 }
 
 ModelConfig shape_config(const std::string& name) {

@@ -36,6 +36,7 @@ struct RunOptions {
   bool strict = false;
   bool deterministic = false;
   bool small_m_gemm = true;
+  DecodePath decode_path = DecodePath::Unfused;
 };
 
 // The tokenizer and prompt conventions of a model: a directory's tokenizer.json and chat template, or a
@@ -113,6 +114,7 @@ void run(const RunOptions& options) {
   stack_options.strict = options.strict;
   stack_options.deterministic = options.deterministic;
   stack_options.small_m_gemm = options.small_m_gemm;
+  stack_options.decode_path = options.decode_path;
   EngineStack stack(*model, &tokenizer, stack_options);
 
   if (!options.chat) std::fputs(options.prompt.c_str(), stdout);
@@ -153,6 +155,7 @@ void add_run_command(CLI::App& app) {
   add_tuning_options(*cmd, options->tuning_table, options->strict);
   add_deterministic_option(*cmd, options->deterministic);
   add_small_m_gemm_option(*cmd, options->small_m_gemm);
+  add_decode_path_option(*cmd, options->decode_path);
   cmd->callback([options] { run(*options); });
 }
 

@@ -47,6 +47,7 @@ struct ServeOptions {
   bool strict = false;
   bool deterministic = false;
   bool small_m_gemm = true;
+  DecodePath decode_path = DecodePath::Unfused;
   bool enable_prefix_caching = false;
   int prefix_cache_snapshots = 64;
 };
@@ -71,6 +72,7 @@ EngineStackOptions stack_options(const ServeOptions& options) {
   stack.strict = options.strict;
   stack.deterministic = options.deterministic;
   stack.small_m_gemm = options.small_m_gemm;
+  stack.decode_path = options.decode_path;
   stack.enable_prefix_caching = options.enable_prefix_caching;
   stack.prefix_cache_snapshots = options.prefix_cache_snapshots;
   return stack;
@@ -179,6 +181,7 @@ void add_serve_command(CLI::App& app) {
   add_tuning_options(*cmd, options->tuning_table, options->strict);
   add_deterministic_option(*cmd, options->deterministic);
   add_small_m_gemm_option(*cmd, options->small_m_gemm);
+  add_decode_path_option(*cmd, options->decode_path);
   cmd->callback([options] { serve(*options); });
 }
 

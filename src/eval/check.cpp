@@ -2,6 +2,8 @@
 
 #include <cmath>
 
+#include <fmt/format.h>
+
 #include "core/error.h"
 #include "io/safetensors.h"
 #include "model/model.h"
@@ -171,14 +173,16 @@ nlohmann::json run_check_command(const CheckCommand& command) {
     }
   }
   const int64_t positions = static_cast<int64_t>(prompt.size()) + command.steps + 1;
-  const CudaBackendOptions options = check_backend_options(positions, static_cast<int64_t>(prompt.size()),
-                                                           command.tuning_table);
+  CudaBackendOptions options = check_backend_options(positions, static_cast<int64_t>(prompt.size()),
+                                                     command.tuning_table);
   const SyntheticFormat format = command.weights == "bf16" ? SyntheticFormat::Bf16 : SyntheticFormat::Nvfp4;
   auto make_cuda = [&] {
     return model ? std::make_unique<CudaBackend>(*model, options)
                  : std::make_unique<CudaBackend>(config, format, options, kSyntheticSeed);
   };
+  options.decode_path = command.decode_path;
   std::unique_ptr<CudaBackend> candidate = make_cuda();
+  options.decode_path = DecodePath::Unfused;
   std::unique_ptr<Backend> reference;
   if (command.reference == "cpu") {
     reference = std::make_unique<CpuBackend>(*model, 1);
@@ -190,11 +194,13 @@ nlohmann::json run_check_command(const CheckCommand& command) {
   CheckOptions check;
   check.prompt = prompt;
   check.decode_steps = command.steps;
-  check.tolerance = command.tolerance >= 0 ? command.tolerance : command.reference == "cpu" ? 3e-2 : 0.0;
+  const bool exact_reference = command.reference == "cuda-eager" && command.decode_path == DecodePath::Unfused;
+  check.tolerance = command.tolerance >= 0 ? command.tolerance : exact_reference ? 0.0 : 3e-2;
   check.divergence_file = command.divergence_file;
   const CheckReport report = run_check(*candidate, *reference, check);
   nlohmann::json out = report.to_json();
-  out["candidate"] = "cuda (decode steps through their CUDA graphs)";
+  out["candidate"] = fmt::format("cuda (decode steps through their CUDA graphs, decode path {}; fused mixer layers {})",
+                                 decode_path_name(command.decode_path), candidate->counters().fused_mixer_layers);
   out["reference"] = command.reference;
   out["tolerance"] = check.tolerance;
   out["prompt_tokens"] = prompt.size();

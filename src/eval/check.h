@@ -15,6 +15,7 @@
 
 #include "model/config.h"
 #include "runtime/backend.h"
+#include "runtime/cuda_backend.h"
 
 namespace uberlm {
 
@@ -56,7 +57,9 @@ struct CheckCommand {
   std::string reference = "cpu";
   std::string prompt = "Natalia sold clips to 48 of her friends in April";
   int steps = 8;
-  double tolerance = -1;   // < 0: the reference's default (cpu: 3e-2, the bf16 GPU path's bound; cuda-eager: 0)
+  double tolerance = -1;   // < 0: the default: 3e-2 (the bf16 GPU path's bound) against the CPU or for a fused
+                           // candidate against cuda-eager (other tunings); 0 for the unfused path against cuda-eager
+  DecodePath decode_path = DecodePath::Unfused;  // the candidate's; the cuda-eager reference runs unfused
   std::string divergence_file = "check-divergence.safetensors";
   std::string tuning_table;
 };

@@ -145,6 +145,7 @@ nlohmann::json run_speed_bench(const SpeedBenchOptions& options) {
   stack_options.strict = options.strict;
   stack_options.deterministic = options.deterministic;
   stack_options.small_m_gemm = options.small_m_gemm;
+  stack_options.decode_path = options.decode_path;
 
   std::unique_ptr<Model> model;
   std::unique_ptr<EngineStack> stack;
@@ -173,6 +174,7 @@ nlohmann::json run_speed_bench(const SpeedBenchOptions& options) {
   report["command"] = options.command;
   report["deterministic"] = options.deterministic;
   report["small_m_gemm"] = options.small_m_gemm;
+  report["decode_path"] = decode_path_name(options.decode_path);
   report["shape"] = shape_name;
   report["weights"] = options.model.empty() ? options.weights : "checkpoint";
   report["copy_gbps"] = copy_gbps;
@@ -255,6 +257,8 @@ nlohmann::json run_speed_bench(const SpeedBenchOptions& options) {
                         {"prefill_attention_fallbacks", counters.prefill_attention_fallbacks},
                         {"chunked_delta_rule_calls", counters.chunked_delta_rule_calls},
                         {"chunked_delta_rule_fallbacks", counters.chunked_delta_rule_fallbacks},
+                        {"fused_mixer_layers", counters.fused_mixer_layers},
+                        {"fused_mixer_fallbacks", counters.fused_mixer_fallbacks},
                         {"graph_captures", counters.graph_captures},
                         {"graph_replays", counters.graph_replays}};
   std::printf("\nGEMV tunings: %lld launches from the table, %lld on the built-in tuning (cells the table lacks)\n",
@@ -275,6 +279,9 @@ nlohmann::json run_speed_bench(const SpeedBenchOptions& options) {
               static_cast<long long>(counters.prefill_attention_fallbacks),
               static_cast<long long>(counters.chunked_delta_rule_calls),
               static_cast<long long>(counters.chunked_delta_rule_fallbacks));
+  std::printf("decode steps: fused Gated DeltaNet mixer %lld layers (unfused where it cannot run the model %lld)\n",
+              static_cast<long long>(counters.fused_mixer_layers),
+              static_cast<long long>(counters.fused_mixer_fallbacks));
   return report;
 }
 

@@ -12,6 +12,7 @@
 #include <nlohmann/json.hpp>
 
 #include "model/config.h"
+#include "runtime/cuda_backend.h"
 
 namespace uberlm {
 
@@ -31,6 +32,7 @@ struct SpeedBenchOptions {
   bool strict = false;
   bool deterministic = false;  // CudaBackendOptions::deterministic
   bool small_m_gemm = true;    // CudaBackendOptions::small_m_gemm
+  DecodePath decode_path = DecodePath::Unfused;  // CudaBackendOptions::decode_path
   std::string command;      // the command line, recorded in the report
 };
 

@@ -16,6 +16,10 @@ std::unique_ptr<Backend> make_backend(const Model& model, const std::string& dev
                                       int tensor_parallel) {
   if (tensor_parallel < 1) fail("--tensor-parallel {}: expected at least 1", tensor_parallel);
   if (!runs_on_cuda(device)) {
+    if (options.decode_path == DecodePath::Fused) {
+      fail("--decode-path fused: the fused kernels run on the CUDA backend, and this run is on the CPU (--device {})",
+           device);
+    }
     if (tensor_parallel > 1) {
       return std::make_unique<CpuTensorParallelBackend>(model, options.max_slots, tensor_parallel, options.prefix_snapshots);
     }

@@ -23,6 +23,20 @@ namespace uberlm {
 
 class NcclCommunicator;
 
+// Which decode steps take the fused kernels (issue 15). Today the one fused kernel is the Gated DeltaNet mixer
+// (ops/cuda/fused/gated_delta_net_mixer.h) for decode steps of 1..8 sequences; other steps run unfused by design.
+// Fused: a model it cannot run is an Error at load. Auto: fused where it can run, else unfused, logged once at
+// load, counted (Counters::fused_mixer_fallbacks) and an Error with strict.
+enum class DecodePath { Unfused, Fused, Auto };
+// The spelling of --decode-path.
+inline const char* decode_path_name(DecodePath path) {
+  switch (path) {
+    case DecodePath::Fused: return "fused";
+    case DecodePath::Auto: return "auto";
+    default: return "unfused";
+  }
+}
+
 struct CudaBackendOptions {
   int max_slots = 1;
   int prefix_snapshots = 0;          // prefix caching's snapshot ids (SequenceChunk::prefix_save_snapshot), planned at load
@@ -51,6 +65,7 @@ struct CudaBackendOptions {
   // whose sizes are multiples of 64 is also held in its fragment order (~1.1x the layer's bytes again); false
   // (--no-small-m-gemm): the GEMV, and no second copy. Off in deterministic mode.
   bool small_m_gemm = true;
+  DecodePath decode_path = DecodePath::Unfused;
   // Tensor parallelism: this rank's communicator; the config and weights are then the rank's shard
   // (model/tensor_parallel.h), o_proj/out_proj/down_proj outputs are all-reduced and lm_head's vocabulary
   // slices all-gathered, inside the decode graphs too. The caller keeps it alive and current on its device.
@@ -90,6 +105,8 @@ class GpuBackend : public Backend {
     int64_t prefill_attention_fallbacks = 0;  // ... ran the decode kernel (a head_dim without a prefill kernel)
     int64_t chunked_delta_rule_calls = 0;      // Gated DeltaNet layers whose prompt rows ran the chunked form
     int64_t chunked_delta_rule_fallbacks = 0;  // ... ran token by token (head dims over the chunked kernel's)
+    int64_t fused_mixer_layers = 0;     // Gated DeltaNet layers of decode steps run by the fused mixer
+    int64_t fused_mixer_fallbacks = 0;  // ... run unfused because the model is one it cannot run (decode path auto)
     int64_t graph_captures = 0;
     int64_t graph_replays = 0;
   };

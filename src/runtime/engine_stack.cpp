@@ -55,6 +55,7 @@ CudaBackendOptions cuda_options(const EngineStackOptions& options, const Context
   cuda.strict = options.strict;
   cuda.deterministic = options.deterministic;
   cuda.small_m_gemm = options.small_m_gemm;
+  cuda.decode_path = options.decode_path;
   return cuda;
 }
 

@@ -35,6 +35,7 @@ struct EngineStackOptions {
   bool strict = false;
   bool deterministic = false;  // CUDA: CudaBackendOptions::deterministic (the CPU backend is batch-invariant always)
   bool small_m_gemm = true;    // CUDA: CudaBackendOptions::small_m_gemm
+  DecodePath decode_path = DecodePath::Unfused;  // CUDA: CudaBackendOptions::decode_path
   // Prefix caching (runtime/prefix_cache.h) with up to this many cached prefixes. A backend that keeps
   // no snapshots runs without it, logged, or refuses to start with strict.
   bool enable_prefix_caching = false;

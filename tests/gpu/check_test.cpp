@@ -9,6 +9,7 @@
 #include "eval/check.h"
 #include "gpu_test_util.h"
 #include "model/model.h"
+#include "model/quantize.h"
 #include "runtime/cpu_backend.h"
 #include "runtime/cuda_backend.h"
 
@@ -56,6 +57,44 @@ TEST(CheckGpu, PlantedFaultInTheGpuModelIsNamed) {
   plant_fault(*faulty, 5);
   const auto model = Model::load(default_model());
   CudaBackend candidate(*faulty, gpu_test::small_backend_options(1));
+  CpuBackend reference(*model, 1);
+  const CheckReport report = run_check(candidate, reference, check_options(3e-2));
+  ASSERT_TRUE(report.divergence.has_value());
+  EXPECT_EQ(report.divergence->step, 0);
+  EXPECT_EQ(report.divergence->layer, 5);
+  EXPECT_EQ(report.divergence->tensor, "after_mlp");
+}
+
+// --decode-path fused, as production runs it (decode steps through their graphs), on the default model with NVFP4
+// weights: every layer of the prefill and of each decode step, whose Gated DeltaNet mixers are the fused launches,
+// within the bf16 bound of the CPU decoder; and a weight changed in the GPU's model only (layer 5 is a Gated
+// DeltaNet layer) is named by layer and tensor.
+TEST(CheckGpu, FusedMixerAgreesWithTheCpuOnEveryLayer) {
+  ASSERT_NO_FATAL_FAILURE(require_gpu());
+  auto model = Model::load(default_model());
+  quantize_model_at_load(*model);
+  CudaBackendOptions options = gpu_test::small_backend_options(1);
+  options.decode_path = DecodePath::Fused;
+  CudaBackend candidate(*model, options);
+  CpuBackend reference(*model, 1);
+  const CheckReport report = run_check(candidate, reference, check_options(3e-2));
+  EXPECT_FALSE(report.divergence.has_value()) << report.to_json().dump();
+  EXPECT_EQ(report.steps_checked, 7);
+  EXPECT_GT(candidate.counters().fused_mixer_layers, 0) << "the decode steps must have run the fused mixer";
+  std::printf("check fused vs cpu: worst relative error %.3g over %lld tensors\n", report.worst_error,
+              static_cast<long long>(report.tensors_compared));
+}
+
+TEST(CheckGpu, PlantedFaultOnTheFusedPathIsNamed) {
+  ASSERT_NO_FATAL_FAILURE(require_gpu());
+  auto faulty = Model::load(default_model());
+  plant_fault(*faulty, 5);
+  quantize_model_at_load(*faulty);
+  auto model = Model::load(default_model());
+  quantize_model_at_load(*model);
+  CudaBackendOptions options = gpu_test::small_backend_options(1);
+  options.decode_path = DecodePath::Fused;
+  CudaBackend candidate(*faulty, options);
   CpuBackend reference(*model, 1);
   const CheckReport report = run_check(candidate, reference, check_options(3e-2));
   ASSERT_TRUE(report.divergence.has_value());

@@ -23,6 +23,7 @@
 #include "ops/cuda/nvfp4_wgmma_layout.h"
 #include "runtime/cpu_backend.h"
 #include "runtime/cuda_backend.h"
+#include "../expect_error.h"
 #include "backend_test_util.h"
 #include "gpu_test_util.h"
 
@@ -187,6 +188,72 @@ TEST(CudaBackend, MatchesCpuWithNvfp4WeightsOnTheSmallMGemm) {
   } else {
     EXPECT_EQ(counters.wgmma_linear_calls, 0);
   }
+}
+
+// --decode-path fused: decode steps of 1..8 sequences run each Gated DeltaNet layer's mixer as one persistent launch
+// (ops/cuda/fused/gated_delta_net_mixer.h). Against the unfused path on the default model with NVFP4 weights, one
+// sequence and four together: 64 greedy tokens equal and every step's logits within the bf16 tolerance (the fused
+// mixer's GEMV tiles and delta rule blocks need not be the tunings the unfused path picks), the fused launches
+// counted, no fallback.
+TEST(CudaBackend, FusedMixerDecodesAsTheUnfusedPath) {
+  ASSERT_NO_FATAL_FAILURE(require_gpu());
+  auto model = Model::load(default_model());
+  const std::vector<Nvfp4Tensor> quantised = quantise_linear_layers(*model);
+  const int64_t vocab = model->config.vocab_size;
+  CudaBackendOptions options = gpu_test::small_backend_options(4);
+  CudaBackend unfused(*model, options);
+  options.decode_path = DecodePath::Fused;
+  CudaBackend fused(*model, options);
+  std::mt19937 rng(20261205);
+  for (int sequences : {1, 4}) {
+    gpu_test::TestSequences unfused_runs(4, options.max_context), fused_runs(4, options.max_context);
+    ForwardBatch unfused_batch, fused_batch;
+    for (int s = 0; s < sequences; ++s) {
+      const std::vector<int32_t> prompt = random_tokens(rng, 24, vocab);
+      for (ForwardBatch* batch : {&unfused_batch, &fused_batch}) batch->tokens.insert(batch->tokens.end(), prompt.begin(), prompt.end());
+      unfused_batch.chunks.push_back(unfused_runs.run(s, 24));
+      fused_batch.chunks.push_back(fused_runs.run(s, 24));
+    }
+    std::vector<int32_t> unfused_tokens, fused_tokens;
+    for (int step = 0; step < 64; ++step) {
+      const ForwardResult u = unfused.forward(unfused_batch), f = fused.forward(fused_batch);
+      expect_logits_close(f, u, vocab, std::to_string(sequences) + " sequences, step " + std::to_string(step));
+      unfused_batch = ForwardBatch{};
+      fused_batch = ForwardBatch{};
+      for (int s = 0; s < sequences; ++s) {
+        unfused_tokens.push_back(argmax_row(u, s, vocab));
+        fused_tokens.push_back(argmax_row(f, s, vocab));
+        unfused_batch.tokens.push_back(unfused_tokens.back());
+        fused_batch.tokens.push_back(fused_tokens.back());
+        unfused_batch.chunks.push_back(unfused_runs.run(s, 1));
+        fused_batch.chunks.push_back(fused_runs.run(s, 1));
+      }
+    }
+    EXPECT_EQ(fused_tokens, unfused_tokens) << sequences << " sequences";
+  }
+  EXPECT_GT(fused.counters().fused_mixer_layers, 0);
+  EXPECT_EQ(fused.counters().fused_mixer_fallbacks, 0);
+  EXPECT_EQ(unfused.counters().fused_mixer_layers, 0);
+}
+
+// A model the fused mixer cannot run (the default model's bf16 weights): an error at load naming why with
+// --decode-path fused; with auto the decode steps run unfused, counted, unless strict.
+TEST(CudaBackend, FusedDecodePathNamesWhatItCannotRun) {
+  ASSERT_NO_FATAL_FAILURE(require_gpu());
+  const auto model = Model::load(default_model());
+  CudaBackendOptions options = gpu_test::small_backend_options(1);
+  options.decode_path = DecodePath::Fused;
+  expect_error_containing([&] { CudaBackend backend(*model, options); }, {"--decode-path", "NVFP4 layers without bias"});
+  options.decode_path = DecodePath::Auto;
+  options.strict = true;
+  expect_error_containing([&] { CudaBackend backend(*model, options); }, {"strict", "NVFP4 layers without bias"});
+  options.strict = false;
+  CudaBackend backend(*model, options);
+  gpu_test::TestSequences sequence(1, options.max_context);
+  backend.forward(ForwardBatch{{1, 2, 3}, {sequence.run(0, 3)}});
+  backend.forward(ForwardBatch{{4}, {sequence.run(0, 1)}});
+  EXPECT_EQ(backend.counters().fused_mixer_layers, 0);
+  EXPECT_EQ(backend.counters().fused_mixer_fallbacks, model->config.num_layers_of(LayerKind::GatedDeltaNet));
 }
 
 TEST(CudaBackend, GreedyTokensMatchCpuOnDefaultModel) {

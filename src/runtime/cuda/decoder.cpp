@@ -7,6 +7,7 @@
 #include "ops/cuda/cuda_check.h"
 #include "ops/cuda/embedding.h"
 #include "ops/cuda/fused/gated_delta_net_layer.h"
+#include "ops/cuda/fused/gated_delta_net_mixer.h"
 #include "ops/cuda/gemv.h"
 #include "ops/cuda/kv_cache.h"
 #include "ops/cuda/rms_norm.h"
@@ -228,6 +229,57 @@ void gated_delta_net(const GpuDecoder& d, int layer, const StepShape& step) {
   reduce_partial_sums(d, T);
 }
 
+namespace {
+
+// The fused mixer's GEMV tiles (the shapes it compiles: the H200 table's winners at 1..8 tokens for the 27B's
+// input projections and output projection).
+const cuda::GemvTuning kMixerInTuning{8, 4, 2, 4, cuda::GemvPipeline::AsyncCopy};
+const cuda::GemvTuning kMixerOutTuning{8, 4, 1, 8, cuda::GemvPipeline::AsyncCopy};
+
+}  // namespace
+
+std::string fused_mixer_unsupported(const ModelConfig& c, const DeviceModel& model, bool deterministic,
+                                    bool tensor_parallel) {
+  if (deterministic) return "a run without --deterministic (its sums are not the batch-invariant tunings')";
+  if (tensor_parallel) return "one GPU (no tensor parallelism: the output projection is all-reduced)";
+  for (size_t i = 0; i < model.layers.size(); ++i) {
+    const DeviceGatedDeltaNet& w = model.layers[i].delta_net;
+    if (model.layers[i].kind != LayerKind::GatedDeltaNet) continue;
+    for (const DeviceLinear* linear : {&w.in_proj_qkv, &w.in_proj_z, &w.in_proj_b, &w.in_proj_a, &w.out_proj}) {
+      if (!linear->nvfp4 || linear->bias) {
+        return fmt::format("NVFP4 layers without bias ({} is {})", linear->name,
+                           linear->nvfp4 ? "NVFP4 with a bias" : "bf16");
+      }
+    }
+    if (w.out_proj.in_padded != c.delta_net_value_dim()) return "a value dim that is a multiple of 32";
+  }
+  return cuda::gated_delta_net_mixer_unsupported(delta_net_dims(c), c.hidden_size, 1, kMixerInTuning, kMixerOutTuning);
+}
+
+bool fused_mixer_step(const GpuDecoder& d, const StepShape& step) {
+  return d.fused_mixer != FusedMixer::Off && step.tokens == step.chunks &&
+         step.tokens <= cuda::kGatedDeltaNetMixerMaxTokens && step.mid_run_saves.empty();
+}
+
+void gated_delta_net_mixer(const GpuDecoder& d, int layer, const StepShape& step, const float* pending) {
+  const ModelConfig& c = d.config;
+  const DeviceLayer& w = d.model.layers[layer];
+  const DeviceGatedDeltaNet& net = w.delta_net;
+  const LayerCaches& cache = d.caches.layers[layer];
+  const DeltaNetBuffers& b = d.buffers.delta_net;
+  OpScope op(d.profiler, "delta_net_mixer_fused");
+  ++d.counters.fused_mixer_layers;
+  const cuda::GatedDeltaNetMixerWeights weights{
+      w.input_norm,           norm_weight_offset(c.norm_style), c.rms_norm_eps,      net.in_proj_qkv.nvfp4_view(),
+      net.in_proj_z.nvfp4_view(), net.in_proj_b.nvfp4_view(),   net.in_proj_a.nvfp4_view(),
+      {net.conv1d, net.a_log, net.dt_bias, net.norm, c.rms_norm_eps}, net.out_proj.nvfp4_view()};
+  const cuda::GatedDeltaNetMixerBuffers buffers{d.buffers.x, pending, d.buffers.h,       b.qkv, b.z, b.b, b.a,
+                                                b.out_proj_in, d.buffers.sublayer_out, d.buffers.mixer_task_counts};
+  const cuda::GatedDeltaNetState state{cache.conv_state, cache.recurrent_state, d.caches.conv_ring_readers};
+  CUDA_CHECK(cuda::launch_gated_delta_net_mixer(weights, delta_net_dims(c), state, device_chunks(d, step),
+                                                c.hidden_size, kMixerInTuning, kMixerOutTuning, buffers, d.stream));
+}
+
 // gate/up with SwiGLU in the GEMV's epilogue where the pair allows it (LinearRunner::fuses_swiglu), with
 // the bits of the fp32 projections and launch_swiglu. Otherwise (prompt steps) the two products and then
 // launch_swiglu, the products rounded to bf16 unless a bias is added: at 2048 tokens their fp32 outputs are
@@ -255,10 +307,17 @@ void mlp(const GpuDecoder& d, int layer, int64_t tokens) {
 
 void decoder_layer(const GpuDecoder& d, int layer, const StepShape& step, const float* pending) {
   const DeviceLayer& w = d.model.layers[layer];
-  add_rms_norm(d, pending, w.input_norm, step.tokens);
-  if (pending) snapshot_residual(d, layer - 1, 1, step.tokens);
-  if (w.kind == LayerKind::FullAttention) attention(d, layer, step);
-  else gated_delta_net(d, layer, step);
+  const bool mixer_step = w.kind == LayerKind::GatedDeltaNet && fused_mixer_step(d, step);
+  if (mixer_step && d.fused_mixer == FusedMixer::On) {
+    gated_delta_net_mixer(d, layer, step, pending);
+    if (pending) snapshot_residual(d, layer - 1, 1, step.tokens);
+  } else {
+    if (mixer_step) ++d.counters.fused_mixer_fallbacks;
+    add_rms_norm(d, pending, w.input_norm, step.tokens);
+    if (pending) snapshot_residual(d, layer - 1, 1, step.tokens);
+    if (w.kind == LayerKind::FullAttention) attention(d, layer, step);
+    else gated_delta_net(d, layer, step);
+  }
   add_rms_norm(d, d.buffers.sublayer_out, w.post_attention_norm, step.tokens);
   snapshot_residual(d, layer, 0, step.tokens);
   mlp(d, layer, step.tokens);

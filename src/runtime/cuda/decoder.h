@@ -10,6 +10,7 @@
 #include <cuda_runtime_api.h>
 
 #include <cstdint>
+#include <string>
 #include <vector>
 
 #include "model/config.h"
@@ -56,7 +57,14 @@ struct DecoderCounters {
   int64_t chunked_delta_rule_fallbacks = 0;  // ... ran token by token for head dims over the chunked kernel's
                                              // (logged once at load); chunks shorter than
                                              // kChunkedDeltaRuleMinTokens run token by token by design
+  int64_t fused_mixer_layers = 0;     // Gated DeltaNet layers of decode steps run by the fused mixer
+  int64_t fused_mixer_fallbacks = 0;  // ... run unfused because the fused mixer cannot run the model (--decode-path
+                                      // auto; logged once at load); larger or mixed steps are unfused by design
 };
+
+// Whether decode steps run the fused Gated DeltaNet mixer (--decode-path, settled at load): no, yes, or asked for
+// where it cannot run (each layer it would have run is then counted as a fallback).
+enum class FusedMixer { Off, On, Unsupported };
 
 // What the sublayer functions read and write.
 struct GpuDecoder {
@@ -82,6 +90,7 @@ struct GpuDecoder {
   bool deterministic = false;
   // The prefill attention kernel prompt steps take (chosen for the device at load).
   cuda::PrefillAttentionKernel prefill_attention_kernel = cuda::PrefillAttentionKernel::MmaSync;
+  FusedMixer fused_mixer = FusedMixer::Off;
 };
 
 // x [T, D] = embed_tokens[tokens].
@@ -95,6 +104,14 @@ void attention(const GpuDecoder& d, int layer, const StepShape& step);
 void gated_delta_net(const GpuDecoder& d, int layer, const StepShape& step);
 // A Gated DeltaNet layer's head shape as its kernels take it.
 cuda::GatedDeltaNetDims delta_net_dims(const ModelConfig& c);
+// Whether the fused mixer was asked for (on, or unsupported) and this step is one it is for: a decode step of 1..8
+// sequences without prefix saves. Other steps run unfused by design.
+bool fused_mixer_step(const GpuDecoder& d, const StepShape& step);
+// RMSNorm1 (x += pending) and gated_delta_net as one persistent launch (ops/cuda/fused/gated_delta_net_mixer.h).
+void gated_delta_net_mixer(const GpuDecoder& d, int layer, const StepShape& step, const float* pending);
+// Why the fused mixer cannot run this model ("" when it can), checked at load.
+std::string fused_mixer_unsupported(const ModelConfig& config, const DeviceModel& model, bool deterministic,
+                                    bool tensor_parallel);
 // sublayer_out [T, D] = down_proj(silu(gate_proj(h)) * up_proj(h)).
 void mlp(const GpuDecoder& d, int layer, int64_t tokens);
 // One decoder layer; `pending` is the previous layer's MLP output, not yet added to x (its add completes the

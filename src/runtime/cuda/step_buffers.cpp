@@ -2,6 +2,7 @@
 
 #include "ops/cuda/attention_decode.h"
 #include "ops/cuda/fused/gated_delta_net_layer.h"
+#include "ops/cuda/fused/gated_delta_net_mixer.h"
 #include "ops/cuda/gemv.h"
 #include "runtime/backend.h"
 #include "runtime/cuda/decoder.h"
@@ -87,6 +88,7 @@ void layout_step_buffers(Arena& arena, const ModelConfig& c, const StepLimits& l
   }
   b.argmax = arena.take<int32_t>(R);
   b.argmax_scratch = arena.take<cuda::ArgmaxScratch>(R);
+  b.mixer_task_counts = arena.take<int32_t>(cuda::kGatedDeltaNetMixerCounts);
   b.meta = StepMetadata::at(arena.take<int32_t>(StepMetadata::count(limits)), limits);
 }
 

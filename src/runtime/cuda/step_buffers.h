@@ -82,6 +82,7 @@ struct StepBuffers {
   float* gathered_logits = nullptr;
   int32_t* argmax = nullptr;                       // [R]
   cuda::ArgmaxScratch* argmax_scratch = nullptr;   // [R], zero between launches
+  int32_t* mixer_task_counts = nullptr;            // the fused Gated DeltaNet mixer's, zero between launches
   StepMetadata meta{};
 };
 
