@@ -16,8 +16,8 @@
 // The residual add + RMSNorm ("rms_norm/rows/kernel", rms_norm.h) at the 27B hidden size for 1, 2048 and 8192
 // rows, in its two kernels: 16-byte quads (rows of 4k values, every model's) and scalar (forced by an odd output
 // stride); bytes are x and delta read, x and the bf16 row written.
-// The fused Gated DeltaNet mixer against the launches it replaces ("gated_delta_net_mixer",
-// kernel_bench_mixer.cpp), with a traced launch's per-phase breakdown.
+// The fused decode phases of a Gated DeltaNet layer against the launches they replace ("decode_phases",
+// kernel_bench_decode_phases.cpp), with a traced launch's per-phase breakdown.
 //   kernel_bench [--json PATH] [--iters N] [--sweep] [--only TEXT] [--l2-resident] [--commit HASH]
 #include <cuda_runtime_api.h>
 
@@ -48,7 +48,7 @@
 #include "ops/cuda/random_fill.h"
 #include "ops/cuda/read_probe.h"
 #include "ops/cuda/rms_norm.h"
-#include "kernel_bench_mixer.h"
+#include "kernel_bench_decode_phases.h"
 
 namespace uberlm {
 namespace {
@@ -419,8 +419,8 @@ int run(int argc, char** argv) {
   }
   if (std::string("prefill_gemm").find(only) != std::string::npos) report["prefill_gemm"] = time_prefill_gemms(iters);
   if (std::string("rms_norm").find(only) != std::string::npos) report["rms_norm"] = time_rms_norms(iters, copy_gbps);
-  if (std::string("gated_delta_net_mixer").find(only) != std::string::npos) {
-    report["gated_delta_net_mixer"] = time_gated_delta_net_mixer(iters, copy_gbps, prop.l2CacheSize);
+  if (std::string("decode_phases").find(only) != std::string::npos) {
+    report["decode_phases"] = time_decode_phases(iters, copy_gbps, prop.l2CacheSize);
   }
   report["results"] = results;
   if (!json_path.empty()) {

@@ -199,8 +199,8 @@ nlohmann::json run_check_command(const CheckCommand& command) {
   check.divergence_file = command.divergence_file;
   const CheckReport report = run_check(*candidate, *reference, check);
   nlohmann::json out = report.to_json();
-  out["candidate"] = fmt::format("cuda (decode steps through their CUDA graphs, decode path {}; fused mixer layers {})",
-                                 decode_path_name(command.decode_path), candidate->counters().fused_mixer_layers);
+  out["candidate"] = fmt::format("cuda (decode steps through their CUDA graphs, decode path {}; fused layers {})",
+                                 decode_path_name(command.decode_path), candidate->counters().fused_decode_layers);
   out["reference"] = command.reference;
   out["tolerance"] = check.tolerance;
   out["prompt_tokens"] = prompt.size();

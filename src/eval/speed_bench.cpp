@@ -257,8 +257,8 @@ nlohmann::json run_speed_bench(const SpeedBenchOptions& options) {
                         {"prefill_attention_fallbacks", counters.prefill_attention_fallbacks},
                         {"chunked_delta_rule_calls", counters.chunked_delta_rule_calls},
                         {"chunked_delta_rule_fallbacks", counters.chunked_delta_rule_fallbacks},
-                        {"fused_mixer_layers", counters.fused_mixer_layers},
-                        {"fused_mixer_fallbacks", counters.fused_mixer_fallbacks},
+                        {"fused_decode_layers", counters.fused_decode_layers},
+                        {"fused_decode_fallbacks", counters.fused_decode_fallbacks},
                         {"graph_captures", counters.graph_captures},
                         {"graph_replays", counters.graph_replays}};
   std::printf("\nGEMV tunings: %lld launches from the table, %lld on the built-in tuning (cells the table lacks)\n",
@@ -279,9 +279,9 @@ nlohmann::json run_speed_bench(const SpeedBenchOptions& options) {
               static_cast<long long>(counters.prefill_attention_fallbacks),
               static_cast<long long>(counters.chunked_delta_rule_calls),
               static_cast<long long>(counters.chunked_delta_rule_fallbacks));
-  std::printf("decode steps: fused Gated DeltaNet mixer %lld layers (unfused where it cannot run the model %lld)\n",
-              static_cast<long long>(counters.fused_mixer_layers),
-              static_cast<long long>(counters.fused_mixer_fallbacks));
+  std::printf("decode steps: fused launches for %lld layers (unfused where they cannot run the model %lld)\n",
+              static_cast<long long>(counters.fused_decode_layers),
+              static_cast<long long>(counters.fused_decode_fallbacks));
   return report;
 }
 

@@ -13,7 +13,7 @@
 #include "ops/cuda/attention_decode.h"
 #include "ops/cuda/attention_prefill.h"
 #include "ops/cuda/cuda_check.h"
-#include "ops/cuda/fused/gated_delta_net_mixer.h"
+#include "ops/cuda/fused/decode_phases.h"
 #include "ops/cuda/gemv.h"
 #include "ops/cuda/nvfp4_wgmma_layout.h"
 #include "ops/cuda/sampling.h"
@@ -100,7 +100,7 @@ struct CudaBackend::Impl {
   // `uberlm check`: where an observed forward's decoder copies the residual stream (null otherwise).
   std::unique_ptr<DeviceBuffer> snapshot_buffer;
   float* residual_snapshots = nullptr;
-  gpu::FusedMixer fused_mixer = gpu::FusedMixer::Off;
+  gpu::FusedDecode fused_decode = gpu::FusedDecode::Off;
 
   Impl(const ModelConfig& model_config, const CudaBackendOptions& backend_options,
        const std::vector<gpu::LinearFormat>& formats);
@@ -108,10 +108,10 @@ struct CudaBackend::Impl {
   gpu::GpuDecoder decoder() const {
     return {config,   memory->model,    memory->caches,       memory->buffers, limits,
             *linears, *profiler,        decoder_counters,     options.communicator,
-            stream,   residual_snapshots, options.deterministic, prefill_attention_kernel, fused_mixer};
+            stream,   residual_snapshots, options.deterministic, prefill_attention_kernel, fused_decode};
   }
   void plan_small_m_gemm();
-  // Settles fused_mixer from options.decode_path and what the fused mixer can run.
+  // Settles fused_decode from options.decode_path and what the fused launches can run.
   void choose_decode_path();
   // Writes the batch's metadata (its logits rows row_offset .. row_offset + row_limit) and queues its copy.
   gpu::StepShape prepare(const ForwardBatch& batch, int64_t row_offset, int64_t row_limit);
@@ -214,19 +214,19 @@ void CudaBackend::Impl::plan_small_m_gemm() {
 }
 
 void CudaBackend::Impl::choose_decode_path() {
-  if (options.decode_path == DecodePath::Unfused || config.num_layers_of(LayerKind::GatedDeltaNet) == 0) return;
-  const std::string unsupported =
-      gpu::fused_mixer_unsupported(config, memory->model, options.deterministic, options.communicator != nullptr);
+  if (options.decode_path == DecodePath::Unfused) return;
+  const std::string unsupported = gpu::fused_decode_unsupported(decoder());
   if (unsupported.empty()) {
-    fused_mixer = gpu::FusedMixer::On;
-    spdlog::info("cuda backend: decode steps of 1..{} sequences run each Gated DeltaNet layer's mixer as one fused "
-                 "launch", cuda::kGatedDeltaNetMixerMaxTokens);
+    fused_decode = gpu::FusedDecode::On;
+    spdlog::info("cuda backend: decode steps of 1..{} sequences run each Gated DeltaNet layer as one fused launch and "
+                 "each attention layer's MLP as another",
+                 cuda::kFusedDecodeMaxTokens);
     return;
   }
-  const std::string message = fmt::format("--decode-path: the fused Gated DeltaNet mixer needs {}", unsupported);
+  const std::string message = fmt::format("--decode-path: the fused decode launches need {}", unsupported);
   if (options.decode_path == DecodePath::Fused) fail("{}", message);
   report_slower_path(options.strict, message + "; decode steps run unfused");
-  fused_mixer = gpu::FusedMixer::Unsupported;
+  fused_decode = gpu::FusedDecode::Unsupported;
 }
 
 CudaBackend::Impl::~Impl() {
@@ -490,7 +490,7 @@ GpuBackend::Counters CudaBackend::counters() const {
           impl_->decoder_counters.prefill_attention_calls, impl_->decoder_counters.prefill_attention_wgmma_calls,
           impl_->decoder_counters.prefill_attention_fallbacks,
           impl_->decoder_counters.chunked_delta_rule_calls, impl_->decoder_counters.chunked_delta_rule_fallbacks,
-          impl_->decoder_counters.fused_mixer_layers, impl_->decoder_counters.fused_mixer_fallbacks,
+          impl_->decoder_counters.fused_decode_layers, impl_->decoder_counters.fused_decode_fallbacks,
           impl_->graphs->captures(), impl_->graphs->replays()};
 }
 

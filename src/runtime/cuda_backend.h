@@ -23,10 +23,11 @@ namespace uberlm {
 
 class NcclCommunicator;
 
-// Which decode steps take the fused kernels (issue 15). Today the one fused kernel is the Gated DeltaNet mixer
-// (ops/cuda/fused/gated_delta_net_mixer.h) for decode steps of 1..8 sequences; other steps run unfused by design.
+// Which decode steps take the fused kernels (issue 15): decode steps of 1..8 sequences run each Gated DeltaNet layer
+// as one persistent launch and each attention layer's MLP as another (ops/cuda/fused/decode_phases.h,
+// gpu::fused_decoder_layer); other steps run unfused by design.
 // Fused: a model it cannot run is an Error at load. Auto: fused where it can run, else unfused, logged once at
-// load, counted (Counters::fused_mixer_fallbacks) and an Error with strict.
+// load, counted (Counters::fused_decode_fallbacks) and an Error with strict.
 enum class DecodePath { Unfused, Fused, Auto };
 // The spelling of --decode-path.
 inline const char* decode_path_name(DecodePath path) {
@@ -105,8 +106,8 @@ class GpuBackend : public Backend {
     int64_t prefill_attention_fallbacks = 0;  // ... ran the decode kernel (a head_dim without a prefill kernel)
     int64_t chunked_delta_rule_calls = 0;      // Gated DeltaNet layers whose prompt rows ran the chunked form
     int64_t chunked_delta_rule_fallbacks = 0;  // ... ran token by token (head dims over the chunked kernel's)
-    int64_t fused_mixer_layers = 0;     // Gated DeltaNet layers of decode steps run by the fused mixer
-    int64_t fused_mixer_fallbacks = 0;  // ... run unfused because the model is one it cannot run (decode path auto)
+    int64_t fused_decode_layers = 0;     // layers of decode steps run by fused launches
+    int64_t fused_decode_fallbacks = 0;  // ... run unfused because the model is one they cannot run (path auto)
     int64_t graph_captures = 0;
     int64_t graph_replays = 0;
   };

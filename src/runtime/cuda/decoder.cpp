@@ -7,7 +7,7 @@
 #include "ops/cuda/cuda_check.h"
 #include "ops/cuda/embedding.h"
 #include "ops/cuda/fused/gated_delta_net_layer.h"
-#include "ops/cuda/fused/gated_delta_net_mixer.h"
+#include "ops/cuda/fused/decode_phases.h"
 #include "ops/cuda/gemv.h"
 #include "ops/cuda/kv_cache.h"
 #include "ops/cuda/rms_norm.h"
@@ -231,53 +231,107 @@ void gated_delta_net(const GpuDecoder& d, int layer, const StepShape& step) {
 
 namespace {
 
-// The fused mixer's GEMV tiles (the shapes it compiles: the H200 table's winners at 1..8 tokens for the 27B's
-// input projections and output projection).
-const cuda::GemvTuning kMixerInTuning{8, 4, 2, 4, cuda::GemvPipeline::AsyncCopy};
-const cuda::GemvTuning kMixerOutTuning{8, 4, 1, 8, cuda::GemvPipeline::AsyncCopy};
+// The fused launches' GEMV tasks (the shapes decode_phases.h compiles: the H200 table's winners at 1..8 tokens for
+// the 27B's input projections, w8_d4_r2_k4_async, and output projection, w8_d4_r1_k8_async): row tiles a warp
+// and the warps that split K.
+constexpr int kFusedWideRowTiles = 2, kFusedWideSplit = 4, kFusedNarrowRowTiles = 1, kFusedNarrowSplit = 8;
+
+// Where the residual stream after layer `layer`'s mixer (0) or MLP (1) goes for `uberlm check` (null when off).
+float* residual_snapshot(const GpuDecoder& d, int layer, int which, int64_t tokens) {
+  if (!d.residual_snapshots || layer < 0) return nullptr;
+  return d.residual_snapshots + (2 * static_cast<int64_t>(layer) + which) * tokens * d.config.hidden_size;
+}
+
+// A Gated DeltaNet layer's first norm (x += pending) and mixer as phases.
+void add_mixer_phases(const GpuDecoder& d, int layer, const float* pending, int64_t tokens,
+                      cuda::DecodePhases& phases) {
+  const ModelConfig& c = d.config;
+  const DeviceLayer& w = d.model.layers[layer];
+  const DeviceGatedDeltaNet& net = w.delta_net;
+  const DeltaNetBuffers& b = d.buffers.delta_net;
+  const LayerCaches& cache = d.caches.layers[layer];
+  phases.add(cuda::DecodePhaseKind::AddRmsNorm).norm = {
+      d.buffers.x, pending, w.input_norm, norm_weight_offset(c.norm_style), c.rms_norm_eps, c.hidden_size,
+      d.buffers.h, padded_k(c.hidden_size), pending ? residual_snapshot(d, layer - 1, 1, tokens) : nullptr};
+  phases.add(cuda::DecodePhaseKind::Linear).linear = {
+      {net.in_proj_qkv.nvfp4_view(), net.in_proj_z.nvfp4_view(), net.in_proj_b.nvfp4_view(), net.in_proj_a.nvfp4_view()},
+      {b.qkv, b.z, b.b, b.a}, 4, d.buffers.h, kFusedWideRowTiles, kFusedWideSplit, nullptr, 0};
+  phases.add(cuda::DecodePhaseKind::DeltaNetHeads).delta_net = {
+      b.qkv, b.z, b.a, b.b, {net.conv1d, net.a_log, net.dt_bias, net.norm, c.rms_norm_eps}, delta_net_dims(c),
+      {cache.conv_state, cache.recurrent_state, d.caches.conv_ring_readers}, b.out_proj_in,
+      padded_k(c.delta_net_value_dim())};
+  phases.add(cuda::DecodePhaseKind::Linear).linear = {
+      {net.out_proj.nvfp4_view()}, {d.buffers.sublayer_out}, 1, b.out_proj_in, kFusedNarrowRowTiles, kFusedNarrowSplit,
+      nullptr, 0};
+}
+
+// A layer's second norm (x += its mixer's output) and MLP as phases. The norm writes its own rows (fused_mlp_in):
+// the input projections' activations (h) may not be read again after a phase rewrote them (decode_phases.h).
+void add_mlp_phases(const GpuDecoder& d, int layer, int64_t tokens, cuda::DecodePhases& phases) {
+  const ModelConfig& c = d.config;
+  const DeviceLayer& w = d.model.layers[layer];
+  const MlpBuffers& b = d.buffers.mlp;
+  phases.add(cuda::DecodePhaseKind::AddRmsNorm).norm = {
+      d.buffers.x, d.buffers.sublayer_out, w.post_attention_norm, norm_weight_offset(c.norm_style), c.rms_norm_eps,
+      c.hidden_size, d.buffers.fused_mlp_in, padded_k(c.hidden_size), residual_snapshot(d, layer, 0, tokens)};
+  phases.add(cuda::DecodePhaseKind::LinearSwiglu).linear = {
+      {w.mlp.gate_proj.nvfp4_view(), w.mlp.up_proj.nvfp4_view()}, {}, 2, d.buffers.fused_mlp_in, kFusedWideRowTiles,
+      kFusedWideSplit, b.down_proj_in, padded_k(c.intermediate_size)};
+  phases.add(cuda::DecodePhaseKind::Linear).linear = {
+      {w.mlp.down_proj.nvfp4_view()}, {d.buffers.sublayer_out}, 1, b.down_proj_in, kFusedNarrowRowTiles,
+      kFusedNarrowSplit, nullptr, 0};
+}
+
+// What layer `layer` of a fused decode step launches fused: a Gated DeltaNet layer whole, an attention layer's MLP.
+cuda::DecodePhases fused_layer_phases(const GpuDecoder& d, int layer, const float* pending, int64_t tokens) {
+  cuda::DecodePhases phases;
+  if (d.model.layers[layer].kind == LayerKind::GatedDeltaNet) add_mixer_phases(d, layer, pending, tokens, phases);
+  add_mlp_phases(d, layer, tokens, phases);
+  return phases;
+}
 
 }  // namespace
 
-std::string fused_mixer_unsupported(const ModelConfig& c, const DeviceModel& model, bool deterministic,
-                                    bool tensor_parallel) {
-  if (deterministic) return "a run without --deterministic (its sums are not the batch-invariant tunings')";
-  if (tensor_parallel) return "one GPU (no tensor parallelism: the output projection is all-reduced)";
-  for (size_t i = 0; i < model.layers.size(); ++i) {
-    const DeviceGatedDeltaNet& w = model.layers[i].delta_net;
-    if (model.layers[i].kind != LayerKind::GatedDeltaNet) continue;
-    for (const DeviceLinear* linear : {&w.in_proj_qkv, &w.in_proj_z, &w.in_proj_b, &w.in_proj_a, &w.out_proj}) {
+std::string fused_decode_unsupported(const GpuDecoder& d) {
+  if (d.deterministic) return "a run without --deterministic (their sums are not the batch-invariant tunings')";
+  if (d.communicator) return "one GPU (no tensor parallelism: the output projections are all-reduced)";
+  for (size_t i = 0; i < d.model.layers.size(); ++i) {
+    const DeviceLayer& w = d.model.layers[i];
+    std::vector<const DeviceLinear*> fused = {&w.mlp.gate_proj, &w.mlp.up_proj, &w.mlp.down_proj};
+    if (w.kind == LayerKind::GatedDeltaNet) {
+      const DeviceGatedDeltaNet& net = w.delta_net;
+      fused.insert(fused.end(), {&net.in_proj_qkv, &net.in_proj_z, &net.in_proj_b, &net.in_proj_a, &net.out_proj});
+    }
+    for (const DeviceLinear* linear : fused) {
       if (!linear->nvfp4 || linear->bias) {
         return fmt::format("NVFP4 layers without bias ({} is {})", linear->name,
                            linear->nvfp4 ? "NVFP4 with a bias" : "bf16");
       }
     }
-    if (w.out_proj.in_padded != c.delta_net_value_dim()) return "a value dim that is a multiple of 32";
+    const std::string why = cuda::decode_phases_unsupported(fused_layer_phases(d, static_cast<int>(i), d.buffers.x, 1), 1);
+    if (!why.empty()) return fmt::format("{} (layer {})", why, i);
   }
-  return cuda::gated_delta_net_mixer_unsupported(delta_net_dims(c), c.hidden_size, 1, kMixerInTuning, kMixerOutTuning);
+  return "";
 }
 
-bool fused_mixer_step(const GpuDecoder& d, const StepShape& step) {
-  return d.fused_mixer != FusedMixer::Off && step.tokens == step.chunks &&
-         step.tokens <= cuda::kGatedDeltaNetMixerMaxTokens && step.mid_run_saves.empty();
+bool fused_decode_step(const GpuDecoder& d, const StepShape& step) {
+  return d.fused_decode != FusedDecode::Off && step.tokens == step.chunks &&
+         step.tokens <= cuda::kFusedDecodeMaxTokens && step.mid_run_saves.empty();
 }
 
-void gated_delta_net_mixer(const GpuDecoder& d, int layer, const StepShape& step, const float* pending) {
-  const ModelConfig& c = d.config;
+void fused_decoder_layer(const GpuDecoder& d, int layer, const StepShape& step, const float* pending) {
   const DeviceLayer& w = d.model.layers[layer];
-  const DeviceGatedDeltaNet& net = w.delta_net;
-  const LayerCaches& cache = d.caches.layers[layer];
-  const DeltaNetBuffers& b = d.buffers.delta_net;
-  OpScope op(d.profiler, "delta_net_mixer_fused");
-  ++d.counters.fused_mixer_layers;
-  const cuda::GatedDeltaNetMixerWeights weights{
-      w.input_norm,           norm_weight_offset(c.norm_style), c.rms_norm_eps,      net.in_proj_qkv.nvfp4_view(),
-      net.in_proj_z.nvfp4_view(), net.in_proj_b.nvfp4_view(),   net.in_proj_a.nvfp4_view(),
-      {net.conv1d, net.a_log, net.dt_bias, net.norm, c.rms_norm_eps}, net.out_proj.nvfp4_view()};
-  const cuda::GatedDeltaNetMixerBuffers buffers{d.buffers.x, pending, d.buffers.h,       b.qkv, b.z, b.b, b.a,
-                                                b.out_proj_in, d.buffers.sublayer_out, d.buffers.mixer_task_counts};
-  const cuda::GatedDeltaNetState state{cache.conv_state, cache.recurrent_state, d.caches.conv_ring_readers};
-  CUDA_CHECK(cuda::launch_gated_delta_net_mixer(weights, delta_net_dims(c), state, device_chunks(d, step),
-                                                c.hidden_size, kMixerInTuning, kMixerOutTuning, buffers, d.stream));
+  const int64_t T = step.tokens;
+  if (w.kind == LayerKind::FullAttention) {
+    add_rms_norm(d, pending, w.input_norm, T);
+    if (pending) snapshot_residual(d, layer - 1, 1, T);
+    attention(d, layer, step);
+  }
+  OpScope op(d.profiler, w.kind == LayerKind::GatedDeltaNet ? "fused_delta_net_layer" : "fused_mlp");
+  ++d.counters.fused_decode_layers;
+  CUDA_CHECK(cuda::launch_decode_phases(fused_layer_phases(d, layer, pending, T), device_chunks(d, step),
+                                        d.buffers.decode_task_counts, nullptr, cuda::DecodePhasesLaunch::Cooperative,
+                                        d.stream));
 }
 
 // gate/up with SwiGLU in the GEMV's epilogue where the pair allows it (LinearRunner::fuses_swiglu), with
@@ -306,18 +360,18 @@ void mlp(const GpuDecoder& d, int layer, int64_t tokens) {
 }
 
 void decoder_layer(const GpuDecoder& d, int layer, const StepShape& step, const float* pending) {
-  const DeviceLayer& w = d.model.layers[layer];
-  const bool mixer_step = w.kind == LayerKind::GatedDeltaNet && fused_mixer_step(d, step);
-  if (mixer_step && d.fused_mixer == FusedMixer::On) {
-    gated_delta_net_mixer(d, layer, step, pending);
-    if (pending) snapshot_residual(d, layer - 1, 1, step.tokens);
-  } else {
-    if (mixer_step) ++d.counters.fused_mixer_fallbacks;
-    add_rms_norm(d, pending, w.input_norm, step.tokens);
-    if (pending) snapshot_residual(d, layer - 1, 1, step.tokens);
-    if (w.kind == LayerKind::FullAttention) attention(d, layer, step);
-    else gated_delta_net(d, layer, step);
+  if (fused_decode_step(d, step)) {
+    if (d.fused_decode == FusedDecode::On) {
+      fused_decoder_layer(d, layer, step, pending);
+      return;
+    }
+    ++d.counters.fused_decode_fallbacks;
   }
+  const DeviceLayer& w = d.model.layers[layer];
+  add_rms_norm(d, pending, w.input_norm, step.tokens);
+  if (pending) snapshot_residual(d, layer - 1, 1, step.tokens);
+  if (w.kind == LayerKind::FullAttention) attention(d, layer, step);
+  else gated_delta_net(d, layer, step);
   add_rms_norm(d, d.buffers.sublayer_out, w.post_attention_norm, step.tokens);
   snapshot_residual(d, layer, 0, step.tokens);
   mlp(d, layer, step.tokens);

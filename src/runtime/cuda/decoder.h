@@ -57,14 +57,15 @@ struct DecoderCounters {
   int64_t chunked_delta_rule_fallbacks = 0;  // ... ran token by token for head dims over the chunked kernel's
                                              // (logged once at load); chunks shorter than
                                              // kChunkedDeltaRuleMinTokens run token by token by design
-  int64_t fused_mixer_layers = 0;     // Gated DeltaNet layers of decode steps run by the fused mixer
-  int64_t fused_mixer_fallbacks = 0;  // ... run unfused because the fused mixer cannot run the model (--decode-path
-                                      // auto; logged once at load); larger or mixed steps are unfused by design
+  int64_t fused_decode_layers = 0;     // layers of decode steps run by fused launches (fused_decoder_layer)
+  int64_t fused_decode_fallbacks = 0;  // ... run unfused because the fused launches cannot run the model
+                                       // (--decode-path auto; logged once at load); larger or mixed steps are
+                                       // unfused by design
 };
 
-// Whether decode steps run the fused Gated DeltaNet mixer (--decode-path, settled at load): no, yes, or asked for
-// where it cannot run (each layer it would have run is then counted as a fallback).
-enum class FusedMixer { Off, On, Unsupported };
+// Whether decode steps run fused launches (--decode-path, settled at load): no, yes, or asked for where they cannot
+// run (each layer they would have run is then counted as a fallback).
+enum class FusedDecode { Off, On, Unsupported };
 
 // What the sublayer functions read and write.
 struct GpuDecoder {
@@ -90,7 +91,7 @@ struct GpuDecoder {
   bool deterministic = false;
   // The prefill attention kernel prompt steps take (chosen for the device at load).
   cuda::PrefillAttentionKernel prefill_attention_kernel = cuda::PrefillAttentionKernel::MmaSync;
-  FusedMixer fused_mixer = FusedMixer::Off;
+  FusedDecode fused_decode = FusedDecode::Off;
 };
 
 // x [T, D] = embed_tokens[tokens].
@@ -104,14 +105,15 @@ void attention(const GpuDecoder& d, int layer, const StepShape& step);
 void gated_delta_net(const GpuDecoder& d, int layer, const StepShape& step);
 // A Gated DeltaNet layer's head shape as its kernels take it.
 cuda::GatedDeltaNetDims delta_net_dims(const ModelConfig& c);
-// Whether the fused mixer was asked for (on, or unsupported) and this step is one it is for: a decode step of 1..8
-// sequences without prefix saves. Other steps run unfused by design.
-bool fused_mixer_step(const GpuDecoder& d, const StepShape& step);
-// RMSNorm1 (x += pending) and gated_delta_net as one persistent launch (ops/cuda/fused/gated_delta_net_mixer.h).
-void gated_delta_net_mixer(const GpuDecoder& d, int layer, const StepShape& step, const float* pending);
-// Why the fused mixer cannot run this model ("" when it can), checked at load.
-std::string fused_mixer_unsupported(const ModelConfig& config, const DeviceModel& model, bool deterministic,
-                                    bool tensor_parallel);
+// Whether the fused launches were asked for (on, or unsupported) and this step is one they are for: a decode step of
+// 1..8 sequences without prefix saves. Other steps run unfused by design.
+bool fused_decode_step(const GpuDecoder& d, const StepShape& step);
+// A layer of a fused decode step (ops/cuda/fused/decode_phases.h): a Gated DeltaNet layer as one launch (its first
+// norm with x += pending, the mixer, its second norm and the MLP); an attention layer's first norm and mixer
+// unfused, then its second norm and MLP as one launch. The residual snapshots are written by the launches.
+void fused_decoder_layer(const GpuDecoder& d, int layer, const StepShape& step, const float* pending);
+// Why the fused launches cannot run this model ("" when they can), checked at load.
+std::string fused_decode_unsupported(const GpuDecoder& d);
 // sublayer_out [T, D] = down_proj(silu(gate_proj(h)) * up_proj(h)).
 void mlp(const GpuDecoder& d, int layer, int64_t tokens);
 // One decoder layer; `pending` is the previous layer's MLP output, not yet added to x (its add completes the

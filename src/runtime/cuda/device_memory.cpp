@@ -94,7 +94,7 @@ DeviceMemory::DeviceMemory(const ModelConfig& config, const MemoryPlanRequest& r
   layout_device_model(weight_arena, config, request.formats, request.lm_head_rows, request.small_m_gemm, model);
   layout_runtime(runtime_arena, num_kv_blocks);
   // Zero everything once: the K padding of weights and activation rows must stay zero (kernels never
-  // write it), and the argmax scratch, the mixer's task counts and the conv ring readers start at zero.
+  // write it), and the argmax scratch, the fused decode task counts and the conv ring readers start at zero.
   CUDA_CHECK(cudaMemset(runtime_memory_, 0, runtime_bytes_));
   CUDA_CHECK(cudaMemset(weight_memory_, 0, weight_bytes_));
   // The memsets run on the legacy default stream, which the backend's non-blocking stream does not wait

@@ -2,7 +2,7 @@
 
 #include "ops/cuda/attention_decode.h"
 #include "ops/cuda/fused/gated_delta_net_layer.h"
-#include "ops/cuda/fused/gated_delta_net_mixer.h"
+#include "ops/cuda/fused/decode_phases.h"
 #include "ops/cuda/gemv.h"
 #include "runtime/backend.h"
 #include "runtime/cuda/decoder.h"
@@ -88,7 +88,8 @@ void layout_step_buffers(Arena& arena, const ModelConfig& c, const StepLimits& l
   }
   b.argmax = arena.take<int32_t>(R);
   b.argmax_scratch = arena.take<cuda::ArgmaxScratch>(R);
-  b.mixer_task_counts = arena.take<int32_t>(cuda::kGatedDeltaNetMixerCounts);
+  b.fused_mlp_in = arena.take<uint16_t>(cuda::kFusedDecodeMaxTokens * padded_k(dim));
+  b.decode_task_counts = arena.take<int32_t>(cuda::kDecodePhaseCounts);
   b.meta = StepMetadata::at(arena.take<int32_t>(StepMetadata::count(limits)), limits);
 }
 

@@ -82,7 +82,10 @@ struct StepBuffers {
   float* gathered_logits = nullptr;
   int32_t* argmax = nullptr;                       // [R]
   cuda::ArgmaxScratch* argmax_scratch = nullptr;   // [R], zero between launches
-  int32_t* mixer_task_counts = nullptr;            // the fused Gated DeltaNet mixer's, zero between launches
+  // Fused decode steps (decode_phases.h): the second norm's rows (bf16 [8, D padded]), and the task counts, zero
+  // between launches.
+  uint16_t* fused_mlp_in = nullptr;
+  int32_t* decode_task_counts = nullptr;
   StepMetadata meta{};
 };
 

@@ -1,0 +1,403 @@
+#include "ops/cuda/fused/decode_phases.h"
+
+#include <cstdio>
+#include <initializer_list>
+#include <limits>
+
+#include "ops/cuda/alignment.h"
+#include "ops/cuda/fused/gated_delta_net_layer.cuh"
+#include "ops/cuda/gemv.h"
+#include "ops/cuda/gemv_nvfp4.cuh"
+#include "ops/cuda/gemv_tile.cuh"
+#include "ops/cuda/kernel_util.cuh"
+#include "ops/cuda/rms_norm.cuh"
+
+namespace uberlm::cuda {
+
+namespace {
+
+constexpr int kWarps = 8, kThreads = 32 * kWarps;
+constexpr int kDepth = 4;  // the GEMV tasks' cp.async pipeline (the H200 table's decode winners)
+// The delta rule's tasks: the decode blocks of many sequences (two threads a state column of up to 128 columns,
+// key rows up to 128: 64 a thread).
+constexpr int kColumns = 128, kParts = 2, kMaxKeyRows = 128, kConvHistory = 3;
+constexpr int kNormWidth = 4;  // the quad RMSNorm rows
+static_assert(kColumns * kParts == kThreads);
+static_assert(kNormThreads<kNormWidth> == kThreads, "the quad RMSNorm row takes the whole block");
+constexpr int kFinishedBlocks = kMaxDecodePhases;  // the task counts' last int
+
+// A phase as the kernel takes it: the host's DecodePhase with device types and its task count.
+struct DevicePhase {
+  DecodePhaseKind kind;
+  int tasks;
+  NormPhase norm;
+  GemvSegments<Nvfp4Format> segments;  // Linear, LinearSwiglu
+  const __nv_bfloat16* linear_x;
+  int64_t k;
+  int row_tiles, k_split;
+  GemvSwigluEpilogue swiglu;
+  DeltaNetPhase delta_net;
+};
+
+struct PhasesArgs {
+  DevicePhase phase[kMaxDecodePhases];
+  int count;
+  int tokens;
+  DeviceChunks chunks;
+  int32_t* task_counts;
+  uint64_t* task_trace;
+};
+
+__device__ __forceinline__ uint64_t global_time_ns() {
+  uint64_t ns;
+  asm volatile("mov.u64 %0, %%globaltimer;\n" : "=l"(ns));
+  return ns;
+}
+
+__device__ __forceinline__ int32_t load_acquire(const int32_t* address) {
+  int32_t value;
+  asm volatile("ld.acquire.gpu.global.b32 %0, [%1];\n" : "=r"(value) : "l"(address) : "memory");
+  return value;
+}
+
+// A task's wait (the wait_for_inputs of the device functions): for the kernel before this launch (its outputs
+// are this launch's inputs, and it may still read what this launch writes), then, by every thread, until
+// `target` tasks of the phase before have counted themselves done (the acquire also makes their writes visible to
+// this thread's plain loads). With UBERLM_BOUNDED_TASK_WAITS defined (a debug build, CMake option of the same
+// name) a wait gives up after that many polls, says which block waited for which phase and count, and traps.
+struct AfterPhase {
+  const int32_t* count;  // null: the first phase, which waits for nothing of this launch
+  int target;
+  int phase;        // the phase waited for
+  uint64_t* trace;  // the task's trace entry, or null
+
+  __device__ __forceinline__ void operator()() const {
+    wait_for_previous_kernel();
+    wait_for_count();
+    if (trace && threadIdx.x == 0) trace[2] = global_time_ns();
+  }
+
+  __device__ __forceinline__ void wait_for_count() const {
+    if (!count) return;
+#if defined(UBERLM_BOUNDED_TASK_WAITS)
+    for (long long polls = 0; load_acquire(count) < target; ++polls) {
+      if (polls == UBERLM_BOUNDED_TASK_WAITS) {
+        printf("decode_phases: block %d thread %d waited %lld polls for phase %d: %d of %d tasks done\n", blockIdx.x,
+               threadIdx.x, polls, phase, load_acquire(count), target);
+        __trap();
+      }
+      __nanosleep(64);
+    }
+#else
+    while (load_acquire(count) < target) __nanosleep(64);
+#endif
+  }
+};
+
+// Tasks dealt before phase p's.
+__device__ __forceinline__ int tasks_before(const PhasesArgs& args, int p) {
+  int dealt = 0;
+  for (int q = 0; q < p; ++q) dealt += args.phase[q].tasks;
+  return dealt;
+}
+
+// The tasks of every phase are dealt round-robin over the blocks as one sequence, so a phase starts on the
+// blocks after those that took the previous phase's last tasks.
+__device__ __forceinline__ int first_task(const PhasesArgs& args, int p) {
+  const int blocks = static_cast<int>(gridDim.x);
+  return ((static_cast<int>(blockIdx.x) - tasks_before(args, p) % blocks) + blocks) % blocks;
+}
+
+// Task t of phase p: its trace entry (null without a trace), stamped with the block and the start.
+__device__ __forceinline__ uint64_t* start_task(const PhasesArgs& args, int p, int t) {
+  if (!args.task_trace) return nullptr;
+  uint64_t* entry = args.task_trace + static_cast<int64_t>(tasks_before(args, p) + t) * kTaskTraceFields;
+  if (threadIdx.x == 0) {
+    entry[0] = blockIdx.x;
+    entry[1] = global_time_ns();
+    entry[2] = entry[1];  // for the tasks of the first phase, which wait for nothing in the launch
+  }
+  return entry;
+}
+
+// After a task: the block's writes, then one count. The barrier also keeps the next task from overwriting
+// shared memory this one still reads.
+__device__ __forceinline__ void count_done(int32_t* count, uint64_t* trace) {
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    __threadfence();  // releases every thread's writes (ordered before it by the barrier) with the count
+    atomicAdd(count, 1);
+    if (trace) trace[3] = global_time_ns();
+  }
+}
+
+// Row t of a norm phase; each thread copies to the snapshot the values of x it wrote itself.
+__device__ __forceinline__ void norm_task(const NormPhase& n, int t, const AfterPhase& wait) {
+  __nv_bfloat16* out = static_cast<__nv_bfloat16*>(n.out);
+  if (n.delta) {
+    add_rms_norm_row<true, kNormWidth>(n.x, n.delta, nullptr, t, n.dim, n.weight, n.offset, n.eps, out, n.out_stride,
+                                       wait);
+  } else {
+    add_rms_norm_row<false, kNormWidth>(n.x, nullptr, nullptr, t, n.dim, n.weight, n.offset, n.eps, out, n.out_stride,
+                                        wait);
+  }
+  if (!n.snapshot) return;
+  const float4* row = reinterpret_cast<const float4*>(n.x + t * n.dim);
+  float4* copy = reinterpret_cast<float4*>(n.snapshot + t * n.dim);
+  for (int64_t q = threadIdx.x; q < n.dim / kNormWidth; q += kThreads) copy[q] = row[q];
+}
+
+template <int kRows>
+__device__ __forceinline__ void run_task(const PhasesArgs& args, const DevicePhase& p, int t, float* smem,
+                                         const AfterPhase& wait) {
+  switch (p.kind) {
+    case DecodePhaseKind::AddRmsNorm:
+      norm_task(p.norm, t, wait);
+      break;
+    case DecodePhaseKind::Linear:
+      if (p.row_tiles == 2) {
+        gemv_block<Nvfp4Format, 1, 2, kDepth, true, false>(p.segments, p.linear_x, args.tokens, p.k, p.k_split,
+                                                           GemvStoreEpilogue{false}, t, smem, wait);
+      } else {
+        gemv_block<Nvfp4Format, 1, 1, kDepth, true, false>(p.segments, p.linear_x, args.tokens, p.k, p.k_split,
+                                                           GemvStoreEpilogue{false}, t, smem, wait);
+      }
+      break;
+    case DecodePhaseKind::LinearSwiglu:
+      gemv_block<Nvfp4Format, 1, 2, kDepth, true, false>(p.segments, p.linear_x, args.tokens, p.k, p.k_split,
+                                                         p.swiglu, t, smem, wait);
+      break;
+    case DecodePhaseKind::DeltaNetHeads: {
+      const DeltaNetPhase& n = p.delta_net;
+      gated_delta_net_block<kRows, kConvHistory, kColumns, 1, kParts>(
+          n.qkv, n.z, n.a, n.b, n.weights, args.chunks, std::numeric_limits<int64_t>::max(), n.dims, n.state,
+          static_cast<__nv_bfloat16*>(n.out), n.out_stride, t / n.dims.num_v_heads, t % n.dims.num_v_heads, 0, 1,
+          wait);
+      break;
+    }
+  }
+}
+
+// Two blocks an SM: 128 registers a thread (the kRows = 64 instance spills a few bytes for it).
+template <int kRows>
+__global__ void __launch_bounds__(kThreads, 2) decode_phases_kernel(const __grid_constant__ PhasesArgs args) {
+  extern __shared__ __align__(16) float gemv_smem[];
+  const int blocks = static_cast<int>(gridDim.x);
+  int32_t* const counts = args.task_counts;
+  for (int p = 0; p < args.count; ++p) {
+    if (p == args.count - 1) allow_next_kernel();
+    const DevicePhase& phase = args.phase[p];
+    for (int t = first_task(args, p); t < phase.tasks; t += blocks) {
+      uint64_t* const trace = start_task(args, p, t);
+      const AfterPhase wait = p == 0 ? AfterPhase{nullptr, 0, 0, nullptr}
+                                     : AfterPhase{counts + p - 1, args.phase[p - 1].tasks, p - 1, trace};
+      run_task<kRows>(args, phase, t, gemv_smem, wait);
+      count_done(counts + p, trace);
+    }
+  }
+  // The last block to finish sets the counts back to zero: every other block is past its last wait by then.
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    __threadfence();
+    if (atomicAdd(counts + kFinishedBlocks, 1) == blocks - 1) {
+      for (int i = 0; i < kDecodePhaseCounts; ++i) counts[i] = 0;
+    }
+  }
+}
+
+int64_t rows_per_task(const DecodePhase& p) {
+  const int distinct_tiles = p.kind == DecodePhaseKind::LinearSwiglu ? 1 : p.linear.row_tiles;
+  return int64_t{kGemvRowsPerTile} * distinct_tiles * (kWarps / p.linear.k_split);
+}
+
+// The phase as the kernel takes it (tasks for `tokens` sequences).
+DevicePhase device_phase(const DecodePhase& p, int tokens) {
+  DevicePhase d{};
+  d.kind = p.kind;
+  d.norm = p.norm;
+  d.delta_net = p.delta_net;
+  switch (p.kind) {
+    case DecodePhaseKind::AddRmsNorm:
+      d.tasks = tokens;
+      break;
+    case DecodePhaseKind::Linear:
+    case DecodePhaseKind::LinearSwiglu: {
+      const LinearPhase& l = p.linear;
+      const bool paired = p.kind == DecodePhaseKind::LinearSwiglu;
+      for (int i = 0; i < l.count; ++i) d.segments.add(nvfp4_format(l.weights[i]), l.weights[i].rows, l.outputs[i]);
+      d.tasks = d.segments.assign_blocks(rows_per_task(p), paired);
+      d.linear_x = static_cast<const __nv_bfloat16*>(l.x);
+      d.k = l.weights[0].cols;
+      d.row_tiles = l.row_tiles;
+      d.k_split = l.k_split;
+      d.swiglu = GemvSwigluEpilogue{static_cast<__nv_bfloat16*>(l.swiglu_out), l.swiglu_stride};
+      break;
+    }
+    case DecodePhaseKind::DeltaNetHeads:
+      d.tasks = tokens * p.delta_net.dims.num_v_heads;
+      break;
+  }
+  return d;
+}
+
+// The grid: as many blocks as are resident at once on an idle device, asked once a process (a decode step launches
+// this every layer, eagerly when profiled).
+template <int kRows>
+int resident_blocks(int smem) {
+  static const int blocks = [smem] {
+    int device = 0, sms = 0, per_sm = 0;
+    if (cudaGetDevice(&device) != cudaSuccess ||
+        cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device) != cudaSuccess ||
+        allow_dynamic_shared_memory(decode_phases_kernel<kRows>, smem) != cudaSuccess ||
+        cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, decode_phases_kernel<kRows>, kThreads, smem) !=
+            cudaSuccess) {
+      return 0;
+    }
+    return sms * per_sm;
+  }();
+  return blocks;
+}
+
+template <int kRows>
+cudaError_t launch_rows(const PhasesArgs& args, DecodePhasesLaunch launch, cudaStream_t stream) {
+  const auto kernel = decode_phases_kernel<kRows>;
+  // The GEMV tasks' cp.async stages (reused by their reductions), two row tiles a warp at most.
+  const int smem = gemv_smem_bytes<Nvfp4Format, 1, 2, kDepth, true>(kWarps);
+  const cudaError_t allowed = allow_dynamic_shared_memory(kernel, smem);
+  if (allowed != cudaSuccess) return allowed;
+  const int blocks = resident_blocks<kRows>(smem);
+  if (blocks < 1) return cudaErrorInvalidConfiguration;
+  if (launch == DecodePhasesLaunch::Programmatic) {
+    return launch_dependent(kernel, dim3(static_cast<unsigned>(blocks)), dim3(kThreads), static_cast<size_t>(smem),
+                            stream, args);
+  }
+  cudaLaunchAttribute cooperative{};
+  cooperative.id = cudaLaunchAttributeCooperative;
+  cooperative.val.cooperative = 1;
+  cudaLaunchConfig_t config{};
+  config.gridDim = dim3(static_cast<unsigned>(blocks));
+  config.blockDim = dim3(kThreads);
+  config.dynamicSmemBytes = static_cast<size_t>(smem);
+  config.stream = stream;
+  config.attrs = &cooperative;
+  config.numAttrs = 1;
+  return cudaLaunchKernelEx(&config, kernel, args);
+}
+
+bool one_of(int value, std::initializer_list<int> allowed) {
+  for (int a : allowed) {
+    if (value == a) return true;
+  }
+  return false;
+}
+
+std::string norm_unsupported(const NormPhase& n) {
+  if (n.dim % kNormWidth != 0 || n.dim > kRmsNormMaxDim) return "a norm dim that is a multiple of 4 up to 8192";
+  if (!aligned(n.x, 16) || (n.delta && !aligned(n.delta, 16)) || !aligned(n.weight, 16) || !aligned(n.out, 8) ||
+      n.out_stride % kNormWidth != 0 || (n.snapshot && !aligned(n.snapshot, 16))) {
+    return "16-byte aligned norm rows";
+  }
+  return "";
+}
+
+std::string linear_unsupported(const DecodePhase& p) {
+  const LinearPhase& l = p.linear;
+  const bool paired = p.kind == DecodePhaseKind::LinearSwiglu;
+  if (paired ? l.count != 2 || l.row_tiles != 2 : l.count < 1 || l.count > 4 || !one_of(l.row_tiles, {1, 2})) {
+    return "1..4 linear weights of one or two row tiles a warp (the SwiGLU pair: 2 of two)";
+  }
+  if (!one_of(l.k_split, {1, 2, 4, 8})) return "a K split of 1, 2, 4 or 8 warps";
+  for (int i = 0; i < l.count; ++i) {
+    const Nvfp4Weight& w = l.weights[i];
+    if (w.cols != l.weights[0].cols || w.cols % kGemvKMultiple != 0 || w.code_order != Nvfp4CodeOrder::GemvTiled) {
+      return "NVFP4 weights of one K, a multiple of 32, in the GEMV's tiled code order";
+    }
+  }
+  if (paired && l.weights[0].rows != l.weights[1].rows) return "gate and up of equal rows";
+  return "";
+}
+
+std::string delta_net_unsupported(const DeltaNetPhase& n) {
+  if (n.dims.k_head_dim > kMaxKeyRows || n.dims.v_head_dim > kColumns) return "Gated DeltaNet head dims up to 128";
+  if (n.dims.conv_kernel > kConvHistory + 1) return "a conv kernel up to 4";
+  if (n.dims.num_k_heads < 1 || n.dims.num_v_heads % n.dims.num_k_heads != 0) return "value heads a multiple of key heads";
+  return "";
+}
+
+// The key rows a thread holds in the delta rule's tasks, for the key head dim of the launch's DeltaNetHeads
+// phases (64 when there are none).
+int delta_rule_rows(const DecodePhases& phases) {
+  constexpr int kRowsPerThread = kMaxKeyRows / kParts;
+  for (int p = 0; p < phases.count; ++p) {
+    if (phases.phase[p].kind == DecodePhaseKind::DeltaNetHeads) {
+      return phases.phase[p].delta_net.dims.k_head_dim <= kRowsPerThread ? kRowsPerThread / 2 : kRowsPerThread;
+    }
+  }
+  return kRowsPerThread;
+}
+
+}  // namespace
+
+int DecodePhaseTasks::total() const {
+  int sum = 0;
+  for (int p = 0; p < count; ++p) sum += phase[p];
+  return sum;
+}
+
+DecodePhaseTasks decode_phase_tasks(const DecodePhases& phases, int64_t tokens) {
+  DecodePhaseTasks tasks{};
+  tasks.count = phases.count;
+  for (int p = 0; p < phases.count; ++p) tasks.phase[p] = device_phase(phases.phase[p], static_cast<int>(tokens)).tasks;
+  return tasks;
+}
+
+std::string decode_phases_unsupported(const DecodePhases& phases, int64_t tokens) {
+  if (tokens < 1 || tokens > kFusedDecodeMaxTokens) return "a step of 1..8 sequences";
+  if (phases.count < 1 || phases.count > kMaxDecodePhases) return "1..8 phases";
+  int delta_rule_rows_seen = 0;
+  for (int p = 0; p < phases.count; ++p) {
+    const DecodePhase& phase = phases.phase[p];
+    std::string why;
+    switch (phase.kind) {
+      case DecodePhaseKind::AddRmsNorm:
+        why = norm_unsupported(phase.norm);
+        break;
+      case DecodePhaseKind::Linear:
+      case DecodePhaseKind::LinearSwiglu:
+        why = linear_unsupported(phase);
+        for (int q = 0; q < p && why.empty(); ++q) {
+          const DecodePhase& earlier = phases.phase[q];
+          const bool linear = earlier.kind == DecodePhaseKind::Linear || earlier.kind == DecodePhaseKind::LinearSwiglu;
+          if (linear && earlier.linear.x == phase.linear.x) why = "a buffer of activations for each linear phase";
+        }
+        break;
+      case DecodePhaseKind::DeltaNetHeads: {
+        why = delta_net_unsupported(phase.delta_net);
+        const int rows = phase.delta_net.dims.k_head_dim <= kMaxKeyRows / kParts ? 1 : 2;
+        if (why.empty() && delta_rule_rows_seen != 0 && delta_rule_rows_seen != rows) {
+          why = "one key head dim class (up to 64, or up to 128) in a launch";
+        }
+        delta_rule_rows_seen = rows;
+        break;
+      }
+    }
+    if (!why.empty()) return why;
+  }
+  return "";
+}
+
+cudaError_t launch_decode_phases(const DecodePhases& phases, const DeviceChunks& chunks, int32_t* task_counts,
+                                 uint64_t* task_trace, DecodePhasesLaunch launch, cudaStream_t stream) {
+  if (!decode_phases_unsupported(phases, chunks.count).empty()) return cudaErrorInvalidValue;
+  PhasesArgs args{};
+  args.count = phases.count;
+  args.tokens = chunks.count;
+  args.chunks = chunks;
+  args.task_counts = task_counts;
+  args.task_trace = task_trace;
+  for (int p = 0; p < phases.count; ++p) args.phase[p] = device_phase(phases.phase[p], chunks.count);
+  return delta_rule_rows(phases) == kMaxKeyRows / kParts ? launch_rows<kMaxKeyRows / kParts>(args, launch, stream)
+                                                         : launch_rows<kMaxKeyRows / kParts / 2>(args, launch, stream);
+}
+
+}  // namespace uberlm::cuda
