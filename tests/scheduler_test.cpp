@@ -202,6 +202,7 @@ class FakeBackend : public Backend {
   }
   void drop_prefix(int snapshot) override { snapshots_.at(snapshot) = {{}, -1}; }
   std::string name() const override { return "fake"; }
+  bool reports_fused_decode = false;  // decode steps say they ran fused kernels, as the CUDA backend's may
   const ModelConfig& config() const override { return config_; }
   int max_slots() const override { return static_cast<int>(history_.size()); }
   void release(int slot) override { history_.at(slot).clear(); }
@@ -209,6 +210,7 @@ class FakeBackend : public Backend {
   ForwardResult forward(const ForwardBatch& batch) override {
     while (paused.load()) std::this_thread::sleep_for(std::chrono::milliseconds(1));
     ForwardResult result;
+    result.fused_kernels = reports_fused_decode && batch.tokens.size() == batch.chunks.size();
     size_t offset = 0;
     for (const SequenceChunk& chunk : batch.chunks) {
       auto& history = history_.at(chunk.slot);
@@ -574,6 +576,22 @@ TEST(Engine, RefusesASchedulerPoolLargerThanTheBackends) {
   Metrics metrics;
   expect_error_containing([&] { Engine engine(backend, tokenizer.get(), engine_config(2, 64, 8, 0), metrics); },
                           {"backend fake has a pool of 7"});
+}
+
+// A backend that reports its decode steps as fused (the CUDA backend's --decode-path): the engine counts them in
+// /metrics by backend, apart from the fallbacks.
+TEST(Engine, CountsFusedDecodeStepsInMetrics) {
+  auto tokenizer = fixture_tokenizer();
+  FakeBackend backend(tokenizer->vocab_size(), 2);
+  backend.reports_fused_decode = true;
+  Metrics metrics;
+  Engine engine(backend, tokenizer.get(), engine_config(2, 64, 16, 4), metrics);
+  collect(*engine.submit(request_for(3, 12)));
+  const double decode_steps = metrics.value(Counter::EngineSteps, R"(backend="fake",path="decode")");
+  EXPECT_GT(decode_steps, 0);
+  EXPECT_EQ(metrics.value(Counter::FusedDecodeSteps, R"(backend="fake")"), decode_steps);
+  EXPECT_EQ(metrics.value(Counter::FusedDecodeFallbackSteps, R"(backend="fake")"), 0);
+  EXPECT_NE(metrics.render().find(R"(uberlm_fused_decode_steps_total{backend="fake"})"), std::string::npos);
 }
 
 TEST(Engine, StopStringsAndStopTokensEndTheOutput) {

@@ -54,6 +54,10 @@ struct ForwardResult {
   std::vector<float> logits;
   int64_t rows = 0;
   std::vector<int32_t> argmax;  // [rows] with argmax_only: the smallest id of each row's maximum
+  // Which kernels ran the step's layers (the CUDA backend's --decode-path): the fused launches, or the unfused ones
+  // where the fused were asked for and cannot run the model (a fallback); neither for other steps and backends.
+  bool fused_kernels = false;
+  bool fused_fallback = false;
 };
 
 // What an observed forward leaves per layer (`uberlm check`): the residual stream after the mixer and after

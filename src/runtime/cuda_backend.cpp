@@ -394,6 +394,9 @@ ForwardResult CudaBackend::forward(const ForwardBatch& batch) {
   }
   const gpu::StepShape step = d.prepare(batch, 0, d.limits.max_logit_rows);
   d.run(step, decode_only);
+  const bool fused_step = gpu::fused_decode_step(d.decoder(), step);
+  result.fused_kernels = fused_step && d.fused_decode == gpu::FusedDecode::On;
+  result.fused_fallback = fused_step && d.fused_decode == gpu::FusedDecode::Unsupported;
   d.save_prefixes_at_run_ends(batch);
   const int64_t vocab = d.config.vocab_size;
   const gpu::StepBuffers& buffers = d.memory->buffers;

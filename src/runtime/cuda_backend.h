@@ -27,7 +27,8 @@ class NcclCommunicator;
 // as one persistent launch and each attention layer's MLP as another (ops/cuda/fused/decode_phases.h,
 // gpu::fused_decoder_layer); other steps run unfused by design.
 // Fused: a model it cannot run is an Error at load. Auto: fused where it can run, else unfused, logged once at
-// load, counted (Counters::fused_decode_fallbacks) and an Error with strict.
+// load, counted (Counters::fused_decode_fallbacks; each step's ForwardResult says which ran, for /metrics) and an
+// Error with strict.
 enum class DecodePath { Unfused, Fused, Auto };
 // The spelling of --decode-path.
 inline const char* decode_path_name(DecodePath path) {

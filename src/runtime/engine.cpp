@@ -280,6 +280,9 @@ EngineStep Engine::step() {
   const std::string labels = fmt::format("backend=\"{}\",path=\"{}\"", backend_.name(), path);
   metrics_.add(Counter::EngineSteps, 1.0, labels);
   metrics_.add(Counter::StepTokens, static_cast<double>(out.batch.tokens.size()), labels);
+  const std::string backend_label = fmt::format("backend=\"{}\"", backend_.name());
+  if (result.fused_kernels) metrics_.add(Counter::FusedDecodeSteps, 1.0, backend_label);
+  if (result.fused_fallback) metrics_.add(Counter::FusedDecodeFallbackSteps, 1.0, backend_label);
 
   const int vocab = backend_.config().vocab_size;
   int64_t row = 0, greedy_row = 0;

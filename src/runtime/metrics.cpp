@@ -21,6 +21,9 @@ constexpr std::array<MetricName, static_cast<size_t>(Counter::kCount)> kCounterN
     {"uberlm_step_tokens_total", "Tokens run through the backend, by backend and path"},
     {"uberlm_prefix_cache_queried_tokens_total", "Tokens of admitted sequences that looked up a cached prefix"},
     {"uberlm_prefix_cache_hit_tokens_total", "Tokens whose prefill a cached prefix skipped"},
+    {"uberlm_fused_decode_steps_total", "Decode steps whose layers ran the fused kernels (--decode-path)"},
+    {"uberlm_fused_decode_fallback_steps_total",
+     "Decode steps that asked for the fused kernels and ran unfused: the model is one they cannot run"},
 }};
 
 constexpr std::array<MetricName, static_cast<size_t>(Gauge::kCount)> kGaugeNames{{

@@ -20,6 +20,8 @@ enum class Counter {
   StepTokens,         // labels backend, path: tokens through the forward, per path
   PrefixCacheQueriedTokens,  // tokens of admitted sequences that looked up a cached prefix
   PrefixCacheHitTokens,      // of those, tokens a cached prefix skipped
+  FusedDecodeSteps,          // label backend: decode steps whose layers ran the fused kernels (--decode-path)
+  FusedDecodeFallbackSteps,  // label backend: decode steps that asked for them and ran unfused
   kCount,
 };
 

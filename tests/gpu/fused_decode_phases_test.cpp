@@ -8,6 +8,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <cmath>
 #include <functional>
 #include <random>
 #include <string>
@@ -17,6 +18,7 @@
 #include "gpu_test_util.h"
 #include "ops/cuda/fused/decode_phases.h"
 #include "ops/cuda/fused/gated_delta_net_layer.h"
+#include "runtime/backend.h"
 
 namespace uberlm {
 namespace {
@@ -35,6 +37,40 @@ struct LayerShape {
 
 // Which phases a launch runs.
 enum class Phases { Mixer, Mlp, Layer };
+
+DeviceNvfp4 random_weight(int64_t rows, int64_t cols) {
+  std::normal_distribution<float> normal(0.0f, 0.05f);
+  std::vector<float> values(rows * cols);
+  for (float& v : values) v = normal(rng());
+  return upload_nvfp4(quantize_nvfp4(values.data(), rows, cols, "decode_phases_test"));
+}
+
+// Step metadata of a decode step of `tokens` sequences in slots 0..tokens-1 at `position`.
+struct DecodeChunks {
+  DeviceBuffer first, length, slot, start;
+  DecodeChunks(int tokens, int position) {
+    std::vector<int32_t> firsts(tokens), lengths(tokens, 1), slots(tokens), starts(tokens, position);
+    for (int t = 0; t < tokens; ++t) firsts[t] = slots[t] = t;
+    first = upload(firsts);
+    length = upload(lengths);
+    slot = upload(slots);
+    start = upload(starts);
+  }
+  cuda::DeviceChunks view(int tokens) const {
+    return {first.as<int32_t>(), length.as<int32_t>(), slot.as<int32_t>(), start.as<int32_t>(), tokens};
+  }
+};
+
+// Queues the fused launch: eagerly, or into a CUDA graph replayed once.
+using LaunchQueue = std::function<void(const std::function<void(cudaStream_t)>&)>;
+
+// The first `count` elements of a device buffer, as T.
+template <typename T>
+std::vector<T> head(const DeviceBuffer& buffer, int64_t count) {
+  std::vector<T> values = buffer.download<T>();
+  values.resize(count);
+  return values;
+}
 
 // One path's states and step buffers, as the decoder's StepBuffers hold them.
 struct Path {
@@ -88,19 +124,19 @@ class LayerCase {
   // Decode step `step` of sequences in slots 0..tokens-1 (each at position 5 + step), on a fresh random delta
   // for the first norm (none at step 0), by both paths from the fused path's states and residual stream (the
   // unfused path's differ after a reordered delta rule); `fused` queues the fused launch (eagerly or in a graph).
-  void step(Phases which, int tokens, int step, const std::function<void(const std::function<void(cudaStream_t)>&)>& fused) {
+  void step(Phases which, int tokens, int step, const LaunchQueue& fused) {
     for (DeviceBuffer Path::*member : {&Path::x, &Path::sublayer_out, &Path::conv, &Path::recurrent}) {
       CUDA_CHECK(cudaMemcpy((unfused_.*member).data(), (fused_.*member).data(), (fused_.*member).bytes(),
                             cudaMemcpyDeviceToDevice));
     }
-    set_chunks(tokens, 5 + step);
+    chunks_ = DecodeChunks(tokens, 5 + step);
     delta_ = upload(random_floats(tokens * shape_.hidden));
     const float* delta = step == 0 ? nullptr : delta_.as<float>();
     fused([&](cudaStream_t stream) {
-      CUDA_CHECK(cuda::launch_decode_phases(phases(which, fused_, delta), chunks(tokens), fused_.counts.as<int32_t>(),
+      CUDA_CHECK(cuda::launch_decode_phases(phases(which, fused_, delta), chunks_.view(tokens), fused_.counts.as<int32_t>(),
                                             nullptr, launch_, stream));
     });
-    cuda::launch_decode_phases_unfused(phases(which, unfused_, delta), chunks(tokens), nullptr);
+    cuda::launch_decode_phases_unfused(phases(which, unfused_, delta), chunks_.view(tokens), nullptr);
     CUDA_CHECK(cudaDeviceSynchronize());
   }
 
@@ -164,11 +200,11 @@ class LayerCase {
   // One fused launch of the whole layer over `tokens` sequences with a task trace: every task's entry written,
   // its wait within its span, and no task of a phase past its wait before every task of the phase before started.
   void expect_traced(int tokens) {
-    set_chunks(tokens, 100);
+    chunks_ = DecodeChunks(tokens, 100);
     const cuda::DecodePhases layer = phases(Phases::Layer, fused_, nullptr);
     const cuda::DecodePhaseTasks tasks = cuda::decode_phase_tasks(layer, tokens);
     DeviceBuffer trace = poisoned<uint64_t>(int64_t{tasks.total()} * cuda::kTaskTraceFields);
-    CUDA_CHECK(cuda::launch_decode_phases(layer, chunks(tokens), fused_.counts.as<int32_t>(), trace.as<uint64_t>(),
+    CUDA_CHECK(cuda::launch_decode_phases(layer, chunks_.view(tokens), fused_.counts.as<int32_t>(), trace.as<uint64_t>(),
                                           launch_, nullptr));
     CUDA_CHECK(cudaDeviceSynchronize());
     const std::vector<uint64_t> entries = trace.download<uint64_t>();
@@ -234,33 +270,147 @@ class LayerCase {
   }
 
  private:
-  static DeviceNvfp4 random_weight(int64_t rows, int64_t cols) {
-    std::normal_distribution<float> normal(0.0f, 0.05f);
-    std::vector<float> values(rows * cols);
-    for (float& v : values) v = normal(rng());
-    return upload_nvfp4(quantize_nvfp4(values.data(), rows, cols, "decode_phases_test"));
-  }
   int64_t state_floats() const {
     return static_cast<int64_t>(shape_.dims.num_v_heads) * shape_.dims.k_head_dim * shape_.dims.v_head_dim;
   }
-  void set_chunks(int tokens, int position) {
-    std::vector<int32_t> first(tokens), length(tokens, 1), slot(tokens), start(tokens, position);
-    for (int t = 0; t < tokens; ++t) first[t] = slot[t] = t;
-    chunk_first_ = upload(first);
-    chunk_length_ = upload(length);
-    chunk_slot_ = upload(slot);
-    chunk_start_ = upload(start);
-  }
-  cuda::DeviceChunks chunks(int tokens) const {
-    return {chunk_first_.as<int32_t>(), chunk_length_.as<int32_t>(), chunk_slot_.as<int32_t>(),
-            chunk_start_.as<int32_t>(), tokens};
-  }
-
   LayerShape shape_;
   cuda::DecodePhasesLaunch launch_;
   DeviceNvfp4 qkv_, z_, b_, a_, out_, gate_, up_, down_;
   DeviceBuffer conv1d_, a_log_, dt_bias_, gated_norm_, input_norm_, post_norm_, delta_;
-  DeviceBuffer chunk_first_, chunk_length_, chunk_slot_, chunk_start_;
+  DecodeChunks chunks_{1, 0};
+  Path fused_, unfused_;
+};
+
+// A gated attention layer (Qwen3.5's: the output gate after each head's query in q_proj, q/k norms, partial RoPE)
+// with its MLP, over a paged KV cache whose earlier positions are random: both paths' every tensor, the KV pools
+// included, bit for bit (nothing in it runs in another order fused).
+class AttentionLayerCase {
+ public:
+  static constexpr int kSlots = 8, kHidden = 512, kHeads = 8, kKvHeads = 2, kHeadDim = 128, kRotaryDim = 64;
+  static constexpr int64_t kIntermediate = 1024, kMaxContext = 1024;
+  static constexpr int kBlocksPerSlot = kMaxContext / kKvBlockSize;
+
+  explicit AttentionLayerCase(cuda::DecodePhasesLaunch launch) : launch_(launch) {
+    q_ = random_weight(2 * kHeads * kHeadDim, kHidden);
+    k_ = random_weight(kKvHeads * kHeadDim, kHidden);
+    v_ = random_weight(kKvHeads * kHeadDim, kHidden);
+    o_ = random_weight(kHidden, kHeads * kHeadDim);
+    gate_ = random_weight(kIntermediate, kHidden);
+    up_ = random_weight(kIntermediate, kHidden);
+    down_ = random_weight(kHidden, kIntermediate);
+    input_norm_ = upload(random_floats(kHidden));
+    post_norm_ = upload(random_floats(kHidden));
+    q_norm_ = upload(random_floats(kHeadDim));
+    k_norm_ = upload(random_floats(kHeadDim));
+    std::vector<float> inv_freq(kRotaryDim / 2);
+    for (int i = 0; i < kRotaryDim / 2; ++i) inv_freq[i] = std::pow(10000.0f, -2.0f * i / kRotaryDim);
+    inv_freq_ = upload(inv_freq);
+    std::vector<int32_t> tables(kSlots * kBlocksPerSlot);
+    for (int i = 0; i < kSlots * kBlocksPerSlot; ++i) tables[i] = i;
+    block_tables_ = upload(tables);
+    const int64_t pool = int64_t{kSlots} * kMaxContext * kKvHeads * kHeadDim;
+    const std::vector<uint16_t> keys = to_bf16(random_floats(pool)), values = to_bf16(random_floats(pool));
+    const std::vector<float> x = random_floats(kSlots * kHidden);
+    for (Path* p : {&fused_, &unfused_}) {
+      p->x = upload(x);
+      p->h = upload(std::vector<uint16_t>(kSlots * kHidden, 0));
+      p->mlp_in = upload(std::vector<uint16_t>(kSlots * kHidden, 0));
+      p->q_proj = poisoned<float>(kSlots * 2 * kHeads * kHeadDim);
+      p->k = poisoned<float>(kSlots * kKvHeads * kHeadDim);
+      p->v = poisoned<float>(kSlots * kKvHeads * kHeadDim);
+      p->query = poisoned<float>(kSlots * kHeads * kHeadDim);
+      p->o_in = poisoned<uint16_t>(kSlots * kHeads * kHeadDim);
+      p->sublayer_out = poisoned<float>(kSlots * kHidden);
+      p->down_in = poisoned<uint16_t>(kSlots * kIntermediate);
+      p->key_cache = upload(keys);
+      p->value_cache = upload(values);
+      p->workspace = poisoned<float>(cuda::attention_workspace_floats(kSlots, kHeads, kHeadDim, cuda::kAttentionMaxSplits));
+      p->counts = upload(std::vector<int32_t>(cuda::kDecodePhaseCounts, 0));
+      p->snapshots = poisoned<float>(2 * kSlots * kHidden);
+    }
+  }
+
+  // A decode step of slots 0..tokens-1 at `position` by both paths from the fused path's residual stream and
+  // caches, the first norm adding a fresh random delta.
+  void step(int tokens, int position, const LaunchQueue& fused) {
+    for (DeviceBuffer Path::*member : {&Path::x, &Path::key_cache, &Path::value_cache}) {
+      CUDA_CHECK(cudaMemcpy((unfused_.*member).data(), (fused_.*member).data(), (fused_.*member).bytes(),
+                            cudaMemcpyDeviceToDevice));
+    }
+    chunks_ = DecodeChunks(tokens, position);
+    delta_ = upload(random_floats(tokens * kHidden));
+    fused([&](cudaStream_t stream) {
+      CUDA_CHECK(cuda::launch_decode_phases(phases(fused_, tokens), chunks_.view(tokens), fused_.counts.as<int32_t>(),
+                                            nullptr, launch_, stream));
+    });
+    cuda::launch_decode_phases_unfused(phases(unfused_, tokens), chunks_.view(tokens), nullptr);
+    CUDA_CHECK(cudaDeviceSynchronize());
+  }
+
+  void compare(int tokens, const std::string& label) const {
+    EXPECT_EQ(fused_.counts.download<int32_t>(), std::vector<int32_t>(cuda::kDecodePhaseCounts, 0))
+        << label << ": the task counts are left zero";
+    const auto bits = [&](DeviceBuffer Path::*member, int64_t words, const char* name) {
+      EXPECT_EQ(head<uint32_t>(fused_.*member, words), head<uint32_t>(unfused_.*member, words)) << label << ": " << name;
+    };
+    bits(&Path::x, tokens * kHidden, "x");
+    bits(&Path::h, tokens * kHidden / 2, "h");
+    bits(&Path::q_proj, tokens * 2 * kHeads * kHeadDim, "q_proj");
+    bits(&Path::k, tokens * kKvHeads * kHeadDim, "k");
+    bits(&Path::v, tokens * kKvHeads * kHeadDim, "v");
+    bits(&Path::query, tokens * kHeads * kHeadDim, "query");
+    bits(&Path::o_in, tokens * kHeads * kHeadDim / 2, "attention output");
+    bits(&Path::sublayer_out, tokens * kHidden, "sublayer_out");
+    bits(&Path::mlp_in, tokens * kHidden / 2, "mlp_in");
+    bits(&Path::down_in, tokens * kIntermediate / 2, "down_in");
+    bits(&Path::snapshots, 2 * kSlots * kHidden, "snapshots");
+    EXPECT_EQ(fused_.key_cache.download<uint16_t>(), unfused_.key_cache.download<uint16_t>()) << label << ": keys";
+    EXPECT_EQ(fused_.value_cache.download<uint16_t>(), unfused_.value_cache.download<uint16_t>()) << label << ": values";
+  }
+
+ private:
+  struct Path {
+    DeviceBuffer x, h, mlp_in, q_proj, k, v, query, o_in, sublayer_out, down_in, key_cache, value_cache, workspace,
+        counts, snapshots;
+  };
+
+  cuda::DecodePhases phases(const Path& p, int tokens) const {
+    const cuda::PagedKvLayout layout{kKvBlockSize, kBlocksPerSlot, kKvHeads, kHeadDim};
+    cuda::DecodePhases phases;
+    phases.add(cuda::DecodePhaseKind::AddRmsNorm).norm = {p.x.as<float>(), delta_.as<float>(), input_norm_.as<float>(),
+                                                          1.0f, 1e-6f, kHidden, p.h.data(), kHidden,
+                                                          p.snapshots.as<float>()};
+    phases.add(cuda::DecodePhaseKind::Linear).linear = {{q_.view(), k_.view(), v_.view()},
+                                                        {p.q_proj.data(), p.k.data(), p.v.data()}, 3, p.h.data(), 2, 4,
+                                                        nullptr, 0};
+    phases.add(cuda::DecodePhaseKind::AttentionPrep).attention_prep = {
+        p.q_proj.as<float>(), p.k.as<float>(), chunks_.start.as<int32_t>(),
+        cuda::AttentionPrepShape{kHeads, kKvHeads, kHeadDim, kRotaryDim, true, true, 1.0f, 1e-6f}, inv_freq_.as<float>(),
+        q_norm_.as<float>(), k_norm_.as<float>(), p.query.as<float>(),
+        cuda::KvCacheWrite{p.v.as<float>(), chunks_.slot.as<int32_t>(), block_tables_.as<int32_t>(), layout,
+                           p.key_cache.data(), p.value_cache.data()}};
+    phases.add(cuda::DecodePhaseKind::Attention).attention = {
+        p.query.as<float>(), chunks_.slot.as<int32_t>(), chunks_.start.as<int32_t>(), kHeads, block_tables_.as<int32_t>(),
+        layout, p.key_cache.data(), p.value_cache.data(), cuda::attention_splits(tokens, kKvHeads, kMaxContext),
+        p.workspace.as<float>(),
+        cuda::AttentionOutput{p.q_proj.as<float>() + kHeadDim, 2 * kHeads * kHeadDim, 2 * kHeadDim, p.o_in.data(),
+                              kHeads * kHeadDim}};
+    phases.add(cuda::DecodePhaseKind::Linear).linear = {{o_.view()}, {p.sublayer_out.data()}, 1, p.o_in.data(), 1, 8,
+                                                        nullptr, 0};
+    phases.add(cuda::DecodePhaseKind::AddRmsNorm).norm = {p.x.as<float>(), p.sublayer_out.as<float>(),
+                                                          post_norm_.as<float>(), 1.0f, 1e-6f, kHidden, p.mlp_in.data(),
+                                                          kHidden, p.snapshots.as<float>() + kSlots * kHidden};
+    phases.add(cuda::DecodePhaseKind::LinearSwiglu).linear = {{gate_.view(), up_.view()}, {}, 2, p.mlp_in.data(), 2, 4,
+                                                              p.down_in.data(), kIntermediate};
+    phases.add(cuda::DecodePhaseKind::Linear).linear = {{down_.view()}, {p.sublayer_out.data()}, 1, p.down_in.data(), 1,
+                                                        8, nullptr, 0};
+    return phases;
+  }
+
+  cuda::DecodePhasesLaunch launch_;
+  DeviceNvfp4 q_, k_, v_, o_, gate_, up_, down_;
+  DeviceBuffer input_norm_, post_norm_, q_norm_, k_norm_, inv_freq_, block_tables_, delta_;
+  DecodeChunks chunks_{1, 0};
   Path fused_, unfused_;
 };
 
@@ -329,6 +479,22 @@ TEST(GpuDecodePhases, ReplayFromACudaGraphEitherLaunch) {
         c.step(Phases::Layer, tokens, step, replay_in_graph);
         c.compare(Phases::Layer, tokens, name(launch) + ", " + std::to_string(tokens) + " tokens, graph step " +
                                              std::to_string(step));
+      }
+    }
+  }
+}
+
+// An attention layer at 1..8 sequences and positions across KV blocks, eagerly and from a graph, both launches.
+TEST(GpuDecodePhases, AttentionLayerMatchesTheUnfusedLaunches) {
+  require_gpu();
+  for (cuda::DecodePhasesLaunch launch : kLaunches) {
+    AttentionLayerCase c(launch);
+    int position = 5;
+    for (int tokens : {1, 3, 8}) {
+      for (const LaunchQueue& queue : {LaunchQueue(run_eagerly), LaunchQueue(replay_in_graph)}) {
+        c.step(tokens, position, queue);
+        c.compare(tokens, name(launch) + ", " + std::to_string(tokens) + " tokens at " + std::to_string(position));
+        position += 7;
       }
     }
   }

@@ -64,6 +64,27 @@ cuda::PagedKvLayout kv_layout(const GpuDecoder& d) {
   return {kKvBlockSize, static_cast<int>(d.limits.max_blocks_per_slot()), d.config.num_kv_heads, d.config.head_dim};
 }
 
+cuda::AttentionPrepShape attention_prep_shape(const ModelConfig& c) {
+  return {c.num_heads, c.num_kv_heads, c.head_dim,  c.rotary_dim,
+          c.attn_output_gate, c.qk_norm, norm_weight_offset(c.norm_style), c.rms_norm_eps};
+}
+
+// Where a layer's prepared keys and the values go: each token's position in its slot's paged pools.
+cuda::KvCacheWrite kv_cache_write(const GpuDecoder& d, const LayerCaches& cache) {
+  const StepMetadata& meta = d.buffers.meta;
+  return {d.buffers.attention.v, meta.slots, meta.block_tables, kv_layout(d), cache.key_cache, cache.value_cache};
+}
+
+// The attention's output, gated, into o_proj's input. The gate of head h follows its query in q_proj's row: head
+// stride 2 * head_dim.
+cuda::AttentionOutput attention_output(const GpuDecoder& d) {
+  const ModelConfig& c = d.config;
+  const AttentionBuffers& b = d.buffers.attention;
+  const int64_t q_width = static_cast<int64_t>(c.num_heads) * c.head_dim;
+  return {c.attn_output_gate ? b.q_proj + c.head_dim : nullptr, c.q_proj_rows(), 2 * static_cast<int64_t>(c.head_dim),
+          b.o_proj_in, padded_k(q_width)};
+}
+
 }  // namespace
 
 void embed(const GpuDecoder& d, int64_t tokens) {
@@ -121,10 +142,7 @@ void attend(const GpuDecoder& d, const LayerCaches& cache, const StepShape& step
   const AttentionBuffers& b = d.buffers.attention;
   const StepMetadata& meta = d.buffers.meta;
   const int64_t T = step.tokens;
-  const int64_t q_width = static_cast<int64_t>(c.num_heads) * c.head_dim;
-  // The gate of head h follows its query in q_proj's row: head stride 2 * head_dim.
-  const cuda::AttentionOutput output{c.attn_output_gate ? b.q_proj + c.head_dim : nullptr, c.q_proj_rows(),
-                                     2 * static_cast<int64_t>(c.head_dim), b.o_proj_in, padded_k(q_width)};
+  const cuda::AttentionOutput output = attention_output(d);
   if (d.deterministic) {
     OpScope op(d.profiler, "attention");
     attend_in_pieces(d, cache, step, output);
@@ -161,12 +179,9 @@ void attention(const GpuDecoder& d, int layer, const StepShape& step) {
   }
   {
     OpScope op(d.profiler, "qk_norm_rope_kv_append");
-    const cuda::AttentionPrepShape shape{c.num_heads, c.num_kv_heads, c.head_dim, c.rotary_dim, c.attn_output_gate,
-                                         c.qk_norm, norm_weight_offset(c.norm_style), c.rms_norm_eps};
-    const cuda::KvCacheWrite cache_write{b.v, meta.slots, meta.block_tables, kv_layout(d), cache.key_cache,
-                                         cache.value_cache};
-    CUDA_CHECK(cuda::launch_qk_norm_rope_kv_append(b.q_proj, b.k, meta.positions, T, shape, d.model.inv_freq, w.q_norm, w.k_norm,
-                                         b.query, cache_write, d.stream));
+    CUDA_CHECK(cuda::launch_qk_norm_rope_kv_append(b.q_proj, b.k, meta.positions, T, attention_prep_shape(c),
+                                                   d.model.inv_freq, w.q_norm, w.k_norm, b.query,
+                                                   kv_cache_write(d, cache), d.stream));
   }
   prefetch_sublayer_weights(d, layer, w.o_proj, step);
   attend(d, cache, step);
@@ -242,17 +257,22 @@ float* residual_snapshot(const GpuDecoder& d, int layer, int which, int64_t toke
   return d.residual_snapshots + (2 * static_cast<int64_t>(layer) + which) * tokens * d.config.hidden_size;
 }
 
-// A Gated DeltaNet layer's first norm (x += pending) and mixer as phases.
-void add_mixer_phases(const GpuDecoder& d, int layer, const float* pending, int64_t tokens,
-                      cuda::DecodePhases& phases) {
+// A layer's first norm (x += pending) as a phase, with the snapshot of the layer before's output.
+void add_input_norm_phase(const GpuDecoder& d, int layer, const float* pending, int64_t tokens,
+                          cuda::DecodePhases& phases) {
   const ModelConfig& c = d.config;
-  const DeviceLayer& w = d.model.layers[layer];
-  const DeviceGatedDeltaNet& net = w.delta_net;
+  phases.add(cuda::DecodePhaseKind::AddRmsNorm).norm = {
+      d.buffers.x, pending, d.model.layers[layer].input_norm, norm_weight_offset(c.norm_style), c.rms_norm_eps,
+      c.hidden_size, d.buffers.h, padded_k(c.hidden_size),
+      pending ? residual_snapshot(d, layer - 1, 1, tokens) : nullptr};
+}
+
+// A Gated DeltaNet layer's mixer as phases.
+void add_delta_net_mixer_phases(const GpuDecoder& d, int layer, cuda::DecodePhases& phases) {
+  const ModelConfig& c = d.config;
+  const DeviceGatedDeltaNet& net = d.model.layers[layer].delta_net;
   const DeltaNetBuffers& b = d.buffers.delta_net;
   const LayerCaches& cache = d.caches.layers[layer];
-  phases.add(cuda::DecodePhaseKind::AddRmsNorm).norm = {
-      d.buffers.x, pending, w.input_norm, norm_weight_offset(c.norm_style), c.rms_norm_eps, c.hidden_size,
-      d.buffers.h, padded_k(c.hidden_size), pending ? residual_snapshot(d, layer - 1, 1, tokens) : nullptr};
   phases.add(cuda::DecodePhaseKind::Linear).linear = {
       {net.in_proj_qkv.nvfp4_view(), net.in_proj_z.nvfp4_view(), net.in_proj_b.nvfp4_view(), net.in_proj_a.nvfp4_view()},
       {b.qkv, b.z, b.b, b.a}, 4, d.buffers.h, kFusedWideRowTiles, kFusedWideSplit, nullptr, 0};
@@ -262,6 +282,28 @@ void add_mixer_phases(const GpuDecoder& d, int layer, const float* pending, int6
       padded_k(c.delta_net_value_dim())};
   phases.add(cuda::DecodePhaseKind::Linear).linear = {
       {net.out_proj.nvfp4_view()}, {d.buffers.sublayer_out}, 1, b.out_proj_in, kFusedNarrowRowTiles, kFusedNarrowSplit,
+      nullptr, 0};
+}
+
+// An attention layer's mixer as phases, as attention() launches it for a decode step.
+void add_attention_mixer_phases(const GpuDecoder& d, int layer, int64_t tokens, cuda::DecodePhases& phases) {
+  const ModelConfig& c = d.config;
+  const DeviceAttention& att = d.model.layers[layer].attention;
+  const AttentionBuffers& b = d.buffers.attention;
+  const StepMetadata& meta = d.buffers.meta;
+  const LayerCaches& cache = d.caches.layers[layer];
+  phases.add(cuda::DecodePhaseKind::Linear).linear = {
+      {att.q_proj.nvfp4_view(), att.k_proj.nvfp4_view(), att.v_proj.nvfp4_view()}, {b.q_proj, b.k, b.v}, 3,
+      d.buffers.h, kFusedWideRowTiles, kFusedWideSplit, nullptr, 0};
+  phases.add(cuda::DecodePhaseKind::AttentionPrep).attention_prep = {
+      b.q_proj, b.k, meta.positions, attention_prep_shape(c), d.model.inv_freq, att.q_norm, att.k_norm, b.query,
+      kv_cache_write(d, cache)};
+  phases.add(cuda::DecodePhaseKind::Attention).attention = {
+      b.query, meta.slots, meta.positions, c.num_heads, meta.block_tables, kv_layout(d), cache.key_cache,
+      cache.value_cache, cuda::attention_splits(tokens, c.num_kv_heads, d.limits.max_context),
+      d.buffers.attention_workspace, attention_output(d)};
+  phases.add(cuda::DecodePhaseKind::Linear).linear = {
+      {att.o_proj.nvfp4_view()}, {d.buffers.sublayer_out}, 1, b.o_proj_in, kFusedNarrowRowTiles, kFusedNarrowSplit,
       nullptr, 0};
 }
 
@@ -282,10 +324,12 @@ void add_mlp_phases(const GpuDecoder& d, int layer, int64_t tokens, cuda::Decode
       kFusedNarrowSplit, nullptr, 0};
 }
 
-// What layer `layer` of a fused decode step launches fused: a Gated DeltaNet layer whole, an attention layer's MLP.
+// Layer `layer` of a fused decode step as the phases of one launch.
 cuda::DecodePhases fused_layer_phases(const GpuDecoder& d, int layer, const float* pending, int64_t tokens) {
   cuda::DecodePhases phases;
-  if (d.model.layers[layer].kind == LayerKind::GatedDeltaNet) add_mixer_phases(d, layer, pending, tokens, phases);
+  add_input_norm_phase(d, layer, pending, tokens, phases);
+  if (d.model.layers[layer].kind == LayerKind::GatedDeltaNet) add_delta_net_mixer_phases(d, layer, phases);
+  else add_attention_mixer_phases(d, layer, tokens, phases);
   add_mlp_phases(d, layer, tokens, phases);
   return phases;
 }
@@ -301,6 +345,9 @@ std::string fused_decode_unsupported(const GpuDecoder& d) {
     if (w.kind == LayerKind::GatedDeltaNet) {
       const DeviceGatedDeltaNet& net = w.delta_net;
       fused.insert(fused.end(), {&net.in_proj_qkv, &net.in_proj_z, &net.in_proj_b, &net.in_proj_a, &net.out_proj});
+    } else {
+      const DeviceAttention& att = w.attention;
+      fused.insert(fused.end(), {&att.q_proj, &att.k_proj, &att.v_proj, &att.o_proj});
     }
     for (const DeviceLinear* linear : fused) {
       if (!linear->nvfp4 || linear->bias) {
@@ -322,12 +369,7 @@ bool fused_decode_step(const GpuDecoder& d, const StepShape& step) {
 void fused_decoder_layer(const GpuDecoder& d, int layer, const StepShape& step, const float* pending) {
   const DeviceLayer& w = d.model.layers[layer];
   const int64_t T = step.tokens;
-  if (w.kind == LayerKind::FullAttention) {
-    add_rms_norm(d, pending, w.input_norm, T);
-    if (pending) snapshot_residual(d, layer - 1, 1, T);
-    attention(d, layer, step);
-  }
-  OpScope op(d.profiler, w.kind == LayerKind::GatedDeltaNet ? "fused_delta_net_layer" : "fused_mlp");
+  OpScope op(d.profiler, w.kind == LayerKind::GatedDeltaNet ? "fused_delta_net_layer" : "fused_attention_layer");
   ++d.counters.fused_decode_layers;
   CUDA_CHECK(cuda::launch_decode_phases(fused_layer_phases(d, layer, pending, T), device_chunks(d, step),
                                         d.buffers.decode_task_counts, nullptr, cuda::DecodePhasesLaunch::Cooperative,

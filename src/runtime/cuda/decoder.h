@@ -108,9 +108,9 @@ cuda::GatedDeltaNetDims delta_net_dims(const ModelConfig& c);
 // Whether the fused launches were asked for (on, or unsupported) and this step is one they are for: a decode step of
 // 1..8 sequences without prefix saves. Other steps run unfused by design.
 bool fused_decode_step(const GpuDecoder& d, const StepShape& step);
-// A layer of a fused decode step (ops/cuda/fused/decode_phases.h): a Gated DeltaNet layer as one launch (its first
-// norm with x += pending, the mixer, its second norm and the MLP); an attention layer's first norm and mixer
-// unfused, then its second norm and MLP as one launch. The residual snapshots are written by the launches.
+// A layer of a fused decode step as one launch (ops/cuda/fused/decode_phases.h): its first norm with x += pending,
+// the mixer (Gated DeltaNet, or attention with its KV append), its second norm and the MLP. The launch writes the
+// residual snapshots.
 void fused_decoder_layer(const GpuDecoder& d, int layer, const StepShape& step, const float* pending);
 // Why the fused launches cannot run this model ("" when they can), checked at load.
 std::string fused_decode_unsupported(const GpuDecoder& d);

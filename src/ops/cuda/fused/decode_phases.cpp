@@ -38,6 +38,18 @@ void launch_unfused(const DecodePhase& p, const DeviceChunks& chunks, cudaStream
                               stream);
       return;
     }
+    case DecodePhaseKind::AttentionPrep: {
+      const AttentionPrepPhase& a = p.attention_prep;
+      CUDA_CHECK(launch_qk_norm_rope_kv_append(a.q_proj, a.k, a.positions, tokens, a.shape, a.inv_freq, a.q_norm,
+                                               a.k_norm, a.query, a.cache, stream));
+      return;
+    }
+    case DecodePhaseKind::Attention: {
+      const AttentionPhase& a = p.attention;
+      CUDA_CHECK(launch_attention_decode(a.query, a.slots, a.positions, tokens, a.num_heads, a.block_tables, a.layout,
+                                         a.key_cache, a.value_cache, a.splits, a.workspace, a.out, stream));
+      return;
+    }
     case DecodePhaseKind::DeltaNetHeads: {
       const DeltaNetPhase& n = p.delta_net;
       CUDA_CHECK(launch_gated_delta_net_layer(n.qkv, n.z, n.a, n.b, n.weights, chunks, tokens, {1, 1},

@@ -5,7 +5,9 @@
 #include <limits>
 
 #include "ops/cuda/alignment.h"
+#include "ops/cuda/attention_decode.cuh"
 #include "ops/cuda/fused/gated_delta_net_layer.cuh"
+#include "ops/cuda/fused/qk_norm_rope_kv_append.cuh"
 #include "ops/cuda/gemv.h"
 #include "ops/cuda/gemv_nvfp4.cuh"
 #include "ops/cuda/gemv_tile.cuh"
@@ -26,9 +28,12 @@ static_assert(kColumns * kParts == kThreads);
 static_assert(kNormThreads<kNormWidth> == kThreads, "the quad RMSNorm row takes the whole block");
 constexpr int kFinishedBlocks = kMaxDecodePhases;  // the task counts' last int
 
+// What a launched phase runs: the host's kinds, with an Attention phase launched as two.
+enum class TaskKind { AddRmsNorm, Linear, LinearSwiglu, DeltaNetHeads, AttentionPrep, AttentionPartial, AttentionCombine };
+
 // A phase as the kernel takes it: the host's DecodePhase with device types and its task count.
 struct DevicePhase {
-  DecodePhaseKind kind;
+  TaskKind kind;
   int tasks;
   NormPhase norm;
   GemvSegments<Nvfp4Format> segments;  // Linear, LinearSwiglu
@@ -37,7 +42,15 @@ struct DevicePhase {
   int row_tiles, k_split;
   GemvSwigluEpilogue swiglu;
   DeltaNetPhase delta_net;
+  AttentionPrepPhase attention_prep;
+  AttentionPhase attention;
 };
+
+// The attention prep's (token, head) items a task: one a warp. The attention's partial blocks take this many
+// query heads each (fewer than the standalone kernel's, for the registers of two blocks an SM: the same bits).
+constexpr int kPrepItemsPerTask = kWarps;
+constexpr int kAttentionGroup = 2;
+static_assert(kAttentionPartialWarps <= kWarps);
 
 struct PhasesArgs {
   DevicePhase phase[kMaxDecodePhases];
@@ -147,14 +160,37 @@ __device__ __forceinline__ void norm_task(const NormPhase& n, int t, const After
   for (int64_t q = threadIdx.x; q < n.dim / kNormWidth; q += kThreads) copy[q] = row[q];
 }
 
+// Task t of an AttentionPrep phase: a warp an item; `smem` holds each warp's stage.
+__device__ __forceinline__ void attention_prep_task(const AttentionPrepPhase& a, int tokens, int t, float* smem,
+                                                    const AfterPhase& wait) {
+  wait();
+  const int warp = threadIdx.x / 32;
+  const int64_t item = static_cast<int64_t>(t) * kPrepItemsPerTask + warp;
+  if (item >= int64_t{tokens} * (a.shape.num_heads + a.shape.num_kv_heads)) return;
+  qk_norm_rope_kv_append_item(a.q_proj, a.k, a.positions, item, a.shape, a.inv_freq, a.q_norm, a.k_norm, a.query,
+                              a.cache, smem + warp * kAttentionMaxHeadDim);
+}
+
+// Task t of an AttentionPartial phase: block (token, kv head chunk, split) of the partial pass.
+__device__ __forceinline__ void attention_partial_task(const AttentionPhase& a, int tokens, int t, float* smem,
+                                                       const AfterPhase& wait) {
+  wait();
+  const int chunks = a.layout.num_kv_heads * attention_head_chunks<kAttentionGroup>(a.num_heads, a.layout.num_kv_heads);
+  const int per_token = chunks * a.splits;
+  attention_partial_block<kAttentionGroup>(a.query, a.slots, a.positions, a.num_heads, a.block_tables, a.layout,
+                          static_cast<const __nv_bfloat16*>(a.key_cache), static_cast<const __nv_bfloat16*>(a.value_cache),
+                          a.splits, a.workspace, tokens, t / per_token, t % per_token / a.splits, t % a.splits,
+                          *reinterpret_cast<AttentionPartialShared<kAttentionGroup>*>(smem));
+}
+
 template <int kRows>
 __device__ __forceinline__ void run_task(const PhasesArgs& args, const DevicePhase& p, int t, float* smem,
                                          const AfterPhase& wait) {
   switch (p.kind) {
-    case DecodePhaseKind::AddRmsNorm:
+    case TaskKind::AddRmsNorm:
       norm_task(p.norm, t, wait);
       break;
-    case DecodePhaseKind::Linear:
+    case TaskKind::Linear:
       if (p.row_tiles == 2) {
         gemv_block<Nvfp4Format, 1, 2, kDepth, true, false>(p.segments, p.linear_x, args.tokens, p.k, p.k_split,
                                                            GemvStoreEpilogue{false}, t, smem, wait);
@@ -163,11 +199,22 @@ __device__ __forceinline__ void run_task(const PhasesArgs& args, const DevicePha
                                                            GemvStoreEpilogue{false}, t, smem, wait);
       }
       break;
-    case DecodePhaseKind::LinearSwiglu:
+    case TaskKind::LinearSwiglu:
       gemv_block<Nvfp4Format, 1, 2, kDepth, true, false>(p.segments, p.linear_x, args.tokens, p.k, p.k_split,
                                                          p.swiglu, t, smem, wait);
       break;
-    case DecodePhaseKind::DeltaNetHeads: {
+    case TaskKind::AttentionPrep:
+      attention_prep_task(p.attention_prep, args.tokens, t, smem, wait);
+      break;
+    case TaskKind::AttentionPartial:
+      attention_partial_task(p.attention, args.tokens, t, smem, wait);
+      break;
+    case TaskKind::AttentionCombine:
+      wait();
+      attention_combine_row<false>(p.attention.workspace, args.tokens, p.attention.num_heads, p.attention.layout.head_dim,
+                            p.attention.splits, p.attention.out, t);
+      break;
+    case TaskKind::DeltaNetHeads: {
       const DeltaNetPhase& n = p.delta_net;
       gated_delta_net_block<kRows, kConvHistory, kColumns, 1, kParts>(
           n.qkv, n.z, n.a, n.b, n.weights, args.chunks, std::numeric_limits<int64_t>::max(), n.dims, n.state,
@@ -210,20 +257,23 @@ int64_t rows_per_task(const DecodePhase& p) {
   return int64_t{kGemvRowsPerTile} * distinct_tiles * (kWarps / p.linear.k_split);
 }
 
-// The phase as the kernel takes it (tasks for `tokens` sequences).
-DevicePhase device_phase(const DecodePhase& p, int tokens) {
+// The phases as the kernel takes them (tasks for `tokens` sequences): one for each host phase, two for Attention.
+int device_phases(const DecodePhase& p, int tokens, DevicePhase* out) {
   DevicePhase d{};
-  d.kind = p.kind;
   d.norm = p.norm;
   d.delta_net = p.delta_net;
+  d.attention_prep = p.attention_prep;
+  d.attention = p.attention;
   switch (p.kind) {
     case DecodePhaseKind::AddRmsNorm:
+      d.kind = TaskKind::AddRmsNorm;
       d.tasks = tokens;
       break;
     case DecodePhaseKind::Linear:
     case DecodePhaseKind::LinearSwiglu: {
       const LinearPhase& l = p.linear;
       const bool paired = p.kind == DecodePhaseKind::LinearSwiglu;
+      d.kind = paired ? TaskKind::LinearSwiglu : TaskKind::Linear;
       for (int i = 0; i < l.count; ++i) d.segments.add(nvfp4_format(l.weights[i]), l.weights[i].rows, l.outputs[i]);
       d.tasks = d.segments.assign_blocks(rows_per_task(p), paired);
       d.linear_x = static_cast<const __nv_bfloat16*>(l.x);
@@ -234,10 +284,42 @@ DevicePhase device_phase(const DecodePhase& p, int tokens) {
       break;
     }
     case DecodePhaseKind::DeltaNetHeads:
+      d.kind = TaskKind::DeltaNetHeads;
       d.tasks = tokens * p.delta_net.dims.num_v_heads;
       break;
+    case DecodePhaseKind::AttentionPrep: {
+      const AttentionPrepShape& shape = p.attention_prep.shape;
+      d.kind = TaskKind::AttentionPrep;
+      d.tasks = static_cast<int>((int64_t{tokens} * (shape.num_heads + shape.num_kv_heads) + kPrepItemsPerTask - 1) /
+                                 kPrepItemsPerTask);
+      break;
+    }
+    case DecodePhaseKind::Attention: {
+      const AttentionPhase& a = p.attention;
+      d.kind = TaskKind::AttentionPartial;
+      d.tasks = tokens * a.layout.num_kv_heads * attention_head_chunks<kAttentionGroup>(a.num_heads, a.layout.num_kv_heads) *
+                a.splits;
+      out[0] = d;
+      d.kind = TaskKind::AttentionCombine;
+      d.tasks = tokens * a.num_heads;
+      out[1] = d;
+      return 2;
+    }
   }
-  return d;
+  out[0] = d;
+  return 1;
+}
+
+// Every host phase's device phases into args (returns false past kMaxDecodePhases).
+bool device_phases(const DecodePhases& phases, int tokens, PhasesArgs& args) {
+  args.count = 0;
+  for (int p = 0; p < phases.count; ++p) {
+    DevicePhase expanded[2];
+    const int n = device_phases(phases.phase[p], tokens, expanded);
+    if (args.count + n > kMaxDecodePhases) return false;
+    for (int i = 0; i < n; ++i) args.phase[args.count++] = expanded[i];
+  }
+  return true;
 }
 
 // The grid: as many blocks as are resident at once on an idle device, asked once a process (a decode step launches
@@ -317,6 +399,23 @@ std::string linear_unsupported(const DecodePhase& p) {
   return "";
 }
 
+std::string attention_prep_unsupported(const AttentionPrepPhase& a) {
+  const AttentionPrepShape& s = a.shape;
+  if (s.head_dim > kAttentionMaxHeadDim || s.rotary_dim > s.head_dim || s.rotary_dim % 2 != 0 ||
+      a.cache.layout.num_kv_heads != s.num_kv_heads || a.cache.layout.head_dim != s.head_dim) {
+    return "an attention head dim up to 256, an even rotary dim within it, and the cache's shape";
+  }
+  return "";
+}
+
+std::string attention_unsupported(const AttentionPhase& a) {
+  if (a.layout.head_dim > kAttentionMaxHeadDim || a.layout.num_kv_heads < 1 || a.num_heads % a.layout.num_kv_heads != 0 ||
+      a.splits < 1 || a.splits > kAttentionMaxSplits || !a.workspace) {
+    return "an attention head dim up to 256, query heads a multiple of kv heads, 1..32 splits and a workspace";
+  }
+  return "";
+}
+
 std::string delta_net_unsupported(const DeltaNetPhase& n) {
   if (n.dims.k_head_dim > kMaxKeyRows || n.dims.v_head_dim > kColumns) return "Gated DeltaNet head dims up to 128";
   if (n.dims.conv_kernel > kConvHistory + 1) return "a conv kernel up to 4";
@@ -345,15 +444,18 @@ int DecodePhaseTasks::total() const {
 }
 
 DecodePhaseTasks decode_phase_tasks(const DecodePhases& phases, int64_t tokens) {
+  PhasesArgs launched{};
   DecodePhaseTasks tasks{};
-  tasks.count = phases.count;
-  for (int p = 0; p < phases.count; ++p) tasks.phase[p] = device_phase(phases.phase[p], static_cast<int>(tokens)).tasks;
+  if (!device_phases(phases, static_cast<int>(tokens), launched)) return tasks;
+  tasks.count = launched.count;
+  for (int p = 0; p < launched.count; ++p) tasks.phase[p] = launched.phase[p].tasks;
   return tasks;
 }
 
 std::string decode_phases_unsupported(const DecodePhases& phases, int64_t tokens) {
   if (tokens < 1 || tokens > kFusedDecodeMaxTokens) return "a step of 1..8 sequences";
-  if (phases.count < 1 || phases.count > kMaxDecodePhases) return "1..8 phases";
+  PhasesArgs launched{};
+  if (phases.count < 1 || !device_phases(phases, static_cast<int>(tokens), launched)) return "1..12 phases as launched";
   int delta_rule_rows_seen = 0;
   for (int p = 0; p < phases.count; ++p) {
     const DecodePhase& phase = phases.phase[p];
@@ -370,6 +472,12 @@ std::string decode_phases_unsupported(const DecodePhases& phases, int64_t tokens
           const bool linear = earlier.kind == DecodePhaseKind::Linear || earlier.kind == DecodePhaseKind::LinearSwiglu;
           if (linear && earlier.linear.x == phase.linear.x) why = "a buffer of activations for each linear phase";
         }
+        break;
+      case DecodePhaseKind::AttentionPrep:
+        why = attention_prep_unsupported(phase.attention_prep);
+        break;
+      case DecodePhaseKind::Attention:
+        why = attention_unsupported(phase.attention);
         break;
       case DecodePhaseKind::DeltaNetHeads: {
         why = delta_net_unsupported(phase.delta_net);
@@ -390,12 +498,11 @@ cudaError_t launch_decode_phases(const DecodePhases& phases, const DeviceChunks&
                                  uint64_t* task_trace, DecodePhasesLaunch launch, cudaStream_t stream) {
   if (!decode_phases_unsupported(phases, chunks.count).empty()) return cudaErrorInvalidValue;
   PhasesArgs args{};
-  args.count = phases.count;
+  device_phases(phases, chunks.count, args);
   args.tokens = chunks.count;
   args.chunks = chunks;
   args.task_counts = task_counts;
   args.task_trace = task_trace;
-  for (int p = 0; p < phases.count; ++p) args.phase[p] = device_phase(phases.phase[p], chunks.count);
   return delta_rule_rows(phases) == kMaxKeyRows / kParts ? launch_rows<kMaxKeyRows / kParts>(args, launch, stream)
                                                          : launch_rows<kMaxKeyRows / kParts / 2>(args, launch, stream);
 }

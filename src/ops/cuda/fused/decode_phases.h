@@ -8,13 +8,17 @@
 //                   row tile a warp (tuning w8_d4_r1_k*_async) or two (w8_d4_r2_k*_async)
 //   LinearSwiglu    the MLP's gate/up pair with the SwiGLU epilogue (paired w8_d4_r2_k*_async) into bf16 rows
 //   DeltaNetHeads   one task a (sequence, value head): conv, delta rule, gated norm (two threads a state column)
-// Two blocks an SM, the grid resident at once (DecodePhasesLaunch). Block b takes tasks b, b + grid, ... of the
+//   AttentionPrep   a warp a (token, head): q/k norm, RoPE, the key and value appended to the paged cache
+//   Attention       two phases as launched: blocks of (token, kv head chunk, split) of the split softmax, then a
+//                   task a (token, head) combining the splits with the output gate
+// Two blocks an SM, the grid resident at once (DecodePhasesLaunch). Each phase is the unfused launch's device
+// function with the same tunings, so an output equals the unfused launches' (launch_decode_phases_unfused) bit for
+// bit, except the delta rule's at 1..3 sequences, which the unfused path runs in blocks of four threads a state
+// column. Block b takes tasks b, b + grid, ... of the
 // phases in turn, dealt round-robin over the blocks as one sequence; a task waits until every task of the phase
 // before has counted itself done (global counts, release/acquire), so no phase waits on a grid-wide barrier it
 // does not read from, and a GEMV task requests its first weight chunks before it waits. Every block lets the next
-// kernel start when it reaches the last phase. With the tunings above an output equals the unfused launches'
-// (launch_decode_phases_unfused) bit for bit, except the delta rule's at 1..3 sequences, which the unfused path
-// runs in blocks of four threads a state column.
+// kernel start when it reaches the last phase.
 //
 // The GEMV reads activations through the non-coherent load path (ld.global.nc), which sees other blocks' writes
 // only if the SM has not cached those lines earlier in the launch: so each Linear phase's activations are a buffer
@@ -25,12 +29,14 @@
 #include <string>
 
 #include "core/nvfp4.h"
+#include "ops/cuda/attention_decode.h"
 #include "ops/cuda/device_chunks.h"
 #include "ops/cuda/fused/gated_delta_net_layer.h"
+#include "ops/cuda/fused/qk_norm_rope_kv_append.h"
 
 namespace uberlm::cuda {
 
-inline constexpr int kMaxDecodePhases = 8;
+inline constexpr int kMaxDecodePhases = 12;  // as launched (an Attention phase is two)
 inline constexpr int64_t kFusedDecodeMaxTokens = 8;
 // Ints of task counts a launch needs: one a phase and one for the blocks that have finished (the last block to
 // finish sets them all back to zero, so a launch, or a graph's replay, finds them zero).
@@ -39,7 +45,7 @@ inline constexpr int kDecodePhaseCounts = kMaxDecodePhases + 1;
 // its wait for the phase before, and at its end.
 inline constexpr int kTaskTraceFields = 4;
 
-enum class DecodePhaseKind { AddRmsNorm, Linear, LinearSwiglu, DeltaNetHeads };
+enum class DecodePhaseKind { AddRmsNorm, Linear, LinearSwiglu, DeltaNetHeads, AttentionPrep, Attention };
 
 struct NormPhase {
   float* x;             // [tokens, dim], the residual stream
@@ -72,16 +78,46 @@ struct DeltaNetPhase {
   int64_t out_stride;
 };
 
+// launch_qk_norm_rope_kv_append's arguments.
+struct AttentionPrepPhase {
+  const float* q_proj;
+  float* k;
+  const int32_t* positions;
+  AttentionPrepShape shape;
+  const float* inv_freq;
+  const float* q_norm;
+  const float* k_norm;
+  float* query;
+  KvCacheWrite cache;
+};
+
+// launch_attention_decode's arguments.
+struct AttentionPhase {
+  const float* query;
+  const int32_t* slots;
+  const int32_t* positions;
+  int num_heads;
+  const int32_t* block_tables;
+  PagedKvLayout layout;
+  const void* key_cache;
+  const void* value_cache;
+  int splits;
+  float* workspace;
+  AttentionOutput out;
+};
+
 struct DecodePhase {
   DecodePhaseKind kind;
   NormPhase norm;
   LinearPhase linear;
   DeltaNetPhase delta_net;
+  AttentionPrepPhase attention_prep;
+  AttentionPhase attention;
 };
 
 struct DecodePhases {
   DecodePhase phase[kMaxDecodePhases];
-  int count = 0;
+  int count = 0;  // phases as given (launch_decode_phases_unfused launches one or two a phase)
   DecodePhase& add(DecodePhaseKind kind) {
     phase[count] = DecodePhase{};
     phase[count].kind = kind;
@@ -89,7 +125,8 @@ struct DecodePhases {
   }
 };
 
-// Tasks of each phase of a launch over `tokens` sequences (what a task trace holds, in this order).
+// Tasks of each phase of a launch over `tokens` sequences as launched (an Attention phase is two), what a task trace
+// holds, in this order.
 struct DecodePhaseTasks {
   int phase[kMaxDecodePhases];
   int count;
@@ -104,8 +141,8 @@ DecodePhaseTasks decode_phase_tasks(const DecodePhases& phases, int64_t tokens);
 // has ended, as long as no kernel of another stream holds SMs meanwhile (the decode graphs run on one stream).
 enum class DecodePhasesLaunch { Cooperative, Programmatic };
 
-// Why these phases cannot run fused for `tokens` sequences ("" when they can): too many tokens or phases, a
-// shape or tuning the compiled tasks lack, or a Linear phase's activations read by another Linear phase.
+// Why these phases cannot run fused for `tokens` sequences ("" when they can): too many tokens or phases (as
+// launched), a shape or tuning the compiled tasks lack, or a Linear phase's activations read by another one.
 std::string decode_phases_unsupported(const DecodePhases& phases, int64_t tokens);
 
 // chunks: the step's sequences, one token each (chunks.count tokens); the DeltaNetHeads phases' chunks.
@@ -116,7 +153,7 @@ cudaError_t launch_decode_phases(const DecodePhases& phases, const DeviceChunks&
 
 // The same phases as the unfused launches they replace, one or two a phase, with the same tunings (the tests' and
 // kernel_bench's reference): launch_add_rms_norm (and the snapshot copy), gemv_nvfp4_multi_tuned,
-// gemv_nvfp4_swiglu_tuned, launch_gated_delta_net_layer.
+// gemv_nvfp4_swiglu_tuned, launch_gated_delta_net_layer, launch_qk_norm_rope_kv_append, launch_attention_decode.
 void launch_decode_phases_unfused(const DecodePhases& phases, const DeviceChunks& chunks, cudaStream_t stream);
 
 }  // namespace uberlm::cuda
