@@ -114,12 +114,19 @@ TEST(DecodePhasesPlan, NamesWhatItRefuses) {
   cuda::DecodePhases misaligned = delta_net_layer();
   misaligned.phase[0].norm.x = fake<float>(0x1000004);
   EXPECT_EQ(cuda::decode_phases_unsupported(misaligned, 1), "16-byte aligned norm rows");
-  cuda::DecodePhases two_layers = attention_layer(1);  // 9 phases as launched, and 7 more
-  const cuda::DecodePhases more = delta_net_layer();
-  for (int p = 0; p < more.count && two_layers.count < cuda::kMaxDecodePhases; ++p) {
-    two_layers.phase[two_layers.count++] = more.phase[p];
-  }
-  EXPECT_EQ(cuda::decode_phases_unsupported(two_layers, 1), "1..12 phases as launched");
+  // An attention layer (8 phases, 9 as launched) and a Gated DeltaNet layer's mixer (4, on buffers of their own):
+  // 12 phases given, 13 as launched.
+  cuda::DecodePhases two_mixers = attention_layer(1);
+  cuda::DecodePhases mixer = delta_net_layer();
+  mixer.phase[1].linear.x = fake<const void>(0x4100000);
+  mixer.phase[3].linear.x = fake<const void>(0xc100000);
+  for (int p = 0; p < 4; ++p) two_mixers.add(mixer.phase[p].kind) = mixer.phase[p];
+  EXPECT_EQ(two_mixers.count, cuda::kMaxDecodePhases);
+  EXPECT_EQ(cuda::decode_phases_unsupported(two_mixers, 1), "1..12 phases as launched");
+  // A phase added to a full list.
+  two_mixers.add(cuda::DecodePhaseKind::AddRmsNorm) = mixer.phase[0];
+  EXPECT_TRUE(two_mixers.overfull);
+  EXPECT_EQ(cuda::decode_phases_unsupported(two_mixers, 1), "1..12 phases as launched");
 }
 
 }  // namespace

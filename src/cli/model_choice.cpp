@@ -34,12 +34,12 @@ void add_small_m_gemm_option(CLI::App& cmd, bool& small_m_gemm) {
 }
 
 void add_decode_path_option(CLI::App& cmd, DecodePath& decode_path) {
-  const std::map<std::string, DecodePath> paths = {
+  static const std::map<std::string, DecodePath> paths = {
       {"unfused", DecodePath::Unfused}, {"fused", DecodePath::Fused}, {"auto", DecodePath::Auto}};
   cmd.add_option("--decode-path", decode_path,
-                 "CUDA: decode steps of 1..8 sequences run each Gated DeltaNet layer's mixer as one fused persistent "
-                 "launch (fused: an error where it cannot run; auto: unfused there, logged and counted; default "
-                 "unfused until the fused mixer is measured)")
+                 "CUDA: decode steps of 1..8 sequences run each decoder layer as one fused persistent launch (fused: "
+                 "an error where it cannot run; auto: unfused there, logged and counted; default unfused until the "
+                 "fused launches are measured)")
       ->transform(CLI::CheckedTransformer(paths, CLI::ignore_case));
 }
 

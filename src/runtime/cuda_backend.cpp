@@ -191,9 +191,9 @@ CudaBackend::Impl::Impl(const ModelConfig& model_config, const CudaBackendOption
   limits.max_context = options.max_context = memory->max_context();
   linears->set_gemm_memory(memory->gemm_scratch, memory->gemm_scratch_elements, memory->gemm_workspace);
   if (small_m_gemm) plan_small_m_gemm();
-  choose_decode_path();
   profiler = std::make_unique<gpu::OpProfiler>(stream);
   graphs = std::make_unique<gpu::StepGraphs>(stream);
+  choose_decode_path();  // after the profiler: it builds the decoder (decoder()) to check the fused phases
 }
 
 // The wgmma GEMM for the layers placed with tiles. Layers whose sizes are not multiples of 64 (Qwen3.5's
@@ -218,8 +218,7 @@ void CudaBackend::Impl::choose_decode_path() {
   const std::string unsupported = gpu::fused_decode_unsupported(decoder());
   if (unsupported.empty()) {
     fused_decode = gpu::FusedDecode::On;
-    spdlog::info("cuda backend: decode steps of 1..{} sequences run each Gated DeltaNet layer as one fused launch and "
-                 "each attention layer's MLP as another",
+    spdlog::info("cuda backend: decode steps of 1..{} sequences run each decoder layer as one fused launch",
                  cuda::kFusedDecodeMaxTokens);
     return;
   }

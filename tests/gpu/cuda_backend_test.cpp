@@ -190,8 +190,8 @@ TEST(CudaBackend, MatchesCpuWithNvfp4WeightsOnTheSmallMGemm) {
   }
 }
 
-// --decode-path fused: decode steps of 1..8 sequences run each Gated DeltaNet layer as one persistent launch and
-// each attention layer's MLP as another (ops/cuda/fused/decode_phases.h). Against the unfused path on the default
+// --decode-path fused: decode steps of 1..8 sequences run each decoder layer as one persistent launch
+// (ops/cuda/fused/decode_phases.h). Against the unfused path on the default
 // model with NVFP4 weights, one sequence and four together: 64 greedy tokens equal and every step's logits within
 // the bf16 tolerance (the fused launches' GEMV tiles and delta rule blocks need not be the tunings the unfused path
 // picks), the fused launches counted, no fallback.
@@ -236,7 +236,7 @@ TEST(CudaBackend, FusedDecodeLayersDecodeAsTheUnfusedPath) {
   EXPECT_EQ(unfused.counters().fused_decode_layers, 0);
 }
 
-// A model the fused mixer cannot run (the default model's bf16 weights): an error at load naming why with
+// A model the fused launches cannot run (the default model's bf16 weights): an error at load naming why with
 // --decode-path fused; with auto the decode steps run unfused, counted, unless strict.
 TEST(CudaBackend, FusedDecodePathNamesWhatItCannotRun) {
   ASSERT_NO_FATAL_FAILURE(require_gpu());

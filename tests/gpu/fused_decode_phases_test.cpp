@@ -35,8 +35,10 @@ struct LayerShape {
   cuda::GatedDeltaNetDims dims;
 };
 
-// Which phases a launch runs.
-enum class Phases { Mixer, Mlp, Layer };
+// Which phases a step runs: the mixer's or the MLP half's in one launch, the whole layer in one, or the mixer's and
+// then the MLP half's in two launches back to back on one stream (the decoder's pattern from layer to layer: the
+// counts set back to zero by one launch are the next one's).
+enum class Phases { Mixer, Mlp, Layer, MixerThenMlp };
 
 DeviceNvfp4 random_weight(int64_t rows, int64_t cols) {
   std::normal_distribution<float> normal(0.0f, 0.05f);
@@ -45,12 +47,15 @@ DeviceNvfp4 random_weight(int64_t rows, int64_t cols) {
   return upload_nvfp4(quantize_nvfp4(values.data(), rows, cols, "decode_phases_test"));
 }
 
-// Step metadata of a decode step of `tokens` sequences in slots 0..tokens-1 at `position`.
+// Step metadata of a decode step of `tokens` sequences in slots 0..tokens-1, sequence t at position + t * spread.
 struct DecodeChunks {
   DeviceBuffer first, length, slot, start;
-  DecodeChunks(int tokens, int position) {
-    std::vector<int32_t> firsts(tokens), lengths(tokens, 1), slots(tokens), starts(tokens, position);
-    for (int t = 0; t < tokens; ++t) firsts[t] = slots[t] = t;
+  DecodeChunks(int tokens, int position, int spread = 0) {
+    std::vector<int32_t> firsts(tokens), lengths(tokens, 1), slots(tokens), starts(tokens);
+    for (int t = 0; t < tokens; ++t) {
+      firsts[t] = slots[t] = t;
+      starts[t] = position + t * spread;
+    }
     first = upload(firsts);
     length = upload(lengths);
     slot = upload(slots);
@@ -132,16 +137,23 @@ class LayerCase {
     chunks_ = DecodeChunks(tokens, 5 + step);
     delta_ = upload(random_floats(tokens * shape_.hidden));
     const float* delta = step == 0 ? nullptr : delta_.as<float>();
+    const std::vector<Phases> launches =
+        which == Phases::MixerThenMlp ? std::vector<Phases>{Phases::Mixer, Phases::Mlp} : std::vector<Phases>{which};
     fused([&](cudaStream_t stream) {
-      CUDA_CHECK(cuda::launch_decode_phases(phases(which, fused_, delta), chunks_.view(tokens), fused_.counts.as<int32_t>(),
-                                            nullptr, launch_, stream));
+      for (Phases part : launches) {
+        CUDA_CHECK(cuda::launch_decode_phases(phases(part, fused_, delta), chunks_.view(tokens),
+                                              fused_.counts.as<int32_t>(), nullptr, launch_, stream));
+      }
     });
-    cuda::launch_decode_phases_unfused(phases(which, unfused_, delta), chunks_.view(tokens), nullptr);
+    for (Phases part : launches) {
+      cuda::launch_decode_phases_unfused(phases(part, unfused_, delta), chunks_.view(tokens), nullptr);
+    }
     CUDA_CHECK(cudaDeviceSynchronize());
   }
 
   // Every tensor the phases wrote, bit for bit; what follows a delta rule of 1..3 sequences within its bound.
-  void compare(Phases which, int tokens, const std::string& label) const {
+  void compare(Phases launched, int tokens, const std::string& label) const {
+    const Phases which = launched == Phases::MixerThenMlp ? Phases::Layer : launched;
     const cuda::GatedDeltaNetDims& d = shape_.dims;
     EXPECT_EQ(fused_.counts.download<int32_t>(), std::vector<int32_t>(cuda::kDecodePhaseCounts, 0))
         << label << ": the task counts are left zero";
@@ -198,7 +210,7 @@ class LayerCase {
   }
 
   // One fused launch of the whole layer over `tokens` sequences with a task trace: every task's entry written,
-  // its wait within its span, and no task of a phase past its wait before every task of the phase before started.
+  // its wait within its span, and no task of a phase past its wait before every task of the phase before ended.
   void expect_traced(int tokens) {
     chunks_ = DecodeChunks(tokens, 100);
     const cuda::DecodePhases layer = phases(Phases::Layer, fused_, nullptr);
@@ -209,20 +221,21 @@ class LayerCase {
     CUDA_CHECK(cudaDeviceSynchronize());
     const std::vector<uint64_t> entries = trace.download<uint64_t>();
     int first = 0;
-    uint64_t previous_last_start = 0;
+    uint64_t previous_last_end = 0;
     for (int p = 0; p < tasks.count; ++p) {
-      uint64_t last_start = 0;
+      uint64_t last_end = 0;
       for (int t = first; t < first + tasks.phase[p]; ++t) {
         const uint64_t* e = &entries[static_cast<size_t>(t) * cuda::kTaskTraceFields];
         const std::string where = "phase " + std::to_string(p) + " task " + std::to_string(t);
         EXPECT_LT(e[0], 4096u) << where << ": block";
         EXPECT_LE(e[1], e[2]) << where;
         EXPECT_LE(e[2], e[3]) << where;
-        EXPECT_GE(e[2], previous_last_start) << where << " ended its wait too soon";
-        last_start = std::max(last_start, e[1]);
+        // A task's end is stamped before it counts itself done, so no wait of the next phase ends before it.
+        if (p > 0) EXPECT_GE(e[2], previous_last_end) << where << " ended its wait before the phase before ended";
+        last_end = std::max(last_end, e[3]);
       }
       first += tasks.phase[p];
-      previous_last_start = last_start;
+      previous_last_end = last_end;
     }
   }
 
@@ -286,7 +299,8 @@ class LayerCase {
 // included, bit for bit (nothing in it runs in another order fused).
 class AttentionLayerCase {
  public:
-  static constexpr int kSlots = 8, kHidden = 512, kHeads = 8, kKvHeads = 2, kHeadDim = 128, kRotaryDim = 64;
+  // Three query heads a kv head: the fused split softmax's blocks of two take two, then one.
+  static constexpr int kSlots = 8, kHidden = 512, kHeads = 6, kKvHeads = 2, kHeadDim = 128, kRotaryDim = 64;
   static constexpr int64_t kIntermediate = 1024, kMaxContext = 1024;
   static constexpr int kBlocksPerSlot = kMaxContext / kKvBlockSize;
 
@@ -330,14 +344,14 @@ class AttentionLayerCase {
     }
   }
 
-  // A decode step of slots 0..tokens-1 at `position` by both paths from the fused path's residual stream and
-  // caches, the first norm adding a fresh random delta.
+  // A decode step of slots 0..tokens-1, sequence t at position + 9 t (across KV blocks), by both paths from the
+  // fused path's residual stream and caches, the first norm adding a fresh random delta.
   void step(int tokens, int position, const LaunchQueue& fused) {
     for (DeviceBuffer Path::*member : {&Path::x, &Path::key_cache, &Path::value_cache}) {
       CUDA_CHECK(cudaMemcpy((unfused_.*member).data(), (fused_.*member).data(), (fused_.*member).bytes(),
                             cudaMemcpyDeviceToDevice));
     }
-    chunks_ = DecodeChunks(tokens, position);
+    chunks_ = DecodeChunks(tokens, position, 9);
     delta_ = upload(random_floats(tokens * kHidden));
     fused([&](cudaStream_t stream) {
       CUDA_CHECK(cuda::launch_decode_phases(phases(fused_, tokens), chunks_.view(tokens), fused_.counts.as<int32_t>(),
@@ -423,7 +437,12 @@ constexpr cuda::DecodePhasesLaunch kLaunches[] = {cuda::DecodePhasesLaunch::Coop
                                                   cuda::DecodePhasesLaunch::Programmatic};
 
 std::string name(Phases which) {
-  return which == Phases::Mixer ? "mixer" : which == Phases::Mlp ? "mlp" : "layer";
+  switch (which) {
+    case Phases::Mixer: return "mixer";
+    case Phases::Mlp: return "mlp";
+    case Phases::Layer: return "layer";
+    default: return "mixer then mlp";
+  }
 }
 
 std::string name(cuda::DecodePhasesLaunch launch) {
@@ -454,9 +473,11 @@ TEST(GpuDecodePhases, MatchTheUnfusedLaunchesStepByStep) {
   for (const LayerShape& shape : kShapes) {
     LayerCase c(shape, cuda::DecodePhasesLaunch::Cooperative);
     int step = 0;
-    for (Phases which : {Phases::Mixer, Phases::Mlp, Phases::Layer}) {
+    for (Phases which : {Phases::Mixer, Phases::Mlp, Phases::Layer, Phases::MixerThenMlp}) {
       for (int tokens : {1, 3, 4, 8}) {
-        ASSERT_EQ(cuda::decode_phases_unsupported(c.fused_phases(which), tokens), "") << name(which);
+        if (which != Phases::MixerThenMlp) {
+          ASSERT_EQ(cuda::decode_phases_unsupported(c.fused_phases(which), tokens), "") << name(which);
+        }
         for (int repeat = 0; repeat < 2; ++repeat, ++step) {
           c.step(which, tokens, step, run_eagerly);
           c.compare(which, tokens, "hidden " + std::to_string(shape.hidden) + ", " + name(which) + ", " +

@@ -362,7 +362,7 @@ std::string fused_decode_unsupported(const GpuDecoder& d) {
 }
 
 bool fused_decode_step(const GpuDecoder& d, const StepShape& step) {
-  return d.fused_decode != FusedDecode::Off && step.tokens == step.chunks &&
+  return d.fused_decode != FusedDecode::Off && step.tokens > 0 && step.tokens == step.chunks &&
          step.tokens <= cuda::kFusedDecodeMaxTokens && step.mid_run_saves.empty();
 }
 

@@ -106,7 +106,7 @@ void gated_delta_net(const GpuDecoder& d, int layer, const StepShape& step);
 // A Gated DeltaNet layer's head shape as its kernels take it.
 cuda::GatedDeltaNetDims delta_net_dims(const ModelConfig& c);
 // Whether the fused launches were asked for (on, or unsupported) and this step is one they are for: a decode step of
-// 1..8 sequences without prefix saves. Other steps run unfused by design.
+// 1..8 sequences without prefix saves. Other steps (and empty ones) run unfused by design.
 bool fused_decode_step(const GpuDecoder& d, const StepShape& step);
 // A layer of a fused decode step as one launch (ops/cuda/fused/decode_phases.h): its first norm with x += pending,
 // the mixer (Gated DeltaNet, or attention with its KV append), its second norm and the MLP. The launch writes the

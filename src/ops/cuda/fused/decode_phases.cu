@@ -60,6 +60,7 @@ struct PhasesArgs {
   int32_t* task_counts;
   uint64_t* task_trace;
 };
+static_assert(sizeof(PhasesArgs) <= 32764, "a kernel's parameters (CUDA 12.1 and later)");
 
 __device__ __forceinline__ uint64_t global_time_ns() {
   uint64_t ns;
@@ -73,11 +74,19 @@ __device__ __forceinline__ int32_t load_acquire(const int32_t* address) {
   return value;
 }
 
-// A task's wait (the wait_for_inputs of the device functions): for the kernel before this launch (its outputs
-// are this launch's inputs, and it may still read what this launch writes), then, by every thread, until
-// `target` tasks of the phase before have counted themselves done (the acquire also makes their writes visible to
-// this thread's plain loads). With UBERLM_BOUNDED_TASK_WAITS defined (a debug build, CMake option of the same
-// name) a wait gives up after that many polls, says which block waited for which phase and count, and traps.
+__device__ __forceinline__ int32_t load_relaxed(const int32_t* address) {
+  int32_t value;
+  asm volatile("ld.relaxed.gpu.global.b32 %0, [%1];\n" : "=r"(value) : "l"(address) : "memory");
+  return value;
+}
+
+// A task's wait (the wait_for_inputs of the device functions, called by every thread of a warp together): for the
+// kernel before this launch (its outputs are this launch's inputs, and it may still read what this launch writes),
+// then until `target` tasks of the phase before have counted themselves done. Lane 0 polls with relaxed loads (an
+// acquire may invalidate the SM's L1, which the other block of the SM reads from); then each thread's one acquire
+// load makes the counted tasks' writes visible to its plain loads. With UBERLM_BOUNDED_TASK_WAITS defined (a
+// debug build, CMake option of the same name) a wait gives up after that many polls, says which block waited for
+// which phase and count, and traps.
 struct AfterPhase {
   const int32_t* count;  // null: the first phase, which waits for nothing of this launch
   int target;
@@ -92,18 +101,22 @@ struct AfterPhase {
 
   __device__ __forceinline__ void wait_for_count() const {
     if (!count) return;
+    if (threadIdx.x % 32 == 0) {
 #if defined(UBERLM_BOUNDED_TASK_WAITS)
-    for (long long polls = 0; load_acquire(count) < target; ++polls) {
-      if (polls == UBERLM_BOUNDED_TASK_WAITS) {
-        printf("decode_phases: block %d thread %d waited %lld polls for phase %d: %d of %d tasks done\n", blockIdx.x,
-               threadIdx.x, polls, phase, load_acquire(count), target);
-        __trap();
+      for (long long polls = 0; load_relaxed(count) < target; ++polls) {
+        if (polls == UBERLM_BOUNDED_TASK_WAITS) {
+          printf("decode_phases: block %d warp %d waited %lld polls for phase %d: %d of %d tasks done\n", blockIdx.x,
+                 threadIdx.x / 32, polls, phase, load_relaxed(count), target);
+          __trap();
+        }
+        __nanosleep(64);
       }
-      __nanosleep(64);
-    }
 #else
-    while (load_acquire(count) < target) __nanosleep(64);
+      while (load_relaxed(count) < target) __nanosleep(64);
 #endif
+    }
+    __syncwarp();
+    load_acquire(count);  // >= target: counts only grow within a launch
   }
 };
 
@@ -138,9 +151,9 @@ __device__ __forceinline__ uint64_t* start_task(const PhasesArgs& args, int p, i
 __device__ __forceinline__ void count_done(int32_t* count, uint64_t* trace) {
   __syncthreads();
   if (threadIdx.x == 0) {
+    if (trace) trace[3] = global_time_ns();  // before the count: a task that waited for this one ends its wait later
     __threadfence();  // releases every thread's writes (ordered before it by the barrier) with the count
     atomicAdd(count, 1);
-    if (trace) trace[3] = global_time_ns();
   }
 }
 
@@ -232,7 +245,9 @@ __global__ void __launch_bounds__(kThreads, 2) decode_phases_kernel(const __grid
   const int blocks = static_cast<int>(gridDim.x);
   int32_t* const counts = args.task_counts;
   for (int p = 0; p < args.count; ++p) {
-    if (p == args.count - 1) allow_next_kernel();
+    // Every block lets the next kernel start at the last phase, having waited for the one before (a block with no
+    // task before it has not yet).
+    if (p == args.count - 1) begin_dependent_kernel();
     const DevicePhase& phase = args.phase[p];
     for (int t = first_task(args, p); t < phase.tasks; t += blocks) {
       uint64_t* const trace = start_task(args, p, t);
@@ -331,6 +346,8 @@ int resident_blocks(int smem) {
     if (cudaGetDevice(&device) != cudaSuccess ||
         cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device) != cudaSuccess ||
         allow_dynamic_shared_memory(decode_phases_kernel<kRows>, smem) != cudaSuccess ||
+        cudaFuncSetAttribute(decode_phases_kernel<kRows>, cudaFuncAttributePreferredSharedMemoryCarveout,
+                             cudaSharedmemCarveoutMaxShared) != cudaSuccess ||
         cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, decode_phases_kernel<kRows>, kThreads, smem) !=
             cudaSuccess) {
       return 0;
@@ -446,7 +463,9 @@ int DecodePhaseTasks::total() const {
 DecodePhaseTasks decode_phase_tasks(const DecodePhases& phases, int64_t tokens) {
   PhasesArgs launched{};
   DecodePhaseTasks tasks{};
-  if (!device_phases(phases, static_cast<int>(tokens), launched)) return tasks;
+  if (!decode_phases_unsupported(phases, tokens).empty() || !device_phases(phases, static_cast<int>(tokens), launched)) {
+    return tasks;
+  }
   tasks.count = launched.count;
   for (int p = 0; p < launched.count; ++p) tasks.phase[p] = launched.phase[p].tasks;
   return tasks;
@@ -454,8 +473,7 @@ DecodePhaseTasks decode_phase_tasks(const DecodePhases& phases, int64_t tokens) 
 
 std::string decode_phases_unsupported(const DecodePhases& phases, int64_t tokens) {
   if (tokens < 1 || tokens > kFusedDecodeMaxTokens) return "a step of 1..8 sequences";
-  PhasesArgs launched{};
-  if (phases.count < 1 || !device_phases(phases, static_cast<int>(tokens), launched)) return "1..12 phases as launched";
+  if (phases.count < 1 || phases.overfull) return "1..12 phases as launched";
   int delta_rule_rows_seen = 0;
   for (int p = 0; p < phases.count; ++p) {
     const DecodePhase& phase = phases.phase[p];
@@ -491,6 +509,9 @@ std::string decode_phases_unsupported(const DecodePhases& phases, int64_t tokens
     }
     if (!why.empty()) return why;
   }
+  // Expanded only once every phase is known good (the expansion divides by the split and head counts).
+  PhasesArgs launched{};
+  if (!device_phases(phases, static_cast<int>(tokens), launched)) return "1..12 phases as launched";
   return "";
 }
 

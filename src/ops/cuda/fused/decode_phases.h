@@ -118,10 +118,14 @@ struct DecodePhase {
 struct DecodePhases {
   DecodePhase phase[kMaxDecodePhases];
   int count = 0;  // phases as given (launch_decode_phases_unfused launches one or two a phase)
+  bool overfull = false;  // add() was called on a full list (decode_phases_unsupported refuses it)
+  // A new phase at the end; on a full list the last one, rewritten.
   DecodePhase& add(DecodePhaseKind kind) {
-    phase[count] = DecodePhase{};
-    phase[count].kind = kind;
-    return phase[count++];
+    if (count == kMaxDecodePhases) overfull = true;
+    DecodePhase& added = phase[overfull ? kMaxDecodePhases - 1 : count++];
+    added = DecodePhase{};
+    added.kind = kind;
+    return added;
   }
 };
 
@@ -134,11 +138,13 @@ struct DecodePhaseTasks {
 };
 DecodePhaseTasks decode_phase_tasks(const DecodePhases& phases, int64_t tokens);
 
-// How the launch keeps every block resident while blocks wait for each other. Cooperative: the runtime refuses a
-// grid that cannot be resident at once, and starts it when the kernel before has ended. Programmatic: a dependent
-// launch (kernel_util.cuh's launch_dependent) of a grid sized to what fits an idle GPU: its blocks are scheduled
-// while the kernel before drains (each waits for it before reading its outputs) and all become resident once it
-// has ended, as long as no kernel of another stream holds SMs meanwhile (the decode graphs run on one stream).
+// How the launch keeps every block resident while blocks wait for each other. Cooperative (the decoder's): the
+// runtime refuses a grid that cannot be resident at once, and starts it when the kernel before has ended.
+// Programmatic (tested and timed by kernel_bench, for the decoder to take if it measures faster): a dependent launch
+// (kernel_util.cuh's launch_dependent) of a grid sized by the occupancy query with the most shared memory: its
+// blocks are scheduled while the kernel before drains (each waits for it before reading its outputs) and all
+// become resident once it has ended, as long as nothing else holds SMs meanwhile (the decode graphs run on one
+// stream; MPS or a smaller carveout would deadlock it where the cooperative launch fails with an error).
 enum class DecodePhasesLaunch { Cooperative, Programmatic };
 
 // Why these phases cannot run fused for `tokens` sequences ("" when they can): too many tokens or phases (as
