@@ -42,15 +42,11 @@ int64_t layer_weight_bytes(int first, int last) {
   return bytes;
 }
 
-// Floats in +-scale from a fixed seed.
+// Floats uniform in +-scale from a fixed seed, made on the GPU.
 DeviceBuffer random_floats(int64_t count, float scale, uint32_t seed) {
-  std::vector<float> values(count);
-  uint32_t state = seed * 2654435761u + 1;
-  for (float& v : values) {
-    state = state * 1664525u + 1013904223u;
-    v = scale * (static_cast<float>(state >> 8) / static_cast<float>(1u << 24) * 2.0f - 1.0f);
-  }
-  return DeviceBuffer(values);
+  DeviceBuffer buffer(static_cast<size_t>(count) * sizeof(float));
+  CUDA_CHECK(cuda::launch_fill_random_f32(buffer.as<float>(), count, seed, -scale, scale, nullptr));
+  return buffer;
 }
 
 // One copy of the layer's weights: random codes and valid E4M3 scales.

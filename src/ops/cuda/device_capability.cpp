@@ -13,5 +13,11 @@ bool current_device_is_sm90() {
          minor == 0;
 }
 
+cudaError_t current_device_sm_count(int& sms) {
+  int device = 0;
+  const cudaError_t status = cudaGetDevice(&device);
+  return status != cudaSuccess ? status : cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
+}
+
 }  // namespace uberlm::cuda
 #endif

@@ -18,6 +18,7 @@
 #include <algorithm>
 
 #include "ops/cuda/async_copy.cuh"
+#include "ops/cuda/device_capability.h"
 #include "ops/cuda/gemv_nvfp4.cuh"
 #include "ops/cuda/kernel_util.cuh"
 #include "ops/cuda/nvfp4_wgmma_layout.h"
@@ -305,11 +306,8 @@ cudaError_t launch_for_tokens(const CUtensorMap& activations, const WgmmaGemmArg
 }  // namespace
 
 int gemm_nvfp4_wgmma_splits(int64_t row_tiles, int64_t k) {
-  int device = 0, sms = 132;
-  if (cudaGetDevice(&device) != cudaSuccess ||
-      cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device) != cudaSuccess) {
-    sms = 132;
-  }
+  int sms = 132;
+  if (current_device_sm_count(sms) != cudaSuccess) sms = 132;
   // As many blocks as fit the GPU at once at two an SM (the consumers are latency-bound, so the second block's
   // warps hide the first's), each with at least 4 chunks. Measured against every split count on the 27B shapes
   // (bench/notes/gemv.md, session 31): the best or within 6% of it, except mlp_gate_up alone (136 row tiles, one

@@ -1,5 +1,6 @@
 #include "ops/cuda/read_probe.h"
 
+#include "ops/cuda/device_capability.h"
 #include "ops/cuda/gemv_tile.cuh"
 #include "ops/cuda/kernel_util.cuh"
 
@@ -31,9 +32,8 @@ __global__ void __launch_bounds__(kThreads) read_probe_kernel(const uint4* __res
 }  // namespace
 
 cudaError_t launch_read_probe(const void* data, size_t bytes, uint32_t* sink, cudaStream_t stream) {
-  int device = 0, sms = 0;
-  cudaError_t status = cudaGetDevice(&device);
-  if (status == cudaSuccess) status = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
+  int sms = 0;
+  const cudaError_t status = current_device_sm_count(sms);
   if (status != cudaSuccess) return status;
   const size_t count = bytes / 16;
   const size_t blocks_needed = (count + size_t{kThreads} * kLoadsInFlight - 1) / (size_t{kThreads} * kLoadsInFlight);

@@ -1,6 +1,7 @@
 #include "runtime/cuda/decoder.h"
 
 #include "core/error.h"
+#include "model/layer_linears.h"
 #include "ops/cuda/activation.h"
 #include "ops/cuda/attention_decode.h"
 #include "ops/cuda/attention_prefill.h"
@@ -341,18 +342,11 @@ std::string fused_decode_unsupported(const GpuDecoder& d) {
   if (d.communicator) return "one GPU (no tensor parallelism: the output projections are all-reduced)";
   for (size_t i = 0; i < d.model.layers.size(); ++i) {
     const DeviceLayer& w = d.model.layers[i];
-    std::vector<const DeviceLinear*> fused = {&w.mlp.gate_proj, &w.mlp.up_proj, &w.mlp.down_proj};
-    if (w.kind == LayerKind::GatedDeltaNet) {
-      const DeviceGatedDeltaNet& net = w.delta_net;
-      fused.insert(fused.end(), {&net.in_proj_qkv, &net.in_proj_z, &net.in_proj_b, &net.in_proj_a, &net.out_proj});
-    } else {
-      const DeviceAttention& att = w.attention;
-      fused.insert(fused.end(), {&att.q_proj, &att.k_proj, &att.v_proj, &att.o_proj});
-    }
-    for (const DeviceLinear* linear : fused) {
-      if (!linear->nvfp4 || linear->bias) {
-        return fmt::format("NVFP4 layers without bias ({} is {})", linear->name,
-                           linear->nvfp4 ? "NVFP4 with a bias" : "bf16");
+    for (const LinearSpec& spec : LayerLinearSpecs(d.config, w.kind)) {
+      const DeviceLinear& linear = linear_of(w, spec.role);
+      if (!linear.nvfp4 || linear.bias) {
+        return fmt::format("NVFP4 layers without bias ({} is {})", linear.name,
+                           linear.nvfp4 ? "NVFP4 with a bias" : "bf16");
       }
     }
     const std::string why = cuda::decode_phases_unsupported(fused_layer_phases(d, static_cast<int>(i), d.buffers.x, 1), 1);

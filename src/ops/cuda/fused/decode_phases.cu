@@ -6,6 +6,7 @@
 
 #include "ops/cuda/alignment.h"
 #include "ops/cuda/attention_decode.cuh"
+#include "ops/cuda/device_capability.h"
 #include "ops/cuda/fused/gated_delta_net_layer.cuh"
 #include "ops/cuda/fused/qk_norm_rope_kv_append.cuh"
 #include "ops/cuda/gemv.h"
@@ -342,9 +343,8 @@ bool device_phases(const DecodePhases& phases, int tokens, PhasesArgs& args) {
 template <int kRows>
 int resident_blocks(int smem) {
   static const int blocks = [smem] {
-    int device = 0, sms = 0, per_sm = 0;
-    if (cudaGetDevice(&device) != cudaSuccess ||
-        cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device) != cudaSuccess ||
+    int sms = 0, per_sm = 0;
+    if (current_device_sm_count(sms) != cudaSuccess ||
         allow_dynamic_shared_memory(decode_phases_kernel<kRows>, smem) != cudaSuccess ||
         cudaFuncSetAttribute(decode_phases_kernel<kRows>, cudaFuncAttributePreferredSharedMemoryCarveout,
                              cudaSharedmemCarveoutMaxShared) != cudaSuccess ||
@@ -433,6 +433,13 @@ std::string attention_unsupported(const AttentionPhase& a) {
   return "";
 }
 
+// The key rows a thread holds in the delta rule's tasks (the kernel instance a launch takes): 32 for key head dims
+// up to 64, else 64.
+int delta_rule_rows(const GatedDeltaNetDims& dims) {
+  constexpr int kRowsPerThread = kMaxKeyRows / kParts;
+  return dims.k_head_dim <= kRowsPerThread ? kRowsPerThread / 2 : kRowsPerThread;
+}
+
 std::string delta_net_unsupported(const DeltaNetPhase& n) {
   if (n.dims.k_head_dim > kMaxKeyRows || n.dims.v_head_dim > kColumns) return "Gated DeltaNet head dims up to 128";
   if (n.dims.conv_kernel > kConvHistory + 1) return "a conv kernel up to 4";
@@ -440,41 +447,13 @@ std::string delta_net_unsupported(const DeltaNetPhase& n) {
   return "";
 }
 
-// The key rows a thread holds in the delta rule's tasks, for the key head dim of the launch's DeltaNetHeads
-// phases (64 when there are none).
-int delta_rule_rows(const DecodePhases& phases) {
-  constexpr int kRowsPerThread = kMaxKeyRows / kParts;
-  for (int p = 0; p < phases.count; ++p) {
-    if (phases.phase[p].kind == DecodePhaseKind::DeltaNetHeads) {
-      return phases.phase[p].delta_net.dims.k_head_dim <= kRowsPerThread ? kRowsPerThread / 2 : kRowsPerThread;
-    }
-  }
-  return kRowsPerThread;
-}
-
-}  // namespace
-
-int DecodePhaseTasks::total() const {
-  int sum = 0;
-  for (int p = 0; p < count; ++p) sum += phase[p];
-  return sum;
-}
-
-DecodePhaseTasks decode_phase_tasks(const DecodePhases& phases, int64_t tokens) {
-  PhasesArgs launched{};
-  DecodePhaseTasks tasks{};
-  if (!decode_phases_unsupported(phases, tokens).empty() || !device_phases(phases, static_cast<int>(tokens), launched)) {
-    return tasks;
-  }
-  tasks.count = launched.count;
-  for (int p = 0; p < launched.count; ++p) tasks.phase[p] = launched.phase[p].tasks;
-  return tasks;
-}
-
-std::string decode_phases_unsupported(const DecodePhases& phases, int64_t tokens) {
+// The launch of `phases` for `tokens` sequences into `args` (its phases as launched and the delta rule's rows), or
+// why it cannot run. The phases are expanded only once every one is known good: the expansion divides by the split
+// and head counts.
+std::string plan_launch(const DecodePhases& phases, int64_t tokens, PhasesArgs& args, int& rows) {
   if (tokens < 1 || tokens > kFusedDecodeMaxTokens) return "a step of 1..8 sequences";
   if (phases.count < 1 || phases.overfull) return "1..12 phases as launched";
-  int delta_rule_rows_seen = 0;
+  rows = 0;
   for (int p = 0; p < phases.count; ++p) {
     const DecodePhase& phase = phases.phase[p];
     std::string why;
@@ -499,33 +478,56 @@ std::string decode_phases_unsupported(const DecodePhases& phases, int64_t tokens
         break;
       case DecodePhaseKind::DeltaNetHeads: {
         why = delta_net_unsupported(phase.delta_net);
-        const int rows = phase.delta_net.dims.k_head_dim <= kMaxKeyRows / kParts ? 1 : 2;
-        if (why.empty() && delta_rule_rows_seen != 0 && delta_rule_rows_seen != rows) {
+        const int phase_rows = delta_rule_rows(phase.delta_net.dims);
+        if (why.empty() && rows != 0 && rows != phase_rows) {
           why = "one key head dim class (up to 64, or up to 128) in a launch";
         }
-        delta_rule_rows_seen = rows;
+        rows = phase_rows;
         break;
       }
     }
     if (!why.empty()) return why;
   }
-  // Expanded only once every phase is known good (the expansion divides by the split and head counts).
-  PhasesArgs launched{};
-  if (!device_phases(phases, static_cast<int>(tokens), launched)) return "1..12 phases as launched";
+  if (rows == 0) rows = kMaxKeyRows / kParts;  // no delta rule: either instance
+  if (!device_phases(phases, static_cast<int>(tokens), args)) return "1..12 phases as launched";
+  args.tokens = static_cast<int>(tokens);
   return "";
+}
+
+}  // namespace
+
+int DecodePhaseTasks::total() const {
+  int sum = 0;
+  for (int p = 0; p < count; ++p) sum += phase[p];
+  return sum;
+}
+
+DecodePhaseTasks decode_phase_tasks(const DecodePhases& phases, int64_t tokens) {
+  PhasesArgs launched{};
+  int rows = 0;
+  DecodePhaseTasks tasks{};
+  if (!plan_launch(phases, tokens, launched, rows).empty()) return tasks;
+  tasks.count = launched.count;
+  for (int p = 0; p < launched.count; ++p) tasks.phase[p] = launched.phase[p].tasks;
+  return tasks;
+}
+
+std::string decode_phases_unsupported(const DecodePhases& phases, int64_t tokens) {
+  PhasesArgs launched{};
+  int rows = 0;
+  return plan_launch(phases, tokens, launched, rows);
 }
 
 cudaError_t launch_decode_phases(const DecodePhases& phases, const DeviceChunks& chunks, int32_t* task_counts,
                                  uint64_t* task_trace, DecodePhasesLaunch launch, cudaStream_t stream) {
-  if (!decode_phases_unsupported(phases, chunks.count).empty()) return cudaErrorInvalidValue;
   PhasesArgs args{};
-  device_phases(phases, chunks.count, args);
-  args.tokens = chunks.count;
+  int rows = 0;
+  if (!plan_launch(phases, chunks.count, args, rows).empty()) return cudaErrorInvalidValue;
   args.chunks = chunks;
   args.task_counts = task_counts;
   args.task_trace = task_trace;
-  return delta_rule_rows(phases) == kMaxKeyRows / kParts ? launch_rows<kMaxKeyRows / kParts>(args, launch, stream)
-                                                         : launch_rows<kMaxKeyRows / kParts / 2>(args, launch, stream);
+  return rows == kMaxKeyRows / kParts ? launch_rows<kMaxKeyRows / kParts>(args, launch, stream)
+                                      : launch_rows<kMaxKeyRows / kParts / 2>(args, launch, stream);
 }
 
 }  // namespace uberlm::cuda
